@@ -1,0 +1,1 @@
+//! Conformance suites for postern. (Placeholder until the runner lands.)

@@ -1,0 +1,93 @@
+//! The SMTP protocol core of postern, without I/O.
+//!
+//! # The contract
+//!
+//! This crate never touches a socket, a file, a thread, or the clock: it never calls
+//! `Instant::now`, and every method that depends on time takes `now` from the caller. It
+//! never blocks and never allocates beyond its configured limits plus the input it was handed.
+//! That makes it usable from any runtime (postern's own uses smol; a blocking `std::net` loop
+//! is in `examples/sink.rs`) and testable on a virtual clock.
+//!
+//! A server [`Session`] is driven by four inputs and read through two outputs:
+//! - inputs: [`Session::handle_input`], [`Session::handle_eof`], [`Session::handle_timeout`],
+//!   [`Session::handle_tls_established`], and [`Session::resolve`] to answer an [`Event`];
+//! - outputs: [`Session::poll_action`] (drain it after every input) and
+//!   [`Session::poll_timeout`].
+//!
+//! Decisions that need I/O (is this recipient ours? is this password right? is the message
+//! safely stored?) leave the session as [`Event`]s carrying a [`Ticket`]. Until the application
+//! answers, the session reads no further command, so replies to pipelined commands always come
+//! out in order. Message bodies leave as a stream of [`Event::MessageData`] chunks: memory per
+//! session does not grow with the message.
+//!
+//! Errors caused by the peer become replies; errors in how the API is used are [`UsageError`]s.
+//!
+//! # A complete drive loop
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use proto_core::{Action, Config, Event, PeerInfo, Session, Verdict};
+//!
+//! let now = Instant::now();
+//! let mut session = Session::new(Arc::new(Config::new("mx.example.org")), PeerInfo::default(), now);
+//! let mut wire = Vec::new(); // what we would write to the socket
+//! let mut body = Vec::new(); // what we would store
+//! let input: &[&[u8]] = &[
+//!     b"EHLO client.example\r\nMAIL FROM:<a@example.com>\r\n",
+//!     b"RCPT TO:<b@example.org>\r\nDATA\r\n",
+//!     b"Subject: hi\r\n\r\n..dot-stuffed\r\n.\r\nQUIT\r\n",
+//! ];
+//! let mut closed = false;
+//! let mut inputs = input.iter();
+//! while !closed {
+//!     // 1. Drain every action the last input produced.
+//!     while let Some(action) = session.poll_action() {
+//!         match action {
+//!             Action::Send(reply) => reply.encode(&mut wire),
+//!             Action::Event(Event::MessageData(chunk)) => body.extend_from_slice(&chunk),
+//!             Action::Event(Event::Mail { ticket, .. })
+//!             | Action::Event(Event::Rcpt { ticket, .. })
+//!             | Action::Event(Event::Auth { ticket, .. }) => {
+//!                 session.resolve(now, ticket, Verdict::Accept).unwrap();
+//!             }
+//!             Action::Event(Event::MessageEnd { ticket }) => {
+//!                 // Store `body` durably here, then:
+//!                 session.resolve(now, ticket, Verdict::AcceptWithText("queued as 1".into())).unwrap();
+//!             }
+//!             Action::Event(_) => {}
+//!             Action::StartTls => unreachable!("not offered without a certificate"),
+//!             Action::Close => closed = true,
+//!             _ => {}
+//!         }
+//!     }
+//!     // 2. Feed the next input (a socket read), or wait until `poll_timeout()`.
+//!     match inputs.next() {
+//!         Some(bytes) => session.handle_input(now, bytes),
+//!         None => session.handle_eof(now),
+//!     }
+//! }
+//! let wire = String::from_utf8(wire).unwrap();
+//! assert!(wire.starts_with("220 mx.example.org"));
+//! assert!(wire.contains("250 2.0.0 queued as 1\r\n"));
+//! assert!(wire.ends_with("221 2.0.0 mx.example.org closing connection\r\n"));
+//! assert_eq!(body, b"Subject: hi\r\n\r\n.dot-stuffed\r\n");
+//! ```
+
+mod address;
+mod command;
+mod config;
+mod data;
+mod reply;
+mod sasl;
+mod session;
+
+pub use address::{AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath};
+pub use command::{
+    Body, Command, CommandError, Mechanism, MailParams, Notify, OriginalRecipient, RcptParams, Ret,
+    looks_like_http, xtext_decode, xtext_encode,
+};
+pub use config::{AuthPolicy, Config, Extensions, Limits, Timeouts};
+pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyParseError};
+pub use sasl::Credentials;
+pub use session::{Action, Event, PeerInfo, Session, Ticket, TlsInfo, UsageError, Verdict};

@@ -1,0 +1,1 @@
+//! Drives [`proto_core::Session`] over smol sockets. (Placeholder until the driver lands.)

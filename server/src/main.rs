@@ -1,0 +1,2 @@
+//! The `postern` binary. (Placeholder until the server lands.)
+fn main() {}
