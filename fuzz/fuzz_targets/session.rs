@@ -1,4 +1,10 @@
+//! Fuzz target `session`: see proto-core/tests/fuzzdriver for the invariants checked.
+//! Findings go to fuzz/regressions/session/, replayed on stable by proto-core's tests.
 #![no_main]
+
+#[path = "../../proto-core/tests/fuzzdriver/mod.rs"]
+mod fuzzdriver;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data;
+    fuzzdriver::run_session(data);
 });

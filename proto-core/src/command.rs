@@ -90,7 +90,9 @@ impl Command {
         match verb.as_str() {
             "EHLO" | "HELO" => {
                 if arg.is_empty() || arg.contains(' ') {
-                    return Err(CommandError::Syntax("EHLO and HELO take one domain argument"));
+                    return Err(CommandError::Syntax(
+                        "EHLO and HELO take one domain argument",
+                    ));
                 }
                 if verb == "EHLO" {
                     Ok(Command::Ehlo(arg.to_string()))
@@ -101,8 +103,8 @@ impl Command {
             "MAIL" => {
                 let rest = strip_prefix_ci(arg, "FROM:")
                     .ok_or(CommandError::Syntax("expected MAIL FROM:<address>"))?;
-                let (path, params) = split_path(rest.trim_start_matches(' '))
-                    .map_err(CommandError::Sender)?;
+                let (path, params) =
+                    split_path(rest.trim_start_matches(' ')).map_err(CommandError::Sender)?;
                 let from = ReversePath::parse(path).map_err(CommandError::Sender)?;
                 let params = MailParams::parse(params)?;
                 Ok(Command::Mail { from, params })
@@ -110,8 +112,8 @@ impl Command {
             "RCPT" => {
                 let rest = strip_prefix_ci(arg, "TO:")
                     .ok_or(CommandError::Syntax("expected RCPT TO:<address>"))?;
-                let (path, params) = split_path(rest.trim_start_matches(' '))
-                    .map_err(CommandError::Recipient)?;
+                let (path, params) =
+                    split_path(rest.trim_start_matches(' ')).map_err(CommandError::Recipient)?;
                 let to = ForwardPath::parse(path).map_err(CommandError::Recipient)?;
                 let params = RcptParams::parse(params)?;
                 Ok(Command::Rcpt { to, params })
@@ -163,7 +165,9 @@ impl Command {
                 }
                 let initial = words.next().map(str::to_string);
                 if words.next().is_some() {
-                    return Err(CommandError::Syntax("expected AUTH mechanism [initial-response]"));
+                    return Err(CommandError::Syntax(
+                        "expected AUTH mechanism [initial-response]",
+                    ));
                 }
                 Ok(Command::Auth {
                     mechanism: Mechanism::from_name(mech),
@@ -185,14 +189,22 @@ fn no_arg(arg: &str, command: Command) -> Result<Command, CommandError> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Whether a line looks like the request line of an HTTP request: such a "client" is a
 /// cross-protocol attack (a browser made to post to port 25) and the session closes at once.
 pub fn looks_like_http(line: &[u8]) -> bool {
     const METHODS: [&[u8]; 9] = [
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"CONNECT ", b"OPTIONS ", b"DELETE ", b"PATCH ",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"CONNECT ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
         b"TRACE ",
     ];
     let upper = line.to_ascii_uppercase();
@@ -390,7 +402,9 @@ impl RcptParams {
                         address,
                     });
                 }
-                ("NOTIFY" | "ORCPT", None) => return Err(CommandError::BadValue(static_name(&key))),
+                ("NOTIFY" | "ORCPT", None) => {
+                    return Err(CommandError::BadValue(static_name(&key)));
+                }
                 _ => return Err(CommandError::UnknownParameter(key)),
             }
         }
@@ -455,10 +469,19 @@ fn params<'a>(
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let key_ok = key.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        let key_ok = key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         let value_ok = value.is_none_or(|v| {
-            !v.is_empty() && v.chars().all(|c| c == '!' || ('#'..='<').contains(&c) || ('>'..='~').contains(&c) || c as u32 >= 0x80)
+            !v.is_empty()
+                && v.chars().all(|c| {
+                    c == '!'
+                        || ('#'..='<').contains(&c)
+                        || ('>'..='~').contains(&c)
+                        || c as u32 >= 0x80
+                })
         });
         if !key_ok || !value_ok {
             return Err(CommandError::Syntax("malformed ESMTP parameter"));
@@ -549,7 +572,9 @@ impl CommandError {
         match self {
             CommandError::Unknown => Reply::of(500, (5, 5, 1), "Unknown command"),
             CommandError::NotUtf8 => Reply::of(500, (5, 5, 2), "Command is not valid UTF-8"),
-            CommandError::Syntax(what) => Reply::of(501, (5, 5, 4), format!("Syntax error: {what}")),
+            CommandError::Syntax(what) => {
+                Reply::of(501, (5, 5, 4), format!("Syntax error: {what}"))
+            }
             CommandError::Sender(e) => address_reply(e, true),
             CommandError::Recipient(e) => address_reply(e, false),
             CommandError::UnknownParameter(k) => {
@@ -559,9 +584,11 @@ impl CommandError {
                 Reply::of(501, (5, 5, 4), format!("Parameter {k} given twice"))
             }
             CommandError::BadValue(k) => Reply::of(501, (5, 5, 4), format!("Bad value for {k}")),
-            CommandError::BadChunkSize => {
-                Reply::of(501, (5, 5, 4), "BDAT needs a chunk size; closing to stay in sync")
-            }
+            CommandError::BadChunkSize => Reply::of(
+                501,
+                (5, 5, 4),
+                "BDAT needs a chunk size; closing to stay in sync",
+            ),
         }
     }
 }
@@ -600,7 +627,10 @@ mod tests {
     #[test]
     fn simple_commands() {
         let cases: Vec<(&str, Command)> = vec![
-            ("EHLO client.example", Command::Ehlo("client.example".into())),
+            (
+                "EHLO client.example",
+                Command::Ehlo("client.example".into()),
+            ),
             ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
             ("HELO x", Command::Helo("x".into())),
             ("DATA", Command::Data),
@@ -614,20 +644,47 @@ mod tests {
             ("HELP", Command::Help(None)),
             ("HELP MAIL", Command::Help(Some("MAIL".into()))),
             ("STARTTLS", Command::StartTls),
-            ("BDAT 10", Command::Bdat { size: 10, last: false }),
-            ("BDAT 0 LAST", Command::Bdat { size: 0, last: true }),
-            ("bdat 5 last", Command::Bdat { size: 5, last: true }),
+            (
+                "BDAT 10",
+                Command::Bdat {
+                    size: 10,
+                    last: false,
+                },
+            ),
+            (
+                "BDAT 0 LAST",
+                Command::Bdat {
+                    size: 0,
+                    last: true,
+                },
+            ),
+            (
+                "bdat 5 last",
+                Command::Bdat {
+                    size: 5,
+                    last: true,
+                },
+            ),
             (
                 "AUTH PLAIN",
-                Command::Auth { mechanism: Mechanism::Plain, initial: None },
+                Command::Auth {
+                    mechanism: Mechanism::Plain,
+                    initial: None,
+                },
             ),
             (
                 "auth login dXNlcg==",
-                Command::Auth { mechanism: Mechanism::Login, initial: Some("dXNlcg==".into()) },
+                Command::Auth {
+                    mechanism: Mechanism::Login,
+                    initial: Some("dXNlcg==".into()),
+                },
             ),
             (
                 "AUTH X-FOO",
-                Command::Auth { mechanism: Mechanism::Other("X-FOO".into()), initial: None },
+                Command::Auth {
+                    mechanism: Mechanism::Other("X-FOO".into()),
+                    initial: None,
+                },
             ),
         ];
         for (line, want) in cases {
@@ -652,14 +709,20 @@ mod tests {
             ("MAIL FROM:<a@example.org> XFOO=bar", "555 5.5.4"),
             ("MAIL FROM:<a@example.org> SIZE=1 SIZE=2", "501 5.5.4"),
             ("MAIL FROM:<a@example.org> SIZE=abc", "501 5.5.4"),
-            ("MAIL FROM:<a@example.org> SIZE=999999999999999999999999", "501 5.5.4"),
+            (
+                "MAIL FROM:<a@example.org> SIZE=999999999999999999999999",
+                "501 5.5.4",
+            ),
             ("MAIL FROM:<a@example.org> BODY=9BIT", "501 5.5.4"),
             ("MAIL FROM:<a@example.org> SMTPUTF8=yes", "501 5.5.4"),
             ("MAIL FROM:<a@example.org> RET=ALL", "501 5.5.4"),
             ("MAIL FROM:<a@example.org> ENVID=a=b", "501 5.5.4"),
             ("MAIL FROM:<a@example.org> =x", "501 5.5.4"),
             ("RCPT TO:<a@example.org> NOTIFY=NEVER,SUCCESS", "501 5.5.4"),
-            ("RCPT TO:<a@example.org> NOTIFY=SUCCESS,SUCCESS", "501 5.5.4"),
+            (
+                "RCPT TO:<a@example.org> NOTIFY=SUCCESS,SUCCESS",
+                "501 5.5.4",
+            ),
             ("RCPT TO:<a@example.org> ORCPT=nosemicolon", "501 5.5.4"),
             ("RCPT TO:<a@example.org> FOO", "555 5.5.4"),
             ("RCPT LALA: <>", "501 5.5.4"),
@@ -706,11 +769,18 @@ mod tests {
         assert_eq!(to.to_string(), "<b@example.org>");
         assert_eq!(
             params.notify,
-            Some(Notify::On { success: false, failure: true, delay: true })
+            Some(Notify::On {
+                success: false,
+                failure: true,
+                delay: true
+            })
         );
         assert_eq!(
             params.orcpt,
-            Some(OriginalRecipient { addr_type: "rfc822".into(), address: "b@x@example.org".into() })
+            Some(OriginalRecipient {
+                addr_type: "rfc822".into(),
+                address: "b@x@example.org".into()
+            })
         );
         let Ok(Command::Rcpt { to, .. }) = Command::parse(b"RCPT TO: user@testserver") else {
             panic!("bare recipient");
@@ -728,7 +798,10 @@ mod tests {
         assert_eq!(code("RCPT TO:<pepe>"), "501 5.1.3");
         assert_eq!(code("MAIL FROM:<a@xn--->"), "501 5.1.8");
         assert_eq!(code("RCPT TO:<a@xn--->"), "501 5.1.2");
-        assert_eq!(code(&format!("MAIL FROM:<{}@x.example>", "a".repeat(65))), "501 5.1.7");
+        assert_eq!(
+            code(&format!("MAIL FROM:<{}@x.example>", "a".repeat(65))),
+            "501 5.1.7"
+        );
     }
 
     #[test]
@@ -743,7 +816,13 @@ mod tests {
 
     #[test]
     fn http_request_lines_are_recognised() {
-        for line in ["GET / HTTP/1.1", "POST /evil HTTP/1.0", "CONNECT www.evil.com:80 HTTP/1.1", "get /x", "FOO /x HTTP/1.1"] {
+        for line in [
+            "GET / HTTP/1.1",
+            "POST /evil HTTP/1.0",
+            "CONNECT www.evil.com:80 HTTP/1.1",
+            "get /x",
+            "FOO /x HTTP/1.1",
+        ] {
             assert!(looks_like_http(line.as_bytes()), "{line:?}");
         }
         for line in ["EHLO x", "HELO get", "MAIL FROM:<a@b>", "GETX"] {

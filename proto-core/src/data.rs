@@ -5,8 +5,9 @@
 //! > "The mail data are terminated by a line containing only a period, that is, the character
 //! > sequence "<CRLF>.<CRLF>" [...] Therefore, an SMTP server MUST NOT [...] interpret [...] any
 //! > other sequence as the end of mail data."
-//! ([2.3.8](https://www.rfc-editor.org/rfc/rfc5321#section-2.3.8): bare CR and LF "MUST NOT"
-//! be transmitted except as CRLF.)
+//!
+//! [Section 2.3.8](https://www.rfc-editor.org/rfc/rfc5321#section-2.3.8) adds that bare CR and
+//! LF "MUST NOT" be transmitted except as CRLF.
 //!
 //! So here a line starts only after a real CRLF (or right after the 354), and only
 //! `CRLF . CRLF` ends the data. A bare CR or a bare LF anywhere marks the message as bad: it is
@@ -114,7 +115,10 @@ impl DotReader {
         let mut i = 0;
         while i < input.len() {
             if out.len() >= out_limit {
-                return Fed { consumed: i, done: false };
+                return Fed {
+                    consumed: i,
+                    done: false,
+                };
             }
             if self.pos == Pos::Mid {
                 // Fast path: copy the run up to the next CR or LF in one go.
@@ -150,7 +154,12 @@ impl DotReader {
                     self.emit(out, &[b]);
                     self.pos = Pos::Mid;
                 }
-                (Pos::DotCr, b'\n') => return Fed { consumed: i, done: true },
+                (Pos::DotCr, b'\n') => {
+                    return Fed {
+                        consumed: i,
+                        done: true,
+                    };
+                }
                 (Pos::DotCr, _) => {
                     // ".<CR>x": a bare CR; the CR cannot be part of the output either way.
                     self.flag(DataProblem::BareLineEnding);
@@ -168,7 +177,10 @@ impl DotReader {
                 }
             }
         }
-        Fed { consumed: i, done: false }
+        Fed {
+            consumed: i,
+            done: false,
+        }
     }
 }
 
@@ -196,7 +208,13 @@ mod tests {
     fn terminator_unstuffing_and_smuggling_table() {
         use DataProblem::*;
         // (input, body if clean, where the data ends, problem)
-        let cases: Vec<(&[u8], &[u8], Option<usize>, Option<DataProblem>)> = vec![
+        type Case = (
+            &'static [u8],
+            &'static [u8],
+            Option<usize>,
+            Option<DataProblem>,
+        );
+        let cases: Vec<Case> = vec![
             (b".\r\n", b"", Some(3), None),
             (b"a\r\n.\r\nNOOP\r\n", b"a\r\n", Some(6), None),
             (b"..\r\n.\r\n", b".\r\n", Some(7), None),
@@ -238,7 +256,11 @@ mod tests {
         let big = [big, b".\r\n".to_vec()].concat();
         let (out, end, problem) = run(&big, 64);
         assert_eq!(problem, Some(DataProblem::TooBig));
-        assert_eq!(end, Some(big.len()), "consumes to the terminator past the limit");
+        assert_eq!(
+            end,
+            Some(big.len()),
+            "consumes to the terminator past the limit"
+        );
         assert!(out.len() <= 1000);
         // A bare LF after the size limit is still reported as the worse problem.
         let both = [big[..big.len() - 3].to_vec(), b".\nHELP\r\n.\r\n".to_vec()].concat();

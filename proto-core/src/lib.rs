@@ -82,9 +82,11 @@ mod reply;
 mod sasl;
 mod session;
 
-pub use address::{AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath};
+pub use address::{
+    AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath,
+};
 pub use command::{
-    Body, Command, CommandError, Mechanism, MailParams, Notify, OriginalRecipient, RcptParams, Ret,
+    Body, Command, CommandError, MailParams, Mechanism, Notify, OriginalRecipient, RcptParams, Ret,
     looks_like_http, xtext_decode, xtext_encode,
 };
 pub use config::{AuthPolicy, Config, Extensions, Limits, Timeouts};

@@ -201,7 +201,11 @@ pub struct Reply {
 
 impl Reply {
     /// A one-line reply. Control characters in `text` become spaces.
-    pub fn new(code: ReplyCode, enhanced: Option<EnhancedStatus>, text: impl Into<String>) -> Reply {
+    pub fn new(
+        code: ReplyCode,
+        enhanced: Option<EnhancedStatus>,
+        text: impl Into<String>,
+    ) -> Reply {
         Reply::multiline(code, enhanced, [text.into()])
     }
 
@@ -316,8 +320,8 @@ impl Reply {
         }
         let code = code.ok_or(ReplyParseError::BadCode)?;
         let first_word = raw_lines[0].split(' ').next().unwrap_or("");
-        let enhanced = EnhancedStatus::parse(first_word)
-            .filter(|e| u16::from(e.class()) == code.get() / 100);
+        let enhanced =
+            EnhancedStatus::parse(first_word).filter(|e| u16::from(e.class()) == code.get() / 100);
         let lines = raw_lines.into_iter().map(|l| match enhanced {
             Some(e) => {
                 let prefix = e.to_string();
@@ -375,10 +379,7 @@ mod tests {
     fn encodes_single_and_multiline() {
         let cases: Vec<(Reply, &str)> = vec![
             (Reply::of(250, (2, 0, 0), "OK"), "250 2.0.0 OK\r\n"),
-            (
-                Reply::new(ReplyCode::OK, None, "a\r\nb"),
-                "250 a  b\r\n",
-            ),
+            (Reply::new(ReplyCode::OK, None, "a\r\nb"), "250 a  b\r\n"),
             (
                 Reply::multiline(ReplyCode::OK, None, ["x.example", "PIPELINING", "SIZE 10"]),
                 "250-x.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n",
@@ -405,10 +406,25 @@ mod tests {
     fn parses_replies_and_reports_partial_or_bad_input() {
         let ok: Vec<(&str, u16, Option<&str>, Vec<&str>)> = vec![
             ("250 OK\r\n", 250, None, vec!["OK"]),
-            ("250 2.1.0 Sender ok\r\n", 250, Some("2.1.0"), vec!["Sender ok"]),
-            ("550-5.1.1 a\r\n550 5.1.1 b\r\n", 550, Some("5.1.1"), vec!["a", "b"]),
+            (
+                "250 2.1.0 Sender ok\r\n",
+                250,
+                Some("2.1.0"),
+                vec!["Sender ok"],
+            ),
+            (
+                "550-5.1.1 a\r\n550 5.1.1 b\r\n",
+                550,
+                Some("5.1.1"),
+                vec!["a", "b"],
+            ),
             ("220\r\n", 220, None, vec![""]),
-            ("250 5.0.0 class mismatch\r\n", 250, None, vec!["5.0.0 class mismatch"]),
+            (
+                "250 5.0.0 class mismatch\r\n",
+                250,
+                None,
+                vec!["5.0.0 class mismatch"],
+            ),
             ("250-a\r\n250 b\r\nEXTRA", 250, None, vec!["a", "b"]),
         ];
         for (input, code, enh, lines) in ok {
@@ -416,9 +432,17 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{input:?}: {e}"))
                 .unwrap_or_else(|| panic!("{input:?}: incomplete"));
             assert_eq!(reply.code().get(), code, "{input:?}");
-            assert_eq!(reply.enhanced().map(|e| e.to_string()).as_deref(), enh, "{input:?}");
+            assert_eq!(
+                reply.enhanced().map(|e| e.to_string()).as_deref(),
+                enh,
+                "{input:?}"
+            );
             assert_eq!(reply.lines(), lines.as_slice(), "{input:?}");
-            assert_eq!(&input[used..], input.strip_prefix(&input[..used]).unwrap_or(""), "{input:?}");
+            assert_eq!(
+                &input[used..],
+                input.strip_prefix(&input[..used]).unwrap_or(""),
+                "{input:?}"
+            );
         }
         for partial in ["", "250", "250-a\r\n", "250 a\r"] {
             assert_eq!(Reply::parse(partial.as_bytes()), Ok(None), "{partial:?}");
@@ -439,7 +463,12 @@ mod tests {
     fn enhanced_status_bounds() {
         assert!(EnhancedStatus::new(3, 0, 0).is_none());
         assert!(EnhancedStatus::new(5, 1000, 0).is_none());
-        assert_eq!(EnhancedStatus::parse("5.7.8").map(|e| e.to_string()).as_deref(), Some("5.7.8"));
+        assert_eq!(
+            EnhancedStatus::parse("5.7.8")
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("5.7.8")
+        );
         for bad in ["5.7", "5.7.8.1", "x.1.1", "5.1234.1", "", "5..1"] {
             assert_eq!(EnhancedStatus::parse(bad), None, "{bad:?}");
         }
@@ -479,11 +508,7 @@ mod tests {
         fn encode_then_parse_round_trips(reply in arb_reply()) {
             let wire = reply.to_bytes();
             let parsed = Reply::parse(&wire);
-            let normalized: Vec<String> = reply.lines().iter().map(|l| {
-                // A line with an enhanced code and text keeps exactly one space after it;
-                // text lines with leading spaces are normalised above, so the trip is exact.
-                l.clone()
-            }).collect();
+            let normalized: Vec<String> = reply.lines().to_vec();
             let (got, used) = parsed.expect("parses").expect("complete");
             prop_assert_eq!(used, wire.len());
             prop_assert_eq!(got.code(), reply.code());

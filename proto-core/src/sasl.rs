@@ -83,7 +83,9 @@ pub(crate) fn start(mechanism: &Mechanism, initial: Option<&str>) -> SaslStep {
     match (mechanism, initial) {
         (Mechanism::Plain, None) => SaslStep::Continue(challenge(""), SaslState::PlainResponse),
         (Mechanism::Plain, Some(resp)) => step(SaslState::PlainResponse, resp.as_bytes()),
-        (Mechanism::Login, None) => SaslStep::Continue(challenge(USERNAME_CHALLENGE), SaslState::LoginUser),
+        (Mechanism::Login, None) => {
+            SaslStep::Continue(challenge(USERNAME_CHALLENGE), SaslState::LoginUser)
+        }
         (Mechanism::Login, Some(resp)) => step(SaslState::LoginUser, resp.as_bytes()),
         (Mechanism::Other(_), _) => SaslStep::Fail(Reply::of(
             504,
@@ -183,7 +185,10 @@ mod tests {
         let cases: Vec<(Option<String>, &str)> = vec![
             (None, "continue  PlainResponse"),
             (Some(b64(b"\0user\0pw")), "done None/user/pw"),
-            (Some(b64(b"admin\0user\0pw")), "done Some(\"admin\")/user/pw"),
+            (
+                Some(b64(b"admin\0user\0pw")),
+                "done Some(\"admin\")/user/pw",
+            ),
             (Some(b64(b"\0\0pw")), "fail 501"),
             (Some(b64(b"\0user\0")), "fail 501"),
             (Some(b64(b"user\0pw")), "fail 501"),
@@ -212,14 +217,20 @@ mod tests {
             panic!("then asks for the password")
         };
         assert_eq!(r.to_bytes(), b"334 UGFzc3dvcmQ6\r\n");
-        assert_eq!(outcome(step(st.clone(), b64(b"secret").as_bytes())), "done None/bob/secret");
+        assert_eq!(
+            outcome(step(st.clone(), b64(b"secret").as_bytes())),
+            "done None/bob/secret"
+        );
         assert_eq!(outcome(step(st, b"*")), "fail 501");
         assert_eq!(outcome(step(SaslState::LoginUser, b"%%%")), "fail 501");
         assert_eq!(
             outcome(start(&Mechanism::Login, Some(&b64(b"bob")))),
             "continue UGFzc3dvcmQ6 LoginPassword { user: \"bob\" }"
         );
-        assert_eq!(outcome(start(&Mechanism::Other("CRAM-MD5".into()), None)), "fail 504");
+        assert_eq!(
+            outcome(start(&Mechanism::Other("CRAM-MD5".into()), None)),
+            "fail 504"
+        );
     }
 
     #[test]

@@ -62,7 +62,11 @@ pub struct TlsInfo {
 
 impl TlsInfo {
     /// TLS facts from their parts.
-    pub fn new(version: impl Into<String>, cipher: impl Into<String>, sni: Option<String>) -> TlsInfo {
+    pub fn new(
+        version: impl Into<String>,
+        cipher: impl Into<String>,
+        sni: Option<String>,
+    ) -> TlsInfo {
         TlsInfo {
             version: version.into(),
             cipher: cipher.into(),
@@ -163,9 +167,14 @@ pub enum UsageError {
 /// What a pending ticket is about.
 #[derive(Debug)]
 enum Pending {
-    Mail { from: ReversePath, params: MailParams },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
     Rcpt,
-    Auth { user: String },
+    Auth {
+        user: String,
+    },
     Message,
 }
 
@@ -357,15 +366,16 @@ impl Session {
             // RFC 3207 4.2: the client must wait for the handshake; anything it pipelined after
             // STARTTLS in plaintext is discarded, never read as commands.
             State::TlsHandshake => return,
-            State::Pending(..) => {
-                if self.input.len() + bytes.len() > self.config.limits.max_pending_input {
-                    self.input.clear();
-                    self.fatal(Reply::of(421, (4, 5, 0), format!(
-                        "{} Too much pipelined input, closing",
-                        self.config.hostname
-                    )));
-                    return;
-                }
+            State::Pending(..)
+                if self.input.len() + bytes.len() > self.config.limits.max_pending_input =>
+            {
+                self.input.clear();
+                self.fatal(Reply::of(
+                    421,
+                    (4, 5, 0),
+                    format!("{} Too much pipelined input, closing", self.config.hostname),
+                ));
+                return;
             }
             _ => {}
         }
@@ -417,7 +427,12 @@ impl Session {
 
     /// The application's verdict on the event that carried `ticket`.
     /// After the session closed, verdicts are accepted and ignored.
-    pub fn resolve(&mut self, now: Instant, ticket: Ticket, verdict: Verdict) -> Result<(), UsageError> {
+    pub fn resolve(
+        &mut self,
+        now: Instant,
+        ticket: Ticket,
+        verdict: Verdict,
+    ) -> Result<(), UsageError> {
         if self.is_closed() {
             return Ok(());
         }
@@ -528,7 +543,8 @@ impl Session {
                     match self.take_line(&mut at, limit) {
                         LineRead::Line(range) => {
                             let line = self.input[range].to_vec();
-                            let State::Auth(st) = std::mem::replace(&mut self.state, State::Command)
+                            let State::Auth(st) =
+                                std::mem::replace(&mut self.state, State::Command)
                             else {
                                 unreachable!("matched above")
                             };
@@ -558,7 +574,9 @@ impl Session {
                 }
                 State::Chunk { remaining, .. } => {
                     let available = (self.input.len() - at) as u64;
-                    let take = (*remaining).min(available).min(self.config.limits.max_chunk as u64);
+                    let take = (*remaining)
+                        .min(available)
+                        .min(self.config.limits.max_chunk as u64);
                     *remaining -= take;
                     let done = *remaining == 0;
                     let take = take as usize; // at most max_chunk
@@ -570,7 +588,8 @@ impl Session {
                         self.flush_body();
                     }
                     if done {
-                        let State::Chunk { end, .. } = std::mem::replace(&mut self.state, State::Command)
+                        let State::Chunk { end, .. } =
+                            std::mem::replace(&mut self.state, State::Command)
                         else {
                             unreachable!("matched above")
                         };
@@ -685,7 +704,10 @@ impl Session {
             }
         };
         add(ext.pipelining, "PIPELINING".into());
-        add(ext.size, format!("SIZE {}", self.config.limits.max_message_size));
+        add(
+            ext.size,
+            format!("SIZE {}", self.config.limits.max_message_size),
+        );
         add(ext.eight_bit_mime, "8BITMIME".into());
         add(ext.smtputf8, "SMTPUTF8".into());
         add(ext.enhanced_status_codes, "ENHANCEDSTATUSCODES".into());
@@ -739,7 +761,10 @@ impl Session {
                 ext.requiretls && self.tls.is_some(),
             ),
         ];
-        if let Some((name, ..)) = offered.iter().find(|(_, used, ok)| *used && !(esmtp && *ok)) {
+        if let Some((name, ..)) = offered
+            .iter()
+            .find(|(_, used, ok)| *used && !(esmtp && *ok))
+        {
             return self.fail(Reply::of(
                 555,
                 (5, 5, 4),
@@ -747,7 +772,10 @@ impl Session {
             ));
         }
         // RFC 1870 6: "552 [...] message size exceeds fixed maximum message size".
-        if params.size.is_some_and(|s| s > self.config.limits.max_message_size) {
+        if params
+            .size
+            .is_some_and(|s| s > self.config.limits.max_message_size)
+        {
             return self.fail(Reply::of(
                 552,
                 (5, 3, 4),
@@ -788,13 +816,21 @@ impl Session {
         if (params.notify.is_some() || params.orcpt.is_some())
             && !(self.is_esmtp() && self.config.extensions.dsn)
         {
-            return self.fail(Reply::of(555, (5, 5, 4), "DSN parameters not supported here"));
+            return self.fail(Reply::of(
+                555,
+                (5, 5, 4),
+                "DSN parameters not supported here",
+            ));
         }
         if let ForwardPath::Mailbox(m) = &to
             && !m.is_ascii()
             && !t.utf8
         {
-            return self.fail(Reply::of(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8"));
+            return self.fail(Reply::of(
+                553,
+                (5, 6, 7),
+                "Non-ASCII address requires SMTPUTF8",
+            ));
         }
         let ticket = self.ticket();
         self.emit(Event::Rcpt { ticket, to, params });
@@ -824,7 +860,10 @@ impl Session {
             "End data with <CR><LF>.<CR><LF>",
         ));
         let limits = self.config.limits;
-        self.state = State::Data(DotReader::new(limits.max_message_size, limits.max_text_line));
+        self.state = State::Data(DotReader::new(
+            limits.max_message_size,
+            limits.max_text_line,
+        ));
     }
 
     fn end_of_data(&mut self, problem: Option<DataProblem>) {
@@ -841,7 +880,9 @@ impl Session {
                 (5, 6, 0),
                 "Message refused: bare CR or LF in data (RFC 5321 2.3.8)",
             ),
-            Some(DataProblem::LineTooLong) => Reply::of(500, (5, 5, 2), "Message refused: line too long"),
+            Some(DataProblem::LineTooLong) => {
+                Reply::of(500, (5, 5, 2), "Message refused: line too long")
+            }
             Some(DataProblem::TooBig) => Reply::of(
                 552,
                 (5, 3, 4),
@@ -854,7 +895,8 @@ impl Session {
     }
 
     fn on_bdat(&mut self, size: u64, last: bool) {
-        let refuse = |code, e: (u8, u16, u16), text: &str| ChunkEnd::Refuse(Reply::of(code, e, text));
+        let refuse =
+            |code, e: (u8, u16, u16), text: &str| ChunkEnd::Refuse(Reply::of(code, e, text));
         let end = if !(self.is_esmtp() && self.config.extensions.chunking) {
             refuse(502, (5, 5, 1), "BDAT not available")
         } else if self.transaction.is_none() {
@@ -876,7 +918,11 @@ impl Session {
             if total > self.config.limits.max_message_size {
                 // RFC 3030 2: the transaction fails; the chunk's octets are still consumed.
                 self.abort_transaction();
-                refuse(552, (5, 3, 4), "Message size exceeds fixed maximum message size")
+                refuse(
+                    552,
+                    (5, 3, 4),
+                    "Message size exceeds fixed maximum message size",
+                )
             } else if last {
                 ChunkEnd::Last
             } else {
@@ -892,7 +938,9 @@ impl Session {
     fn end_of_chunk(&mut self, end: ChunkEnd) {
         self.flush_body();
         match end {
-            ChunkEnd::Ack(n) => self.send(Reply::of(250, (2, 0, 0), format!("{n} octets received"))),
+            ChunkEnd::Ack(n) => {
+                self.send(Reply::of(250, (2, 0, 0), format!("{n} octets received")))
+            }
             ChunkEnd::Last => {
                 let ticket = self.ticket();
                 self.emit(Event::MessageEnd { ticket });
@@ -932,7 +980,11 @@ impl Session {
             return self.fail(Reply::of(503, (5, 5, 1), "Already authenticated"));
         }
         if self.transaction.is_some() {
-            return self.fail(Reply::of(503, (5, 5, 1), "AUTH not allowed inside a transaction"));
+            return self.fail(Reply::of(
+                503,
+                (5, 5, 1),
+                "AUTH not allowed inside a transaction",
+            ));
         }
         if !self.auth_offered() {
             // RFC 4954 6: 538 "Encryption required for requested authentication mechanism".
@@ -978,7 +1030,10 @@ impl Session {
     fn command_limit(&self, at: usize) -> usize {
         let rest = &self.input[at..];
         if rest.len() >= 5 && rest[..5].eq_ignore_ascii_case(b"AUTH ") {
-            self.config.limits.max_auth_line.max(self.config.limits.max_command_line)
+            self.config
+                .limits
+                .max_auth_line
+                .max(self.config.limits.max_command_line)
         } else {
             self.config.limits.max_command_line
         }
@@ -989,7 +1044,11 @@ impl Session {
     /// once as too long; its bytes are never interpreted.
     fn take_line(&mut self, at: &mut usize, limit: usize) -> LineRead {
         let start = *at;
-        let from = start + self.scanned.saturating_sub(start).min(self.input.len() - start);
+        let from = start
+            + self
+                .scanned
+                .saturating_sub(start)
+                .min(self.input.len() - start);
         match self.input[from..].iter().position(|&b| b == b'\n') {
             Some(rel) => {
                 let lf = from + rel;
@@ -1002,7 +1061,11 @@ impl Session {
                 if lf + 1 - start > limit {
                     return LineRead::TooLong;
                 }
-                let end = if lf > start && self.input[lf - 1] == b'\r' { lf - 1 } else { lf };
+                let end = if lf > start && self.input[lf - 1] == b'\r' {
+                    lf - 1
+                } else {
+                    lf
+                };
                 LineRead::Line(start..end)
             }
             None => {
@@ -1069,7 +1132,10 @@ impl Session {
             self.fatal(Reply::of(
                 421,
                 (4, 7, 0),
-                format!("{} Too many errors, closing connection", self.config.hostname),
+                format!(
+                    "{} Too many errors, closing connection",
+                    self.config.hostname
+                ),
             ));
         } else {
             self.send(reply);

@@ -15,9 +15,16 @@ fn check(name: &str, cfg: Config, input: &str, want: &[&str]) -> Harness {
     let mut h = Harness::new(cfg);
     h.input(input.as_bytes());
     let got = h.replies();
-    assert_eq!(got.len(), want.len(), "{name}: input {input:?}\n got {got:#?}");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: input {input:?}\n got {got:#?}"
+    );
     for (g, w) in got.iter().zip(want) {
-        assert!(g.starts_with(w), "{name}: input {input:?}\n reply {g:?} should start {w:?}\n all {got:#?}");
+        assert!(
+            g.starts_with(w),
+            "{name}: input {input:?}\n reply {g:?} should start {w:?}\n all {got:#?}"
+        );
     }
     h
 }
@@ -30,51 +37,237 @@ fn dialogue_table() {
         ("greeting only", "", vec!["220 mx.test"]),
         ("ehlo", HELLO, vec!["220", "250 "]),
         ("helo", "HELO c.test\r\n", vec!["220", "250 mx.test"]),
-        ("empty helo", "HELO\r\nEHLO\r\n", vec!["220", "501 5.5.4", "501 5.5.4"]),
-        ("lower case", "ehlo c\r\nmail from:<a@b.c>\r\nrset\r\n", vec!["220", "250", "250 2.1.0", "250 2.0.0"]),
-        ("noop rset before ehlo", "NOOP\r\nRSET\r\n", vec!["220", "250 2.0.0", "250 2.0.0"]),
-        ("mail before helo", "MAIL FROM:<a@b.c>\r\n", vec!["220", "503 5.5.1"]),
-        ("rcpt before mail", "EHLO c\r\nRCPT TO:<u@mx.test>\r\n", vec!["220", "250", "503 5.5.1"]),
-        ("data before rcpt", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nDATA\r\n", vec!["220", "250", "250", "554 5.5.1"]),
-        ("data before mail", "HELO c\r\nDATA\r\n", vec!["220", "250", "503 5.5.1"]),
-        ("nested mail", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n", vec!["220", "250", "250", "503 5.5.1"]),
-        ("rset clears", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nRCPT TO:<u@mx.test>\r\n", vec!["220", "250", "250", "250", "503"]),
-        ("ehlo resets", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nEHLO c\r\nMAIL FROM:<a@b.c>\r\n", vec!["220", "250", "250", "250", "250 2.1.0"]),
-        ("null sender", "EHLO c\r\nMAIL FROM:<>\r\n", vec!["220", "250", "250 2.1.0"]),
-        ("unknown param", "EHLO c\r\nMAIL FROM:<a@b.c> XFOO=1\r\n", vec!["220", "250", "555 5.5.4"]),
-        ("params after helo", "HELO c\r\nMAIL FROM:<a@b.c> SIZE=10\r\n", vec!["220", "250", "555 5.5.4"]),
-        ("size too big", "EHLO c\r\nMAIL FROM:<a@b.c> SIZE=999999999999\r\n", vec!["220", "250", "552 5.3.4"]),
-        ("size ok", "EHLO c\r\nMAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME\r\n", vec!["220", "250", "250"]),
-        ("utf8 needs smtputf8", "EHLO c\r\nMAIL FROM:<ñandú@b.c>\r\n", vec!["220", "250", "553 5.6.7"]),
-        ("utf8 with smtputf8", "EHLO c\r\nMAIL FROM:<ñandú@b.c> SMTPUTF8\r\nRCPT TO:<ü@mx.test>\r\n", vec!["220", "250", "250", "250 2.1.5"]),
-        ("utf8 rcpt without", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<ü@mx.test>\r\n", vec!["220", "250", "250", "553 5.6.7"]),
-        ("postmaster", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<postMASTER>\r\n", vec!["220", "250", "250", "250 2.1.5"]),
-        ("source route", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<@r.example:u@mx.test>\r\n", vec!["220", "250", "250", "250 2.1.5"]),
-        ("unknown user", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<nobody@mx.test>\r\n", vec!["220", "250", "250", "550 5.1.1"]),
-        ("bad address", "EHLO c\r\nMAIL FROM:<not an address>\r\nMAIL FROM:<a@b.c>\r\n", vec!["220", "250", "501 5.1.7", "250"]),
-        ("dsn params", "EHLO c\r\nMAIL FROM:<a@b.c> RET=HDRS ENVID=x\r\nRCPT TO:<u@mx.test> NOTIFY=FAILURE ORCPT=rfc822;u@mx.test\r\n", vec!["220", "250", "250", "250"]),
-        ("dsn after helo", "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test> NOTIFY=NEVER\r\n", vec!["220", "250", "250", "555"]),
-        ("requiretls without tls", "EHLO c\r\nMAIL FROM:<a@b.c> REQUIRETLS\r\n", vec!["220", "250", "555"]),
-        ("vrfy expn help", "EHLO c\r\nVRFY u\r\nEXPN staff\r\nHELP\r\n", vec!["220", "250", "252 2.5.0", "502 5.5.1", "214 2.0.0"]),
-        ("unknown command", "EHLO c\r\nXYZZY\r\nNOOP\r\n", vec!["220", "250", "500 5.5.1", "250"]),
+        (
+            "empty helo",
+            "HELO\r\nEHLO\r\n",
+            vec!["220", "501 5.5.4", "501 5.5.4"],
+        ),
+        (
+            "lower case",
+            "ehlo c\r\nmail from:<a@b.c>\r\nrset\r\n",
+            vec!["220", "250", "250 2.1.0", "250 2.0.0"],
+        ),
+        (
+            "noop rset before ehlo",
+            "NOOP\r\nRSET\r\n",
+            vec!["220", "250 2.0.0", "250 2.0.0"],
+        ),
+        (
+            "mail before helo",
+            "MAIL FROM:<a@b.c>\r\n",
+            vec!["220", "503 5.5.1"],
+        ),
+        (
+            "rcpt before mail",
+            "EHLO c\r\nRCPT TO:<u@mx.test>\r\n",
+            vec!["220", "250", "503 5.5.1"],
+        ),
+        (
+            "data before rcpt",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nDATA\r\n",
+            vec!["220", "250", "250", "554 5.5.1"],
+        ),
+        (
+            "data before mail",
+            "HELO c\r\nDATA\r\n",
+            vec!["220", "250", "503 5.5.1"],
+        ),
+        (
+            "nested mail",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n",
+            vec!["220", "250", "250", "503 5.5.1"],
+        ),
+        (
+            "rset clears",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nRCPT TO:<u@mx.test>\r\n",
+            vec!["220", "250", "250", "250", "503"],
+        ),
+        (
+            "ehlo resets",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nEHLO c\r\nMAIL FROM:<a@b.c>\r\n",
+            vec!["220", "250", "250", "250", "250 2.1.0"],
+        ),
+        (
+            "null sender",
+            "EHLO c\r\nMAIL FROM:<>\r\n",
+            vec!["220", "250", "250 2.1.0"],
+        ),
+        (
+            "unknown param",
+            "EHLO c\r\nMAIL FROM:<a@b.c> XFOO=1\r\n",
+            vec!["220", "250", "555 5.5.4"],
+        ),
+        (
+            "params after helo",
+            "HELO c\r\nMAIL FROM:<a@b.c> SIZE=10\r\n",
+            vec!["220", "250", "555 5.5.4"],
+        ),
+        (
+            "size too big",
+            "EHLO c\r\nMAIL FROM:<a@b.c> SIZE=999999999999\r\n",
+            vec!["220", "250", "552 5.3.4"],
+        ),
+        (
+            "size ok",
+            "EHLO c\r\nMAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME\r\n",
+            vec!["220", "250", "250"],
+        ),
+        (
+            "utf8 needs smtputf8",
+            "EHLO c\r\nMAIL FROM:<ñandú@b.c>\r\n",
+            vec!["220", "250", "553 5.6.7"],
+        ),
+        (
+            "utf8 with smtputf8",
+            "EHLO c\r\nMAIL FROM:<ñandú@b.c> SMTPUTF8\r\nRCPT TO:<ü@mx.test>\r\n",
+            vec!["220", "250", "250", "250 2.1.5"],
+        ),
+        (
+            "utf8 rcpt without",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<ü@mx.test>\r\n",
+            vec!["220", "250", "250", "553 5.6.7"],
+        ),
+        (
+            "postmaster",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<postMASTER>\r\n",
+            vec!["220", "250", "250", "250 2.1.5"],
+        ),
+        (
+            "source route",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<@r.example:u@mx.test>\r\n",
+            vec!["220", "250", "250", "250 2.1.5"],
+        ),
+        (
+            "unknown user",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<nobody@mx.test>\r\n",
+            vec!["220", "250", "250", "550 5.1.1"],
+        ),
+        (
+            "bad address",
+            "EHLO c\r\nMAIL FROM:<not an address>\r\nMAIL FROM:<a@b.c>\r\n",
+            vec!["220", "250", "501 5.1.7", "250"],
+        ),
+        (
+            "dsn params",
+            "EHLO c\r\nMAIL FROM:<a@b.c> RET=HDRS ENVID=x\r\nRCPT TO:<u@mx.test> NOTIFY=FAILURE ORCPT=rfc822;u@mx.test\r\n",
+            vec!["220", "250", "250", "250"],
+        ),
+        (
+            "dsn after helo",
+            "HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test> NOTIFY=NEVER\r\n",
+            vec!["220", "250", "250", "555"],
+        ),
+        (
+            "requiretls without tls",
+            "EHLO c\r\nMAIL FROM:<a@b.c> REQUIRETLS\r\n",
+            vec!["220", "250", "555"],
+        ),
+        (
+            "vrfy expn help",
+            "EHLO c\r\nVRFY u\r\nEXPN staff\r\nHELP\r\n",
+            vec!["220", "250", "252 2.5.0", "502 5.5.1", "214 2.0.0"],
+        ),
+        (
+            "unknown command",
+            "EHLO c\r\nXYZZY\r\nNOOP\r\n",
+            vec!["220", "250", "500 5.5.1", "250"],
+        ),
         ("quit", "QUIT\r\nNOOP\r\n", vec!["220", "221 2.0.0"]),
-        ("full message", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
-            vec!["220", "250", "250", "250", "354", "250 2.0.0 queued as Q1", "221"]),
-        ("empty message", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n.\r\n", vec!["220", "250", "250", "250", "354", "250 2.0.0"]),
-        ("data args", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA now\r\n", vec!["220", "250", "250", "250", "501"]),
-        ("bdat", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 5\r\nabcdeBDAT 3 LAST\r\nfgh", vec!["220", "250", "250", "250", "250 2.0.0 5 octets", "250 2.0.0 queued"]),
-        ("bdat 0 last", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 0 LAST\r\n", vec!["220", "250", "250", "250", "250 2.0.0 queued"]),
-        ("data after bdat", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 3\r\nabcDATA\r\n", vec!["220", "250", "250", "250", "250", "503 5.5.1"]),
-        ("bdat without mail skips its octets", "EHLO c\r\nBDAT 6\r\nNOOP\r\nNOOP\r\n", vec!["220", "250", "503 5.5.1", "250"]),
-        ("bdat after helo", "HELO c\r\nBDAT 6\r\nNOOP\r\nNOOP\r\n", vec!["220", "250", "502 5.5.1", "250"]),
-        ("bdat bad size closes", "EHLO c\r\nBDAT x\r\nNOOP\r\n", vec!["220", "250", "501 5.5.4"]),
-        ("binarymime needs bdat", "EHLO c\r\nMAIL FROM:<a@b.c> BODY=BINARYMIME\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n", vec!["220", "250", "250", "250", "503 5.5.1"]),
-        ("starttls with argument", "EHLO c\r\nSTARTTLS foo\r\n", vec!["220", "250", "501 5.5.4"]),
-        ("starttls in transaction", "EHLO c\r\nMAIL FROM:<a@b.c>\r\nSTARTTLS\r\n", vec!["220", "250", "250", "503 5.5.1"]),
-        ("auth over plaintext", "EHLO c\r\nAUTH PLAIN AHUAc2VjcmV0\r\n", vec!["220", "250", "538 5.7.11"]),
-        ("http", "GET / HTTP/1.1\r\nHost: x\r\n", vec!["220", "502 5.7.0"]),
-        ("bare cr in command", "EHLO c\r\nNOOP\rRSET\r\n", vec!["220", "250", "500 5.5.2"]),
-        ("lf-only command lines", "EHLO c\nNOOP\n", vec!["220", "250", "250"]),
+        (
+            "full message",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+            vec![
+                "220",
+                "250",
+                "250",
+                "250",
+                "354",
+                "250 2.0.0 queued as Q1",
+                "221",
+            ],
+        ),
+        (
+            "empty message",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n.\r\n",
+            vec!["220", "250", "250", "250", "354", "250 2.0.0"],
+        ),
+        (
+            "data args",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA now\r\n",
+            vec!["220", "250", "250", "250", "501"],
+        ),
+        (
+            "bdat",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 5\r\nabcdeBDAT 3 LAST\r\nfgh",
+            vec![
+                "220",
+                "250",
+                "250",
+                "250",
+                "250 2.0.0 5 octets",
+                "250 2.0.0 queued",
+            ],
+        ),
+        (
+            "bdat 0 last",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 0 LAST\r\n",
+            vec!["220", "250", "250", "250", "250 2.0.0 queued"],
+        ),
+        (
+            "data after bdat",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 3\r\nabcDATA\r\n",
+            vec!["220", "250", "250", "250", "250", "503 5.5.1"],
+        ),
+        (
+            "bdat without mail skips its octets",
+            "EHLO c\r\nBDAT 6\r\nNOOP\r\nNOOP\r\n",
+            vec!["220", "250", "503 5.5.1", "250"],
+        ),
+        (
+            "bdat after helo",
+            "HELO c\r\nBDAT 6\r\nNOOP\r\nNOOP\r\n",
+            vec!["220", "250", "502 5.5.1", "250"],
+        ),
+        (
+            "bdat bad size closes",
+            "EHLO c\r\nBDAT x\r\nNOOP\r\n",
+            vec!["220", "250", "501 5.5.4"],
+        ),
+        (
+            "binarymime needs bdat",
+            "EHLO c\r\nMAIL FROM:<a@b.c> BODY=BINARYMIME\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n",
+            vec!["220", "250", "250", "250", "503 5.5.1"],
+        ),
+        (
+            "starttls with argument",
+            "EHLO c\r\nSTARTTLS foo\r\n",
+            vec!["220", "250", "501 5.5.4"],
+        ),
+        (
+            "starttls in transaction",
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nSTARTTLS\r\n",
+            vec!["220", "250", "250", "503 5.5.1"],
+        ),
+        (
+            "auth over plaintext",
+            "EHLO c\r\nAUTH PLAIN AHUAc2VjcmV0\r\n",
+            vec!["220", "250", "538 5.7.11"],
+        ),
+        (
+            "http",
+            "GET / HTTP/1.1\r\nHost: x\r\n",
+            vec!["220", "502 5.7.0"],
+        ),
+        (
+            "bare cr in command",
+            "EHLO c\r\nNOOP\rRSET\r\n",
+            vec!["220", "250", "500 5.5.2"],
+        ),
+        (
+            "lf-only command lines",
+            "EHLO c\nNOOP\n",
+            vec!["220", "250", "250"],
+        ),
     ];
     for (name, input, want) in cases {
         check(name, config(), input, &want);
@@ -84,12 +277,30 @@ fn dialogue_table() {
 #[test]
 fn ehlo_advertises_by_config_and_state() {
     let h = check("ehlo", config(), HELLO, &["220", "250"]);
-    let Out::Reply(ehlo) = &h.out[1] else { panic!() };
-    for ext in ["PIPELINING", "SIZE 52428800", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "DSN", "STARTTLS"] {
-        assert!(ehlo.contains(&format!("250-{ext}\r\n")) || ehlo.contains(&format!("250 {ext}\r\n")), "{ext} in {ehlo}");
+    let Out::Reply(ehlo) = &h.out[1] else {
+        panic!()
+    };
+    for ext in [
+        "PIPELINING",
+        "SIZE 52428800",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "BINARYMIME",
+        "DSN",
+        "STARTTLS",
+    ] {
+        assert!(
+            ehlo.contains(&format!("250-{ext}\r\n")) || ehlo.contains(&format!("250 {ext}\r\n")),
+            "{ext} in {ehlo}"
+        );
     }
     assert!(!ehlo.contains("AUTH"), "no AUTH before TLS: {ehlo}");
-    assert!(!ehlo.contains("REQUIRETLS"), "no REQUIRETLS before TLS: {ehlo}");
+    assert!(
+        !ehlo.contains("REQUIRETLS"),
+        "no REQUIRETLS before TLS: {ehlo}"
+    );
 
     // After STARTTLS: AUTH and REQUIRETLS appear, STARTTLS disappears.
     let mut h = Harness::new(config());
@@ -97,8 +308,13 @@ fn ehlo_advertises_by_config_and_state() {
     assert_eq!(h.out.last(), Some(&Out::StartTls));
     h.tls();
     h.input(HELLO.as_bytes());
-    let Some(Out::Reply(ehlo)) = h.out.last() else { panic!() };
-    assert!(ehlo.contains("AUTH PLAIN LOGIN") && ehlo.contains("REQUIRETLS"), "{ehlo}");
+    let Some(Out::Reply(ehlo)) = h.out.last() else {
+        panic!()
+    };
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN") && ehlo.contains("REQUIRETLS"),
+        "{ehlo}"
+    );
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
 
     // Everything off: a bare greeting line.
@@ -115,7 +331,11 @@ fn ehlo_advertises_by_config_and_state() {
     let mut h = Harness::new(c);
     h.input(b"EHLO c\r\nNOOP\r\n");
     assert_eq!(h.out[1], Out::Reply("250 mx.test greets c\r\n".into()));
-    assert_eq!(h.out[2], Out::Reply("250 OK\r\n".into()), "no enhanced codes when off");
+    assert_eq!(
+        h.out[2],
+        Out::Reply("250 OK\r\n".into()),
+        "no enhanced codes when off"
+    );
 }
 
 #[test]
@@ -131,7 +351,10 @@ fn recipient_limit_is_452_and_not_an_error() {
     let mut hh = Harness::new(c);
     hh.input(input.as_bytes());
     let codes = hh.codes();
-    assert_eq!(codes.iter().filter(|c| *c == "250").count(), 1 + 1 + 100 + 1);
+    assert_eq!(
+        codes.iter().filter(|c| *c == "250").count(),
+        1 + 1 + 100 + 1
+    );
     assert_eq!(codes.iter().filter(|c| *c == "452").count(), 5);
     assert!(hh.replies().iter().any(|r| r.starts_with("452 4.5.3")));
     assert!(!hh.closed());
@@ -161,7 +384,11 @@ fn command_line_limit_skips_to_line_end() {
     // Fed a byte at a time, the long line is never buffered whole.
     for b in long.as_bytes() {
         h.input(std::slice::from_ref(b));
-        assert!(h.session.buffered_len() <= 512, "buffered {}", h.session.buffered_len());
+        assert!(
+            h.session.buffered_len() <= 512,
+            "buffered {}",
+            h.session.buffered_len()
+        );
     }
     assert_eq!(h.codes(), ["220", "250", "500", "250"]);
     assert!(h.replies()[2].starts_with("500 5.5.2"));
@@ -189,9 +416,19 @@ fn data_smuggling_is_refused_and_session_stays_in_sync() {
         h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n");
         h.input(v);
         // Still inside DATA: the smuggled MAIL was not read as a command.
-        assert_eq!(h.codes(), ["220", "250", "250", "250", "354"], "{:?}", String::from_utf8_lossy(v));
+        assert_eq!(
+            h.codes(),
+            ["220", "250", "250", "250", "354"],
+            "{:?}",
+            String::from_utf8_lossy(v)
+        );
         h.input(b"more\r\n.\r\nNOOP\r\n");
-        assert_eq!(h.codes(), ["220", "250", "250", "250", "354", "554", "250"], "{:?}", String::from_utf8_lossy(v));
+        assert_eq!(
+            h.codes(),
+            ["220", "250", "250", "250", "354", "554", "250"],
+            "{:?}",
+            String::from_utf8_lossy(v)
+        );
         assert!(h.replies()[5].starts_with("554 5.6.0"));
         assert!(h.messages.is_empty(), "never accepted");
         assert!(h.out.contains(&Out::Event("aborted".into())));
@@ -224,7 +461,13 @@ fn dot_unstuffing_body_and_size_limit() {
     assert!(h.messages.is_empty());
 
     let mut h = Harness::new(config());
-    h.input(format!("EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n{}\r\n.\r\nNOOP\r\n", "y".repeat(999)).as_bytes());
+    h.input(
+        format!(
+            "EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n{}\r\n.\r\nNOOP\r\n",
+            "y".repeat(999)
+        )
+        .as_bytes(),
+    );
     assert_eq!(h.codes()[5..], ["500", "250"]);
 }
 
@@ -280,7 +523,11 @@ fn hundred_megabytes_accepted_under_a_larger_limit() {
     }
     assert!(max_chunk <= 64 * 1024);
     h.input(b".\r\n");
-    assert!(h.replies().last().unwrap().starts_with("250 2.0.0"), "{:?}", h.replies().last());
+    assert!(
+        h.replies().last().unwrap().starts_with("250 2.0.0"),
+        "{:?}",
+        h.replies().last()
+    );
 }
 
 #[test]
@@ -296,12 +543,24 @@ fn starttls_discards_pipelined_plaintext_and_resets() {
     assert!(h.session.tls().is_some());
     assert_eq!(h.session.helo(), None, "EHLO state is forgotten");
     h.input(b"MAIL FROM:<a@b.c>\r\n");
-    assert_eq!(h.codes().last().unwrap(), "503", "must EHLO again after TLS");
-    h.input(b"EHLO c\r\nSTARTTLS\r\n");
-    assert!(h.replies().last().unwrap().starts_with("503 5.5.1"), "no second STARTTLS");
-    assert!(!h.out.iter().any(|o| matches!(o, Out::Event(e) if e.starts_with("mail <evil"))));
     assert_eq!(
-        h.session.handle_tls_established(h.now, proto_core::TlsInfo::default()),
+        h.codes().last().unwrap(),
+        "503",
+        "must EHLO again after TLS"
+    );
+    h.input(b"EHLO c\r\nSTARTTLS\r\n");
+    assert!(
+        h.replies().last().unwrap().starts_with("503 5.5.1"),
+        "no second STARTTLS"
+    );
+    assert!(
+        !h.out
+            .iter()
+            .any(|o| matches!(o, Out::Event(e) if e.starts_with("mail <evil")))
+    );
+    assert_eq!(
+        h.session
+            .handle_tls_established(h.now, proto_core::TlsInfo::default()),
         Err(proto_core::UsageError::TlsNotRequested)
     );
 }
@@ -323,7 +582,10 @@ fn auth_plain_and_login() {
     assert!(h.replies().last().unwrap().starts_with("235 2.7.0"));
     assert_eq!(h.session.authenticated(), Some("bob"));
     h.input(b"AUTH PLAIN\r\n");
-    assert!(h.replies().last().unwrap().starts_with("503 5.5.1"), "AUTH twice");
+    assert!(
+        h.replies().last().unwrap().starts_with("503 5.5.1"),
+        "AUTH twice"
+    );
 
     let mut h = tls_session(config());
     h.input(b"AUTH PLAIN\r\n");
@@ -344,11 +606,18 @@ fn auth_plain_and_login() {
         ("AUTH PLAIN\r\n!!!not-base64!!!\r\n", "501 5.5.2"),
         ("AUTH LOGIN\r\n*\r\n", "501 5.0.0"),
         ("AUTH X-UNKNOWN\r\n", "504 5.5.4"),
-        ("MAIL FROM:<a@b.c>\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n", "503 5.5.1"),
+        (
+            "MAIL FROM:<a@b.c>\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n",
+            "503 5.5.1",
+        ),
     ] {
         let mut h = tls_session(config());
         h.input(input.as_bytes());
-        assert!(h.replies().last().unwrap().starts_with(want), "{input:?}: {:?}", h.replies());
+        assert!(
+            h.replies().last().unwrap().starts_with(want),
+            "{input:?}: {:?}",
+            h.replies()
+        );
         // The session is usable afterwards.
         h.input(b"NOOP\r\n");
         assert_eq!(h.codes().last().unwrap(), "250", "{input:?}");
@@ -367,25 +636,50 @@ fn auth_policy_and_required_auth() {
 
     let mut c = config();
     c.auth = AuthPolicy::AllowPlaintext;
-    check("plaintext allowed", c, "EHLO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n", &["220", "250", "235"]);
+    check(
+        "plaintext allowed",
+        c,
+        "EHLO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n",
+        &["220", "250", "235"],
+    );
     let mut c = config();
     c.auth = AuthPolicy::Never;
-    check("never", c, "EHLO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n", &["220", "250", "502"]);
+    check(
+        "never",
+        c,
+        "EHLO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n",
+        &["220", "250", "502"],
+    );
     let mut c = config();
     c.auth = AuthPolicy::AllowPlaintext;
-    check("auth needs ehlo", c, "HELO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n", &["220", "250", "503"]);
+    check(
+        "auth needs ehlo",
+        c,
+        "HELO c\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\n",
+        &["220", "250", "503"],
+    );
 }
 
 #[test]
 fn pipelined_replies_wait_for_verdicts_in_order() {
     let mut h = Harness::new(config());
     h.app.auto = false;
-    h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nRCPT TO:<v@mx.test>\r\nDATA\r\n");
+    h.input(
+        b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nRCPT TO:<v@mx.test>\r\nDATA\r\n",
+    );
     assert_eq!(h.codes(), ["220", "250"]);
     assert!(!h.session.wants_input());
-    assert_eq!(h.pending.len(), 1, "only MAIL is asked about until it is answered");
+    assert_eq!(
+        h.pending.len(),
+        1,
+        "only MAIL is asked about until it is answered"
+    );
     h.resolve_next(Verdict::Accept);
-    h.resolve_next(Verdict::Reject(Reply::new(ReplyCode::MAILBOX_UNAVAILABLE, None, "no")));
+    h.resolve_next(Verdict::Reject(Reply::new(
+        ReplyCode::MAILBOX_UNAVAILABLE,
+        None,
+        "no",
+    )));
     h.resolve_next(Verdict::Accept);
     assert_eq!(h.codes(), ["220", "250", "250", "550", "250", "354"]);
     h.input(b"hi\r\n.\r\n");
@@ -394,7 +688,11 @@ fn pipelined_replies_wait_for_verdicts_in_order() {
     // A wrong ticket is a usage error; the right one still works.
     let (ticket, _) = h.pending[0].clone();
     assert_eq!(
-        h.session.resolve(h.now, ticket, Verdict::Reject(Reply::new(ReplyCode::OK, None, "x"))),
+        h.session.resolve(
+            h.now,
+            ticket,
+            Verdict::Reject(Reply::new(ReplyCode::OK, None, "x"))
+        ),
         Err(proto_core::UsageError::NotARejection(ReplyCode::OK))
     );
     h.resolve_next(Verdict::AcceptWithText("queued as X".into()));
@@ -415,7 +713,10 @@ fn pending_input_is_bounded() {
     h.input(&b"NOOP\r\n".repeat(30));
     assert!(h.closed());
     assert!(h.replies().last().unwrap().starts_with("421 4.5.0"));
-    assert!(h.out.contains(&Out::Event("aborted".into())), "the pending MAIL is called off");
+    assert!(
+        h.out.contains(&Out::Event("aborted".into())),
+        "the pending MAIL is called off"
+    );
 }
 
 #[test]
@@ -423,7 +724,11 @@ fn verdict_421_closes() {
     let mut h = Harness::new(config());
     h.app.auto = false;
     h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nNOOP\r\n");
-    h.resolve_next(Verdict::Reject(Reply::new(ReplyCode::SERVICE_UNAVAILABLE, None, "bye")));
+    h.resolve_next(Verdict::Reject(Reply::new(
+        ReplyCode::SERVICE_UNAVAILABLE,
+        None,
+        "bye",
+    )));
     assert_eq!(h.codes(), ["220", "250", "421"]);
     assert!(h.closed());
 }
@@ -432,11 +737,17 @@ fn verdict_421_closes() {
 fn timeouts_follow_rfc_5321() {
     let mut h = Harness::new(config());
     let t0 = h.now;
-    assert_eq!(h.session.poll_timeout(), Some(t0 + Duration::from_secs(300)));
+    assert_eq!(
+        h.session.poll_timeout(),
+        Some(t0 + Duration::from_secs(300))
+    );
     h.advance(Duration::from_secs(299));
     assert!(!h.closed(), "spurious or early timeouts are no-ops");
     h.input(b"EHLO c\r\n");
-    assert_eq!(h.session.poll_timeout(), Some(h.now + Duration::from_secs(300)));
+    assert_eq!(
+        h.session.poll_timeout(),
+        Some(h.now + Duration::from_secs(300))
+    );
     h.advance(Duration::from_secs(300));
     assert!(h.closed());
     assert!(h.replies().last().unwrap().starts_with("421 4.4.2"));
@@ -468,7 +779,10 @@ fn eof_aborts_transaction_without_reply() {
     h.session.handle_eof(h.now);
     h.drain();
     assert_eq!(h.codes(), ["220", "250", "250"]);
-    assert_eq!(h.out[h.out.len() - 2..], [Out::Event("aborted".into()), Out::Close]);
+    assert_eq!(
+        h.out[h.out.len() - 2..],
+        [Out::Event("aborted".into()), Out::Close]
+    );
 }
 
 /// Scripts for the chunk-invariance property: every split of the input gives the same

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto_core::{
-    Action, Config, Event, ForwardPath, PeerInfo, Reply, ReplyCode, ReversePath, Session,
-    TlsInfo, Verdict,
+    Action, Config, Event, ForwardPath, PeerInfo, Reply, ReplyCode, ReversePath, Session, TlsInfo,
+    Verdict,
 };
 
 /// What the harness records, in order: replies (as wire text), events (summarised), and
@@ -64,6 +64,8 @@ impl Harness {
     }
 
     pub fn with_peer(config: Config, peer: PeerInfo) -> Harness {
+        // The virtual clock needs an origin; after this it only moves when a test says so.
+        #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         let session = Session::new(Arc::new(config), peer, now);
         let mut h = Harness {
@@ -92,7 +94,10 @@ impl Harness {
 
     pub fn tls(&mut self) {
         self.session
-            .handle_tls_established(self.now, TlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256", None))
+            .handle_tls_established(
+                self.now,
+                TlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256", None),
+            )
             .unwrap();
         self.drain();
     }
@@ -105,8 +110,14 @@ impl Harness {
 
     fn verdict(&self, event: &Event) -> Verdict {
         match event {
-            Event::Rcpt { to: ForwardPath::Mailbox(m), .. }
-                if self.app.unknown_users.iter().any(|u| u == m.local_part().as_str()) =>
+            Event::Rcpt {
+                to: ForwardPath::Mailbox(m),
+                ..
+            } if self
+                .app
+                .unknown_users
+                .iter()
+                .any(|u| u == m.local_part().as_str()) =>
             {
                 Verdict::Reject(Reply::new(
                     ReplyCode::MAILBOX_UNAVAILABLE,
@@ -121,7 +132,9 @@ impl Harness {
                     "Bad credentials",
                 ))
             }
-            Event::MessageEnd { .. } => Verdict::AcceptWithText(format!("queued as Q{}", self.messages.len())),
+            Event::MessageEnd { .. } => {
+                Verdict::AcceptWithText(format!("queued as Q{}", self.messages.len()))
+            }
             _ => Verdict::Accept,
         }
     }
@@ -129,7 +142,9 @@ impl Harness {
     pub fn drain(&mut self) {
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::Send(r) => self.out.push(Out::Reply(String::from_utf8(r.to_bytes()).unwrap())),
+                Action::Send(r) => self
+                    .out
+                    .push(Out::Reply(String::from_utf8(r.to_bytes()).unwrap())),
                 Action::StartTls => self.out.push(Out::StartTls),
                 Action::Close => self.out.push(Out::Close),
                 Action::Event(e) => {
@@ -147,9 +162,9 @@ impl Harness {
                             self.messages.push(std::mem::take(&mut self.body));
                             Some(*ticket)
                         }
-                        Event::Mail { ticket, .. } | Event::Rcpt { ticket, .. } | Event::Auth { ticket, .. } => {
-                            Some(*ticket)
-                        }
+                        Event::Mail { ticket, .. }
+                        | Event::Rcpt { ticket, .. }
+                        | Event::Auth { ticket, .. } => Some(*ticket),
                         _ => None,
                     };
                     if let Some(ticket) = ticket {
@@ -197,10 +212,13 @@ impl Harness {
 /// (their boundaries may differ); the harness compares the assembled body instead.
 pub fn summary(e: &Event) -> String {
     match e {
-        Event::Mail { from, .. } => format!("mail {}", match from {
-            ReversePath::Null => "<>".to_string(),
-            other => other.to_string(),
-        }),
+        Event::Mail { from, .. } => format!(
+            "mail {}",
+            match from {
+                ReversePath::Null => "<>".to_string(),
+                other => other.to_string(),
+            }
+        ),
         Event::Rcpt { to, .. } => format!("rcpt {to}"),
         Event::Auth { credentials, .. } => format!("auth {}", credentials.authcid),
         Event::MessageStart => "message-start".into(),
