@@ -447,6 +447,11 @@ mod tests {
         for partial in ["", "250", "250-a\r\n", "250 a\r"] {
             assert_eq!(Reply::parse(partial.as_bytes()), Ok(None), "{partial:?}");
         }
+        // Every proper prefix of a complete reply is "incomplete", never an error.
+        let full = b"250-mx.example greets you\r\n250-PIPELINING\r\n250 2.0.0 SIZE 10\r\n";
+        for cut in 0..full.len() {
+            assert_eq!(Reply::parse(&full[..cut]), Ok(None), "prefix {cut}");
+        }
         let bad: Vec<(&str, ReplyParseError)> = vec![
             ("abc\r\n", ReplyParseError::BadCode),
             ("150 x\r\n", ReplyParseError::BadCode),

@@ -402,6 +402,35 @@ fn command_line_limit_skips_to_line_end() {
 }
 
 #[test]
+fn auth_line_limit() {
+    let mut c = config();
+    c.auth = AuthPolicy::AllowPlaintext;
+    c.limits.max_auth_line = 1000;
+    // The initial response may be longer than a command line, up to the AUTH limit.
+    let ok = format!("EHLO c\r\nAUTH PLAIN {}\r\n", "QUFB".repeat(150));
+    check(
+        "auth line within limit",
+        c.clone(),
+        &ok,
+        &["220", "250", "501 5.5.2"],
+    );
+    let long = format!("EHLO c\r\nAUTH PLAIN {}\r\nNOOP\r\n", "QUFB".repeat(300));
+    check(
+        "auth line too long",
+        c.clone(),
+        &long,
+        &["220", "250", "500 5.5.2", "250"],
+    );
+    let long_response = format!("EHLO c\r\nAUTH LOGIN\r\n{}\r\nNOOP\r\n", "QUFB".repeat(300));
+    check(
+        "sasl response too long",
+        c,
+        &long_response,
+        &["220", "250", "334", "500 5.5.6", "250"],
+    );
+}
+
+#[test]
 fn data_smuggling_is_refused_and_session_stays_in_sync() {
     let variants: [&[u8]; 6] = [
         b"x\n.\nMAIL FROM:<evil@x>\r\n",
