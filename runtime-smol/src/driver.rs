@@ -1,0 +1,369 @@
+//! The drive loop: one [`Session`] over one byte stream.
+//!
+//! Each turn of the loop follows the core's call order: drain every action (answering events
+//! through the [`Handler`] and resolving their tickets, which may queue more actions), write
+//! the replies gathered in one batch and flush, then wait for whichever comes first, input or
+//! the session's deadline. Replies to pipelined commands (RFC 2920) thus leave in one write.
+//!
+//! STARTTLS ([RFC 3207 section 4](https://www.rfc-editor.org/rfc/rfc3207#section-4)): after
+//! the 220 is flushed, the plain stream itself (never a buffer around it) moves into the TLS
+//! acceptor. Plaintext that arrived with or after the STARTTLS line was handed to the session,
+//! which discards it; nothing read in plaintext reaches TLS and nothing is read in plaintext
+//! after the handshake starts.
+
+use std::fmt;
+use std::io;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
+use proto_core::{Action, Config, Event, PeerInfo, Session, UsageError};
+use thiserror::Error;
+
+use crate::handler::Handler;
+use crate::tls;
+
+/// The largest single read from the socket.
+const READ_SIZE: usize = 64 * 1024;
+
+/// How a listener offers TLS.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum TlsMode {
+    /// No TLS. The session's `Config` must not offer STARTTLS.
+    None,
+    /// STARTTLS (RFC 3207) with this acceptor; the session's `Config` should offer it
+    /// (`extensions.starttls = true`).
+    StartTls(TlsAcceptor),
+    /// TLS from the first byte (implicit TLS, [RFC 8314](https://www.rfc-editor.org/rfc/rfc8314),
+    /// port 465): the handshake runs before the session starts.
+    Implicit(TlsAcceptor),
+}
+
+impl fmt::Debug for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::None => "TlsMode::None",
+            TlsMode::StartTls(_) => "TlsMode::StartTls",
+            TlsMode::Implicit(_) => "TlsMode::Implicit",
+        })
+    }
+}
+
+/// Why a connection ended other than by an orderly close. The handler has been told about any
+/// open transaction ([`Handler::aborted`]) before this is returned.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing the stream failed.
+    #[error("connection failed: {0}")]
+    Io(#[source] io::Error),
+    /// The peer did not read our replies before the session's deadline.
+    #[error("peer stopped reading; write timed out")]
+    WriteTimeout,
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] io::Error),
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    /// The session asked for STARTTLS but the listener has no TLS acceptor (a configuration
+    /// error: `extensions.starttls` set without [`TlsMode::StartTls`]).
+    #[error("STARTTLS requested but no TLS acceptor is configured")]
+    TlsUnavailable,
+    /// The driver misused the session API (a bug).
+    #[error("session API misuse: {0}")]
+    Usage(#[from] UsageError),
+}
+
+/// Drives SMTP server sessions: one [`Connection::run`] per accepted connection.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use std::net::TcpListener;
+/// # use async_io::Async;
+/// # use proto_core::Config;
+/// # use runtime_smol::{Connection, Handler, TlsMode};
+/// # async fn serve<H: Handler>(mut make_handler: impl FnMut() -> H) -> std::io::Result<()> {
+/// let connection = Arc::new(Connection::new(Arc::new(Config::new("mx.example.org")), TlsMode::None));
+/// let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 2525))?;
+/// loop {
+///     let (stream, _) = listener.accept().await?;
+///     let mut handler = make_handler();
+///     // Usually spawned as a task; run here inline for brevity.
+///     if let Err(e) = connection.run_tcp(stream, &mut handler).await {
+///         eprintln!("{e}");
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Connection {
+    config: Arc<Config>,
+    tls: TlsMode,
+    handshake_timeout: Duration,
+}
+
+impl Connection {
+    /// Sessions with `config`, offering TLS as `tls` says. The TLS handshake may take 60 s.
+    pub fn new(config: Arc<Config>, tls: TlsMode) -> Connection {
+        Connection {
+            config,
+            tls,
+            handshake_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Sets how long a TLS handshake (implicit or after STARTTLS) may take.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Connection {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The session configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Serves one TCP connection until it closes, filling [`PeerInfo`] from the socket.
+    pub async fn run_tcp<H: Handler>(
+        &self,
+        stream: Async<TcpStream>,
+        handler: &mut H,
+    ) -> Result<(), Error> {
+        let peer = PeerInfo::new(
+            stream.get_ref().peer_addr().ok(),
+            stream.get_ref().local_addr().ok(),
+        );
+        self.run(stream, peer, handler).await
+    }
+
+    /// Serves one connection over any byte stream until it closes. An orderly end (QUIT, the
+    /// peer's EOF, a timeout answered with 421) is `Ok`.
+    pub async fn run<S, H>(
+        &self,
+        mut stream: S,
+        mut peer: PeerInfo,
+        handler: &mut H,
+    ) -> Result<(), Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        H: Handler,
+    {
+        if let TlsMode::Implicit(acceptor) = &self.tls {
+            let mut stream = tls::handshake(acceptor, stream, self.handshake_timeout).await?;
+            peer.tls = Some(tls::info(&stream));
+            let mut session = Session::new(self.config.clone(), peer, Instant::now());
+            return match drive(&mut stream, &mut session, handler).await? {
+                Next::Closed => Ok(()),
+                // The session refuses STARTTLS once TLS is active; never reached.
+                Next::StartTls => Err(Error::Usage(UsageError::TlsNotRequested)),
+            };
+        }
+        let mut session = Session::new(self.config.clone(), peer, Instant::now());
+        match drive(&mut stream, &mut session, handler).await? {
+            Next::Closed => Ok(()),
+            Next::StartTls => {
+                let TlsMode::StartTls(acceptor) = &self.tls else {
+                    abandon(&mut session, handler).await;
+                    return Err(Error::TlsUnavailable);
+                };
+                let mut stream =
+                    match tls::handshake(acceptor, stream, self.handshake_timeout).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            abandon(&mut session, handler).await;
+                            return Err(e);
+                        }
+                    };
+                session.handle_tls_established(Instant::now(), tls::info(&stream))?;
+                match drive(&mut stream, &mut session, handler).await? {
+                    Next::Closed => Ok(()),
+                    Next::StartTls => Err(Error::Usage(UsageError::TlsNotRequested)),
+                }
+            }
+        }
+    }
+}
+
+/// How [`drive`] ended.
+#[derive(Debug)]
+enum Next {
+    /// The session closed and the stream was closed.
+    Closed,
+    /// The 220 to STARTTLS is flushed: run the handshake.
+    StartTls,
+}
+
+/// What ended a wait.
+enum Wake {
+    Read(io::Result<usize>),
+    Deadline,
+}
+
+/// Runs `session` over `stream` until it closes or asks for TLS.
+async fn drive<S, H>(stream: &mut S, session: &mut Session, handler: &mut H) -> Result<Next, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; READ_SIZE];
+    loop {
+        // 1. Carry out every action, in order.
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Send(reply) => reply.encode(&mut out),
+                Action::Event(event) => dispatch(session, handler, event).await?,
+                Action::StartTls => {
+                    if let Err(e) = write_batch(stream, &mut out, session.poll_timeout()).await {
+                        abandon(session, handler).await;
+                        return Err(e);
+                    }
+                    return Ok(Next::StartTls);
+                }
+                Action::Close => {
+                    // The last reply (221, 421) still goes out; a peer that already left
+                    // cannot receive it, which is no error of ours.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    if write_batch(stream, &mut out, Some(deadline)).await.is_ok() {
+                        let _ = future::or(stream.close(), async {
+                            Timer::at(deadline).await;
+                            Ok(())
+                        })
+                        .await;
+                    }
+                    // Events queued after Close cannot exist: Close is the session's last action.
+                    return Ok(Next::Closed);
+                }
+                _ => {}
+            }
+        }
+        // 2. Write the batch.
+        if let Err(e) = write_batch(stream, &mut out, session.poll_timeout()).await {
+            abandon(session, handler).await;
+            return Err(e);
+        }
+        // 3. Wait for input (only while the session wants it) or the deadline.
+        let deadline = session.poll_timeout();
+        let wants_input = session.wants_input();
+        if !wants_input && deadline.is_none() {
+            // Closed without a Close action: nothing more can happen.
+            return Ok(Next::Closed);
+        }
+        let read = async {
+            if wants_input {
+                Wake::Read(stream.read(&mut buf).await)
+            } else {
+                future::pending().await
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => {
+                    Timer::at(at).await;
+                    Wake::Deadline
+                }
+                None => future::pending().await,
+            }
+        };
+        let wake = future::or(read, timer).await;
+        let now = Instant::now();
+        match wake {
+            Wake::Read(Ok(0)) => session.handle_eof(now),
+            Wake::Read(Ok(n)) => session.handle_input(now, &buf[..n]),
+            Wake::Read(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Wake::Read(Err(e)) => {
+                abandon(session, handler).await;
+                return Err(Error::Io(e));
+            }
+            Wake::Deadline => session.handle_timeout(now),
+        }
+    }
+}
+
+/// Answers one event through the handler.
+async fn dispatch<H: Handler>(
+    session: &mut Session,
+    handler: &mut H,
+    event: Event,
+) -> Result<(), Error> {
+    let (ticket, verdict) = match event {
+        Event::Mail {
+            ticket,
+            from,
+            params,
+        } => (ticket, handler.mail(session, &from, &params).await),
+        Event::Rcpt { ticket, to, params } => (ticket, handler.rcpt(session, &to, &params).await),
+        Event::Auth {
+            ticket,
+            credentials,
+        } => (ticket, handler.auth(session, credentials).await),
+        Event::MessageEnd { ticket } => (ticket, handler.message_end(session).await),
+        Event::MessageStart => {
+            handler.message_start(session).await;
+            return Ok(());
+        }
+        Event::MessageData(chunk) => {
+            handler.message_data(session, chunk).await;
+            return Ok(());
+        }
+        Event::TransactionAborted => {
+            handler.aborted(session).await;
+            return Ok(());
+        }
+        // A future event this driver does not know carries no ticket it could answer.
+        _ => return Ok(()),
+    };
+    session.resolve(Instant::now(), ticket, verdict)?;
+    Ok(())
+}
+
+/// The transport is gone: close the session and let the handler forget any open transaction.
+/// Replies are dropped; nobody is there to read them.
+async fn abandon<H: Handler>(session: &mut Session, handler: &mut H) {
+    session.handle_eof(Instant::now());
+    while let Some(action) = session.poll_action() {
+        if let Action::Event(event) = action {
+            // A closed session accepts and ignores verdicts: no usage error can come back.
+            let _ = dispatch(session, handler, event).await;
+        }
+    }
+}
+
+/// Writes and flushes `out`, giving up at `deadline`.
+async fn write_batch<S>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    deadline: Option<Instant>,
+) -> Result<(), Error>
+where
+    S: AsyncWrite + Unpin,
+{
+    if out.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    };
+    let timer = async {
+        match deadline {
+            Some(at) => Timer::at(at).await,
+            None => future::pending().await,
+        };
+        Err(io::Error::from(io::ErrorKind::TimedOut))
+    };
+    match future::or(write, timer).await {
+        Ok(()) => {
+            out.clear();
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Error::WriteTimeout),
+        Err(e) => Err(Error::Io(e)),
+    }
+}

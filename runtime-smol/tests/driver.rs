@@ -1,0 +1,243 @@
+//! The driver over real loopback sockets: pipelining, the body stream, STARTTLS (with
+//! plaintext injected after it) and implicit TLS.
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use async_io::Async;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use futures_rustls::{TlsAcceptor, TlsConnector};
+use proto_core::{
+    Config, Credentials, ForwardPath, MailParams, RcptParams, ReversePath, Session, Verdict,
+};
+use runtime_smol::{Connection, Handler, TlsMode};
+
+/// Records every call, with whether TLS was active.
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Recorder {
+    fn push(&self, s: String) {
+        self.0.lock().expect("lock").push(s);
+    }
+    fn calls(&self) -> Vec<String> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+impl Handler for Recorder {
+    async fn mail(&mut self, session: &Session, from: &ReversePath, _: &MailParams) -> Verdict {
+        self.push(format!("mail {from} tls={}", session.tls().is_some()));
+        Verdict::Accept
+    }
+    async fn rcpt(&mut self, _: &Session, to: &ForwardPath, _: &RcptParams) -> Verdict {
+        self.push(format!("rcpt {to}"));
+        Verdict::Accept
+    }
+    async fn auth(&mut self, _: &Session, _: Credentials) -> Verdict {
+        self.push("auth".into());
+        Verdict::Accept
+    }
+    async fn message_start(&mut self, _: &Session) {
+        self.push("start".into());
+    }
+    async fn message_data(&mut self, _: &Session, chunk: Vec<u8>) {
+        self.push(format!("data {}", String::from_utf8_lossy(&chunk)));
+    }
+    async fn message_end(&mut self, _: &Session) -> Verdict {
+        self.push("end".into());
+        Verdict::AcceptWithText("stored".into())
+    }
+    async fn aborted(&mut self, _: &Session) {
+        self.push("aborted".into());
+    }
+}
+
+fn certificate() -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    (vec![ck.cert.der().clone()], key.into())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn acceptor(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> TlsAcceptor {
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    TlsAcceptor::from(Arc::new(config))
+}
+
+fn connector(cert: CertificateDer<'static>) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// Accepts one connection on a fresh loopback port and serves it with `connection`.
+fn serve_one(connection: Connection, recorder: Recorder) -> (std::net::SocketAddr, smol::Task<()>) {
+    let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+    let addr = listener.get_ref().local_addr().expect("addr");
+    let task = smol::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut handler = recorder;
+        connection
+            .run_tcp(stream, &mut handler)
+            .await
+            .expect("session ends cleanly");
+    });
+    (addr, task)
+}
+
+/// Reads until the received text contains `needle`; returns everything read.
+async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "EOF before {needle:?}; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &str) {
+    stream.write_all(bytes.as_bytes()).await.expect("write");
+    stream.flush().await.expect("flush");
+}
+
+#[test]
+fn pipelined_transaction_streams_the_body() {
+    smol::block_on(async {
+        let recorder = Recorder::default();
+        let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None);
+        let (addr, task) = serve_one(connection, recorder.clone());
+        let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        read_until(&mut c, "220 mx.test").await;
+        send(
+            &mut c,
+            "EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+        )
+        .await;
+        let replies = read_until(&mut c, "354 ").await;
+        assert!(replies.contains("250 2.1.0"), "{replies}");
+        assert!(replies.contains("250 2.1.5"), "{replies}");
+        send(&mut c, "Subject: x\r\n\r\n..hi\r\n.\r\nQUIT\r\n").await;
+        let replies = read_until(&mut c, "221 ").await;
+        assert!(replies.contains("250 2.0.0 stored"), "{replies}");
+        task.await;
+        assert_eq!(
+            recorder.calls(),
+            [
+                "mail <a@c.test> tls=false",
+                "rcpt <b@mx.test>",
+                "start",
+                "data Subject: x\r\n\r\n.hi\r\n",
+                "end"
+            ]
+        );
+    });
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext() {
+    smol::block_on(async {
+        let (certs, key) = certificate();
+        let recorder = Recorder::default();
+        let mut config = Config::new("mx.test");
+        config.extensions.starttls = true;
+        let connection = Connection::new(
+            Arc::new(config),
+            TlsMode::StartTls(acceptor(certs.clone(), key)),
+        );
+        let (addr, task) = serve_one(connection, recorder.clone());
+        let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        read_until(&mut c, "220 mx.test").await;
+        send(&mut c, "EHLO c.test\r\n").await;
+        let ehlo = read_until(&mut c, "250 ").await;
+        assert!(ehlo.contains("STARTTLS"), "{ehlo}");
+        // A command injected after STARTTLS in the same packet must never be executed.
+        send(&mut c, "STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n").await;
+        read_until(&mut c, "220 2.0.0").await;
+        let server_name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector(certs[0].clone())
+            .connect(server_name, c)
+            .await
+            .expect("client handshake");
+        send(&mut tls, "EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nQUIT\r\n").await;
+        let replies = read_until(&mut tls, "221 ").await;
+        assert!(!replies.contains("STARTTLS"), "{replies}");
+        task.await;
+        assert_eq!(recorder.calls(), ["mail <a@c.test> tls=true", "aborted"]);
+    });
+}
+
+#[test]
+fn implicit_tls_handshakes_first() {
+    smol::block_on(async {
+        let (certs, key) = certificate();
+        let recorder = Recorder::default();
+        let connection = Connection::new(
+            Arc::new(Config::new("mx.test")),
+            TlsMode::Implicit(acceptor(certs.clone(), key)),
+        );
+        let (addr, task) = serve_one(connection, recorder.clone());
+        let c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        let server_name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector(certs[0].clone())
+            .connect(server_name, c)
+            .await
+            .expect("client handshake");
+        read_until(&mut tls, "220 mx.test").await;
+        send(
+            &mut tls,
+            "EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRSET\r\nQUIT\r\n",
+        )
+        .await;
+        read_until(&mut tls, "221 ").await;
+        task.await;
+        assert_eq!(recorder.calls(), ["mail <a@c.test> tls=true", "aborted"]);
+    });
+}
+
+#[test]
+fn peer_vanishing_mid_message_aborts_the_transaction() {
+    smol::block_on(async {
+        let recorder = Recorder::default();
+        let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None);
+        let (addr, task) = serve_one(connection, recorder.clone());
+        let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        read_until(&mut c, "220 ").await;
+        send(
+            &mut c,
+            "EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+        )
+        .await;
+        read_until(&mut c, "354 ").await;
+        send(&mut c, "partial line\r\n").await;
+        drop(c);
+        task.await;
+        let calls = recorder.calls();
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("aborted"),
+            "{calls:?}"
+        );
+        assert!(!calls.contains(&"end".to_string()), "{calls:?}");
+    });
+}
