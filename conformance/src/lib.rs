@@ -1,1 +1,327 @@
-//! Conformance suites for postern. (Placeholder until the runner lands.)
+//! External SMTP conformance suites, run in memory against [`proto_core::Session`].
+//!
+//! # What runs
+//!
+//! Two suites from `../shared/conformance/smtp` (the `shared/` directory beside the
+//! workspace, located from this crate's manifest directory):
+//!
+//! | suite | source | format |
+//! |---|---|---|
+//! | `smtp-chasquid` | `chasquid/t-*/*.cmy` | chasquid's chamuyero scripts |
+//! | `smtp-rfc-scenarios` | `portable/rfc-scenarios.yaml` | scenarios written from the RFCs |
+//!
+//! Each suite's parser turns its format into one dialogue model (a scenario is a list of
+//! connect / send / expect / close / TLS steps); one runner drives fresh sessions through
+//! it, answering the session's events from a fixture application (known users, passwords,
+//! local domains; see each suite module for its fixture). `cargo test -p postern-conformance`
+//! runs them as the `smtp` test target, which prints one line per suite,
+//! `<suite>: N passed, M failed`, then `<suite>: K listed deviations used`, and exits non-zero
+//! on any failure. Arguments after `--` are substring filters on `suite/scenario`;
+//! `-v` prints the transcript of passing scenarios too.
+//!
+//! # How replies are compared
+//!
+//! By reply code only: every suite's reply text, and its enhanced status codes, are the
+//! wording and choices of the server the suite was written for (chasquid answers a bad
+//! line ending with `521 5.5.2` and closes). Each expectation consumes
+//! one whole reply, multi-line or not. A reply that no step asked for is a mismatch.
+//!
+//! # Deviations
+//!
+//! Where postern answers with another code on purpose, `conformance/deviations.toml` lists
+//! the step (suite, scenario, step, the suite's code, postern's code) and `DEVIATIONS.md` says
+//! why, with the RFC text. A scenario passes when every mismatch is exactly one listed
+//! deviation; an entry that matches nothing is an error, so the list stays true.
+
+mod chasquid;
+mod deviations;
+mod dialogue;
+mod fixture;
+mod pyexpr;
+mod rfc_scenarios;
+mod runner;
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::deviations::Deviations;
+use crate::dialogue::Scenario;
+
+/// Why the suites could not be loaded at all.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// `shared/` is not beside the workspace.
+    #[error(
+        "the shared conformance suites are missing: expected the directory {}; \
+         the repository needs a copy of shared/ beside it (<workspace>/../shared)",
+        dir.display()
+    )]
+    SharedMissing {
+        /// Where they were looked for.
+        dir: PathBuf,
+    },
+    /// A file or directory could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The deviation list is malformed.
+    #[error("bad deviation list {}: {message}", path.display())]
+    Deviations {
+        /// The list's path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A suite's files are not what this runner knows.
+    #[error("{}: {message}", path.display())]
+    Suite {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How to run the suites.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run only scenarios whose `suite/scenario` contains one of these (all when empty).
+    pub filters: Vec<String>,
+    /// Also report passing scenarios, with their transcripts.
+    pub verbose: bool,
+}
+
+impl Options {
+    /// Options from command-line arguments: `-v`/`--verbose`, and filters. Other flags (such
+    /// as those `cargo test` passes on) are ignored.
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Options {
+        let mut options = Options::default();
+        for arg in args {
+            match arg.as_str() {
+                "-v" | "--verbose" => options.verbose = true,
+                flag if flag.starts_with('-') => {}
+                filter => options.filters.push(filter.to_string()),
+            }
+        }
+        options
+    }
+
+    fn selects(&self, suite: &str, scenario: &str) -> bool {
+        let full = format!("{suite}/{scenario}");
+        self.filters.is_empty() || self.filters.iter().any(|f| full.contains(f.as_str()))
+    }
+}
+
+/// The result of one suite.
+#[derive(Debug, Clone)]
+pub struct SuiteReport {
+    /// The suite's name, e.g. `smtp-chasquid`.
+    pub suite: &'static str,
+    /// Scenarios that passed (listed deviations allowed).
+    pub passed: usize,
+    /// Scenarios that failed or could not be read.
+    pub failed: usize,
+    /// Listed deviations that covered a mismatch.
+    pub deviations_used: usize,
+    /// A report for every failed scenario (and, when verbose, every passing one).
+    pub details: Vec<String>,
+    /// Listed deviations that covered nothing: errors.
+    pub stale_deviations: Vec<String>,
+}
+
+impl SuiteReport {
+    /// `<suite>: N passed, M failed`.
+    pub fn counts_line(&self) -> String {
+        format!(
+            "{}: {} passed, {} failed",
+            self.suite, self.passed, self.failed
+        )
+    }
+
+    /// `<suite>: K listed deviations used`.
+    pub fn deviations_line(&self) -> String {
+        format!(
+            "{}: {} listed deviations used",
+            self.suite, self.deviations_used
+        )
+    }
+
+    /// No failure and no stale deviation.
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.stale_deviations.is_empty()
+    }
+}
+
+/// The directory of the SMTP suites: `<workspace>/../shared/conformance/smtp`.
+pub fn smtp_suites_dir() -> Result<PathBuf, LoadError> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let beside_workspace = manifest.parent().and_then(Path::parent).unwrap_or(manifest);
+    let dir = beside_workspace
+        .join("shared")
+        .join("conformance")
+        .join("smtp");
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(LoadError::SharedMissing { dir })
+    }
+}
+
+/// Runs the SMTP suites.
+pub fn run_smtp_suites(options: &Options) -> Result<Vec<SuiteReport>, LoadError> {
+    let root = smtp_suites_dir()?;
+    let mut deviations =
+        Deviations::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deviations.toml"))?;
+    let suites = [
+        ("smtp-chasquid", chasquid::load(&root.join("chasquid"))?),
+        (
+            "smtp-rfc-scenarios",
+            rfc_scenarios::load(&root.join("portable").join("rfc-scenarios.yaml"))?,
+        ),
+    ];
+    Ok(suites
+        .into_iter()
+        .map(|(suite, loaded)| run_suite(suite, loaded, &mut deviations, options))
+        .collect())
+}
+
+/// A scenario as loaded: ready to run, or broken.
+type Loaded = Result<Scenario, Broken>;
+
+/// A script that could not be parsed; it counts as a failed scenario.
+#[derive(Debug, Clone)]
+struct Broken {
+    name: String,
+    file: String,
+    error: String,
+}
+
+fn run_suite(
+    suite: &'static str,
+    loaded: Vec<Loaded>,
+    deviations: &mut Deviations,
+    options: &Options,
+) -> SuiteReport {
+    let mut report = SuiteReport {
+        suite,
+        passed: 0,
+        failed: 0,
+        deviations_used: 0,
+        details: Vec::new(),
+        stale_deviations: Vec::new(),
+    };
+    let known: HashSet<String> = loaded
+        .iter()
+        .map(|l| match l {
+            Ok(s) => s.name.clone(),
+            Err(b) => b.name.clone(),
+        })
+        .collect();
+    let mut ran = HashSet::new();
+    for item in loaded {
+        let scenario = match item {
+            Ok(s) if options.selects(suite, &s.name) => s,
+            Err(b) if options.selects(suite, &b.name) => {
+                report.failed += 1;
+                report.details.push(format!(
+                    "FAIL {suite} {} ({}): cannot run the script: {}",
+                    b.name, b.file, b.error
+                ));
+                continue;
+            }
+            _ => continue,
+        };
+        ran.insert(scenario.name.clone());
+        let outcome = runner::run(&scenario);
+        let mut covered = Vec::new();
+        let mut failures = Vec::new();
+        for m in &outcome.mismatches {
+            match deviations.cover(suite, &scenario.name, m) {
+                Some(d) => covered.push(format!(
+                    "{} {}: expected {}, postern {} ({})",
+                    scenario.at_word, d.step, d.expected, d.actual, d.summary
+                )),
+                None => failures.push(m),
+            }
+        }
+        let passed = failures.is_empty();
+        if passed {
+            report.passed += 1;
+        } else {
+            report.failed += 1;
+        }
+        if passed && !options.verbose {
+            continue;
+        }
+        let mut text = format!(
+            "{} {suite} {} ({})\n",
+            if passed { "PASS" } else { "FAIL" },
+            scenario.name,
+            scenario.file
+        );
+        for m in failures {
+            let place = m.at.map_or_else(
+                || "scenario".to_string(),
+                |a| format!("{} {a}", scenario.at_word),
+            );
+            text.push_str(&format!(
+                "  {place}: {}\n    expected: {}\n    actual:   {}\n",
+                m.source, m.expected, m.actual
+            ));
+        }
+        for c in &covered {
+            text.push_str(&format!("  listed deviation: {c}\n"));
+        }
+        text.push_str("  transcript:\n");
+        for line in &outcome.transcript {
+            text.push_str(&format!("    {line}\n"));
+        }
+        report.details.push(text);
+    }
+    report.deviations_used = deviations.used_count(suite);
+    let stale = deviations
+        .unused(suite, &ran)
+        .into_iter()
+        .map(|d| format!("listed deviation no longer happens: {d}"))
+        .chain(
+            deviations
+                .unknown_scenarios(suite, &known)
+                .into_iter()
+                .map(|d| format!("listed deviation names an unknown scenario: {d}")),
+        );
+    report.stale_deviations = stale.collect();
+    report
+}
+
+/// Reads a text file.
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The files of `dir` named `*.<ext>`, sorted by name.
+fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, LoadError> {
+    let io_error = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        let path = entry.map_err(io_error)?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == ext) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
