@@ -2,12 +2,13 @@
 //!
 //! # What runs
 //!
-//! Two suites from `../shared/conformance/smtp` (the `shared/` directory beside the
+//! Three suites from `../shared/conformance/smtp` (the `shared/` directory beside the
 //! workspace, located from this crate's manifest directory):
 //!
 //! | suite | source | format |
 //! |---|---|---|
 //! | `smtp-chasquid` | `chasquid/t-*/*.cmy` | chasquid's chamuyero scripts |
+//! | `smtp-james` | `james-mpt/*.test` | Apache James MPT scripts |
 //! | `smtp-rfc-scenarios` | `portable/rfc-scenarios.yaml` | scenarios written from the RFCs |
 //!
 //! Each suite's parser turns its format into one dialogue model (a scenario is a list of
@@ -22,8 +23,8 @@
 //! # How replies are compared
 //!
 //! By reply code only: every suite's reply text, and its enhanced status codes, are the
-//! wording and choices of the server the suite was written for (chasquid answers a bad
-//! line ending with `521 5.5.2` and closes). Each expectation consumes
+//! wording and choices of the server the suite was written for (James answers an accepted
+//! message with `2.6.0`, chasquid a bad line ending with `5.5.2`). Each expectation consumes
 //! one whole reply, multi-line or not. A reply that no step asked for is a mismatch.
 //!
 //! # Deviations
@@ -37,6 +38,7 @@ mod chasquid;
 mod deviations;
 mod dialogue;
 mod fixture;
+mod james;
 mod pyexpr;
 mod rfc_scenarios;
 mod runner;
@@ -175,13 +177,14 @@ pub fn smtp_suites_dir() -> Result<PathBuf, LoadError> {
     }
 }
 
-/// Runs the SMTP suites.
+/// Runs the three SMTP suites.
 pub fn run_smtp_suites(options: &Options) -> Result<Vec<SuiteReport>, LoadError> {
     let root = smtp_suites_dir()?;
     let mut deviations =
         Deviations::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deviations.toml"))?;
     let suites = [
         ("smtp-chasquid", chasquid::load(&root.join("chasquid"))?),
+        ("smtp-james", james::load(&root.join("james-mpt"))?),
         (
             "smtp-rfc-scenarios",
             rfc_scenarios::load(&root.join("portable").join("rfc-scenarios.yaml"))?,
