@@ -1,0 +1,138 @@
+//! The embedded default: what `serve` creates in an empty configuration directory.
+//!
+//! A directory without `postern.toml` gets [`DEFAULT_CONFIG`] (hostname `localhost`, loopback
+//! listeners only), a self-signed certificate for `localhost` in the certbot layout
+//! (`certs/localhost/fullchain.pem` and `privkey.pem`), and `domains/localhost/`, so that
+//! `postern serve` works out of the box and cannot be reached from the network until edited.
+//! Existing files are never overwritten.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::config::{ConfigError, FILE_NAME};
+
+/// The generated `postern.toml`. It documents every key.
+pub const DEFAULT_CONFIG: &str = r#"# postern.toml: the configuration of the postern SMTP server.
+#
+# Generated on first run. Relative paths are resolved against the directory holding this
+# file. An unknown key is an error, so a misspelt key cannot silently fall back to a default.
+#
+# Other files in this directory:
+#   certs/<name>/fullchain.pem   TLS certificate chain and key, in the layout certbot uses
+#   certs/<name>/privkey.pem     (/etc/letsencrypt/live/<name>/). certs/<hostname>/ is the
+#                                default certificate; the others are chosen by SNI.
+#   domains/<domain>/            one directory per local domain: mail to it is accepted here.
+#   domains/<domain>/users       optional: the domain's users, one per line ("alice" or
+#                                "alice@<domain>"; lines starting with # are comments).
+#                                A user also exists when <data_dir>/mail/<domain>/<user>/ does.
+#                                postmaster@<domain> always exists (RFC 5321 4.5.1).
+
+# This server's name: used in the greeting, the EHLO reply and Received: headers.
+# certs/<hostname>/ holds the default certificate.
+hostname = "localhost"
+
+# Where mail and the queue live. Mail for alice@example.org is delivered to the Maildir
+# <data_dir>/mail/example.org/alice/; bodies being received are written to
+# <data_dir>/queue/tmp/. "." is this directory.
+data_dir = "."
+
+# The largest message accepted, in bytes; advertised with SIZE (RFC 1870).
+# 52428800 bytes = 50 MiB.
+max_message_size = 52428800
+
+# Addresses to listen on, for each role: lists of "address:port", IPv4 ("0.0.0.0:25") or
+# IPv6 ("[::]:25"). An empty list, or a missing key, turns the role off.
+[listeners]
+# Mail exchange (port 25): accepts mail for local domains from anyone. STARTTLS is offered;
+# AUTH only under TLS.
+smtp = ["127.0.0.1:2525"]
+# Message submission (RFC 6409, port 587): STARTTLS offered; AUTH required before MAIL.
+submission = ["127.0.0.1:2587"]
+# Message submission over implicit TLS (RFC 8314, port 465): AUTH required before MAIL.
+submissions = ["127.0.0.1:2465"]
+"#;
+
+/// The host name of the embedded default.
+const DEFAULT_HOSTNAME: &str = "localhost";
+
+/// Creates the embedded default in `dir` unless `dir` already holds a `postern.toml`.
+/// Returns whether it did.
+pub fn create_default(dir: &Path) -> Result<bool, ConfigError> {
+    let file = dir.join(FILE_NAME);
+    if file.exists() {
+        return Ok(false);
+    }
+    let fail = |path: &Path, what: &str, e: std::io::Error| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        message: format!("cannot create the default {what}: {e}"),
+        fix: "create the directory and make it writable, or choose another with -C DIR".into(),
+    };
+    fs::create_dir_all(dir).map_err(|e| fail(dir, "configuration directory", e))?;
+
+    let domain = dir.join("domains").join(DEFAULT_HOSTNAME);
+    fs::create_dir_all(&domain).map_err(|e| fail(&domain, "domain directory", e))?;
+
+    let certs = dir.join("certs").join(DEFAULT_HOSTNAME);
+    if !certs.join("fullchain.pem").exists() {
+        fs::create_dir_all(&certs).map_err(|e| fail(&certs, "certificate directory", e))?;
+        let (cert, key) = self_signed(DEFAULT_HOSTNAME).map_err(|e| ConfigError {
+            file: certs.clone(),
+            line: None,
+            message: format!("cannot generate a self-signed certificate: {e}"),
+            fix: "put fullchain.pem and privkey.pem for the host name there yourself".into(),
+        })?;
+        write_new(&certs.join("privkey.pem"), key.as_bytes(), 0o600)
+            .map_err(|e| fail(&certs, "private key", e))?;
+        write_new(&certs.join("fullchain.pem"), cert.as_bytes(), 0o644)
+            .map_err(|e| fail(&certs, "certificate", e))?;
+    }
+
+    // The configuration file last: its presence marks the directory as set up.
+    write_new(&file, DEFAULT_CONFIG.as_bytes(), 0o644)
+        .map_err(|e| fail(&file, "postern.toml", e))?;
+    Ok(true)
+}
+
+/// A self-signed certificate and its key for `name`, both PEM.
+pub fn self_signed(name: &str) -> Result<(String, String), rcgen::Error> {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+/// Writes a file that must not exist yet, with `mode`, and syncs it.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn creates_a_working_default_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("postern-data");
+        assert!(create_default(&dir).expect("created"));
+        assert!(dir.join("domains/localhost").is_dir());
+        assert!(dir.join("certs/localhost/fullchain.pem").is_file());
+        let settings = Settings::load(&dir).expect("parses");
+        crate::tls::load(&settings).expect("certificate loads");
+        // A second run keeps what is there.
+        fs::write(dir.join(FILE_NAME), "hostname = \"edited\"\n").expect("edit");
+        assert!(!create_default(&dir).expect("no-op"));
+        assert_eq!(
+            fs::read_to_string(dir.join(FILE_NAME)).expect("read"),
+            "hostname = \"edited\"\n"
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! Receiving mail: the [`Handler`] that answers a session's questions.
+//!
+//! One [`Reception`] per connection. MAIL opens a transaction with a fresh queue id; RCPT
+//! looks the recipient up ([`Recipients`]): a local mailbox is accepted, an unknown user in a
+//! local domain gets 550 5.1.1, any other domain 550 5.7.1 (no relaying: authenticated relay
+//! comes with users). The body is streamed into the spool; at the end of data the message is
+//! delivered to every recipient's Maildir, each copy fsynced, and only then answered 250, so a
+//! 250 always means the mail is on disk. AUTH is refused (535 5.7.8) until the user database
+//! exists, which makes the submission ports refuse MAIL (530) for now.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use proto_core::{
+    Credentials, EnhancedStatus, ForwardPath, MailParams, RcptParams, Reply, ReplyCode,
+    ReversePath, Session, Verdict,
+};
+use runtime_smol::Handler;
+
+use crate::config::Role;
+use crate::delivery;
+use crate::log;
+use crate::queue::{QueueId, Spool};
+use crate::recipients::{LocalMailbox, Lookup, Recipients};
+use crate::trace::{MAX_RECEIVED, ReceivedCounter, Trace};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Our host name.
+    pub hostname: String,
+    /// Recipient lookups.
+    pub recipients: Recipients,
+    /// `<data_dir>/mail`.
+    pub mail_dir: PathBuf,
+    /// `<data_dir>/queue/tmp`.
+    pub spool_dir: PathBuf,
+}
+
+/// The handler of one connection.
+#[derive(Debug)]
+pub struct Reception {
+    shared: Arc<Shared>,
+    role: Role,
+    transaction: Option<Transaction>,
+}
+
+/// The open transaction.
+#[derive(Debug)]
+struct Transaction {
+    id: QueueId,
+    from: ReversePath,
+    recipients: Vec<LocalMailbox>,
+    spool: Option<Spool>,
+    received: ReceivedCounter,
+}
+
+impl Reception {
+    /// A handler for a connection on a listener with `role`.
+    pub fn new(shared: Arc<Shared>, role: Role) -> Reception {
+        Reception {
+            shared,
+            role,
+            transaction: None,
+        }
+    }
+
+    /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
+    fn refuse(&self, session: &Session, id: &str, what: &str, reply: Reply) -> Verdict {
+        log::event(
+            "rejected",
+            format_args!(
+                "id={id} {what} client={} role={} reply=\"{}\"",
+                client_ip(session),
+                self.role.name(),
+                reply.to_string().trim_end()
+            ),
+        );
+        Verdict::Reject(reply)
+    }
+
+    /// Delivers the finished transaction; the verdict for its end of data.
+    async fn deliver(&self, session: &Session, mut t: Transaction) -> Verdict {
+        let stored = t.spool.as_mut().map_or(Err("no body".to_string()), |s| {
+            s.finish().map(|p| p.to_path_buf())
+        });
+        let body = match stored {
+            Ok(path) => path,
+            Err(why) => {
+                log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
+                discard(t.spool).await;
+                return Verdict::Reject(reply(
+                    451,
+                    (4, 3, 0),
+                    "Local error in processing, try again later",
+                ));
+            }
+        };
+        let size = t.spool.as_ref().map_or(0, Spool::size);
+        let trace = Trace {
+            helo: session.helo().unwrap_or("unknown").to_string(),
+            client: client_literal(session),
+            by: self.shared.hostname.clone(),
+            esmtp: session.is_esmtp(),
+            tls: session.tls().cloned(),
+            authenticated: session.authenticated().is_some(),
+            id: t.id.to_string(),
+        };
+        log::event(
+            "received",
+            format_args!(
+                "id={} from={} size={size} rcpts={} client={} role={} helo={:?}{}",
+                t.id,
+                t.from,
+                t.recipients.len(),
+                client_ip(session),
+                self.role.name(),
+                trace.helo,
+                session
+                    .tls()
+                    .map(|tls| format!(" tls={} cipher={}", tls.version, tls.cipher))
+                    .unwrap_or_default()
+            ),
+        );
+
+        let mail_dir = self.shared.mail_dir.clone();
+        let host = self.shared.hostname.clone();
+        let from = t.from.clone();
+        let recipients = t.recipients.clone();
+        let results = smol::unblock(move || {
+            let now = SystemTime::now();
+            recipients
+                .into_iter()
+                .map(|mailbox| {
+                    let header = trace.header(&from, &mailbox.to_string(), now);
+                    let result = delivery::deliver(
+                        &mailbox.maildir(&mail_dir),
+                        &host,
+                        header.as_bytes(),
+                        &body,
+                    );
+                    (mailbox, result)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        discard(t.spool).await;
+
+        let mut failed = false;
+        for (mailbox, result) in results {
+            match result {
+                Ok(path) => log::event(
+                    "delivered",
+                    format_args!("id={} to=<{mailbox}> path={}", t.id, path.display()),
+                ),
+                Err(e) => {
+                    failed = true;
+                    log::event(
+                        "failed",
+                        format_args!("id={} to=<{mailbox}> reason=\"{e}\"", t.id),
+                    );
+                }
+            }
+        }
+        if failed {
+            // Copies already delivered stay; the client's retry may duplicate them, never lose.
+            return Verdict::Reject(reply(
+                451,
+                (4, 3, 0),
+                "Local delivery failed, try again later",
+            ));
+        }
+        Verdict::AcceptWithText(format!("Ok: delivered as {}", t.id))
+    }
+}
+
+impl Handler for Reception {
+    async fn mail(
+        &mut self,
+        _session: &Session,
+        from: &ReversePath,
+        _params: &MailParams,
+    ) -> Verdict {
+        self.transaction = Some(Transaction {
+            id: QueueId::new(),
+            from: from.clone(),
+            recipients: Vec::new(),
+            spool: None,
+            received: ReceivedCounter::default(),
+        });
+        Verdict::Accept
+    }
+
+    async fn rcpt(&mut self, session: &Session, to: &ForwardPath, _params: &RcptParams) -> Verdict {
+        let (id, from) = match &self.transaction {
+            Some(t) => (t.id.to_string(), t.from.to_string()),
+            None => ("-".to_string(), String::new()),
+        };
+        let what = format!("from={from} to={to}");
+        let shared = self.shared.clone();
+        let path = to.clone();
+        let lookup = smol::unblock(move || shared.recipients.lookup(&path)).await;
+        match lookup {
+            Ok(Lookup::Local(mailbox)) => {
+                if let Some(t) = &mut self.transaction
+                    && !t.recipients.contains(&mailbox)
+                {
+                    t.recipients.push(mailbox);
+                }
+                Verdict::Accept
+            }
+            // RFC 5321 3.4.2 / RFC 3463: 5.1.1 "Bad destination mailbox address".
+            Ok(Lookup::UnknownUser) => self.refuse(
+                session,
+                &id,
+                &what,
+                reply(550, (5, 1, 1), "No such user here"),
+            ),
+            // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
+            Ok(Lookup::NotLocal) => self.refuse(
+                session,
+                &id,
+                &what,
+                reply(550, (5, 7, 1), "Relaying denied"),
+            ),
+            Err(e) => {
+                log::event(
+                    "failed",
+                    format_args!("{what} reason=\"recipient lookup: {e}\""),
+                );
+                self.refuse(
+                    session,
+                    &id,
+                    &what,
+                    reply(451, (4, 3, 0), "Temporary local problem, try again later"),
+                )
+            }
+        }
+    }
+
+    async fn auth(&mut self, session: &Session, _credentials: Credentials) -> Verdict {
+        // No user database yet: every login fails. The credentials are not logged.
+        log::event(
+            "rejected",
+            format_args!(
+                "id=- auth client={} role={} reason=\"no user database\"",
+                client_ip(session),
+                self.role.name()
+            ),
+        );
+        Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
+    }
+
+    async fn message_start(&mut self, _session: &Session) {
+        if let Some(t) = &mut self.transaction {
+            t.spool = Some(Spool::create(&self.shared.spool_dir, &t.id).await);
+        }
+    }
+
+    async fn message_data(&mut self, _session: &Session, chunk: Vec<u8>) {
+        if let Some(t) = &mut self.transaction
+            && let Some(spool) = &mut t.spool
+        {
+            t.received.feed(&chunk);
+            spool.write(chunk).await;
+        }
+    }
+
+    async fn message_end(&mut self, session: &Session) -> Verdict {
+        let Some(t) = self.transaction.take() else {
+            return Verdict::Reject(reply(451, (4, 3, 0), "Local error: no transaction"));
+        };
+        if t.received.count() > MAX_RECEIVED {
+            let what = format!(
+                "from={} size={}",
+                t.from,
+                t.spool.as_ref().map_or(0, Spool::size)
+            );
+            let verdict = self.refuse(
+                session,
+                t.id.as_str(),
+                &what,
+                reply(
+                    554,
+                    (5, 4, 6),
+                    "Too many Received: header fields, mail loop suspected",
+                ),
+            );
+            discard(t.spool).await;
+            return verdict;
+        }
+        self.deliver(session, t).await
+    }
+
+    async fn aborted(&mut self, _session: &Session) {
+        if let Some(t) = self.transaction.take() {
+            discard(t.spool).await;
+        }
+    }
+}
+
+/// Removes a spool file, if there is one.
+async fn discard(spool: Option<Spool>) {
+    if let Some(s) = spool {
+        s.discard().await;
+    }
+}
+
+/// A reply from literal numbers (constants in this file, so never invalid).
+fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
+    Reply::new(
+        ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR),
+        EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2),
+        text,
+    )
+}
+
+/// The client's IP for logs.
+fn client_ip(session: &Session) -> String {
+    session.peer().remote.map_or_else(
+        || "unknown".to_string(),
+        |a| a.ip().to_canonical().to_string(),
+    )
+}
+
+/// The client's address as an RFC 5321 address literal, for `Received:`.
+fn client_literal(session: &Session) -> String {
+    match session.peer().remote.map(|a| a.ip().to_canonical()) {
+        Some(IpAddr::V4(ip)) => format!("[{ip}]"),
+        Some(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
+        None => "unknown".to_string(),
+    }
+}
