@@ -1,0 +1,593 @@
+//! The real `postern` binary, driven by real clients over loopback: Python's smtplib and
+//! lettre, plain, STARTTLS and implicit TLS. Every server runs in its own temporary
+//! configuration directory on ports the kernel picks (`127.0.0.1:0`); the addresses are read
+//! from the server's startup lines. A guard kills each server when its test ends, pass or fail.
+//! Nothing here touches a non-loopback address or DNS (smtplib gets `local_hostname`, lettre
+//! an explicit HELO name and an IP address).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lettre::message::Message;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{SmtpTransport, Transport};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_postern");
+
+/// A running server; killed and reaped on drop.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    listeners: HashMap<String, SocketAddr>,
+    cert_pem: String,
+}
+
+impl Server {
+    /// Starts `postern -C <tempdir> serve` with a fresh configuration, certificate and the
+    /// local domain `localhost` (users: alice, listed in domains/localhost/users).
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::write(
+            root.join("postern.toml"),
+            "hostname = \"localhost\"\n\
+             data_dir = \"data\"\n\
+             max_message_size = 1048576\n\
+             [listeners]\n\
+             smtp = [\"127.0.0.1:0\"]\n\
+             submission = [\"127.0.0.1:0\"]\n\
+             submissions = [\"127.0.0.1:0\"]\n",
+        )
+        .expect("write config");
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+        let cert_pem = ck.cert.pem();
+        fs::create_dir_all(root.join("certs/localhost")).expect("mkdir certs");
+        fs::write(root.join("certs/localhost/fullchain.pem"), &cert_pem).expect("write cert");
+        fs::write(
+            root.join("certs/localhost/privkey.pem"),
+            ck.signing_key.serialize_pem(),
+        )
+        .expect("write key");
+        fs::create_dir_all(root.join("domains/localhost")).expect("mkdir domain");
+        fs::write(
+            root.join("domains/localhost/users"),
+            "# test users\nalice\n",
+        )
+        .expect("write users");
+
+        let (child, lines) = spawn(root);
+        let mut server = Server {
+            child,
+            dir,
+            listeners: HashMap::new(),
+            cert_pem,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.listeners.len() < 3 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server did not start; log:\n{}", server.log()));
+            // "postern: listening on 127.0.0.1:40123 (smtp)"
+            if let Some(rest) = line.strip_prefix("postern: listening on ")
+                && let Some((addr, role)) = rest.split_once(' ')
+            {
+                let role = role.trim_matches(|c| c == '(' || c == ')').to_string();
+                server
+                    .listeners
+                    .insert(role, addr.parse().expect("listener address"));
+            }
+        }
+        server
+    }
+
+    fn port(&self, role: &str) -> u16 {
+        self.listeners[role].port()
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's log (its standard error).
+    fn log(&self) -> String {
+        fs::read_to_string(self.root().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// The messages in `<data_dir>/mail/<domain>/<user>/new`, oldest name first.
+    fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
+        let new = self
+            .root()
+            .join("data/mail")
+            .join(domain)
+            .join(user)
+            .join("new");
+        let mut names: Vec<PathBuf> = match fs::read_dir(&new) {
+            Ok(entries) => entries.map(|e| e.expect("entry").path()).collect(),
+            Err(_) => return Vec::new(),
+        };
+        names.sort();
+        names
+            .iter()
+            .map(|p| fs::read_to_string(p).expect("read message"))
+            .collect()
+    }
+
+    /// The one message in an inbox, with its subject checked.
+    fn only_message(&self, domain: &str, user: &str, subject: &str) -> String {
+        let inbox = self.inbox(domain, user);
+        assert_eq!(
+            inbox.len(),
+            1,
+            "{user}@{domain}: {inbox:?}\nlog:\n{}",
+            self.log()
+        );
+        let m = inbox.into_iter().next().unwrap_or_default();
+        assert!(m.contains(&format!("Subject: {subject}")), "{m}");
+        m
+    }
+
+    /// The TLS parameters a client needs to trust this server's certificate as `localhost`.
+    fn lettre_tls(&self) -> TlsParameters {
+        TlsParameters::builder("localhost".to_string())
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(Certificate::from_pem(self.cert_pem.as_bytes()).expect("cert"))
+            .build_rustls()
+            .expect("tls parameters")
+    }
+
+    fn lettre(&self, role: &str, tls: Tls) -> SmtpTransport {
+        SmtpTransport::builder_dangerous("127.0.0.1")
+            .port(self.port(role))
+            .tls(tls)
+            .hello_name(ClientId::Domain("client.test".to_string()))
+            .timeout(Some(Duration::from_secs(20)))
+            .build()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns the binary in `root`; its stdout lines arrive on the channel, its stderr goes to
+/// `root/stderr.log`.
+fn spawn(root: &Path) -> (Child, mpsc::Receiver<String>) {
+    let log = fs::File::create(root.join("stderr.log")).expect("log file");
+    let mut child = Command::new(BINARY)
+        .arg("-C")
+        .arg(root)
+        .arg("serve")
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn postern");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Runs a Python script with `args`; returns its stdout. Fails the test on a non-zero exit.
+fn python(script: &str, args: &[String]) -> String {
+    let out: Output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Sends one message with smtplib; `mode` is `plain`, `starttls` or `ssl`.
+const SMTPLIB_SEND: &str = r#"
+import smtplib, ssl, sys
+port, mode, rcpt, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl._create_unverified_context()
+msg = ("From: sender@client.test\r\nTo: %s\r\nSubject: %s\r\n\r\n"
+       "Hello from smtplib.\r\n.leading dot\r\n" % (rcpt, subject)).encode()
+if mode == "ssl":
+    s = smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", context=ctx, timeout=20)
+else:
+    s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20)
+    if mode == "starttls":
+        s.starttls(context=ctx)
+refused = s.sendmail("sender@client.test", [rcpt], msg)
+s.quit()
+print("refused", refused)
+"#;
+
+fn assert_trace(m: &str, rcpt: &str, protocol: &str) {
+    assert!(
+        m.starts_with("Return-Path: <sender@client.test>\r\n"),
+        "{m}"
+    );
+    assert!(m.contains(&format!("Delivered-To: {rcpt}\r\n")), "{m}");
+    assert!(
+        m.contains("Received: from client.test ([127.0.0.1])\r\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("by localhost (postern) with {protocol} id ")),
+        "{m}"
+    );
+    assert!(m.contains(&format!("for <{rcpt}>; ")), "{m}");
+    // The trace fields come before the client's own header.
+    let received = m.find("Received:").unwrap_or(usize::MAX);
+    let subject = m.find("Subject:").unwrap_or(0);
+    assert!(received < subject, "{m}");
+}
+
+#[test]
+fn smtplib_plain_delivers_with_trace_headers() {
+    let server = Server::start();
+    let out = python(
+        SMTPLIB_SEND,
+        &[
+            server.port("smtp").to_string(),
+            "plain".into(),
+            "alice@localhost".into(),
+            "plain smtplib".into(),
+        ],
+    );
+    assert!(out.contains("refused {}"), "{out}");
+    let m = server.only_message("localhost", "alice", "plain smtplib");
+    assert_trace(&m, "alice@localhost", "ESMTP");
+    assert!(!m.contains("using TLS"), "{m}");
+    assert!(
+        m.contains("Hello from smtplib.\r\n.leading dot\r\n"),
+        "dot-unstuffed body: {m}"
+    );
+    // One log line per event, all with the same queue id.
+    let log = server.log();
+    let id = log
+        .lines()
+        .find_map(|l| l.split(" received id=").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no received line in:\n{log}"))
+        .to_string();
+    assert!(
+        log.contains(&format!("delivered id={id} to=<alice@localhost>")),
+        "{log}"
+    );
+    assert!(m.contains(&format!(" id {id}\r\n")), "{m}");
+}
+
+#[test]
+fn smtplib_starttls_records_tls_in_received() {
+    let server = Server::start();
+    python(
+        SMTPLIB_SEND,
+        &[
+            server.port("smtp").to_string(),
+            "starttls".into(),
+            "alice@localhost".into(),
+            "starttls smtplib".into(),
+        ],
+    );
+    let m = server.only_message("localhost", "alice", "starttls smtplib");
+    assert_trace(&m, "alice@localhost", "ESMTPS");
+    assert!(m.contains("\t(using TLSv1.3 with cipher TLS13_"), "{m}");
+}
+
+#[test]
+fn postmaster_always_exists() {
+    let server = Server::start();
+    python(
+        SMTPLIB_SEND,
+        &[
+            server.port("smtp").to_string(),
+            "plain".into(),
+            "postmaster@localhost".into(),
+            "to the postmaster".into(),
+        ],
+    );
+    let m = server.only_message("localhost", "postmaster", "to the postmaster");
+    assert_trace(&m, "postmaster@localhost", "ESMTP");
+}
+
+/// Refused recipients: replies as smtplib sees them.
+const SMTPLIB_REFUSED: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=20)
+s.ehlo()
+s.mail("sender@client.test")
+for rcpt in sys.argv[2:]:
+    code, text = s.rcpt(rcpt)
+    print(rcpt, code, text.decode())
+code, text = s.docmd("DATA")
+print("data", code, text.decode())
+s.quit()
+"#;
+
+#[test]
+fn foreign_domains_and_unknown_users_are_refused() {
+    let server = Server::start();
+    let out = python(
+        SMTPLIB_REFUSED,
+        &[
+            server.port("smtp").to_string(),
+            "someone@example.com".into(),
+            "nobody@localhost".into(),
+        ],
+    );
+    assert!(
+        out.contains("someone@example.com 550 5.7.1 Relaying denied"),
+        "{out}"
+    );
+    assert!(out.contains("nobody@localhost 550 5.1.1"), "{out}");
+    assert!(out.contains("data 554"), "no valid recipients: {out}");
+    assert!(!server.root().join("data/mail/localhost/nobody").exists());
+    let log = server.log();
+    assert!(
+        log.contains("rejected id=") && log.contains("to=<someone@example.com>"),
+        "{log}"
+    );
+}
+
+/// The submission ports: TLS works, AUTH is offered only under TLS, and (no users yet) every
+/// login is refused and MAIL needs AUTH.
+const SMTPLIB_SUBMISSION: &str = r#"
+import smtplib, ssl, sys
+port, mode = int(sys.argv[1]), sys.argv[2]
+ctx = ssl._create_unverified_context()
+if mode == "ssl":
+    s = smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", context=ctx, timeout=20)
+else:
+    s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=20)
+    s.ehlo()
+    print("plain auth offered", s.has_extn("auth"))
+    print("plain mail", s.mail("sender@client.test")[0])
+    s.starttls(context=ctx)
+s.ehlo()
+print("tls", s.sock.version())
+print("auth offered", s.has_extn("auth"))
+try:
+    s.login("alice", "secret")
+    print("login ok")
+except smtplib.SMTPAuthenticationError as e:
+    print("login", e.smtp_code, e.smtp_error.decode())
+print("mail", s.mail("sender@client.test")[0])
+s.quit()
+"#;
+
+#[test]
+fn smtplib_implicit_tls_on_submissions() {
+    let server = Server::start();
+    let out = python(
+        SMTPLIB_SUBMISSION,
+        &[server.port("submissions").to_string(), "ssl".into()],
+    );
+    assert!(out.contains("tls TLSv1.3"), "{out}");
+    assert!(out.contains("auth offered True"), "{out}");
+    assert!(out.contains("login 535 5.7.8"), "{out}");
+    assert!(out.contains("mail 530"), "{out}");
+    assert!(
+        !server.log().contains("secret"),
+        "AUTH data must never be logged"
+    );
+}
+
+#[test]
+fn smtplib_starttls_on_submission() {
+    let server = Server::start();
+    let out = python(
+        SMTPLIB_SUBMISSION,
+        &[server.port("submission").to_string(), "starttls".into()],
+    );
+    assert!(out.contains("plain auth offered False"), "{out}");
+    assert!(out.contains("plain mail 530"), "{out}");
+    assert!(out.contains("tls TLSv1.3"), "{out}");
+    assert!(out.contains("auth offered True"), "{out}");
+    assert!(out.contains("login 535 5.7.8"), "{out}");
+}
+
+fn lettre_message(to: &str, subject: &str) -> Message {
+    Message::builder()
+        .from("Sender <sender@client.test>".parse().expect("from"))
+        .to(to.parse().expect("to"))
+        .subject(subject)
+        .body(String::from("Hello from lettre.\r\n"))
+        .expect("message")
+}
+
+#[test]
+fn lettre_plain_and_starttls_deliver() {
+    let server = Server::start();
+    let plain = server.lettre("smtp", Tls::None);
+    plain
+        .send(&lettre_message("alice@localhost", "lettre plain"))
+        .expect("plain send");
+    let m = server.only_message("localhost", "alice", "lettre plain");
+    assert_trace(&m, "alice@localhost", "ESMTP");
+
+    let starttls = server.lettre("smtp", Tls::Required(server.lettre_tls()));
+    starttls
+        .send(&lettre_message("postmaster@localhost", "lettre starttls"))
+        .expect("starttls send");
+    let m = server.only_message("localhost", "postmaster", "lettre starttls");
+    assert_trace(&m, "postmaster@localhost", "ESMTPS");
+    assert!(m.contains("\t(using TLSv1.3 with cipher "), "{m}");
+    assert!(m.contains("Hello from lettre."), "{m}");
+}
+
+#[test]
+fn lettre_implicit_tls_handshakes_and_requires_auth() {
+    let server = Server::start();
+    let wrapper = server.lettre("submissions", Tls::Wrapper(server.lettre_tls()));
+    assert!(wrapper.test_connection().expect("TLS handshake and EHLO"));
+    let err = wrapper
+        .send(&lettre_message("alice@localhost", "lettre implicit"))
+        .expect_err("MAIL without AUTH is refused on submissions");
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        err.status().map(|c| c.to_string()),
+        Some("530".to_string()),
+        "{err}"
+    );
+    assert!(server.inbox("localhost", "alice").is_empty());
+}
+
+#[test]
+fn sigterm_stops_the_server() {
+    let mut server = Server::start();
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = server.child.try_wait().expect("try_wait") {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("postern.toml"),
+        "hostname = \"localhost\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\nsmpt = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(BINARY)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("serve")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("postern.toml, line 4: unknown field `smpt`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("fix: "), "{stderr}");
+}
+
+#[test]
+fn a_missing_certificate_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("postern.toml"),
+        "hostname = \"mx.example.org\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("write");
+    let out = Command::new(BINARY)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("serve")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no certificate for the host name mx.example.org"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("certs/mx.example.org"), "{stderr}");
+}
+
+/// First run in an empty directory creates the embedded default. It then listens on the fixed
+/// default ports (loopback only); if another program holds them the server exits with an error
+/// naming the listener's line, which is fine here: the files are what is checked.
+#[test]
+fn first_run_creates_the_embedded_default() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("postern-data");
+    let (child, lines) = spawn_in(tmp.path(), &dir);
+    let mut child = KillOnDrop(child);
+    let first = lines
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_default();
+    assert!(
+        first.contains("created the default configuration"),
+        "{first}"
+    );
+    let _ = child.0.kill();
+    let config = fs::read_to_string(dir.join("postern.toml")).expect("postern.toml");
+    for key in [
+        "hostname = \"localhost\"",
+        "data_dir",
+        "max_message_size = 52428800",
+        "smtp = [\"127.0.0.1:2525\"]",
+        "submission = [\"127.0.0.1:2587\"]",
+        "submissions = [\"127.0.0.1:2465\"]",
+    ] {
+        assert!(config.contains(key), "{key} missing from:\n{config}");
+    }
+    assert!(dir.join("certs/localhost/fullchain.pem").is_file());
+    assert!(dir.join("certs/localhost/privkey.pem").is_file());
+    assert!(dir.join("domains/localhost").is_dir());
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Like [`spawn`] but with the configuration directory `dir` under the working directory `cwd`.
+fn spawn_in(cwd: &Path, dir: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BINARY)
+        .arg("-C")
+        .arg(dir)
+        .arg("serve")
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn postern");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
