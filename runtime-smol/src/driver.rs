@@ -80,27 +80,9 @@ pub enum Error {
     Usage(#[from] UsageError),
 }
 
-/// Drives SMTP server sessions: one [`Connection::run`] per accepted connection.
-///
-/// ```no_run
-/// # use std::sync::Arc;
-/// # use std::net::TcpListener;
-/// # use async_io::Async;
-/// # use proto_core::Config;
-/// # use runtime_smol::{Connection, Handler, TlsMode};
-/// # async fn serve<H: Handler>(mut make_handler: impl FnMut() -> H) -> std::io::Result<()> {
-/// let connection = Arc::new(Connection::new(Arc::new(Config::new("mx.example.org")), TlsMode::None));
-/// let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 2525))?;
-/// loop {
-///     let (stream, _) = listener.accept().await?;
-///     let mut handler = make_handler();
-///     // Usually spawned as a task; run here inline for brevity.
-///     if let Err(e) = connection.run_tcp(stream, &mut handler).await {
-///         eprintln!("{e}");
-///     }
-/// }
-/// # }
-/// ```
+/// Drives SMTP server sessions: one [`Connection::run`] (or [`Connection::run_tcp`]) per
+/// accepted connection, usually each in its own task. See the crate documentation for a
+/// complete example.
 #[derive(Debug, Clone)]
 pub struct Connection {
     config: Arc<Config>,
