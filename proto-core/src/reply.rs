@@ -227,12 +227,17 @@ impl Reply {
         }
     }
 
-    /// Shorthand used throughout the crate: a reply from literal numbers.
-    /// Panics only on invalid constants, which the unit tests exercise.
-    pub(crate) fn of(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
-        let code = ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR);
-        let enhanced = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2);
-        Reply::new(code, enhanced, text)
+    /// A reply from literal numbers, for replies written in code:
+    /// `Reply::of(550, (5, 1, 1), "No such user")`.
+    ///
+    /// The numbers are meant to be constants. A code outside `200..=599` becomes 451 and an
+    /// invalid enhanced code is left out (debug builds panic instead, so tests catch it).
+    pub fn of(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
+        let checked = ReplyCode::new(code);
+        let status = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2);
+        debug_assert!(checked.is_some(), "reply code {code} out of range");
+        debug_assert!(status.is_some(), "enhanced status {enhanced:?} invalid");
+        Reply::new(checked.unwrap_or(ReplyCode::LOCAL_ERROR), status, text)
     }
 
     /// The reply code.

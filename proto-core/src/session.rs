@@ -149,6 +149,21 @@ pub enum Event {
     TransactionAborted,
 }
 
+impl Event {
+    /// The ticket to answer with [`Session::resolve`], for the events that wait for a verdict.
+    /// Drivers should resolve every event for which this is `Some`, including variants added
+    /// in later versions: the session reads nothing more until they do.
+    pub fn ticket(&self) -> Option<Ticket> {
+        match self {
+            Event::Mail { ticket, .. }
+            | Event::Rcpt { ticket, .. }
+            | Event::Auth { ticket, .. }
+            | Event::MessageEnd { ticket } => Some(*ticket),
+            Event::MessageStart | Event::MessageData(_) | Event::TransactionAborted => None,
+        }
+    }
+}
+
 /// Misuse of the session API by the driver or application (never caused by the peer).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -1177,6 +1192,12 @@ impl Session {
         };
     }
 }
+
+// Drivers hold `&Session` across awaits in multi-threaded executors.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+};
 
 enum LineRead {
     Line(std::ops::Range<usize>),

@@ -21,7 +21,7 @@ use async_io::{Async, Timer};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
-use proto_core::{Action, Config, Event, PeerInfo, Session, UsageError};
+use proto_core::{Action, Config, Event, PeerInfo, Reply, Session, UsageError, Verdict};
 use thiserror::Error;
 
 use crate::handler::Handler;
@@ -298,8 +298,14 @@ async fn dispatch<H: Handler>(
             handler.aborted(session).await;
             return Ok(());
         }
-        // A future event this driver does not know carries no ticket it could answer.
-        _ => return Ok(()),
+        // An event this driver does not know yet: refuse it rather than stall the session.
+        other => match other.ticket() {
+            Some(ticket) => (
+                ticket,
+                Verdict::Reject(Reply::of(451, (4, 3, 0), "Not supported by this server")),
+            ),
+            None => return Ok(()),
+        },
     };
     session.resolve(Instant::now(), ticket, verdict)?;
     Ok(())

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use proto_core::{
-    Credentials, EnhancedStatus, ForwardPath, MailParams, RcptParams, Reply, ReplyCode,
-    ReversePath, Session, Verdict,
+    Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath, Session, Verdict,
 };
 use runtime_smol::Handler;
 
@@ -310,11 +309,7 @@ async fn discard(spool: Option<Spool>) {
 
 /// A reply from literal numbers (constants in this file, so never invalid).
 fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
-    Reply::new(
-        ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR),
-        EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2),
-        text,
-    )
+    Reply::of(code, enhanced, text)
 }
 
 /// The client's IP for logs.
