@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use proto_core::Domain;
 use serde::Deserialize;
@@ -19,6 +20,9 @@ pub const FILE_NAME: &str = "postern.toml";
 
 /// The default largest message: 50 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+
+/// The default interval between checks of `certs/` for renewed certificates, in seconds.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: u64 = 5;
 
 /// What a listener is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,9 @@ pub struct Settings {
     pub max_message_size: u64,
     /// Where to listen.
     pub listeners: Vec<Listener>,
+    /// How often `certs/` is checked for changes; `None` turns the check off (SIGHUP still
+    /// reloads).
+    pub tls_reload_interval: Option<Duration>,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -81,6 +88,7 @@ struct RawFile {
     hostname: Option<Spanned<String>>,
     data_dir: Option<Spanned<PathBuf>>,
     max_message_size: Option<Spanned<u64>>,
+    tls_reload_interval: Option<Spanned<u64>>,
     #[serde(default)]
     listeners: RawListeners,
 }
@@ -188,6 +196,12 @@ impl Settings {
             None => DEFAULT_MAX_MESSAGE_SIZE,
         };
 
+        let tls_reload_interval = match raw.tls_reload_interval.map(Spanned::into_inner) {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL)),
+        };
+
         let mut listeners = Vec::new();
         for (role, addrs) in [
             (Role::Smtp, raw.listeners.smtp),
@@ -230,6 +244,7 @@ impl Settings {
             data_dir_line,
             max_message_size,
             listeners,
+            tls_reload_interval,
         })
     }
 
@@ -313,6 +328,10 @@ mod tests {
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.data_dir, Path::new("/c"));
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(
+            s.tls_reload_interval,
+            Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL))
+        );
         let roles: Vec<_> = s
             .listeners
             .iter()

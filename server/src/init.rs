@@ -21,8 +21,12 @@ pub const DEFAULT_CONFIG: &str = r#"# postern.toml: the configuration of the pos
 #
 # Other files in this directory:
 #   certs/<name>/fullchain.pem   TLS certificate chain and key, in the layout certbot uses
-#   certs/<name>/privkey.pem     (/etc/letsencrypt/live/<name>/). certs/<hostname>/ is the
-#                                default certificate; the others are chosen by SNI.
+#   certs/<name>/privkey.pem     (/etc/letsencrypt/live/<name>/; certs/ may be a symlink to
+#                                live/ itself), or in the acme.sh layout:
+#   certs/<domain>_ecc/fullchain.cer and certs/<domain>_ecc/<domain>.key (also without _ecc).
+#                                A certificate is served for the names it holds (SNI,
+#                                wildcards too); the one holding the hostname is the default.
+#                                Renewed files are picked up without a restart.
 #   domains/<domain>/            one directory per local domain: mail to it is accepted here.
 #   domains/<domain>/users       optional: the domain's users, one per line ("alice" or
 #                                "alice@<domain>"; lines starting with # are comments).
@@ -41,6 +45,11 @@ data_dir = "."
 # The largest message accepted, in bytes; advertised with SIZE (RFC 1870).
 # 52428800 bytes = 50 MiB.
 max_message_size = 52428800
+
+# How often, in seconds, certs/ is checked for renewed certificates (0: never; SIGHUP
+# reloads them too). New connections get the new
+# certificate; a broken new file keeps the old one, and the log says which file and why.
+tls_reload_interval = 5
 
 # Addresses to listen on, for each role: lists of "address:port", IPv4 ("0.0.0.0:25") or
 # IPv6 ("[::]:25"). An empty list, or a missing key, turns the role off.

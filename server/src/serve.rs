@@ -5,11 +5,17 @@
 //! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
 //! configuration; each connection runs as its own task on smol's executor.
 //!
+//! Certificates are reloaded without a restart: `certs/` is polled every
+//! `tls_reload_interval` (sizes, modification times and symlink targets), and SIGHUP reloads
+//! too. New handshakes get the new certificates; established connections keep theirs. A broken
+//! new file keeps the old certificates and logs the file and the reason.
+//!
 //! On SIGTERM or SIGINT the listeners close and the process exits. Nothing acknowledged can be
 //! lost: a 250 is only sent once every copy is fsynced. (Waiting for transactions in flight,
-//! SIGHUP reloads, connection limits and systemd socket activation are later steps.)
+//! configuration reloads, connection limits and systemd socket activation are later steps.)
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +31,7 @@ use crate::log;
 use crate::queue;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
-use crate::tls;
+use crate::tls::{self, Certificates, Snapshot};
 
 /// A problem that stops `serve`.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +53,11 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         );
     }
     let settings = Settings::load(dir)?;
-    let tls_config = tls::load(&settings)?;
-    let acceptor = TlsAcceptor::from(tls_config);
+    let certs_snapshot = Snapshot::take(&settings.certs_dir());
+    let store = tls::load(&settings)?;
+    log::event("tls", format_args!("loaded {}", store.summary()));
+    let certificates = Certificates::new(store);
+    let acceptor = TlsAcceptor::from(certificates.server_config()?);
 
     std::fs::create_dir_all(settings.mail_dir()).map_err(|e| {
         settings.data_dir_error(format!(
@@ -87,7 +96,8 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         bound.push((listener.role, local, socket));
     }
     // Install the handlers before announcing, so a supervisor's early SIGTERM is handled.
-    let mut signals = Signals::new([Signal::Term, Signal::Int]).map_err(ServeError::Signals)?;
+    let mut signals =
+        Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?;
 
     println!(
         "postern: {} serving; configuration {}, data {}",
@@ -100,6 +110,14 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     }
 
     smol::block_on(async {
+        let watcher = settings.tls_reload_interval.map(|interval| {
+            smol::spawn(watch_certs(
+                settings.clone(),
+                certificates.clone(),
+                certs_snapshot,
+                interval,
+            ))
+        });
         let tasks: Vec<_> = bound
             .into_iter()
             .map(|(role, _, socket)| {
@@ -110,17 +128,61 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
                 smol::spawn(accept_loop(socket, role, connection, shared.clone()))
             })
             .collect();
-        let signal = signals.next().await;
-        let name = match signal {
-            Some(Ok(Signal::Int)) => "SIGINT",
-            _ => "SIGTERM",
+        let name = loop {
+            match signals.next().await {
+                Some(Ok(Signal::Hup)) => {
+                    log::event("reload", format_args!("SIGHUP received"));
+                    reload_certs(&settings, &certificates);
+                }
+                Some(Ok(Signal::Int)) => break "SIGINT",
+                _ => break "SIGTERM",
+            }
         };
+        if let Some(watcher) = watcher {
+            watcher.cancel().await;
+        }
         println!("postern: {name} received, stopping");
         for task in tasks {
             task.cancel().await;
         }
     });
     Ok(())
+}
+
+/// Polls `certs/` every `interval` and reloads the certificates when anything there changed.
+async fn watch_certs(
+    settings: Settings,
+    certificates: Arc<Certificates>,
+    mut last: Snapshot,
+    interval: Duration,
+) {
+    let dir: PathBuf = settings.certs_dir();
+    loop {
+        Timer::after(interval).await;
+        let now = Snapshot::take(&dir);
+        if now != last {
+            last = now;
+            reload_certs(&settings, &certificates);
+        }
+    }
+}
+
+/// Loads `certs/` again and serves the result to new handshakes, or keeps the current
+/// certificates and says why.
+fn reload_certs(settings: &Settings, certificates: &Certificates) {
+    match tls::load(settings) {
+        Ok(store) => {
+            log::event("tls", format_args!("reloaded {}", store.summary()));
+            certificates.replace(store);
+        }
+        Err(e) => log::event(
+            "tls",
+            format_args!(
+                "reload failed, keeping the current certificates: {}",
+                e.to_string().replace('\n', " ")
+            ),
+        ),
+    }
 }
 
 /// Binds one listener, or explains why not, pointing at its line.

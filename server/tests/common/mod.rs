@@ -1,0 +1,289 @@
+//! Shared by the operations tests: a configuration directory, the real binary run in it, and
+//! Python clients. Loopback only; every process is killed when its guard drops.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_postern");
+
+/// A configuration directory: `postern.toml` with loopback listeners and `extra` keys, the
+/// local domain `localhost` with user alice. No certificate: tests write their own.
+pub fn config_dir(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), extra);
+    fs::create_dir_all(dir.path().join("domains/localhost")).expect("mkdir domain");
+    fs::write(dir.path().join("domains/localhost/users"), "alice\n").expect("users");
+    dir
+}
+
+/// Writes `postern.toml` with `extra` top-level keys.
+pub fn write_config(root: &Path, extra: &str) {
+    fs::write(
+        root.join("postern.toml"),
+        format!(
+            "hostname = \"localhost\"\n\
+             data_dir = \"data\"\n\
+             {extra}\n\
+             [listeners]\n\
+             smtp = [\"127.0.0.1:0\"]\n\
+             submissions = [\"127.0.0.1:0\"]\n"
+        ),
+    )
+    .expect("write config");
+}
+
+/// A self-signed certificate for `names`: (certificate PEM, key PEM, certificate DER in hex).
+pub fn cert(names: &[&str]) -> (String, String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("rcgen");
+    (
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+        hex(ck.cert.der()),
+    )
+}
+
+/// Writes a certbot-style pair into `dir`.
+pub fn write_certbot(dir: &Path, pem: &(String, String, String)) {
+    fs::create_dir_all(dir).expect("mkdir cert dir");
+    fs::write(dir.join("privkey.pem"), &pem.1).expect("write key");
+    fs::write(dir.join("fullchain.pem"), &pem.0).expect("write cert");
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running server; killed and reaped on drop.
+pub struct Server {
+    pub child: Child,
+    pub root: PathBuf,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Runs `postern -C root serve` and waits for `count` listening lines.
+    pub fn start(root: &Path, count: usize) -> Server {
+        Server::start_with(
+            Command::new(BINARY).arg("-C").arg(root).arg("serve"),
+            root,
+            count,
+        )
+    }
+
+    /// Runs `command` (which must start postern) and waits for `count` listening lines.
+    pub fn start_with(command: &mut Command, root: &Path, count: usize) -> Server {
+        let log = fs::File::create(root.join("stderr.log")).expect("log file");
+        let mut child = command
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn postern");
+        let lines = reader(child.stdout.take().expect("stdout"));
+        let mut server = Server {
+            child,
+            root: root.to_path_buf(),
+            listeners: HashMap::new(),
+            lines,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.listeners.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = server
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server did not start; log:\n{}", server.log()));
+            if let Some(rest) = line.strip_prefix("postern: listening on ")
+                && let Some((addr, role)) = rest.split_once(' ')
+            {
+                let role = role.trim_matches(|c| c == '(' || c == ')').to_string();
+                server
+                    .listeners
+                    .insert(role, addr.parse().expect("listener address"));
+            }
+        }
+        server
+    }
+
+    pub fn port(&self, role: &str) -> u16 {
+        self.listeners[role].port()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.root.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`, or fails after `secs` seconds.
+    pub fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not logged within {secs} s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; fails after `secs` seconds.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {secs} s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Messages delivered to `<data>/mail/<domain>/<user>/new`.
+    pub fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
+        let new = self
+            .root
+            .join("data/mail")
+            .join(domain)
+            .join(user)
+            .join("new");
+        let Ok(entries) = fs::read_dir(&new) else {
+            return Vec::new();
+        };
+        entries
+            .map(|e| fs::read_to_string(e.expect("entry").path()).expect("read message"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reader(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs a Python script to completion; returns its stdout, failing the test on error.
+pub fn python(script: &str, args: &[String]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A Python script running alongside the test, fed lines on stdin; killed on drop.
+pub struct Script {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Script {
+    pub fn start(script: &str, args: &[String]) -> Script {
+        let mut child = Command::new("python3")
+            .arg("-u")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
+        let stdin = child.stdin.take();
+        let lines = reader(child.stdout.take().expect("stdout"));
+        Script {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next line the script prints; fails after 30 s.
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from the script")
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to script");
+        stdin.flush().expect("flush");
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints the certificate (DER, hex) and the TLS version an implicit-TLS port presents for
+/// SNI `argv[2]` (empty: no SNI). Optional `argv[3]`: the highest TLS version, "1.2".
+pub const PEER_CERT: &str = r#"
+import socket, ssl, sys
+port, sni = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+if len(sys.argv) > 3 and sys.argv[3] == "1.2":
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname=(sni or None)) as s:
+        print(s.getpeercert(True).hex())
+        print(s.version())
+"#;
+
+/// The certificate (hex DER) presented on `port` for `sni`, and the TLS version.
+pub fn peer_cert(port: u16, sni: &str) -> (String, String) {
+    let out = python(PEER_CERT, &[port.to_string(), sni.to_string()]);
+    let mut lines = out.lines();
+    (
+        lines.next().unwrap_or_default().to_string(),
+        lines.next().unwrap_or_default().to_string(),
+    )
+}
