@@ -21,6 +21,12 @@ pub const FILE_NAME: &str = "postern.toml";
 /// The default largest message: 50 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
 
+/// The default limit on connections open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+
+/// The default limit on connections open at once from one client IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+
 /// The default interval between checks of `certs/` for renewed certificates, in seconds.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: u64 = 5;
 
@@ -63,6 +69,10 @@ pub struct Settings {
     pub max_message_size: u64,
     /// Where to listen.
     pub listeners: Vec<Listener>,
+    /// The most connections open at once; more get 421.
+    pub max_connections: usize,
+    /// The most connections open at once from one IP address; more get 421.
+    pub max_connections_per_ip: usize,
     /// How often `certs/` is checked for changes; `None` turns the check off (SIGHUP still
     /// reloads).
     pub tls_reload_interval: Option<Duration>,
@@ -88,6 +98,8 @@ struct RawFile {
     hostname: Option<Spanned<String>>,
     data_dir: Option<Spanned<PathBuf>>,
     max_message_size: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_connections_per_ip: Option<Spanned<u64>>,
     tls_reload_interval: Option<Spanned<u64>>,
     #[serde(default)]
     listeners: RawListeners,
@@ -196,6 +208,29 @@ impl Settings {
             None => DEFAULT_MAX_MESSAGE_SIZE,
         };
 
+        let mut counts = [DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP];
+        for (i, (key, value)) in [
+            ("max_connections", raw.max_connections),
+            ("max_connections_per_ip", raw.max_connections_per_ip),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(v) = value {
+                let line = at(v.span());
+                match usize::try_from(*v.get_ref()) {
+                    Ok(n) if n >= 1 => counts[i] = n,
+                    _ => {
+                        return Err(error(
+                            line,
+                            format!("{key} = {} is out of range", v.get_ref()),
+                            "give a number of connections of at least 1, e.g. 100",
+                        ));
+                    }
+                }
+            }
+        }
+        let [max_connections, max_connections_per_ip] = counts;
         let tls_reload_interval = match raw.tls_reload_interval.map(Spanned::into_inner) {
             Some(0) => None,
             Some(s) => Some(Duration::from_secs(s)),
@@ -244,6 +279,8 @@ impl Settings {
             data_dir_line,
             max_message_size,
             listeners,
+            max_connections,
+            max_connections_per_ip,
             tls_reload_interval,
         })
     }
@@ -328,6 +365,8 @@ mod tests {
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.data_dir, Path::new("/c"));
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
         assert_eq!(
             s.tls_reload_interval,
             Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL))
@@ -376,6 +415,12 @@ mod tests {
                 "one role",
             ),
             ("hostname = [\n", 1, "unclosed array", "TOML syntax"),
+            (
+                "hostname = \"a.b\"\nmax_connections_per_ip = 0\n",
+                2,
+                "out of range",
+                "at least 1",
+            ),
         ];
         for (text, line, message, fix) in cases {
             let e = parse(text).expect_err(text);

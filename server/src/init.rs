@@ -46,9 +46,14 @@ data_dir = "."
 # 52428800 bytes = 50 MiB.
 max_message_size = 52428800
 
+# The most connections open at once, and from one client IP address. Connections over a
+# limit are answered "421 4.7.0 <hostname> Too many connections, try later" and closed.
+max_connections = 1000
+max_connections_per_ip = 20
+
 # How often, in seconds, certs/ is checked for renewed certificates (0: never; SIGHUP
-# reloads them too). New connections get the new
-# certificate; a broken new file keeps the old one, and the log says which file and why.
+# reloads them too). New connections get the new certificate; a broken new file keeps the
+# old one, and the log says which file and why.
 tls_reload_interval = 5
 
 # Addresses to listen on, for each role: lists of "address:port", IPv4 ("0.0.0.0:25") or

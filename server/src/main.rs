@@ -1,8 +1,8 @@
 //! The `postern` binary: `postern [-C DIR] serve`.
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
-//! embedded default), [`tls`] (certificates), [`recipients`] (local domains and users),
-//! [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
+//! embedded default), [`tls`] (certificates), [`limits`] (connection limits), [`recipients`]
+//! (local domains and users), [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
 //! (Received: and friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and
 //! [`log`] (one line per mail event).
 
@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod delivery;
 mod init;
+mod limits;
 mod log;
 mod queue;
 mod reception;

@@ -10,23 +10,30 @@
 //! too. New handshakes get the new certificates; established connections keep theirs. A broken
 //! new file keeps the old certificates and logs the file and the reason.
 //!
+//! Connections are limited in total (`max_connections`) and per client IP address
+//! (`max_connections_per_ip`); one over a limit is answered `421 4.7.0 <host> Too many
+//! connections, try later` and closed (on the implicit-TLS port, closed: a plaintext reply
+//! would be noise to a TLS client).
+//!
 //! On SIGTERM or SIGINT the listeners close and the process exits. Nothing acknowledged can be
 //! lost: a 250 is only sent once every copy is fsynced. (Waiting for transactions in flight,
-//! configuration reloads, connection limits and systemd socket activation are later steps.)
+//! configuration reloads and systemd socket activation are later steps.)
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
-use futures_lite::StreamExt;
+use futures_lite::io::AsyncWriteExt;
+use futures_lite::{StreamExt, future};
 use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, TlsAcceptor, TlsMode};
 
 use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::init;
+use crate::limits::{ConnectionCounter, Permit};
 use crate::log;
 use crate::queue;
 use crate::reception::{Reception, Shared};
@@ -118,6 +125,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
                 interval,
             ))
         });
+        let counter = ConnectionCounter::new();
         let tasks: Vec<_> = bound
             .into_iter()
             .map(|(role, _, socket)| {
@@ -125,7 +133,17 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
                     Arc::new(session_config(&settings, role)),
                     tls_mode(role, &acceptor),
                 ));
-                smol::spawn(accept_loop(socket, role, connection, shared.clone()))
+                smol::spawn(accept_loop(
+                    socket,
+                    role,
+                    connection,
+                    shared.clone(),
+                    Admission {
+                        counter: counter.clone(),
+                        max_total: settings.max_connections,
+                        max_per_ip: settings.max_connections_per_ip,
+                    },
+                ))
             })
             .collect();
         let name = loop {
@@ -142,6 +160,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             watcher.cancel().await;
         }
         println!("postern: {name} received, stopping");
+        // Cancelling the accept loops drops, and so closes, the listening sockets.
         for task in tasks {
             task.cancel().await;
         }
@@ -232,19 +251,49 @@ fn tls_mode(role: Role, acceptor: &TlsAcceptor) -> TlsMode {
     }
 }
 
+/// The limits a listener applies to new connections.
+#[derive(Debug, Clone)]
+struct Admission {
+    counter: Arc<ConnectionCounter>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
 /// Accepts connections forever, one task each.
 async fn accept_loop(
     socket: Async<TcpListener>,
     role: Role,
     connection: Arc<Connection>,
     shared: Arc<Shared>,
+    admission: Admission,
 ) {
     loop {
         match socket.accept().await {
             Ok((stream, peer)) => {
+                let permit = match admission.counter.admit(
+                    peer.ip(),
+                    admission.max_total,
+                    admission.max_per_ip,
+                ) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        log::event(
+                            "connection",
+                            format_args!(
+                                "refused client={} role={} limit={}",
+                                peer.ip().to_canonical(),
+                                role.name(),
+                                refusal.key()
+                            ),
+                        );
+                        smol::spawn(too_many(stream, role, shared.hostname.clone())).detach();
+                        continue;
+                    }
+                };
                 let connection = connection.clone();
                 let shared = shared.clone();
                 smol::spawn(async move {
+                    let _permit: Permit = permit;
                     let mut reception = Reception::new(shared, role);
                     if let Err(e) = connection.run_tcp(stream, &mut reception).await {
                         log_connection_error(peer, role, &e);
@@ -261,6 +310,23 @@ async fn accept_loop(
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Answers a connection over a limit with 421 and closes it. RFC 5321 section 3.1 lets a
+/// server refuse a connection with 554 or 421 in place of the greeting; 421 says "try later".
+/// The implicit-TLS port gets no plaintext reply, only the close.
+async fn too_many(mut stream: Async<TcpStream>, role: Role, hostname: String) {
+    if role != Role::Submissions {
+        let reply = format!("421 4.7.0 {hostname} Too many connections, try later\r\n");
+        let write = async {
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.flush().await;
+        };
+        let timeout = async {
+            Timer::after(Duration::from_secs(5)).await;
+        };
+        future::or(write, timeout).await;
     }
 }
 
