@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// The default limit on connections open at once from one client IP address.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
 
+/// The default time sessions in flight get to finish after SIGTERM, in seconds.
+pub const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
+
 /// The default interval between checks of `certs/` for renewed certificates, in seconds.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: u64 = 5;
 
@@ -73,6 +76,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// The most connections open at once from one IP address; more get 421.
     pub max_connections_per_ip: usize,
+    /// How long sessions in flight may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
     /// How often `certs/` is checked for changes; `None` turns the check off (SIGHUP still
     /// reloads).
     pub tls_reload_interval: Option<Duration>,
@@ -100,6 +105,7 @@ struct RawFile {
     max_message_size: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     max_connections_per_ip: Option<Spanned<u64>>,
+    shutdown_grace: Option<Spanned<u64>>,
     tls_reload_interval: Option<Spanned<u64>>,
     #[serde(default)]
     listeners: RawListeners,
@@ -231,6 +237,10 @@ impl Settings {
             }
         }
         let [max_connections, max_connections_per_ip] = counts;
+        let shutdown_grace = Duration::from_secs(
+            raw.shutdown_grace
+                .map_or(DEFAULT_SHUTDOWN_GRACE, Spanned::into_inner),
+        );
         let tls_reload_interval = match raw.tls_reload_interval.map(Spanned::into_inner) {
             Some(0) => None,
             Some(s) => Some(Duration::from_secs(s)),
@@ -281,6 +291,7 @@ impl Settings {
             listeners,
             max_connections,
             max_connections_per_ip,
+            shutdown_grace,
             tls_reload_interval,
         })
     }
@@ -367,6 +378,10 @@ mod tests {
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(s.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
+        assert_eq!(
+            s.shutdown_grace,
+            Duration::from_secs(DEFAULT_SHUTDOWN_GRACE)
+        );
         assert_eq!(
             s.tls_reload_interval,
             Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL))

@@ -51,6 +51,10 @@ max_message_size = 52428800
 max_connections = 1000
 max_connections_per_ip = 20
 
+# After SIGTERM, postern stops accepting and gives the connections already open this many
+# seconds to finish before it exits. A message is only acknowledged (250) once it is on disk.
+shutdown_grace = 30
+
 # How often, in seconds, certs/ is checked for renewed certificates (0: never; SIGHUP
 # reloads them too). New connections get the new certificate; a broken new file keeps the
 # old one, and the log says which file and why.

@@ -15,14 +15,16 @@
 //! connections, try later` and closed (on the implicit-TLS port, closed: a plaintext reply
 //! would be noise to a TLS client).
 //!
-//! On SIGTERM or SIGINT the listeners close and the process exits. Nothing acknowledged can be
-//! lost: a 250 is only sent once every copy is fsynced. (Waiting for transactions in flight,
-//! configuration reloads and systemd socket activation are later steps.)
+//! On SIGTERM or SIGINT the listeners close at once, so no new connection is accepted; the
+//! connections already open get `shutdown_grace` to finish, then the process exits. Nothing
+//! acknowledged can be lost: a 250 is only sent once every copy is fsynced, and a transaction
+//! cut off by the exit was never acknowledged (the client retries). (Configuration reloads and
+//! systemd socket activation are later steps.)
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
@@ -164,8 +166,39 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         for task in tasks {
             task.cancel().await;
         }
+        drain(&counter, settings.shutdown_grace).await;
     });
     Ok(())
+}
+
+/// Waits until every connection is closed, or `grace` has passed.
+async fn drain(counter: &ConnectionCounter, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    let open = counter.open();
+    if open > 0 {
+        log::event(
+            "shutdown",
+            format_args!(
+                "waiting up to {} s for {open} open connections",
+                grace.as_secs()
+            ),
+        );
+    }
+    loop {
+        let open = counter.open();
+        if open == 0 {
+            log::event("shutdown", format_args!("all connections closed"));
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::event(
+                "shutdown",
+                format_args!("shutdown_grace over; closing {open} connections"),
+            );
+            return;
+        }
+        Timer::after(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `certs/` every `interval` and reloads the certificates when anything there changed.

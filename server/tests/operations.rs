@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, cert, config_dir, python, write_certbot};
+use common::{Script, Server, cert, config_dir, python, write_certbot};
 
 /// Opens connections from the given source addresses and prints each greeting's first line,
 /// keeping every connection open until all greetings are read.
@@ -52,4 +52,82 @@ fn connection_limits_answer_421() {
         &[server.port("smtp").to_string(), "127.0.0.1".into()],
     );
     assert!(again.starts_with("127.0.0.1 220 localhost"), "{again}");
+}
+
+/// Starts a transaction and sends half a body; on a line from stdin sends the rest and QUIT.
+/// Then checks that no new connection is accepted.
+const IN_FLIGHT: &str = r#"
+import smtplib, socket, sys
+port = int(sys.argv[1])
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
+s.ehlo()
+s.mail("sender@client.test")
+s.rcpt("alice@localhost")
+code, _ = s.docmd("DATA")
+print("data", code)
+s.send(b"From: sender@client.test\r\nSubject: in flight\r\n\r\nfirst half\r\n")
+sys.stdin.readline()
+s.send(b"second half\r\n.\r\n")
+print("end", s.getreply()[0])
+print("quit", s.quit()[0])
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=5).recv(100)
+    print("new connection accepted")
+except OSError as e:
+    print("new connection refused")
+"#;
+
+#[test]
+fn sigterm_lets_a_message_in_flight_finish() {
+    let dir = config_dir("shutdown_grace = 20");
+    write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
+    let mut server = Server::start(dir.path(), 2);
+    let mut client = Script::start(IN_FLIGHT, &[server.port("smtp").to_string()]);
+    assert_eq!(client.line(), "data 354");
+    server.signal("TERM");
+    server.wait_log("waiting up to 20 s for 1 open connections", 10);
+    assert!(
+        server.child.try_wait().expect("try_wait").is_none(),
+        "exited early"
+    );
+    client.send("go");
+    assert_eq!(client.line(), "end 250", "log:\n{}", server.log());
+    assert_eq!(client.line(), "quit 221");
+    assert_eq!(client.line(), "new connection refused");
+    let status = server.wait_exit(10);
+    assert!(status.success(), "{status}");
+    let inbox = server.inbox("localhost", "alice");
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert!(
+        inbox[0].contains("first half\r\nsecond half\r\n"),
+        "{}",
+        inbox[0]
+    );
+    assert!(
+        server.log().contains("all connections closed"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn shutdown_grace_bounds_the_wait() {
+    let dir = config_dir("shutdown_grace = 1");
+    write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
+    let mut server = Server::start(dir.path(), 2);
+    // An idle client that never leaves.
+    let idle = Script::start(
+        "import socket, sys\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         print(s.recv(100).decode().strip())\nsys.stdin.readline()\n",
+        &[server.port("smtp").to_string()],
+    );
+    assert!(idle.line().starts_with("220 "));
+    server.signal("TERM");
+    let status = server.wait_exit(10);
+    assert!(status.success(), "{status}");
+    assert!(
+        server.log().contains("shutdown_grace over"),
+        "{}",
+        server.log()
+    );
 }
