@@ -60,6 +60,11 @@ shutdown_grace = 30
 # old one, and the log says which file and why.
 tls_reload_interval = 5
 
+# SIGHUP reloads this file and certs/: limits, max_message_size, the hostname and the
+# certificates apply to connections accepted afterwards; listeners and data_dir need a
+# restart (the log says so). A broken file is refused, the log names its line, and the
+# running configuration is kept.
+
 # Addresses to listen on, for each role: lists of "address:port", IPv4 ("0.0.0.0:25") or
 # IPv6 ("[::]:25"). An empty list, or a missing key, turns the role off.
 [listeners]

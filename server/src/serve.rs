@@ -5,9 +5,15 @@
 //! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
 //! configuration; each connection runs as its own task on smol's executor.
 //!
-//! Certificates are reloaded without a restart: `certs/` is polled every
-//! `tls_reload_interval` (sizes, modification times and symlink targets), and SIGHUP reloads
-//! too. New handshakes get the new certificates; established connections keep theirs. A broken
+//! SIGHUP reloads `postern.toml` and the certificates. What new connections use (limits,
+//! `max_message_size`, the host name, the local domains, certificates) takes effect for
+//! connections accepted afterwards; open connections keep what they started with. What cannot
+//! change while running (listeners, `data_dir`) is logged as "needs restart" and keeps its old
+//! value. A configuration (or certificate) that fails to load is refused as a whole: the log
+//! names the file, the line and the reason, and the old one keeps running.
+//!
+//! Certificates are also reloaded when `certs/` changes: it is polled every
+//! `tls_reload_interval` (sizes, modification times and symlink targets). New handshakes get the new certificates; established connections keep theirs. A broken
 //! new file keeps the old certificates and logs the file and the reason.
 //!
 //! Connections are limited in total (`max_connections`) and per client IP address
@@ -18,12 +24,13 @@
 //! On SIGTERM or SIGINT the listeners close at once, so no new connection is accepted; the
 //! connections already open get `shutdown_grace` to finish, then the process exits. Nothing
 //! acknowledged can be lost: a 250 is only sent once every copy is fsynced, and a transaction
-//! cut off by the exit was never acknowledged (the client retries). (Configuration reloads and
-//! systemd socket activation are later steps.)
+//! cut off by the exit was never acknowledged (the client retries). (Systemd socket activation is a
+//! later step.)
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -87,17 +94,6 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         );
     }
 
-    let shared = Arc::new(Shared {
-        hostname: settings.hostname.clone(),
-        recipients: Recipients::new(
-            settings.domains_dir(),
-            settings.mail_dir(),
-            settings.hostname.clone(),
-        ),
-        mail_dir: settings.mail_dir(),
-        spool_dir: settings.spool_dir(),
-    });
-
     let mut bound = Vec::new();
     for listener in &settings.listeners {
         let socket = bind(&settings, listener)?;
@@ -118,57 +114,190 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         println!("postern: listening on {local} ({})", role.name());
     }
 
+    let runtime = Arc::new(Runtime {
+        dir: dir.to_path_buf(),
+        live: RwLock::new(Arc::new(Live::new(settings, &acceptor))),
+        certificates,
+        acceptor,
+        counter: ConnectionCounter::new(),
+    });
     smol::block_on(async {
-        let watcher = settings.tls_reload_interval.map(|interval| {
-            smol::spawn(watch_certs(
-                settings.clone(),
-                certificates.clone(),
-                certs_snapshot,
-                interval,
-            ))
-        });
-        let counter = ConnectionCounter::new();
+        let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
         let tasks: Vec<_> = bound
             .into_iter()
-            .map(|(role, _, socket)| {
-                let connection = Arc::new(Connection::new(
-                    Arc::new(session_config(&settings, role)),
-                    tls_mode(role, &acceptor),
-                ));
-                smol::spawn(accept_loop(
-                    socket,
-                    role,
-                    connection,
-                    shared.clone(),
-                    Admission {
-                        counter: counter.clone(),
-                        max_total: settings.max_connections,
-                        max_per_ip: settings.max_connections_per_ip,
-                    },
-                ))
-            })
+            .map(|(role, _, socket)| smol::spawn(accept_loop(socket, role, runtime.clone())))
             .collect();
         let name = loop {
             match signals.next().await {
                 Some(Ok(Signal::Hup)) => {
                     log::event("reload", format_args!("SIGHUP received"));
-                    reload_certs(&settings, &certificates);
+                    runtime.reload();
                 }
                 Some(Ok(Signal::Int)) => break "SIGINT",
                 _ => break "SIGTERM",
             }
         };
-        if let Some(watcher) = watcher {
-            watcher.cancel().await;
-        }
+        watcher.cancel().await;
         println!("postern: {name} received, stopping");
         // Cancelling the accept loops drops, and so closes, the listening sockets.
         for task in tasks {
             task.cancel().await;
         }
-        drain(&counter, settings.shutdown_grace).await;
+        drain(&runtime.counter, runtime.live().settings.shutdown_grace).await;
     });
     Ok(())
+}
+
+/// The running server: what every accept loop and reload shares.
+struct Runtime {
+    /// The configuration directory.
+    dir: PathBuf,
+    /// What new connections use; replaced as a whole by a reload.
+    live: RwLock<Arc<Live>>,
+    /// The certificate resolver behind `acceptor`.
+    certificates: Arc<Certificates>,
+    /// The TLS acceptor; it stays, the certificates behind it change.
+    acceptor: TlsAcceptor,
+    /// The connections open now.
+    counter: Arc<ConnectionCounter>,
+}
+
+/// The configuration new connections get.
+#[derive(Debug)]
+struct Live {
+    settings: Settings,
+    shared: Arc<Shared>,
+    /// One per role, in [`role_index`] order.
+    connections: [Arc<Connection>; 3],
+}
+
+impl Runtime {
+    /// The current configuration.
+    fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// SIGHUP: reads `postern.toml` and `certs/` again and applies them to new connections, or
+    /// keeps everything as it is and logs why.
+    fn reload(&self) {
+        let old = self.live();
+        let refused = |e: ConfigError| {
+            log::event(
+                "reload",
+                format_args!(
+                    "refused, keeping the current configuration: {}",
+                    e.to_string().replace('\n', " ")
+                ),
+            );
+        };
+        let mut settings = match Settings::load(&self.dir) {
+            Ok(settings) => settings,
+            Err(e) => return refused(e),
+        };
+        let store = match tls::load(&settings) {
+            Ok(store) => store,
+            Err(e) => return refused(e),
+        };
+        let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
+            s.listeners.iter().map(|l| (l.role, l.addr)).collect()
+        };
+        if addresses(&settings) != addresses(&old.settings) {
+            log::event(
+                "reload",
+                format_args!(
+                    "[listeners] changed in {}: needs restart; still listening on the old addresses",
+                    settings.file.display()
+                ),
+            );
+        }
+        if settings.data_dir != old.settings.data_dir {
+            log::event(
+                "reload",
+                format_args!(
+                    "data_dir changed in {}: needs restart; still using {}",
+                    settings.file.display(),
+                    old.settings.data_dir.display()
+                ),
+            );
+            settings.data_dir = old.settings.data_dir.clone();
+            settings.data_dir_line = old.settings.data_dir_line;
+        }
+        log::event("tls", format_args!("reloaded {}", store.summary()));
+        self.certificates.replace(store);
+        let live = Arc::new(Live::new(settings, &self.acceptor));
+        log::event(
+            "reload",
+            format_args!(
+                "configuration reloaded from {}; new connections use it",
+                live.settings.file.display()
+            ),
+        );
+        match self.live.write() {
+            Ok(mut current) => *current = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+
+    /// Loads `certs/` again and serves the result to new handshakes, or keeps the current
+    /// certificates and says why.
+    fn reload_certs(&self) {
+        match tls::load(&self.live().settings) {
+            Ok(store) => {
+                log::event("tls", format_args!("reloaded {}", store.summary()));
+                self.certificates.replace(store);
+            }
+            Err(e) => log::event(
+                "tls",
+                format_args!(
+                    "reload failed, keeping the current certificates: {}",
+                    e.to_string().replace('\n', " ")
+                ),
+            ),
+        }
+    }
+}
+
+impl Live {
+    /// What new connections get under `settings`.
+    fn new(settings: Settings, acceptor: &TlsAcceptor) -> Live {
+        let shared = Arc::new(Shared {
+            hostname: settings.hostname.clone(),
+            recipients: Recipients::new(
+                settings.domains_dir(),
+                settings.mail_dir(),
+                settings.hostname.clone(),
+            ),
+            mail_dir: settings.mail_dir(),
+            spool_dir: settings.spool_dir(),
+        });
+        let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
+            Arc::new(Connection::new(
+                Arc::new(session_config(&settings, role)),
+                tls_mode(role, acceptor),
+            ))
+        });
+        Live {
+            settings,
+            shared,
+            connections,
+        }
+    }
+
+    fn connection(&self, role: Role) -> Arc<Connection> {
+        self.connections[role_index(role)].clone()
+    }
+}
+
+/// A role's place in [`Live::connections`].
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Smtp => 0,
+        Role::Submission => 1,
+        Role::Submissions => 2,
+    }
 }
 
 /// Waits until every connection is closed, or `grace` has passed.
@@ -201,39 +330,21 @@ async fn drain(counter: &ConnectionCounter, grace: Duration) {
     }
 }
 
-/// Polls `certs/` every `interval` and reloads the certificates when anything there changed.
-async fn watch_certs(
-    settings: Settings,
-    certificates: Arc<Certificates>,
-    mut last: Snapshot,
-    interval: Duration,
-) {
-    let dir: PathBuf = settings.certs_dir();
+/// Polls `certs/` every `tls_reload_interval` and reloads the certificates when anything
+/// there changed. The interval is read again each time (SIGHUP may change it; 0 pauses).
+async fn watch_certs(runtime: Arc<Runtime>, mut last: Snapshot) {
     loop {
+        let settings = runtime.live().settings.clone();
+        let Some(interval) = settings.tls_reload_interval else {
+            Timer::after(Duration::from_secs(1)).await;
+            continue;
+        };
         Timer::after(interval).await;
-        let now = Snapshot::take(&dir);
+        let now = Snapshot::take(&settings.certs_dir());
         if now != last {
             last = now;
-            reload_certs(&settings, &certificates);
+            runtime.reload_certs();
         }
-    }
-}
-
-/// Loads `certs/` again and serves the result to new handshakes, or keeps the current
-/// certificates and says why.
-fn reload_certs(settings: &Settings, certificates: &Certificates) {
-    match tls::load(settings) {
-        Ok(store) => {
-            log::event("tls", format_args!("reloaded {}", store.summary()));
-            certificates.replace(store);
-        }
-        Err(e) => log::event(
-            "tls",
-            format_args!(
-                "reload failed, keeping the current certificates: {}",
-                e.to_string().replace('\n', " ")
-            ),
-        ),
     }
 }
 
@@ -284,29 +395,16 @@ fn tls_mode(role: Role, acceptor: &TlsAcceptor) -> TlsMode {
     }
 }
 
-/// The limits a listener applies to new connections.
-#[derive(Debug, Clone)]
-struct Admission {
-    counter: Arc<ConnectionCounter>,
-    max_total: usize,
-    max_per_ip: usize,
-}
-
 /// Accepts connections forever, one task each.
-async fn accept_loop(
-    socket: Async<TcpListener>,
-    role: Role,
-    connection: Arc<Connection>,
-    shared: Arc<Shared>,
-    admission: Admission,
-) {
+async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtime>) {
     loop {
         match socket.accept().await {
             Ok((stream, peer)) => {
-                let permit = match admission.counter.admit(
+                let live = runtime.live();
+                let permit = match runtime.counter.admit(
                     peer.ip(),
-                    admission.max_total,
-                    admission.max_per_ip,
+                    live.settings.max_connections,
+                    live.settings.max_connections_per_ip,
                 ) {
                     Ok(permit) => permit,
                     Err(refusal) => {
@@ -319,15 +417,15 @@ async fn accept_loop(
                                 refusal.key()
                             ),
                         );
-                        smol::spawn(too_many(stream, role, shared.hostname.clone())).detach();
+                        smol::spawn(too_many(stream, role, live.settings.hostname.clone()))
+                            .detach();
                         continue;
                     }
                 };
-                let connection = connection.clone();
-                let shared = shared.clone();
                 smol::spawn(async move {
                     let _permit: Permit = permit;
-                    let mut reception = Reception::new(shared, role);
+                    let connection = live.connection(role);
+                    let mut reception = Reception::new(live.shared.clone(), role);
                     if let Err(e) = connection.run_tcp(stream, &mut reception).await {
                         log_connection_error(peer, role, &e);
                     }

@@ -131,3 +131,86 @@ fn shutdown_grace_bounds_the_wait() {
         server.log()
     );
 }
+
+/// Prints the greeting and the EHLO reply of a new connection.
+const EHLO: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+f = s.makefile("rb")
+print(f.readline().decode().strip())
+s.sendall(b"EHLO client.test\r\n")
+while True:
+    line = f.readline().decode().strip()
+    print(line)
+    if not line.startswith("250-"):
+        break
+s.sendall(b"QUIT\r\n")
+"#;
+
+#[test]
+fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
+    let dir = config_dir("max_message_size = 1048576");
+    let root = dir.path();
+    write_certbot(
+        &root.join("certs/localhost"),
+        &cert(&["localhost", "mx.test"]),
+    );
+    let server = Server::start(root, 2);
+    let port = server.port("smtp").to_string();
+    let before = python(EHLO, std::slice::from_ref(&port));
+    assert!(before.starts_with("220 localhost "), "{before}");
+    assert!(before.contains("250-SIZE 1048576\n"), "{before}");
+
+    // A connection opened before the reload keeps its configuration.
+    let held = Script::start(
+        "import socket, sys\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         f = s.makefile('rb')\nprint(f.readline().decode().strip())\nsys.stdin.readline()\n\
+         s.sendall(b'EHLO client.test\\r\\n')\nwhile True:\n    line = f.readline().decode().strip()\n\
+         \x20   print(line)\n    if not line.startswith('250-'):\n        break\n",
+        std::slice::from_ref(&port),
+    );
+    assert!(held.line().starts_with("220 localhost "));
+    let mut held = held;
+
+    // Live changes: host name, size limit; a listener added needs a restart.
+    std::fs::write(
+        root.join("postern.toml"),
+        "hostname = \"mx.test\"\ndata_dir = \"data\"\nmax_message_size = 2097152\n\
+         [listeners]\nsmtp = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\n\
+         submission = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("write config");
+    server.signal("HUP");
+    server.wait_log("configuration reloaded", 10);
+    assert!(
+        server.log().contains("[listeners] changed in ") && server.log().contains("needs restart"),
+        "{}",
+        server.log()
+    );
+    let after = python(EHLO, std::slice::from_ref(&port));
+    assert!(after.starts_with("220 mx.test "), "{after}");
+    assert!(after.contains("250-SIZE 2097152\n"), "{after}");
+    held.send("go");
+    assert!(
+        held.line().starts_with("250-localhost"),
+        "old session, old name"
+    );
+
+    // A broken file is refused; the log names file and line; the old configuration runs on.
+    std::fs::write(
+        root.join("postern.toml"),
+        "hostname = \"mx.test\"\ndata_dir = \"data\"\nmax_message_size = \"big\"\n\
+         [listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("write config");
+    server.signal("HUP");
+    server.wait_log("refused, keeping the current configuration", 10);
+    assert!(
+        server.log().contains("postern.toml, line 3: invalid type"),
+        "{}",
+        server.log()
+    );
+    let still = python(EHLO, std::slice::from_ref(&port));
+    assert!(still.starts_with("220 mx.test "), "{still}");
+    assert!(still.contains("250-SIZE 2097152\n"), "{still}");
+}
