@@ -5,6 +5,12 @@
 //! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
 //! configuration; each connection runs as its own task on smol's executor.
 //!
+//! Under systemd socket activation (`LISTEN_PID` is ours and `LISTEN_FDS` is set) the
+//! listening sockets are the ones systemd passes (fds 3 and up, adopted with the `listenfd`
+//! crate, which keeps the unsafe fd handling out of this workspace), each with its role named
+//! in `LISTEN_FDNAMES` (`FileDescriptorName=smtp`, `submission` or `submissions` in the
+//! `.socket` unit); `[listeners]` in `postern.toml` is then not used.
+//!
 //! SIGHUP reloads `postern.toml` and the certificates. What new connections use (limits,
 //! `max_message_size`, the host name, the local domains, certificates) takes effect for
 //! connections accepted afterwards; open connections keep what they started with. What cannot
@@ -24,8 +30,7 @@
 //! On SIGTERM or SIGINT the listeners close at once, so no new connection is accepted; the
 //! connections already open get `shutdown_grace` to finish, then the process exits. Nothing
 //! acknowledged can be lost: a 250 is only sent once every copy is fsynced, and a transaction
-//! cut off by the exit was never acknowledged (the client retries). (Systemd socket activation is a
-//! later step.)
+//! cut off by the exit was never acknowledged (the client retries).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -95,11 +100,33 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     }
 
     let mut bound = Vec::new();
-    for listener in &settings.listeners {
-        let socket = bind(&settings, listener)?;
-        let local = socket.get_ref().local_addr().unwrap_or(listener.addr);
-        bound.push((listener.role, local, socket));
-    }
+    let activated = match activated_sockets()? {
+        Some(sockets) => {
+            println!(
+                "postern: {} sockets from systemd (socket activation); [listeners] in {} is not used",
+                sockets.len(),
+                settings.file.display()
+            );
+            for (role, socket) in sockets {
+                let local = socket.get_ref().local_addr().map_err(|e| {
+                    activation_error(format!(
+                        "cannot read the address of the {} socket: {e}",
+                        role.name()
+                    ))
+                })?;
+                bound.push((role, local, socket));
+            }
+            true
+        }
+        None => {
+            for listener in &settings.listeners {
+                let socket = bind(&settings, listener)?;
+                let local = socket.get_ref().local_addr().unwrap_or(listener.addr);
+                bound.push((listener.role, local, socket));
+            }
+            false
+        }
+    };
     // Install the handlers before announcing, so a supervisor's early SIGTERM is handled.
     let mut signals =
         Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?;
@@ -120,6 +147,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         certificates,
         acceptor,
         counter: ConnectionCounter::new(),
+        activated,
     });
     smol::block_on(async {
         let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
@@ -160,6 +188,8 @@ struct Runtime {
     acceptor: TlsAcceptor,
     /// The connections open now.
     counter: Arc<ConnectionCounter>,
+    /// Whether the listeners came from systemd rather than `[listeners]`.
+    activated: bool,
 }
 
 /// The configuration new connections get.
@@ -204,7 +234,7 @@ impl Runtime {
         let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };
-        if addresses(&settings) != addresses(&old.settings) {
+        if !self.activated && addresses(&settings) != addresses(&old.settings) {
             log::event(
                 "reload",
                 format_args!(
@@ -345,6 +375,66 @@ async fn watch_certs(runtime: Arc<Runtime>, mut last: Snapshot) {
             last = now;
             runtime.reload_certs();
         }
+    }
+}
+
+/// A listening socket and its role.
+type RoleSocket = (Role, Async<TcpListener>);
+
+/// The listening sockets systemd passed, with their roles; `None` when not socket-activated.
+///
+/// The protocol (sd_listen_fds(3)): `LISTEN_PID` is our pid, `LISTEN_FDS` the number of
+/// sockets, starting at fd 3, and `LISTEN_FDNAMES` their colon-separated names.
+fn activated_sockets() -> Result<Option<Vec<RoleSocket>>, ConfigError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let names: Vec<&str> = names.split(':').collect();
+    let mut sockets = Vec::new();
+    for i in 0..fds.len() {
+        let name = names.get(i).copied().unwrap_or("");
+        let role = match name {
+            "smtp" => Role::Smtp,
+            "submission" => Role::Submission,
+            "submissions" => Role::Submissions,
+            other => {
+                return Err(activation_error(format!(
+                    "socket {} (fd {}) is named {other:?}, which is not a role",
+                    i + 1,
+                    i + 3
+                )));
+            }
+        };
+        let socket = match fds.take_tcp_listener(i) {
+            Ok(Some(socket)) => socket,
+            Ok(None) => {
+                return Err(activation_error(format!("socket {name} was already taken")));
+            }
+            Err(e) => {
+                return Err(activation_error(format!(
+                    "socket {name} (fd {}) is not a listening TCP socket: {e}",
+                    i + 3
+                )));
+            }
+        };
+        let socket = Async::new(socket)
+            .map_err(|e| activation_error(format!("cannot use socket {name}: {e}")))?;
+        sockets.push((role, socket));
+    }
+    Ok(Some(sockets))
+}
+
+/// A problem with the sockets systemd passed.
+fn activation_error(message: String) -> ConfigError {
+    ConfigError {
+        file: PathBuf::from("systemd socket activation (LISTEN_FDS)"),
+        line: None,
+        message,
+        fix: "give each ListenStream= socket of the .socket unit FileDescriptorName=smtp, \
+              submission or submissions, or start postern without socket activation"
+            .into(),
     }
 }
 

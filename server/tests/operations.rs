@@ -1,7 +1,9 @@
 //! Running the real binary as an operator would: connection limits, graceful shutdown on
 //! SIGTERM, configuration reload on SIGHUP and systemd socket activation. Loopback only
 //! (127.0.0.2 and 127.0.0.3 are loopback addresses too); every process is killed when its
-//! guard drops.
+//! guard drops. For socket activation a Python helper binds the listeners, puts them on fds 3
+//! and up without close-on-exec, and execs postern (keeping its pid, so `LISTEN_PID` matches):
+//! no unsafe code in the test.
 
 mod common;
 
@@ -214,3 +216,102 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     assert!(still.starts_with("220 mx.test "), "{still}");
     assert!(still.contains("250-SIZE 2097152\n"), "{still}");
 }
+
+/// Binds one listener per name in argv[3:], moves them to fds 3, 4, ... (inheritable), sets
+/// the systemd variables with LISTEN_PID = its own pid, and execs postern (same pid). Prints
+/// "bound <name> <port>" to stderr (the server's log file).
+const SOCKET_ACTIVATION: &str = r#"
+import os, socket, sys
+binary, root, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+socks = []
+for name in names:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    print("bound", name, s.getsockname()[1], file=sys.stderr, flush=True)
+    socks.append(s)
+high = [os.dup(s.fileno()) for s in socks]
+for s in socks:
+    s.close()
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i, inheritable=True)
+    os.close(fd)
+env = dict(os.environ, LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=":".join(names),
+           LISTEN_PID=str(os.getpid()))
+os.execve(binary, [binary, "-C", root, "serve"], env)
+"#;
+
+#[test]
+fn systemd_socket_activation_uses_the_passed_sockets() {
+    // [listeners] names a port the test holds: binding it would fail, so the server can only
+    // run on the sockets it is given.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr");
+    let dir = config_dir("");
+    let root = dir.path();
+    std::fs::write(
+        root.join("postern.toml"),
+        format!(
+            "hostname = \"localhost\"\ndata_dir = \"data\"\n[listeners]\nsmtp = [\"{taken}\"]\n"
+        ),
+    )
+    .expect("write config");
+    let default = cert(&["localhost"]);
+    write_certbot(&root.join("certs/localhost"), &default);
+    let mut command = std::process::Command::new("python3");
+    command.arg("-c").arg(SOCKET_ACTIVATION).args([
+        common::BINARY,
+        root.to_str().expect("utf-8 path"),
+        "smtp",
+        "submissions",
+    ]);
+    let server = Server::start_with(&mut command, root, 2);
+    let log = server.log();
+    for role in ["smtp", "submissions"] {
+        let line = format!("bound {role} {}\n", server.port(role));
+        assert!(log.contains(&line), "{line:?} not in:\n{log}");
+    }
+    // Mail over the passed smtp socket; TLS on the passed submissions socket.
+    let out = python(SEND, &[server.port("smtp").to_string()]);
+    assert!(out.contains("refused {}"), "{out}");
+    assert_eq!(server.inbox("localhost", "alice").len(), 1);
+    assert_eq!(
+        common::peer_cert(server.port("submissions"), "").0,
+        default.2
+    );
+    drop(held);
+}
+
+#[test]
+fn socket_activation_with_an_unknown_name_refuses_to_start() {
+    let dir = config_dir("");
+    let root = dir.path();
+    write_certbot(&root.join("certs/localhost"), &cert(&["localhost"]));
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SOCKET_ACTIVATION)
+        .args([
+            common::BINARY,
+            root.to_str().expect("utf-8 path"),
+            "smtp",
+            "postern.socket",
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is named \"postern.socket\", which is not a role"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("FileDescriptorName=smtp"), "{stderr}");
+}
+
+/// Sends one plain message to alice@localhost.
+const SEND: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=20)
+msg = b"From: sender@client.test\r\nTo: alice@localhost\r\nSubject: activated\r\n\r\nhi\r\n"
+print("refused", s.sendmail("sender@client.test", ["alice@localhost"], msg))
+s.quit()
+"#;
