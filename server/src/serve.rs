@@ -28,7 +28,8 @@
 //! would be noise to a TLS client).
 //!
 //! On SIGTERM or SIGINT the listeners close at once, so no new connection is accepted; the
-//! connections already open get `shutdown_grace` to finish, then the process exits. Nothing
+//! connections already open get `shutdown_grace` to finish (a second signal cuts the wait
+//! short), then the process exits. Nothing
 //! acknowledged can be lost: a 250 is only sent once every copy is fsynced, and a transaction
 //! cut off by the exit was never acknowledged (the client retries).
 
@@ -171,7 +172,24 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         for task in tasks {
             task.cancel().await;
         }
-        drain(&runtime.counter, runtime.live().settings.shutdown_grace).await;
+        // A second SIGTERM or SIGINT ends the wait at once.
+        let again = async {
+            while let Some(Ok(signal)) = signals.next().await {
+                if signal != Signal::Hup {
+                    log::event(
+                        "shutdown",
+                        format_args!("second signal: not waiting any longer"),
+                    );
+                    return;
+                }
+            }
+            future::pending::<()>().await;
+        };
+        future::or(
+            drain(&runtime.counter, runtime.live().settings.shutdown_grace),
+            again,
+        )
+        .await;
     });
     Ok(())
 }
