@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto_core::Domain;
+use proto_core::{Domain, Timeouts};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -78,6 +78,8 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     /// How long sessions in flight may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Session timeouts: waiting for a command, for message data, and the whole session.
+    pub timeouts: Timeouts,
     /// How often `certs/` is checked for changes; `None` turns the check off (SIGHUP still
     /// reloads).
     pub tls_reload_interval: Option<Duration>,
@@ -107,6 +109,9 @@ struct RawFile {
     max_connections_per_ip: Option<Spanned<u64>>,
     shutdown_grace: Option<Spanned<u64>>,
     tls_reload_interval: Option<Spanned<u64>>,
+    command_timeout: Option<Spanned<u64>>,
+    data_timeout: Option<Spanned<u64>>,
+    session_timeout: Option<Spanned<u64>>,
     #[serde(default)]
     listeners: RawListeners,
 }
@@ -247,6 +252,32 @@ impl Settings {
             None => Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL)),
         };
 
+        let mut timeouts = Timeouts::default();
+        for (key, value, slot) in [
+            (
+                "command_timeout",
+                raw.command_timeout,
+                &mut timeouts.command,
+            ),
+            ("data_timeout", raw.data_timeout, &mut timeouts.data),
+            (
+                "session_timeout",
+                raw.session_timeout,
+                &mut timeouts.session,
+            ),
+        ] {
+            if let Some(v) = value {
+                if *v.get_ref() == 0 {
+                    return Err(error(
+                        at(v.span()),
+                        format!("{key} = 0 would close every session at once"),
+                        "give the timeout in seconds, e.g. 300 (RFC 5321 asks for at least 5 minutes)",
+                    ));
+                }
+                *slot = Duration::from_secs(v.into_inner());
+            }
+        }
+
         let mut listeners = Vec::new();
         for (role, addrs) in [
             (Role::Smtp, raw.listeners.smtp),
@@ -293,6 +324,7 @@ impl Settings {
             max_connections_per_ip,
             shutdown_grace,
             tls_reload_interval,
+            timeouts,
         })
     }
 
@@ -376,6 +408,7 @@ mod tests {
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.data_dir, Path::new("/c"));
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(s.timeouts, Timeouts::default());
         assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(s.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
         assert_eq!(
@@ -430,6 +463,12 @@ mod tests {
                 "one role",
             ),
             ("hostname = [\n", 1, "unclosed array", "TOML syntax"),
+            (
+                "hostname = \"a.b\"\n\ndata_timeout = 0\n",
+                3,
+                "close every session",
+                "in seconds",
+            ),
             (
                 "hostname = \"a.b\"\nmax_connections_per_ip = 0\n",
                 2,

@@ -46,6 +46,13 @@ data_dir = "."
 # 52428800 bytes = 50 MiB.
 max_message_size = 52428800
 
+# Timeouts, in seconds: waiting for the next command, waiting for more message data, and
+# a whole session however active. RFC 5321 (4.5.3.2) asks for at least 5 minutes for the
+# first two. A session that times out gets "421 4.4.2 <hostname> Timeout".
+command_timeout = 300
+data_timeout = 300
+session_timeout = 3600
+
 # The most connections open at once, and from one client IP address. Connections over a
 # limit are answered "421 4.7.0 <hostname> Too many connections, try later" and closed.
 max_connections = 1000
@@ -60,8 +67,8 @@ shutdown_grace = 30
 # old one, and the log says which file and why.
 tls_reload_interval = 5
 
-# SIGHUP reloads this file and certs/: limits, max_message_size, the hostname and the
-# certificates apply to connections accepted afterwards; listeners and data_dir need a
+# SIGHUP reloads this file and certs/: limits, timeouts, max_message_size, the hostname and
+# the certificates apply to connections accepted afterwards; listeners and data_dir need a
 # restart (the log says so). A broken file is refused, the log names its line, and the
 # running configuration is kept.
 

@@ -12,10 +12,10 @@
 //! `.socket` unit); `[listeners]` in `postern.toml` is then not used.
 //!
 //! SIGHUP reloads `postern.toml` and the certificates. What new connections use (limits,
-//! `max_message_size`, the host name, the local domains, certificates) takes effect for
-//! connections accepted afterwards; open connections keep what they started with. What cannot
-//! change while running (listeners, `data_dir`) is logged as "needs restart" and keeps its old
-//! value. A configuration (or certificate) that fails to load is refused as a whole: the log
+//! timeouts, `max_message_size`, the host name, the local domains, certificates) takes effect
+//! for connections accepted afterwards; open connections keep what they started with. What
+//! cannot change while running (listeners, `data_dir`) is logged as "needs restart" and keeps
+//! its old value. A configuration (or certificate) that fails to load is refused as a whole: the log
 //! names the file, the line and the reason, and the old one keeps running.
 //!
 //! Certificates are also reloaded when `certs/` changes: it is polled every
@@ -489,6 +489,7 @@ fn bind(settings: &Settings, listener: &Listener) -> Result<Async<TcpListener>, 
 fn session_config(settings: &Settings, role: Role) -> Config {
     let mut config = Config::new(settings.hostname.clone());
     config.limits.max_message_size = settings.max_message_size;
+    config.timeouts = settings.timeouts;
     config.extensions.starttls = role != Role::Submissions;
     config.auth = AuthPolicy::TlsOnly;
     config.require_auth = role.requires_auth();

@@ -161,6 +161,15 @@ fn a_second_sigterm_stops_waiting() {
     assert!(server.log().contains("second signal"), "{}", server.log());
 }
 
+/// Reads the greeting, then prints what the server says next without being asked.
+const IDLE: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+f = s.makefile("rb")
+f.readline()
+print(f.readline().decode().strip())
+"#;
+
 /// Prints the greeting and the EHLO reply of a new connection.
 const EHLO: &str = r#"
 import socket, sys
@@ -205,6 +214,7 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     std::fs::write(
         root.join("postern.toml"),
         "hostname = \"mx.test\"\ndata_dir = \"data\"\nmax_message_size = 2097152\n\
+         command_timeout = 1\n\
          [listeners]\nsmtp = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\n\
          submission = [\"127.0.0.1:0\"]\n",
     )
@@ -223,6 +233,11 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     assert!(
         held.line().starts_with("250-localhost"),
         "old session, old name"
+    );
+    let idle = python(IDLE, std::slice::from_ref(&port));
+    assert_eq!(
+        idle, "421 4.4.2 mx.test Timeout, closing connection\n",
+        "new timeout"
     );
 
     // A broken file is refused; the log names file and line; the old configuration runs on.
