@@ -245,8 +245,8 @@ impl Runtime {
             Ok(settings) => settings,
             Err(e) => return refused(e),
         };
-        let store = match tls::load(&settings) {
-            Ok(store) => store,
+        let (store, problems) = match tls::reload(&settings, &self.certificates.current()) {
+            Ok(loaded) => loaded,
             Err(e) => return refused(e),
         };
         let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
@@ -273,6 +273,7 @@ impl Runtime {
             settings.data_dir = old.settings.data_dir.clone();
             settings.data_dir_line = old.settings.data_dir_line;
         }
+        log_problems(&problems);
         log::event("tls", format_args!("reloaded {}", store.summary()));
         self.certificates.replace(store);
         let live = Arc::new(Live::new(settings, &self.acceptor));
@@ -292,8 +293,9 @@ impl Runtime {
     /// Loads `certs/` again and serves the result to new handshakes, or keeps the current
     /// certificates and says why.
     fn reload_certs(&self) {
-        match tls::load(&self.live().settings) {
-            Ok(store) => {
+        match tls::reload(&self.live().settings, &self.certificates.current()) {
+            Ok((store, problems)) => {
+                log_problems(&problems);
                 log::event("tls", format_args!("reloaded {}", store.summary()));
                 self.certificates.replace(store);
             }
@@ -305,6 +307,20 @@ impl Runtime {
                 ),
             ),
         }
+    }
+}
+
+/// Logs the certificate files that failed to load on a reload.
+fn log_problems(problems: &[ConfigError]) {
+    for e in problems {
+        log::event(
+            "tls",
+            format_args!(
+                "reload: {}: {}; keeping its previous certificate, if any",
+                e.file.display(),
+                e.message
+            ),
+        );
     }
 }
 

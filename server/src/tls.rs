@@ -16,11 +16,14 @@
 //! one side by side), the first whose key can sign with a scheme the client offers is served.
 //! TLS 1.2 and 1.3 only, ring provider.
 //!
-//! [`Certificates`] is the rustls certificate resolver. Reloading builds a whole new
-//! [`CertStore`] and swaps it in: handshakes that start afterwards see the new certificates,
-//! connections already established keep theirs (rustls holds what it sent). A store that fails
-//! to load is never swapped in, so a broken renewal keeps the old certificates; the error names
-//! the file and the reason. [`Snapshot`] records every file's size and modification time, so a
+//! [`Certificates`] is the rustls certificate resolver. Reloading ([`reload`]) builds a whole
+//! new [`CertStore`] and swaps it in: handshakes that start afterwards see the new
+//! certificates, connections already established keep theirs (rustls holds what it sent). At
+//! startup every pair must load. On reload a pair that fails (a half-written renewal, a key
+//! that does not fit) keeps its previous certificate, or is left out if it is new, and the
+//! problem is reported with the file and the reason, so one broken directory does not hold
+//! back the renewal of the others; a reload that would leave the host name without a
+//! certificate is refused as a whole. [`Snapshot`] records every file's size and modification time, so a
 //! poll can tell that something under `certs/` changed.
 //!
 //! [RFC 6125 section 6.4.3]: https://www.rfc-editor.org/rfc/rfc6125#section-6.4.3
@@ -49,8 +52,16 @@ pub struct CertStore {
     wildcard: HashMap<String, Vec<Arc<CertifiedKey>>>,
     /// The host name's certificates.
     default: Vec<Arc<CertifiedKey>>,
-    /// The files loaded, with the names found in each, for logs.
-    loaded: Vec<(PathBuf, Vec<String>)>,
+    /// What was loaded, file by file.
+    loaded: Vec<Loaded>,
+}
+
+/// One certificate as loaded: its chain file, its names, the certificate and key.
+#[derive(Clone)]
+struct Loaded {
+    chain: PathBuf,
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
 }
 
 /// The certificate resolver: the current [`CertStore`], replaceable while the server runs.
@@ -70,8 +81,26 @@ struct Pair {
     key: PathBuf,
 }
 
-/// Loads every certificate in `settings.certs_dir()`. The host name must be covered by one.
+/// Loads every certificate in `settings.certs_dir()`. Every pair must load, and the host name
+/// must be covered by one.
 pub fn load(settings: &Settings) -> Result<CertStore, ConfigError> {
+    build(settings, None).map(|(store, _)| store)
+}
+
+/// Loads `certs/` again. A pair that fails keeps its certificate from `previous` (or is left
+/// out); its problem is returned alongside the new store. Fails only when the host name would
+/// have no certificate.
+pub fn reload(
+    settings: &Settings,
+    previous: &CertStore,
+) -> Result<(CertStore, Vec<ConfigError>), ConfigError> {
+    build(settings, Some(previous))
+}
+
+fn build(
+    settings: &Settings,
+    previous: Option<&CertStore>,
+) -> Result<(CertStore, Vec<ConfigError>), ConfigError> {
     let provider = provider();
     let certs_dir = settings.certs_dir();
     let mut store = CertStore {
@@ -80,31 +109,50 @@ pub fn load(settings: &Settings) -> Result<CertStore, ConfigError> {
         default: Vec::new(),
         loaded: Vec::new(),
     };
+    let mut problems = Vec::new();
     for pair in discover(&certs_dir) {
-        let (key, names) = load_pair(&pair, &provider)?;
-        for name in &names {
-            match name.strip_prefix("*.") {
-                Some(parent) => store
-                    .wildcard
-                    .entry(parent.to_string())
-                    .or_default()
-                    .push(key.clone()),
-                None => store
-                    .exact
-                    .entry(name.clone())
-                    .or_default()
-                    .push(key.clone()),
+        let loaded = match load_pair(&pair, &provider) {
+            Ok((key, names)) => Loaded {
+                chain: pair.chain,
+                names,
+                key,
+            },
+            Err(e) => {
+                let Some(previous) = previous else {
+                    return Err(e);
+                };
+                let old = previous.loaded.iter().find(|l| l.chain == pair.chain);
+                problems.push(e);
+                match old {
+                    Some(old) => old.clone(),
+                    None => continue,
+                }
             }
+        };
+        for name in &loaded.names {
+            let index = match name.strip_prefix("*.") {
+                Some(parent) => store.wildcard.entry(parent.to_string()),
+                None => store.exact.entry(name.clone()),
+            };
+            index.or_default().push(loaded.key.clone());
         }
-        store.loaded.push((pair.chain, names));
+        store.loaded.push(loaded);
     }
     store.default = store.candidates(&settings.hostname).to_vec();
     if store.default.is_empty() {
         let dir = certs_dir.join(&settings.hostname);
+        let mut message = format!("no certificate for the host name {}", settings.hostname);
+        for problem in &problems {
+            message.push_str(&format!(
+                " ({}: {})",
+                problem.file.display(),
+                problem.message
+            ));
+        }
         return Err(ConfigError {
             file: dir.join("fullchain.pem"),
             line: None,
-            message: format!("no certificate for the host name {}", settings.hostname),
+            message,
             fix: format!(
                 "put fullchain.pem and privkey.pem for {0} in {1} (the certbot layout: a symlink to \
                  /etc/letsencrypt/live/{0} works; or the acme.sh layout, {2}_ecc/fullchain.cer and \
@@ -115,7 +163,7 @@ pub fn load(settings: &Settings) -> Result<CertStore, ConfigError> {
             ),
         });
     }
-    Ok(store)
+    Ok((store, problems))
 }
 
 /// The crypto provider postern uses everywhere: ring.
@@ -251,7 +299,7 @@ impl CertStore {
     pub fn summary(&self) -> String {
         self.loaded
             .iter()
-            .map(|(file, names)| format!("{} ({})", file.display(), names.join(", ")))
+            .map(|l| format!("{} ({})", l.chain.display(), l.names.join(", ")))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -274,7 +322,8 @@ impl Certificates {
         }
     }
 
-    fn current(&self) -> Arc<CertStore> {
+    /// The certificates served now.
+    pub fn current(&self) -> Arc<CertStore> {
         match self.store.read() {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -329,7 +378,7 @@ impl Snapshot {
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertStore")
-            .field("loaded", &self.loaded)
+            .field("loaded", &self.summary())
             .finish_non_exhaustive()
     }
 }
