@@ -2,9 +2,10 @@
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
 //! embedded default), [`tls`] (certificates), [`limits`] (connection limits), [`recipients`]
-//! (local domains and users), [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
-//! (Received: and friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and
-//! [`log`] (one line per mail event).
+//! (local domains and users), [`reception`] (the session handler), [`queue`] (queue ids and
+//! the body spool), [`trace`] (Received: and friends), [`delivery`] (Maildir), [`serve`]
+//! (listeners and signals), [`systemd`] (socket activation and readiness) and [`log`] (one
+//! line per mail event).
 
 mod cli;
 mod config;
@@ -16,6 +17,7 @@ mod queue;
 mod reception;
 mod recipients;
 mod serve;
+mod systemd;
 mod tls;
 mod trace;
 

@@ -1,26 +1,26 @@
-//! `postern serve`: set up, listen, accept, and stop on SIGTERM or SIGINT.
+//! `postern serve`: set up, listen, accept, reload on SIGHUP, and stop on SIGTERM or SIGINT.
 //!
 //! Startup checks everything it can before accepting the first connection (configuration,
 //! certificate, data directory, every listener's address) and refuses to start with a
 //! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
 //! configuration; each connection runs as its own task on smol's executor.
 //!
-//! Under systemd socket activation (`LISTEN_PID` is ours and `LISTEN_FDS` is set) the
-//! listening sockets are the ones systemd passes (fds 3 and up, adopted with the `listenfd`
-//! crate, which keeps the unsafe fd handling out of this workspace), each with its role named
-//! in `LISTEN_FDNAMES` (`FileDescriptorName=smtp`, `submission` or `submissions` in the
-//! `.socket` unit); `[listeners]` in `postern.toml` is then not used.
+//! Under systemd socket activation the listening sockets are the ones systemd passes, each
+//! with its role, and `[listeners]` in `postern.toml` is not used; with `NOTIFY_SOCKET` set,
+//! systemd is told when the server is ready and when it stops (see [`crate::systemd`]).
 //!
 //! SIGHUP reloads `postern.toml` and the certificates. What new connections use (limits,
 //! timeouts, `max_message_size`, the host name, the local domains, certificates) takes effect
 //! for connections accepted afterwards; open connections keep what they started with. What
 //! cannot change while running (listeners, `data_dir`) is logged as "needs restart" and keeps
-//! its old value. A configuration (or certificate) that fails to load is refused as a whole: the log
-//! names the file, the line and the reason, and the old one keeps running.
+//! its old value. A configuration that fails to load, or that would leave the host name
+//! without a certificate, is refused as a whole: the log names the file, the line and the
+//! reason, and the old configuration keeps running.
 //!
 //! Certificates are also reloaded when `certs/` changes: it is polled every
-//! `tls_reload_interval` (sizes, modification times and symlink targets). New handshakes get the new certificates; established connections keep theirs. A broken
-//! new file keeps the old certificates and logs the file and the reason.
+//! `tls_reload_interval` (sizes, modification times and symlink targets). New handshakes get
+//! the new certificates; established connections keep theirs. A broken new file keeps its
+//! previous certificate and the log names the file and the reason (see [`crate::tls`]).
 //!
 //! Connections are limited in total (`max_connections`) and per client IP address
 //! (`max_connections_per_ip`); one over a limit is answered `421 4.7.0 <host> Too many
@@ -29,9 +29,10 @@
 //!
 //! On SIGTERM or SIGINT the listeners close at once, so no new connection is accepted; the
 //! connections already open get `shutdown_grace` to finish (a second signal cuts the wait
-//! short), then the process exits. Nothing
-//! acknowledged can be lost: a 250 is only sent once every copy is fsynced, and a transaction
-//! cut off by the exit was never acknowledged (the client retries).
+//! short), then the process exits. Nothing acknowledged can be lost: a 250 is only sent once
+//! every copy is fsynced, and a transaction cut off by the exit was never acknowledged (the
+//! client retries). Idle connections are not closed early: that needs a way to ask a session
+//! to end after its transaction, which the core does not offer yet.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -53,6 +54,7 @@ use crate::log;
 use crate::queue;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
+use crate::systemd;
 use crate::tls::{self, Certificates, Snapshot};
 
 /// A problem that stops `serve`.
@@ -101,7 +103,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     }
 
     let mut bound = Vec::new();
-    let activated = match activated_sockets()? {
+    let activated = match systemd::activated_sockets()? {
         Some(sockets) => {
             println!(
                 "postern: {} sockets from systemd (socket activation); [listeners] in {} is not used",
@@ -110,7 +112,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             );
             for (role, socket) in sockets {
                 let local = socket.get_ref().local_addr().map_err(|e| {
-                    activation_error(format!(
+                    systemd::activation_error(format!(
                         "cannot read the address of the {} socket: {e}",
                         role.name()
                     ))
@@ -141,6 +143,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     for (role, local, _) in &bound {
         println!("postern: listening on {local} ({})", role.name());
     }
+    systemd::notify("READY=1");
 
     let runtime = Arc::new(Runtime {
         dir: dir.to_path_buf(),
@@ -168,6 +171,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         };
         watcher.cancel().await;
         println!("postern: {name} received, stopping");
+        systemd::notify("STOPPING=1");
         // Cancelling the accept loops drops, and so closes, the listening sockets.
         for task in tasks {
             task.cancel().await;
@@ -409,66 +413,6 @@ async fn watch_certs(runtime: Arc<Runtime>, mut last: Snapshot) {
             last = now;
             runtime.reload_certs();
         }
-    }
-}
-
-/// A listening socket and its role.
-type RoleSocket = (Role, Async<TcpListener>);
-
-/// The listening sockets systemd passed, with their roles; `None` when not socket-activated.
-///
-/// The protocol (sd_listen_fds(3)): `LISTEN_PID` is our pid, `LISTEN_FDS` the number of
-/// sockets, starting at fd 3, and `LISTEN_FDNAMES` their colon-separated names.
-fn activated_sockets() -> Result<Option<Vec<RoleSocket>>, ConfigError> {
-    let mut fds = listenfd::ListenFd::from_env();
-    if fds.len() == 0 {
-        return Ok(None);
-    }
-    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    let names: Vec<&str> = names.split(':').collect();
-    let mut sockets = Vec::new();
-    for i in 0..fds.len() {
-        let name = names.get(i).copied().unwrap_or("");
-        let role = match name {
-            "smtp" => Role::Smtp,
-            "submission" => Role::Submission,
-            "submissions" => Role::Submissions,
-            other => {
-                return Err(activation_error(format!(
-                    "socket {} (fd {}) is named {other:?}, which is not a role",
-                    i + 1,
-                    i + 3
-                )));
-            }
-        };
-        let socket = match fds.take_tcp_listener(i) {
-            Ok(Some(socket)) => socket,
-            Ok(None) => {
-                return Err(activation_error(format!("socket {name} was already taken")));
-            }
-            Err(e) => {
-                return Err(activation_error(format!(
-                    "socket {name} (fd {}) is not a listening TCP socket: {e}",
-                    i + 3
-                )));
-            }
-        };
-        let socket = Async::new(socket)
-            .map_err(|e| activation_error(format!("cannot use socket {name}: {e}")))?;
-        sockets.push((role, socket));
-    }
-    Ok(Some(sockets))
-}
-
-/// A problem with the sockets systemd passed.
-fn activation_error(message: String) -> ConfigError {
-    ConfigError {
-        file: PathBuf::from("systemd socket activation (LISTEN_FDS)"),
-        line: None,
-        message,
-        fix: "give each ListenStream= socket of the .socket unit FileDescriptorName=smtp, \
-              submission or submissions, or start postern without socket activation"
-            .into(),
     }
 }
 

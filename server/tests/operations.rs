@@ -357,3 +357,47 @@ msg = b"From: sender@client.test\r\nTo: alice@localhost\r\nSubject: activated\r\
 print("refused", s.sendmail("sender@client.test", ["alice@localhost"], msg))
 s.quit()
 "#;
+
+#[test]
+fn tells_systemd_when_ready_and_stopping() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let dir = config_dir("");
+    let root = dir.path();
+    write_certbot(&root.join("certs/localhost"), &cert(&["localhost"]));
+    let path = root.join("notify.sock");
+    let abstract_name = format!("postern-test-{}", std::process::id());
+    let sockets = [
+        (
+            UnixDatagram::bind(&path).expect("bind path"),
+            path.to_str().expect("utf-8").to_string(),
+        ),
+        (
+            UnixDatagram::bind_addr(
+                &SocketAddr::from_abstract_name(abstract_name.as_bytes()).expect("name"),
+            )
+            .expect("bind abstract"),
+            format!("@{abstract_name}"),
+        ),
+    ];
+    for (socket, name) in sockets {
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        let mut command = std::process::Command::new(common::BINARY);
+        command
+            .arg("-C")
+            .arg(root)
+            .arg("serve")
+            .env("NOTIFY_SOCKET", &name);
+        let mut server = Server::start_with(&mut command, root, 2);
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("READY=1 arrives");
+        assert_eq!(&buf[..n], b"READY=1", "{name}");
+        server.signal("TERM");
+        let n = socket.recv(&mut buf).expect("STOPPING=1 arrives");
+        assert_eq!(&buf[..n], b"STOPPING=1", "{name}");
+        assert!(server.wait_exit(10).success());
+    }
+}
