@@ -237,3 +237,38 @@ fn sighup_reloads_certificates() {
     server.signal("HUP");
     wait_for_cert(&server, port, &new.2);
 }
+
+/// certbot's renewal: new files in archive/, then the symlinks in live/ point at them.
+#[test]
+fn a_certbot_renewal_is_picked_up() {
+    let dir = config_dir("tls_reload_interval = 1");
+    let root = dir.path();
+    let archive = root.join("archive/localhost");
+    let live = root.join("certs/localhost");
+    fs::create_dir_all(&archive).expect("mkdir");
+    fs::create_dir_all(&live).expect("mkdir");
+    let link = |generation: u32| {
+        for (name, kind) in [("fullchain", "fullchain"), ("privkey", "privkey")] {
+            let tmp = live.join(format!("{name}.tmp"));
+            symlink(
+                format!("../../archive/localhost/{kind}{generation}.pem"),
+                &tmp,
+            )
+            .expect("symlink");
+            fs::rename(&tmp, live.join(format!("{name}.pem"))).expect("rename");
+        }
+    };
+    let first = cert(&["localhost"]);
+    fs::write(archive.join("fullchain1.pem"), &first.0).expect("write");
+    fs::write(archive.join("privkey1.pem"), &first.1).expect("write");
+    link(1);
+    let server = Server::start(root, 2);
+    let port = server.port("submissions");
+    assert_eq!(peer_cert(port, "").0, first.2);
+
+    let second = cert(&["localhost"]);
+    fs::write(archive.join("fullchain2.pem"), &second.0).expect("write");
+    fs::write(archive.join("privkey2.pem"), &second.1).expect("write");
+    link(2);
+    wait_for_cert(&server, port, &second.2);
+}
