@@ -241,7 +241,7 @@ impl Runtime {
                 "reload",
                 format_args!(
                     "refused, keeping the current configuration: {}",
-                    e.to_string().replace('\n', " ")
+                    e.to_string().replace("\n  fix: ", "; fix: ")
                 ),
             );
         };
@@ -307,7 +307,7 @@ impl Runtime {
                 "tls",
                 format_args!(
                     "reload failed, keeping the current certificates: {}",
-                    e.to_string().replace('\n', " ")
+                    e.to_string().replace("\n  fix: ", "; fix: ")
                 ),
             ),
         }
