@@ -24,8 +24,11 @@ pub const DEFAULT_CONFIG: &str = r#"# postern.toml: the configuration of the pos
 #   certs/<name>/privkey.pem     (/etc/letsencrypt/live/<name>/). certs/<hostname>/ is the
 #                                default certificate; the others are chosen by SNI.
 #   domains/<domain>/            one directory per local domain: mail to it is accepted here.
-#   domains/<domain>/users       optional: the domain's users, one per line ("alice" or
-#                                "alice@<domain>"; lines starting with # are comments).
+#   domains/<domain>/users       the domain's users, one per line: "address password flags",
+#                                the password an Argon2id PHC string or "-" (no login), the
+#                                flag "receive-only" for a mailbox that cannot send; lines
+#                                starting with # are comments. Edit it with `postern user`
+#                                (add, remove, list, passwd, check); changes apply at once.
 #                                A user also exists when <data_dir>/mail/<domain>/<user>/ does.
 #                                postmaster@<domain> always exists (RFC 5321 4.5.1).
 

@@ -1,7 +1,8 @@
-//! The `postern` binary: `postern [-C DIR] serve`.
+//! The `postern` binary: `postern [-C DIR] serve` and `postern [-C DIR] user ...`.
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
-//! embedded default), [`tls`] (certificates), [`recipients`] (local domains and users),
+//! embedded default), [`tls`] (certificates), [`userdb`] (users, passwords, address
+//! normalisation), [`usercmd`] (`postern user`), [`recipients`] (local domains and users),
 //! [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
 //! (Received: and friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and
 //! [`log`] (one line per mail event).
@@ -17,6 +18,8 @@ mod recipients;
 mod serve;
 mod tls;
 mod trace;
+mod usercmd;
+mod userdb;
 
 use std::process::ExitCode;
 
@@ -26,12 +29,13 @@ fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     let dir = cli.config_dir();
     let result = match cli.command {
-        Command::Serve(_) => serve::serve(&dir),
+        Command::Serve(_) => serve::serve(&dir).map_err(|e| format!("cannot start: {e}")),
+        Command::User(user) => usercmd::run(&dir, user.command).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("postern: cannot start: {e}");
+            eprintln!("postern: {e}");
             ExitCode::FAILURE
         }
     }

@@ -26,6 +26,7 @@ use crate::queue;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
 use crate::tls;
+use crate::userdb::UserDb;
 
 /// A problem that stops `serve`.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     let shared = Arc::new(Shared {
         hostname: settings.hostname.clone(),
         recipients: Recipients::new(
-            settings.domains_dir(),
+            Arc::new(UserDb::new(settings.domains_dir())),
             settings.mail_dir(),
             settings.hostname.clone(),
         ),
