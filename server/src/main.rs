@@ -2,11 +2,14 @@
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
 //! embedded default), [`tls`] (certificates), [`userdb`] (users, passwords, address
-//! normalisation), [`usercmd`] (`postern user`), [`recipients`] (local domains and users),
+//! normalisation), [`usercmd`] (`postern user`), [`auth`] (logins, brute-force limits),
+//! [`relay`] (who may send where, as whom),
+//! [`recipients`] (local domains and users),
 //! [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
 //! (Received: and friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and
 //! [`log`] (one line per mail event).
 
+mod auth;
 mod cli;
 mod config;
 mod delivery;
@@ -15,6 +18,7 @@ mod log;
 mod queue;
 mod reception;
 mod recipients;
+mod relay;
 mod serve;
 mod tls;
 mod trace;

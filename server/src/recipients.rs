@@ -62,6 +62,11 @@ impl Recipients {
         }
     }
 
+    /// Whether `domain` is one of ours.
+    pub fn is_local_domain(&self, domain: &proto_core::Domain) -> bool {
+        self.users.is_local_domain(domain)
+    }
+
     /// What `to` is to us. Reads the file system (a few `stat`s and maybe the users file).
     pub fn lookup(&self, to: &ForwardPath) -> Result<Lookup, UserDbError> {
         let mailbox = match to {

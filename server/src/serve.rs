@@ -19,14 +19,16 @@ use futures_lite::StreamExt;
 use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, TlsAcceptor, TlsMode};
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::init;
 use crate::log;
 use crate::queue;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
+use crate::relay::Policy;
 use crate::tls;
-use crate::userdb::UserDb;
+use crate::userdb::{self, UserDb};
 
 /// A problem that stops `serve`.
 #[derive(Debug, thiserror::Error)]
@@ -70,13 +72,19 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         );
     }
 
+    let users = Arc::new(UserDb::new(settings.domains_dir()));
+    // Hash the dummy password now, so the first login for an unknown user is not slower.
+    let _ = userdb::dummy_hash();
     let shared = Arc::new(Shared {
         hostname: settings.hostname.clone(),
-        recipients: Recipients::new(
-            Arc::new(UserDb::new(settings.domains_dir())),
-            settings.mail_dir(),
-            settings.hostname.clone(),
-        ),
+        auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
+        policy: Policy {
+            grants: settings.grants.clone(),
+            trusted_networks: settings.trusted_networks.clone(),
+            header_from: settings.header_from,
+        },
+        allow_plaintext_on_loopback: settings.auth.allow_plaintext_on_loopback,
+        recipients: Recipients::new(users, settings.mail_dir(), settings.hostname.clone()),
         mail_dir: settings.mail_dir(),
         spool_dir: settings.spool_dir(),
     });
@@ -103,9 +111,9 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     smol::block_on(async {
         let tasks: Vec<_> = bound
             .into_iter()
-            .map(|(role, _, socket)| {
+            .map(|(role, local, socket)| {
                 let connection = Arc::new(Connection::new(
-                    Arc::new(session_config(&settings, role)),
+                    Arc::new(session_config(&settings, role, local)),
                     tls_mode(role, &acceptor),
                 ));
                 smol::spawn(accept_loop(socket, role, connection, shared.clone()))
@@ -153,12 +161,20 @@ fn bind(settings: &Settings, listener: &Listener) -> Result<Async<TcpListener>, 
     Async::new(socket).map_err(error)
 }
 
-/// The session configuration for a role.
-fn session_config(settings: &Settings, role: Role) -> Config {
+/// The session configuration for a role on the listener bound to `local`. AUTH is offered on
+/// the submission ports, and on smtp only when `[auth] smtp_listener` says so; always under
+/// TLS only, except on a loopback listener when `[auth] allow_plaintext_on_loopback` is set.
+fn session_config(settings: &Settings, role: Role, local: SocketAddr) -> Config {
     let mut config = Config::new(settings.hostname.clone());
     config.limits.max_message_size = settings.max_message_size;
     config.extensions.starttls = role != Role::Submissions;
-    config.auth = AuthPolicy::TlsOnly;
+    config.auth = if role == Role::Smtp && !settings.auth.smtp_listener {
+        AuthPolicy::Never
+    } else if settings.auth.allow_plaintext_on_loopback && local.ip().is_loopback() {
+        AuthPolicy::AllowPlaintext
+    } else {
+        AuthPolicy::TlsOnly
+    };
     config.require_auth = role.requires_auth();
     config
 }
