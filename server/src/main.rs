@@ -3,7 +3,7 @@
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
 //! embedded default), [`tls`] (certificates), [`userdb`] (users, passwords, address
 //! normalisation), [`usercmd`] (`postern user`), [`auth`] (logins, brute-force limits),
-//! [`relay`] (who may send where, as whom),
+//! [`relay`] (who may send where, as whom), [`header_from`] (the header From check),
 //! [`recipients`] (local domains and users),
 //! [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
 //! (Received: and friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and
@@ -13,6 +13,7 @@ mod auth;
 mod cli;
 mod config;
 mod delivery;
+mod header_from;
 mod init;
 mod log;
 mod queue;

@@ -9,7 +9,7 @@
 //!
 //! AUTH is checked by [`Authenticator`] (user database, brute-force limits). The relay policy
 //! is [`crate::relay`]'s: without AUTH (or a trusted network) only local recipients; with it,
-//! MAIL FROM must be the user's own. Recipients elsewhere are refused with 451 4.3.0 even when
+//! MAIL FROM, and the header From at the end of data, must be the user's own. Recipients elsewhere are refused with 451 4.3.0 even when
 //! relaying is allowed, because outbound delivery does not exist yet: the client keeps the
 //! message and can retry once it does, rather than being told 250 for mail that would sit here.
 
@@ -26,10 +26,11 @@ use runtime_smol::Handler;
 use crate::auth::Authenticator;
 use crate::config::Role;
 use crate::delivery;
+use crate::header_from::{self, HeaderCollector};
 use crate::log;
 use crate::queue::{QueueId, Spool};
 use crate::recipients::{LocalMailbox, Lookup, Recipients};
-use crate::relay::{self, Policy, Target};
+use crate::relay::{self, HeaderFromCheck, Policy, Target};
 use crate::trace::{MAX_RECEIVED, ReceivedCounter, Trace};
 use crate::userdb::Address;
 
@@ -71,6 +72,8 @@ struct Transaction {
     recipients: Vec<LocalMailbox>,
     spool: Option<Spool>,
     received: ReceivedCounter,
+    /// The header section, for the header From check of authenticated users.
+    header: HeaderCollector,
 }
 
 impl Reception {
@@ -110,6 +113,27 @@ impl Reception {
             ),
         );
         Verdict::Reject(reply)
+    }
+
+    /// For an authenticated user under `header_from = "reject"`: the refusal when the header
+    /// From is not one the user may send as ([`header_from::check`]).
+    fn check_header_from(&self, session: &Session, t: &Transaction) -> Option<Verdict> {
+        let user = self.user(session)?;
+        if self.shared.policy.header_from != HeaderFromCheck::Reject {
+            return None;
+        }
+        let problem = header_from::check(t.header.header(), |a| {
+            self.shared.policy.grants.owns(user, a)
+        })
+        .err()?;
+        let what = format!("from={} header_from=\"{problem}\"", t.from);
+        // RFC 3463 5.7.1: delivery not authorized, message refused.
+        Some(self.refuse(
+            session,
+            t.id.as_str(),
+            &what,
+            reply(550, (5, 7, 1), &format!("Message refused: {problem}")),
+        ))
     }
 
     /// Delivers the finished transaction; the verdict for its end of data.
@@ -235,6 +259,7 @@ impl Handler for Reception {
             recipients: Vec::new(),
             spool: None,
             received: ReceivedCounter::default(),
+            header: HeaderCollector::default(),
         });
         Verdict::Accept
     }
@@ -349,6 +374,7 @@ impl Handler for Reception {
             && let Some(spool) = &mut t.spool
         {
             t.received.feed(&chunk);
+            t.header.feed(&chunk);
             spool.write(chunk).await;
         }
     }
@@ -373,6 +399,10 @@ impl Handler for Reception {
                     "Too many Received: header fields, mail loop suspected",
                 ),
             );
+            discard(t.spool).await;
+            return verdict;
+        }
+        if let Some(verdict) = self.check_header_from(session, &t) {
             discard(t.spool).await;
             return verdict;
         }

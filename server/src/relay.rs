@@ -84,8 +84,7 @@ pub struct Policy {
     pub grants: Grants,
     /// `[relay] trusted_networks`.
     pub trusted_networks: TrustedNetworks,
-    /// `[relay] header_from` (checked with the header From, next).
-    #[allow(dead_code)]
+    /// `[relay] header_from`.
     pub header_from: HeaderFromCheck,
 }
 

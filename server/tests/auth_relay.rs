@@ -648,3 +648,77 @@ fn authenticated_recipients() {
         "authenticated RCPTs",
     );
 }
+
+/// The header From of an authenticated user's message is checked like MAIL FROM: refused
+/// (550 5.7.1) by default, accepted with `header_from = "allow"`.
+#[test]
+fn header_from_is_checked() {
+    let send = |server: &Server, header: &str| {
+        let body = format!("BODY:{header}Subject: header from\r\n\r\nbody\r\nFrom: x@evil.example");
+        dialogue(
+            &server.port("submission"),
+            "plain",
+            &[
+                PLAIN_OK,
+                "MAIL FROM:<alice@localhost>",
+                "RCPT TO:<bob@localhost>",
+                "DATA",
+                &body,
+            ],
+        )
+    };
+    let server = Server::start(AUTH_CONFIG);
+    let cases = [
+        ("From: Alice <alice@localhost>\r\n", "250"),
+        ("From: \"Alice\" <ALICE+x@LocalHost> (me)\r\n", "250"),
+        ("From: Team <team@localhost>\r\n", "250"),
+        (
+            "From: Bob <bob@localhost>\r\n",
+            "550 5.7.1 Message refused: From bob@localhost",
+        ),
+        ("From: \"alice@localhost\" <bob@localhost>\r\n", "550 5.7.1"),
+        ("From: alice@localhost, bob@localhost\r\n", "550 5.7.1"),
+        (
+            "From: alice@localhost\r\nFrom: bob@localhost\r\n",
+            "550 5.7.1 Message refused: more than one",
+        ),
+        ("", "550 5.7.1 Message refused: no From"),
+    ];
+    for (header, want) in cases {
+        let r = send(&server, header);
+        expect(&r, &["235", "250", "250", "354", want], header);
+    }
+    assert_eq!(
+        server.inbox("localhost", "bob").len(),
+        3,
+        "{}",
+        server.log()
+    );
+    assert!(
+        server
+            .log()
+            .contains("header_from=\"From bob@localhost is not the sender's\"")
+    );
+
+    let lenient = Server::start(
+        &AUTH_CONFIG.replace("[senders]", "[relay]\nheader_from = \"allow\"\n[senders]"),
+    );
+    let r = send(&lenient, "From: Bob <bob@localhost>\r\n");
+    expect(
+        &r,
+        &["235", "250", "250", "354", "250"],
+        "header_from = allow",
+    );
+    // Without AUTH (incoming mail on port 25) the header From is not ours to judge.
+    let r = dialogue(
+        &server.port("smtp"),
+        "plain",
+        &[
+            "MAIL FROM:<someone@other.example>",
+            "RCPT TO:<bob@localhost>",
+            "DATA",
+            "BODY:From: Bob <bob@localhost>\r\n\r\nhi",
+        ],
+    );
+    expect(&r, &["250", "250", "354", "250"], "port 25");
+}
