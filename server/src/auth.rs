@@ -18,6 +18,9 @@
 //!   password, until `lockout` has passed since the last failure. Failures older than
 //!   `lockout` are forgotten. A success clears the user's count (not the IP's).
 //!
+//! Each hash costs about 19 MiB and some CPU time; at most one per CPU (and at least two) run
+//! at once, so a flood of logins queues up instead of exhausting memory or threads.
+//!
 //! Log lines name the client IP and the outcome, never the user name or the password.
 
 use std::collections::HashMap;
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use proto_core::{Credentials, Reply};
+use smol::lock::Semaphore;
 
 use crate::log;
 use crate::userdb::{self, Address, UserDb};
@@ -60,6 +64,8 @@ pub struct Authenticator {
     users: Arc<UserDb>,
     settings: AuthSettings,
     failures: Mutex<Failures>,
+    /// Bounds the password checks running at once.
+    hashing: Semaphore,
 }
 
 /// Failure counts, by client IP and by user name.
@@ -92,10 +98,12 @@ impl Default for AuthSettings {
 impl Authenticator {
     /// An authenticator over `users`.
     pub fn new(users: Arc<UserDb>, settings: AuthSettings) -> Authenticator {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             users,
             settings,
             failures: Mutex::new(Failures::default()),
+            hashing: Semaphore::new(cpus.max(2)),
         }
     }
 
@@ -125,7 +133,9 @@ impl Authenticator {
         }
 
         let this = self.clone();
+        let permit = self.hashing.acquire().await;
         let verified = smol::unblock(move || this.verify(&credentials)).await;
+        drop(permit);
         match verified {
             Ok(address) => {
                 self.succeeded(&name);

@@ -635,10 +635,15 @@ fn parse_line(line: &str, domain: &Address) -> Result<Option<User>, String> {
 }
 
 /// Replaces `path` with `text` atomically: a temporary file beside it, fsync, rename, fsync of
-/// the directory. An existing file's permissions are kept; a new one is 0600.
+/// the directory. An existing file's mode and owner are kept; a new one is 0640 and owned like
+/// its directory (when we may chown: `postern user` run as root for a server that runs as
+/// another user must leave a file that server can read).
 fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mode = fs::metadata(path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+    let (mode, owner) = match fs::metadata(path) {
+        Ok(m) => (m.permissions().mode() & 0o7777, Some((m.uid(), m.gid()))),
+        Err(_) => (0o640, fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))),
+    };
     let tmp = dir.join(format!(".{USERS_FILE}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -648,6 +653,10 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            // Only root may give a file away; anyone else keeps it (a no-op when it is theirs).
+            let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        }
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);
@@ -709,6 +718,28 @@ mod tests {
                 "input {bad} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn unknown_users_cost_a_real_check() {
+        let hash = hash_password("pw").expect("hash");
+        let time = |phc: Option<&str>| {
+            (0..3)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    verify_password(phc, "guess");
+                    t.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        let _ = dummy_hash();
+        let (known, unknown) = (time(Some(&hash)), time(None));
+        // The same Argon2 work either way; generous bounds for a busy test machine.
+        assert!(
+            unknown * 3 > known && known * 3 > unknown,
+            "known {known:?}, unknown {unknown:?}"
+        );
     }
 
     #[test]

@@ -722,3 +722,77 @@ fn header_from_is_checked() {
     );
     expect(&r, &["250", "250", "354", "250"], "port 25");
 }
+
+/// Clients from a trusted network may address other domains without AUTH (which, without
+/// outbound delivery, still ends in 451 4.3.0); everyone else gets 550 5.7.1.
+#[test]
+fn trusted_networks_may_relay_without_auth() {
+    let trusted = Server::start("[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n");
+    let lines = [
+        "MAIL FROM:<anyone@other.example>",
+        "RCPT TO:<someone@other.example>",
+        "RCPT TO:<alice%other.example@localhost>",
+        "RCPT TO:<alice@localhost>",
+    ];
+    let r = dialogue(&trusted.port("smtp"), "plain", &lines);
+    expect(&r, &["250", "451 4.3.0", "550 5.7.1", "250"], "trusted");
+    let other = Server::start("[relay]\ntrusted_networks = [\"192.0.2.0/24\", \"::1/128\"]\n");
+    let r = dialogue(&other.port("smtp"), "plain", &lines);
+    expect(
+        &r,
+        &["250", "550 5.7.1 Relaying denied", "550 5.7.1", "250"],
+        "not trusted",
+    );
+}
+
+/// smtplib's own login() (it picks PLAIN) over implicit TLS, then sendmail.
+const SMTPLIB_LOGIN_SEND: &str = r#"
+import smtplib, ssl, sys
+port, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl._create_unverified_context()
+s = smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", context=ctx, timeout=20)
+try:
+    s.login(user, password)
+    print("login ok")
+except smtplib.SMTPAuthenticationError as e:
+    print("login", e.smtp_code, e.smtp_error.decode())
+    sys.exit(0)
+msg = "From: %s\r\nTo: bob@localhost\r\nSubject: smtplib login\r\n\r\nhi\r\n" % user
+print("refused", s.sendmail(user, ["bob@localhost"], msg))
+s.quit()
+"#;
+
+#[test]
+fn smtplib_login_and_send_over_implicit_tls() {
+    let server = Server::start(AUTH_CONFIG);
+    let run = |user: &str, pw: &str| {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(SMTPLIB_LOGIN_SEND)
+            .args([&server.port("submissions"), user, pw])
+            .stdin(Stdio::null())
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run("alice@localhost", "alice-pw");
+    assert!(
+        out.contains("login ok") && out.contains("refused {}"),
+        "{out}"
+    );
+    let out = run("alice@localhost", "nope");
+    assert!(out.contains("login 535 5.7.8"), "{out}");
+    let out = run("info@localhost", "whatever");
+    assert!(out.contains("login 535 5.7.8"), "{out}");
+    assert_eq!(
+        server.inbox("localhost", "bob").len(),
+        1,
+        "{}",
+        server.log()
+    );
+}
