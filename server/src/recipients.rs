@@ -9,6 +9,9 @@
 //! `<data_dir>/mail/<domain>/<user>/` exists. The users file is re-read whenever it changes,
 //! so adding a user or a domain needs no restart.
 //!
+//! A subaddress (`alice+news@`, [RFC 5233](https://www.rfc-editor.org/rfc/rfc5233)) is
+//! delivered to its base user when it is not a user itself.
+//!
 //! Addresses are normalised by [`Address::from_mailbox`], the same function the CLI and AUTH
 //! use. A local part that cannot name a user of ours (see [`crate::userdb`]) is an unknown user.
 
@@ -86,18 +89,20 @@ impl Recipients {
         let Ok(address) = Address::from_mailbox(mailbox) else {
             return Ok(Lookup::UnknownUser);
         };
-        let local = LocalMailbox {
-            domain: address.ascii_domain().to_string(),
-            user: address.local().to_string(),
-        };
-        let exists = local.user == POSTMASTER
-            || self.users.get(&address)?.is_some()
-            || local.maildir(&self.mail_dir).is_dir();
-        Ok(if exists {
-            Lookup::Local(local)
-        } else {
-            Lookup::UnknownUser
-        })
+        // The address itself, else its base without the +subaddress (RFC 5233).
+        for candidate in std::iter::once(address.clone()).chain(address.base()) {
+            let local = LocalMailbox {
+                domain: candidate.ascii_domain().to_string(),
+                user: candidate.local().to_string(),
+            };
+            if local.user == POSTMASTER
+                || self.users.get(&candidate)?.is_some()
+                || local.maildir(&self.mail_dir).is_dir()
+            {
+                return Ok(Lookup::Local(local));
+            }
+        }
+        Ok(Lookup::UnknownUser)
     }
 }
 
@@ -150,6 +155,10 @@ mod tests {
             ("<carol@example.org>", local("carol")),
             ("<PostMaster@example.org>", local("postmaster")),
             ("<eve@example.org>", Lookup::UnknownUser),
+            ("<alice+news@example.org>", local("alice")),
+            ("<Alice+News+x@example.org>", local("alice")),
+            ("<eve+news@example.org>", Lookup::UnknownUser),
+            ("<+news@example.org>", Lookup::UnknownUser),
             ("<\"../x\"@example.org>", Lookup::UnknownUser),
             ("<\".hidden\"@example.org>", Lookup::UnknownUser),
             ("<alice@other.org>", Lookup::NotLocal),

@@ -132,11 +132,8 @@ impl Grants {
 
     /// Whether `user` owns the (normalised) address `a`.
     pub fn owns(&self, user: &Address, a: &Address) -> bool {
-        if a.domain() == user.domain() {
-            let base = a.local().split_once('+').map_or(a.local(), |(b, _)| b);
-            if a.local() == user.local() || base == user.local() {
-                return true;
-            }
+        if a == user || a.base().as_ref() == Some(user) {
+            return true;
         }
         self.by_user.get(user).is_some_and(|grants| {
             grants.iter().any(|g| match g {

@@ -36,6 +36,10 @@
 //! put in Unicode NFC. Lower-casing the local part is a deliberate choice: RFC 5321 lets the
 //! receiving host decide, and users expect `Alice@` and `alice@` to be one mailbox.
 //!
+//! `postern user add` refuses a `+` in the local part: `alice+anything@` is a subaddress of
+//! `alice@` ([RFC 5233](https://www.rfc-editor.org/rfc/rfc5233)), delivered to alice and
+//! usable by alice as a sender. (A `+` written into the file by hand is accepted as is.)
+//!
 //! A user's local part must be usable as a Maildir directory name and must not look like a
 //! route: letters and digits (any script), `.`, `-`, `_`, `+`, not starting or ending with a
 //! dot, no `..`. So `%`, `!`, `@`, quotes and spaces never name a user here.
@@ -209,6 +213,13 @@ impl Address {
         &self.ascii_domain
     }
 
+    /// The address without its subaddress (`alice+news@x` is `alice@x`, RFC 5233), if it
+    /// has one.
+    pub fn base(&self) -> Option<Address> {
+        let (base, _) = self.local.split_once('+')?;
+        Address::with_local(base, self).ok()
+    }
+
     /// The same user in another domain (same normalisation), e.g. for a line without `@`.
     fn with_local(local: &str, domain: &Address) -> Result<Address, &'static str> {
         let local = normalize_local(local);
@@ -333,6 +344,14 @@ impl UserDb {
 
     /// Adds a user. Refuses a duplicate, an unknown domain, or a users file with errors.
     pub fn add(&self, user: User) -> Result<(), UserDbError> {
+        if user.address.base().is_some() {
+            return Err(UserDbError::BadAddress {
+                input: user.address.to_string(),
+                reason: "'+' starts a subaddress (alice+news@ is delivered to alice@); \
+                         a user name cannot contain it"
+                    .into(),
+            });
+        }
         self.edit(&user.address.clone(), |file| {
             if file.find(&user.address).is_some() {
                 return Err(UserDbError::Duplicate(user.address.clone()));

@@ -585,6 +585,7 @@ fn open_relay_suite() {
     let local = [
         ("<alice@LocalHost>", "localhost/alice"),
         ("<ALICE@LOCALHOST>", "localhost/alice"),
+        ("<Alice+Tag@localhost>", "localhost/alice"),
         (
             "<jose\u{301}@xn--bcher-kva.example>",
             "xn--bcher-kva.example/josé",
