@@ -2,16 +2,17 @@
 //!
 //! One [`Reception`] per connection. MAIL opens a transaction with a fresh queue id; RCPT
 //! looks the recipient up ([`Recipients`]): a local mailbox is accepted, an unknown user in a
-//! local domain gets 550 5.1.1, any other domain 550 5.7.1 (no relaying: authenticated relay
-//! comes with users). The body is streamed into the spool; at the end of data the message is
-//! delivered to every recipient's Maildir, each copy fsynced, and only then answered 250, so a
-//! 250 always means the mail is on disk.
+//! local domain gets 550 5.1.1, any other domain 550 5.7.1 unless the client may relay. The
+//! body is streamed into the spool; at the end of data the message is delivered to every
+//! recipient's Maildir, each copy fsynced, and only then answered 250, so a 250 always means
+//! the mail is on disk.
 //!
 //! AUTH is checked by [`Authenticator`] (user database, brute-force limits). The relay policy
 //! is [`crate::relay`]'s: without AUTH (or a trusted network) only local recipients; with it,
-//! MAIL FROM, and the header From at the end of data, must be the user's own. Recipients elsewhere are refused with 451 4.3.0 even when
-//! relaying is allowed, because outbound delivery does not exist yet: the client keeps the
-//! message and can retry once it does, rather than being told 250 for mail that would sit here.
+//! MAIL FROM, and the header From at the end of data, must be the user's own. Recipients
+//! elsewhere are refused with 451 4.3.0 even when relaying is allowed, because outbound
+//! delivery does not exist yet: the client keeps the message and can retry once it does,
+//! rather than being told 250 for mail that would sit here.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
