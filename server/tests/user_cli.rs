@@ -286,3 +286,48 @@ fn bad_input_names_the_problem_and_changes_nothing() {
         .collect();
     assert_eq!(names, ["users"], "{names:?}");
 }
+
+/// Without `--password-stdin` the password comes from the terminal, asked twice: run under a
+/// pseudo-terminal with util-linux `script` (skipped where it is missing).
+#[test]
+fn passwords_from_the_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to provide a terminal");
+        return;
+    }
+    let dir = config_dir();
+    let root = dir.path();
+    let in_pty = |args: &str, typed: &str| {
+        let mut child = Command::new("script")
+            .arg("-qec")
+            .arg(format!("{BINARY} -C {} user {args}", root.display()))
+            .arg("/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn script");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(typed.as_bytes());
+        }
+        child.wait_with_output().expect("wait")
+    };
+    let out = in_pty("add carol@example.org", "tty-pw\ntty-pw\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("New password: "), "{}", text(&out));
+    let out = user(
+        root,
+        &["check", "carol@example.org", "--password-stdin"],
+        "tty-pw\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let before = users_file(root, "example.org");
+    let out = in_pty("passwd carol@example.org", "one\ntwo\n");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("the passwords do not match"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(users_file(root, "example.org"), before);
+}
