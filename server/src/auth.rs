@@ -38,6 +38,8 @@ use crate::userdb::{self, Address, UserDb};
 /// At most this many user names are tracked; beyond it, only client IPs are (so a flood of
 /// made-up names cannot grow memory without bound).
 const MAX_TRACKED_USERS: usize = 10_000;
+/// Old entries are swept once the tables hold more than this many.
+const SWEEP_ABOVE: usize = 1024;
 /// At most this many client IPs are tracked.
 const MAX_TRACKED_IPS: usize = 100_000;
 
@@ -197,7 +199,10 @@ impl Authenticator {
         let is_locked = |c: Option<&Count>| {
             c.is_some_and(|c| c.failures >= s.lockout_after && now - c.last < s.lockout)
         };
-        f.expire(now, s.lockout);
+        // Sweeping is O(n): only when the tables have grown; stale counts are ignored anyway.
+        if f.by_ip.len() + f.by_user.len() > SWEEP_ABOVE {
+            f.expire(now, s.lockout);
+        }
         if is_locked(client.and_then(|ip| f.by_ip.get(&ip))) {
             return Some("client");
         }
@@ -210,14 +215,23 @@ impl Authenticator {
     /// Counts a failure; returns the larger count and whether it just reached the lockout.
     fn failed(&self, client: Option<IpAddr>, name: String, now: Instant) -> (u32, bool) {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = self.settings.lockout;
         let mut count = 0;
         if let Some(ip) = client
             && (f.by_ip.len() < MAX_TRACKED_IPS || f.by_ip.contains_key(&ip))
         {
-            count = count.max(bump(f.by_ip.entry(ip).or_insert(Count::new(now)), now));
+            count = count.max(bump(
+                f.by_ip.entry(ip).or_insert(Count::new(now)),
+                now,
+                keep,
+            ));
         }
         if f.by_user.len() < MAX_TRACKED_USERS || f.by_user.contains_key(&name) {
-            count = count.max(bump(f.by_user.entry(name).or_insert(Count::new(now)), now));
+            count = count.max(bump(
+                f.by_user.entry(name).or_insert(Count::new(now)),
+                now,
+                keep,
+            ));
         }
         (count, count == self.settings.lockout_after)
     }
@@ -246,8 +260,11 @@ impl Count {
     }
 }
 
-/// Adds a failure; returns the new count.
-fn bump(c: &mut Count, now: Instant) -> u32 {
+/// Adds a failure, forgetting those older than `keep`; returns the new count.
+fn bump(c: &mut Count, now: Instant, keep: Duration) -> u32 {
+    if now - c.last >= keep {
+        c.failures = 0;
+    }
     c.failures = c.failures.saturating_add(1);
     c.last = now;
     c.failures
@@ -300,7 +317,8 @@ mod tests {
         // The lockout ends `lockout` after the last failure.
         let later = t0 + Duration::from_secs(61);
         assert_eq!(a.locked(Some(ip), "bob@x", later), None);
-        assert!(a.failures.lock().expect("lock").by_ip.is_empty());
+        // ...and old failures no longer count.
+        assert_eq!(a.failed(Some(ip), "bob@x".into(), later), (1, false));
     }
 
     #[test]

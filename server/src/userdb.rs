@@ -553,19 +553,11 @@ pub fn verify_password(phc: Option<&str>, password: &str) -> bool {
 pub fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
-        let mut random = [0u8; 24];
-        // No randomness, no secret: the dummy only has to cost the same; it never matches
-        // because `verify_password` answers false for it whatever the password.
-        let _ = getrandom_fill(&mut random);
-        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        hash_password(&password).unwrap_or_default()
+        // The dummy only has to cost as much as a real check: `verify_password` answers
+        // false for it whatever the password. Its password is random all the same.
+        let password = SaltString::generate(&mut OsRng);
+        hash_password(password.as_str()).unwrap_or_default()
     })
-}
-
-/// Fills `buf` from the OS random source.
-fn getrandom_fill(buf: &mut [u8]) -> Result<(), argon2::password_hash::rand_core::Error> {
-    use argon2::password_hash::rand_core::RngCore;
-    OsRng.try_fill_bytes(buf)
 }
 
 /// A domain name's Unicode and A-label forms, both lower case. Literals are refused.
