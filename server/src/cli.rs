@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the SMTP server.
     Serve(Serve),
+    /// Manage the users of the local domains.
+    User(User),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -36,6 +38,88 @@ pub enum Command {
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "serve")]
 pub struct Serve {}
+
+/// manage users (domains/<domain>/users): add, remove, list, passwd, check
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "user")]
+pub struct User {
+    #[argh(subcommand)]
+    pub command: UserCommand,
+}
+
+/// A user command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add(UserAdd),
+    /// Remove a user.
+    Remove(UserRemove),
+    /// List users.
+    List(UserList),
+    /// Change a password.
+    Passwd(UserPasswd),
+    /// Check a password.
+    Check(UserCheck),
+}
+
+/// add a user; the password is asked on the terminal (twice, without echo) unless
+/// --password-stdin or --receive-only
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "add")]
+pub struct UserAdd {
+    /// the user's address, user@domain; domains/<domain>/ must exist
+    #[argh(positional)]
+    pub address: String,
+    /// a mailbox that receives mail but cannot log in or send (no password)
+    #[argh(switch)]
+    pub receive_only: bool,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+}
+
+/// remove a user (the Maildir is kept)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "remove")]
+pub struct UserRemove {
+    /// the user's address
+    #[argh(positional)]
+    pub address: String,
+}
+
+/// list the users of one local domain, or of all of them
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "list")]
+pub struct UserList {
+    /// only this domain
+    #[argh(positional)]
+    pub domain: Option<String>,
+}
+
+/// set a user's password (asked on the terminal twice, without echo, unless --password-stdin)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "passwd")]
+pub struct UserPasswd {
+    /// the user's address
+    #[argh(positional)]
+    pub address: String,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+}
+
+/// check a user's password: exit status 0 if it is right, 1 otherwise
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "check")]
+pub struct UserCheck {
+    /// the user's address
+    #[argh(positional)]
+    pub address: String,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+}
 
 impl Cli {
     /// The configuration directory this invocation uses.

@@ -12,8 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto_core::{Domain, Timeouts};
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::auth::AuthSettings;
+use crate::relay::{Grant, Grants, HeaderFromCheck, TrustedNetworks};
+use crate::userdb::Address;
 
 /// The configuration file's name inside the configuration directory.
 pub const FILE_NAME: &str = "postern.toml";
@@ -83,6 +89,14 @@ pub struct Settings {
     /// How often `certs/` is checked for changes; `None` turns the check off (SIGHUP still
     /// reloads).
     pub tls_reload_interval: Option<Duration>,
+    /// `[auth]`: where AUTH is offered, and the brute-force limits.
+    pub auth: AuthSettings,
+    /// `[senders]`: what authenticated users may send as, beyond their own address.
+    pub grants: Grants,
+    /// `[relay] trusted_networks`.
+    pub trusted_networks: TrustedNetworks,
+    /// `[relay] header_from`.
+    pub header_from: HeaderFromCheck,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -114,6 +128,31 @@ struct RawFile {
     session_timeout: Option<Spanned<u64>>,
     #[serde(default)]
     listeners: RawListeners,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    senders: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    smtp_listener: Option<bool>,
+    allow_plaintext_on_loopback: Option<bool>,
+    delay_after_failures: Option<u32>,
+    failure_delay_ms: Option<u64>,
+    lockout_after_failures: Option<Spanned<u32>>,
+    lockout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default)]
+    trusted_networks: Vec<Spanned<String>>,
+    header_from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +351,99 @@ impl Settings {
             ));
         }
 
+        let defaults = AuthSettings::default();
+        let lockout_after = match raw.auth.lockout_after_failures {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(error(
+                    at(n.span()),
+                    "lockout_after_failures = 0 would refuse every login".into(),
+                    "give a number of failures, e.g. lockout_after_failures = 10",
+                ));
+            }
+            Some(n) => n.into_inner(),
+            None => defaults.lockout_after,
+        };
+        let auth = AuthSettings {
+            smtp_listener: raw.auth.smtp_listener.unwrap_or(defaults.smtp_listener),
+            allow_plaintext_on_loopback: raw
+                .auth
+                .allow_plaintext_on_loopback
+                .unwrap_or(defaults.allow_plaintext_on_loopback),
+            delay_after: raw
+                .auth
+                .delay_after_failures
+                .unwrap_or(defaults.delay_after),
+            delay: raw
+                .auth
+                .failure_delay_ms
+                .map_or(defaults.delay, Duration::from_millis),
+            lockout_after,
+            lockout: raw
+                .auth
+                .lockout_seconds
+                .map_or(defaults.lockout, Duration::from_secs),
+        };
+
+        let mut trusted_networks = TrustedNetworks::default();
+        for net in raw.relay.trusted_networks {
+            let line = at(net.span());
+            let text = net.into_inner();
+            match text.parse() {
+                Ok(n) => trusted_networks.0.push(n),
+                Err(_) => {
+                    return Err(error(
+                        line,
+                        format!("{text:?} is not a network"),
+                        "write networks in CIDR notation, e.g. \"192.0.2.0/24\" or \"2001:db8::/32\"",
+                    ));
+                }
+            }
+        }
+        let header_from = match raw.relay.header_from {
+            None => HeaderFromCheck::default(),
+            Some(h) => match h.get_ref().as_str() {
+                "reject" => HeaderFromCheck::Reject,
+                "allow" => HeaderFromCheck::Allow,
+                other => {
+                    return Err(error(
+                        at(h.span()),
+                        format!("header_from = {other:?} is neither \"reject\" nor \"allow\""),
+                        "write header_from = \"reject\" or header_from = \"allow\"",
+                    ));
+                }
+            },
+        };
+        let mut grants = Grants::default();
+        for (user, granted) in raw.senders {
+            let line = at(user.span());
+            let user = Address::parse(user.get_ref()).map_err(|e| {
+                error(
+                    line,
+                    format!("[senders]: {e}"),
+                    "key each entry by a user's address, e.g. \"alice@example.org\" = [\"example.org\"]",
+                )
+            })?;
+            for g in granted {
+                let line = at(g.span());
+                let text = g.into_inner();
+                let grant = if text.contains('@') {
+                    Address::parse(&text).map(Grant::Address).ok()
+                } else {
+                    Address::parse(&format!("postmaster@{text}"))
+                        .map(|a| Grant::Domain(a.domain().to_string()))
+                        .ok()
+                };
+                let Some(grant) = grant else {
+                    return Err(error(
+                        line,
+                        format!("[senders]: {text:?} is neither an address nor a domain"),
+                        "grant addresses (\"bob@example.org\") or domains (\"example.org\")",
+                    ));
+                };
+                grants.grant(user.clone(), grant);
+            }
+        }
+
         Ok(Settings {
             dir: dir.to_path_buf(),
             file: file.to_path_buf(),
@@ -325,6 +457,10 @@ impl Settings {
             shutdown_grace,
             tls_reload_interval,
             timeouts,
+            auth,
+            grants,
+            trusted_networks,
+            header_from,
         })
     }
 
@@ -486,6 +622,73 @@ mod tests {
                 "input {text:?}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn policy_errors_name_the_line_and_the_fix() {
+        let cases = [
+            (
+                "[relay]\ntrusted_networks = [\"10.0.0.0/8\", \"10.1\"]\n",
+                2,
+                "not a network",
+                "CIDR",
+            ),
+            ("[relay]\nheader_from = \"maybe\"\n", 2, "neither", "reject"),
+            (
+                "[senders]\n\"alice@x.example\" = [\"not an address@\"]\n",
+                2,
+                "neither an address nor a domain",
+                "grant",
+            ),
+            (
+                "[senders]\n\"alice\" = []\n",
+                2,
+                "malformed address",
+                "key each",
+            ),
+            (
+                "[auth]\nlockout_after_failures = 0\n",
+                2,
+                "every login",
+                "number",
+            ),
+            ("[auth]\nlockout = 3\n", 2, "unknown field", "spelling"),
+        ];
+        for (text, line, message, fix) in cases {
+            let text = format!("{text}[listeners]\nsmtp = [\"127.0.0.1:25\"]\n");
+            let e = parse(&text).expect_err(&text);
+            assert_eq!(e.line, Some(line), "input {text:?}: {e}");
+            assert!(e.message.contains(message), "input {text:?}: {e}");
+            assert!(e.fix.contains(fix), "input {text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn policy_settings_parse() {
+        let s = parse(
+            "[auth]\nallow_plaintext_on_loopback = true\nlockout_after_failures = 3\nlockout_seconds = 2\n\
+             [relay]\ntrusted_networks = [\"192.0.2.0/24\"]\nheader_from = \"allow\"\n\
+             [senders]\n\"Alice@Example.org\" = [\"example.net\", \"bob@example.org\"]\n\
+             [listeners]\nsmtp = [\"127.0.0.1:25\"]\n",
+        )
+        .expect("parses");
+        assert!(s.auth.allow_plaintext_on_loopback);
+        assert_eq!(s.auth.lockout_after, 3);
+        assert_eq!(s.auth.lockout, Duration::from_secs(2));
+        assert_eq!(s.header_from, HeaderFromCheck::Allow);
+        assert!(
+            s.trusted_networks
+                .contains("192.0.2.1".parse().expect("ip"))
+        );
+        let alice = Address::parse("alice@example.org").expect("alice");
+        let from = |p: &str| proto_core::ReversePath::parse(p).expect("path");
+        assert!(s.grants.may_send_as(&alice, &from("<x@EXAMPLE.net>")));
+        assert!(s.grants.may_send_as(&alice, &from("<bob@example.org>")));
+        assert!(!s.grants.may_send_as(&alice, &from("<carol@example.org>")));
+        let d = parse(crate::init::DEFAULT_CONFIG).expect("default");
+        assert!(!d.auth.allow_plaintext_on_loopback && !d.auth.smtp_listener);
+        assert_eq!(d.header_from, HeaderFromCheck::Reject);
+        assert!(d.trusted_networks.0.is_empty());
     }
 
     #[test]

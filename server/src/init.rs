@@ -28,8 +28,11 @@ pub const DEFAULT_CONFIG: &str = r#"# postern.toml: the configuration of the pos
 #                                wildcards too); the one holding the hostname is the default.
 #                                Renewed files are picked up without a restart.
 #   domains/<domain>/            one directory per local domain: mail to it is accepted here.
-#   domains/<domain>/users       optional: the domain's users, one per line ("alice" or
-#                                "alice@<domain>"; lines starting with # are comments).
+#   domains/<domain>/users       the domain's users, one per line: "address password flags",
+#                                the password an Argon2id PHC string or "-" (no login), the
+#                                flag "receive-only" for a mailbox that cannot send; lines
+#                                starting with # are comments. Edit it with `postern user`
+#                                (add, remove, list, passwd, check); changes apply at once.
 #                                A user also exists when <data_dir>/mail/<domain>/<user>/ does.
 #                                postmaster@<domain> always exists (RFC 5321 4.5.1).
 
@@ -82,6 +85,36 @@ smtp = ["127.0.0.1:2525"]
 submission = ["127.0.0.1:2587"]
 # Message submission over implicit TLS (RFC 8314, port 465): AUTH required before MAIL.
 submissions = ["127.0.0.1:2465"]
+
+# Logins (AUTH PLAIN and LOGIN), checked against domains/<domain>/users.
+[auth]
+# Also offer AUTH on the smtp listeners (only under TLS). Users normally log in on submission.
+smtp_listener = false
+# Allow AUTH without TLS on listeners bound to a loopback address (127.0.0.1, ::1). For tests
+# only: never turn this on for a server others use.
+allow_plaintext_on_loopback = false
+# Brute-force defence: failed logins are counted per client IP and per user name. From this
+# many failures on, each failed reply is delayed by failure_delay_ms milliseconds...
+delay_after_failures = 3
+failure_delay_ms = 2000
+# ...and at this many, logins from that IP or for that user are refused (454 4.7.0) until
+# lockout_seconds have passed since the last failure. Failures older than that are forgotten.
+lockout_after_failures = 10
+lockout_seconds = 900
+
+# Relaying. Without AUTH, mail is accepted only for the local domains (domains/<domain>/).
+[relay]
+# Networks (CIDR) whose clients may send to other domains without AUTH, e.g.
+# ["192.0.2.0/24", "2001:db8::/32"]. Empty: nobody.
+trusted_networks = []
+# An authenticated user's message whose header From is not an address they may send as
+# (see [senders]): "reject" (550 5.7.1) or "allow".
+header_from = "reject"
+
+# What authenticated users may send as, besides their own address (and its +suffix forms):
+# "user" = [domains or addresses]. Example:
+#   "alice@example.org" = ["example.net", "bob@example.org"]
+[senders]
 "#;
 
 /// The host name of the embedded default.

@@ -2,7 +2,8 @@
 //!
 //! Each line is `<RFC 3339 time> <event> id=<queue id> key=value...`, so `grep <id>` follows a
 //! message. Events: `received`, `delivered`, `rejected`, `failed`; connection-level problems are
-//! `connection`. AUTH data (user names, passwords) and message bodies are never logged.
+//! `connection`; logins are `auth` (client IP and outcome only). AUTH data (user names,
+//! passwords) and message bodies are never logged.
 
 use std::fmt;
 use std::time::SystemTime;

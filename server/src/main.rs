@@ -1,25 +1,32 @@
-//! The `postern` binary: `postern [-C DIR] serve`.
+//! The `postern` binary: `postern [-C DIR] serve` and `postern [-C DIR] user ...`.
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
-//! embedded default), [`tls`] (certificates), [`limits`] (connection limits), [`recipients`]
-//! (local domains and users), [`reception`] (the session handler), [`queue`] (queue ids and
-//! the body spool), [`trace`] (Received: and friends), [`delivery`] (Maildir), [`serve`]
-//! (listeners and signals), [`systemd`] (socket activation and readiness) and [`log`] (one
-//! line per mail event).
+//! embedded default), [`tls`] (certificates), [`limits`] (connection limits), [`userdb`]
+//! (users, passwords, address normalisation), [`usercmd`] (`postern user`), [`auth`] (logins,
+//! brute-force limits), [`relay`] (who may send where, as whom), [`header_from`] (the header
+//! From check), [`recipients`] (local domains and users), [`reception`] (the session
+//! handler), [`queue`] (queue ids and the body spool), [`trace`] (Received: and friends),
+//! [`delivery`] (Maildir), [`serve`] (listeners and signals), [`systemd`] (socket activation
+//! and readiness) and [`log`] (one line per mail event).
 
+mod auth;
 mod cli;
 mod config;
 mod delivery;
+mod header_from;
 mod init;
 mod limits;
 mod log;
 mod queue;
 mod reception;
 mod recipients;
+mod relay;
 mod serve;
 mod systemd;
 mod tls;
 mod trace;
+mod usercmd;
+mod userdb;
 
 use std::process::ExitCode;
 
@@ -29,12 +36,13 @@ fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
     let dir = cli.config_dir();
     let result = match cli.command {
-        Command::Serve(_) => serve::serve(&dir),
+        Command::Serve(_) => serve::serve(&dir).map_err(|e| format!("cannot start: {e}")),
+        Command::User(user) => usercmd::run(&dir, user.command).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("postern: cannot start: {e}");
+            eprintln!("postern: {e}");
             ExitCode::FAILURE
         }
     }

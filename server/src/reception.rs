@@ -2,11 +2,17 @@
 //!
 //! One [`Reception`] per connection. MAIL opens a transaction with a fresh queue id; RCPT
 //! looks the recipient up ([`Recipients`]): a local mailbox is accepted, an unknown user in a
-//! local domain gets 550 5.1.1, any other domain 550 5.7.1 (no relaying: authenticated relay
-//! comes with users). The body is streamed into the spool; at the end of data the message is
-//! delivered to every recipient's Maildir, each copy fsynced, and only then answered 250, so a
-//! 250 always means the mail is on disk. AUTH is refused (535 5.7.8) until the user database
-//! exists, which makes the submission ports refuse MAIL (530) for now.
+//! local domain gets 550 5.1.1, any other domain 550 5.7.1 unless the client may relay. The
+//! body is streamed into the spool; at the end of data the message is delivered to every
+//! recipient's Maildir, each copy fsynced, and only then answered 250, so a 250 always means
+//! the mail is on disk.
+//!
+//! AUTH is checked by [`Authenticator`] (user database, brute-force limits). The relay policy
+//! is [`crate::relay`]'s: without AUTH (or a trusted network) only local recipients; with it,
+//! MAIL FROM, and the header From at the end of data, must be the user's own. Recipients
+//! elsewhere are refused with 451 4.3.0 even when relaying is allowed, because outbound
+//! delivery does not exist yet: the client keeps the message and can retry once it does,
+//! rather than being told 250 for mail that would sit here.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -18,12 +24,16 @@ use proto_core::{
 };
 use runtime_smol::Handler;
 
+use crate::auth::Authenticator;
 use crate::config::Role;
 use crate::delivery;
+use crate::header_from::{self, HeaderCollector};
 use crate::log;
 use crate::queue::{QueueId, Spool};
 use crate::recipients::{LocalMailbox, Lookup, Recipients};
+use crate::relay::{self, HeaderFromCheck, Policy, Target};
 use crate::trace::{MAX_RECEIVED, ReceivedCounter, Trace};
+use crate::userdb::Address;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -36,6 +46,12 @@ pub struct Shared {
     pub mail_dir: PathBuf,
     /// `<data_dir>/queue/tmp`.
     pub spool_dir: PathBuf,
+    /// Checks logins.
+    pub auth: Arc<Authenticator>,
+    /// Who may relay and send as whom.
+    pub policy: Policy,
+    /// `[auth] allow_plaintext_on_loopback`.
+    pub allow_plaintext_on_loopback: bool,
 }
 
 /// The handler of one connection.
@@ -44,6 +60,9 @@ pub struct Reception {
     shared: Arc<Shared>,
     role: Role,
     transaction: Option<Transaction>,
+    /// Who logged in, once AUTH succeeded (the session forgets it on STARTTLS; so do we, by
+    /// asking the session too: see [`Reception::user`]).
+    user: Option<Address>,
 }
 
 /// The open transaction.
@@ -54,6 +73,8 @@ struct Transaction {
     recipients: Vec<LocalMailbox>,
     spool: Option<Spool>,
     received: ReceivedCounter,
+    /// The header section, for the header From check of authenticated users.
+    header: HeaderCollector,
 }
 
 impl Reception {
@@ -63,7 +84,22 @@ impl Reception {
             shared,
             role,
             transaction: None,
+            user: None,
         }
+    }
+
+    /// The authenticated user, if the session is authenticated.
+    fn user(&self, session: &Session) -> Option<&Address> {
+        session.authenticated().and(self.user.as_ref())
+    }
+
+    /// Whether this client may send to other domains: authenticated, or in a trusted network.
+    fn may_relay(&self, session: &Session) -> bool {
+        self.user(session).is_some()
+            || session
+                .peer()
+                .remote
+                .is_some_and(|a| self.shared.policy.trusted_networks.contains(a.ip()))
     }
 
     /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
@@ -78,6 +114,27 @@ impl Reception {
             ),
         );
         Verdict::Reject(reply)
+    }
+
+    /// For an authenticated user under `header_from = "reject"`: the refusal when the header
+    /// From is not one the user may send as ([`header_from::check`]).
+    fn check_header_from(&self, session: &Session, t: &Transaction) -> Option<Verdict> {
+        let user = self.user(session)?;
+        if self.shared.policy.header_from != HeaderFromCheck::Reject {
+            return None;
+        }
+        let problem = header_from::check(t.header.header(), |a| {
+            self.shared.policy.grants.owns(user, a)
+        })
+        .err()?;
+        let what = format!("from={} header_from=\"{problem}\"", t.from);
+        // RFC 3463 5.7.1: delivery not authorized, message refused.
+        Some(self.refuse(
+            session,
+            t.id.as_str(),
+            &what,
+            reply(550, (5, 7, 1), &format!("Message refused: {problem}")),
+        ))
     }
 
     /// Delivers the finished transaction; the verdict for its end of data.
@@ -178,16 +235,32 @@ impl Reception {
 impl Handler for Reception {
     async fn mail(
         &mut self,
-        _session: &Session,
+        session: &Session,
         from: &ReversePath,
         _params: &MailParams,
     ) -> Verdict {
+        if let Some(user) = self.user(session)
+            && !self.shared.policy.grants.may_send_as(user, from)
+        {
+            // RFC 3463 5.7.1 "Delivery not authorized, message refused": not their address.
+            return self.refuse(
+                session,
+                "-",
+                &format!("from={from}"),
+                reply(
+                    553,
+                    (5, 7, 1),
+                    "Sender address not owned by the authenticated user",
+                ),
+            );
+        }
         self.transaction = Some(Transaction {
             id: QueueId::new(),
             from: from.clone(),
             recipients: Vec::new(),
             spool: None,
             received: ReceivedCounter::default(),
+            header: HeaderCollector::default(),
         });
         Verdict::Accept
     }
@@ -200,7 +273,24 @@ impl Handler for Reception {
         let what = format!("from={from} to={to}");
         let shared = self.shared.clone();
         let path = to.clone();
-        let lookup = smol::unblock(move || shared.recipients.lookup(&path)).await;
+        let relay_ok = self.may_relay(session);
+        let (target, lookup) = smol::unblock(move || {
+            let target = relay::route(&path, |d| shared.recipients.is_local_domain(d));
+            (target, shared.recipients.lookup(&path))
+        })
+        .await;
+        if target == Target::RoutedLocalPart {
+            return self.refuse(
+                session,
+                &id,
+                &what,
+                reply(
+                    550,
+                    (5, 7, 1),
+                    "Routing in the local part is not accepted here",
+                ),
+            );
+        }
         match lookup {
             Ok(Lookup::Local(mailbox)) => {
                 if let Some(t) = &mut self.transaction
@@ -216,6 +306,17 @@ impl Handler for Reception {
                 &id,
                 &what,
                 reply(550, (5, 1, 1), "No such user here"),
+            ),
+            // Allowed to relay, but there is no outbound delivery yet (see the module doc).
+            Ok(Lookup::NotLocal) if relay_ok => self.refuse(
+                session,
+                &id,
+                &what,
+                reply(
+                    451,
+                    (4, 3, 0),
+                    "Outbound delivery is not available yet on this server; local recipients only",
+                ),
             ),
             // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
             Ok(Lookup::NotLocal) => self.refuse(
@@ -239,17 +340,28 @@ impl Handler for Reception {
         }
     }
 
-    async fn auth(&mut self, session: &Session, _credentials: Credentials) -> Verdict {
-        // No user database yet: every login fails. The credentials are not logged.
-        log::event(
-            "rejected",
-            format_args!(
-                "id=- auth client={} role={} reason=\"no user database\"",
-                client_ip(session),
-                self.role.name()
-            ),
-        );
-        Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
+    async fn auth(&mut self, session: &Session, credentials: Credentials) -> Verdict {
+        let ip = session.peer().remote.map(|a| a.ip().to_canonical());
+        let plaintext_ok =
+            self.shared.allow_plaintext_on_loopback && ip.is_some_and(|ip| ip.is_loopback());
+        if session.tls().is_none() && !plaintext_ok {
+            // The session's policy already withholds AUTH here; this is a second lock.
+            // RFC 4954 section 6: 538 5.7.11 "Encryption required for requested authentication
+            // mechanism".
+            return Verdict::Reject(reply(538, (5, 7, 11), "Encryption required for AUTH"));
+        }
+        match self
+            .shared
+            .auth
+            .login(ip, credentials, self.role.name())
+            .await
+        {
+            Ok(user) => {
+                self.user = Some(user);
+                Verdict::Accept
+            }
+            Err(reply) => Verdict::Reject(reply),
+        }
     }
 
     async fn message_start(&mut self, _session: &Session) {
@@ -263,6 +375,7 @@ impl Handler for Reception {
             && let Some(spool) = &mut t.spool
         {
             t.received.feed(&chunk);
+            t.header.feed(&chunk);
             spool.write(chunk).await;
         }
     }
@@ -287,6 +400,10 @@ impl Handler for Reception {
                     "Too many Received: header fields, mail loop suspected",
                 ),
             );
+            discard(t.spool).await;
+            return verdict;
+        }
+        if let Some(verdict) = self.check_header_from(session, &t) {
             discard(t.spool).await;
             return verdict;
         }

@@ -1,33 +1,37 @@
 //! Local recipients: which domains are ours and which users exist in them.
 //!
-//! A domain is local when `domains/<domain>/` exists in the configuration directory. In a
-//! local domain, `postmaster` always exists ([RFC 5321 section 4.5.1](https://www.rfc-editor.org/rfc/rfc5321#section-4.5.1):
-//! "Any system that includes an SMTP server supporting mail relaying or delivery MUST support
-//! the reserved mailbox "postmaster" as a case-insensitive local name"); any other user exists
-//! when `<data_dir>/mail/<domain>/<user>/` exists, or when `domains/<domain>/users` lists it,
-//! one per line (`alice` or `alice@<domain>`, `#` starts a comment). Everything is read at
-//! each lookup, so adding a user or a domain needs no restart. (Real users, aliases and
-//! passwords come with the user database.)
+//! A domain is local when `domains/<domain>/` exists in the configuration directory (its
+//! Unicode or its A-label name). In a local domain, `postmaster` always exists
+//! ([RFC 5321 section 4.5.1](https://www.rfc-editor.org/rfc/rfc5321#section-4.5.1): "Any system
+//! that includes an SMTP server supporting mail relaying or delivery MUST support the reserved
+//! mailbox "postmaster" as a case-insensitive local name"); any other user exists when the
+//! user database ([`UserDb`], `domains/<domain>/users`) lists it, or when its Maildir
+//! `<data_dir>/mail/<domain>/<user>/` exists. The users file is re-read whenever it changes,
+//! so adding a user or a domain needs no restart.
 //!
-//! Lookups compare lower-cased names. A local part that could not be a safe directory name
-//! (anything beyond letters, digits and `.-_+`, or starting with a dot) is no user of ours.
+//! A subaddress (`alice+news@`, [RFC 5233](https://www.rfc-editor.org/rfc/rfc5233)) is
+//! delivered to its base user when it is not a user itself.
+//!
+//! Addresses are normalised by [`Address::from_mailbox`], the same function the CLI and AUTH
+//! use. A local part that cannot name a user of ours (see [`crate::userdb`]) is an unknown user.
 
 use std::fmt;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use proto_core::{Domain, ForwardPath};
+use proto_core::ForwardPath;
+
+use crate::userdb::{Address, UserDb, UserDbError};
 
 /// The reserved mailbox every local domain has.
 const POSTMASTER: &str = "postmaster";
 
-/// A mailbox in a local domain, in lower case: `<user>@<domain>`.
+/// A mailbox in a local domain, normalised: `<user>@<domain>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LocalMailbox {
     /// The domain (IDNA A-label form).
     pub domain: String,
-    /// The user.
+    /// The user (lower case, NFC).
     pub user: String,
 }
 
@@ -42,28 +46,33 @@ pub enum Lookup {
     NotLocal,
 }
 
-/// Answers recipient lookups from the configuration and data directories.
+/// Answers recipient lookups from the user database and the data directory.
 #[derive(Debug, Clone)]
 pub struct Recipients {
-    domains_dir: PathBuf,
+    users: Arc<UserDb>,
     mail_dir: PathBuf,
     hostname: String,
 }
 
 impl Recipients {
-    /// Lookups against `domains_dir` (`<config>/domains`) and `mail_dir` (`<data_dir>/mail`).
+    /// Lookups against the user database and `mail_dir` (`<data_dir>/mail`).
     /// `<Postmaster>` without a domain goes to `postmaster@<hostname>`.
-    pub fn new(domains_dir: PathBuf, mail_dir: PathBuf, hostname: String) -> Recipients {
+    pub fn new(users: Arc<UserDb>, mail_dir: PathBuf, hostname: String) -> Recipients {
         Recipients {
-            domains_dir,
+            users,
             mail_dir,
             hostname,
         }
     }
 
+    /// Whether `domain` is one of ours.
+    pub fn is_local_domain(&self, domain: &proto_core::Domain) -> bool {
+        self.users.is_local_domain(domain)
+    }
+
     /// What `to` is to us. Reads the file system (a few `stat`s and maybe the users file).
-    pub fn lookup(&self, to: &ForwardPath) -> io::Result<Lookup> {
-        let (user, domain) = match to {
+    pub fn lookup(&self, to: &ForwardPath) -> Result<Lookup, UserDbError> {
+        let mailbox = match to {
             // RFC 5321 4.1.1.3: "<Postmaster>" without a domain must be accepted.
             ForwardPath::Postmaster => {
                 return Ok(Lookup::Local(LocalMailbox {
@@ -71,34 +80,29 @@ impl Recipients {
                     user: POSTMASTER.into(),
                 }));
             }
-            ForwardPath::Mailbox(m) => (m.local_part().as_str().to_lowercase(), m.domain()),
+            ForwardPath::Mailbox(m) => m,
             _ => return Ok(Lookup::NotLocal),
         };
-        let domain = match domain {
-            Domain::Name(_) => match domain.to_ascii() {
-                Ok(d) => d,
-                Err(_) => return Ok(Lookup::NotLocal),
-            },
-            _ => return Ok(Lookup::NotLocal),
-        };
-        if !safe_name(&domain) || !self.domains_dir.join(&domain).is_dir() {
+        if !self.users.is_local_domain(mailbox.domain()) {
             return Ok(Lookup::NotLocal);
         }
-        if !safe_name(&user) {
+        let Ok(address) = Address::from_mailbox(mailbox) else {
             return Ok(Lookup::UnknownUser);
+        };
+        // The address itself, else its base without the +subaddress (RFC 5233).
+        for candidate in std::iter::once(address.clone()).chain(address.base()) {
+            let local = LocalMailbox {
+                domain: candidate.ascii_domain().to_string(),
+                user: candidate.local().to_string(),
+            };
+            if local.user == POSTMASTER
+                || self.users.get(&candidate)?.is_some()
+                || local.maildir(&self.mail_dir).is_dir()
+            {
+                return Ok(Lookup::Local(local));
+            }
         }
-        let exists = user == POSTMASTER
-            || self.mail_dir.join(&domain).join(&user).is_dir()
-            || listed(
-                &self.domains_dir.join(&domain).join("users"),
-                &user,
-                &domain,
-            )?;
-        Ok(if exists {
-            Lookup::Local(LocalMailbox { domain, user })
-        } else {
-            Lookup::UnknownUser
-        })
+        Ok(Lookup::UnknownUser)
     }
 }
 
@@ -115,39 +119,10 @@ impl fmt::Display for LocalMailbox {
     }
 }
 
-/// Whether `name` is usable as one path component: not empty, at most 255 bytes, only
-/// ASCII letters, digits and `.-_+`, and not starting with a dot (no `.`, `..` or hidden files).
-fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
-}
-
-/// Whether the users file at `path` lists `user` (as `user` or `user@domain`). A missing file
-/// lists nobody.
-fn listed(path: &Path, user: &str, domain: &str) -> io::Result<bool> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    Ok(text.lines().map(str::trim).any(|line| {
-        if line.starts_with('#') {
-            return false;
-        }
-        let line = line.to_lowercase();
-        match line.rsplit_once('@') {
-            Some((u, d)) => u == user && d == domain,
-            None => line == user,
-        }
-    }))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -162,7 +137,11 @@ mod tests {
             "# users\nalice\nBob@example.org\neve@other.org\n",
         )
         .expect("write");
-        let r = Recipients::new(domains, mail, "mx.example.org".into());
+        let r = Recipients::new(
+            Arc::new(UserDb::new(domains)),
+            mail,
+            "mx.example.org".into(),
+        );
         let local = |u: &str| {
             Lookup::Local(LocalMailbox {
                 domain: "example.org".into(),
@@ -176,10 +155,17 @@ mod tests {
             ("<carol@example.org>", local("carol")),
             ("<PostMaster@example.org>", local("postmaster")),
             ("<eve@example.org>", Lookup::UnknownUser),
+            ("<alice+news@example.org>", local("alice")),
+            ("<Alice+News+x@example.org>", local("alice")),
+            ("<eve+news@example.org>", Lookup::UnknownUser),
+            ("<+news@example.org>", Lookup::UnknownUser),
             ("<\"../x\"@example.org>", Lookup::UnknownUser),
             ("<\".hidden\"@example.org>", Lookup::UnknownUser),
             ("<alice@other.org>", Lookup::NotLocal),
             ("<alice@[127.0.0.1]>", Lookup::NotLocal),
+            ("<alice@example.org.example>", Lookup::NotLocal),
+            ("<user%other@example.org>", Lookup::UnknownUser),
+            ("<\"user@other\"@example.org>", Lookup::UnknownUser),
             (
                 "<Postmaster>",
                 Lookup::Local(LocalMailbox {

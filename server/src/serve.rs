@@ -47,6 +47,7 @@ use futures_lite::{StreamExt, future};
 use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, TlsAcceptor, TlsMode};
 
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::init;
 use crate::limits::{ConnectionCounter, Permit};
@@ -54,8 +55,10 @@ use crate::log;
 use crate::queue;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
+use crate::relay::Policy;
 use crate::systemd;
 use crate::tls::{self, Certificates, Snapshot};
+use crate::userdb::{self, UserDb};
 
 /// A problem that stops `serve`.
 #[derive(Debug, thiserror::Error)]
@@ -219,8 +222,9 @@ struct Runtime {
 struct Live {
     settings: Settings,
     shared: Arc<Shared>,
-    /// One per role, in [`role_index`] order.
-    connections: [Arc<Connection>; 3],
+    /// One per role, in [`role_index`] order, for listeners off and on loopback (AUTH over
+    /// plaintext may be allowed on loopback only).
+    connections: [[Arc<Connection>; 2]; 3],
 }
 
 impl Runtime {
@@ -331,21 +335,29 @@ fn log_problems(problems: &[ConfigError]) {
 impl Live {
     /// What new connections get under `settings`.
     fn new(settings: Settings, acceptor: &TlsAcceptor) -> Live {
+        let users = Arc::new(UserDb::new(settings.domains_dir()));
+        // Hash the dummy password now, so the first login for an unknown user is not slower.
+        let _ = userdb::dummy_hash();
         let shared = Arc::new(Shared {
             hostname: settings.hostname.clone(),
-            recipients: Recipients::new(
-                settings.domains_dir(),
-                settings.mail_dir(),
-                settings.hostname.clone(),
-            ),
+            auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
+            policy: Policy {
+                grants: settings.grants.clone(),
+                trusted_networks: settings.trusted_networks.clone(),
+                header_from: settings.header_from,
+            },
+            allow_plaintext_on_loopback: settings.auth.allow_plaintext_on_loopback,
+            recipients: Recipients::new(users, settings.mail_dir(), settings.hostname.clone()),
             mail_dir: settings.mail_dir(),
             spool_dir: settings.spool_dir(),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
-            Arc::new(Connection::new(
-                Arc::new(session_config(&settings, role)),
-                tls_mode(role, acceptor),
-            ))
+            [false, true].map(|loopback| {
+                Arc::new(Connection::new(
+                    Arc::new(session_config(&settings, role, loopback)),
+                    tls_mode(role, acceptor),
+                ))
+            })
         });
         Live {
             settings,
@@ -354,8 +366,8 @@ impl Live {
         }
     }
 
-    fn connection(&self, role: Role) -> Arc<Connection> {
-        self.connections[role_index(role)].clone()
+    fn connection(&self, role: Role, local: SocketAddr) -> Arc<Connection> {
+        self.connections[role_index(role)][usize::from(local.ip().is_loopback())].clone()
     }
 }
 
@@ -445,13 +457,21 @@ fn bind(settings: &Settings, listener: &Listener) -> Result<Async<TcpListener>, 
     Async::new(socket).map_err(error)
 }
 
-/// The session configuration for a role.
-fn session_config(settings: &Settings, role: Role) -> Config {
+/// The session configuration for a role, on a loopback listener or not. AUTH is offered on
+/// the submission ports, and on smtp only when `[auth] smtp_listener` says so; always under
+/// TLS only, except on a loopback listener when `[auth] allow_plaintext_on_loopback` is set.
+fn session_config(settings: &Settings, role: Role, loopback: bool) -> Config {
     let mut config = Config::new(settings.hostname.clone());
     config.limits.max_message_size = settings.max_message_size;
     config.timeouts = settings.timeouts;
     config.extensions.starttls = role != Role::Submissions;
-    config.auth = AuthPolicy::TlsOnly;
+    config.auth = if role == Role::Smtp && !settings.auth.smtp_listener {
+        AuthPolicy::Never
+    } else if settings.auth.allow_plaintext_on_loopback && loopback {
+        AuthPolicy::AllowPlaintext
+    } else {
+        AuthPolicy::TlsOnly
+    };
     config.require_auth = role.requires_auth();
     config
 }
@@ -466,6 +486,9 @@ fn tls_mode(role: Role, acceptor: &TlsAcceptor) -> TlsMode {
 
 /// Accepts connections forever, one task each.
 async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtime>) {
+    let Ok(local) = socket.get_ref().local_addr() else {
+        return;
+    };
     loop {
         match socket.accept().await {
             Ok((stream, peer)) => {
@@ -493,7 +516,7 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
                 };
                 smol::spawn(async move {
                     let _permit: Permit = permit;
-                    let connection = live.connection(role);
+                    let connection = live.connection(role, local);
                     let mut reception = Reception::new(live.shared.clone(), role);
                     if let Err(e) = connection.run_tcp(stream, &mut reception).await {
                         log_connection_error(peer, role, &e);
