@@ -277,6 +277,8 @@ pub struct Session {
     authenticated: Option<String>,
     transaction: Option<Transaction>,
     lines_seen: u64,
+    /// Set by [`Session::handle_shutdown`]: close as soon as no transaction is open.
+    draining: bool,
     errors: u32,
     next_ticket: u64,
     idle_deadline: Option<Instant>,
@@ -307,6 +309,7 @@ impl Session {
             authenticated: None,
             transaction: None,
             lines_seen: 0,
+            draining: false,
             errors: 0,
             next_ticket: 0,
             idle_deadline: None,
@@ -419,6 +422,18 @@ impl Session {
             }
             _ => {}
         }
+    }
+
+    /// The server is shutting down: close as soon as no transaction is open, with
+    /// `421 4.3.2` (RFC 5321 3.8: "the server [...] MAY [...] send a 421 response [...] and
+    /// close"; RFC 3463 X.3.2 "System not accepting network messages"). An idle session closes
+    /// at once; one inside a transaction finishes it (its message is answered) first.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        if self.is_closed() || self.draining {
+            return;
+        }
+        self.draining = true;
+        self.process(now);
     }
 
     /// The TLS handshake requested by [`Action::StartTls`] completed.
@@ -542,6 +557,16 @@ impl Session {
         loop {
             match &mut self.state {
                 State::Closed | State::Pending(..) | State::TlsHandshake => break,
+                State::Command if self.draining && self.transaction.is_none() => {
+                    self.fatal(Reply::of(
+                        421,
+                        (4, 3, 2),
+                        format!(
+                            "{} Service shutting down, try again later",
+                            self.config.hostname
+                        ),
+                    ));
+                }
                 State::Command => {
                     let limit = self.command_limit(at);
                     match self.take_line(&mut at, limit) {

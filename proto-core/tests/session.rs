@@ -802,6 +802,31 @@ fn timeouts_follow_rfc_5321() {
 }
 
 #[test]
+fn shutdown_closes_idle_sessions_and_lets_transactions_finish() {
+    let mut h = Harness::new(config());
+    h.input(b"EHLO c\r\n");
+    h.session.handle_shutdown(h.now);
+    h.drain();
+    assert_eq!(h.codes(), ["220", "250", "421"]);
+    assert!(h.replies()[2].starts_with("421 4.3.2"));
+    assert!(h.closed());
+
+    let mut h = Harness::new(config());
+    h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\npart");
+    h.session.handle_shutdown(h.now);
+    h.drain();
+    assert!(!h.closed(), "the message in flight continues");
+    h.input(b"ial\r\n.\r\nMAIL FROM:<a@b.c>\r\n");
+    assert_eq!(h.codes()[4..], ["354", "250", "421"]);
+    assert_eq!(h.messages, vec![b"partial\r\n".to_vec()]);
+    assert!(h.closed());
+    // Shutdown after close, or twice, is a no-op.
+    h.session.handle_shutdown(h.now);
+    h.drain();
+    assert_eq!(h.codes().len(), 7);
+}
+
+#[test]
 fn eof_aborts_transaction_without_reply() {
     let mut h = Harness::new(config());
     h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n");

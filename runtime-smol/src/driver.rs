@@ -15,6 +15,7 @@ use std::fmt;
 use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
@@ -54,6 +55,46 @@ impl fmt::Debug for TlsMode {
     }
 }
 
+/// Asks every connection that shares it to finish: idle sessions close at once with 421,
+/// sessions inside a transaction finish it first ([`Session::handle_shutdown`]).
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<ShutdownInner>);
+
+#[derive(Debug, Default)]
+struct ShutdownInner {
+    triggered: AtomicBool,
+    event: event_listener::Event,
+}
+
+impl Shutdown {
+    /// A signal not yet triggered.
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Tells every connection using this signal to finish.
+    pub fn trigger(&self) {
+        self.0.triggered.store(true, Ordering::SeqCst);
+        self.0.event.notify(usize::MAX);
+    }
+
+    /// Whether [`Shutdown::trigger`] was called.
+    pub fn is_triggered(&self) -> bool {
+        self.0.triggered.load(Ordering::SeqCst)
+    }
+
+    /// Completes once triggered.
+    async fn triggered(&self) {
+        while !self.is_triggered() {
+            let listener = self.0.event.listen();
+            if self.is_triggered() {
+                break;
+            }
+            listener.await;
+        }
+    }
+}
+
 /// Why a connection ended other than by an orderly close. The handler has been told about any
 /// open transaction ([`Handler::aborted`]) before this is returned.
 #[derive(Debug, Error)]
@@ -88,6 +129,7 @@ pub struct Connection {
     config: Arc<Config>,
     tls: TlsMode,
     handshake_timeout: Duration,
+    shutdown: Shutdown,
 }
 
 impl Connection {
@@ -97,7 +139,14 @@ impl Connection {
             config,
             tls,
             handshake_timeout: Duration::from_secs(60),
+            shutdown: Shutdown::new(),
         }
+    }
+
+    /// Makes sessions finish when `shutdown` is triggered (see [`Shutdown`]).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Connection {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Sets how long a TLS handshake (implicit or after STARTTLS) may take.
@@ -140,14 +189,14 @@ impl Connection {
             let mut stream = tls::handshake(acceptor, stream, self.handshake_timeout).await?;
             peer.tls = Some(tls::info(&stream));
             let mut session = Session::new(self.config.clone(), peer, Instant::now());
-            return match drive(&mut stream, &mut session, handler).await? {
+            return match drive(&mut stream, &mut session, handler, &self.shutdown).await? {
                 Next::Closed => Ok(()),
                 // The session refuses STARTTLS once TLS is active; never reached.
                 Next::StartTls => Err(Error::Usage(UsageError::TlsNotRequested)),
             };
         }
         let mut session = Session::new(self.config.clone(), peer, Instant::now());
-        match drive(&mut stream, &mut session, handler).await? {
+        match drive(&mut stream, &mut session, handler, &self.shutdown).await? {
             Next::Closed => Ok(()),
             Next::StartTls => {
                 let TlsMode::StartTls(acceptor) = &self.tls else {
@@ -163,7 +212,7 @@ impl Connection {
                         }
                     };
                 session.handle_tls_established(Instant::now(), tls::info(&stream))?;
-                match drive(&mut stream, &mut session, handler).await? {
+                match drive(&mut stream, &mut session, handler, &self.shutdown).await? {
                     Next::Closed => Ok(()),
                     Next::StartTls => Err(Error::Usage(UsageError::TlsNotRequested)),
                 }
@@ -185,10 +234,16 @@ enum Next {
 enum Wake {
     Read(io::Result<usize>),
     Deadline,
+    Shutdown,
 }
 
 /// Runs `session` over `stream` until it closes or asks for TLS.
-async fn drive<S, H>(stream: &mut S, session: &mut Session, handler: &mut H) -> Result<Next, Error>
+async fn drive<S, H>(
+    stream: &mut S,
+    session: &mut Session,
+    handler: &mut H,
+    shutdown: &Shutdown,
+) -> Result<Next, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -196,6 +251,10 @@ where
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_SIZE];
     loop {
+        if shutdown.is_triggered() {
+            // A no-op after the first time.
+            session.handle_shutdown(Instant::now());
+        }
         // 1. Carry out every action, in order.
         while let Some(action) = session.poll_action() {
             match action {
@@ -253,7 +312,15 @@ where
                 None => future::pending().await,
             }
         };
-        let wake = future::or(read, timer).await;
+        let stop = async {
+            if shutdown.is_triggered() {
+                future::pending().await
+            } else {
+                shutdown.triggered().await;
+                Wake::Shutdown
+            }
+        };
+        let wake = future::or(future::or(read, timer), stop).await;
         let now = Instant::now();
         match wake {
             Wake::Read(Ok(0)) => session.handle_eof(now),
@@ -264,6 +331,7 @@ where
                 return Err(Error::Io(e));
             }
             Wake::Deadline => session.handle_timeout(now),
+            Wake::Shutdown => session.handle_shutdown(now),
         }
     }
 }

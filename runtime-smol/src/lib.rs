@@ -88,7 +88,7 @@ mod driver;
 mod handler;
 mod tls;
 
-pub use driver::{Connection, Error, TlsMode};
+pub use driver::{Connection, Error, Shutdown, TlsMode};
 pub use handler::Handler;
 
 /// The TLS types a caller needs to build a [`TlsMode`] (re-exported from futures-rustls).

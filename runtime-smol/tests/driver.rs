@@ -241,3 +241,45 @@ fn peer_vanishing_mid_message_aborts_the_transaction() {
         assert!(!calls.contains(&"end".to_string()), "{calls:?}");
     });
 }
+
+#[test]
+fn shutdown_lets_the_message_finish_then_closes() {
+    smol::block_on(async {
+        let recorder = Recorder::default();
+        let shutdown = runtime_smol::Shutdown::new();
+        let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None)
+            .with_shutdown(shutdown.clone());
+        let (addr, task) = serve_one(connection, recorder.clone());
+        let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        read_until(&mut c, "220 mx.test").await;
+        send(
+            &mut c,
+            "EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n",
+        )
+        .await;
+        read_until(&mut c, "354 ").await;
+        send(&mut c, "Subject: x\r\n\r\nhalf").await;
+        shutdown.trigger();
+        send(&mut c, " of it\r\n.\r\n").await;
+        let rest = read_until(&mut c, "421 4.3.2").await;
+        assert!(
+            rest.contains("250 2.0.0 stored"),
+            "the message in flight is accepted: {rest}"
+        );
+        let mut tail = Vec::new();
+        c.read_to_end(&mut tail).await.expect("read to EOF");
+        task.await;
+        assert!(recorder.calls().contains(&"end".to_string()));
+
+        // An idle session closes at once.
+        let shutdown = runtime_smol::Shutdown::new();
+        let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None)
+            .with_shutdown(shutdown.clone());
+        let (addr, task) = serve_one(connection, Recorder::default());
+        let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        read_until(&mut c, "220 mx.test").await;
+        shutdown.trigger();
+        read_until(&mut c, "421 4.3.2").await;
+        task.await;
+    });
+}

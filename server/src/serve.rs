@@ -31,8 +31,8 @@
 //! connections already open get `shutdown_grace` to finish (a second signal cuts the wait
 //! short), then the process exits. Nothing acknowledged can be lost: a 250 is only sent once
 //! every copy is fsynced, and a transaction cut off by the exit was never acknowledged (the
-//! client retries). Idle connections are not closed early: that needs a way to ask a session
-//! to end after its transaction, which the core does not offer yet.
+//! client retries). Sessions are told to finish (`Session::handle_shutdown`): an idle one is
+//! answered `421 4.3.2` and closed at once, one inside a transaction finishes it first.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::io::AsyncWriteExt;
 use futures_lite::{StreamExt, future};
 use proto_core::{AuthPolicy, Config};
-use runtime_smol::{Connection, TlsAcceptor, TlsMode};
+use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Listener, Role, Settings};
@@ -148,9 +148,11 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     }
     systemd::notify("READY=1");
 
+    let shutdown = Shutdown::new();
     let runtime = Arc::new(Runtime {
         dir: dir.to_path_buf(),
-        live: RwLock::new(Arc::new(Live::new(settings, &acceptor))),
+        live: RwLock::new(Arc::new(Live::new(settings, &acceptor, &shutdown))),
+        shutdown,
         certificates,
         acceptor,
         counter: ConnectionCounter::new(),
@@ -179,6 +181,8 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         for task in tasks {
             task.cancel().await;
         }
+        // Idle sessions close now with 421; sessions inside a transaction finish it first.
+        runtime.shutdown.trigger();
         // A second SIGTERM or SIGINT ends the wait at once.
         let again = async {
             while let Some(Ok(signal)) = signals.next().await {
@@ -213,6 +217,8 @@ struct Runtime {
     acceptor: TlsAcceptor,
     /// The connections open now.
     counter: Arc<ConnectionCounter>,
+    /// Triggered on SIGTERM: sessions finish their transaction and close.
+    shutdown: Shutdown,
     /// Whether the listeners came from systemd rather than `[listeners]`.
     activated: bool,
 }
@@ -284,7 +290,7 @@ impl Runtime {
         log_problems(&problems);
         log::event("tls", format_args!("reloaded {}", store.summary()));
         self.certificates.replace(store);
-        let live = Arc::new(Live::new(settings, &self.acceptor));
+        let live = Arc::new(Live::new(settings, &self.acceptor, &self.shutdown));
         log::event(
             "reload",
             format_args!(
@@ -334,7 +340,7 @@ fn log_problems(problems: &[ConfigError]) {
 
 impl Live {
     /// What new connections get under `settings`.
-    fn new(settings: Settings, acceptor: &TlsAcceptor) -> Live {
+    fn new(settings: Settings, acceptor: &TlsAcceptor, shutdown: &Shutdown) -> Live {
         let users = Arc::new(UserDb::new(settings.domains_dir()));
         // Hash the dummy password now, so the first login for an unknown user is not slower.
         let _ = userdb::dummy_hash();
@@ -353,10 +359,13 @@ impl Live {
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
             [false, true].map(|loopback| {
-                Arc::new(Connection::new(
-                    Arc::new(session_config(&settings, role, loopback)),
-                    tls_mode(role, acceptor),
-                ))
+                Arc::new(
+                    Connection::new(
+                        Arc::new(session_config(&settings, role, loopback)),
+                        tls_mode(role, acceptor),
+                    )
+                    .with_shutdown(shutdown.clone()),
+                )
             })
         });
         Live {

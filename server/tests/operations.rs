@@ -102,7 +102,9 @@ fn sigterm_lets_a_message_in_flight_finish() {
     );
     client.send("go");
     assert_eq!(client.line(), "end 250", "log:\n{}", server.log());
-    assert_eq!(client.line(), "quit 221");
+    // The transaction done, the session is closed with 421 4.3.2 (it is shutting down); the
+    // client's QUIT reads that reply.
+    assert_eq!(client.line(), "quit 421");
     assert_eq!(client.line(), "new connection refused");
     let status = server.wait_exit(10);
     assert!(status.success(), "{status}");
@@ -125,13 +127,9 @@ fn shutdown_grace_bounds_the_wait() {
     let dir = config_dir("shutdown_grace = 1");
     write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
     let mut server = Server::start(dir.path(), 2);
-    // An idle client that never leaves.
-    let idle = Script::start(
-        "import socket, sys\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-         print(s.recv(100).decode().strip())\nsys.stdin.readline()\n",
-        &[server.port("smtp").to_string()],
-    );
-    assert!(idle.line().starts_with("220 "));
+    // A client that stops halfway through its message and never leaves.
+    let stalled = Script::start(STALLED, &[server.port("smtp").to_string()]);
+    assert_eq!(stalled.line(), "in data");
     server.signal("TERM");
     let status = server.wait_exit(10);
     assert!(status.success(), "{status}");
@@ -147,12 +145,8 @@ fn a_second_sigterm_stops_waiting() {
     let dir = config_dir("shutdown_grace = 60");
     write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
     let mut server = Server::start(dir.path(), 2);
-    let idle = Script::start(
-        "import socket, sys\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-         print(s.recv(100).decode().strip())\nsys.stdin.readline()\n",
-        &[server.port("smtp").to_string()],
-    );
-    assert!(idle.line().starts_with("220 "));
+    let stalled = Script::start(STALLED, &[server.port("smtp").to_string()]);
+    assert_eq!(stalled.line(), "in data");
     server.signal("TERM");
     server.wait_log("waiting up to 60 s for 1 open connections", 10);
     server.signal("TERM");
@@ -160,6 +154,59 @@ fn a_second_sigterm_stops_waiting() {
     assert!(status.success(), "{status}");
     assert!(server.log().contains("second signal"), "{}", server.log());
 }
+
+/// Opens a transaction, starts DATA, says so, then stalls until stdin closes.
+const STALLED: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+while not f.readline().startswith(b"354"):
+    pass
+s.sendall(b"Subject: half\r\n")
+print("in data", flush=True)
+sys.stdin.readline()
+"#;
+
+#[test]
+fn sigterm_closes_idle_sessions_at_once() {
+    let dir = config_dir("shutdown_grace = 60");
+    write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
+    let mut server = Server::start(dir.path(), 2);
+    let idle = python(
+        IDLE_AFTER_EHLO,
+        &[
+            server.port("smtp").to_string(),
+            "TERM".into(),
+            server.child.id().to_string(),
+        ],
+    );
+    assert_eq!(
+        idle,
+        "421 4.3.2 localhost Service shutting down, try again later\n"
+    );
+    let status = server.wait_exit(10);
+    assert!(status.success(), "{status}");
+    assert!(
+        server.log().contains("all connections closed"),
+        "{}",
+        server.log()
+    );
+}
+
+/// Greets, sends SIGTERM to the server (pid in argv[3]), prints what the server says unasked.
+const IDLE_AFTER_EHLO: &str = r#"
+import os, signal, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"EHLO c.test\r\n")
+while not f.readline().startswith(b"250 "):
+    pass
+os.kill(int(sys.argv[3]), signal.SIGTERM)
+print(f.readline().decode().strip())
+"#;
 
 /// Reads the greeting, then prints what the server says next without being asked.
 const IDLE: &str = r#"
