@@ -2,19 +2,23 @@
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
 //! embedded default), [`tls`] (certificates), [`recipients`] (local domains and users),
-//! [`reception`] (the session handler), [`queue`] (queue ids and the body spool), [`trace`]
-//! (Received: and friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and
-//! [`log`] (one line per mail event).
+//! [`reception`] (the session handler), [`queue`] (queue ids), [`store`] (the fjall queue
+//! store), [`commit`] (group commit), [`local`] (delivery workers), [`trace`] (Received: and
+//! friends), [`delivery`] (Maildir), [`serve`] (listeners and signals) and [`log`] (one line
+//! per mail event).
 
 mod cli;
+mod commit;
 mod config;
 mod delivery;
 mod init;
+mod local;
 mod log;
 mod queue;
 mod reception;
 mod recipients;
 mod serve;
+mod store;
 mod tls;
 mod trace;
 

@@ -102,13 +102,6 @@ impl Recipients {
     }
 }
 
-impl LocalMailbox {
-    /// Its Maildir under `mail_dir`.
-    pub fn maildir(&self, mail_dir: &Path) -> PathBuf {
-        mail_dir.join(&self.domain).join(&self.user)
-    }
-}
-
 impl fmt::Display for LocalMailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.user, self.domain)

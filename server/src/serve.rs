@@ -5,8 +5,14 @@
 //! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
 //! configuration; each connection runs as its own task on smol's executor.
 //!
-//! On SIGTERM or SIGINT the listeners close and the process exits. Nothing acknowledged can be
-//! lost: a 250 is only sent once every copy is fsynced. (Waiting for transactions in flight,
+//! Before listening, the queue store at `<data_dir>/queue/` is opened (recovering from a crash
+//! if needed), partial bodies of unacknowledged transactions are swept, the group committer
+//! starts, and every message still queued goes to the delivery workers ([`crate::local`];
+//! `POSTERN_DELIVERY_PAUSED=1` keeps them stopped, for tests).
+//!
+//! On SIGTERM or SIGINT the listeners close and the process exits, keeping the queue. Nothing
+//! acknowledged can be lost: a 250 is only sent once the message is fsynced in the store.
+//! (Waiting for transactions in flight,
 //! SIGHUP reloads, connection limits and systemd socket activation are later steps.)
 
 use std::net::{SocketAddr, TcpListener};
@@ -19,12 +25,15 @@ use futures_lite::StreamExt;
 use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, TlsAcceptor, TlsMode};
 
+use crate::commit::Committer;
 use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::init;
+use crate::local::{self, Local};
 use crate::log;
-use crate::queue;
+use crate::queue::QueueId;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
+use crate::store::Store;
 use crate::tls;
 
 /// A problem that stops `serve`.
@@ -56,29 +65,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             settings.mail_dir().display()
         ))
     })?;
-    let leftovers = queue::prepare(&settings.spool_dir()).map_err(|e| {
-        settings.data_dir_error(format!(
-            "cannot prepare {}: {e}",
-            settings.spool_dir().display()
-        ))
-    })?;
-    if leftovers > 0 {
-        log::event(
-            "startup",
-            format_args!("removed {leftovers} unacknowledged partial bodies from the spool"),
-        );
-    }
-
-    let shared = Arc::new(Shared {
-        hostname: settings.hostname.clone(),
-        recipients: Recipients::new(
-            settings.domains_dir(),
-            settings.mail_dir(),
-            settings.hostname.clone(),
-        ),
-        mail_dir: settings.mail_dir(),
-        spool_dir: settings.spool_dir(),
-    });
+    let (shared, local, local_ids) = open_queue(&settings)?;
 
     let mut bound = Vec::new();
     for listener in &settings.listeners {
@@ -99,7 +86,18 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         println!("postern: listening on {local} ({})", role.name());
     }
 
+    let paused = local::paused();
+    if paused {
+        println!(
+            "postern: delivery paused ({}=1): messages stay queued",
+            local::PAUSE_VARIABLE
+        );
+    }
+
     smol::block_on(async {
+        if !paused {
+            local::start(local.clone(), local_ids.clone());
+        }
         let tasks: Vec<_> = bound
             .into_iter()
             .map(|(role, _, socket)| {
@@ -120,7 +118,57 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             task.cancel().await;
         }
     });
+    // Deliveries still running are cut short: at worst a recipient is delivered again.
+    let _ = shared.store.sync();
     Ok(())
+}
+
+/// What [`open_queue`] sets up: the sessions' share, the workers' share, and the ids to
+/// deliver.
+type Queue = (Arc<Shared>, Arc<Local>, async_channel::Receiver<QueueId>);
+
+/// Opens the queue store, removes what unacknowledged transactions left, starts the
+/// committer, and queues every message a previous run left for delivery.
+fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
+    let dir = settings.queue_dir();
+    let problem = |e: &dyn std::fmt::Display| {
+        settings.data_dir_error(format!("cannot open the queue in {}: {e}", dir.display()))
+    };
+    let store = Store::open(&dir).map_err(|e| problem(&e))?;
+    let swept = store.sweep().map_err(|e| problem(&e))?;
+    if swept > 0 {
+        log::event(
+            "startup",
+            format_args!("removed the partial bodies of {swept} unacknowledged messages"),
+        );
+    }
+    let committer = Committer::start(store.clone()).map_err(|e| problem(&e))?;
+    let (queue, ids) = async_channel::unbounded();
+    let resumed = local::resume(&store, &queue).map_err(|e| problem(&e))?;
+    if resumed > 0 {
+        log::event(
+            "startup",
+            format_args!("{resumed} queued messages resume delivery"),
+        );
+    }
+    let shared = Arc::new(Shared {
+        recipients: Recipients::new(
+            settings.domains_dir(),
+            settings.mail_dir(),
+            settings.hostname.clone(),
+        ),
+        store: store.clone(),
+        committer: committer.clone(),
+        queue: queue.clone(),
+    });
+    let local = Arc::new(Local {
+        store,
+        committer,
+        mail_dir: settings.mail_dir(),
+        hostname: settings.hostname.clone(),
+        queue,
+    });
+    Ok((shared, local, ids))
 }
 
 /// Binds one listener, or explains why not, pointing at its line.
