@@ -126,29 +126,40 @@ impl Reception {
                     .unwrap_or_default()
             ),
         );
-        let store = self.shared.store.clone();
+        // From here on the work runs as its own task: if this session's future is dropped
+        // (the connection goes away), a message that becomes durable still reaches the
+        // workers instead of waiting in the store for the next start.
+        let (done, outcome) = async_channel::bounded(1);
+        let shared = self.shared.clone();
         let id = t.id.clone();
-        let written = smol::unblock(move || store.put_envelope(&id, &envelope)).await;
-        let durable = match written {
-            Ok(()) => self.shared.committer.sync().await,
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(why) = durable {
-            log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
-            discard(&self.shared.store, &t.id, t.chunks, true).await;
+        let (size, chunks) = (t.size, t.chunks);
+        smol::spawn(async move {
+            let result = commit(&shared, &id, envelope).await;
+            match &result {
+                Ok(()) => {
+                    log::event(
+                        "queued",
+                        format_args!("id={id} size={size} chunks={chunks}"),
+                    );
+                    // Unbounded: fails only if the workers' channel is closed (shutting
+                    // down); the message is durable and resumes at the next start.
+                    let _ = shared.queue.try_send(id);
+                }
+                Err(why) => {
+                    log::event("failed", format_args!("id={id} reason=\"{why}\""));
+                    discard(&shared.store, &id, chunks, true).await;
+                }
+            }
+            let _ = done.try_send(result);
+        })
+        .detach();
+        if !matches!(outcome.recv().await, Ok(Ok(()))) {
             return Verdict::Reject(reply(
                 451,
                 (4, 3, 0),
                 "Local error in processing, try again later",
             ));
         }
-        log::event(
-            "queued",
-            format_args!("id={} size={} chunks={}", t.id, t.size, t.chunks),
-        );
-        // Unbounded: fails only if the workers' channel is closed (shutting down); the
-        // message is durable and resumes at the next start.
-        let _ = self.shared.queue.try_send(t.id.clone());
         Verdict::AcceptWithText(format!("Ok: queued as {}", t.id))
     }
 }
@@ -283,6 +294,16 @@ impl Handler for Reception {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
         }
     }
+}
+
+/// Writes `id`'s envelope after its body and waits for the group commit to make both durable.
+async fn commit(shared: &Shared, id: &QueueId, envelope: Envelope) -> Result<(), String> {
+    let store = shared.store.clone();
+    let i = id.clone();
+    smol::unblock(move || store.put_envelope(&i, &envelope))
+        .await
+        .map_err(|e| e.to_string())?;
+    shared.committer.sync().await
 }
 
 /// Writes one chunk of `t`'s body; a failure is remembered and ends the storing.

@@ -11,7 +11,8 @@
 //! `fsync` of the journal. fjall's journal is one log for all keyspaces, replayed as a prefix
 //! after a crash (a rotation syncs the old journal first), so a recovered envelope always comes
 //! with every chunk written before it. Chunks without an envelope belong to a transaction that
-//! was aborted or never acknowledged: [`Store::sweep`] removes them at startup.
+//! was never acknowledged: an aborted one removes its own at once; what a crash (or a session
+//! cancelled in the middle of a chunk write) leaves, [`Store::sweep`] removes at startup.
 //!
 //! Every method blocks; call them from a blocking thread (`smol::unblock`), never from the
 //! executor.
