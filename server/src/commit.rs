@@ -34,7 +34,9 @@ impl Committer {
         let (requests, waiting) = async_channel::unbounded();
         thread::Builder::new()
             .name("postern-commit".into())
-            .spawn(move || run(&store, &waiting))?;
+            .spawn(move || {
+                run(&store, &waiting);
+            })?;
         Ok(Committer { requests })
     }
 
@@ -66,10 +68,13 @@ impl Committer {
     }
 }
 
-/// The committer thread: batch, fsync once, answer all.
-fn run(store: &Store, waiting: &Receiver<Sender<Outcome>>) {
+/// The committer thread: batch, fsync once, answer all. Returns how many fsyncs it made, once
+/// every handle is gone.
+fn run(store: &Store, waiting: &Receiver<Sender<Outcome>>) -> u64 {
     let mut batch = Vec::new();
+    let mut fsyncs = 0;
     while let Ok(first) = waiting.recv_blocking() {
+        fsyncs += 1;
         batch.push(first);
         while let Ok(more) = waiting.try_recv() {
             batch.push(more);
@@ -80,6 +85,7 @@ fn run(store: &Store, waiting: &Receiver<Sender<Outcome>>) {
             let _ = reply.try_send(outcome.clone());
         }
     }
+    fsyncs
 }
 
 #[cfg(test)]
@@ -138,6 +144,26 @@ mod tests {
             let mut body = String::new();
             std::io::Read::read_to_string(&mut store.body(id, e.chunks), &mut body).expect("body");
             assert_eq!(body, format!("body {}", e.from), "id {id}");
+        }
+    }
+
+    #[test]
+    fn one_fsync_answers_every_waiting_request() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let (requests, waiting) = async_channel::unbounded();
+        let replies: Vec<_> = (0..10)
+            .map(|_| {
+                let (tx, rx) = async_channel::bounded(1);
+                requests.send_blocking(tx).expect("queued");
+                rx
+            })
+            .collect();
+        drop(requests);
+        // Ten requests were waiting when the committer looked: one fsync for all of them.
+        assert_eq!(run(&store, &waiting), 1);
+        for rx in replies {
+            assert_eq!(rx.recv_blocking().expect("answered"), Ok(()));
         }
     }
 

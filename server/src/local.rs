@@ -220,6 +220,92 @@ fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Recipient, TraceRecord};
+
+    fn local_recipient(user: &str) -> Recipient {
+        Recipient {
+            address: Address::Local {
+                domain: "example.org".into(),
+                user: user.into(),
+            },
+            orcpt: None,
+            notify: None,
+            state: RecipientState::Pending,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_defers_only_that_recipient_then_delivery_completes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&tmp.path().join("queue")).expect("open");
+        let committer = Committer::start(store.clone()).expect("committer");
+        let mail_dir = tmp.path().join("mail");
+        let (queue, _ids) = async_channel::unbounded();
+        let local = Local {
+            store: store.clone(),
+            committer,
+            mail_dir: mail_dir.clone(),
+            hostname: "mx.example.org".into(),
+            queue,
+        };
+        let id = QueueId::new();
+        let body = b"Subject: t\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let envelope = Envelope {
+            from: "<s@client.test>".into(),
+            smtputf8: false,
+            body: None,
+            ret: None,
+            envid: None,
+            received_at: 0,
+            trace: TraceRecord {
+                helo: "client.test".into(),
+                client: "[127.0.0.1]".into(),
+                esmtp: true,
+                tls: None,
+                authenticated: false,
+            },
+            size: body.len() as u64,
+            chunks: 1,
+            recipients: vec![local_recipient("alice"), local_recipient("bob")],
+        };
+        store.put_envelope(&id, &envelope).expect("envelope");
+        // bob's Maildir cannot be created: a file is in the way.
+        std::fs::create_dir_all(mail_dir.join("example.org")).expect("mkdir");
+        std::fs::write(mail_dir.join("example.org/bob"), b"in the way").expect("write");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Retry(backoff(1)));
+        let after = store.envelope(&id).expect("read").expect("still queued");
+        assert_eq!(after.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(after.recipients[1].state, RecipientState::Pending);
+        assert_eq!(after.recipients[1].attempts, 1);
+
+        std::fs::remove_file(mail_dir.join("example.org/bob")).expect("unblock");
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(store.envelope(&id).expect("read"), None, "removed");
+        for user in ["alice", "bob"] {
+            let new = mail_dir.join("example.org").join(user).join("new");
+            let files: Vec<_> = std::fs::read_dir(&new).expect("new/").collect();
+            assert_eq!(files.len(), 1, "{user} gets exactly one copy");
+            let path = files
+                .into_iter()
+                .next()
+                .expect("one")
+                .expect("entry")
+                .path();
+            let text = std::fs::read_to_string(path).expect("read");
+            assert!(
+                text.starts_with(&format!(
+                    "Return-Path: <s@client.test>\r\nDelivered-To: {user}@example.org\r\n"
+                )),
+                "{text}"
+            );
+            assert!(text.ends_with("Subject: t\r\n\r\nhello\r\n"), "{text}");
+        }
+        // A message that is gone (delivered by an earlier pass) is nothing to do.
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {
