@@ -34,10 +34,7 @@ impl Node {
     fn new(max_size: u64) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         fs::write(
             root.join("postern.toml"),
             format!(
@@ -184,6 +181,25 @@ impl Node {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
+}
+
+/// A free loopback port below Linux's ephemeral range (32768 and up), so that no client
+/// socket takes it while the server is down between a kill and its restart.
+fn free_port() -> u16 {
+    let mut rng = Rng(u64::from(std::process::id()) << 32
+        | u64::from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.subsec_nanos()),
+        )
+        | 1);
+    for _ in 0..1000 {
+        let port = 20000 + (rng.next() % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 impl Drop for Node {
