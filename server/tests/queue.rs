@@ -618,3 +618,69 @@ fn kill_9_never_loses_an_acknowledged_message() {
         "seed {seed}: failures in log:\n{log}"
     );
 }
+
+/// Sends a partial body of `argv[2]` bytes (never the final dot), then prints `SENT` and waits
+/// for stdin to close before closing the connection.
+const PARTIAL: &str = r#"
+import smtplib, sys
+port, size = int(sys.argv[1]), int(sys.argv[2])
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
+s.ehlo("client.test")
+assert s.mail("sender@client.test")[0] == 250
+assert s.rcpt("alice@localhost")[0] == 250
+s.putcmd("data")
+assert s.getreply()[0] == 354
+s.sock.sendall(b"Subject: partial\r\n\r\n" + (b"y" * 98 + b"\r\n") * (size // 100))
+print("SENT", flush=True)
+sys.stdin.read()
+s.sock.close()
+"#;
+
+/// Runs [`PARTIAL`] until the body is sent; returns the process, whose stdin closes on drop.
+fn partial_body(port: u16, size: usize) -> Child {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(PARTIAL)
+        .args([port.to_string(), size.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "SENT");
+    child
+}
+
+#[test]
+fn partial_bodies_are_removed_on_abort_and_swept_after_a_crash() {
+    let mut node = Node::new(10 * 1024 * 1024);
+    node.start(false);
+    // A client that goes away in the middle of DATA: its chunks are removed at once.
+    let mut client = partial_body(node.port, 1024 * 1024);
+    drop(client.stdin.take());
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    node.terminate();
+    node.start(false);
+    assert!(
+        !node.log().contains("partial bodies"),
+        "nothing to sweep after an abort:\n{}",
+        node.log()
+    );
+    // A crash in the middle of DATA: the next start sweeps the chunks.
+    let mut client = partial_body(node.port, 1024 * 1024);
+    std::thread::sleep(Duration::from_millis(300));
+    node.kill();
+    drop(client.stdin.take());
+    let _ = client.wait();
+    node.start(false);
+    let log = node.log();
+    assert!(
+        log.contains("removed the partial bodies of 1 unacknowledged messages"),
+        "{log}"
+    );
+    assert!(node.inbox("alice").is_empty(), "nothing was acknowledged");
+}
