@@ -536,12 +536,15 @@ fn kill_9_never_loses_an_acknowledged_message() {
     }
     let mut client = Reap(client);
 
+    // Every kill happens, whether the client is still sending or only deliveries are left:
+    // both are moments a crash must survive.
     let mut kills = 0;
+    let mut while_sending = 0;
     let mut acked_at_kill = Vec::new();
     for _ in 0..KILLS {
         std::thread::sleep(rng.millis(50, 400));
-        if client.0.try_wait().expect("try_wait").is_some() {
-            break;
+        if client.0.try_wait().expect("try_wait").is_none() {
+            while_sending += 1;
         }
         node.kill();
         kills += 1;
@@ -599,7 +602,8 @@ fn kill_9_never_loses_an_acknowledged_message() {
     let deliveries: usize = alice.values().chain(bob.values()).sum();
     println!(
         "crash test: seed {seed}, {MESSAGES} messages over {SESSIONS} sessions, {} acknowledged, \
-         {kills} kills (acknowledged so far at each: {acked_at_kill:?}), {deliveries} copies \
+         {kills} kills ({while_sending} while sending; acknowledged so far at each: \
+         {acked_at_kill:?}), {deliveries} copies \
          delivered for {} expected, {duplicates} duplicates, {} lost, {:?} in all",
         acked.len(),
         acked.len() + want_bob.len(),
@@ -611,7 +615,6 @@ fn kill_9_never_loses_an_acknowledged_message() {
         "seed {seed}: acknowledged but lost: {lost:?}\nlog:\n{}",
         node.log()
     );
-    assert!(kills >= 3, "seed {seed}: only {kills} kills happened");
     let log = node.log();
     assert!(
         !log.contains(" failed id="),
