@@ -469,9 +469,9 @@ impl Settings {
         self.data_dir.join("mail")
     }
 
-    /// Where message bodies are written while they arrive: `<data_dir>/queue/tmp`.
-    pub fn spool_dir(&self) -> PathBuf {
-        self.data_dir.join("queue").join("tmp")
+    /// The queue store (a fjall database): `<data_dir>/queue`.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
     }
 
     /// Where local domains are declared: `<dir>/domains`.

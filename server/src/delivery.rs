@@ -9,15 +9,21 @@
 //! Everything here blocks; callers run it on a blocking thread.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Delivers `header` followed by the content of `body` into the Maildir at `maildir`, creating
-/// it if needed. `host` goes into the file name. Returns the path of the file in `new/`.
-pub fn deliver(maildir: &Path, host: &str, header: &[u8], body: &Path) -> io::Result<PathBuf> {
+/// Delivers `header` followed by what `body` reads into the Maildir at `maildir`, creating it
+/// if needed. `host` goes into the file name. Returns the path of the file in `new/`. The body
+/// is copied through a small buffer, so its size does not matter.
+pub fn deliver(
+    maildir: &Path,
+    host: &str,
+    header: &[u8],
+    body: &mut dyn Read,
+) -> io::Result<PathBuf> {
     ensure_maildir(maildir)?;
     let name = unique_name(host);
     let tmp = maildir.join("tmp").join(&name);
@@ -29,8 +35,7 @@ pub fn deliver(maildir: &Path, host: &str, header: &[u8], body: &Path) -> io::Re
             .mode(0o600)
             .open(&tmp)?;
         out.write_all(header)?;
-        let mut input = File::open(body)?;
-        io::copy(&mut input, &mut out)?;
+        io::copy(body, &mut out)?;
         out.sync_all()
     })();
     if let Err(e) = written {
@@ -103,17 +108,16 @@ mod tests {
     #[test]
     fn delivers_into_new_with_the_header_first() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let body = tmp.path().join("body");
-        fs::write(&body, b"Subject: hi\r\n\r\ntext\r\n").expect("write");
+        let body: &[u8] = b"Subject: hi\r\n\r\ntext\r\n";
         let maildir = tmp.path().join("mail/example.org/alice");
         let a = deliver(
             &maildir,
             "mx",
             b"Delivered-To: alice@example.org\r\n",
-            &body,
+            &mut &body[..],
         )
         .expect("deliver");
-        let b = deliver(&maildir, "mx", b"X: 2\r\n", &body).expect("deliver");
+        let b = deliver(&maildir, "mx", b"X: 2\r\n", &mut &body[..]).expect("deliver");
         assert_ne!(a, b);
         assert_eq!(a.parent(), Some(maildir.join("new").as_path()));
         assert_eq!(

@@ -5,23 +5,27 @@
 //! (users, passwords, address normalisation), [`usercmd`] (`postern user`), [`auth`] (logins,
 //! brute-force limits), [`relay`] (who may send where, as whom), [`header_from`] (the header
 //! From check), [`recipients`] (local domains and users), [`reception`] (the session
-//! handler), [`queue`] (queue ids and the body spool), [`trace`] (Received: and friends),
-//! [`delivery`] (Maildir), [`serve`] (listeners and signals), [`systemd`] (socket activation
-//! and readiness) and [`log`] (one line per mail event).
+//! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
+//! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
+//! (Maildir), [`serve`] (listeners and signals), [`systemd`] (socket activation and
+//! readiness) and [`log`] (one line per mail event).
 
 mod auth;
 mod cli;
+mod commit;
 mod config;
 mod delivery;
 mod header_from;
 mod init;
 mod limits;
+mod local;
 mod log;
 mod queue;
 mod reception;
 mod recipients;
 mod relay;
 mod serve;
+mod store;
 mod systemd;
 mod tls;
 mod trace;

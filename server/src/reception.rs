@@ -3,9 +3,12 @@
 //! One [`Reception`] per connection. MAIL opens a transaction with a fresh queue id; RCPT
 //! looks the recipient up ([`Recipients`]): a local mailbox is accepted, an unknown user in a
 //! local domain gets 550 5.1.1, any other domain 550 5.7.1 unless the client may relay. The
-//! body is streamed into the spool; at the end of data the message is delivered to every
-//! recipient's Maildir, each copy fsynced, and only then answered 250, so a 250 always means
-//! the mail is on disk.
+//! body is streamed into the queue store ([`crate::store`]) in chunks of at most
+//! [`CHUNK_SIZE`] bytes as it arrives, unsynced; at the end of data the envelope is written
+//! after the last chunk, the committer ([`crate::commit`]) makes both durable with one group
+//! fsync, and only then is the message answered 250 and handed to the delivery workers
+//! ([`crate::local`]). A transaction that is abandoned (RSET, a dropped connection, a refused
+//! message) has its chunks removed; chunks a crash leaves behind are swept at startup.
 //!
 //! AUTH is checked by [`Authenticator`] (user database, brute-force limits). The relay policy
 //! is [`crate::relay`]'s: without AUTH (or a trusted network) only local recipients; with it,
@@ -15,43 +18,44 @@
 //! rather than being told 250 for mail that would sit here.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_channel::Sender;
 use proto_core::{
     Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath, Session, Verdict,
 };
 use runtime_smol::Handler;
 
 use crate::auth::Authenticator;
+use crate::commit::Committer;
 use crate::config::Role;
-use crate::delivery;
 use crate::header_from::{self, HeaderCollector};
 use crate::log;
-use crate::queue::{QueueId, Spool};
+use crate::queue::QueueId;
 use crate::recipients::{LocalMailbox, Lookup, Recipients};
 use crate::relay::{self, HeaderFromCheck, Policy, Target};
-use crate::trace::{MAX_RECEIVED, ReceivedCounter, Trace};
+use crate::store::{self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, TraceRecord};
+use crate::trace::{MAX_RECEIVED, ReceivedCounter};
 use crate::userdb::Address;
 
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// Our host name.
-    pub hostname: String,
     /// Recipient lookups.
     pub recipients: Recipients,
-    /// `<data_dir>/mail`.
-    pub mail_dir: PathBuf,
-    /// `<data_dir>/queue/tmp`.
-    pub spool_dir: PathBuf,
     /// Checks logins.
     pub auth: Arc<Authenticator>,
     /// Who may relay and send as whom.
     pub policy: Policy,
     /// `[auth] allow_plaintext_on_loopback`.
     pub allow_plaintext_on_loopback: bool,
+    /// The queue store.
+    pub store: Store,
+    /// Group commit.
+    pub committer: Committer,
+    /// Where queued messages go for delivery.
+    pub queue: Sender<QueueId>,
 }
 
 /// The handler of one connection.
@@ -70,11 +74,19 @@ pub struct Reception {
 struct Transaction {
     id: QueueId,
     from: ReversePath,
-    recipients: Vec<LocalMailbox>,
-    spool: Option<Spool>,
+    params: MailParams,
+    recipients: Vec<(LocalMailbox, RcptParams)>,
     received: ReceivedCounter,
     /// The header section, for the header From check of authenticated users.
     header: HeaderCollector,
+    /// Body bytes not yet written: less than [`CHUNK_SIZE`].
+    buffer: Vec<u8>,
+    /// Chunks written to the store so far.
+    chunks: u32,
+    /// Body bytes received so far.
+    size: u64,
+    /// Why the body could not be stored, once it could not.
+    failure: Option<String>,
 }
 
 impl Reception {
@@ -137,98 +149,74 @@ impl Reception {
         ))
     }
 
-    /// Delivers the finished transaction; the verdict for its end of data.
-    async fn deliver(&self, session: &Session, mut t: Transaction) -> Verdict {
-        let stored = t.spool.as_mut().map_or(Err("no body".to_string()), |s| {
-            s.finish().map(|p| p.to_path_buf())
-        });
-        let body = match stored {
-            Ok(path) => path,
-            Err(why) => {
-                log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
-                discard(t.spool).await;
-                return Verdict::Reject(reply(
-                    451,
-                    (4, 3, 0),
-                    "Local error in processing, try again later",
-                ));
-            }
-        };
-        let size = t.spool.as_ref().map_or(0, Spool::size);
-        let trace = Trace {
-            helo: session.helo().unwrap_or("unknown").to_string(),
-            client: client_literal(session),
-            by: self.shared.hostname.clone(),
-            esmtp: session.is_esmtp(),
-            tls: session.tls().cloned(),
-            authenticated: session.authenticated().is_some(),
-            id: t.id.to_string(),
-        };
+    /// Makes the finished transaction durable; the verdict for its end of data.
+    async fn queue(&self, session: &Session, mut t: Transaction) -> Verdict {
+        if t.failure.is_none() && !t.buffer.is_empty() {
+            let chunk = std::mem::take(&mut t.buffer);
+            write_chunk(&self.shared.store, &mut t, chunk).await;
+        }
+        if let Some(why) = t.failure.take() {
+            log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return Verdict::Reject(reply(
+                451,
+                (4, 3, 0),
+                "Local error in processing, try again later",
+            ));
+        }
+        let envelope = envelope(session, &t);
         log::event(
             "received",
             format_args!(
-                "id={} from={} size={size} rcpts={} client={} role={} helo={:?}{}",
+                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}",
                 t.id,
                 t.from,
+                t.size,
                 t.recipients.len(),
                 client_ip(session),
                 self.role.name(),
-                trace.helo,
+                envelope.trace.helo,
                 session
                     .tls()
                     .map(|tls| format!(" tls={} cipher={}", tls.version, tls.cipher))
                     .unwrap_or_default()
             ),
         );
-
-        let mail_dir = self.shared.mail_dir.clone();
-        let host = self.shared.hostname.clone();
-        let from = t.from.clone();
-        let recipients = t.recipients.clone();
-        let results = smol::unblock(move || {
-            let now = SystemTime::now();
-            recipients
-                .into_iter()
-                .map(|mailbox| {
-                    let header = trace.header(&from, &mailbox.to_string(), now);
-                    let result = delivery::deliver(
-                        &mailbox.maildir(&mail_dir),
-                        &host,
-                        header.as_bytes(),
-                        &body,
-                    );
-                    (mailbox, result)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        discard(t.spool).await;
-
-        let mut failed = false;
-        for (mailbox, result) in results {
-            match result {
-                Ok(path) => log::event(
-                    "delivered",
-                    format_args!("id={} to=<{mailbox}> path={}", t.id, path.display()),
-                ),
-                Err(e) => {
-                    failed = true;
+        // From here on the work runs as its own task: if this session's future is dropped
+        // (the connection goes away), a message that becomes durable still reaches the
+        // workers instead of waiting in the store for the next start.
+        let (done, outcome) = async_channel::bounded(1);
+        let shared = self.shared.clone();
+        let id = t.id.clone();
+        let (size, chunks) = (t.size, t.chunks);
+        smol::spawn(async move {
+            let result = commit(&shared, &id, envelope).await;
+            match &result {
+                Ok(()) => {
                     log::event(
-                        "failed",
-                        format_args!("id={} to=<{mailbox}> reason=\"{e}\"", t.id),
+                        "queued",
+                        format_args!("id={id} size={size} chunks={chunks}"),
                     );
+                    // Unbounded: fails only if the workers' channel is closed (shutting
+                    // down); the message is durable and resumes at the next start.
+                    let _ = shared.queue.try_send(id);
+                }
+                Err(why) => {
+                    log::event("failed", format_args!("id={id} reason=\"{why}\""));
+                    discard(&shared.store, &id, chunks, true).await;
                 }
             }
-        }
-        if failed {
-            // Copies already delivered stay; the client's retry may duplicate them, never lose.
+            let _ = done.try_send(result);
+        })
+        .detach();
+        if !matches!(outcome.recv().await, Ok(Ok(()))) {
             return Verdict::Reject(reply(
                 451,
                 (4, 3, 0),
-                "Local delivery failed, try again later",
+                "Local error in processing, try again later",
             ));
         }
-        Verdict::AcceptWithText(format!("Ok: delivered as {}", t.id))
+        Verdict::AcceptWithText(format!("Ok: queued as {}", t.id))
     }
 }
 
@@ -237,7 +225,7 @@ impl Handler for Reception {
         &mut self,
         session: &Session,
         from: &ReversePath,
-        _params: &MailParams,
+        params: &MailParams,
     ) -> Verdict {
         if let Some(user) = self.user(session)
             && !self.shared.policy.grants.may_send_as(user, from)
@@ -254,18 +242,25 @@ impl Handler for Reception {
                 ),
             );
         }
+        if let Some(old) = self.transaction.take() {
+            discard(&self.shared.store, &old.id, old.chunks, false).await;
+        }
         self.transaction = Some(Transaction {
             id: QueueId::new(),
             from: from.clone(),
+            params: params.clone(),
             recipients: Vec::new(),
-            spool: None,
             received: ReceivedCounter::default(),
             header: HeaderCollector::default(),
+            buffer: Vec::new(),
+            chunks: 0,
+            size: 0,
+            failure: None,
         });
         Verdict::Accept
     }
 
-    async fn rcpt(&mut self, session: &Session, to: &ForwardPath, _params: &RcptParams) -> Verdict {
+    async fn rcpt(&mut self, session: &Session, to: &ForwardPath, params: &RcptParams) -> Verdict {
         let (id, from) = match &self.transaction {
             Some(t) => (t.id.to_string(), t.from.to_string()),
             None => ("-".to_string(), String::new()),
@@ -294,9 +289,9 @@ impl Handler for Reception {
         match lookup {
             Ok(Lookup::Local(mailbox)) => {
                 if let Some(t) = &mut self.transaction
-                    && !t.recipients.contains(&mailbox)
+                    && !t.recipients.iter().any(|(m, _)| *m == mailbox)
                 {
-                    t.recipients.push(mailbox);
+                    t.recipients.push((mailbox, params.clone()));
                 }
                 Verdict::Accept
             }
@@ -364,19 +359,23 @@ impl Handler for Reception {
         }
     }
 
-    async fn message_start(&mut self, _session: &Session) {
-        if let Some(t) = &mut self.transaction {
-            t.spool = Some(Spool::create(&self.shared.spool_dir, &t.id).await);
-        }
-    }
+    async fn message_start(&mut self, _session: &Session) {}
 
     async fn message_data(&mut self, _session: &Session, chunk: Vec<u8>) {
-        if let Some(t) = &mut self.transaction
-            && let Some(spool) = &mut t.spool
-        {
-            t.received.feed(&chunk);
-            t.header.feed(&chunk);
-            spool.write(chunk).await;
+        let Some(t) = &mut self.transaction else {
+            return;
+        };
+        t.received.feed(&chunk);
+        t.header.feed(&chunk);
+        t.size += chunk.len() as u64;
+        if t.failure.is_some() {
+            return;
+        }
+        t.buffer.extend_from_slice(&chunk);
+        while t.failure.is_none() && t.buffer.len() >= CHUNK_SIZE {
+            let rest = t.buffer.split_off(CHUNK_SIZE);
+            let full = std::mem::replace(&mut t.buffer, rest);
+            write_chunk(&self.shared.store, t, full).await;
         }
     }
 
@@ -385,11 +384,7 @@ impl Handler for Reception {
             return Verdict::Reject(reply(451, (4, 3, 0), "Local error: no transaction"));
         };
         if t.received.count() > MAX_RECEIVED {
-            let what = format!(
-                "from={} size={}",
-                t.from,
-                t.spool.as_ref().map_or(0, Spool::size)
-            );
+            let what = format!("from={} size={}", t.from, t.size);
             let verdict = self.refuse(
                 session,
                 t.id.as_str(),
@@ -400,27 +395,114 @@ impl Handler for Reception {
                     "Too many Received: header fields, mail loop suspected",
                 ),
             );
-            discard(t.spool).await;
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
         if let Some(verdict) = self.check_header_from(session, &t) {
-            discard(t.spool).await;
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
-        self.deliver(session, t).await
+        self.queue(session, t).await
     }
 
     async fn aborted(&mut self, _session: &Session) {
         if let Some(t) = self.transaction.take() {
-            discard(t.spool).await;
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
         }
     }
 }
 
-/// Removes a spool file, if there is one.
-async fn discard(spool: Option<Spool>) {
-    if let Some(s) = spool {
-        s.discard().await;
+/// Writes `id`'s envelope after its body and waits for the group commit to make both durable.
+async fn commit(shared: &Shared, id: &QueueId, envelope: Envelope) -> Result<(), String> {
+    let store = shared.store.clone();
+    let i = id.clone();
+    smol::unblock(move || store.put_envelope(&i, &envelope))
+        .await
+        .map_err(|e| e.to_string())?;
+    shared.committer.sync().await
+}
+
+/// Writes one chunk of `t`'s body; a failure is remembered and ends the storing.
+async fn write_chunk(store: &Store, t: &mut Transaction, chunk: Vec<u8>) {
+    let store = store.clone();
+    let id = t.id.clone();
+    let index = t.chunks;
+    match smol::unblock(move || store.put_chunk(&id, index, &chunk)).await {
+        Ok(()) => t.chunks += 1,
+        Err(e) => t.failure = Some(e.to_string()),
+    }
+}
+
+/// Removes what an abandoned transaction stored: its chunks, and its envelope if `envelope`.
+/// A failure only leaves work for the startup sweep.
+async fn discard(store: &Store, id: &QueueId, chunks: u32, envelope: bool) {
+    if chunks == 0 && !envelope {
+        return;
+    }
+    let store = store.clone();
+    let id = id.clone();
+    let _ = smol::unblock(move || {
+        if envelope {
+            store.remove(&id, chunks)
+        } else {
+            store.discard_chunks(&id, chunks)
+        }
+    })
+    .await;
+}
+
+/// The envelope to store for a finished transaction.
+fn envelope(session: &Session, t: &Transaction) -> Envelope {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Envelope {
+        from: t.from.to_string(),
+        smtputf8: t.params.smtputf8,
+        body: t.params.body,
+        ret: t.params.ret,
+        envid: t.params.envid.clone(),
+        received_at: now,
+        trace: TraceRecord {
+            helo: session.helo().unwrap_or("unknown").to_string(),
+            client: client_literal(session),
+            esmtp: session.is_esmtp(),
+            tls: session
+                .tls()
+                .map(|tls| (tls.version.clone(), tls.cipher.clone())),
+            authenticated: session.authenticated().is_some(),
+        },
+        size: t.size,
+        chunks: t.chunks,
+        recipients: t
+            .recipients
+            .iter()
+            .map(|(mailbox, params)| Recipient {
+                address: store::Address::Local {
+                    domain: mailbox.domain.clone(),
+                    user: mailbox.user.clone(),
+                },
+                orcpt: params
+                    .orcpt
+                    .as_ref()
+                    .map(|o| (o.addr_type.clone(), o.address.clone())),
+                notify: params.notify,
+                state: RecipientState::Pending,
+                attempts: 0,
+            })
+            .collect(),
+    }
+}
+
+impl Drop for Reception {
+    /// A connection that ends without `aborted` (an I/O error, shutdown) leaves no chunks.
+    fn drop(&mut self) {
+        if let Some(t) = self.transaction.take()
+            && t.chunks > 0
+        {
+            let store = self.shared.store.clone();
+            smol::unblock(move || store.discard_chunks(&t.id, t.chunks)).detach();
+        }
     }
 }
 

@@ -5,6 +5,11 @@
 //! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
 //! configuration; each connection runs as its own task on smol's executor.
 //!
+//! Before listening, the queue store at `<data_dir>/queue/` is opened (recovering from a crash
+//! if needed), partial bodies of unacknowledged transactions are swept, the group committer
+//! starts, and every message still queued goes to the delivery workers ([`crate::local`];
+//! `POSTERN_DELIVERY_PAUSED=1` keeps them stopped, for tests).
+//!
 //! Under systemd socket activation the listening sockets are the ones systemd passes, each
 //! with its role, and `[listeners]` in `postern.toml` is not used; with `NOTIFY_SOCKET` set,
 //! systemd is told when the server is ready and when it stops (see [`crate::systemd`]).
@@ -48,14 +53,17 @@ use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::auth::Authenticator;
+use crate::commit::Committer;
 use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::init;
 use crate::limits::{ConnectionCounter, Permit};
+use crate::local::{self, Local};
 use crate::log;
-use crate::queue;
+use crate::queue::QueueId;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
 use crate::relay::Policy;
+use crate::store::Store;
 use crate::systemd;
 use crate::tls::{self, Certificates, Snapshot};
 use crate::userdb::{self, UserDb};
@@ -92,18 +100,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             settings.mail_dir().display()
         ))
     })?;
-    let leftovers = queue::prepare(&settings.spool_dir()).map_err(|e| {
-        settings.data_dir_error(format!(
-            "cannot prepare {}: {e}",
-            settings.spool_dir().display()
-        ))
-    })?;
-    if leftovers > 0 {
-        log::event(
-            "startup",
-            format_args!("removed {leftovers} unacknowledged partial bodies from the spool"),
-        );
-    }
+    let (queue, workers, work) = open_queue(&settings)?;
 
     let mut bound = Vec::new();
     let activated = match systemd::activated_sockets()? {
@@ -151,14 +148,25 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     let shutdown = Shutdown::new();
     let runtime = Arc::new(Runtime {
         dir: dir.to_path_buf(),
-        live: RwLock::new(Arc::new(Live::new(settings, &acceptor, &shutdown))),
+        live: RwLock::new(Arc::new(Live::new(settings, &acceptor, &shutdown, &queue))),
         shutdown,
+        queue,
         certificates,
         acceptor,
         counter: ConnectionCounter::new(),
         activated,
     });
+    let paused = local::paused();
+    if paused {
+        println!(
+            "postern: delivery paused ({}=1): messages stay queued",
+            local::PAUSE_VARIABLE
+        );
+    }
     smol::block_on(async {
+        if !paused {
+            local::start(workers.clone(), work.clone());
+        }
         let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
         let tasks: Vec<_> = bound
             .into_iter()
@@ -202,6 +210,8 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         )
         .await;
     });
+    // Deliveries still running are cut short: at worst a recipient is delivered again.
+    let _ = runtime.queue.store.sync();
     Ok(())
 }
 
@@ -219,6 +229,8 @@ struct Runtime {
     counter: Arc<ConnectionCounter>,
     /// Triggered on SIGTERM: sessions finish their transaction and close.
     shutdown: Shutdown,
+    /// The queue, opened once; every configuration shares it.
+    queue: QueueParts,
     /// Whether the listeners came from systemd rather than `[listeners]`.
     activated: bool,
 }
@@ -290,7 +302,12 @@ impl Runtime {
         log_problems(&problems);
         log::event("tls", format_args!("reloaded {}", store.summary()));
         self.certificates.replace(store);
-        let live = Arc::new(Live::new(settings, &self.acceptor, &self.shutdown));
+        let live = Arc::new(Live::new(
+            settings,
+            &self.acceptor,
+            &self.shutdown,
+            &self.queue,
+        ));
         log::event(
             "reload",
             format_args!(
@@ -340,12 +357,16 @@ fn log_problems(problems: &[ConfigError]) {
 
 impl Live {
     /// What new connections get under `settings`.
-    fn new(settings: Settings, acceptor: &TlsAcceptor, shutdown: &Shutdown) -> Live {
+    fn new(
+        settings: Settings,
+        acceptor: &TlsAcceptor,
+        shutdown: &Shutdown,
+        queue: &QueueParts,
+    ) -> Live {
         let users = Arc::new(UserDb::new(settings.domains_dir()));
         // Hash the dummy password now, so the first login for an unknown user is not slower.
         let _ = userdb::dummy_hash();
         let shared = Arc::new(Shared {
-            hostname: settings.hostname.clone(),
             auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
             policy: Policy {
                 grants: settings.grants.clone(),
@@ -354,8 +375,9 @@ impl Live {
             },
             allow_plaintext_on_loopback: settings.auth.allow_plaintext_on_loopback,
             recipients: Recipients::new(users, settings.mail_dir(), settings.hostname.clone()),
-            mail_dir: settings.mail_dir(),
-            spool_dir: settings.spool_dir(),
+            store: queue.store.clone(),
+            committer: queue.committer.clone(),
+            queue: queue.sender.clone(),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
             [false, true].map(|loopback| {
@@ -435,6 +457,58 @@ async fn watch_certs(runtime: Arc<Runtime>, mut last: Snapshot) {
             runtime.reload_certs();
         }
     }
+}
+
+/// The queue's handles for sessions, opened once at startup.
+#[derive(Debug, Clone)]
+struct QueueParts {
+    store: Store,
+    committer: Committer,
+    /// Where queued messages go for delivery.
+    sender: async_channel::Sender<QueueId>,
+}
+
+/// What [`open_queue`] sets up: the sessions' handles, the workers' share, and the ids to
+/// deliver.
+type Queue = (QueueParts, Arc<Local>, async_channel::Receiver<QueueId>);
+
+/// Opens the queue store, removes what unacknowledged transactions left, starts the
+/// committer, and queues every message a previous run left for delivery.
+fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
+    let dir = settings.queue_dir();
+    let problem = |e: &dyn std::fmt::Display| {
+        settings.data_dir_error(format!("cannot open the queue in {}: {e}", dir.display()))
+    };
+    let store = Store::open(&dir).map_err(|e| problem(&e))?;
+    let swept = store.sweep().map_err(|e| problem(&e))?;
+    if swept > 0 {
+        log::event(
+            "startup",
+            format_args!("removed the partial bodies of {swept} unacknowledged messages"),
+        );
+    }
+    let committer = Committer::start(store.clone()).map_err(|e| problem(&e))?;
+    let (queue, ids) = async_channel::unbounded();
+    let resumed = local::resume(&store, &queue).map_err(|e| problem(&e))?;
+    if resumed > 0 {
+        log::event(
+            "startup",
+            format_args!("{resumed} queued messages resume delivery"),
+        );
+    }
+    let local = Arc::new(Local {
+        store,
+        committer: committer.clone(),
+        mail_dir: settings.mail_dir(),
+        hostname: settings.hostname.clone(),
+        queue: queue.clone(),
+    });
+    let parts = QueueParts {
+        store: local.store.clone(),
+        committer,
+        sender: queue,
+    };
+    Ok((parts, local, ids))
 }
 
 /// Binds one listener, or explains why not, pointing at its line.

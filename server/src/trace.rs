@@ -15,7 +15,7 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use proto_core::{ReversePath, TlsInfo};
+use proto_core::TlsInfo;
 
 /// More `Received:` fields than this in a message is a mail loop.
 pub const MAX_RECEIVED: usize = 50;
@@ -63,9 +63,9 @@ impl Trace {
 
     /// The fields prepended to the copy for `recipient`: `Return-Path:`, `Delivered-To:` and
     /// `Received:`, CRLF-terminated, folded to stay within 78 characters where it can.
-    pub fn header(&self, from: &ReversePath, recipient: &str, now: SystemTime) -> String {
+    pub fn header(&self, from: &str, recipient: &str, now: SystemTime) -> String {
         let mut h = String::new();
-        let _ = write!(h, "Return-Path: {}\r\n", clean(&from.to_string()));
+        let _ = write!(h, "Return-Path: {}\r\n", clean(from));
         let _ = write!(h, "Delivered-To: {}\r\n", clean(recipient));
         let _ = write!(
             h,
@@ -237,8 +237,8 @@ mod tests {
             authenticated: false,
             id: "0123456789ABCDEF".into(),
         };
-        let from = ReversePath::parse("<a@client.test>").expect("path");
-        let h = trace.header(&from, "bob@mx.test", UNIX_EPOCH);
+        let from = proto_core::ReversePath::parse("<a@client.test>").expect("path");
+        let h = trace.header(&from.to_string(), "bob@mx.test", UNIX_EPOCH);
         assert_eq!(
             h,
             "Return-Path: <a@client.test>\r\n\

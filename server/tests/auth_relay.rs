@@ -134,6 +134,19 @@ impl Server {
         fs::read_to_string(self.root().join("stderr.log")).unwrap_or_default()
     }
 
+    /// Waits (at most 20 s) until `<user>@<domain>` has at least `n` messages: delivery runs
+    /// after the 250, from the queue. Returns what is there then.
+    fn wait_inbox(&self, domain: &str, user: &str, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let inbox = self.inbox(domain, user);
+            if inbox.len() >= n || std::time::Instant::now() >= deadline {
+                return inbox;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The messages delivered to `<user>@<domain>`.
     fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
         let new = self
@@ -467,7 +480,7 @@ fn lettre_logs_in_with_plain_and_login_and_sends() {
         .lettre(Mechanism::Login, "alice@localhost", "alice-pw")
         .send(&message("Alice <alice+news@localhost>", "via login"))
         .expect("LOGIN and send");
-    let inbox = server.inbox("localhost", "bob");
+    let inbox = server.wait_inbox("localhost", "bob", 2);
     assert_eq!(inbox.len(), 2, "{inbox:?}\n{}", server.log());
     assert!(inbox.iter().any(|m| m.contains("Subject: via plain")));
     assert!(inbox.iter().any(|m| m.contains("Subject: via login")));
@@ -491,7 +504,7 @@ fn lettre_logs_in_with_plain_and_login_and_sends() {
         Some("553".into()),
         "{err}"
     );
-    assert_eq!(server.inbox("localhost", "bob").len(), 2);
+    assert_eq!(server.wait_inbox("localhost", "bob", 2).len(), 2);
 }
 
 #[test]
@@ -691,7 +704,7 @@ fn header_from_is_checked() {
         expect(&r, &["235", "250", "250", "354", want], header);
     }
     assert_eq!(
-        server.inbox("localhost", "bob").len(),
+        server.wait_inbox("localhost", "bob", 3).len(),
         3,
         "{}",
         server.log()
@@ -792,7 +805,7 @@ fn smtplib_login_and_send_over_implicit_tls() {
     let out = run("info@localhost", "whatever");
     assert!(out.contains("login 535 5.7.8"), "{out}");
     assert_eq!(
-        server.inbox("localhost", "bob").len(),
+        server.wait_inbox("localhost", "bob", 1).len(),
         1,
         "{}",
         server.log()

@@ -120,8 +120,13 @@ impl Server {
             .collect()
     }
 
-    /// The one message in an inbox, with its subject checked.
+    /// The one message in an inbox, with its subject checked. Delivery runs after the 250,
+    /// so this waits (bounded) for it to arrive.
     fn only_message(&self, domain: &str, user: &str, subject: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.inbox(domain, user).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let inbox = self.inbox(domain, user);
         assert_eq!(
             inbox.len(),

@@ -189,7 +189,7 @@ fn replaced_certificates_are_served_without_dropping_connections() {
     held.send("go");
     assert_eq!(held.line(), "refused {}");
     assert_eq!(held.line(), format!("cert {}", old.2));
-    let inbox = server.inbox("localhost", "alice");
+    let inbox = server.wait_inbox("localhost", "alice", 1);
     assert_eq!(inbox.len(), 1, "{inbox:?}");
     assert!(inbox[0].contains("Subject: held open"), "{}", inbox[0]);
 

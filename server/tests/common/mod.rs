@@ -158,6 +158,19 @@ impl Server {
         }
     }
 
+    /// Waits (at most 20 s) until `<user>@<domain>` has at least `n` messages: delivery runs
+    /// after the 250, from the queue. Returns what is there then.
+    pub fn wait_inbox(&self, domain: &str, user: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let inbox = self.inbox(domain, user);
+            if inbox.len() >= n || Instant::now() >= deadline {
+                return inbox;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Messages delivered to `<data>/mail/<domain>/<user>/new`.
     pub fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
         let new = self

@@ -1,0 +1,325 @@
+//! Local delivery workers: from the queue store into Maildirs.
+//!
+//! Queue ids arrive on a channel: from sessions once a message is durable, from the startup
+//! scan for everything a previous run left pending, and from retry timers. A fixed number of
+//! workers ([`WORKERS`]) take ids from it, so deliveries run concurrently with a bound; each
+//! message is handled by one worker at a time. On a blocking thread, the worker reads the
+//! envelope and, for each recipient still pending, streams the body from the store chunk by
+//! chunk into the Maildir ([`crate::delivery`]: `tmp/`, fsync, `new/`), then marks that
+//! recipient delivered and waits for the group commit to make the mark durable. A crash between
+//! the Maildir rename and the durable mark delivers that recipient again after the restart: a
+//! duplicate, never a loss. When no recipient is pending, the message (envelope and body) is
+//! removed.
+//!
+//! A Maildir write that fails defers the recipient: its attempt count goes up and the message
+//! comes back after [`backoff`] (a simple doubling; the full retry schedule comes with outbound
+//! delivery). After [`MAX_ATTEMPTS`] the recipient is marked failed. (Bounces are not written
+//! yet.) Recipients of another domain cannot be queued yet (RCPT refuses them); should one be
+//! found, it is marked failed, since relaying does not exist.
+//!
+//! For tests, the environment variable `POSTERN_DELIVERY_PAUSED=1` keeps the workers from
+//! starting: messages are accepted and queued but stay pending until a run without it.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender};
+use async_io::Timer;
+use proto_core::TlsInfo;
+
+use crate::commit::Committer;
+use crate::delivery;
+use crate::log;
+use crate::queue::QueueId;
+use crate::store::{Address, Envelope, RecipientState, Store};
+use crate::trace::Trace;
+
+/// How many messages are delivered at the same time.
+pub const WORKERS: usize = 4;
+
+/// After this many failed attempts a recipient is marked failed.
+pub const MAX_ATTEMPTS: u32 = 20;
+
+/// The environment variable that pauses delivery (for tests).
+pub const PAUSE_VARIABLE: &str = "POSTERN_DELIVERY_PAUSED";
+
+/// What the workers share.
+#[derive(Debug)]
+pub struct Local {
+    /// The queue store.
+    pub store: Store,
+    /// Group commit for the delivery marks.
+    pub committer: Committer,
+    /// `<data_dir>/mail`.
+    pub mail_dir: std::path::PathBuf,
+    /// Our host name (Maildir file names, `Received:`).
+    pub hostname: String,
+    /// Where ids to deliver are sent (also used by retry timers).
+    pub queue: Sender<QueueId>,
+}
+
+/// What one pass over a message leaves to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Nothing: delivered, failed, or removed.
+    Done,
+    /// Try again after this long.
+    Retry(Duration),
+}
+
+/// Whether the environment asks for delivery to be paused.
+pub fn paused() -> bool {
+    std::env::var_os(PAUSE_VARIABLE).is_some_and(|v| v == "1")
+}
+
+/// Starts [`WORKERS`] workers on the executor, taking ids from `ids`.
+pub fn start(local: Arc<Local>, ids: Receiver<QueueId>) {
+    for _ in 0..WORKERS {
+        smol::spawn(work(local.clone(), ids.clone())).detach();
+    }
+}
+
+/// Sends every message id in the store to the workers (startup: resume what was pending).
+/// Returns how many.
+pub fn resume(store: &Store, queue: &Sender<QueueId>) -> Result<usize, crate::store::StoreError> {
+    let ids = store.ids()?;
+    let n = ids.len();
+    for id in ids {
+        // Unbounded channel: only fails when closed, which cannot happen while we hold it.
+        let _ = queue.try_send(id);
+    }
+    Ok(n)
+}
+
+/// One worker: deliver messages until the channel closes.
+async fn work(local: Arc<Local>, ids: Receiver<QueueId>) {
+    while let Ok(id) = ids.recv().await {
+        let l = local.clone();
+        let i = id.clone();
+        let outcome = smol::unblock(move || deliver_message(&l, &i)).await;
+        if let Outcome::Retry(after) = outcome {
+            let queue = local.queue.clone();
+            smol::spawn(async move {
+                Timer::after(after).await;
+                let _ = queue.send(id).await;
+            })
+            .detach();
+        }
+    }
+}
+
+/// The wait before the next attempt after `attempts` failures: 15 s, doubling, at most 1 h.
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs((15u64 << attempts.saturating_sub(1).min(10)).min(3600))
+}
+
+/// Delivers every pending recipient of `id` (blocking).
+fn deliver_message(local: &Local, id: &QueueId) -> Outcome {
+    let mut envelope = match local.store.envelope(id) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Outcome::Done,
+        Err(e) => {
+            log::event("failed", format_args!("id={id} reason=\"{e}\""));
+            return Outcome::Retry(backoff(MAX_ATTEMPTS));
+        }
+    };
+    let mut retry: Option<Duration> = None;
+    for i in 0..envelope.recipients.len() {
+        if envelope.recipients[i].state != RecipientState::Pending {
+            continue;
+        }
+        let address = envelope.recipients[i].address.clone();
+        let result = match &address {
+            Address::Local { domain, user } => {
+                let header = trace_header(&envelope, id, &address, &local.hostname);
+                let mut body = local.store.body(id, envelope.chunks);
+                let maildir = local.mail_dir.join(domain).join(user);
+                delivery::deliver(&maildir, &local.hostname, header.as_bytes(), &mut body)
+                    .map_err(|e| e.to_string())
+            }
+            Address::Remote(_) => Err("relaying is not implemented".to_string()),
+        };
+        let r = &mut envelope.recipients[i];
+        match result {
+            Ok(path) => {
+                r.state = RecipientState::Delivered;
+                log::event(
+                    "delivered",
+                    format_args!("id={id} to=<{address}> path={}", path.display()),
+                );
+            }
+            Err(why) => {
+                r.attempts += 1;
+                if r.attempts >= MAX_ATTEMPTS || matches!(address, Address::Remote(_)) {
+                    r.state = RecipientState::Failed;
+                    log::event(
+                        "failed",
+                        format_args!(
+                            "id={id} to=<{address}> attempts={} reason=\"{why}\"",
+                            r.attempts
+                        ),
+                    );
+                } else {
+                    let after = backoff(r.attempts);
+                    retry = Some(retry.map_or(after, |d| d.min(after)));
+                    log::event(
+                        "deferred",
+                        format_args!(
+                            "id={id} to=<{address}> attempts={} retry_in={}s reason=\"{why}\"",
+                            r.attempts,
+                            after.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+        // The mark must be durable before the next step; a crash before this point only
+        // repeats this recipient's delivery.
+        let marked = local
+            .store
+            .put_envelope(id, &envelope)
+            .map_err(|e| e.to_string())
+            .and_then(|()| local.committer.sync_blocking());
+        if let Err(why) = marked {
+            log::event(
+                "deferred",
+                format_args!("id={id} reason=\"cannot record the delivery: {why}\""),
+            );
+            return Outcome::Retry(backoff(1));
+        }
+    }
+    if envelope.pending() {
+        return Outcome::Retry(retry.unwrap_or_else(|| backoff(1)));
+    }
+    match local.store.remove(id, envelope.chunks) {
+        Ok(()) => log::event("removed", format_args!("id={id}")),
+        Err(e) => log::event("failed", format_args!("id={id} reason=\"remove: {e}\"")),
+    }
+    Outcome::Done
+}
+
+/// The `Return-Path:`, `Delivered-To:` and `Received:` fields for one recipient.
+fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> String {
+    let t = &envelope.trace;
+    let trace = Trace {
+        helo: t.helo.clone(),
+        client: t.client.clone(),
+        by: by.to_string(),
+        esmtp: t.esmtp,
+        tls: t
+            .tls
+            .as_ref()
+            .map(|(version, cipher)| TlsInfo::new(version.clone(), cipher.clone(), None)),
+        authenticated: t.authenticated,
+        id: id.to_string(),
+    };
+    let received = UNIX_EPOCH + Duration::from_secs(envelope.received_at);
+    trace.header(&envelope.from, &to.to_string(), received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Recipient, TraceRecord};
+
+    fn local_recipient(user: &str) -> Recipient {
+        Recipient {
+            address: Address::Local {
+                domain: "example.org".into(),
+                user: user.into(),
+            },
+            orcpt: None,
+            notify: None,
+            state: RecipientState::Pending,
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_defers_only_that_recipient_then_delivery_completes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&tmp.path().join("queue")).expect("open");
+        let committer = Committer::start(store.clone()).expect("committer");
+        let mail_dir = tmp.path().join("mail");
+        let (queue, _ids) = async_channel::unbounded();
+        let local = Local {
+            store: store.clone(),
+            committer,
+            mail_dir: mail_dir.clone(),
+            hostname: "mx.example.org".into(),
+            queue,
+        };
+        let id = QueueId::new();
+        let body = b"Subject: t\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let envelope = Envelope {
+            from: "<s@client.test>".into(),
+            smtputf8: false,
+            body: None,
+            ret: None,
+            envid: None,
+            received_at: 0,
+            trace: TraceRecord {
+                helo: "client.test".into(),
+                client: "[127.0.0.1]".into(),
+                esmtp: true,
+                tls: None,
+                authenticated: false,
+            },
+            size: body.len() as u64,
+            chunks: 1,
+            recipients: vec![local_recipient("alice"), local_recipient("bob")],
+        };
+        store.put_envelope(&id, &envelope).expect("envelope");
+        // bob's Maildir cannot be created: a file is in the way.
+        std::fs::create_dir_all(mail_dir.join("example.org")).expect("mkdir");
+        std::fs::write(mail_dir.join("example.org/bob"), b"in the way").expect("write");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Retry(backoff(1)));
+        let after = store.envelope(&id).expect("read").expect("still queued");
+        assert_eq!(after.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(after.recipients[1].state, RecipientState::Pending);
+        assert_eq!(after.recipients[1].attempts, 1);
+
+        std::fs::remove_file(mail_dir.join("example.org/bob")).expect("unblock");
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(store.envelope(&id).expect("read"), None, "removed");
+        for user in ["alice", "bob"] {
+            let new = mail_dir.join("example.org").join(user).join("new");
+            let files: Vec<_> = std::fs::read_dir(&new).expect("new/").collect();
+            assert_eq!(files.len(), 1, "{user} gets exactly one copy");
+            let path = files
+                .into_iter()
+                .next()
+                .expect("one")
+                .expect("entry")
+                .path();
+            let text = std::fs::read_to_string(path).expect("read");
+            assert!(
+                text.starts_with(&format!(
+                    "Return-Path: <s@client.test>\r\nDelivered-To: {user}@example.org\r\n"
+                )),
+                "{text}"
+            );
+            assert!(text.ends_with("Subject: t\r\n\r\nhello\r\n"), "{text}");
+        }
+        // A message that is gone (delivered by an earlier pass) is nothing to do.
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let cases = [
+            (0, 15),
+            (1, 15),
+            (2, 30),
+            (3, 60),
+            (8, 1920),
+            (9, 3600),
+            (50, 3600),
+        ];
+        for (attempts, secs) in cases {
+            assert_eq!(backoff(attempts).as_secs(), secs, "input {attempts}");
+        }
+    }
+}
