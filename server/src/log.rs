@@ -9,11 +9,25 @@
 //! logged.
 
 use std::fmt;
+use std::io::Write;
 use std::time::SystemTime;
 
 use crate::trace::rfc3339;
 
-/// Writes one log line: the time, `event`, then `fields`.
+/// Writes one log line: the time, `event`, then `fields`. The line is formatted first and
+/// written in one call, so lines from concurrent sessions never interleave; a closed or full
+/// standard error loses the line instead of stopping the server (`eprintln!` would panic).
 pub fn event(event: &str, fields: fmt::Arguments<'_>) {
-    eprintln!("{} {event} {fields}", rfc3339(SystemTime::now()));
+    let line = format!("{} {event} {fields}\n", rfc3339(SystemTime::now()));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Prints a status line for the operator on standard output (what `serve` listens on, that
+/// it stops). Like [`event`], a closed standard output is not an error worth dying for.
+pub fn status(args: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
 }

@@ -82,10 +82,10 @@ pub enum ServeError {
 /// Runs the server from the configuration directory `dir` until SIGTERM or SIGINT.
 pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     if init::create_default(dir)? {
-        println!(
+        log::status(format_args!(
             "postern: created the default configuration in {} (postern.toml, a self-signed certificate, domains/localhost/)",
             dir.display()
-        );
+        ));
     }
     let settings = Settings::load(dir)?;
     let certs_snapshot = Snapshot::take(&settings.certs_dir());
@@ -105,11 +105,11 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     let mut bound = Vec::new();
     let activated = match systemd::activated_sockets()? {
         Some(sockets) => {
-            println!(
+            log::status(format_args!(
                 "postern: {} sockets from systemd (socket activation); [listeners] in {} is not used",
                 sockets.len(),
                 settings.file.display()
-            );
+            ));
             for (role, socket) in sockets {
                 let local = socket.get_ref().local_addr().map_err(|e| {
                     systemd::activation_error(format!(
@@ -134,14 +134,17 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     let mut signals =
         Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?;
 
-    println!(
+    log::status(format_args!(
         "postern: {} serving; configuration {}, data {}",
         settings.hostname,
         settings.file.display(),
         settings.data_dir.display()
-    );
+    ));
     for (role, local, _) in &bound {
-        println!("postern: listening on {local} ({})", role.name());
+        log::status(format_args!(
+            "postern: listening on {local} ({})",
+            role.name()
+        ));
     }
     systemd::notify("READY=1");
 
@@ -158,10 +161,10 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     });
     let paused = local::paused();
     if paused {
-        println!(
+        log::status(format_args!(
             "postern: delivery paused ({}=1): messages stay queued",
             local::PAUSE_VARIABLE
-        );
+        ));
     }
     smol::block_on(async {
         if !paused {
@@ -183,7 +186,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             }
         };
         watcher.cancel().await;
-        println!("postern: {name} received, stopping");
+        log::status(format_args!("postern: {name} received, stopping"));
         systemd::notify("STOPPING=1");
         // Cancelling the accept loops drops, and so closes, the listening sockets.
         for task in tasks {

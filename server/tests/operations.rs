@@ -451,3 +451,52 @@ fn tells_systemd_when_ready_and_stopping() {
         assert!(server.wait_exit(10).success());
     }
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_the_server() {
+    use std::io::{BufRead, BufReader};
+    let dir = config_dir("");
+    write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
+    let mut child = std::process::Command::new(common::BINARY)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn postern");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut port = None;
+    while port.is_none() {
+        let line = lines.next().expect("a line").expect("utf-8");
+        if let Some(rest) = line.strip_prefix("postern: listening on ")
+            && rest.ends_with("(smtp)")
+        {
+            let addr: std::net::SocketAddr =
+                rest.split(' ').next().expect("addr").parse().expect("addr");
+            port = Some(addr.port());
+        }
+    }
+    // Nobody reads standard output any more; the stop message must not kill the server.
+    drop(lines);
+    let out = python(SEND, &[port.expect("port").to_string()]);
+    assert!(out.contains("refused {}"), "{out}");
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
