@@ -79,6 +79,7 @@ mod command;
 mod config;
 mod data;
 mod reply;
+mod retry;
 mod sasl;
 mod session;
 
@@ -91,5 +92,6 @@ pub use command::{
 };
 pub use config::{AuthPolicy, Config, Extensions, Limits, Timeouts};
 pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyParseError};
+pub use retry::{RetryDecision, RetryPolicy, next_attempt};
 pub use sasl::Credentials;
 pub use session::{Action, Event, PeerInfo, Session, Ticket, TlsInfo, UsageError, Verdict};
