@@ -75,6 +75,8 @@
 //! ```
 
 mod address;
+mod client;
+mod client_config;
 mod command;
 mod config;
 mod data;
@@ -85,6 +87,13 @@ mod session;
 
 pub use address::{
     AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath,
+};
+pub use client::{
+    Capabilities, ClientAction, ClientError, ClientEvent, ClientSession, ClientUsageError,
+    FailureReason, Outcome, RecipientResult, RecipientStatus, SizeLimit, Stage,
+};
+pub use client_config::{
+    ClientConfig, ClientCredentials, ClientTimeouts, JobRecipient, MailJob, TlsPolicy,
 };
 pub use command::{
     Body, Command, CommandError, MailParams, Mechanism, Notify, OriginalRecipient, RcptParams, Ret,
