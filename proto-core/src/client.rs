@@ -670,15 +670,15 @@ impl ClientSession {
                 }
                 return;
             };
-            let parsed = Reply::parse(&self.input[..end]);
-            self.input.drain(..end);
+            let raw: Vec<u8> = self.input.drain(..end).collect();
             self.scanned = 0;
-            match parsed {
+            match Reply::parse(&crlf_lines(raw)) {
                 Ok(Some((reply, _))) => self.dispatch(now, reply),
                 Ok(None) => {
-                    // `reply_end` found a final line, so the reply is complete.
-                    debug_assert!(false, "reply_end and Reply::parse disagree");
-                    return;
+                    // Unreachable: `crlf_lines` ends every line with CRLF and the last one is
+                    // final. Treated as a malformed reply rather than trusted.
+                    self.finish_temporary(ClientError::BadReply(ReplyParseError::BadSeparator));
+                    self.close();
                 }
                 Err(e) => {
                     self.finish_temporary(ClientError::BadReply(e));
@@ -1199,6 +1199,27 @@ impl ClientSession {
             }
         }
     }
+}
+
+/// One complete reply's lines with every line ending made CRLF. Servers that end reply lines
+/// with a bare LF are tolerated (RFC 5321 4.1.1 asks for CRLF, but a reply cannot smuggle
+/// anything through us, so leniency costs nothing).
+fn crlf_lines(raw: Vec<u8>) -> Vec<u8> {
+    let bare = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'));
+    if !bare {
+        return raw;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 8);
+    for (i, &b) in raw.iter().enumerate() {
+        if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// A reply as the final state of a recipient.

@@ -493,6 +493,26 @@ fn cases() -> Vec<Case> {
         results: vec!["temp 421"],
         closes: true,
     });
+    let mut evil_name = nopipe.clone();
+    evil_name.hostname = "c.test\r\nRSET x".into();
+    v.push(Case {
+        name: "bare-LF replies tolerated; hostname cannot inject a command",
+        cfg: evil_name,
+        job: job(&["b@y.test"]),
+        turns: vec![
+            "220 mx.test\n",
+            "250-mx.test\n250 8BITMIME\n",
+            "250 ok\n",
+            "250 ok\n",
+            "354 go\n",
+            "250 queued\n",
+            "221 bye\n",
+        ],
+        body: vec![b"x\r\n"],
+        wire: "EHLO c.testRSETx\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+        results: vec!["ok 250"],
+        closes: true,
+    });
     v.push(Case {
         name: "garbage instead of a reply: temporary",
         cfg: cfg(),
@@ -702,7 +722,7 @@ proptest! {
     /// Any split of the server's reply stream (within each turn) gives the same actions.
     #[test]
     fn any_split_gives_the_same_actions(
-        idx in 0usize..22,
+        idx in 0usize..23,
         cuts in proptest::collection::vec(0usize..200, 0..10),
     ) {
         let cases = cases();
