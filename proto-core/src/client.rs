@@ -2,16 +2,17 @@
 //! one connection.
 //!
 //! Every reply the server sends answers one command; the session keeps the commands it sent
-//! and not yet seen answered in a queue ([`Expect`]), so pipelined replies
-//! ([RFC 2920 section 3.1](https://www.rfc-editor.org/rfc/rfc2920#section-3.1): "the client
-//! [...] MUST [...] check the responses [...] in the order the commands were sent") are matched
-//! in order. All reply transitions are in [`ClientSession::on_reply`], one exhaustive `match`
+//! and not yet seen answered in a queue (`Expect`), so pipelined replies are matched in order
+//! ([RFC 2920 section 3.1](https://www.rfc-editor.org/rfc/rfc2920#section-3.1): "Client SMTP
+//! implementations that employ pipelining MUST check ALL statuses associated with each command
+//! in a group"). All reply transitions are in `ClientSession::on_reply`, one exhaustive `match`
 //! on the answered command; the inputs that are not replies (TLS, body, EOF, timeout) match on
-//! [`State`].
+//! `State`.
 //!
 //! The dialogue:
 //! 1. 220 greeting, then `EHLO` ([RFC 5321 3.2](https://www.rfc-editor.org/rfc/rfc5321#section-3.2));
-//!    on 500 or 502 to EHLO, `HELO` ("the client SHOULD [...] fall back to HELO").
+//!    when the server refuses EHLO (500, 501, 502 or 550, the replies RFC 5321 4.1.4 lists for
+//!    an unacceptable EHLO), `HELO`.
 //! 2. `STARTTLS` ([RFC 3207](https://www.rfc-editor.org/rfc/rfc3207)) as [`TlsPolicy`] says;
 //!    after the handshake `EHLO` again (4.2: "The client MUST discard any knowledge obtained
 //!    from the server [...] which was not obtained from the TLS negotiation itself" and "SHOULD
@@ -24,7 +25,7 @@
 //!    REQUIRETLS, SIZE); a message the server cannot take fails permanently without a command
 //!    sent (converting 8-bit to 7-bit is out of scope). Then `MAIL`, one `RCPT` per recipient,
 //!    and the body with `DATA` or `BDAT`. With PIPELINING, MAIL, the RCPTs and DATA go out as one
-//!    group (RFC 2920 3.1: DATA may end a group). With BDAT the chunks go out as the driver hands
+//!    group (RFC 2920 3.1: "DATA [...] can only appear as the last command in a group"). With BDAT the chunks go out as the driver hands
 //!    them in, pipelined when PIPELINING is offered, one at a time otherwise.
 //! 5. `QUIT`, then [`ClientAction::Close`].
 //!
@@ -34,8 +35,10 @@
 //! is bounded by the chunk size. Chunk boundaries never matter.
 //! - **Line endings are normalised.** Every bare CR and every bare LF becomes CRLF, so a body
 //!   can never carry `<LF>.<LF>` or `<CR>.<CR>` (or any other terminator a lenient server might
-//!   accept) through us: RFC 5321 2.3.8, "[...] MUST NOT transmit [...] "CR" or "LF" [...]
-//!   except as part of a <CRLF>". A body that does not end with CRLF gets one (RFC 5321 4.1.1.4:
+//!   accept) through us. [RFC 5321 2.3.8](https://www.rfc-editor.org/rfc/rfc5321#section-2.3.8):
+//!   "SMTP client implementations MUST NOT transmit these characters except when they are
+//!   intended as line terminators and then MUST [...] transmit them only as a <CRLF> sequence."
+//!   A body that does not end with CRLF gets one (RFC 5321 4.1.1.4:
 //!   the mail data ends with "<CRLF>.<CRLF>", the first CRLF being the end of the last line).
 //!   Only `BODY=BINARYMIME` bodies are sent unchanged (BDAT counts octets; nothing to smuggle).
 //! - **Dot-stuffing** with DATA, [RFC 5321 4.5.2](https://www.rfc-editor.org/rfc/rfc5321#section-4.5.2):
@@ -723,15 +726,15 @@ impl ClientSession {
         let code = reply.code().get();
         let positive = reply.code().class() == ReplyClass::PositiveCompletion;
         match expect {
-            // RFC 5321 3.1: after a 554 greeting the client "SHOULD wait for the server to
-            // send a 554 reply to QUIT" (or anything else): send QUIT.
+            // RFC 5321 3.1: a server greeting with 554 "MUST still wait for the client to send
+            // a QUIT": send it.
             Expect::Greeting if code == 220 => self.send_ehlo(now),
             Expect::Greeting => self.fail_and_quit(now, &reply),
             Expect::Ehlo if positive => {
                 self.capabilities = Some(Capabilities::parse(&reply));
                 self.after_hello(now);
             }
-            // RFC 5321 3.2: a server without EHLO answers 500 or 502 (some 550, 501).
+            // RFC 5321 4.1.4: an unacceptable EHLO gets 501, 500, 502 or 550: fall back.
             Expect::Ehlo if matches!(code, 500 | 501 | 502 | 550) => {
                 self.send_line(now, format!("HELO {}", self.hostname()), Expect::Helo)
             }
@@ -825,7 +828,8 @@ impl ClientSession {
             }
             Expect::Data if code == 354 => {
                 if self.mail_failure.is_some() || !self.any_accepted() {
-                    // RFC 2920 3.1: "the client [...] must [...] send the <CRLF>.<CRLF>".
+                    // RFC 2920 3.1: "if the DATA command was accepted the client SMTP should
+                    // send a single dot".
                     self.actions
                         .push_back(ClientAction::Send(b".\r\n".to_vec()));
                     self.push_expect(now, Expect::DataDiscard);
@@ -954,12 +958,13 @@ impl ClientSession {
         if job.needs_smtputf8() && !caps.smtputf8 {
             return Some(ClientError::SmtpUtf8NotOffered);
         }
-        // RFC 8689 4.2.1: the client MUST NOT send a REQUIRETLS message to a server that does
-        // not offer REQUIRETLS over TLS.
+        // RFC 8689 4.2.1 (paraphrased): a REQUIRETLS message goes only over TLS to a server
+        // that offers REQUIRETLS; otherwise it is not sent and fails.
         if job.requiretls && !(self.tls.is_some() && caps.requiretls) {
             return Some(ClientError::RequireTlsNotOffered);
         }
-        // RFC 1870 6: "a client [...] SHOULD NOT transmit [a message larger than the SIZE]".
+        // RFC 1870 4: "Any attempt by a client to transfer a message which is larger than this
+        // limit will be rejected with a permanent failure (552) reply code": fail it now.
         if let (Some(size), Some(SizeLimit::Max(limit))) = (job.size, caps.size)
             && size > limit
         {

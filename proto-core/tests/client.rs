@@ -734,6 +734,43 @@ proptest! {
         prop_assert_eq!(split, whole, "case {:?} cuts {:?}", case.name, cuts);
     }
 
+    /// Whatever the server sends, the client never panics, and after EOF it has reported
+    /// exactly one outcome and closed. Input is drawn mostly from the reply alphabet to get deep.
+    #[test]
+    fn hostile_server_never_panics(
+        reads in proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![
+                Just(b"220 ok\r\n".to_vec()),
+                Just(b"250-PIPELINING\r\n250-CHUNKING\r\n250 STARTTLS\r\n".to_vec()),
+                Just(b"250 ok\r\n".to_vec()),
+                Just(b"354 go\r\n".to_vec()),
+                Just(b"334 VXNlcm5hbWU6\r\n".to_vec()),
+                Just(b"421 bye\r\n".to_vec()),
+                Just(b"550 no\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..8),
+            ], 0..6).prop_map(|v| v.concat()),
+            0..12,
+        ),
+        tls in prop_oneof![Just(TlsPolicy::Never), Just(TlsPolicy::Opportunistic), Just(TlsPolicy::Required)],
+        pipelining: bool,
+    ) {
+        let mut c = cfg();
+        c.tls = tls;
+        c.pipelining = pipelining;
+        c.auth = Some(ClientCredentials::new("u", "p"));
+        c.allow_plaintext_auth = true;
+        let mut d = Driver::new(c, job(&["b@y.test", "c@y.test"]), &[b"a\r\n", b".b"], origin());
+        for r in &reads {
+            d.input(r);
+        }
+        d.s.handle_eof(d.now);
+        d.drain();
+        prop_assert!(d.run.outcome.is_some(), "{:?}", d.run.log);
+        prop_assert_eq!(d.run.log.iter().filter(|l| *l == "close").count(), 1, "{:?}", d.run.log);
+        prop_assert!(d.s.is_closed());
+    }
+
     /// The body encoder never emits a bare CR or LF and the dot-stuffed body decodes back to
     /// the normalised input, whatever the chunking.
     #[test]
