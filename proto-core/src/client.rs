@@ -705,20 +705,24 @@ impl ClientSession {
     }
 
     fn dispatch(&mut self, now: Instant, reply: Reply) {
-        let Some(expect) = self.expect.pop_front() else {
-            self.finish_temporary(ClientError::UnexpectedReply(reply));
-            return self.close();
-        };
+        let expect = self.expect.pop_front();
         self.deadline = None;
         if let Some(&next) = self.expect.front() {
             self.deadline = Some(now + self.timeout_for(next));
         }
-        // RFC 5321 3.8: 421 may answer any command; the server then closes.
-        if reply.code() == ReplyCode::SERVICE_UNAVAILABLE && expect != Expect::Quit {
+        // RFC 5321 3.8: a server shutting down may answer any command, or none, with 421 and
+        // close the connection.
+        if reply.code() == ReplyCode::SERVICE_UNAVAILABLE && expect != Some(Expect::Quit) {
             self.finish_with(&reply);
             return self.close();
         }
-        self.on_reply(now, expect, reply);
+        match expect {
+            Some(expect) => self.on_reply(now, expect, reply),
+            None => {
+                self.finish_temporary(ClientError::UnexpectedReply(reply));
+                self.close();
+            }
+        }
     }
 
     /// Every transition on a reply: `expect` is the command it answers.
@@ -918,6 +922,11 @@ impl ClientSession {
         if let Some(problem) = self.requirement_problem(&caps) {
             return self.fail_local_and_quit(now, problem, true);
         }
+        if self.job.recipients.is_empty() {
+            // Nothing to deliver: an empty outcome, no transaction.
+            self.finish(None);
+            return self.quit(now);
+        }
         self.mode = Mode {
             pipelined: self.config.pipelining && caps.pipelining,
             bdat: caps.chunking
@@ -1074,11 +1083,12 @@ impl ClientSession {
         if let Some(reply) = self.mail_failure.clone() {
             self.finish_with(&reply);
         } else {
-            let end = self
-                .body_failure
-                .clone()
-                .or_else(|| self.data_reply.clone());
-            self.finish(end.map(status_of));
+            let end = match (&self.body_failure, &self.data_reply) {
+                (Some(failure), _) => Some(failure_of(failure.clone())),
+                (None, Some(reply)) => Some(status_of(reply.clone())),
+                (None, None) => None,
+            };
+            self.finish(end);
         }
         self.quit(now);
     }
@@ -1104,8 +1114,10 @@ impl ClientSession {
     }
 
     /// Fails every recipient not yet final with this reply.
+    /// Fails every recipient not yet final with this reply (which refused something, whatever
+    /// its code says).
     fn finish_with(&mut self, reply: &Reply) {
-        self.finish(Some(status_of(reply.clone())));
+        self.finish(Some(failure_of(reply.clone())));
     }
 
     fn finish_temporary(&mut self, problem: ClientError) {
@@ -1227,7 +1239,18 @@ fn crlf_lines(raw: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// A reply as the final state of a recipient.
+/// A reply that refused something, as a failure: 5xx permanent, anything else temporary (a
+/// 2xx or 3xx where a refusal was seen is a broken server: try again later).
+fn failure_of(reply: Reply) -> RecipientStatus {
+    match reply.code().class() {
+        ReplyClass::PermanentNegative => {
+            RecipientStatus::PermanentFailure(FailureReason::Reply(reply))
+        }
+        _ => RecipientStatus::TemporaryFailure(FailureReason::Reply(reply)),
+    }
+}
+
+/// A reply to the end of the body as the final state of a recipient.
 fn status_of(reply: Reply) -> RecipientStatus {
     match reply.code().class() {
         ReplyClass::PositiveCompletion => RecipientStatus::Accepted(reply),

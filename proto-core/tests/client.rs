@@ -514,6 +514,59 @@ fn cases() -> Vec<Case> {
         closes: true,
     });
     v.push(Case {
+        name: "250 where 220 was due: a temporary failure, never a delivery",
+        cfg: cfg(),
+        job: job(&["b@y.test"]),
+        turns: vec!["250 hello?\r\n", "221 bye\r\n"],
+        body: vec![],
+        wire: "QUIT\r\n",
+        results: vec!["temp 250"],
+        closes: true,
+    });
+    v.push(Case {
+        name: "250 to DATA: temporary, nothing delivered",
+        cfg: nopipe.clone(),
+        job: job(&["b@y.test"]),
+        turns: vec![
+            GREET,
+            EHLO_PLAIN,
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "250 sure\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![b"x"],
+        wire: "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nQUIT\r\n",
+        results: vec!["temp 250"],
+        closes: true,
+    });
+    v.push(Case {
+        name: "421 while the body is being sent",
+        cfg: nopipe.clone(),
+        job: job(&["b@y.test"]),
+        turns: vec![
+            GREET,
+            EHLO_PLAIN,
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "354 go\r\n421 4.4.2 timeout\r\n",
+        ],
+        body: vec![],
+        wire: "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n",
+        results: vec!["temp 421"],
+        closes: true,
+    });
+    v.push(Case {
+        name: "no recipients: no transaction",
+        cfg: cfg(),
+        job: job(&[]),
+        turns: vec![GREET, EHLO_PIPE, "221 bye\r\n"],
+        body: vec![],
+        wire: "EHLO c.test\r\nQUIT\r\n",
+        results: vec![],
+        closes: true,
+    });
+    v.push(Case {
         name: "garbage instead of a reply: temporary",
         cfg: cfg(),
         job: job(&["b@y.test"]),
@@ -722,7 +775,7 @@ proptest! {
     /// Any split of the server's reply stream (within each turn) gives the same actions.
     #[test]
     fn any_split_gives_the_same_actions(
-        idx in 0usize..23,
+        idx in 0usize..27,
         cuts in proptest::collection::vec(0usize..200, 0..10),
     ) {
         let cases = cases();
