@@ -45,7 +45,10 @@
 //!   "Before sending a line of mail text, the SMTP client checks the first character of the
 //!   line. If it is a period, one additional period is inserted at the beginning of the line."
 //!
-//! Not implemented: several transactions per connection, line wrapping of lines longer than
+//! Several jobs may share the connection ([`ClientSession::push_job`]): each further
+//! transaction starts with `RSET`.
+//!
+//! Not implemented: line wrapping of lines longer than
 //! 1000 octets, 8-bit to 7-bit conversion, IDNA conversion of non-ASCII domains.
 
 use std::collections::VecDeque;
@@ -168,7 +171,7 @@ pub enum ClientEvent {
     /// The server waits for the body: call [`ClientSession::handle_body`] while
     /// [`ClientSession::wants_body`] is true, until a chunk with `last = true`.
     BodyRequested,
-    /// The job is over (delivered, failed, or partly both). Sent exactly once.
+    /// A job is over (delivered, failed, or partly both). Sent exactly once per job.
     Finished(Outcome),
 }
 
@@ -176,6 +179,9 @@ pub enum ClientEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Outcome {
+    /// Which job: 0 for the one given to [`ClientSession::new`], then in
+    /// [`ClientSession::push_job`] order.
+    pub job: usize,
     /// One result per recipient, in the job's order.
     pub recipients: Vec<RecipientResult>,
     /// The server's reply to the end of the body (`.` or `BDAT LAST`), if it came.
@@ -319,6 +325,8 @@ pub enum Stage {
     Body,
     /// The reply to the end of the body.
     DataEnd,
+    /// RSET before a further transaction.
+    Reset,
     /// QUIT.
     Quit,
 }
@@ -335,6 +343,7 @@ impl std::fmt::Display for Stage {
             Stage::DataInit => "DATA",
             Stage::Body => "the message body",
             Stage::DataEnd => "the end of data",
+            Stage::Reset => "RSET",
             Stage::Quit => "QUIT",
         })
     }
@@ -350,6 +359,9 @@ pub enum ClientUsageError {
     /// `handle_body` while [`ClientSession::wants_body`] is false.
     #[error("the session does not want body data now")]
     BodyNotWanted,
+    /// `push_job` after the session sent QUIT or closed.
+    #[error("the session is ending; start a new one")]
+    Quitting,
 }
 
 /// A command whose reply has not arrived yet.
@@ -376,6 +388,8 @@ enum Expect {
     DataEnd,
     /// Reply to a lone `.` sent after a 354 with no accepted recipient (RFC 2920 3.1).
     DataDiscard,
+    /// Reply to the RSET that starts a further transaction.
+    Rset,
     Quit,
 }
 
@@ -391,6 +405,7 @@ impl Expect {
             Expect::Data => Stage::DataInit,
             Expect::Bdat { last: false } => Stage::Body,
             Expect::Bdat { last: true } | Expect::DataEnd | Expect::DataDiscard => Stage::DataEnd,
+            Expect::Rset => Stage::Reset,
             Expect::Quit => Stage::Quit,
         }
     }
@@ -440,14 +455,18 @@ struct Mode {
 /// 3. After every input, drain [`poll_action`](ClientSession::poll_action) until `None`,
 ///    carrying out each action in order, then read `poll_timeout` again.
 ///
-/// The session ends with exactly one [`ClientEvent::Finished`] and then
+/// Each job ends with exactly one [`ClientEvent::Finished`]; the session then ends with
 /// [`ClientAction::Close`]. Getters ([`capabilities`](ClientSession::capabilities),
 /// [`tls`](ClientSession::tls), [`authenticated`](ClientSession::authenticated)) describe the
 /// connection for logs and the TLS policy.
 #[derive(Debug)]
 pub struct ClientSession {
     config: Arc<ClientConfig>,
+    /// The job being delivered, its index (0 for the one given to `new`), and those queued
+    /// after it with [`ClientSession::push_job`].
     job: MailJob,
+    job_index: usize,
+    jobs: VecDeque<MailJob>,
     state: State,
     expect: VecDeque<Expect>,
     actions: VecDeque<ClientAction>,
@@ -477,6 +496,8 @@ impl ClientSession {
         let mut s = ClientSession {
             config,
             job,
+            job_index: 0,
+            jobs: VecDeque::new(),
             state: State::Replies,
             expect: VecDeque::new(),
             actions: VecDeque::new(),
@@ -502,9 +523,16 @@ impl ClientSession {
 
     // ----- getters -----
 
-    /// The job being delivered.
+    /// The job being delivered (the last one, once all are done).
     pub fn job(&self) -> &MailJob {
         &self.job
+    }
+
+    /// The index of the job being delivered: 0 for the job given to [`ClientSession::new`],
+    /// then 1, 2... in the order of [`ClientSession::push_job`]. A [`ClientEvent::BodyRequested`]
+    /// asks for this job's body.
+    pub fn job_index(&self) -> usize {
+        self.job_index
     }
 
     /// What the server offered in its last EHLO (after STARTTLS: the EHLO under TLS).
@@ -598,6 +626,19 @@ impl ClientSession {
         }
         self.finish_temporary(ClientError::TlsHandshakeFailed);
         self.close();
+        Ok(())
+    }
+
+    /// Queues another job for this connection: after the current transaction (and any queued
+    /// before it) the session sends `RSET` and starts it instead of `QUIT`
+    /// ([RFC 5321 3.3](https://www.rfc-editor.org/rfc/rfc5321#section-3.3): several
+    /// transactions may share a connection). Each job gets its own [`ClientEvent::Finished`].
+    /// Jobs must be pushed before the last queued one finishes: once `QUIT` is sent this fails.
+    pub fn push_job(&mut self, job: MailJob) -> Result<(), ClientUsageError> {
+        if self.is_closed() || self.expect.contains(&Expect::Quit) {
+            return Err(ClientUsageError::Quitting);
+        }
+        self.jobs.push_back(job);
         Ok(())
     }
 
@@ -757,7 +798,7 @@ impl ClientSession {
             }
             Expect::StartTls => match self.config.tls {
                 TlsPolicy::Required => {
-                    self.fail_local_and_quit(now, ClientError::StartTlsRefused(reply), false)
+                    self.fail_local_and_quit(now, ClientError::StartTlsRefused(reply))
                 }
                 TlsPolicy::Never | TlsPolicy::Opportunistic => {
                     self.starttls_refused = true;
@@ -784,14 +825,14 @@ impl ClientSession {
             }
             Expect::AuthDone if code == 235 => {
                 self.authenticated = true;
-                self.begin_transaction(now);
+                self.begin_transaction(now, false);
             }
             Expect::AuthLoginUser | Expect::AuthLoginPassword | Expect::AuthDone => {
                 if code == 334 {
                     // A challenge where none was expected: cancel (RFC 4954 4: "*").
                     self.send_line(now, "*".into(), Expect::AuthDone);
                 } else {
-                    self.fail_local_and_quit(now, ClientError::AuthFailed(reply), false);
+                    self.fail_local_and_quit(now, ClientError::AuthFailed(reply));
                 }
             }
             Expect::Mail if positive => {
@@ -866,6 +907,12 @@ impl ClientSession {
                 }
             }
             Expect::DataDiscard => self.end_transaction(now),
+            // Whatever RSET got, MAIL's reply decides the new transaction.
+            Expect::Rset => {
+                if !self.mode.pipelined {
+                    self.begin_transaction(now, false);
+                }
+            }
             Expect::Quit => self.close(),
         }
     }
@@ -886,7 +933,7 @@ impl ClientSession {
                     return self.send_line(now, "STARTTLS".into(), Expect::StartTls);
                 }
                 (TlsPolicy::Required, false) => {
-                    return self.fail_local_and_quit(now, ClientError::StartTlsNotOffered, false);
+                    return self.fail_local_and_quit(now, ClientError::StartTlsNotOffered);
                 }
                 (TlsPolicy::Opportunistic, false) => {}
             }
@@ -894,7 +941,7 @@ impl ClientSession {
         match &self.config.auth {
             Some(creds) if !self.authenticated => {
                 if self.tls.is_none() && !self.config.allow_plaintext_auth {
-                    return self.fail_local_and_quit(now, ClientError::AuthNeedsTls, false);
+                    return self.fail_local_and_quit(now, ClientError::AuthNeedsTls);
                 }
                 let mechs = self
                     .capabilities
@@ -909,34 +956,47 @@ impl ClientSession {
                 } else if mechs.contains(&Mechanism::Login) {
                     self.send_line(now, "AUTH LOGIN".into(), Expect::AuthLoginUser);
                 } else {
-                    self.fail_local_and_quit(now, ClientError::AuthNotOffered, false);
+                    self.fail_local_and_quit(now, ClientError::AuthNotOffered);
                 }
             }
-            _ => self.begin_transaction(now),
+            _ => self.begin_transaction(now, false),
         }
     }
 
-    /// Checks what the message needs, then sends MAIL (with the RCPTs and DATA when pipelining).
-    fn begin_transaction(&mut self, now: Instant) {
+    /// Checks what the message needs, then sends MAIL (with the RCPTs and DATA when
+    /// pipelining), after an RSET when `rset` (a further transaction on this connection).
+    fn begin_transaction(&mut self, now: Instant, rset: bool) {
         let caps = self.capabilities.clone().unwrap_or_default();
         if let Some(problem) = self.requirement_problem(&caps) {
-            return self.fail_local_and_quit(now, problem, true);
+            // RFC-wise nothing was sent for this job: it fails alone, the next one goes on.
+            self.finish(Some(RecipientStatus::PermanentFailure(
+                FailureReason::Local(problem),
+            )));
+            return self.next_job_or_quit(now);
         }
         if self.job.recipients.is_empty() {
             // Nothing to deliver: an empty outcome, no transaction.
             self.finish(None);
-            return self.quit(now);
+            return self.next_job_or_quit(now);
         }
         self.mode = Mode {
             pipelined: self.config.pipelining && caps.pipelining,
             bdat: caps.chunking
                 && (self.config.chunking || self.job.body == Some(Body::BinaryMime)),
         };
+        let mut group = Vec::new();
+        if rset {
+            // RFC 2920 3.1: RSET may appear anywhere in a group.
+            if !self.mode.pipelined {
+                return self.send_line(now, "RSET".into(), Expect::Rset);
+            }
+            group.extend_from_slice(b"RSET\r\n");
+            self.push_expect(now, Expect::Rset);
+        }
         let mail = self.mail_line(&caps);
         if !self.mode.pipelined {
             return self.send_line(now, mail, Expect::Mail);
         }
-        let mut group = Vec::new();
         group.extend_from_slice(mail.as_bytes());
         group.extend_from_slice(b"\r\n");
         self.push_expect(now, Expect::Mail);
@@ -1078,10 +1138,10 @@ impl ClientSession {
             .is_some_and(|s| s.iter().any(|x| matches!(x, Slot::Accepted)))
     }
 
-    /// Every reply of the transaction is in: report and QUIT.
+    /// Every reply of the transaction is in: report, then the next job or QUIT.
     fn end_transaction(&mut self, now: Instant) {
         if let Some(reply) = self.mail_failure.clone() {
-            self.finish_with(&reply);
+            self.finish(Some(failure_of(reply)));
         } else {
             let end = match (&self.body_failure, &self.data_reply) {
                 (Some(failure), _) => Some(failure_of(failure.clone())),
@@ -1090,7 +1150,28 @@ impl ClientSession {
             };
             self.finish(end);
         }
-        self.quit(now);
+        self.next_job_or_quit(now);
+    }
+
+    fn next_job_or_quit(&mut self, now: Instant) {
+        match self.jobs.pop_front() {
+            Some(job) => {
+                self.start_job(job);
+                self.begin_transaction(now, true);
+            }
+            None => self.quit(now),
+        }
+    }
+
+    /// Makes `job` the current one, with a fresh transaction.
+    fn start_job(&mut self, job: MailJob) {
+        self.slots = Some(vec![Slot::Pending; job.recipients.len()]);
+        self.job = job;
+        self.job_index += 1;
+        self.mail_failure = None;
+        self.body_failure = None;
+        self.data_reply = None;
+        self.state = State::Replies;
     }
 
     fn quit(&mut self, now: Instant) {
@@ -1103,27 +1184,33 @@ impl ClientSession {
         self.quit(now);
     }
 
-    fn fail_local_and_quit(&mut self, now: Instant, problem: ClientError, permanent: bool) {
-        let reason = FailureReason::Local(problem);
-        self.finish(Some(if permanent {
-            RecipientStatus::PermanentFailure(reason)
-        } else {
-            RecipientStatus::TemporaryFailure(reason)
-        }));
+    /// A problem with the connection (TLS, AUTH): every job fails temporarily; QUIT.
+    fn fail_local_and_quit(&mut self, now: Instant, problem: ClientError) {
+        self.finish_temporary(problem);
         self.quit(now);
     }
 
-    /// Fails every recipient not yet final with this reply.
-    /// Fails every recipient not yet final with this reply (which refused something, whatever
-    /// its code says).
+    /// The connection failed with this reply (which refused something, whatever its code
+    /// says): every job not yet reported fails with it.
     fn finish_with(&mut self, reply: &Reply) {
-        self.finish(Some(failure_of(reply.clone())));
+        self.abandon(failure_of(reply.clone()));
     }
 
+    /// The connection failed on our side: every job not yet reported fails temporarily.
     fn finish_temporary(&mut self, problem: ClientError) {
-        self.finish(Some(RecipientStatus::TemporaryFailure(
-            FailureReason::Local(problem),
+        self.abandon(RecipientStatus::TemporaryFailure(FailureReason::Local(
+            problem,
         )));
+    }
+
+    /// Reports the current job (if not yet reported) and every queued one with `status` for
+    /// each recipient not yet final.
+    fn abandon(&mut self, status: RecipientStatus) {
+        self.finish(Some(status.clone()));
+        while let Some(job) = self.jobs.pop_front() {
+            self.start_job(job);
+            self.finish(Some(status.clone()));
+        }
     }
 
     /// Reports the outcome (once). Recipients without a final state get `rest`; accepted ones
@@ -1148,6 +1235,7 @@ impl ClientSession {
             .collect();
         self.actions
             .push_back(ClientAction::Event(ClientEvent::Finished(Outcome {
+                job: self.job_index,
                 recipients,
                 data_reply: self.data_reply.clone(),
             })));
@@ -1206,6 +1294,7 @@ impl ClientSession {
             | Expect::AuthDone
             | Expect::AuthLoginUser
             | Expect::AuthLoginPassword
+            | Expect::Rset
             | Expect::Quit => t.command,
             Expect::Mail => t.mail,
             Expect::Rcpt(_) => t.rcpt,

@@ -76,12 +76,13 @@
 //!
 //! # The client side
 //!
-//! A [`ClientSession`] delivers one [`MailJob`] over one connection and mirrors the server's
+//! A [`ClientSession`] delivers a [`MailJob`] (more with [`ClientSession::push_job`]) over one
+//! connection and mirrors the server's
 //! API: inputs [`ClientSession::handle_input`] (server replies), [`ClientSession::handle_eof`],
 //! [`ClientSession::handle_timeout`], [`ClientSession::handle_tls_established`] and
 //! [`ClientSession::handle_body`] (the body, in chunks, after [`ClientEvent::BodyRequested`]);
-//! outputs [`ClientSession::poll_action`] and [`ClientSession::poll_timeout`]. It ends with one
-//! [`ClientEvent::Finished`] carrying a result per recipient. [`next_attempt`] computes when to
+//! outputs [`ClientSession::poll_action`] and [`ClientSession::poll_timeout`]. Each job ends
+//! with one [`ClientEvent::Finished`] carrying a result per recipient. [`next_attempt`] computes when to
 //! try again.
 //!
 //! ```

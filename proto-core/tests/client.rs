@@ -24,6 +24,8 @@ struct Run {
     wire: String,
     log: Vec<String>,
     outcome: Option<Outcome>,
+    /// Outcomes of further jobs (see `push_job`).
+    more: Vec<Outcome>,
 }
 
 fn origin() -> Instant {
@@ -49,6 +51,7 @@ impl Driver {
                 wire: String::new(),
                 log: Vec::new(),
                 outcome: None,
+                more: Vec::new(),
             },
         };
         d.drain();
@@ -78,9 +81,12 @@ impl Driver {
                         self.run.log.push("body".into())
                     }
                     ClientAction::Event(ClientEvent::Finished(o)) => {
-                        assert!(self.run.outcome.is_none(), "two outcomes");
                         self.run.log.push("finished".into());
-                        self.run.outcome = Some(o);
+                        if self.run.outcome.is_none() {
+                            self.run.outcome = Some(o);
+                        } else {
+                            self.run.more.push(o);
+                        }
                     }
                     ClientAction::Close => self.run.log.push("close".into()),
                     _ => self.run.log.push("other".into()),
@@ -585,6 +591,7 @@ fn check(case: &Case, r: &Run, how: &str) {
         case.name, case.turns, case.body
     );
     assert_eq!(r.wire, case.wire, "{ctx}");
+    assert!(r.more.is_empty(), "{ctx}: several outcomes");
     let o = r
         .outcome
         .as_ref()
@@ -621,6 +628,97 @@ fn scripted_table_every_split() {
             });
             assert_eq!(split, whole, "case {:?}: split at {cut} differs", case.name);
         }
+    }
+}
+
+/// Several jobs on one connection: each further transaction starts with RSET (grouped when
+/// pipelining); a job the server cannot take fails alone; a lost connection fails the rest.
+#[test]
+fn several_jobs_on_one_connection() {
+    let mut eight = job(&["d@y.test"]);
+    eight.body = Some(Body::EightBitMime);
+    /// (pipelining, turns, expected wire, expected results per job)
+    type JobsCase<'a> = (bool, Vec<&'a str>, &'a str, Vec<Vec<&'a str>>);
+    let cases: Vec<JobsCase> = vec![
+        (
+            true,
+            vec![
+                GREET,
+                "250-mx.test\r\n250 PIPELINING\r\n",
+                "250 ok\r\n250 ok\r\n354 go\r\n",
+                "250 queued 1\r\n",
+                "250 reset\r\n250 ok\r\n550 no\r\n354 go\r\n",
+                "554 no valid recipients\r\n",
+                "221 bye\r\n",
+            ],
+            "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\none\r\n.\r\n\
+             RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n.\r\nQUIT\r\n",
+            vec![
+                vec!["ok 250"],
+                vec!["perm EightBitMimeNotOffered"],
+                vec!["perm 550"],
+            ],
+        ),
+        (
+            false,
+            vec![
+                GREET,
+                EHLO_PLAIN,
+                "250 ok\r\n",
+                "250 ok\r\n",
+                "354 go\r\n",
+                "250 queued 1\r\n",
+                "250 reset\r\n",
+                "250 ok\r\n",
+                "451 later\r\n",
+                "221 bye\r\n",
+            ],
+            "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\none\r\n.\r\n\
+             RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\nQUIT\r\n",
+            vec![
+                vec!["ok 250"],
+                vec!["perm EightBitMimeNotOffered"],
+                vec!["temp 451"],
+            ],
+        ),
+        (
+            false,
+            vec![GREET, EHLO_PLAIN, "250 ok\r\n"],
+            "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n",
+            vec![
+                vec!["temp ConnectionClosed(Rcpt)"],
+                vec!["temp ConnectionClosed(Rcpt)"],
+                vec!["temp ConnectionClosed(Rcpt)"],
+            ],
+        ),
+    ];
+    for (pipelining, turns, wire, want) in cases {
+        let mut c = cfg();
+        c.pipelining = pipelining;
+        let mut d = Driver::new(c, job(&["b@y.test"]), &[b"one"], origin());
+        d.s.push_job(eight.clone()).unwrap();
+        d.s.push_job(job(&["c@y.test"])).unwrap();
+        for t in &turns {
+            d.input(t.as_bytes());
+            // The third job's (empty) body, once asked for.
+            if d.s.job_index() == 2 && d.s.wants_body() {
+                d.s.handle_body(d.now, b"", true).unwrap();
+                d.drain();
+            }
+        }
+        d.s.handle_eof(d.now);
+        d.drain();
+        let ctx = format!("pipelining={pipelining} turns {turns:?}");
+        assert_eq!(d.run.wire, wire, "{ctx}");
+        let all: Vec<Outcome> = d.run.outcome.iter().chain(&d.run.more).cloned().collect();
+        let got: Vec<Vec<String>> = all.iter().map(summary).collect();
+        assert_eq!(got, want, "{ctx}");
+        let jobs: Vec<usize> = all.iter().map(|o| o.job).collect();
+        assert_eq!(jobs, vec![0, 1, 2], "{ctx}");
+        assert!(
+            d.s.push_job(job(&["e@y.test"])).is_err(),
+            "{ctx}: push after close"
+        );
     }
 }
 

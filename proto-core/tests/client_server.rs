@@ -26,8 +26,11 @@ struct Pair {
     seen: usize,
     /// Bytes per delivery in each direction (`usize::MAX`: whole writes).
     piece: usize,
-    body: Vec<Vec<u8>>,
+    /// Body chunks per job (index = `job_index()`).
+    bodies: Vec<Vec<Vec<u8>>>,
     outcome: Option<Outcome>,
+    /// Outcomes of further jobs.
+    more: Vec<Outcome>,
     client_tls: bool,
     server_tls: bool,
     client_closed: bool,
@@ -51,8 +54,9 @@ impl Pair {
             server,
             seen: 0,
             piece: piece.max(1),
-            body,
+            bodies: vec![body],
             outcome: None,
+            more: Vec::new(),
             client_tls: false,
             server_tls: false,
             client_closed: false,
@@ -76,8 +80,11 @@ impl Pair {
                     }
                     ClientAction::StartTls => self.client_tls = true,
                     ClientAction::Event(ClientEvent::Finished(o)) => {
-                        assert!(self.outcome.is_none(), "two outcomes");
-                        self.outcome = Some(o);
+                        if self.outcome.is_none() {
+                            self.outcome = Some(o);
+                        } else {
+                            self.more.push(o);
+                        }
                     }
                     ClientAction::Event(_) => {}
                     ClientAction::Close => self.client_closed = true,
@@ -118,9 +125,10 @@ impl Pair {
                     .unwrap();
                 progress = true;
             }
-            if self.client.wants_body() && !self.body.is_empty() {
-                let chunk = self.body.remove(0);
-                let last = self.body.is_empty();
+            let body = self.bodies.get_mut(self.client.job_index());
+            if let Some(body) = body.filter(|b| !b.is_empty() && self.client.wants_body()) {
+                let chunk = body.remove(0);
+                let last = body.is_empty();
                 self.client
                     .handle_body(self.server.now, &chunk, last)
                     .unwrap();
@@ -499,6 +507,41 @@ fn client_times_out_while_the_server_sits_on_the_message() {
         )))
     );
     assert!(p.client_closed && p.server_closed);
+}
+
+#[test]
+fn several_messages_on_one_connection() {
+    for (pipelining, chunking) in [(true, true), (true, false), (false, true), (false, false)] {
+        let mut client = ClientConfig::new("c.test");
+        client.pipelining = pipelining;
+        client.chunking = chunking;
+        let mut p = Pair::new(
+            server_config(),
+            client,
+            job(&["b@y.test", "nobody@y.test"]),
+            vec![b"first\r\n".to_vec()],
+            usize::MAX,
+        );
+        p.client.push_job(job(&["nobody@y.test"])).unwrap();
+        p.client.push_job(job(&["c@y.test"])).unwrap();
+        p.bodies.push(vec![b"never sent".to_vec()]);
+        p.bodies.push(vec![b"third\n".to_vec(), b".".to_vec()]);
+        p.run();
+        let name = format!("pipelining={pipelining} chunking={chunking}");
+        let all: Vec<Vec<String>> = p.outcome.iter().chain(&p.more).map(summary).collect();
+        assert_eq!(
+            all,
+            vec![vec!["ok 250", "perm 550"], vec!["perm 550"], vec!["ok 250"]],
+            "{name}: {:?}",
+            p.commands
+        );
+        assert_eq!(
+            p.server.messages,
+            vec![b"first\r\n".to_vec(), b"third\r\n.\r\n".to_vec()],
+            "{name}"
+        );
+        assert!(p.client_closed && p.server_closed, "{name}");
+    }
 }
 
 proptest! {
