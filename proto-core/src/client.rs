@@ -37,9 +37,9 @@
 //!   can never carry `<LF>.<LF>` or `<CR>.<CR>` (or any other terminator a lenient server might
 //!   accept) through us. [RFC 5321 2.3.8](https://www.rfc-editor.org/rfc/rfc5321#section-2.3.8):
 //!   "SMTP client implementations MUST NOT transmit these characters except when they are
-//!   intended as line terminators and then MUST [...] transmit them only as a <CRLF> sequence."
+//!   intended as line terminators and then MUST [...] transmit them only as a `<CRLF>` sequence."
 //!   A body that does not end with CRLF gets one (RFC 5321 4.1.1.4:
-//!   the mail data ends with "<CRLF>.<CRLF>", the first CRLF being the end of the last line).
+//!   the mail data ends with `<CRLF>.<CRLF>`, the first CRLF being the end of the last line).
 //!   Only `BODY=BINARYMIME` bodies are sent unchanged (BDAT counts octets; nothing to smuggle).
 //! - **Dot-stuffing** with DATA, [RFC 5321 4.5.2](https://www.rfc-editor.org/rfc/rfc5321#section-4.5.2):
 //!   "Before sending a line of mail text, the SMTP client checks the first character of the

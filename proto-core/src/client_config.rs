@@ -91,8 +91,8 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// Client timeouts, RFC 5321 section 4.5.3.2 ("An SMTP client MUST provide a timeout mechanism";
-/// the values are the RFC's "per-command timeouts [that] SHOULD be" used).
+/// Client timeouts, RFC 5321 section 4.5.3.2: "An SMTP client MUST provide a timeout
+/// mechanism" and "the minimum per-command timeout values SHOULD be as follows" (the defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientTimeouts {
