@@ -73,17 +73,91 @@
 //! assert!(wire.ends_with("221 2.0.0 mx.example.org closing connection\r\n"));
 //! assert_eq!(body, b"Subject: hi\r\n\r\n.dot-stuffed\r\n");
 //! ```
+//!
+//! # The client side
+//!
+//! A [`ClientSession`] delivers a [`MailJob`] (more with [`ClientSession::push_job`]) over one
+//! connection and mirrors the server's
+//! API: inputs [`ClientSession::handle_input`] (server replies), [`ClientSession::handle_eof`],
+//! [`ClientSession::handle_timeout`], [`ClientSession::handle_tls_established`] and
+//! [`ClientSession::handle_body`] (the body, in chunks, after [`ClientEvent::BodyRequested`]);
+//! outputs [`ClientSession::poll_action`] and [`ClientSession::poll_timeout`]. Each job ends
+//! with one [`ClientEvent::Finished`] carrying a result per recipient. [`next_attempt`] computes when to
+//! try again.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use proto_core::{
+//!     ClientAction, ClientConfig, ClientEvent, ClientSession, ForwardPath, MailJob,
+//!     RecipientStatus, ReversePath,
+//! };
+//!
+//! let now = Instant::now();
+//! let job = MailJob::new(
+//!     ReversePath::parse("a@example.com").unwrap(),
+//!     [ForwardPath::parse("b@example.org").unwrap()],
+//! );
+//! let mut client = ClientSession::new(Arc::new(ClientConfig::new("out.example.com")), job, now);
+//! // What the server says, one read at a time.
+//! let mut reads: &[&[u8]] = &[
+//!     b"220 mx.example.org ESMTP\r\n",
+//!     b"250-mx.example.org\r\n250 PIPELINING\r\n",
+//!     b"250 OK\r\n250 OK\r\n354 Go ahead\r\n",
+//!     b"250 queued as 1\r\n",
+//!     b"221 Bye\r\n",
+//! ];
+//! let mut body: &[u8] = b"Subject: hi\r\n\r\n.a line with a dot\n";
+//! let (mut wire, mut outcome, mut closed) = (Vec::new(), None, false);
+//! while !closed {
+//!     // 1. Drain every action the last input produced.
+//!     while let Some(action) = client.poll_action() {
+//!         match action {
+//!             ClientAction::Send(bytes) => wire.extend_from_slice(&bytes),
+//!             ClientAction::Event(ClientEvent::Finished(o)) => outcome = Some(o),
+//!             ClientAction::Close => closed = true,
+//!             _ => {}
+//!         }
+//!     }
+//!     // 2. Hand in the body while the session wants it (here in 8-octet chunks)...
+//!     if client.wants_body() {
+//!         let (chunk, rest) = body.split_at(body.len().min(8));
+//!         body = rest;
+//!         client.handle_body(now, chunk, body.is_empty()).unwrap();
+//!         continue;
+//!     }
+//!     // 3. ...else feed the next read, or wait until `poll_timeout()`.
+//!     match reads.split_first() {
+//!         Some((bytes, rest)) => { client.handle_input(now, bytes); reads = rest; }
+//!         None => client.handle_eof(now),
+//!     }
+//! }
+//! let wire = String::from_utf8(wire).unwrap();
+//! assert!(wire.contains("DATA\r\nSubject: hi\r\n\r\n..a line with a dot\r\n.\r\nQUIT\r\n"));
+//! let outcome = outcome.unwrap();
+//! assert!(matches!(outcome.recipients[0].status, RecipientStatus::Accepted(_)));
+//! ```
 
 mod address;
+mod client;
+mod client_config;
 mod command;
 mod config;
 mod data;
 mod reply;
+mod retry;
 mod sasl;
 mod session;
 
 pub use address::{
     AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath,
+};
+pub use client::{
+    Capabilities, ClientAction, ClientError, ClientEvent, ClientSession, ClientUsageError,
+    FailureReason, Outcome, RecipientResult, RecipientStatus, SizeLimit, Stage,
+};
+pub use client_config::{
+    ClientConfig, ClientCredentials, ClientTimeouts, JobRecipient, MailJob, TlsPolicy,
 };
 pub use command::{
     Body, Command, CommandError, MailParams, Mechanism, Notify, OriginalRecipient, RcptParams, Ret,
@@ -91,5 +165,6 @@ pub use command::{
 };
 pub use config::{AuthPolicy, Config, Extensions, Limits, Timeouts};
 pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyParseError};
+pub use retry::{RetryDecision, RetryPolicy, next_attempt};
 pub use sasl::Credentials;
 pub use session::{Action, Event, PeerInfo, Session, Ticket, TlsInfo, UsageError, Verdict};
