@@ -83,7 +83,8 @@
 //! [`ClientSession::handle_body`] (the body, in chunks, after [`ClientEvent::BodyRequested`]);
 //! outputs [`ClientSession::poll_action`] and [`ClientSession::poll_timeout`]. Each job ends
 //! with one [`ClientEvent::Finished`] carrying a result per recipient. [`next_attempt`] computes when to
-//! try again.
+//! try again, and [`compose`] writes the delivery status notification (bounce or delay warning)
+//! when a recipient fails for good or waits too long.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -144,6 +145,7 @@ mod client_config;
 mod command;
 mod config;
 mod data;
+mod dsn;
 mod reply;
 mod retry;
 mod sasl;
@@ -164,6 +166,10 @@ pub use command::{
     looks_like_http, xtext_decode, xtext_encode,
 };
 pub use config::{AuthPolicy, Config, Extensions, Limits, Timeouts};
+pub use dsn::{
+    Boundary, DefaultNotify, Dsn, DsnAction, DsnDate, DsnRequest, MessageId, NoDsn,
+    OriginalEnvelope, RecipientReport, Returned, ReturnedContent, compose,
+};
 pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyParseError};
 pub use retry::{RetryDecision, RetryPolicy, next_attempt};
 pub use sasl::Credentials;
