@@ -71,8 +71,9 @@
 use std::fmt::Write as _;
 
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::client::{ClientError, FailureReason, RecipientResult, RecipientStatus};
 use crate::command::{Body, Notify, OriginalRecipient, Ret};
-use crate::reply::{EnhancedStatus, Reply};
+use crate::reply::{EnhancedStatus, Reply, ReplyClass};
 
 /// The longest line a message may carry, without its CRLF (RFC 5322 section 2.1.1:
 /// "Each line of characters MUST be no more than 998 characters ... excluding the CRLF").
@@ -99,8 +100,8 @@ pub enum DsnAction {
 
 /// Which conditions are reported for a recipient that gave no NOTIFY parameter.
 ///
-/// RFC 3461 section 4.1: "If the NOTIFY parameter is not specified, the receiving MTA MAY
-/// ... act as if it were NOTIFY=FAILURE or NOTIFY=FAILURE,DELAY."
+/// RFC 3461 section 4.1 leaves the choice between acting as NOTIFY=FAILURE and as
+/// NOTIFY=FAILURE,DELAY to the MTA (paraphrased).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum DefaultNotify {
@@ -160,6 +161,8 @@ pub struct RecipientReport {
     pub remote_mta: Option<Domain>,
     /// That server's reply (Diagnostic-Code: smtp).
     pub diagnostic: Option<Reply>,
+    /// A problem found on our side (no reply to quote), in words, for the text part.
+    pub problem: Option<String>,
     /// When delivery was last tried (Last-Attempt-Date).
     pub last_attempt: Option<DsnDate>,
     /// For [`DsnAction::Delayed`]: when we give up (Will-Retry-Until). Ignored otherwise.
@@ -235,11 +238,14 @@ pub struct ReturnedContent {
 
 /// Sends a DSN only when allowed, and reports the recipients NOTIFY selects.
 ///
-/// RFC 5321 section 6.1: "notification messages ... MUST be sent using a null ("<>")
-/// reverse-path"; and RFC 3461 section 6.1 / RFC 5321 section 4.5.5: a message with a null
-/// reverse path must never cause a notification ("never bounce a bounce").
-/// RFC 3461 section 4.1: "NEVER ... requests that a DSN not be returned to the sender under
-/// any conditions"; FAILURE, DELAY and SUCCESS each select one condition.
+/// - [RFC 5321 section 6.1](https://www.rfc-editor.org/rfc/rfc5321#section-6.1): the failure
+///   notification "MUST be sent using a null ("<>") reverse-path in the envelope"; and, since
+///   RFC 2821 section 3.7, "SMTP servers MUST NOT send notification messages about problems
+///   transporting notification messages": no DSN for a message whose reverse path is null.
+/// - [RFC 3461 section 4.1](https://www.rfc-editor.org/rfc/rfc3461#section-4.1): NOTIFY=NEVER
+///   asks for no DSN under any condition; FAILURE, DELAY and SUCCESS each ask for one
+///   condition; without NOTIFY an MTA may act as for FAILURE or FAILURE,DELAY
+///   ([`DefaultNotify`]). (Paraphrased: the RFC text was not at hand to quote.)
 pub fn compose(request: &DsnRequest) -> Result<Dsn, NoDsn> {
     let sender = match &request.envelope.reverse_path {
         ReversePath::Mailbox(mailbox) => mailbox.clone(),
@@ -320,18 +326,18 @@ pub fn compose(request: &DsnRequest) -> Result<Dsn, NoDsn> {
     header(&mut p, "Content-Description", "Delivery report");
     header(&mut p, "Content-Type", "message/delivery-status");
     p.push_str("\r\n");
-    // RFC 3464 2.2.2: "Reporting-MTA: dns; <the fully-qualified domain name>"
+    // RFC 3464 2.2.2: Reporting-MTA, MTA-name-type `dns` and our host name.
     header(&mut p, "Reporting-MTA", &format!("dns; {host}"));
-    // RFC 3461 6.3: "If an ENVID parameter was included ... the value MUST appear in the
-    // Original-Envelope-Id field"; RFC 3464 2.2.1 carries it as xtext-decoded `*text`.
+    // RFC 3461 6.3 / RFC 3464 2.2.1 (paraphrased): an ENVID given with MAIL is returned,
+    // decoded, in Original-Envelope-Id. Non-ASCII (impossible from a valid ENVID) becomes `?`.
     if let Some(envid) = &env.envid {
         header(&mut p, "Original-Envelope-Id", &seven_bit(envid));
     }
     header(&mut p, "Arrival-Date", &env.arrival_date.0);
     for r in &recipients {
         p.push_str("\r\n");
-        // RFC 3464 2.3.1: "Original-Recipient ... MUST be present if an ORCPT parameter was
-        // supplied"; 2.3.2: Final-Recipient is required.
+        // RFC 3464 2.3.1 / 2.3.2 (paraphrased): Original-Recipient when ORCPT was given;
+        // Final-Recipient always.
         if let Some(orcpt) = &r.orcpt {
             header(&mut p, "Original-Recipient", &original_recipient(orcpt));
         }
@@ -351,7 +357,7 @@ pub fn compose(request: &DsnRequest) -> Result<Dsn, NoDsn> {
         if let Some(date) = &r.last_attempt {
             header(&mut p, "Last-Attempt-Date", &date.0);
         }
-        // RFC 3464 2.3.9: Will-Retry-Until "MUST NOT be used with other than "delayed"".
+        // RFC 3464 2.3.9: Will-Retry-Until belongs to delay reports only (paraphrased).
         if let (DsnAction::Delayed, Some(until)) = (r.action, &r.will_retry_until) {
             header(&mut p, "Will-Retry-Until", &until.0);
         }
@@ -495,10 +501,96 @@ impl RecipientReport {
             status,
             remote_mta: None,
             diagnostic: None,
+            problem: None,
             last_attempt: None,
             will_retry_until: None,
         }
     }
+}
+
+impl RecipientReport {
+    /// The report for what a delivery attempt said about one recipient: accepted is
+    /// [`DsnAction::Relayed`] (the next hop took it; we do not know that it reports further),
+    /// a temporary failure [`DsnAction::Delayed`], a permanent one [`DsnAction::Failed`].
+    /// The status is the reply's enhanced code when it agrees with the reply's class, else
+    /// `class.0.0`; for a problem on our side, a code from RFC 3463 / the IANA registry.
+    ///
+    /// The queue turns a delayed recipient that ran out of time into `Failed` with 4.4.7 itself.
+    pub fn from_result(result: &RecipientResult, remote_mta: Option<Domain>) -> RecipientReport {
+        let (action, class, reason) = match &result.status {
+            RecipientStatus::Accepted(_) => (DsnAction::Relayed, 2, None),
+            RecipientStatus::TemporaryFailure(reason) => (DsnAction::Delayed, 4, Some(reason)),
+            RecipientStatus::PermanentFailure(reason) => (DsnAction::Failed, 5, Some(reason)),
+        };
+        let reply = match (&result.status, reason) {
+            (RecipientStatus::Accepted(reply), _) | (_, Some(FailureReason::Reply(reply))) => {
+                Some(reply.clone())
+            }
+            _ => None,
+        };
+        let status = match (&reply, reason) {
+            (Some(reply), _) => status_of_reply(reply, class),
+            (None, Some(FailureReason::Local(problem))) => status_of_problem(problem, class),
+            _ => EnhancedStatus::new(class, 0, 0),
+        };
+        let mut report =
+            RecipientReport::new(result.to.clone(), action, status.unwrap_or(FALLBACK_STATUS));
+        report.remote_mta = remote_mta;
+        report.diagnostic = reply;
+        if let Some(FailureReason::Local(problem)) = reason {
+            report.problem = Some(problem.to_string());
+        }
+        report
+    }
+}
+
+/// Only reached if a constant below were invalid.
+const FALLBACK_STATUS: EnhancedStatus = match EnhancedStatus::new(4, 0, 0) {
+    Some(s) => s,
+    None => panic!("4.0.0 is valid"),
+};
+
+/// The reply's enhanced code if its class matches `class`, else `class.0.0`.
+fn status_of_reply(reply: &Reply, class: u8) -> Option<EnhancedStatus> {
+    let reply_class = match reply.code().class() {
+        ReplyClass::PositiveCompletion => 2,
+        ReplyClass::TransientNegative => 4,
+        ReplyClass::PermanentNegative => 5,
+        _ => class,
+    };
+    match reply.enhanced() {
+        Some(e) if e.class() == class && reply_class == class => Some(e),
+        _ => EnhancedStatus::new(class, 0, 0),
+    }
+}
+
+/// RFC 3463 codes (and the IANA "SMTP Enhanced Status Codes" registry) for our own findings.
+fn status_of_problem(problem: &ClientError, class: u8) -> Option<EnhancedStatus> {
+    let (subject, detail) = match problem {
+        // X.4.2 "Bad connection"; X.4.7 "Delivery time expired" is the queue's to give.
+        ClientError::Timeout(_) | ClientError::ConnectionClosed(_) => (4, 2),
+        // X.5.0 "Other or undefined protocol status".
+        ClientError::BadReply(_) | ClientError::ReplyTooLong | ClientError::UnexpectedReply(_) => {
+            (5, 0)
+        }
+        // X.3.4 "Message too big for system".
+        ClientError::MessageTooBig { .. } => (3, 4),
+        // X.6.3 "Conversion required but not supported".
+        ClientError::EightBitMimeNotOffered | ClientError::BinaryMimeNotOffered => (6, 3),
+        // X.6.7 (RFC 6531): non-ASCII addresses not permitted for that recipient.
+        ClientError::SmtpUtf8NotOffered => (6, 7),
+        // X.7.30 (RFC 8689 5): "REQUIRETLS support required".
+        ClientError::RequireTlsNotOffered => (7, 30),
+        // X.7.10 (RFC 5248 registry): "Encryption Needed".
+        ClientError::StartTlsNotOffered
+        | ClientError::StartTlsRefused(_)
+        | ClientError::TlsHandshakeFailed => (7, 10),
+        // X.7.0 "Other or undefined security status".
+        ClientError::AuthNotOffered | ClientError::AuthNeedsTls | ClientError::AuthFailed(_) => {
+            (7, 0)
+        }
+    };
+    EnhancedStatus::new(class, subject, detail)
 }
 
 impl DsnRequest {
@@ -738,6 +830,12 @@ fn human_text(host: &str, recipients: &[&RecipientReport]) -> String {
                 t.push_str("\r\n");
             }
         }
+        if let Some(problem) = &r.problem {
+            for line in wrap(problem, 76, "    ") {
+                t.push_str(&line);
+                t.push_str("\r\n");
+            }
+        }
         t.push_str("\r\n");
     }
     // The delimiter's own CRLF follows: no blank line after the last recipient.
@@ -781,8 +879,8 @@ fn header(out: &mut String, name: &str, value: &str) {
     let mut col = name.len() + 1;
     out.push_str(name);
     out.push(':');
-    for word in value.split(' ').filter(|w| !w.is_empty()) {
-        if col > 1 && col + 1 + word.len() > FOLD_AT {
+    for (i, word) in value.split(' ').filter(|w| !w.is_empty()).enumerate() {
+        if i > 0 && col + 1 + word.len() > FOLD_AT {
             out.push_str("\r\n");
             col = 0;
         }
@@ -854,7 +952,8 @@ fn original_recipient(orcpt: &OriginalRecipient) -> String {
 
 /// RFC 6533 section 3: `utf-8-addr-xtext = 1*(QCHAR / EmbeddedUnicodeChar)`, where QCHAR is
 /// printable ASCII except `+`, `=` and `\`, and EmbeddedUnicodeChar is `\x{HEXPOINT}`
-/// (upper-case hex, no leading zeros, at least two digits).
+/// (upper-case hex, no leading zeros, at least two digits). Written from memory of the
+/// grammar, not checked against the RFC text.
 fn utf8_addr_xtext(address: &str) -> String {
     let mut out = String::with_capacity(address.len());
     for c in address.chars() {
@@ -1521,6 +1620,126 @@ Subject: hello\r\n\
                     String::from_utf8_lossy(want),
                     "input {:?} {returned:?} chunk {split}",
                     String::from_utf8_lossy(input)
+                );
+            }
+        }
+    }
+
+    /// A delivery attempt's result, as the client reports it: (name, status, want action,
+    /// status, diagnostic kept, problem text).
+    #[test]
+    fn reports_from_client_results() {
+        use crate::{ClientError, Stage};
+        let reply = |code, e: (u8, u16, u16), text: &str| Reply::of(code, e, text);
+        type Case = (
+            &'static str,
+            RecipientStatus,
+            DsnAction,
+            &'static str,
+            bool,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "accepted",
+                RecipientStatus::Accepted(reply(250, (2, 0, 0), "ok")),
+                DsnAction::Relayed,
+                "2.0.0",
+                true,
+                None,
+            ),
+            (
+                "550 5.1.1",
+                RecipientStatus::PermanentFailure(FailureReason::Reply(reply(
+                    550,
+                    (5, 1, 1),
+                    "no",
+                ))),
+                DsnAction::Failed,
+                "5.1.1",
+                true,
+                None,
+            ),
+            (
+                "550 without enhanced",
+                RecipientStatus::PermanentFailure(FailureReason::Reply(Reply::new(
+                    crate::ReplyCode::MAILBOX_UNAVAILABLE,
+                    None,
+                    "no",
+                ))),
+                DsnAction::Failed,
+                "5.0.0",
+                true,
+                None,
+            ),
+            (
+                "451 4.3.0",
+                RecipientStatus::TemporaryFailure(FailureReason::Reply(reply(
+                    451,
+                    (4, 3, 0),
+                    "later",
+                ))),
+                DsnAction::Delayed,
+                "4.3.0",
+                true,
+                None,
+            ),
+            (
+                "451 with a mismatched 5.x.x",
+                RecipientStatus::TemporaryFailure(FailureReason::Reply(reply(
+                    451,
+                    (5, 1, 1),
+                    "odd",
+                ))),
+                DsnAction::Delayed,
+                "4.0.0",
+                true,
+                None,
+            ),
+            (
+                "timeout",
+                RecipientStatus::TemporaryFailure(FailureReason::Local(ClientError::Timeout(
+                    Stage::DataEnd,
+                ))),
+                DsnAction::Delayed,
+                "4.4.2",
+                false,
+                Some("timeout waiting for the reply to"),
+            ),
+            (
+                "too big",
+                RecipientStatus::PermanentFailure(FailureReason::Local(
+                    ClientError::MessageTooBig { size: 10, limit: 5 },
+                )),
+                DsnAction::Failed,
+                "5.3.4",
+                false,
+                Some("message size 10 exceeds"),
+            ),
+        ];
+        for (name, status, action, code, diag, problem) in cases {
+            let result = RecipientResult {
+                to: fp("bob@example.org"),
+                status,
+            };
+            let r = RecipientReport::from_result(&result, Domain::parse("mx.example.org").ok());
+            assert_eq!(r.action, action, "case {name}");
+            assert_eq!(r.status.to_string(), code, "case {name}");
+            assert_eq!(r.diagnostic.is_some(), diag, "case {name}");
+            match (problem, &r.problem) {
+                (Some(want), Some(got)) => assert!(got.starts_with(want), "case {name}: {got}"),
+                (None, None) => {}
+                (want, got) => panic!("case {name}: problem {got:?}, want {want:?}"),
+            }
+            // And it composes: a local problem shows in the text part.
+            let mut r = r;
+            r.notify = notify("SUCCESS,FAILURE,DELAY");
+            let dsn = compose(&request("alice@example.com", vec![r])).expect(name);
+            let text = String::from_utf8(dsn.to_bytes(ORIGINAL)).expect("utf-8");
+            if let Some(want) = problem {
+                assert!(
+                    text.contains(&format!("\r\n    {want}")),
+                    "case {name}: {text}"
                 );
             }
         }
