@@ -308,7 +308,7 @@ pub fn compose(request: &DsnRequest) -> Result<Dsn, NoDsn> {
     // Part 1: for people.
     let _ = write!(p, "--{b}\r\n");
     header(&mut p, "Content-Description", "Notification");
-    let text = human_text(&host, &recipients);
+    let text = human_text(&host, &recipients, returned);
     if text.is_ascii() {
         header(&mut p, "Content-Type", "text/plain; charset=us-ascii");
         header(&mut p, "Content-Transfer-Encoding", "7bit");
@@ -778,23 +778,31 @@ fn action_name(action: DsnAction) -> &'static str {
 }
 
 /// The plain-English part.
-fn human_text(host: &str, recipients: &[&RecipientReport]) -> String {
-    let mut t = format!("This is the mail system at host {host}.\r\n\r\n");
+fn human_text(host: &str, recipients: &[&RecipientReport], returned: Returned) -> String {
+    let mut t = format!("This report comes from the mail system at {host}.\r\n\r\n");
     let any = |a: DsnAction| recipients.iter().any(|r| r.action == a);
     if any(DsnAction::Failed) {
-        t.push_str(
-            "I'm sorry to have to inform you that your message could not be delivered to one\r\n\
-             or more recipients. It is attached below.\r\n\r\n",
-        );
+        t.push_str(match returned {
+            Returned::Headers => {
+                "Your message could not be delivered to some or all of its recipients,\r\n\
+                 and no further attempt will be made for them. The headers of your\r\n\
+                 message are attached.\r\n\r\n"
+            }
+            Returned::Full => {
+                "Your message could not be delivered to some or all of its recipients,\r\n\
+                 and no further attempt will be made for them. Your message is\r\n\
+                 attached.\r\n\r\n"
+            }
+        });
     }
     if any(DsnAction::Delayed) {
         t.push_str(
-            "Your message could not be delivered yet to one or more recipients. Delivery\r\n\
-             will be tried again: you do not need to send it again.\r\n\r\n",
+            "Your message has not reached some of its recipients yet. Delivery will\r\n\
+             be tried again; you do not need to send it again.\r\n\r\n",
         );
     }
     if any(DsnAction::Delivered) || any(DsnAction::Relayed) || any(DsnAction::Expanded) {
-        t.push_str("Your message was delivered to the recipients listed as such below.\r\n\r\n");
+        t.push_str("You asked to be told when your message was delivered.\r\n\r\n");
     }
     for r in recipients {
         let who = match &r.recipient {
@@ -815,7 +823,7 @@ fn human_text(host: &str, recipients: &[&RecipientReport]) -> String {
                 "delivered to a list or alias, which sent it on to its members".to_owned()
             }
         };
-        for line in wrap(&format!("{who}: {what} (status {}).", r.status), 76, "") {
+        for line in wrap(&format!("{who}: {what} (status {}).", r.status), 72, "") {
             t.push_str(&line);
             t.push_str("\r\n");
         }
@@ -825,13 +833,13 @@ fn human_text(host: &str, recipients: &[&RecipientReport]) -> String {
                 .as_ref()
                 .map_or_else(|| "The remote server".to_owned(), domain_ascii);
             let said = format!("{mta} said: {}", reply_text(reply));
-            for line in wrap(&said, 76, "    ") {
+            for line in wrap(&said, 72, "    ") {
                 t.push_str(&line);
                 t.push_str("\r\n");
             }
         }
         if let Some(problem) = &r.problem {
-            for line in wrap(problem, 76, "    ") {
+            for line in wrap(problem, 72, "    ") {
                 t.push_str(&line);
                 t.push_str("\r\n");
             }
@@ -1252,10 +1260,11 @@ Content-Description: Notification\r\n\
 Content-Type: text/plain; charset=us-ascii\r\n\
 Content-Transfer-Encoding: 7bit\r\n\
 \r\n\
-This is the mail system at host mx.example.com.\r\n\
+This report comes from the mail system at mx.example.com.\r\n\
 \r\n\
-I'm sorry to have to inform you that your message could not be delivered to one\r\n\
-or more recipients. It is attached below.\r\n\
+Your message could not be delivered to some or all of its recipients,\r\n\
+and no further attempt will be made for them. The headers of your\r\n\
+message are attached.\r\n\
 \r\n\
 <bob@example.org>: delivery failed permanently (status 5.1.1).\r\n    mx.example.org said: 550 5.1.1 No such user\r\n\
 \r\n\
@@ -1491,6 +1500,28 @@ Subject: hello\r\n\
             text.contains("<j=C3=B6ran@b=C3=BCcher.example>: delivery failed"),
             "{text}"
         );
+    }
+
+    /// The quoted-printable text part decodes (with mail-parser) to the UTF-8 address.
+    #[test]
+    fn quoted_printable_round_trips() {
+        let long = format!("{}jöran@bücher.example", "ü".repeat(40));
+        for addr in ["jöran@bücher.example", long.as_str()] {
+            let mut r = RecipientReport::new(fp("x@example.org"), DsnAction::Failed, st("5.1.1"));
+            r.problem = Some(format!("mailbox {addr} = gone"));
+            let dsn = compose(&request("alice@example.com", vec![r])).expect("dsn");
+            let bytes = dsn.to_bytes(ORIGINAL);
+            check_lines(addr, &bytes);
+            let msg = mail_parser::MessageParser::default()
+                .parse(&bytes)
+                .expect("parses");
+            let text = msg.body_text(0).expect("text part");
+            let unwrapped = text.replace("\r\n    ", " ");
+            assert!(
+                unwrapped.contains(&format!("mailbox {addr} = gone")),
+                "{addr}: {text}"
+            );
+        }
     }
 
     #[test]
@@ -1743,6 +1774,30 @@ Subject: hello\r\n\
                 );
             }
         }
+    }
+
+    #[test]
+    #[ignore = "prints a sample DSN: cargo test -p postern-proto-core show_sample -- --ignored --nocapture"]
+    fn show_sample() {
+        let mut bad = failed("bob@example.org");
+        bad.diagnostic = Some(Reply::of(
+            550,
+            (5, 7, 1),
+            format!("{} policy", "blocked ".repeat(20)),
+        ));
+        let mut u =
+            RecipientReport::new(fp("jöran@bücher.example"), DsnAction::Failed, st("5.1.1"));
+        u.orcpt = Some(OriginalRecipient {
+            addr_type: "utf-8".into(),
+            address: "jöran@bücher.example".into(),
+        });
+        let mut req = request(
+            "alice@example.com",
+            vec![bad, delayed("carol@example.net"), u],
+        );
+        req.envelope.envid = Some("ENV-7".into());
+        let dsn = compose(&req).expect("dsn");
+        println!("{}", String::from_utf8_lossy(&dsn.to_bytes(ORIGINAL)));
     }
 
     /// A large original in 64 KiB chunks: HDRS stops early, FULL copies it all.
