@@ -227,10 +227,13 @@ pub struct Dsn {
 ///
 /// Line ends become CRLF (a bare CR or LF in the stored original does not leak into the
 /// DSN). For [`Returned::Headers`] it stops at the empty line that ends the header section
-/// and reports [`is_done`](ReturnedContent::is_done); further input is ignored.
+/// and reports [`is_done`](ReturnedContent::is_done); further input is ignored. When the DSN
+/// is 7-bit ([`Dsn::body`] is `7BIT`), an octet over 127 becomes `?`, so the DSN stays what its
+/// headers say.
 #[derive(Debug, Clone)]
 pub struct ReturnedContent {
     returned: Returned,
+    seven_bit: bool,
     at_line_start: bool,
     pending_cr: bool,
     done: bool,
@@ -264,16 +267,18 @@ pub fn compose(request: &DsnRequest) -> Result<Dsn, NoDsn> {
     let recipients: Vec<&RecipientReport> =
         reported.iter().map(|&i| &request.recipients[i]).collect();
     let env = &request.envelope;
-    let returned = match env.ret {
-        Some(Ret::Full) => Returned::Full,
+    // Deviation: a BINARYMIME original is returned as headers even with RET=FULL. Its body
+    // may hold any octets, which neither a line-based copy nor a DATA-sent DSN can carry.
+    let returned = match (env.ret, env.body) {
+        (Some(Ret::Full), Some(Body::BinaryMime)) => Returned::Headers,
+        (Some(Ret::Full), _) => Returned::Full,
         _ => Returned::Headers,
     };
     // RFC 2046 5.2.1: message/rfc822 may be 7bit, 8bit or binary; we never re-encode, so an
-    // 8-bit original is labelled 8bit and the DSN needs BODY=8BITMIME. Headers are 8-bit
-    // only under SMTPUTF8 (RFC 6532).
-    let eight_bit = env.smtputf8
-        || (returned == Returned::Full
-            && matches!(env.body, Some(Body::EightBitMime | Body::BinaryMime)));
+    // original that came as 8BITMIME (or SMTPUTF8) is labelled 8bit and the DSN is sent with
+    // BODY=8BITMIME. An original declared 7-bit is returned 7-bit: a stray 8-bit octet in it
+    // becomes `?` (see [`ReturnedContent`]).
+    let eight_bit = env.smtputf8 || matches!(env.body, Some(Body::EightBitMime | Body::BinaryMime));
     let smtputf8 = env.smtputf8 || !sender.is_ascii();
     let b = &request.boundary.0;
 
@@ -658,6 +663,7 @@ impl Dsn {
     pub fn returned_content(&self) -> ReturnedContent {
         ReturnedContent {
             returned: self.returned,
+            seven_bit: self.body == Body::SevenBit,
             at_line_start: true,
             pending_cr: false,
             done: false,
@@ -697,7 +703,11 @@ impl ReturnedContent {
                 .position(|&b| b == b'\r' || b == b'\n')
                 .unwrap_or(chunk.len());
             if run > 0 {
-                out.extend_from_slice(&chunk[..run]);
+                if self.seven_bit {
+                    out.extend(chunk[..run].iter().map(|&b| if b > 127 { b'?' } else { b }));
+                } else {
+                    out.extend_from_slice(&chunk[..run]);
+                }
                 self.at_line_start = false;
                 chunk = &chunk[run..];
                 continue;
@@ -1549,22 +1559,37 @@ Subject: hello\r\n\
         );
         let cases: &[Case] = &[
             (
-                "no RET",
+                "no RET, 7-bit original with a stray 8-bit header",
                 None,
                 None,
                 "text/rfc822-headers",
                 None,
-                b"Subject: caf\xc3\xa9\r\nX: y\r\n",
+                b"Subject: caf??\r\nX: y\r\n",
             ),
             (
-                "HDRS",
+                "HDRS 8BITMIME",
                 Some(Ret::Headers),
                 Some(Body::EightBitMime),
                 "text/rfc822-headers",
-                None,
+                Some("8bit"),
                 b"Subject: caf\xc3\xa9\r\nX: y\r\n",
             ),
-            ("FULL", Some(Ret::Full), None, "message/rfc822", None, orig),
+            (
+                "FULL 7BIT",
+                Some(Ret::Full),
+                Some(Body::SevenBit),
+                "message/rfc822",
+                None,
+                b"Subject: caf??\r\nX: y\r\n\r\nline 1\r\nline 2\r\n",
+            ),
+            (
+                "FULL BINARYMIME: headers only",
+                Some(Ret::Full),
+                Some(Body::BinaryMime),
+                "text/rfc822-headers",
+                Some("8bit"),
+                b"Subject: caf\xc3\xa9\r\nX: y\r\n",
+            ),
             (
                 "FULL 8BITMIME",
                 Some(Ret::Full),
@@ -1637,6 +1662,7 @@ Subject: hello\r\n\
             for split in 1..=input.len().max(1) {
                 let mut copier = ReturnedContent {
                     returned: *returned,
+                    seven_bit: false,
                     at_line_start: true,
                     pending_cr: false,
                     done: false,
