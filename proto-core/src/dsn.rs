@@ -219,6 +219,7 @@ pub struct Dsn {
     body: Body,
     smtputf8: bool,
     returned: Returned,
+    boundary: Boundary,
     prefix: Vec<u8>,
     suffix: Vec<u8>,
 }
@@ -230,10 +231,20 @@ pub struct Dsn {
 /// and reports [`is_done`](ReturnedContent::is_done); further input is ignored. When the DSN
 /// is 7-bit ([`Dsn::body`] is `7BIT`), an octet over 127 becomes `?`, so the DSN stays what its
 /// headers say.
+///
+/// RFC 2046 section 5.1.1: "the boundary delimiter MUST NOT appear inside any of the
+/// encapsulated parts". The caller picks an unguessable boundary; should the original still
+/// contain it, anywhere (lenient parsers such as mail-parser find delimiters in mid-line),
+/// a space goes in before its last character: a deliberate change to the returned copy, so
+/// no original can end the DSN's parts early.
 #[derive(Debug, Clone)]
 pub struct ReturnedContent {
     returned: Returned,
     seven_bit: bool,
+    /// The boundary text.
+    boundary: Vec<u8>,
+    /// Output held back because it is a prefix of the boundary.
+    held: Vec<u8>,
     at_line_start: bool,
     pending_cr: bool,
     done: bool,
@@ -391,6 +402,7 @@ pub fn compose(request: &DsnRequest) -> Result<Dsn, NoDsn> {
         },
         smtputf8,
         returned,
+        boundary: request.boundary.clone(),
         prefix: p.into_bytes(),
         suffix: format!("\r\n--{b}--\r\n").into_bytes(),
     })
@@ -664,6 +676,8 @@ impl Dsn {
         ReturnedContent {
             returned: self.returned,
             seven_bit: self.body == Body::SevenBit,
+            boundary: self.boundary.0.clone().into_bytes(),
+            held: Vec::new(),
             at_line_start: true,
             pending_cr: false,
             done: false,
@@ -698,26 +712,46 @@ impl ReturnedContent {
                 }
                 continue;
             }
-            let run = chunk
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')
-                .unwrap_or(chunk.len());
-            if run > 0 {
-                if self.seven_bit {
-                    out.extend(chunk[..run].iter().map(|&b| if b > 127 { b'?' } else { b }));
+            let b = chunk[0];
+            if b == b'\r' || b == b'\n' {
+                // No boundary spans a line end (CR and LF are not bchars).
+                self.release(out);
+                if b == b'\r' {
+                    self.pending_cr = true;
                 } else {
-                    out.extend_from_slice(&chunk[..run]);
+                    self.line_end(out);
                 }
-                self.at_line_start = false;
-                chunk = &chunk[run..];
+                chunk = &chunk[1..];
                 continue;
             }
-            if chunk[0] == b'\r' {
-                self.pending_cr = true;
-            } else {
-                self.line_end(out);
+            if self.held.is_empty() {
+                // Fast path: copy up to a line end or a byte that could start the boundary.
+                let run = chunk
+                    .iter()
+                    .position(|&c| c == b'\r' || c == b'\n' || self.map(c) == self.boundary[0])
+                    .unwrap_or(chunk.len());
+                if run > 0 {
+                    out.extend(chunk[..run].iter().map(|&c| self.map(c)));
+                    self.at_line_start = false;
+                    chunk = &chunk[run..];
+                    continue;
+                }
             }
+            // Slow path: one byte through the boundary matcher.
+            self.held.push(self.map(b));
+            self.at_line_start = false;
             chunk = &chunk[1..];
+            if self.held == self.boundary {
+                let (head, last) = self.boundary.split_at(self.boundary.len() - 1);
+                out.extend_from_slice(head);
+                out.push(b' ');
+                out.extend_from_slice(last);
+                self.held.clear();
+            } else {
+                while !self.boundary.starts_with(&self.held) {
+                    out.push(self.held.remove(0));
+                }
+            }
         }
     }
 
@@ -729,6 +763,9 @@ impl ReturnedContent {
     /// Ends the copy: completes an unterminated last line so the closing boundary starts a
     /// line of its own.
     pub fn finish(mut self, out: &mut Vec<u8>) {
+        if !self.done {
+            self.release(out);
+        }
         if self.pending_cr {
             self.pending_cr = false;
             self.line_end(out);
@@ -736,6 +773,16 @@ impl ReturnedContent {
         if !self.done && !self.at_line_start {
             out.extend_from_slice(b"\r\n");
         }
+    }
+
+    /// An octet as written: over 127 becomes `?` in a 7-bit DSN.
+    fn map(&self, b: u8) -> u8 {
+        if self.seven_bit && b > 127 { b'?' } else { b }
+    }
+
+    /// Writes held-back output that can no longer become the boundary.
+    fn release(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.held);
     }
 
     fn line_end(&mut self, out: &mut Vec<u8>) {
@@ -1657,12 +1704,29 @@ Subject: hello\r\n\
             ),
             (b"A: 1\r\n\r\n\r\n", Returned::Full, b"A: 1\r\n\r\n\r\n"),
             (b"", Returned::Full, b""),
+            // The boundary (here `b1`) is broken wherever it occurs; partial matches are kept.
+            (
+                b"--b1\r\n\r\n--b1--\r\nx --b1\r\n--b\r\n--b",
+                Returned::Full,
+                b"--b 1\r\n\r\n--b 1--\r\nx --b 1\r\n--b\r\n--b\r\n",
+            ),
+            (
+                b"X: 1\n--b1: 2\n-\n\n--b1\n",
+                Returned::Headers,
+                b"X: 1\r\n--b 1: 2\r\n-\r\n",
+            ),
+            (b"--b1", Returned::Full, b"--b 1\r\n"),
+            (b"bb1b1bb\rb", Returned::Full, b"bb 1b 1bb\r\nb\r\n"),
+            (b"--", Returned::Full, b"--\r\n"),
+            (b"-\r\n\r\n", Returned::Headers, b"-\r\n"),
         ];
         for (input, returned, want) in cases {
             for split in 1..=input.len().max(1) {
                 let mut copier = ReturnedContent {
                     returned: *returned,
                     seven_bit: false,
+                    boundary: b"b1".to_vec(),
+                    held: Vec::new(),
                     at_line_start: true,
                     pending_cr: false,
                     done: false,
@@ -1878,7 +1942,9 @@ Subject: hello\r\n\
             req.envelope.ret = ret;
             req.envelope.envid = Some("ENV-1".into());
             let dsn = compose(&req).expect("dsn");
-            let bytes = dsn.to_bytes(ORIGINAL);
+            // An original that tries to close the DSN's multipart early.
+            let original = b"Subject: hello\r\n\r\nhi\r\n--=_postern_b1--\r\n\r\n--=_postern_b1\r\nContent-Type: text/plain\r\n\r\nfake part\r\n";
+            let bytes = dsn.to_bytes(original);
             let msg = MessageParser::default().parse(&bytes).expect("parses");
             assert_eq!(
                 msg.subject(),
@@ -1922,6 +1988,12 @@ Subject: hello\r\n\
                     panic!("returned part is not a message")
                 };
                 assert_eq!(inner.subject(), Some("hello"));
+                assert!(
+                    inner
+                        .body_text(0)
+                        .expect("inner text")
+                        .contains("fake part")
+                );
             }
         }
     }
