@@ -120,7 +120,9 @@ pub struct DsnDate(String);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MessageId(String);
 
-/// A MIME multipart boundary, made unique by the caller (RFC 2046 section 5.1.1).
+/// A MIME multipart boundary (RFC 2046 section 5.1.1), chosen by the caller: make it
+/// unguessable (random per DSN), as the original's author should not be able to predict it;
+/// [`ReturnedContent`] breaks it up anyway if the original contains it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Boundary(String);
 
