@@ -1868,30 +1868,6 @@ Subject: hello\r\n\
         }
     }
 
-    #[test]
-    #[ignore = "prints a sample DSN: cargo test -p postern-proto-core show_sample -- --ignored --nocapture"]
-    fn show_sample() {
-        let mut bad = failed("bob@example.org");
-        bad.diagnostic = Some(Reply::of(
-            550,
-            (5, 7, 1),
-            format!("{} policy", "blocked ".repeat(20)),
-        ));
-        let mut u =
-            RecipientReport::new(fp("jöran@bücher.example"), DsnAction::Failed, st("5.1.1"));
-        u.orcpt = Some(OriginalRecipient {
-            addr_type: "utf-8".into(),
-            address: "jöran@bücher.example".into(),
-        });
-        let mut req = request(
-            "alice@example.com",
-            vec![bad, delayed("carol@example.net"), u],
-        );
-        req.envelope.envid = Some("ENV-7".into());
-        let dsn = compose(&req).expect("dsn");
-        println!("{}", String::from_utf8_lossy(&dsn.to_bytes(ORIGINAL)));
-    }
-
     /// A large original in 64 KiB chunks: HDRS stops early, FULL copies it all.
     #[test]
     fn streams_a_large_original() {
