@@ -92,6 +92,16 @@ impl ResolverConfig {
         config
     }
 
+    /// The settings for the server: `[dns] nameservers` from postern.toml when given
+    /// (`Settings::dns_nameservers`), else `/etc/resolv.conf`.
+    pub fn for_server(settings: &crate::config::Settings) -> std::io::Result<Self> {
+        if settings.dns_nameservers.is_empty() {
+            Self::system()
+        } else {
+            Ok(Self::new(settings.dns_nameservers.clone()))
+        }
+    }
+
     /// Settings from `/etc/resolv.conf` (never read by tests).
     pub fn system() -> std::io::Result<Self> {
         Self::from_file(Path::new("/etc/resolv.conf"))
