@@ -6,7 +6,8 @@
 //! `TXT "string" "string" ...`, `SOA mname. rname. serial refresh retry expire minimum`.
 //! Pseudo-types for misbehaviour (their TTL and data are ignored): `SERVFAIL` (answer
 //! SERVFAIL), `DROP` (never answer), `WRONGID` (first send a copy of the answer with another
-//! id, which the resolver must ignore).
+//! id, which the resolver must ignore), `NOCHASE` (answer only the name's own CNAME, no SOA,
+//! as a server without the target's data would: the resolver must ask about the target).
 //!
 //! Answers: the records of the asked type, CNAME chains followed inside the zone (up to ten
 //! links), NXDOMAIN with the SOA for absent names, NODATA (NOERROR, no answer, the SOA) for
@@ -40,6 +41,7 @@ enum Behaviour {
     ServFail,
     Drop,
     WrongId,
+    NoChase,
 }
 
 #[derive(Debug, Default)]
@@ -206,10 +208,11 @@ impl Zone {
                     num(w[5]) as i32,
                     num(w[6]) as u32,
                 )),
-                "SERVFAIL" | "DROP" | "WRONGID" => {
+                "SERVFAIL" | "DROP" | "WRONGID" | "NOCHASE" => {
                     let b = match rtype {
                         "SERVFAIL" => Behaviour::ServFail,
                         "DROP" => Behaviour::Drop,
+                        "NOCHASE" => Behaviour::NoChase,
                         _ => Behaviour::WrongId,
                     };
                     zone.behaviours.push((name, b));
@@ -244,7 +247,7 @@ impl Zone {
                 response.metadata.response_code = ResponseCode::ServFail;
                 return Some(response);
             }
-            Some(Behaviour::WrongId) | None => {}
+            Some(Behaviour::WrongId | Behaviour::NoChase) | None => {}
         }
         let mut name = q.name().clone();
         for _ in 0..10 {
@@ -266,6 +269,9 @@ impl Zone {
             match here.iter().find(|r| r.record_type() == RecordType::CNAME) {
                 Some(cname) => {
                     response.add_answer((*cname).clone());
+                    if self.behaviour(request) == Some(Behaviour::NoChase) {
+                        return Some(response);
+                    }
                     if let RData::CNAME(target) = &cname.data {
                         name = target.0.clone();
                     }

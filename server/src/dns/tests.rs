@@ -185,6 +185,34 @@ fn cname_chain_followed() {
 }
 
 #[test]
+fn cname_target_asked_when_the_answer_stops_at_the_cname() {
+    let s = server();
+    let (r, _) = resolver(&s);
+    let answer =
+        smol::block_on(r.lookup(&name("partial.example."), RecordType::A)).expect("partial");
+    assert_eq!(answer.name, name("mx1.example."));
+    assert_eq!(
+        answer.records,
+        vec![RData::A(Ipv4Addr::new(192, 0, 2, 1).into())]
+    );
+    assert_eq!(s.queries(), 2, "the CNAME, then its target");
+}
+
+#[test]
+fn truncation_without_edns() {
+    let s = server();
+    let r = Resolver::with_clock(
+        ResolverConfig {
+            edns_payload: None,
+            ..config(vec![s.addr])
+        },
+        ManualClock::new(),
+    );
+    assert_eq!(smol::block_on(r.txt("big.example")).map(|t| t.len()), Ok(1));
+    assert_eq!(s.tcp_queries(), 1);
+}
+
+#[test]
 fn cname_loop_is_an_error() {
     let s = server();
     let (r, _) = resolver(&s);

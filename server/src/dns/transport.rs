@@ -90,6 +90,14 @@ fn matches(response: &Message, id: u16, query: &Query) -> bool {
         && response.queries[0].query_class() == query.query_class()
 }
 
+/// A query id from the operating system's CSPRNG: RFC 5452 9.2 asks for ids an attacker
+/// cannot predict, which a fast userspace generator (fastrand) does not promise.
+fn random_id() -> Result<u16, TempReason> {
+    let mut id = [0; 2];
+    getrandom::fill(&mut id).map_err(|e| TempReason::Io(e.to_string()))?;
+    Ok(u16::from_ne_bytes(id))
+}
+
 fn io_error(e: io::Error) -> TempReason {
     TempReason::Io(e.to_string())
 }
@@ -99,7 +107,7 @@ async fn udp(
     server: SocketAddr,
     query: &Query,
 ) -> Result<Message, TempReason> {
-    let id = fastrand::u16(..);
+    let id = random_id()?;
     let bytes = request(config, id, query)?;
     // Port 0: the kernel picks a random ephemeral source port per query (RFC 5452 9.2).
     let local: SocketAddr = if server.is_ipv4() {
@@ -129,7 +137,7 @@ async fn tcp(
     server: SocketAddr,
     query: &Query,
 ) -> Result<Message, TempReason> {
-    let id = fastrand::u16(..);
+    let id = random_id()?;
     let bytes = request(config, id, query)?;
     let len = u16::try_from(bytes.len()).map_err(|_| TempReason::Malformed)?;
     let mut stream = Async::<TcpStream>::connect(server)
