@@ -5,8 +5,8 @@
 //! comments. Types: `A`, `AAAA`, `MX pref host.`, `CNAME host.`, `PTR host.`,
 //! `TXT "string" "string" ...`, `SOA mname. rname. serial refresh retry expire minimum`.
 //! Pseudo-types for misbehaviour (their TTL and data are ignored): `SERVFAIL` (answer
-//! SERVFAIL), `DROP` (never answer), `WRONGID` (first send a copy of the answer with another
-//! id, which the resolver must ignore), `NOCHASE` (answer only the name's own CNAME, no SOA,
+//! SERVFAIL), `DROP` (never answer), `WRONGID` (first send two forged answers the resolver
+//! must ignore: one with another id, one with the right id for another question), `NOCHASE` (answer only the name's own CNAME, no SOA,
 //! as a server without the target's data would: the resolver must ask about the target).
 //!
 //! Answers: the records of the asked type, CNAME chains followed inside the zone (up to ten
@@ -121,9 +121,11 @@ fn serve_udp(socket: UdpSocket, zone: &Zone, count: &AtomicUsize) {
             bytes = b;
         }
         if zone.behaviour(&request) == Some(Behaviour::WrongId) {
-            let mut wrong = bytes.clone();
-            wrong[0] ^= 0x55;
-            let _ = socket.send_to(&wrong, peer);
+            for decoy in decoys(&response) {
+                if let Ok(b) = decoy.to_vec() {
+                    let _ = socket.send_to(&b, peer);
+                }
+            }
         }
         let _ = socket.send_to(&bytes, peer);
     }
@@ -294,6 +296,22 @@ impl Zone {
             response.add_authority(soa.clone());
         }
     }
+}
+
+/// Forged answers carrying 192.0.2.66: one with another id, one with the right id for
+/// another question.
+fn decoys(response: &Message) -> [Message; 2] {
+    let mut forged = response.clone();
+    for answer in &mut forged.answers {
+        answer.data = RData::A(A::new(192, 0, 2, 66));
+    }
+    let mut wrong_id = forged.clone();
+    wrong_id.metadata.id ^= 0x5555;
+    let mut wrong_question = forged;
+    if let Some(q) = wrong_question.queries.first_mut() {
+        q.set_name(Name::from_ascii("decoy.example.").unwrap_or_else(|_| Name::root()));
+    }
+    [wrong_id, wrong_question]
 }
 
 /// The `"..."` strings of a TXT line (no escapes).

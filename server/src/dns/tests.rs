@@ -235,7 +235,7 @@ fn ptr_lookup() {
 }
 
 #[test]
-fn answers_with_the_wrong_id_are_ignored() {
+fn answers_with_the_wrong_id_or_question_are_ignored() {
     let s = server();
     let (r, _) = resolver(&s);
     assert_eq!(
