@@ -97,6 +97,8 @@ pub struct Settings {
     pub trusted_networks: TrustedNetworks,
     /// `[relay] header_from`.
     pub header_from: HeaderFromCheck,
+    /// `[dns] nameservers`: the recursive resolvers to ask; empty: those of /etc/resolv.conf.
+    pub dns_nameservers: Vec<SocketAddr>,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -134,6 +136,15 @@ struct RawFile {
     relay: RawRelay,
     #[serde(default)]
     senders: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +472,7 @@ impl Settings {
             grants,
             trusted_networks,
             header_from,
+            dns_nameservers: raw.dns.nameservers,
         })
     }
 
@@ -689,6 +701,27 @@ mod tests {
         assert!(!d.auth.allow_plaintext_on_loopback && !d.auth.smtp_listener);
         assert_eq!(d.header_from, HeaderFromCheck::Reject);
         assert!(d.trusted_networks.0.is_empty());
+    }
+
+    #[test]
+    fn dns_nameservers_parse() {
+        let d = parse(crate::init::DEFAULT_CONFIG).expect("default");
+        assert!(d.dns_nameservers.is_empty(), "default: /etc/resolv.conf");
+        let s = parse(
+            "[dns]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\n\
+             [listeners]\nsmtp = [\"127.0.0.1:25\"]\n",
+        )
+        .expect("dns");
+        assert_eq!(
+            s.dns_nameservers,
+            vec![
+                "127.0.0.1:5353".parse::<SocketAddr>().expect("v4"),
+                "[::1]:53".parse::<SocketAddr>().expect("v6"),
+            ]
+        );
+        let e = parse("[dns]\nnameservers = [\"127.0.0.1\"]\n").expect_err("no port");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.fix.contains("with a port"), "{e}");
     }
 
     #[test]

@@ -111,6 +111,11 @@ trusted_networks = []
 # (see [senders]): "reject" (550 5.7.1) or "allow".
 header_from = "reject"
 
+# The recursive DNS resolvers asked for outbound mail, as "address:port", e.g.
+# ["127.0.0.1:53", "[::1]:53"]. Empty: the nameserver lines of /etc/resolv.conf.
+[dns]
+nameservers = []
+
 # What authenticated users may send as, besides their own address (and its +suffix forms):
 # "user" = [domains or addresses]. Example:
 #   "alice@example.org" = ["example.net", "bob@example.org"]

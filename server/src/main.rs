@@ -7,14 +7,16 @@
 //! From check), [`recipients`] (local domains and users), [`reception`] (the session
 //! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
 //! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
-//! (Maildir), [`serve`] (listeners and signals), [`systemd`] (socket activation and
-//! readiness) and [`log`] (one line per mail event).
+//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`serve`] (listeners and
+//! signals), [`systemd`] (socket activation and readiness) and [`log`] (one line per mail
+//! event).
 
 mod auth;
 mod cli;
 mod commit;
 mod config;
 mod delivery;
+mod dns;
 mod header_from;
 mod init;
 mod limits;

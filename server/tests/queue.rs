@@ -501,7 +501,7 @@ fn kill_9_never_loses_an_acknowledged_message() {
             node.port.to_string(),
             MESSAGES.to_string(),
             SESSIONS.to_string(),
-            "35".to_string(),
+            "100".to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -552,7 +552,7 @@ fn kill_9_never_loses_an_acknowledged_message() {
         std::thread::sleep(rng.millis(0, 200));
         node.start(false);
     }
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(110);
     while client.0.try_wait().expect("try_wait").is_none() {
         assert!(Instant::now() < deadline, "the client did not finish");
         std::thread::sleep(Duration::from_millis(50));
