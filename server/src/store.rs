@@ -37,8 +37,18 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 /// The envelope encoding this build writes.
 pub const ENVELOPE_VERSION: u8 = 1;
 
-/// The bodies keyspace's memtable limit: what a crash recovery may replay into memory.
-const BODIES_MEMTABLE: u64 = 8 * 1024 * 1024;
+/// The bodies keyspace's memtable limit: what a crash recovery may replay into memory, and
+/// (twice: one memtable being flushed, one being filled) what a large body costs in memory
+/// while it is received.
+const BODIES_MEMTABLE: u64 = 1024 * 1024;
+
+/// The messages keyspace's memtable limit (fjall's default, 64 MiB, would let envelopes,
+/// delivery marks and removals pile up in memory under load).
+const MESSAGES_MEMTABLE: u64 = 2 * 1024 * 1024;
+
+/// fjall's block cache (default 32 MiB). Envelopes are read back soon after they are written,
+/// mostly from the memtable; a small cache is enough.
+const CACHE_SIZE: u64 = 2 * 1024 * 1024;
 
 /// A problem with the store.
 #[derive(Debug, thiserror::Error)]
@@ -147,8 +157,10 @@ pub enum RecipientState {
 impl Store {
     /// Opens (or creates) the store in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = Database::builder(dir).cache_size(4 * 1024 * 1024).open()?;
-        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
+        let db = Database::builder(dir).cache_size(CACHE_SIZE).open()?;
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default().max_memtable_size(MESSAGES_MEMTABLE)
+        })?;
         let bodies = db.keyspace("bodies", || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(BODIES_MEMTABLE)
