@@ -233,6 +233,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records what a delivery pass did, in one atomic batch (not synced: ask the committer):
+    /// `updated` envelopes are rewritten (new recipient states), `removed` messages (id and
+    /// chunk count) go, envelope and body.
+    pub fn record(
+        &self,
+        updated: &[(QueueId, Envelope)],
+        removed: &[(QueueId, u32)],
+    ) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for (id, envelope) in updated {
+            batch.insert(&self.messages, id.as_str(), envelope.encode());
+        }
+        for (id, chunks) in removed {
+            batch.remove(&self.messages, id.as_str());
+            for i in 0..*chunks {
+                batch.remove(&self.bodies, chunk_key(id, i));
+            }
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
     /// Makes every write so far durable: one fsync of the journal.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncAll)?;
