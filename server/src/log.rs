@@ -8,12 +8,20 @@
 //! (client IP and outcome only). AUTH data (user names, passwords) and message bodies are never
 //! logged.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
 use std::time::SystemTime;
 
 use crate::trace::rfc3339;
 
 /// Writes one log line: the time, `event`, then `fields`.
+///
+/// The line is formatted first and written with one `write` (standard error is unbuffered:
+/// `eprintln!` makes a system call per formatted piece, a dozen per line), so lines from
+/// several threads never interleave either. A failed write is ignored, like `eprintln!`'s
+/// panic would not be: a full disk or closed stderr must not stop mail.
 pub fn event(event: &str, fields: fmt::Arguments<'_>) {
-    eprintln!("{} {event} {fields}", rfc3339(SystemTime::now()));
+    let mut line = String::with_capacity(160);
+    let _ = writeln!(line, "{} {event} {fields}", rfc3339(SystemTime::now()));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
