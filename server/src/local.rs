@@ -425,6 +425,64 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_delivers_many_messages_and_removes_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&tmp.path().join("queue")).expect("open");
+        let committer = Committer::start(store.clone()).expect("committer");
+        let mail_dir = tmp.path().join("mail");
+        let (queue, _ids) = async_channel::unbounded();
+        let local = Local {
+            store: store.clone(),
+            committer,
+            mail_dir: mail_dir.clone(),
+            hostname: "mx.example.org".into(),
+            queue,
+        };
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let id = QueueId::new();
+            let body = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
+            store.put_chunk(&id, 0, body.as_bytes()).expect("chunk");
+            let envelope = Envelope {
+                from: "<s@client.test>".into(),
+                smtputf8: false,
+                body: None,
+                ret: None,
+                envid: None,
+                received_at: 0,
+                trace: TraceRecord::default(),
+                size: body.len() as u64,
+                chunks: 1,
+                // Two messages for alice and carol, the rest for alice alone.
+                recipients: if n < 2 {
+                    vec![local_recipient("alice"), local_recipient("carol")]
+                } else {
+                    vec![local_recipient("alice")]
+                },
+            };
+            store.put_envelope(&id, &envelope).expect("envelope");
+            ids.push(id);
+        }
+        assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
+        assert!(store.ids().expect("ids").is_empty(), "all removed");
+        for (user, want) in [("alice", 5), ("carol", 2)] {
+            let new = mail_dir.join("example.org").join(user).join("new");
+            let texts: Vec<String> = std::fs::read_dir(&new)
+                .expect("new/")
+                .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+                .collect();
+            assert_eq!(texts.len(), want, "{user}");
+            for n in 0..want {
+                let ending = format!("body {n}\r\n");
+                let copies = texts.iter().filter(|t| t.ends_with(&ending)).count();
+                assert_eq!(copies, 1, "{user}: message {n}");
+            }
+        }
+        // Delivered messages are gone: a second pass has nothing to do.
+        assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let cases = [
             (0, 15),
