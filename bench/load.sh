@@ -1,6 +1,7 @@
 #!/bin/bash
 # bench/load.sh - postern alone under smtp-source load, for profiling (as root, from the repo root).
 # Usage: [DELIVERY=maildir|paused] [CONC=20] [COUNT=2000] [WRAP="perf record -g -o /tmp/perf.data"] bash bench/load.sh
+# ENVX: extra environment for postern (e.g. MALLOC_ARENA_MAX=2).
 # WRAP, if set, is a command prefix given `-p PID` (perf record, strace -c -f) for the load.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +22,7 @@ max_connections_per_ip = 2000
 smtp = ["127.0.0.1:2525"]
 TOML
 PAUSE=; [ "${DELIVERY:-maildir}" = paused ] && PAUSE=1
-ip netns exec $NETNS env ${PAUSE:+POSTERN_DELIVERY_PAUSED=1} "$BIN" -C "$DIR" serve </dev/null >"$DIR/log" 2>&1 &
+ip netns exec $NETNS env ${PAUSE:+POSTERN_DELIVERY_PAUSED=1} ${ENVX:-} "$BIN" -C "$DIR" serve </dev/null >"$DIR/log" 2>&1 &
 PID=$!
 # The directory is kept: deleting thousands of files just before the next run slows inode
 # allocation on a journal-less ext4 (recently_deleted) and would skew that run. Remove later.
