@@ -1,6 +1,8 @@
 #!/bin/bash
 # bench/mem.sh - postern's peak RSS for one message of SIZE_MB (default 100) against a 5 KB one.
-# Usage (as root, from the repository root): [DELIVERY=maildir|paused] bash bench/mem.sh
+# Usage (as root, from the repository root): [DELIVERY=maildir|paused] [LOAD=4000] bash bench/mem.sh
+# LOAD=N first sends N 5 KiB messages over 100 concurrent sessions (smtp-source), so the big
+# message arrives while the store still compacts what the load left.
 # Runs a release build in the `smtplab` netns (loopback only) on port 2525, with a fresh data dir.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,8 @@ cat > "$DIR/postern.toml" <<TOML
 hostname = "localhost"
 data_dir = "."
 max_message_size = 209715200
+max_connections = 2000
+max_connections_per_ip = 2000
 [listeners]
 smtp = ["127.0.0.1:2525"]
 TOML
@@ -39,7 +43,15 @@ settle() { # wait until delivery has emptied the queue (maildir mode)
   [ -n "$PAUSE" ] && return 0
   for i in $(seq 1 600); do grep -q ' removed ' "$DIR/log" && [ "$(grep -c ' removed ' "$DIR/log")" -ge "$1" ] && return 0; sleep 0.1; done
 }
-echo 5 > /proc/$PID/clear_refs; send 5120; settle 1
+N=0
+if [ -n "${LOAD:-}" ]; then
+  NETNS=$NETNS EXTRA=-A bash "$ROOT/../shared/bench/bench-smtp.sh" 127.0.0.1:2525 100 "$LOAD" 5120 >/dev/null
+  N=$LOAD; settle $N
+  echo "after the load:  $(hwm)"
+fi
+echo 5 > /proc/$PID/clear_refs; send 5120; N=$((N + 1)); settle $N
 echo "after 5 KB:      $(hwm)"
-echo 5 > /proc/$PID/clear_refs; send $(( ${SIZE_MB:-100} * 1000 * 1000 )); settle 2
-echo "after ${SIZE_MB:-100} MB:    $(hwm)"
+for k in 1 2 3; do
+  echo 5 > /proc/$PID/clear_refs; send $(( ${SIZE_MB:-100} * 1000 * 1000 )); N=$((N + 1)); settle $N
+  echo "after ${SIZE_MB:-100} MB (#$k): $(hwm)"
+done

@@ -157,7 +157,14 @@ pub enum RecipientState {
 impl Store {
     /// Opens (or creates) the store in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = Database::builder(dir).cache_size(CACHE_SIZE).open()?;
+        // Four background workers (fjall's default here is one per core, two): memtable
+        // rotations wait in the same queue as flushes and compactions, and while they wait
+        // the active memtable grows past its limit. With two workers busy compacting after a
+        // load, a 100 MB body grew it by ~25 MB.
+        let db = Database::builder(dir)
+            .cache_size(CACHE_SIZE)
+            .worker_threads(4)
+            .open()?;
         let messages = db.keyspace("messages", || {
             KeyspaceCreateOptions::default().max_memtable_size(MESSAGES_MEMTABLE)
         })?;
