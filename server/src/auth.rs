@@ -171,6 +171,10 @@ impl Authenticator {
     /// Checks the credentials (blocking: reads the users file, hashes). The error is a reason
     /// for the log, which must not reveal whether the user exists.
     fn verify(&self, credentials: &Credentials) -> Result<Address, &'static str> {
+        // The dummy hash (argon2: ~19 MiB while it runs) is made on the first login, whoever
+        // logs in, not at startup: idle memory stays small, and the first attempt costs the
+        // same for a known and an unknown user.
+        let _ = userdb::dummy_hash();
         let address = Address::parse(&credentials.authcid).ok();
         let user = address
             .as_ref()

@@ -1,9 +1,13 @@
 //! Group commit: one fsync acknowledges every write made by every session since the last one.
 //!
 //! A [`Committer`] owns a dedicated thread (fjall is blocking; the executor never waits on a
-//! disk). A session writes its message (chunks, then envelope) without syncing, then calls
-//! [`Committer::sync`]. The thread takes the first waiting request, then every other request
-//! already queued, calls [`Store::sync`] once, and answers all of them with its result. Writes
+//! disk). A session writes its body chunks without syncing, then hands its last writes (the
+//! last chunk, the envelope) to the thread with [`Committer::write_and_sync`]: one trip to a
+//! thread per message for both. The committer runs every waiting request's writes, in order,
+//! before the fsync that answers them. (A delivery worker, already on a blocking thread,
+//! writes itself and calls [`Committer::sync_blocking`].) The thread takes the first waiting
+//! request, then every other request already queued, makes their writes, calls [`Store::sync`]
+//! once, and answers all of them with its result. Writes
 //! that happened before a request was sent are in the journal before the fsync that answers it,
 //! so each answer means "your writes are durable". While one fsync runs, new requests pile up
 //! and share the next one: the fsync rate stays what the disk allows, and messages per fsync
@@ -17,15 +21,32 @@ use std::thread;
 
 use async_channel::{Receiver, Sender};
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The answer to one request: durable, or why not.
 type Outcome = Result<(), Arc<str>>;
 
+/// Writes a request asks the committer to make before its fsync.
+type Writes = Box<dyn FnOnce(&Store) -> Result<(), StoreError> + Send>;
+
+/// One request: optional writes, and where to send the answer.
+struct Request {
+    writes: Option<Writes>,
+    reply: Sender<Outcome>,
+}
+
 /// The handle sessions and workers use. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Committer {
-    requests: Sender<Sender<Outcome>>,
+    requests: Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("writes", &self.writes.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Committer {
@@ -40,11 +61,20 @@ impl Committer {
         Ok(Committer { requests })
     }
 
-    /// Waits until every write this task made before the call is durable.
-    pub async fn sync(&self) -> Result<(), String> {
-        let (tx, rx) = async_channel::bounded(1);
+    /// Has the committer thread make `writes`, then waits until they (and every write this task
+    /// made before the call) are durable. A failed write fails only this request.
+    pub async fn write_and_sync(
+        &self,
+        writes: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), String> {
+        self.request(Some(Box::new(writes))).await
+    }
+
+    /// Sends one request and waits for its answer.
+    async fn request(&self, writes: Option<Writes>) -> Result<(), String> {
+        let (reply, rx) = async_channel::bounded(1);
         self.requests
-            .send(tx)
+            .send(Request { writes, reply })
             .await
             .map_err(|_| "the committer has stopped".to_string())?;
         match rx.recv().await {
@@ -54,11 +84,15 @@ impl Committer {
         }
     }
 
-    /// [`Committer::sync`] for a blocking thread.
+    /// Waits, on a blocking thread, until every write this thread made before the call is
+    /// durable.
     pub fn sync_blocking(&self) -> Result<(), String> {
-        let (tx, rx) = async_channel::bounded(1);
+        let (reply, rx) = async_channel::bounded(1);
         self.requests
-            .send_blocking(tx)
+            .send_blocking(Request {
+                writes: None,
+                reply,
+            })
             .map_err(|_| "the committer has stopped".to_string())?;
         match rx.recv_blocking() {
             Ok(Ok(())) => Ok(()),
@@ -68,9 +102,9 @@ impl Committer {
     }
 }
 
-/// The committer thread: batch, fsync once, answer all. Returns how many fsyncs it made, once
-/// every handle is gone.
-fn run(store: &Store, waiting: &Receiver<Sender<Outcome>>) -> u64 {
+/// The committer thread: batch, make the batch's writes, fsync once, answer all. Returns how
+/// many fsyncs it made, once every handle is gone.
+fn run(store: &Store, waiting: &Receiver<Request>) -> u64 {
     let mut batch = Vec::new();
     let mut fsyncs = 0;
     while let Ok(first) = waiting.recv_blocking() {
@@ -79,10 +113,19 @@ fn run(store: &Store, waiting: &Receiver<Sender<Outcome>>) -> u64 {
         while let Ok(more) = waiting.try_recv() {
             batch.push(more);
         }
+        let written: Vec<Option<Outcome>> = batch
+            .iter_mut()
+            .map(|r| {
+                let writes = r.writes.take()?;
+                writes(store).err().map(|e| Err(Arc::from(e.to_string())))
+            })
+            .collect();
         let outcome: Outcome = store.sync().map_err(|e| Arc::from(e.to_string()));
-        for reply in batch.drain(..) {
+        for (request, failed) in batch.drain(..).zip(written) {
             // A requester that went away (its connection closed) needs no answer.
-            let _ = reply.try_send(outcome.clone());
+            let _ = request
+                .reply
+                .try_send(failed.unwrap_or_else(|| outcome.clone()));
         }
     }
     fsyncs
@@ -111,15 +154,19 @@ mod tests {
                         let mut ids = Vec::new();
                         for m in 0..per_writer {
                             let id = QueueId::new();
-                            let s = store.clone();
-                            let i = id.clone();
+                            // As a session does: the body first, unsynced, on a blocking
+                            // thread; then the envelope through the committer.
+                            let (s, i) = (store.clone(), id.clone());
                             smol::unblock(move || {
-                                s.put_chunk(&i, 0, format!("body {w} {m}").as_bytes())?;
-                                s.put_envelope(&i, &envelope(w, m))
+                                s.put_chunk(&i, 0, format!("body {w} {m}").as_bytes())
                             })
                             .await
-                            .expect("write");
-                            committer.sync().await.expect("durable");
+                            .expect("chunk");
+                            let i = id.clone();
+                            committer
+                                .write_and_sync(move |s| s.put_envelope(&i, &envelope(w, m)))
+                                .await
+                                .expect("durable");
                             ids.push(id);
                         }
                         ids
@@ -154,8 +201,13 @@ mod tests {
         let (requests, waiting) = async_channel::unbounded();
         let replies: Vec<_> = (0..10)
             .map(|_| {
-                let (tx, rx) = async_channel::bounded(1);
-                requests.send_blocking(tx).expect("queued");
+                let (reply, rx) = async_channel::bounded(1);
+                requests
+                    .send_blocking(Request {
+                        writes: None,
+                        reply,
+                    })
+                    .expect("queued");
                 rx
             })
             .collect();

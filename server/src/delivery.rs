@@ -2,8 +2,10 @@
 //!
 //! A copy for one mailbox is written to `<maildir>/tmp/<unique>`, fsynced, renamed into
 //! `<maildir>/new/`, and `new/` is fsynced, so a message in `new/` is complete and survives a
-//! crash (the Maildir protocol: <https://cr.yp.to/proto/maildir.html>). Directories created on
-//! the way are fsynced into their parents too. The copy starts with the trace fields
+//! crash (the Maildir protocol: <https://cr.yp.to/proto/maildir.html>). The last step is
+//! separate ([`deliver_unsynced`], then [`sync_new`]), so that a worker delivering many copies
+//! into one Maildir fsyncs `new/` once for all of them; a copy counts as delivered only after
+//! that. Directories created on the way are fsynced into their parents too. The copy starts with the trace fields
 //! (`Return-Path:`, `Delivered-To:`, `Received:`), then the body as received (CRLF line ends).
 //!
 //! Everything here blocks; callers run it on a blocking thread.
@@ -16,9 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Delivers `header` followed by what `body` reads into the Maildir at `maildir`, creating it
-/// if needed. `host` goes into the file name. Returns the path of the file in `new/`. The body
-/// is copied through a small buffer, so its size does not matter.
-pub fn deliver(
+/// if needed, up to the rename into `new/`: the file is complete and fsynced, but its name in
+/// `new/` may not survive a crash until [`sync_new`] returns for this Maildir. `host` goes into
+/// the file name. Returns the path of the file in `new/`. The body is copied through a small
+/// buffer, so its size does not matter.
+pub fn deliver_unsynced(
     maildir: &Path,
     host: &str,
     header: &[u8],
@@ -43,8 +47,12 @@ pub fn deliver(
         return Err(e);
     }
     fs::rename(&tmp, &new)?;
-    sync_dir(&maildir.join("new"))?;
     Ok(new)
+}
+
+/// Makes the names renamed into `maildir`'s `new/` durable.
+pub fn sync_new(maildir: &Path) -> io::Result<()> {
+    sync_dir(&maildir.join("new"))
 }
 
 /// Creates `maildir` and its `tmp`, `new` and `cur` if missing, fsyncing each parent of a
@@ -110,14 +118,15 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let body: &[u8] = b"Subject: hi\r\n\r\ntext\r\n";
         let maildir = tmp.path().join("mail/example.org/alice");
-        let a = deliver(
+        let a = deliver_unsynced(
             &maildir,
             "mx",
             b"Delivered-To: alice@example.org\r\n",
             &mut &body[..],
         )
         .expect("deliver");
-        let b = deliver(&maildir, "mx", b"X: 2\r\n", &mut &body[..]).expect("deliver");
+        let b = deliver_unsynced(&maildir, "mx", b"X: 2\r\n", &mut &body[..]).expect("deliver");
+        sync_new(&maildir).expect("fsync new/");
         assert_ne!(a, b);
         assert_eq!(a.parent(), Some(maildir.join("new").as_path()));
         assert_eq!(

@@ -2,14 +2,14 @@
 //!
 //! Queue ids arrive on a channel: from sessions once a message is durable, from the startup
 //! scan for everything a previous run left pending, and from retry timers. A fixed number of
-//! workers ([`WORKERS`]) take ids from it, so deliveries run concurrently with a bound; each
-//! message is handled by one worker at a time. On a blocking thread, the worker reads the
-//! envelope and, for each recipient still pending, streams the body from the store chunk by
-//! chunk into the Maildir ([`crate::delivery`]: `tmp/`, fsync, `new/`), then marks that
-//! recipient delivered and waits for the group commit to make the mark durable. A crash between
-//! the Maildir rename and the durable mark delivers that recipient again after the restart: a
-//! duplicate, never a loss. When no recipient is pending, the message (envelope and body) is
-//! removed.
+//! workers ([`WORKERS`]) take ids from it, so deliveries run concurrently with a bound. Each
+//! worker pass takes every id waiting (at most [`BATCH`]) and, on a blocking thread, reads the
+//! envelopes and, for each recipient still pending, streams the body from the store chunk by
+//! chunk into the Maildir ([`crate::delivery`]: `tmp/`, fsync, rename into `new/`); then it
+//! fsyncs each Maildir's `new/` once for the whole pass, and only then marks those recipients
+//! delivered, or removes the messages with no recipient left pending (envelope and body), in
+//! one store batch made durable by one group commit. A crash between a rename and that commit
+//! delivers the copy again after the restart: a duplicate, never a loss.
 //!
 //! A Maildir write that fails defers the recipient: its attempt count goes up and the message
 //! comes back after [`backoff`] (a simple doubling; the full retry schedule comes with outbound
@@ -20,6 +20,7 @@
 //! For tests, the environment variable `POSTERN_DELIVERY_PAUSED=1` keeps the workers from
 //! starting: messages are accepted and queued but stay pending until a run without it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -35,7 +36,11 @@ use crate::store::{Address, Envelope, RecipientState, Store};
 use crate::trace::Trace;
 
 /// How many messages are delivered at the same time.
-pub const WORKERS: usize = 4;
+pub const WORKERS: usize = 2;
+
+/// The most messages one worker delivers in one pass (one fsync of each Maildir's `new/`, one
+/// group commit for the marks).
+pub const BATCH: usize = 64;
 
 /// After this many failed attempts a recipient is marked failed.
 pub const MAX_ATTEMPTS: u32 = 20;
@@ -59,7 +64,7 @@ pub struct Local {
 }
 
 /// What one pass over a message leaves to do.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     /// Nothing: delivered, failed, or removed.
     Done,
@@ -91,19 +96,34 @@ pub fn resume(store: &Store, queue: &Sender<QueueId>) -> Result<usize, crate::st
     Ok(n)
 }
 
-/// One worker: deliver messages until the channel closes.
+/// One worker: deliver messages until the channel closes. Each pass takes what is waiting (up
+/// to [`BATCH`] ids) and delivers it with [`deliver_batch`].
 async fn work(local: Arc<Local>, ids: Receiver<QueueId>) {
-    while let Ok(id) = ids.recv().await {
+    while let Ok(first) = ids.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match ids.try_recv() {
+                // The same id twice in one pass would be delivered twice.
+                Ok(id) if batch.contains(&id) => {}
+                Ok(id) => batch.push(id),
+                Err(_) => break,
+            }
+        }
         let l = local.clone();
-        let i = id.clone();
-        let outcome = smol::unblock(move || deliver_message(&l, &i)).await;
-        if let Outcome::Retry(after) = outcome {
-            let queue = local.queue.clone();
-            smol::spawn(async move {
-                Timer::after(after).await;
-                let _ = queue.send(id).await;
-            })
-            .detach();
+        let outcomes = smol::unblock(move || {
+            let outcomes = deliver_batch(&l, &batch);
+            batch.into_iter().zip(outcomes).collect::<Vec<_>>()
+        })
+        .await;
+        for (id, outcome) in outcomes {
+            if let Outcome::Retry(after) = outcome {
+                let queue = local.queue.clone();
+                smol::spawn(async move {
+                    Timer::after(after).await;
+                    let _ = queue.send(id).await;
+                })
+                .detach();
+            }
         }
     }
 }
@@ -113,89 +133,181 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs((15u64 << attempts.saturating_sub(1).min(10)).min(3600))
 }
 
-/// Delivers every pending recipient of `id` (blocking).
-fn deliver_message(local: &Local, id: &QueueId) -> Outcome {
-    let mut envelope = match local.store.envelope(id) {
-        Ok(Some(e)) => e,
-        Ok(None) => return Outcome::Done,
-        Err(e) => {
-            log::event("failed", format_args!("id={id} reason=\"{e}\""));
-            return Outcome::Retry(backoff(MAX_ATTEMPTS));
+/// One message in a delivery pass.
+struct Pass {
+    id: QueueId,
+    envelope: Envelope,
+    /// The earliest retry a deferred recipient asks for.
+    retry: Option<Duration>,
+    /// Copies written into `new/` (recipient index, file, Maildir), waiting for its fsync.
+    written: Vec<(usize, PathBuf, PathBuf)>,
+    /// Copies whose `new/` is durable (recipient index, file), logged once the mark is.
+    delivered: Vec<(usize, PathBuf)>,
+}
+
+impl Pass {
+    /// Records a failed attempt for recipient `i`: deferred, or failed after [`MAX_ATTEMPTS`].
+    fn attempt_failed(&mut self, i: usize, why: &str) {
+        let id = &self.id;
+        let r = &mut self.envelope.recipients[i];
+        let address = &r.address;
+        r.attempts += 1;
+        if r.attempts >= MAX_ATTEMPTS || matches!(address, Address::Remote(_)) {
+            r.state = RecipientState::Failed;
+            log::event(
+                "failed",
+                format_args!(
+                    "id={id} to=<{address}> attempts={} reason=\"{why}\"",
+                    r.attempts
+                ),
+            );
+        } else {
+            let after = backoff(r.attempts);
+            self.retry = Some(self.retry.map_or(after, |d| d.min(after)));
+            log::event(
+                "deferred",
+                format_args!(
+                    "id={id} to=<{address}> attempts={} retry_in={}s reason=\"{why}\"",
+                    r.attempts,
+                    after.as_secs()
+                ),
+            );
         }
-    };
-    let mut retry: Option<Duration> = None;
-    for i in 0..envelope.recipients.len() {
-        if envelope.recipients[i].state != RecipientState::Pending {
-            continue;
+    }
+}
+
+/// Delivers every pending recipient of every message in `ids` (blocking); one outcome per id.
+///
+/// The order keeps the guarantees: each copy is written to `tmp/`, fsynced and renamed into
+/// `new/`; then each Maildir's `new/` is fsynced once for all its copies; only then are the
+/// recipients marked delivered (or the finished messages removed), all in one store batch made
+/// durable by one group commit. A crash anywhere before that commit delivers the pass's copies
+/// again after the restart: duplicates, never a loss.
+fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
+    let mut outcomes = vec![Outcome::Done; ids.len()];
+    let mut passes: Vec<(usize, Pass)> = Vec::new();
+    for (slot, id) in ids.iter().enumerate() {
+        match local.store.envelope(id) {
+            Ok(Some(envelope)) => passes.push((
+                slot,
+                Pass {
+                    id: id.clone(),
+                    envelope,
+                    retry: None,
+                    written: Vec::new(),
+                    delivered: Vec::new(),
+                },
+            )),
+            // Gone: delivered by an earlier pass.
+            Ok(None) => {}
+            Err(e) => {
+                log::event("failed", format_args!("id={id} reason=\"{e}\""));
+                outcomes[slot] = Outcome::Retry(backoff(MAX_ATTEMPTS));
+            }
         }
-        let address = envelope.recipients[i].address.clone();
-        let result = match &address {
-            Address::Local { domain, user } => {
-                let header = trace_header(&envelope, id, &address, &local.hostname);
-                let mut body = local.store.body(id, envelope.chunks);
-                let maildir = local.mail_dir.join(domain).join(user);
-                delivery::deliver(&maildir, &local.hostname, header.as_bytes(), &mut body)
+    }
+
+    // Write every pending copy into its Maildir's new/.
+    let mut maildirs: Vec<PathBuf> = Vec::new();
+    for (_, p) in &mut passes {
+        for i in 0..p.envelope.recipients.len() {
+            if p.envelope.recipients[i].state != RecipientState::Pending {
+                continue;
+            }
+            let address = p.envelope.recipients[i].address.clone();
+            let result = match &address {
+                Address::Local { domain, user } => {
+                    let header = trace_header(&p.envelope, &p.id, &address, &local.hostname);
+                    let mut body = local.store.body(&p.id, p.envelope.chunks);
+                    let maildir = local.mail_dir.join(domain).join(user);
+                    delivery::deliver_unsynced(
+                        &maildir,
+                        &local.hostname,
+                        header.as_bytes(),
+                        &mut body,
+                    )
+                    .map(|path| (path, maildir))
                     .map_err(|e| e.to_string())
+                }
+                Address::Remote(_) => Err("relaying is not implemented".to_string()),
+            };
+            match result {
+                Ok((path, maildir)) => {
+                    if !maildirs.contains(&maildir) {
+                        maildirs.push(maildir.clone());
+                    }
+                    p.written.push((i, path, maildir));
+                }
+                Err(why) => p.attempt_failed(i, &why),
             }
-            Address::Remote(_) => Err("relaying is not implemented".to_string()),
-        };
-        let r = &mut envelope.recipients[i];
-        match result {
-            Ok(path) => {
-                r.state = RecipientState::Delivered;
-                log::event(
-                    "delivered",
-                    format_args!("id={id} to=<{address}> path={}", path.display()),
-                );
-            }
-            Err(why) => {
-                r.attempts += 1;
-                if r.attempts >= MAX_ATTEMPTS || matches!(address, Address::Remote(_)) {
-                    r.state = RecipientState::Failed;
-                    log::event(
-                        "failed",
-                        format_args!(
-                            "id={id} to=<{address}> attempts={} reason=\"{why}\"",
-                            r.attempts
-                        ),
-                    );
-                } else {
-                    let after = backoff(r.attempts);
-                    retry = Some(retry.map_or(after, |d| d.min(after)));
-                    log::event(
-                        "deferred",
-                        format_args!(
-                            "id={id} to=<{address}> attempts={} retry_in={}s reason=\"{why}\"",
-                            r.attempts,
-                            after.as_secs()
-                        ),
-                    );
+        }
+    }
+
+    // One fsync of new/ per Maildir; a copy is delivered once its name is durable.
+    let broken: Vec<(PathBuf, String)> = maildirs
+        .into_iter()
+        .filter_map(|m| {
+            delivery::sync_new(&m)
+                .err()
+                .map(|e| (m, format!("fsync of new/: {e}")))
+        })
+        .collect();
+    for (_, p) in &mut passes {
+        for (i, path, maildir) in std::mem::take(&mut p.written) {
+            match broken.iter().find(|(m, _)| *m == maildir) {
+                Some((_, why)) => p.attempt_failed(i, why),
+                None => {
+                    p.envelope.recipients[i].state = RecipientState::Delivered;
+                    p.delivered.push((i, path));
                 }
             }
         }
-        // The mark must be durable before the next step; a crash before this point only
-        // repeats this recipient's delivery.
-        let marked = local
-            .store
-            .put_envelope(id, &envelope)
-            .map_err(|e| e.to_string())
-            .and_then(|()| local.committer.sync_blocking());
-        if let Err(why) = marked {
-            log::event(
-                "deferred",
-                format_args!("id={id} reason=\"cannot record the delivery: {why}\""),
-            );
-            return Outcome::Retry(backoff(1));
+    }
+
+    // Record the new states, or remove the finished messages, with one durable commit.
+    let mut updated = Vec::new();
+    let mut removed = Vec::new();
+    for (_, p) in &passes {
+        if p.envelope.pending() {
+            updated.push((p.id.clone(), p.envelope.clone()));
+        } else {
+            removed.push((p.id.clone(), p.envelope.chunks));
         }
     }
-    if envelope.pending() {
-        return Outcome::Retry(retry.unwrap_or_else(|| backoff(1)));
+    let marked = local
+        .store
+        .record(&updated, &removed)
+        .map_err(|e| e.to_string())
+        .and_then(|()| local.committer.sync_blocking());
+    if let Err(why) = marked {
+        for (slot, p) in &passes {
+            log::event(
+                "deferred",
+                format_args!("id={} reason=\"cannot record the delivery: {why}\"", p.id),
+            );
+            outcomes[*slot] = Outcome::Retry(backoff(1));
+        }
+        return outcomes;
     }
-    match local.store.remove(id, envelope.chunks) {
-        Ok(()) => log::event("removed", format_args!("id={id}")),
-        Err(e) => log::event("failed", format_args!("id={id} reason=\"remove: {e}\"")),
+    for (slot, p) in &passes {
+        for (i, path) in &p.delivered {
+            log::event(
+                "delivered",
+                format_args!(
+                    "id={} to=<{}> path={}",
+                    p.id,
+                    p.envelope.recipients[*i].address,
+                    path.display()
+                ),
+            );
+        }
+        if p.envelope.pending() {
+            outcomes[*slot] = Outcome::Retry(p.retry.unwrap_or_else(|| backoff(1)));
+        } else {
+            log::event("removed", format_args!("id={}", p.id));
+        }
     }
-    Outcome::Done
+    outcomes
 }
 
 /// The `Return-Path:`, `Delivered-To:` and `Received:` fields for one recipient.
@@ -221,6 +333,11 @@ fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> St
 mod tests {
     use super::*;
     use crate::store::{Recipient, TraceRecord};
+
+    /// One message through [`deliver_batch`].
+    fn deliver_message(local: &Local, id: &QueueId) -> Outcome {
+        deliver_batch(local, std::slice::from_ref(id))[0]
+    }
 
     fn local_recipient(user: &str) -> Recipient {
         Recipient {
@@ -305,6 +422,64 @@ mod tests {
         }
         // A message that is gone (delivered by an earlier pass) is nothing to do.
         assert_eq!(deliver_message(&local, &id), Outcome::Done);
+    }
+
+    #[test]
+    fn one_pass_delivers_many_messages_and_removes_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&tmp.path().join("queue")).expect("open");
+        let committer = Committer::start(store.clone()).expect("committer");
+        let mail_dir = tmp.path().join("mail");
+        let (queue, _ids) = async_channel::unbounded();
+        let local = Local {
+            store: store.clone(),
+            committer,
+            mail_dir: mail_dir.clone(),
+            hostname: "mx.example.org".into(),
+            queue,
+        };
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let id = QueueId::new();
+            let body = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
+            store.put_chunk(&id, 0, body.as_bytes()).expect("chunk");
+            let envelope = Envelope {
+                from: "<s@client.test>".into(),
+                smtputf8: false,
+                body: None,
+                ret: None,
+                envid: None,
+                received_at: 0,
+                trace: TraceRecord::default(),
+                size: body.len() as u64,
+                chunks: 1,
+                // Two messages for alice and carol, the rest for alice alone.
+                recipients: if n < 2 {
+                    vec![local_recipient("alice"), local_recipient("carol")]
+                } else {
+                    vec![local_recipient("alice")]
+                },
+            };
+            store.put_envelope(&id, &envelope).expect("envelope");
+            ids.push(id);
+        }
+        assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
+        assert!(store.ids().expect("ids").is_empty(), "all removed");
+        for (user, want) in [("alice", 5), ("carol", 2)] {
+            let new = mail_dir.join("example.org").join(user).join("new");
+            let texts: Vec<String> = std::fs::read_dir(&new)
+                .expect("new/")
+                .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+                .collect();
+            assert_eq!(texts.len(), want, "{user}");
+            for n in 0..want {
+                let ending = format!("body {n}\r\n");
+                let copies = texts.iter().filter(|t| t.ends_with(&ending)).count();
+                assert_eq!(copies, 1, "{user}: message {n}");
+            }
+        }
+        // Delivered messages are gone: a second pass has nothing to do.
+        assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
     }
 
     #[test]

@@ -151,10 +151,6 @@ impl Reception {
 
     /// Makes the finished transaction durable; the verdict for its end of data.
     async fn queue(&self, session: &Session, mut t: Transaction) -> Verdict {
-        if t.failure.is_none() && !t.buffer.is_empty() {
-            let chunk = std::mem::take(&mut t.buffer);
-            write_chunk(&self.shared.store, &mut t, chunk).await;
-        }
         if let Some(why) = t.failure.take() {
             log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
             discard(&self.shared.store, &t.id, t.chunks, false).await;
@@ -164,6 +160,10 @@ impl Reception {
                 "Local error in processing, try again later",
             ));
         }
+        // The last piece of the body is written by the committer with the envelope (one trip
+        // to its thread for both).
+        let last = (!t.buffer.is_empty()).then(|| (t.chunks, std::mem::take(&mut t.buffer)));
+        t.chunks += u32::from(last.is_some());
         let envelope = envelope(session, &t);
         log::event(
             "received",
@@ -190,7 +190,7 @@ impl Reception {
         let id = t.id.clone();
         let (size, chunks) = (t.size, t.chunks);
         smol::spawn(async move {
-            let result = commit(&shared, &id, envelope).await;
+            let result = commit(&shared, &id, last, envelope).await;
             match &result {
                 Ok(()) => {
                     log::event(
@@ -412,14 +412,24 @@ impl Handler for Reception {
     }
 }
 
-/// Writes `id`'s envelope after its body and waits for the group commit to make both durable.
-async fn commit(shared: &Shared, id: &QueueId, envelope: Envelope) -> Result<(), String> {
-    let store = shared.store.clone();
-    let i = id.clone();
-    smol::unblock(move || store.put_envelope(&i, &envelope))
+/// Writes the `last` chunk of `id`'s body (index and bytes), if any, then its envelope, and
+/// waits for the group commit to make the message durable.
+async fn commit(
+    shared: &Shared,
+    id: &QueueId,
+    last: Option<(u32, Vec<u8>)>,
+    envelope: Envelope,
+) -> Result<(), String> {
+    let id = id.clone();
+    shared
+        .committer
+        .write_and_sync(move |store| {
+            if let Some((index, chunk)) = last {
+                store.put_chunk(&id, index, &chunk)?;
+            }
+            store.put_envelope(&id, &envelope)
+        })
         .await
-        .map_err(|e| e.to_string())?;
-    shared.committer.sync().await
 }
 
 /// Writes one chunk of `t`'s body; a failure is remembered and ends the storing.

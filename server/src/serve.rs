@@ -66,7 +66,7 @@ use crate::relay::Policy;
 use crate::store::Store;
 use crate::systemd;
 use crate::tls::{self, Certificates, Snapshot};
-use crate::userdb::{self, UserDb};
+use crate::userdb::UserDb;
 
 /// A problem that stops `serve`.
 #[derive(Debug, thiserror::Error)]
@@ -367,8 +367,6 @@ impl Live {
         queue: &QueueParts,
     ) -> Live {
         let users = Arc::new(UserDb::new(settings.domains_dir()));
-        // Hash the dummy password now, so the first login for an unknown user is not slower.
-        let _ = userdb::dummy_hash();
         let shared = Arc::new(Shared {
             auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
             policy: Policy {

@@ -37,8 +37,18 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 /// The envelope encoding this build writes.
 pub const ENVELOPE_VERSION: u8 = 1;
 
-/// The bodies keyspace's memtable limit: what a crash recovery may replay into memory.
-const BODIES_MEMTABLE: u64 = 8 * 1024 * 1024;
+/// The bodies keyspace's memtable limit: what a crash recovery may replay into memory, and
+/// (twice: one memtable being flushed, one being filled) what a large body costs in memory
+/// while it is received.
+const BODIES_MEMTABLE: u64 = 1024 * 1024;
+
+/// The messages keyspace's memtable limit (fjall's default, 64 MiB, would let envelopes,
+/// delivery marks and removals pile up in memory under load).
+const MESSAGES_MEMTABLE: u64 = 2 * 1024 * 1024;
+
+/// fjall's block cache (default 32 MiB). Envelopes are read back soon after they are written,
+/// mostly from the memtable; a small cache is enough.
+const CACHE_SIZE: u64 = 2 * 1024 * 1024;
 
 /// A problem with the store.
 #[derive(Debug, thiserror::Error)]
@@ -147,8 +157,17 @@ pub enum RecipientState {
 impl Store {
     /// Opens (or creates) the store in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = Database::builder(dir).cache_size(4 * 1024 * 1024).open()?;
-        let messages = db.keyspace("messages", KeyspaceCreateOptions::default)?;
+        // Four background workers (fjall's default here is one per core, two): memtable
+        // rotations wait in the same queue as flushes and compactions, and while they wait
+        // the active memtable grows past its limit. With two workers busy compacting after a
+        // load, a 100 MB body grew it by ~25 MB.
+        let db = Database::builder(dir)
+            .cache_size(CACHE_SIZE)
+            .worker_threads(4)
+            .open()?;
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default().max_memtable_size(MESSAGES_MEMTABLE)
+        })?;
         let bodies = db.keyspace("bodies", || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(BODIES_MEMTABLE)
@@ -216,6 +235,28 @@ impl Store {
         batch.remove(&self.messages, id.as_str());
         for i in 0..chunks {
             batch.remove(&self.bodies, chunk_key(id, i));
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Records what a delivery pass did, in one atomic batch (not synced: ask the committer):
+    /// `updated` envelopes are rewritten (new recipient states), `removed` messages (id and
+    /// chunk count) go, envelope and body.
+    pub fn record(
+        &self,
+        updated: &[(QueueId, Envelope)],
+        removed: &[(QueueId, u32)],
+    ) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for (id, envelope) in updated {
+            batch.insert(&self.messages, id.as_str(), envelope.encode());
+        }
+        for (id, chunks) in removed {
+            batch.remove(&self.messages, id.as_str());
+            for i in 0..*chunks {
+                batch.remove(&self.bodies, chunk_key(id, i));
+            }
         }
         batch.commit()?;
         Ok(())

@@ -626,6 +626,13 @@ fn open_relay_suite() {
     want.sort();
     want.dedup();
     assert_eq!(server.mailboxes(), want, "{}", server.log());
+    // Copies show in new/ a moment before their delivery is recorded and logged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.log().matches(" delivered ").count() < local.len()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let log = server.log();
     let delivered: Vec<&str> = log.lines().filter(|l| l.contains(" delivered ")).collect();
     assert_eq!(delivered.len(), local.len(), "{log}");

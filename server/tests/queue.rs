@@ -277,6 +277,11 @@ fn several_recipients_each_get_one_copy() {
         subjects.sort();
         assert_eq!(subjects, ["multi-1", "multi-2"], "{user}");
     }
+    // Copies show in new/ a moment before their delivery is recorded and logged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.log().matches(" removed id=").count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = node.log();
     assert_eq!(log.matches(" queued id=").count(), 2, "{log}");
     assert_eq!(log.matches(" delivered id=").count(), 8, "{log}");
