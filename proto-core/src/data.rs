@@ -3,7 +3,7 @@
 //!
 //! [RFC 5321 section 4.1.1.4](https://www.rfc-editor.org/rfc/rfc5321#section-4.1.1.4):
 //! > "The mail data are terminated by a line containing only a period, that is, the character
-//! > sequence "<CRLF>.<CRLF>" [...] Therefore, an SMTP server MUST NOT [...] interpret [...] any
+//! > sequence "\<CRLF\>.\<CRLF\>" [...] Therefore, an SMTP server MUST NOT [...] interpret [...] any
 //! > other sequence as the end of mail data."
 //!
 //! [Section 2.3.8](https://www.rfc-editor.org/rfc/rfc5321#section-2.3.8) adds that bare CR and

@@ -4,7 +4,7 @@
 //! > "In a multiline reply, the reply code on each of the lines MUST be the same. [...]
 //! > the format for multiline replies requires that every line, except the last, begin with the
 //! > reply code, followed immediately by a hyphen [...] The last line will begin with the reply
-//! > code, followed immediately by <SP>, optionally some text, and <CRLF>."
+//! > code, followed immediately by \<SP\>, optionally some text, and \<CRLF\>."
 //!
 //! Enhanced status codes are [RFC 3463](https://www.rfc-editor.org/rfc/rfc3463) values, put at the
 //! start of the text of every line as [RFC 2034 section 4](https://www.rfc-editor.org/rfc/rfc2034#section-4)
