@@ -2,13 +2,10 @@
 //! with real clients (Python's smtplib, lettre). Users are created with `postern user add`.
 //! Nothing here touches a non-loopback address or DNS.
 
-use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lettre::message::Message;
@@ -30,11 +27,13 @@ const AUTH_CONFIG: &str = "[auth]\n\
      [senders]\n\
      \"alice@localhost\" = [\"granted.example\", \"team@localhost\"]\n";
 
-/// A running server; killed and reaped on drop.
+mod common;
+
+/// A running server in its own temporary directory; killed and reaped on drop (by `inner`,
+/// which is dropped before the directory).
 struct Server {
-    child: Child,
+    inner: common::Server,
     dir: tempfile::TempDir,
-    listeners: HashMap<String, SocketAddr>,
     cert_pem: String,
 }
 
@@ -78,52 +77,16 @@ impl Server {
         }
         user_cli(root, &["add", "info@localhost", "--receive-only"], "");
 
-        let log = fs::File::create(root.join("stderr.log")).expect("log file");
-        let mut child = Command::new(BINARY)
-            .arg("-C")
-            .arg(root)
-            .arg("serve")
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn postern");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = Server {
-            child,
+        let inner = common::Server::start(root, 3);
+        Server {
+            inner,
             dir,
-            listeners: HashMap::new(),
             cert_pem,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while server.listeners.len() < 3 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server did not start; log:\n{}", server.log()));
-            if let Some(rest) = line.strip_prefix("postern: listening on ")
-                && let Some((addr, role)) = rest.split_once(' ')
-            {
-                let role = role.trim_matches(|c| c == '(' || c == ')').to_string();
-                server
-                    .listeners
-                    .insert(role, addr.parse().expect("listener address"));
-            }
         }
-        server
     }
 
     fn port(&self, role: &str) -> String {
-        self.listeners[role].port().to_string()
+        self.inner.port(role).to_string()
     }
 
     fn root(&self) -> &Path {
@@ -131,42 +94,14 @@ impl Server {
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(self.root().join("stderr.log")).unwrap_or_default()
+        self.inner.log()
     }
 
-    /// Waits (at most 20 s) until `<user>@<domain>` has at least `n` messages: delivery runs
-    /// after the 250, from the queue. Returns what is there then.
     fn wait_inbox(&self, domain: &str, user: &str, n: usize) -> Vec<String> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let inbox = self.inbox(domain, user);
-            if inbox.len() >= n || std::time::Instant::now() >= deadline {
-                return inbox;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        self.inner.wait_inbox(domain, user, n)
     }
 
-    /// The messages delivered to `<user>@<domain>`.
-    fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
-        let new = self
-            .root()
-            .join("data/mail")
-            .join(domain)
-            .join(user)
-            .join("new");
-        let mut names: Vec<PathBuf> = match fs::read_dir(&new) {
-            Ok(entries) => entries.map(|e| e.expect("entry").path()).collect(),
-            Err(_) => return Vec::new(),
-        };
-        names.sort();
-        names
-            .iter()
-            .map(|p| fs::read_to_string(p).expect("read message"))
-            .collect()
-    }
-
-    /// Every Maildir that exists: `domain/user`.
+    /// Every Maildir that exists    /// Every Maildir that exists: `domain/user`.
     fn mailboxes(&self) -> Vec<String> {
         let mut found = Vec::new();
         let mail = self.root().join("data/mail");
@@ -190,20 +125,13 @@ impl Server {
             .build_rustls()
             .expect("tls parameters");
         SmtpTransport::builder_dangerous("127.0.0.1")
-            .port(self.listeners["submissions"].port())
+            .port(self.inner.port("submissions"))
             .tls(Tls::Wrapper(tls))
             .hello_name(ClientId::Domain("client.test".to_string()))
             .credentials(Credentials::new(user.to_string(), password.to_string()))
             .authentication(vec![mechanism])
             .timeout(Some(Duration::from_secs(20)))
             .build()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -5,12 +5,10 @@
 //! Nothing here touches a non-loopback address or DNS (smtplib gets `local_hostname`, lettre
 //! an explicit HELO name and an IP address).
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +19,13 @@ use lettre::{SmtpTransport, Transport};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_postern");
 
-/// A running server; killed and reaped on drop.
+mod common;
+
+/// A running server in its own temporary directory; killed and reaped on drop (by `inner`,
+/// which is dropped before the directory).
 struct Server {
-    child: Child,
+    inner: common::Server,
     dir: tempfile::TempDir,
-    listeners: HashMap<String, SocketAddr>,
     cert_pem: String,
 }
 
@@ -62,34 +62,16 @@ impl Server {
         )
         .expect("write users");
 
-        let (child, lines) = spawn(root);
-        let mut server = Server {
-            child,
+        let inner = common::Server::start(root, 3);
+        Server {
+            inner,
             dir,
-            listeners: HashMap::new(),
             cert_pem,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while server.listeners.len() < 3 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server did not start; log:\n{}", server.log()));
-            // "postern: listening on 127.0.0.1:40123 (smtp)"
-            if let Some(rest) = line.strip_prefix("postern: listening on ")
-                && let Some((addr, role)) = rest.split_once(' ')
-            {
-                let role = role.trim_matches(|c| c == '(' || c == ')').to_string();
-                server
-                    .listeners
-                    .insert(role, addr.parse().expect("listener address"));
-            }
         }
-        server
     }
 
     fn port(&self, role: &str) -> u16 {
-        self.listeners[role].port()
+        self.inner.port(role)
     }
 
     fn root(&self) -> &Path {
@@ -98,26 +80,12 @@ impl Server {
 
     /// The server's log (its standard error).
     fn log(&self) -> String {
-        fs::read_to_string(self.root().join("stderr.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// The messages in `<data_dir>/mail/<domain>/<user>/new`, oldest name first.
     fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
-        let new = self
-            .root()
-            .join("data/mail")
-            .join(domain)
-            .join(user)
-            .join("new");
-        let mut names: Vec<PathBuf> = match fs::read_dir(&new) {
-            Ok(entries) => entries.map(|e| e.expect("entry").path()).collect(),
-            Err(_) => return Vec::new(),
-        };
-        names.sort();
-        names
-            .iter()
-            .map(|p| fs::read_to_string(p).expect("read message"))
-            .collect()
+        self.inner.inbox(domain, user)
     }
 
     /// The one message in an inbox, with its subject checked. Delivery runs after the 250,
@@ -158,58 +126,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawns the binary in `root`; its stdout lines arrive on the channel, its stderr goes to
-/// `root/stderr.log`.
-fn spawn(root: &Path) -> (Child, mpsc::Receiver<String>) {
-    let log = fs::File::create(root.join("stderr.log")).expect("log file");
-    let mut child = Command::new(BINARY)
-        .arg("-C")
-        .arg(root)
-        .arg("serve")
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn postern");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
-
-/// Runs a Python script with `args`; returns its stdout. Fails the test on a non-zero exit.
-fn python(script: &str, args: &[String]) -> String {
-    let out: Output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use common::python;
 
 /// Sends one message with smtplib; `mode` is `plain`, `starttls` or `ssl`.
 const SMTPLIB_SEND: &str = r#"
@@ -466,7 +383,7 @@ fn lettre_implicit_tls_handshakes_and_requires_auth() {
 #[test]
 fn sigterm_stops_the_server() {
     let mut server = Server::start();
-    let pid = server.child.id().to_string();
+    let pid = server.inner.child.id().to_string();
     let status = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -474,7 +391,7 @@ fn sigterm_stops_the_server() {
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = server.child.try_wait().expect("try_wait") {
+        if let Some(status) = server.inner.child.try_wait().expect("try_wait") {
             assert!(status.success(), "exit status {status}");
             break;
         }

@@ -171,7 +171,7 @@ impl Server {
         }
     }
 
-    /// Messages delivered to `<data>/mail/<domain>/<user>/new`.
+    /// Messages delivered to `<data>/mail/<domain>/<user>/new`, oldest name first.
     pub fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
         let new = self
             .root
@@ -182,8 +182,11 @@ impl Server {
         let Ok(entries) = fs::read_dir(&new) else {
             return Vec::new();
         };
-        entries
-            .map(|e| fs::read_to_string(e.expect("entry").path()).expect("read message"))
+        let mut names: Vec<PathBuf> = entries.map(|e| e.expect("entry").path()).collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| fs::read_to_string(p).expect("read message"))
             .collect()
     }
 }
