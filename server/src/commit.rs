@@ -135,7 +135,7 @@ fn run(store: &Store, waiting: &Receiver<Request>) -> u64 {
 mod tests {
     use super::*;
     use crate::queue::QueueId;
-    use crate::store::{Envelope, TraceRecord};
+    use crate::store::Envelope;
 
     #[test]
     fn concurrent_writers_are_all_acknowledged_and_durable() {
@@ -221,17 +221,6 @@ mod tests {
 
     /// An envelope whose reverse path names its writer and message, to check bodies against.
     fn envelope(w: usize, m: usize) -> Envelope {
-        Envelope {
-            from: format!("{w} {m}"),
-            smtputf8: false,
-            body: None,
-            ret: None,
-            envid: None,
-            received_at: 0,
-            trace: TraceRecord::default(),
-            size: 0,
-            chunks: 1,
-            recipients: vec![],
-        }
+        Envelope::plain(&format!("{w} {m}"), 0, 1, vec![])
     }
 }

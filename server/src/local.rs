@@ -339,6 +339,22 @@ mod tests {
         deliver_batch(local, std::slice::from_ref(id))[0]
     }
 
+    /// A store under `dir`, with its committer and delivery workers writing to `dir/mail`.
+    fn workers_in(dir: &std::path::Path) -> (Store, Local, std::path::PathBuf) {
+        let store = Store::open(&dir.join("queue")).expect("open");
+        let committer = Committer::start(store.clone()).expect("committer");
+        let mail_dir = dir.join("mail");
+        let (queue, _ids) = async_channel::unbounded();
+        let local = Local {
+            store: store.clone(),
+            committer,
+            mail_dir: mail_dir.clone(),
+            hostname: "mx.example.org".into(),
+            queue,
+        };
+        (store, local, mail_dir)
+    }
+
     fn local_recipient(user: &str) -> Recipient {
         Recipient {
             address: Address::Local {
@@ -355,37 +371,22 @@ mod tests {
     #[test]
     fn a_failed_write_defers_only_that_recipient_then_delivery_completes() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&tmp.path().join("queue")).expect("open");
-        let committer = Committer::start(store.clone()).expect("committer");
-        let mail_dir = tmp.path().join("mail");
-        let (queue, _ids) = async_channel::unbounded();
-        let local = Local {
-            store: store.clone(),
-            committer,
-            mail_dir: mail_dir.clone(),
-            hostname: "mx.example.org".into(),
-            queue,
-        };
+        let (store, local, mail_dir) = workers_in(tmp.path());
         let id = QueueId::new();
         let body = b"Subject: t\r\n\r\nhello\r\n";
         store.put_chunk(&id, 0, body).expect("chunk");
-        let envelope = Envelope {
-            from: "<s@client.test>".into(),
-            smtputf8: false,
-            body: None,
-            ret: None,
-            envid: None,
-            received_at: 0,
-            trace: TraceRecord {
-                helo: "client.test".into(),
-                client: "[127.0.0.1]".into(),
-                esmtp: true,
-                tls: None,
-                authenticated: false,
-            },
-            size: body.len() as u64,
-            chunks: 1,
-            recipients: vec![local_recipient("alice"), local_recipient("bob")],
+        let mut envelope = Envelope::plain(
+            "<s@client.test>",
+            body.len() as u64,
+            1,
+            vec![local_recipient("alice"), local_recipient("bob")],
+        );
+        envelope.trace = TraceRecord {
+            helo: "client.test".into(),
+            client: "[127.0.0.1]".into(),
+            esmtp: true,
+            tls: None,
+            authenticated: false,
         };
         store.put_envelope(&id, &envelope).expect("envelope");
         // bob's Maildir cannot be created: a file is in the way.
@@ -427,39 +428,19 @@ mod tests {
     #[test]
     fn one_pass_delivers_many_messages_and_removes_them() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&tmp.path().join("queue")).expect("open");
-        let committer = Committer::start(store.clone()).expect("committer");
-        let mail_dir = tmp.path().join("mail");
-        let (queue, _ids) = async_channel::unbounded();
-        let local = Local {
-            store: store.clone(),
-            committer,
-            mail_dir: mail_dir.clone(),
-            hostname: "mx.example.org".into(),
-            queue,
-        };
+        let (store, local, mail_dir) = workers_in(tmp.path());
         let mut ids = Vec::new();
         for n in 0..5 {
             let id = QueueId::new();
             let body = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
             store.put_chunk(&id, 0, body.as_bytes()).expect("chunk");
-            let envelope = Envelope {
-                from: "<s@client.test>".into(),
-                smtputf8: false,
-                body: None,
-                ret: None,
-                envid: None,
-                received_at: 0,
-                trace: TraceRecord::default(),
-                size: body.len() as u64,
-                chunks: 1,
-                // Two messages for alice and carol, the rest for alice alone.
-                recipients: if n < 2 {
-                    vec![local_recipient("alice"), local_recipient("carol")]
-                } else {
-                    vec![local_recipient("alice")]
-                },
+            // Two messages for alice and carol, the rest for alice alone.
+            let recipients = if n < 2 {
+                vec![local_recipient("alice"), local_recipient("carol")]
+            } else {
+                vec![local_recipient("alice")]
             };
+            let envelope = Envelope::plain("<s@client.test>", body.len() as u64, 1, recipients);
             store.put_envelope(&id, &envelope).expect("envelope");
             ids.push(id);
         }

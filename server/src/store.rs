@@ -659,6 +659,30 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
+impl Envelope {
+    /// An envelope without MAIL parameters or trace facts, for tests.
+    pub(crate) fn plain(
+        from: &str,
+        size: u64,
+        chunks: u32,
+        recipients: Vec<Recipient>,
+    ) -> Envelope {
+        Envelope {
+            from: from.into(),
+            smtputf8: false,
+            body: None,
+            ret: None,
+            envid: None,
+            received_at: 0,
+            trace: TraceRecord::default(),
+            size,
+            chunks,
+            recipients,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -717,18 +741,7 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip() {
-        let plain = Envelope {
-            from: "<>".into(),
-            smtputf8: false,
-            body: None,
-            ret: None,
-            envid: None,
-            received_at: 0,
-            trace: TraceRecord::default(),
-            size: 0,
-            chunks: 0,
-            recipients: vec![],
-        };
+        let plain = Envelope::plain("<>", 0, 0, vec![]);
         for e in [sample(), plain] {
             let bytes = e.encode();
             assert_eq!(bytes[0], ENVELOPE_VERSION);

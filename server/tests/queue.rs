@@ -208,24 +208,8 @@ impl Drop for Node {
     }
 }
 
-/// Runs a Python script; returns its stdout. Fails the test on a non-zero exit.
-fn python(script: &str, args: &[String]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+mod common;
+use common::python;
 
 /// Sends one message per subject in argv[3:] to the recipients in argv[2] (comma separated).
 const SEND: &str = r#"
