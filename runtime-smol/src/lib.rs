@@ -84,6 +84,7 @@
 //! # Ok::<_, std::io::Error>(())
 //! ```
 
+pub mod client;
 mod driver;
 mod handler;
 mod tls;
@@ -92,4 +93,4 @@ pub use driver::{Connection, Error, Shutdown, TlsMode};
 pub use handler::Handler;
 
 /// The TLS types a caller needs to build a [`TlsMode`] (re-exported from futures-rustls).
-pub use futures_rustls::{TlsAcceptor, rustls};
+pub use futures_rustls::{TlsAcceptor, TlsConnector, rustls};

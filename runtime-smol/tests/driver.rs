@@ -1,89 +1,17 @@
 //! The driver over real loopback sockets: pipelining, the body stream, STARTTLS (with
 //! plaintext injected after it) and implicit TLS.
 
+mod common;
+
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_io::Async;
+use common::{Recorder, acceptor, certificate, connector};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use futures_rustls::{TlsAcceptor, TlsConnector};
-use proto_core::{
-    Config, Credentials, ForwardPath, MailParams, RcptParams, ReversePath, Session, Verdict,
-};
-use runtime_smol::{Connection, Handler, TlsMode};
-
-/// Records every call, with whether TLS was active.
-#[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<String>>>);
-
-impl Recorder {
-    fn push(&self, s: String) {
-        self.0.lock().expect("lock").push(s);
-    }
-    fn calls(&self) -> Vec<String> {
-        self.0.lock().expect("lock").clone()
-    }
-}
-
-impl Handler for Recorder {
-    async fn mail(&mut self, session: &Session, from: &ReversePath, _: &MailParams) -> Verdict {
-        self.push(format!("mail {from} tls={}", session.tls().is_some()));
-        Verdict::Accept
-    }
-    async fn rcpt(&mut self, _: &Session, to: &ForwardPath, _: &RcptParams) -> Verdict {
-        self.push(format!("rcpt {to}"));
-        Verdict::Accept
-    }
-    async fn auth(&mut self, _: &Session, _: Credentials) -> Verdict {
-        self.push("auth".into());
-        Verdict::Accept
-    }
-    async fn message_start(&mut self, _: &Session) {
-        self.push("start".into());
-    }
-    async fn message_data(&mut self, _: &Session, chunk: Vec<u8>) {
-        self.push(format!("data {}", String::from_utf8_lossy(&chunk)));
-    }
-    async fn message_end(&mut self, _: &Session) -> Verdict {
-        self.push("end".into());
-        Verdict::AcceptWithText("stored".into())
-    }
-    async fn aborted(&mut self, _: &Session) {
-        self.push("aborted".into());
-    }
-}
-
-fn certificate() -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-    let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    (vec![ck.cert.der().clone()], key.into())
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn acceptor(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> TlsAcceptor {
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    TlsAcceptor::from(Arc::new(config))
-}
-
-fn connector(cert: CertificateDer<'static>) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
-}
+use futures_rustls::pki_types::ServerName;
+use proto_core::Config;
+use runtime_smol::{Connection, TlsMode};
 
 /// Accepts one connection on a fresh loopback port and serves it with `connection`.
 fn serve_one(connection: Connection, recorder: Recorder) -> (std::net::SocketAddr, smol::Task<()>) {
