@@ -58,7 +58,7 @@ fn body(size: usize) -> Vec<u8> {
     let mut n = 0u32;
     while b.len() < size {
         n += 1;
-        let line = if n % 7 == 0 {
+        let line = if n.is_multiple_of(7) {
             format!(".line {n}\r\n")
         } else {
             format!("line {n} {}\r\n", "x".repeat((n % 90) as usize))
