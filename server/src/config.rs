@@ -99,6 +99,8 @@ pub struct Settings {
     pub header_from: HeaderFromCheck,
     /// `[dns] nameservers`: the recursive resolvers to ask; empty: those of /etc/resolv.conf.
     pub dns_nameservers: Vec<SocketAddr>,
+    /// `[delivery]` and `[routes]`: outbound delivery.
+    pub delivery: crate::outbound::settings::DeliverySettings,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -138,6 +140,10 @@ struct RawFile {
     senders: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    delivery: crate::outbound::settings::RawDelivery,
+    #[serde(default)]
+    routes: BTreeMap<Spanned<String>, Spanned<crate::outbound::settings::RawRoute>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -455,6 +461,11 @@ impl Settings {
             }
         }
 
+        let delivery =
+            crate::outbound::settings::parse(raw.delivery, raw.routes, dir, file, &|span| {
+                line_of(text, &span)
+            })?;
+
         Ok(Settings {
             dir: dir.to_path_buf(),
             file: file.to_path_buf(),
@@ -473,6 +484,7 @@ impl Settings {
             trusted_networks,
             header_from,
             dns_nameservers: raw.dns.nameservers,
+            delivery,
         })
     }
 

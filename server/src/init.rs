@@ -116,6 +116,43 @@ header_from = "reject"
 [dns]
 nameservers = []
 
+# Outbound delivery: mail from authenticated users to other domains, and bounces.
+[delivery]
+# Which address family to try first: "ipv6" (then IPv4), "ipv4" (then IPv6), "ipv6-only"
+# or "ipv4-only".
+ip_preference = "ipv6"
+# Source addresses for outbound connections, one per family (default: the system's choice).
+# source_ipv4 = "192.0.2.10"
+# source_ipv6 = "2001:db8::10"
+# Connections open at once, overall and to one destination domain.
+max_connections = 20
+max_connections_per_domain = 4
+# Seconds one connection attempt may take.
+connect_timeout = 30
+# Retries: the first after first_retry seconds, each later one twice as far, at most
+# max_retry_interval apart; after give_up_after seconds in the queue the message bounces.
+first_retry = 300
+max_retry_interval = 4000
+give_up_after = 432000
+# Send the sender a delay warning after this many seconds (commented out: never).
+# delay_warning_after = 14400
+# Extra CA certificates (PEM files, relative to this directory) trusted for outbound TLS
+# and MTA-STS, besides the web PKI roots.
+tls_roots = []
+# Look up and enforce MTA-STS policies (RFC 8461).
+mta_sts = true
+# The port of remote mail exchangers. Only tests and unusual setups change it.
+mx_port = 25
+
+# Static routes: where mail for a domain goes instead of its MX hosts; "*" is a smarthost
+# for every other domain. A value is "host:port" or a table:
+#   "example.com" = "mx.internal.example:25"
+#   "*" = { host = "smtp.provider.example:587", tls = "required", user = "me",
+#           password_file = "smarthost.secret" }
+# tls is "opportunistic" (default), "required", "verified" (the certificate must verify for
+# the host name) or "implicit" (TLS from the first byte, as on port 465).
+[routes]
+
 # What authenticated users may send as, besides their own address (and its +suffix forms):
 # "user" = [domains or addresses]. Example:
 #   "alice@example.org" = ["example.net", "bob@example.org"]

@@ -28,11 +28,13 @@ use async_channel::{Receiver, Sender};
 use async_io::Timer;
 use proto_core::TlsInfo;
 
+use crate::bounce::{self, Bouncer};
 use crate::commit::Committer;
 use crate::delivery;
+use crate::dispatch::Dispatch;
 use crate::log;
 use crate::queue::QueueId;
-use crate::store::{Address, Envelope, RecipientState, Store};
+use crate::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
 use crate::trace::Trace;
 
 /// How many messages are delivered at the same time.
@@ -61,6 +63,10 @@ pub struct Local {
     pub hostname: String,
     /// Where ids to deliver are sent (also used by retry timers).
     pub queue: Sender<QueueId>,
+    /// Bounces for recipients that fail for good.
+    pub bouncer: Bouncer,
+    /// Where bounces go for delivery.
+    pub dispatch: Dispatch,
 }
 
 /// What one pass over a message leaves to do.
@@ -82,18 +88,6 @@ pub fn start(local: Arc<Local>, ids: Receiver<QueueId>) {
     for _ in 0..WORKERS {
         smol::spawn(work(local.clone(), ids.clone())).detach();
     }
-}
-
-/// Sends every message id in the store to the workers (startup: resume what was pending).
-/// Returns how many.
-pub fn resume(store: &Store, queue: &Sender<QueueId>) -> Result<usize, crate::store::StoreError> {
-    let ids = store.ids()?;
-    let n = ids.len();
-    for id in ids {
-        // Unbounded channel: only fails when closed, which cannot happen while we hold it.
-        let _ = queue.try_send(id);
-    }
-    Ok(n)
 }
 
 /// One worker: deliver messages until the channel closes. Each pass takes what is waiting (up
@@ -143,6 +137,8 @@ struct Pass {
     written: Vec<(usize, PathBuf, PathBuf)>,
     /// Copies whose `new/` is durable (recipient index, file), logged once the mark is.
     delivered: Vec<(usize, PathBuf)>,
+    /// Recipients that failed for good in this pass (index, why): they bounce.
+    failed: Vec<(usize, String)>,
 }
 
 impl Pass {
@@ -152,8 +148,10 @@ impl Pass {
         let r = &mut self.envelope.recipients[i];
         let address = &r.address;
         r.attempts += 1;
-        if r.attempts >= MAX_ATTEMPTS || matches!(address, Address::Remote(_)) {
+        r.last_error = Some(why.to_string());
+        if r.attempts >= MAX_ATTEMPTS {
             r.state = RecipientState::Failed;
+            self.failed.push((i, why.to_string()));
             log::event(
                 "failed",
                 format_args!(
@@ -196,6 +194,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                     retry: None,
                     written: Vec::new(),
                     delivered: Vec::new(),
+                    failed: Vec::new(),
                 },
             )),
             // Gone: delivered by an earlier pass.
@@ -211,7 +210,8 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
     let mut maildirs: Vec<PathBuf> = Vec::new();
     for (_, p) in &mut passes {
         for i in 0..p.envelope.recipients.len() {
-            if p.envelope.recipients[i].state != RecipientState::Pending {
+            let r = &p.envelope.recipients[i];
+            if r.state != RecipientState::Pending || !Owner::Local.owns(&r.address) {
                 continue;
             }
             let address = p.envelope.recipients[i].address.clone();
@@ -229,7 +229,8 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                     .map(|path| (path, maildir))
                     .map_err(|e| e.to_string())
                 }
-                Address::Remote(_) => Err("relaying is not implemented".to_string()),
+                // Skipped above: outbound delivery's.
+                Address::Remote(_) => continue,
             };
             match result {
                 Ok((path, maildir)) => {
@@ -264,32 +265,68 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
         }
     }
 
-    // Record the new states, or remove the finished messages, with one durable commit.
-    let mut updated = Vec::new();
-    let mut removed = Vec::new();
+    // Bounces for what failed for good, written before the marks that fail the recipients.
+    let mut bounces = Vec::new();
     for (_, p) in &passes {
-        if p.envelope.pending() {
-            updated.push((p.id.clone(), p.envelope.clone()));
-        } else {
-            removed.push((p.id.clone(), p.envelope.chunks));
+        if p.failed.is_empty() {
+            continue;
+        }
+        let reports = p
+            .failed
+            .iter()
+            .filter_map(|(i, why)| {
+                let r = &p.envelope.recipients[*i];
+                let to = bounce::forward_path(&r.address)?;
+                let mut report = proto_core::RecipientReport::new(
+                    to,
+                    proto_core::DsnAction::Failed,
+                    // RFC 3463 5.2.0: other or undefined mailbox status.
+                    proto_core::EnhancedStatus::new(5, 2, 0)?,
+                );
+                report.problem = Some(why.clone());
+                Some(bounce::report_for(r, report))
+            })
+            .collect();
+        match local
+            .bouncer
+            .bounce(&p.id, &p.envelope, reports, std::time::SystemTime::now())
+        {
+            Ok(Some(b)) => bounces.push(b),
+            Ok(None) => {}
+            Err(why) => log::event(
+                "failed",
+                format_args!("id={} reason=\"cannot write the bounce: {why}\"", p.id),
+            ),
         }
     }
+
+    // Record the new states (the finished messages go), with one durable commit.
+    let changes: Vec<(QueueId, Envelope)> = passes
+        .iter()
+        .map(|(_, p)| (p.id.clone(), p.envelope.clone()))
+        .collect();
     let marked = local
         .store
-        .record(&updated, &removed)
+        .apply(&changes, Owner::Local, &bounces)
         .map_err(|e| e.to_string())
-        .and_then(|()| local.committer.sync_blocking());
-    if let Err(why) = marked {
-        for (slot, p) in &passes {
-            log::event(
-                "deferred",
-                format_args!("id={} reason=\"cannot record the delivery: {why}\"", p.id),
-            );
-            outcomes[*slot] = Outcome::Retry(backoff(1));
+        .and_then(|applied| local.committer.sync_blocking().map(|()| applied));
+    let applied = match marked {
+        Ok(a) => a,
+        Err(why) => {
+            for (slot, p) in &passes {
+                log::event(
+                    "deferred",
+                    format_args!("id={} reason=\"cannot record the delivery: {why}\"", p.id),
+                );
+                outcomes[*slot] = Outcome::Retry(backoff(1));
+            }
+            return outcomes;
         }
-        return outcomes;
+    };
+    for (bounce_id, bounce) in &bounces {
+        local.dispatch.queued(bounce_id, bounce);
     }
-    for (slot, p) in &passes {
+    for ((slot, p), applied) in passes.iter().zip(applied) {
         for (i, path) in &p.delivered {
             log::event(
                 "delivered",
@@ -301,10 +338,12 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                 ),
             );
         }
-        if p.envelope.pending() {
-            outcomes[*slot] = Outcome::Retry(p.retry.unwrap_or_else(|| backoff(1)));
-        } else {
-            log::event("removed", format_args!("id={}", p.id));
+        match applied {
+            Applied::Removed => log::event("removed", format_args!("id={}", p.id)),
+            Applied::Pending(_) if p.envelope.pending_for(Owner::Local) => {
+                outcomes[*slot] = Outcome::Retry(p.retry.unwrap_or_else(|| backoff(1)));
+            }
+            Applied::Pending(_) | Applied::Gone => {}
         }
     }
     outcomes
@@ -345,27 +384,38 @@ mod tests {
         let committer = Committer::start(store.clone()).expect("committer");
         let mail_dir = dir.join("mail");
         let (queue, _ids) = async_channel::unbounded();
+        let (remote, _remote_ids) = async_channel::unbounded();
+        let domains = dir.join("domains");
+        std::fs::create_dir_all(domains.join("example.org")).expect("domains");
+        let bouncer = Bouncer {
+            store: store.clone(),
+            hostname: "mx.example.org".into(),
+            recipients: crate::recipients::Recipients::new(
+                std::sync::Arc::new(crate::userdb::UserDb::new(domains)),
+                mail_dir.clone(),
+                "mx.example.org".into(),
+            ),
+        };
         let local = Local {
             store: store.clone(),
             committer,
             mail_dir: mail_dir.clone(),
             hostname: "mx.example.org".into(),
-            queue,
+            queue: queue.clone(),
+            bouncer,
+            dispatch: Dispatch {
+                local: queue,
+                remote,
+            },
         };
         (store, local, mail_dir)
     }
 
     fn local_recipient(user: &str) -> Recipient {
-        Recipient {
-            address: Address::Local {
-                domain: "example.org".into(),
-                user: user.into(),
-            },
-            orcpt: None,
-            notify: None,
-            state: RecipientState::Pending,
-            attempts: 0,
-        }
+        Recipient::new(Address::Local {
+            domain: "example.org".into(),
+            user: user.into(),
+        })
     }
 
     #[test]

@@ -12,16 +12,19 @@
 //! event).
 
 mod auth;
+mod bounce;
 mod cli;
 mod commit;
 mod config;
 mod delivery;
+mod dispatch;
 mod dns;
 mod header_from;
 mod init;
 mod limits;
 mod local;
 mod log;
+mod outbound;
 mod queue;
 mod reception;
 mod recipients;

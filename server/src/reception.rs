@@ -21,7 +21,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_channel::Sender;
 use proto_core::{
     Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath, Session, Verdict,
 };
@@ -30,10 +29,11 @@ use runtime_smol::Handler;
 use crate::auth::Authenticator;
 use crate::commit::Committer;
 use crate::config::Role;
+use crate::dispatch::Dispatch;
 use crate::header_from::{self, HeaderCollector};
 use crate::log;
 use crate::queue::QueueId;
-use crate::recipients::{LocalMailbox, Lookup, Recipients};
+use crate::recipients::{Lookup, Recipients};
 use crate::relay::{self, HeaderFromCheck, Policy, Target};
 use crate::store::{self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, TraceRecord};
 use crate::trace::{MAX_RECEIVED, ReceivedCounter};
@@ -55,7 +55,7 @@ pub struct Shared {
     /// Group commit.
     pub committer: Committer,
     /// Where queued messages go for delivery.
-    pub queue: Sender<QueueId>,
+    pub dispatch: Dispatch,
 }
 
 /// The handler of one connection.
@@ -75,7 +75,7 @@ struct Transaction {
     id: QueueId,
     from: ReversePath,
     params: MailParams,
-    recipients: Vec<(LocalMailbox, RcptParams)>,
+    recipients: Vec<(store::Address, RcptParams)>,
     received: ReceivedCounter,
     /// The header section, for the header From check of authenticated users.
     header: HeaderCollector,
@@ -189,6 +189,7 @@ impl Reception {
         let shared = self.shared.clone();
         let id = t.id.clone();
         let (size, chunks) = (t.size, t.chunks);
+        let queued = envelope.clone();
         smol::spawn(async move {
             let result = commit(&shared, &id, last, envelope).await;
             match &result {
@@ -197,9 +198,7 @@ impl Reception {
                         "queued",
                         format_args!("id={id} size={size} chunks={chunks}"),
                     );
-                    // Unbounded: fails only if the workers' channel is closed (shutting
-                    // down); the message is durable and resumes at the next start.
-                    let _ = shared.queue.try_send(id);
+                    shared.dispatch.queued(&id, &queued);
                 }
                 Err(why) => {
                     log::event("failed", format_args!("id={id} reason=\"{why}\""));
@@ -217,6 +216,17 @@ impl Reception {
             ));
         }
         Verdict::AcceptWithText(format!("Ok: queued as {}", t.id))
+    }
+}
+
+impl Reception {
+    /// Adds a recipient to the open transaction, once.
+    fn add_recipient(&mut self, address: store::Address, params: &RcptParams) {
+        if let Some(t) = &mut self.transaction
+            && !t.recipients.iter().any(|(a, _)| *a == address)
+        {
+            t.recipients.push((address, params.clone()));
+        }
     }
 }
 
@@ -288,11 +298,11 @@ impl Handler for Reception {
         }
         match lookup {
             Ok(Lookup::Local(mailbox)) => {
-                if let Some(t) = &mut self.transaction
-                    && !t.recipients.iter().any(|(m, _)| *m == mailbox)
-                {
-                    t.recipients.push((mailbox, params.clone()));
-                }
+                let address = store::Address::Local {
+                    domain: mailbox.domain,
+                    user: mailbox.user,
+                };
+                self.add_recipient(address, params);
                 Verdict::Accept
             }
             // RFC 5321 3.4.2 / RFC 3463: 5.1.1 "Bad destination mailbox address".
@@ -302,17 +312,19 @@ impl Handler for Reception {
                 &what,
                 reply(550, (5, 1, 1), "No such user here"),
             ),
-            // Allowed to relay, but there is no outbound delivery yet (see the module doc).
-            Ok(Lookup::NotLocal) if relay_ok => self.refuse(
-                session,
-                &id,
-                &what,
-                reply(
-                    451,
-                    (4, 3, 0),
-                    "Outbound delivery is not available yet on this server; local recipients only",
+            // An authenticated user (or a trusted network) sending elsewhere: outbound.
+            Ok(Lookup::NotLocal) if relay_ok => match to {
+                ForwardPath::Mailbox(m) => {
+                    self.add_recipient(store::Address::Remote(m.to_string()), params);
+                    Verdict::Accept
+                }
+                _ => self.refuse(
+                    session,
+                    &id,
+                    &what,
+                    reply(550, (5, 1, 1), "No such user here"),
                 ),
-            ),
+            },
             // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
             Ok(Lookup::NotLocal) => self.refuse(
                 session,
@@ -472,6 +484,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         body: t.params.body,
         ret: t.params.ret,
         envid: t.params.envid.clone(),
+        requiretls: t.params.requiretls,
         received_at: now,
         trace: TraceRecord {
             helo: session.helo().unwrap_or("unknown").to_string(),
@@ -487,11 +500,8 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         recipients: t
             .recipients
             .iter()
-            .map(|(mailbox, params)| Recipient {
-                address: store::Address::Local {
-                    domain: mailbox.domain.clone(),
-                    user: mailbox.user.clone(),
-                },
+            .map(|(address, params)| Recipient {
+                address: address.clone(),
                 orcpt: params
                     .orcpt
                     .as_ref()
@@ -499,6 +509,8 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
                 notify: params.notify,
                 state: RecipientState::Pending,
                 attempts: 0,
+                next_attempt: 0,
+                last_error: None,
             })
             .collect(),
     }

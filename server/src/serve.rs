@@ -53,12 +53,17 @@ use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::auth::Authenticator;
+use crate::bounce::Bouncer;
 use crate::commit::Committer;
 use crate::config::{ConfigError, Listener, Role, Settings};
+use crate::dispatch::Dispatch;
+use crate::dns::{Resolver, ResolverConfig};
 use crate::init;
 use crate::limits::{ConnectionCounter, Permit};
 use crate::local::{self, Local};
 use crate::log;
+use crate::outbound::tls::ClientTlsFactory;
+use crate::outbound::{self, Outbound};
 use crate::queue::QueueId;
 use crate::reception::{Reception, Shared};
 use crate::recipients::Recipients;
@@ -100,7 +105,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             settings.mail_dir().display()
         ))
     })?;
-    let (queue, workers, work) = open_queue(&settings)?;
+    let (queue, workers, work, outbound, remote_work) = open_queue(&settings)?;
 
     let mut bound = Vec::new();
     let activated = match systemd::activated_sockets()? {
@@ -169,6 +174,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
     smol::block_on(async {
         if !paused {
             local::start(workers.clone(), work.clone());
+            outbound::start(outbound.clone(), remote_work.clone());
         }
         let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
         let tasks: Vec<_> = bound
@@ -378,7 +384,7 @@ impl Live {
             recipients: Recipients::new(users, settings.mail_dir(), settings.hostname.clone()),
             store: queue.store.clone(),
             committer: queue.committer.clone(),
-            queue: queue.sender.clone(),
+            dispatch: queue.dispatch.clone(),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
             [false, true].map(|loopback| {
@@ -466,15 +472,22 @@ struct QueueParts {
     store: Store,
     committer: Committer,
     /// Where queued messages go for delivery.
-    sender: async_channel::Sender<QueueId>,
+    dispatch: Dispatch,
 }
 
-/// What [`open_queue`] sets up: the sessions' handles, the workers' share, and the ids to
-/// deliver.
-type Queue = (QueueParts, Arc<Local>, async_channel::Receiver<QueueId>);
+/// What [`open_queue`] sets up: the sessions' handles, the local workers' share and their
+/// ids, the outbound workers' share and their ids.
+type Queue = (
+    QueueParts,
+    Arc<Local>,
+    async_channel::Receiver<QueueId>,
+    Arc<Outbound>,
+    async_channel::Receiver<QueueId>,
+);
 
 /// Opens the queue store, removes what unacknowledged transactions left, starts the
-/// committer, and queues every message a previous run left for delivery.
+/// committer, sets up local and outbound delivery, and queues every message a previous run
+/// left for delivery.
 fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let dir = settings.queue_dir();
     let problem = |e: &dyn std::fmt::Display| {
@@ -489,27 +502,68 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         );
     }
     let committer = Committer::start(store.clone()).map_err(|e| problem(&e))?;
-    let (queue, ids) = async_channel::unbounded();
-    let resumed = local::resume(&store, &queue).map_err(|e| problem(&e))?;
-    if resumed > 0 {
+    let (local_queue, local_ids) = async_channel::unbounded();
+    let (remote_queue, remote_ids) = async_channel::unbounded();
+    let dispatch = Dispatch {
+        local: local_queue.clone(),
+        remote: remote_queue,
+    };
+    let ids = store.ids().map_err(|e| problem(&e))?;
+    for id in &ids {
+        dispatch.both(id);
+    }
+    if !ids.is_empty() {
         log::event(
             "startup",
-            format_args!("{resumed} queued messages resume delivery"),
+            format_args!("{} queued messages resume delivery", ids.len()),
         );
     }
+    let bouncer = Bouncer {
+        store: store.clone(),
+        hostname: settings.hostname.clone(),
+        recipients: Recipients::new(
+            Arc::new(UserDb::new(settings.domains_dir())),
+            settings.mail_dir(),
+            settings.hostname.clone(),
+        ),
+    };
     let local = Arc::new(Local {
-        store,
+        store: store.clone(),
         committer: committer.clone(),
         mail_dir: settings.mail_dir(),
         hostname: settings.hostname.clone(),
-        queue: queue.clone(),
+        queue: local_queue,
+        bouncer: bouncer.clone(),
+        dispatch: dispatch.clone(),
     });
+    let resolver = ResolverConfig::for_server(settings).map_err(|e| ConfigError {
+        file: settings.file.clone(),
+        line: None,
+        message: format!("cannot read the DNS configuration: {e}"),
+        fix: "set [dns] nameservers, or make /etc/resolv.conf readable".into(),
+    })?;
+    let tls = ClientTlsFactory::new(&settings.delivery.extra_roots).map_err(|e| ConfigError {
+        file: settings.file.clone(),
+        line: None,
+        message: format!("[delivery] tls_roots: {e}"),
+        fix: "give PEM files holding CA certificates".into(),
+    })?;
+    let outbound = Arc::new(Outbound::new(
+        store.clone(),
+        committer.clone(),
+        Arc::new(Resolver::new(resolver)),
+        settings.delivery.clone(),
+        settings.hostname.clone(),
+        tls,
+        bouncer,
+        dispatch.clone(),
+    ));
     let parts = QueueParts {
-        store: local.store.clone(),
+        store,
         committer,
-        sender: queue,
+        dispatch,
     };
-    Ok((parts, local, ids))
+    Ok((parts, local, local_ids, outbound, remote_ids))
 }
 
 /// Binds one listener, or explains why not, pointing at its line.

@@ -34,8 +34,9 @@ use crate::queue::QueueId;
 /// The largest body chunk stored under one key.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 
-/// The envelope encoding this build writes.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// The envelope encoding this build writes. Version 1 lacks what version 2 adds at the end:
+/// REQUIRETLS, and each recipient's next attempt time and last error.
+pub const ENVELOPE_VERSION: u8 = 2;
 
 /// The bodies keyspace's memtable limit: what a crash recovery may replay into memory, and
 /// (twice: one memtable being flushed, one being filled) what a large body costs in memory
@@ -72,6 +73,9 @@ pub struct Store {
     db: Database,
     messages: Keyspace,
     bodies: Keyspace,
+    /// Held while an envelope is read, changed and written back ([`Store::apply`]), so two
+    /// workers changing different recipients of one message never lose each other's change.
+    update: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// Everything about a queued message except its body.
@@ -87,6 +91,8 @@ pub struct Envelope {
     pub ret: Option<Ret>,
     /// MAIL's `ENVID=` (RFC 3461), xtext-decoded.
     pub envid: Option<String>,
+    /// MAIL's `REQUIRETLS` (RFC 8689): relay only over verified TLS.
+    pub requiretls: bool,
     /// When the message was accepted, in seconds since the Unix epoch.
     pub received_at: u64,
     /// What the `Received:` field says about the connection.
@@ -127,6 +133,57 @@ pub struct Recipient {
     pub state: RecipientState,
     /// Delivery attempts that failed so far.
     pub attempts: u32,
+    /// When to try next, in seconds since the Unix epoch (0: as soon as possible).
+    pub next_attempt: u64,
+    /// What the last failed attempt ran into, for the queue listing and the bounce.
+    pub last_error: Option<String>,
+}
+
+impl Recipient {
+    /// A pending recipient, never tried.
+    pub fn new(address: Address) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: None,
+            state: RecipientState::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// Which worker a change comes from: each owns the recipients of one kind and changes only
+/// those ([`Store::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The local delivery workers: [`Address::Local`] recipients.
+    Local,
+    /// The outbound workers: [`Address::Remote`] recipients.
+    Remote,
+}
+
+impl Owner {
+    /// Whether this owner delivers to `address`.
+    pub fn owns(self, address: &Address) -> bool {
+        matches!(
+            (self, address),
+            (Owner::Local, Address::Local { .. }) | (Owner::Remote, Address::Remote(_))
+        )
+    }
+}
+
+/// What [`Store::apply`] left of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The message was not in the store (delivered and removed earlier).
+    Gone,
+    /// No recipient is pending any more: the message was removed.
+    Removed,
+    /// Recipients are still pending; the earliest next attempt of the caller's own, if any
+    /// of them is pending.
+    Pending(Option<u64>),
 }
 
 /// A recipient's destination.
@@ -177,6 +234,7 @@ impl Store {
             db,
             messages,
             bodies,
+            update: std::sync::Arc::default(),
         })
     }
 
@@ -240,26 +298,55 @@ impl Store {
         Ok(())
     }
 
-    /// Records what a delivery pass did, in one atomic batch (not synced: ask the committer):
-    /// `updated` envelopes are rewritten (new recipient states), `removed` messages (id and
-    /// chunk count) go, envelope and body.
-    pub fn record(
+    /// Records what a worker did, in one atomic batch (not synced: ask the committer).
+    ///
+    /// For each `(id, envelope)` in `changes`, the stored envelope is read again and the
+    /// state, attempts, next attempt and last error of the recipients `owner` owns are copied
+    /// from `envelope` (the others are left as stored: another worker may have changed
+    /// them). A message with no recipient pending any more is removed, envelope and body.
+    /// `new` messages (bounces; their chunks already written) are added in the same batch, so
+    /// a recipient is never marked failed without its bounce being queued.
+    pub fn apply(
         &self,
-        updated: &[(QueueId, Envelope)],
-        removed: &[(QueueId, u32)],
-    ) -> Result<(), StoreError> {
+        changes: &[(QueueId, Envelope)],
+        owner: Owner,
+        new: &[(QueueId, Envelope)],
+    ) -> Result<Vec<Applied>, StoreError> {
+        let _guard = self
+            .update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = self.db.batch();
-        for (id, envelope) in updated {
-            batch.insert(&self.messages, id.as_str(), envelope.encode());
-        }
-        for (id, chunks) in removed {
-            batch.remove(&self.messages, id.as_str());
-            for i in 0..*chunks {
-                batch.remove(&self.bodies, chunk_key(id, i));
+        let mut applied = Vec::with_capacity(changes.len());
+        for (id, changed) in changes {
+            let Some(mut stored) = self.envelope(id)? else {
+                applied.push(Applied::Gone);
+                continue;
+            };
+            for (theirs, ours) in stored.recipients.iter_mut().zip(&changed.recipients) {
+                if owner.owns(&theirs.address) && theirs.address == ours.address {
+                    theirs.state = ours.state;
+                    theirs.attempts = ours.attempts;
+                    theirs.next_attempt = ours.next_attempt;
+                    theirs.last_error.clone_from(&ours.last_error);
+                }
+            }
+            if stored.pending() {
+                batch.insert(&self.messages, id.as_str(), stored.encode());
+                applied.push(Applied::Pending(stored.next_attempt(owner)));
+            } else {
+                batch.remove(&self.messages, id.as_str());
+                for i in 0..stored.chunks {
+                    batch.remove(&self.bodies, chunk_key(id, i));
+                }
+                applied.push(Applied::Removed);
             }
         }
+        for (id, envelope) in new {
+            batch.insert(&self.messages, id.as_str(), envelope.encode());
+        }
         batch.commit()?;
-        Ok(())
+        Ok(applied)
     }
 
     /// Makes every write so far durable: one fsync of the journal.
@@ -372,6 +459,22 @@ impl Envelope {
             .any(|r| r.state == RecipientState::Pending)
     }
 
+    /// Whether any recipient `owner` delivers to still waits for delivery.
+    pub fn pending_for(&self, owner: Owner) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.state == RecipientState::Pending && owner.owns(&r.address))
+    }
+
+    /// The earliest next attempt among the pending recipients `owner` delivers to.
+    pub fn next_attempt(&self, owner: Owner) -> Option<u64> {
+        self.recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Pending && owner.owns(&r.address))
+            .map(|r| r.next_attempt)
+            .min()
+    }
+
     /// The stored form (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(256));
@@ -450,6 +553,12 @@ impl Envelope {
             });
             w.u32(r.attempts);
         }
+        // Version 2.
+        w.bool(self.requiretls);
+        for r in &self.recipients {
+            w.u64(r.next_attempt);
+            w.opt_str(r.last_error.as_deref());
+        }
         w.0
     }
 
@@ -457,7 +566,7 @@ impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != ENVELOPE_VERSION {
+        if !(1..=ENVELOPE_VERSION).contains(&version) {
             return Err(format!("unknown envelope version {version}"));
         }
         let from = r.str()?;
@@ -527,7 +636,17 @@ impl Envelope {
                 notify,
                 state,
                 attempts,
+                next_attempt: 0,
+                last_error: None,
             });
+        }
+        let mut requiretls = false;
+        if version >= 2 {
+            requiretls = r.bool()?;
+            for recipient in &mut recipients {
+                recipient.next_attempt = r.u64()?;
+                recipient.last_error = r.opt_str()?;
+            }
         }
         if !r.0.is_empty() {
             return Err(format!("{} bytes after the envelope", r.0.len()));
@@ -538,6 +657,7 @@ impl Envelope {
             body,
             ret,
             envid,
+            requiretls,
             received_at,
             trace: TraceRecord {
                 helo,
@@ -673,6 +793,7 @@ impl Envelope {
             body: None,
             ret: None,
             envid: None,
+            requiretls: false,
             received_at: 0,
             trace: TraceRecord::default(),
             size,
@@ -693,6 +814,7 @@ mod tests {
             body: Some(Body::EightBitMime),
             ret: Some(Ret::Headers),
             envid: Some("env-1".into()),
+            requiretls: true,
             received_at: 1_780_000_000,
             trace: TraceRecord {
                 helo: "client.test".into(),
@@ -717,6 +839,8 @@ mod tests {
                     }),
                     state: RecipientState::Pending,
                     attempts: 0,
+                    next_attempt: 0,
+                    last_error: None,
                 },
                 Recipient {
                     address: Address::Remote("carol@elsewhere.test".into()),
@@ -724,6 +848,8 @@ mod tests {
                     notify: Some(Notify::Never),
                     state: RecipientState::Delivered,
                     attempts: 3,
+                    next_attempt: 1_780_000_600,
+                    last_error: Some("451 4.7.1 greylisted".into()),
                 },
                 Recipient {
                     address: Address::Local {
@@ -734,6 +860,8 @@ mod tests {
                     notify: None,
                     state: RecipientState::Failed,
                     attempts: 7,
+                    next_attempt: 1_780_000_600,
+                    last_error: Some("451 4.7.1 greylisted".into()),
                 },
             ],
         }
@@ -747,6 +875,108 @@ mod tests {
             assert_eq!(bytes[0], ENVELOPE_VERSION);
             assert_eq!(Envelope::decode(&bytes).as_ref(), Ok(&e), "input {e:?}");
         }
+    }
+
+    /// A queue written by a version-1 build is still read: the fields version 2 added take
+    /// their defaults.
+    #[test]
+    fn version_one_envelopes_still_decode() {
+        let mut e = sample();
+        let v2 = e.encode();
+        // Version 1 is version 2 without its tail: REQUIRETLS, then per recipient a u64 and
+        // an optional string.
+        let tail: usize = 1 + e
+            .recipients
+            .iter()
+            .map(|r| 8 + 1 + r.last_error.as_ref().map_or(0, |t| 4 + t.len()))
+            .sum::<usize>();
+        let mut v1 = v2[..v2.len() - tail].to_vec();
+        v1[0] = 1;
+        e.requiretls = false;
+        for r in &mut e.recipients {
+            r.next_attempt = 0;
+            r.last_error = None;
+        }
+        assert_eq!(Envelope::decode(&v1), Ok(e));
+    }
+
+    /// Two workers change different recipients of one message from the copies they read:
+    /// neither change is lost, and the message goes once nothing is pending.
+    #[test]
+    fn apply_merges_each_owners_recipients() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let id = QueueId::new();
+        store.put_chunk(&id, 0, b"body\r\n").expect("chunk");
+        let local = Recipient::new(Address::Local {
+            domain: "example.org".into(),
+            user: "alice".into(),
+        });
+        let remote = Recipient::new(Address::Remote("bob@elsewhere.test".into()));
+        let envelope = Envelope::plain("<s@example.org>", 6, 1, vec![local, remote]);
+        store.put_envelope(&id, &envelope).expect("put");
+
+        // Both read the same copy; the outbound worker defers bob, the local one delivers
+        // alice; the outbound change lands first.
+        let mut outbound = envelope.clone();
+        outbound.recipients[1].attempts = 1;
+        outbound.recipients[1].next_attempt = 500;
+        outbound.recipients[1].last_error = Some("451 try later".into());
+        // A worker's view of a recipient it does not own is ignored.
+        outbound.recipients[0].state = RecipientState::Failed;
+        let mut local_view = envelope.clone();
+        local_view.recipients[0].state = RecipientState::Delivered;
+
+        let applied = store
+            .apply(&[(id.clone(), outbound)], Owner::Remote, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Pending(Some(500))]);
+        let applied = store
+            .apply(&[(id.clone(), local_view)], Owner::Local, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Pending(None)]);
+        let stored = store.envelope(&id).expect("read").expect("queued");
+        assert_eq!(stored.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(stored.recipients[1].state, RecipientState::Pending);
+        assert_eq!(stored.recipients[1].next_attempt, 500);
+        assert_eq!(
+            stored.recipients[1].last_error.as_deref(),
+            Some("451 try later")
+        );
+
+        // bob fails for good and his bounce is queued in the same batch: the message goes.
+        let mut failed = stored.clone();
+        failed.recipients[1].state = RecipientState::Failed;
+        let bounce_id = QueueId::new();
+        let bounce = Envelope::plain(
+            "<>",
+            0,
+            0,
+            vec![Recipient::new(Address::Local {
+                domain: "example.org".into(),
+                user: "s".into(),
+            })],
+        );
+        let applied = store
+            .apply(
+                &[(id.clone(), failed.clone())],
+                Owner::Remote,
+                &[(bounce_id.clone(), bounce.clone())],
+            )
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Removed]);
+        assert_eq!(store.envelope(&id).expect("read"), None);
+        assert_eq!(store.envelope(&bounce_id).expect("read"), Some(bounce));
+        let mut rest = Vec::new();
+        store
+            .body(&id, 1)
+            .read_to_end(&mut rest)
+            .expect_err("body removed");
+        // Applying to a message that is gone changes nothing.
+        let applied = store
+            .apply(&[(id, failed)], Owner::Remote, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Gone]);
     }
 
     #[test]

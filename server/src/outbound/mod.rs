@@ -1,0 +1,834 @@
+//! Outbound delivery: queued recipients of other domains, sent over SMTP to their mail
+//! exchangers (or a static route), with retries and bounces.
+//!
+//! Queue ids arrive on a channel (from sessions once a message is durable, from the startup
+//! scan, from retry timers). For each message, the pending remote recipients that are due are
+//! grouped by domain; each group is one delivery: find the route ([`route`]), then try its
+//! hosts and their addresses in order until one answers for the recipients. A delivery holds
+//! one of [`DeliverySettings::max_connections`] permits, and one of
+//! [`DeliverySettings::max_connections_per_domain`] for its domain, while it runs, so a slow
+//! remote only ever holds its own domain's permits.
+//!
+//! Each recipient's result goes into the store with [`Store::apply`]: delivered; failed for
+//! good (a 5xx, a null MX, a domain that does not exist), with a bounce queued in the same
+//! batch ([`crate::bounce`]); or deferred, with its next attempt from
+//! [`proto_core::next_attempt`] (exponential backoff with jitter; once the message is older
+//! than `give_up_after`, it fails and bounces). Marks are made durable by the group commit
+//! before the id is scheduled again, so a crash repeats at most a delivery (a duplicate),
+//! never loses one.
+//!
+//! TLS: STARTTLS whenever offered (see [`tls`]). What the connection must reach comes from
+//! the route (`tls = "required" | "verified"`), the message (REQUIRETLS, RFC 8689: verified
+//! TLS on every hop), the domain's MTA-STS policy in enforce mode (verified TLS to an MX
+//! the policy lists), and the best level the domain has shown before (never downgrade).
+
+pub mod route;
+pub mod settings;
+pub mod tls;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::Receiver;
+use async_io::{Async, Timer};
+use futures_lite::AsyncReadExt;
+use futures_lite::io::Cursor;
+use proto_core::{
+    ClientConfig, ClientCredentials, ClientSession, DsnAction, EnhancedStatus, ForwardPath,
+    JobRecipient, MailJob, OriginalRecipient, RecipientReport, RecipientStatus, Reply,
+    RetryDecision, ReversePath, TlsInfo, TlsPolicy, next_attempt,
+};
+use runtime_smol::client::{ClientTls, deliver};
+use smol::lock::Semaphore;
+
+use crate::bounce::{self, Bouncer};
+use crate::commit::Committer;
+use crate::dispatch::Dispatch;
+use crate::dns::Resolver;
+use crate::log;
+use crate::queue::QueueId;
+use crate::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
+use crate::trace::rfc5322_date;
+
+use route::{Hop, Route, RouteError};
+use settings::{DeliverySettings, RouteTls};
+use tls::{ClientTlsFactory, Connector};
+
+/// The most connection attempts (addresses tried) for one delivery.
+const MAX_CONNECTS: usize = 6;
+
+/// What the delivery tasks share.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The queue store.
+    pub store: Store,
+    /// Group commit for the marks.
+    pub committer: Committer,
+    /// DNS.
+    pub resolver: Arc<Resolver>,
+    /// `[delivery]` and `[routes]`.
+    pub settings: DeliverySettings,
+    /// Our host name (EHLO, `Received:`).
+    pub hostname: String,
+    /// TLS client configurations.
+    pub tls: ClientTlsFactory,
+    /// Bounces.
+    pub bouncer: Bouncer,
+    /// The workers' channels (retry timers, bounces).
+    pub dispatch: Dispatch,
+    /// Connection permits, overall.
+    connections: Semaphore,
+    /// Connection permits per destination domain.
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Messages being worked on, and whether they were asked for again meanwhile.
+    busy: Mutex<HashMap<QueueId, bool>>,
+    /// Retry timers already set: (id, time); one per message and time.
+    timers: Mutex<HashSet<(QueueId, u64)>>,
+}
+
+/// What happened to one recipient in one delivery.
+#[derive(Debug, Clone)]
+enum Result1 {
+    /// Accepted by the next hop.
+    Delivered { reply: Reply, hop: String },
+    /// Try again later.
+    Deferred {
+        why: String,
+        report: RecipientReport,
+    },
+    /// Failed for good.
+    Failed {
+        why: String,
+        report: RecipientReport,
+    },
+}
+
+impl Outbound {
+    /// The shared state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        committer: Committer,
+        resolver: Arc<Resolver>,
+        settings: DeliverySettings,
+        hostname: String,
+        tls: ClientTlsFactory,
+        bouncer: Bouncer,
+        dispatch: Dispatch,
+    ) -> Outbound {
+        let connections = Semaphore::new(settings.max_connections);
+        Outbound {
+            store,
+            committer,
+            resolver,
+            settings,
+            hostname,
+            tls,
+            bouncer,
+            dispatch,
+            connections,
+            per_domain: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            timers: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+/// Starts the scheduler on the executor: every id from `ids` is looked at.
+pub fn start(outbound: Arc<Outbound>, ids: Receiver<QueueId>) {
+    smol::spawn(async move {
+        while let Ok(id) = ids.recv().await {
+            {
+                let mut busy = lock(&outbound.busy);
+                if let Some(again) = busy.get_mut(&id) {
+                    *again = true;
+                    continue;
+                }
+                busy.insert(id.clone(), false);
+            }
+            let o = outbound.clone();
+            smol::spawn(async move {
+                loop {
+                    process(&o, &id).await;
+                    let mut busy = lock(&o.busy);
+                    match busy.get_mut(&id) {
+                        Some(again) if *again => *again = false,
+                        _ => {
+                            busy.remove(&id);
+                            break;
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    })
+    .detach();
+}
+
+/// Locks a mutex, ignoring poisoning (the data are plain maps, valid after any panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One look at a message: deliver its due remote recipients, record, schedule the rest.
+async fn process(o: &Arc<Outbound>, id: &QueueId) {
+    let store = o.store.clone();
+    let lookup_id = id.clone();
+    let envelope = match smol::unblock(move || store.envelope(&lookup_id)).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return,
+        Err(e) => {
+            log::event("failed", format_args!("id={id} reason=\"{e}\""));
+            schedule(o, id, unix_now() + 60);
+            return;
+        }
+    };
+    if !envelope.pending_for(Owner::Remote) {
+        return;
+    }
+    let now = unix_now();
+    // Due recipients, grouped by domain.
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in envelope.recipients.iter().enumerate() {
+        if r.state != RecipientState::Pending || r.next_attempt > now {
+            continue;
+        }
+        if let Address::Remote(address) = &r.address {
+            groups.entry(domain_of(address)).or_default().push(i);
+        }
+    }
+    if groups.is_empty() {
+        if let Some(at) = envelope.next_attempt(Owner::Remote) {
+            schedule(o, id, at);
+        }
+        return;
+    }
+    let envelope = Arc::new(envelope);
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|(domain, indexes)| {
+            let o = o.clone();
+            let id = id.clone();
+            let envelope = envelope.clone();
+            smol::spawn(async move {
+                let results = deliver_group(&o, &id, &envelope, &domain, &indexes).await;
+                indexes.into_iter().zip(results).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.extend(t.await);
+    }
+    let o2 = o.clone();
+    let id2 = id.clone();
+    let applied = smol::unblock(move || record(&o2, &id2, &envelope, results)).await;
+    match applied {
+        Ok(Applied::Pending(Some(at))) => schedule(o, id, at),
+        Ok(_) => {}
+        Err(why) => {
+            log::event(
+                "deferred",
+                format_args!("id={id} reason=\"cannot record the delivery: {why}\""),
+            );
+            schedule(o, id, unix_now() + 60);
+        }
+    }
+}
+
+/// Sends `id` to the scheduler again at `at` (Unix seconds), once per (id, time).
+fn schedule(o: &Arc<Outbound>, id: &QueueId, at: u64) {
+    if !lock(&o.timers).insert((id.clone(), at)) {
+        return;
+    }
+    let o = o.clone();
+    let id = id.clone();
+    smol::spawn(async move {
+        let wait = at.saturating_sub(unix_now());
+        Timer::after(Duration::from_secs(wait)).await;
+        lock(&o.timers).remove(&(id.clone(), at));
+        let _ = o.dispatch.remote.send(id).await;
+    })
+    .detach();
+}
+
+/// Applies a pass's results to the message (blocking): marks, retry times, the bounce.
+fn record(
+    o: &Outbound,
+    id: &QueueId,
+    envelope: &Envelope,
+    results: Vec<(usize, Result1)>,
+) -> Result<Applied, String> {
+    let now = unix_now();
+    let mut changed = envelope.clone();
+    let mut failed = Vec::new();
+    for (i, result) in results {
+        let r = &mut changed.recipients[i];
+        match result {
+            Result1::Delivered { reply, hop } => {
+                r.state = RecipientState::Delivered;
+                log::event(
+                    "delivered",
+                    format_args!(
+                        "id={id} to=<{}> relay={hop} reply=\"{}\"",
+                        r.address,
+                        one_line(&reply.to_string())
+                    ),
+                );
+            }
+            Result1::Failed { why, report } => {
+                r.state = RecipientState::Failed;
+                r.last_error = Some(why.clone());
+                log::event(
+                    "failed",
+                    format_args!("id={id} to=<{}> reason=\"{}\"", r.address, one_line(&why)),
+                );
+                failed.push(bounce::report_for(r, report));
+            }
+            Result1::Deferred { why, mut report } => {
+                r.attempts += 1;
+                r.last_error = Some(why.clone());
+                let jitter = random_fraction();
+                match next_attempt(
+                    now,
+                    envelope.received_at,
+                    r.attempts,
+                    jitter,
+                    &o.settings.retry,
+                ) {
+                    RetryDecision::RetryAt(at) => {
+                        r.next_attempt = at;
+                        log::event(
+                            "deferred",
+                            format_args!(
+                                "id={id} to=<{}> attempts={} retry_in={}s reason=\"{}\"",
+                                r.address,
+                                r.attempts,
+                                at.saturating_sub(now),
+                                one_line(&why)
+                            ),
+                        );
+                    }
+                    _ => {
+                        r.state = RecipientState::Failed;
+                        log::event(
+                            "failed",
+                            format_args!(
+                                "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
+                                r.address,
+                                r.attempts,
+                                one_line(&why)
+                            ),
+                        );
+                        // RFC 3463 4.4.7: delivery time expired; reported as a failure.
+                        report.action = DsnAction::Failed;
+                        report.status = EnhancedStatus::new(5, 4, 7).unwrap_or(report.status);
+                        report.problem = Some(format!(
+                            "gave up after {} attempts over {}: {why}",
+                            r.attempts,
+                            human_duration(now.saturating_sub(envelope.received_at))
+                        ));
+                        failed.push(bounce::report_for(r, report));
+                    }
+                }
+            }
+        }
+    }
+    let mut new = Vec::new();
+    if !failed.is_empty() {
+        match o.bouncer.bounce(id, envelope, failed, SystemTime::now()) {
+            Ok(Some(b)) => new.push(b),
+            Ok(None) => {}
+            // The bounce could not be written: keep the recipients pending (they are tried
+            // again, and bounce then) rather than fail them silently.
+            Err(why) => return Err(format!("cannot write the bounce: {why}")),
+        }
+    }
+    let applied = o
+        .store
+        .apply(&[(id.clone(), changed)], Owner::Remote, &new)
+        .map_err(|e| e.to_string())?;
+    o.committer.sync_blocking()?;
+    for (bounce_id, bounce) in &new {
+        o.dispatch.queued(bounce_id, bounce);
+    }
+    if matches!(applied.first(), Some(Applied::Removed)) {
+        log::event("removed", format_args!("id={id}"));
+    }
+    Ok(applied.into_iter().next().unwrap_or(Applied::Gone))
+}
+
+/// A random number in `0.0..1.0` (jitter).
+fn random_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// "2 days 3 h", "45 min", "12 s".
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{} days {} h", s / 86_400, (s % 86_400) / 3600),
+        s if s >= 3600 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// A reply or error on one line, quotes made harmless (for the log).
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ").replace('"', "'")
+}
+
+/// The domain of `local@domain`, lower case, A-labels.
+fn domain_of(address: &str) -> String {
+    let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+}
+
+/// What TLS a delivery must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    /// Plaintext is acceptable (STARTTLS is still used when offered).
+    Nothing,
+    /// TLS, certificate unchecked.
+    Tls,
+    /// TLS with a certificate that verifies for the host.
+    Verified,
+}
+
+/// Delivers message `id` to the recipients `indexes` of `envelope`, all of `domain`: one
+/// result per index.
+async fn deliver_group(
+    o: &Arc<Outbound>,
+    id: &QueueId,
+    envelope: &Arc<Envelope>,
+    domain: &str,
+    indexes: &[usize],
+) -> Vec<Result1> {
+    let recipients: Vec<(ForwardPath, &crate::store::Recipient)> = indexes
+        .iter()
+        .filter_map(|&i| {
+            let r = &envelope.recipients[i];
+            bounce::forward_path(&r.address).map(|p| (p, r))
+        })
+        .collect();
+    let all = |f: &dyn Fn(&ForwardPath) -> Result1| -> Vec<Result1> {
+        indexes
+            .iter()
+            .map(
+                |&i| match bounce::forward_path(&envelope.recipients[i].address) {
+                    Some(p) => f(&p),
+                    None => failed_local(
+                        &ForwardPath::Postmaster,
+                        (5, 1, 3),
+                        "the recipient address cannot be parsed",
+                    ),
+                },
+            )
+            .collect()
+    };
+    if recipients.len() != indexes.len() {
+        return all(&|p| failed_local(p, (5, 1, 3), "the recipient address cannot be parsed"));
+    }
+
+    // Permits: one overall, one for the domain.
+    let domain_permits = {
+        let mut map = lock(&o.per_domain);
+        map.entry(domain.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(o.settings.max_connections_per_domain)))
+            .clone()
+    };
+    let _domain_permit = domain_permits.acquire().await;
+    let _permit = o.connections.acquire().await;
+
+    let mut shuffle = |hosts: &mut [String]| shuffle(hosts);
+    let route = match route::find(domain, &o.settings, &o.resolver, &mut shuffle).await {
+        Ok(r) => r,
+        Err(e @ RouteError::NullMx(_)) => {
+            // RFC 7505 4.3: 556 5.1.10 for a domain with a null MX.
+            let why = e.to_string();
+            return all(&|p| failed_local(p, (5, 1, 10), &why));
+        }
+        Err(e @ RouteError::NoSuchDomain(_)) => {
+            let why = e.to_string();
+            return all(&|p| failed_local(p, (5, 1, 2), &why));
+        }
+        Err(e) => {
+            let why = e.to_string();
+            return all(&|p| deferred_local(p, (4, 4, 3), &why));
+        }
+    };
+    let mut need = match route.tls() {
+        RouteTls::Opportunistic => Need::Nothing,
+        RouteTls::Required => Need::Tls,
+        RouteTls::Verified | RouteTls::Implicit => Need::Verified,
+    };
+    if envelope.requiretls {
+        need = Need::Verified;
+    }
+
+    let job = mail_job(envelope, &recipients);
+    let mut attempts = 0;
+    let mut last: Option<Vec<Result1>> = None;
+    let mut problems: Vec<String> = route.skipped.clone();
+    'hops: for hop in &route.hops {
+        for addr in &hop.addrs {
+            if attempts == MAX_CONNECTS {
+                break 'hops;
+            }
+            attempts += 1;
+            match attempt(o, id, envelope, &route, hop, *addr, need, job.clone()).await {
+                Attempt::Refused(why) => {
+                    problems.push(format!(
+                        "{}[{}]:{}: {why}",
+                        hop.host,
+                        addr.ip(),
+                        addr.port()
+                    ));
+                }
+                Attempt::Done(results) => {
+                    let all_deferred = results
+                        .iter()
+                        .all(|r| matches!(r, Result1::Deferred { .. }));
+                    if !all_deferred {
+                        return results;
+                    }
+                    // Every recipient deferred (greeting refused, TLS failed, 4xx): the next
+                    // host may do better.
+                    if let Some(Result1::Deferred { why, .. }) = results.first() {
+                        problems.push(why.clone());
+                    }
+                    last = Some(results);
+                    continue 'hops;
+                }
+            }
+        }
+    }
+    if let Some(results) = last {
+        return results;
+    }
+    let why = if problems.is_empty() {
+        "no mail exchanger could be reached".to_string()
+    } else {
+        format!(
+            "no mail exchanger could be reached: {}",
+            problems.join("; ")
+        )
+    };
+    // RFC 3463 4.4.1: no answer from host.
+    all(&|p| deferred_local(p, (4, 4, 1), &why))
+}
+
+/// How one connection went.
+enum Attempt {
+    /// No SMTP conversation (the connection failed): try the next address.
+    Refused(String),
+    /// The server answered; one result per recipient.
+    Done(Vec<Result1>),
+}
+
+/// One connection to `addr` of `hop`, delivering `job`.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    o: &Arc<Outbound>,
+    id: &QueueId,
+    envelope: &Arc<Envelope>,
+    route: &Route,
+    hop: &Hop,
+    addr: SocketAddr,
+    need: Need,
+    job: MailJob,
+) -> Attempt {
+    let stream = match connect(o, addr).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Refused(format!("connect: {e}")),
+    };
+    let mut config = ClientConfig::new(o.hostname.clone());
+    config.tls = match need {
+        Need::Nothing => TlsPolicy::Opportunistic,
+        Need::Tls | Need::Verified => TlsPolicy::Required,
+    };
+    if let Some((user, password)) = route.static_route.as_ref().and_then(|r| r.auth.clone()) {
+        config.auth = Some(ClientCredentials::new(user, password));
+    }
+    let connector: Connector = if need == Need::Verified {
+        o.tls.strict()
+    } else {
+        o.tls.lenient()
+    };
+    let Some(server_name) = tls::server_name(&hop.host) else {
+        return Attempt::Refused(format!("{} is not a usable TLS server name", hop.host));
+    };
+    let client_tls = ClientTls {
+        connector: connector.connector.clone(),
+        server_name,
+        handshake_timeout: Duration::from_secs(60),
+    };
+    let mut session = ClientSession::new(Arc::new(config), job, Instant::now());
+    let header = received_header(o, id, envelope);
+    let store = o.store.clone();
+    let (body_id, chunks) = (id.clone(), envelope.chunks);
+    let mut bodies = move |_job: usize| -> io::Result<_> {
+        let reader = smol::Unblock::new(store.body(&body_id, chunks));
+        Ok(Cursor::new(header.clone().into_bytes()).chain(reader))
+    };
+    let implicit = route
+        .static_route
+        .as_ref()
+        .is_some_and(|r| r.tls == RouteTls::Implicit);
+    let report = if implicit {
+        let handshake = client_tls
+            .connector
+            .connect(client_tls.server_name.clone(), stream);
+        let tls_stream = match futures_lite::future::or(handshake, async {
+            Timer::after(Duration::from_secs(60)).await;
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return Attempt::Refused(format!("TLS handshake: {e}")),
+        };
+        deliver(tls_stream, &mut session, None, &mut bodies).await
+    } else {
+        deliver(stream, &mut session, Some(&client_tls), &mut bodies).await
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return Attempt::Refused(e.to_string()),
+    };
+    let hop_text = format!(
+        "{}[{}]:{}{}",
+        hop.host,
+        addr.ip(),
+        addr.port(),
+        tls_text(
+            report.tls.as_ref(),
+            implicit || report.tls.is_some(),
+            connector.verified()
+        )
+    );
+    let Some(outcome) = report.outcomes.into_iter().next() else {
+        return Attempt::Refused("the session ended without a result".into());
+    };
+    let remote = proto_core::Domain::parse(&hop.host).ok();
+    let results = outcome
+        .recipients
+        .iter()
+        .map(|r| {
+            let report = RecipientReport::from_result(r, remote.clone());
+            match &r.status {
+                RecipientStatus::Accepted(reply) => Result1::Delivered {
+                    reply: reply.clone(),
+                    hop: hop_text.clone(),
+                },
+                RecipientStatus::TemporaryFailure(reason) => Result1::Deferred {
+                    why: format!(
+                        "{}: {}",
+                        hop_text,
+                        reason_text(reason, &report_tls_error(&report))
+                    ),
+                    report,
+                },
+                RecipientStatus::PermanentFailure(reason) => Result1::Failed {
+                    why: format!("{}: {}", hop_text, reason_text(reason, "")),
+                    report,
+                },
+                _ => Result1::Deferred {
+                    why: format!("{hop_text}: unknown result"),
+                    report,
+                },
+            }
+        })
+        .collect();
+    Attempt::Done(results)
+}
+
+/// The problem text of a report, when it has one.
+fn report_tls_error(report: &RecipientReport) -> String {
+    report.problem.clone().unwrap_or_default()
+}
+
+/// A failure reason in words.
+fn reason_text(reason: &proto_core::FailureReason, fallback: &str) -> String {
+    match reason {
+        proto_core::FailureReason::Reply(reply) => one_line(&reply.to_string()),
+        proto_core::FailureReason::Local(e) => e.to_string(),
+        _ => fallback.to_string(),
+    }
+}
+
+/// " tls=TLSv1.3 verified" style suffix for logs.
+fn tls_text(info: Option<&TlsInfo>, tls: bool, verified: bool) -> String {
+    match info {
+        Some(i) => format!(
+            " tls={}{}",
+            i.version,
+            if verified { " verified" } else { " unverified" }
+        ),
+        None if tls => " tls=implicit".to_string(),
+        None => " tls=none".to_string(),
+    }
+}
+
+/// Opens a TCP connection to `addr`, from the configured source address of its family.
+async fn connect(o: &Outbound, addr: SocketAddr) -> io::Result<Async<TcpStream>> {
+    let source: Option<IpAddr> = match addr {
+        SocketAddr::V4(_) => o.settings.source_ipv4.map(IpAddr::V4),
+        SocketAddr::V6(_) => o.settings.source_ipv6.map(IpAddr::V6),
+    };
+    let timeout = o.settings.connect_timeout;
+    match source {
+        None => {
+            let connect = Async::<TcpStream>::connect(addr);
+            futures_lite::future::or(connect, async {
+                Timer::after(timeout).await;
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            })
+            .await
+        }
+        Some(source) => {
+            // socket2 binds the source address; the blocking connect runs off the executor.
+            let stream = smol::unblock(move || -> io::Result<TcpStream> {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                socket.bind(&SocketAddr::new(source, 0).into())?;
+                socket.connect_timeout(&addr.into(), timeout)?;
+                Ok(socket.into())
+            })
+            .await?;
+            Async::new(stream)
+        }
+    }
+}
+
+/// The job for `recipients` of `envelope`.
+fn mail_job(
+    envelope: &Envelope,
+    recipients: &[(ForwardPath, &crate::store::Recipient)],
+) -> MailJob {
+    let from = ReversePath::parse(&envelope.from).unwrap_or(ReversePath::Null);
+    let mut job = MailJob::new(from, recipients.iter().map(|(p, _)| p.clone()));
+    job.recipients = recipients
+        .iter()
+        .map(|(p, r)| {
+            let mut j = JobRecipient::new(p.clone());
+            j.notify = r.notify;
+            j.orcpt = r.orcpt.as_ref().map(|(t, a)| OriginalRecipient {
+                addr_type: t.clone(),
+                address: a.clone(),
+            });
+            j
+        })
+        .collect();
+    job.size = Some(envelope.size);
+    job.body = envelope.body;
+    job.smtputf8 = envelope.smtputf8;
+    job.requiretls = envelope.requiretls;
+    job.ret = envelope.ret;
+    job.envid.clone_from(&envelope.envid);
+    job
+}
+
+/// Our `Received:` field for the hop from the client to us.
+fn received_header(o: &Outbound, id: &QueueId, envelope: &Envelope) -> String {
+    let t = &envelope.trace;
+    let protocol = match (t.esmtp, t.tls.is_some(), t.authenticated) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    };
+    let mut h = format!(
+        "Received: from {} ({})\r\n",
+        clean(&t.helo),
+        clean(&t.client)
+    );
+    if let Some((version, cipher)) = &t.tls {
+        h.push_str(&format!(
+            "\t(using {} with cipher {})\r\n",
+            clean(version),
+            clean(cipher)
+        ));
+    }
+    let received = UNIX_EPOCH + Duration::from_secs(envelope.received_at);
+    h.push_str(&format!(
+        "\tby {} (postern) with {protocol} id {id};\r\n\t{}\r\n",
+        o.hostname,
+        rfc5322_date(received)
+    ));
+    h
+}
+
+/// Text safe for a header field (no control characters).
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Fisher-Yates with getrandom (RFC 5321 5.1: equal preferences in random order).
+fn shuffle(items: &mut [String]) {
+    for i in (1..items.len()).rev() {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let j = (u32::from_le_bytes(b) as usize) % (i + 1);
+        items.swap(i, j);
+    }
+}
+
+/// A permanent failure found on our side.
+fn failed_local(to: &ForwardPath, status: (u8, u16, u16), why: &str) -> Result1 {
+    let mut report = RecipientReport::new(
+        to.clone(),
+        DsnAction::Failed,
+        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(PERMANENT),
+    );
+    report.problem = Some(why.to_string());
+    Result1::Failed {
+        why: why.to_string(),
+        report,
+    }
+}
+
+/// A temporary failure found on our side.
+fn deferred_local(to: &ForwardPath, status: (u8, u16, u16), why: &str) -> Result1 {
+    let mut report = RecipientReport::new(
+        to.clone(),
+        DsnAction::Delayed,
+        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(TEMPORARY),
+    );
+    report.problem = Some(why.to_string());
+    Result1::Deferred {
+        why: why.to_string(),
+        report,
+    }
+}
+
+/// 4.0.0: a temporary failure of no more precise kind.
+const TEMPORARY: EnhancedStatus = match EnhancedStatus::new(4, 0, 0) {
+    Some(s) => s,
+    None => panic!("4.0.0 is a valid status"),
+};
+
+/// 5.0.0: a permanent failure of no more precise kind.
+const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 0, 0) {
+    Some(s) => s,
+    None => panic!("5.0.0 is a valid status"),
+};

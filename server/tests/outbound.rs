@@ -1,0 +1,495 @@
+//! Outbound delivery end to end, over loopback only: a user submits through 587 to postern A,
+//! which finds the recipient's mail exchanger in a test DNS server on 127.0.0.1 and delivers
+//! to postern B (over IPv4, and over IPv6 to an MX that has only ::1), to Postfix's
+//! smtp-sink, and to scripted SMTP servers that answer 451 then 250, or 550; a remote that
+//! never answers until the give-up time, and a restart with the message still queued.
+//! Bounces (DSNs) arrive in the sender's Maildir on A.
+
+mod common;
+
+#[allow(dead_code, clippy::unwrap_used)]
+#[path = "../src/dns/test_server.rs"]
+mod test_server;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{BINARY, Server, cert, write_certbot};
+
+/// `postern -C root user add ADDR --password-stdin`.
+fn add_user(root: &Path, address: &str, password: &str) {
+    let mut child = Command::new(BINARY)
+        .arg("-C")
+        .arg(root)
+        .args(["user", "add", address, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A configuration directory for `hostname` with `domains` (each with `users`), a
+/// self-signed certificate, and `config` (tables) before `listeners`.
+fn instance(
+    hostname: &str,
+    domains: &[(&str, &[&str])],
+    config: &str,
+    listeners: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::write(
+        root.join("postern.toml"),
+        format!(
+            "hostname = \"{hostname}\"\ndata_dir = \"data\"\n{config}\n[listeners]\n{listeners}\n"
+        ),
+    )
+    .expect("config");
+    write_certbot(&root.join("certs").join(hostname), &cert(&[hostname]));
+    for (domain, users) in domains {
+        fs::create_dir_all(root.join("domains").join(domain)).expect("domain");
+        for user in *users {
+            add_user(root, &format!("{user}@{domain}"), "pw");
+        }
+    }
+    dir
+}
+
+/// A port free on both 127.0.0.1 and ::1 (for an MX that listens on both).
+fn free_dual_port() -> u16 {
+    for _ in 0..50 {
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind v4");
+        let port = v4.local_addr().expect("addr").port();
+        if TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+/// A port where nothing listens (bound, then released).
+fn closed_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts the test DNS server on 127.0.0.1 with `zone`.
+fn dns(dir: &Path, zone: &str) -> test_server::TestServer {
+    let path = dir.join("zone");
+    fs::write(&path, zone).expect("zone");
+    test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &path).expect("dns")
+}
+
+/// Submits a message from alice@a.test to `to` through A's submission port, with AUTH.
+fn submit(a: &Server, to: &[&str], subject: &str) {
+    let script = r#"
+import smtplib, sys
+port, subject = int(sys.argv[1]), sys.argv[2]
+to = sys.argv[3:]
+msg = ("From: Alice <alice@a.test>\r\nTo: " + ", ".join(to) + "\r\nSubject: " + subject +
+       "\r\nMessage-ID: <" + subject + "@a.test>\r\n\r\nHello from A.\r\n.leading dot\r\n")
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
+s.ehlo()
+s.login("alice@a.test", "pw")
+s.sendmail("alice@a.test", to, msg)
+s.quit()
+print("sent")
+"#;
+    let mut args = vec![a.port("submission").to_string(), subject.to_string()];
+    args.extend(to.iter().map(|t| t.to_string()));
+    assert_eq!(common::python(script, &args).trim(), "sent");
+}
+
+/// The configuration of A: DNS on the test server, remote MX port `mx_port`, fast retries.
+fn sender_config(dns_port: u16, mx_port: u16, delivery: &str, routes: &str) -> String {
+    format!(
+        "[auth]\nallow_plaintext_on_loopback = true\n\
+         [dns]\nnameservers = [\"127.0.0.1:{dns_port}\"]\n\
+         [delivery]\nmx_port = {mx_port}\nfirst_retry = 1\nmax_retry_interval = 2\n{delivery}\n\
+         [routes]\n{routes}\n"
+    )
+}
+
+/// Starts A (sender, domain a.test with alice).
+fn start_sender(config: &str) -> (tempfile::TempDir, Server) {
+    let dir = instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        config,
+        "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
+    );
+    let server = Server::start(dir.path(), 2);
+    (dir, server)
+}
+
+/// Waits until `dir/data/mail/<domain>/<user>/new` has `n` messages (at most `secs`).
+fn wait_messages(server: &Server, domain: &str, user: &str, n: usize, secs: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let inbox = server.inbox(domain, user);
+        if inbox.len() >= n {
+            return inbox;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}@{domain}: {} of {n} messages after {secs} s; log:\n{}",
+            inbox.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn submitted_mail_reaches_the_recipients_mx_over_ipv4_and_ipv6() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+remote.test. 300 MX 10 mx.remote.test.
+mx.remote.test. 300 A 127.0.0.1
+v6.test. 300 MX 10 mx6.v6.test.
+mx6.v6.test. 300 AAAA ::1
+implicit.test. 300 A 127.0.0.1
+nullmx.test. 300 MX 0 .
+";
+    let dns = dns(tmp.path(), zone);
+    let port = free_dual_port();
+    let b_dir = instance(
+        "mx.remote.test",
+        &[
+            ("remote.test", &["bob"]),
+            ("v6.test", &["carol"]),
+            ("implicit.test", &["dan"]),
+        ],
+        "",
+        &format!("smtp = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]"),
+    );
+    // Both listeners are "smtp": one entry in the listener map.
+    let b = Server::start(b_dir.path(), 1);
+    let (_a_dir, a) = start_sender(&sender_config(dns.addr.port(), port, "", ""));
+
+    submit(
+        &a,
+        &["bob@remote.test", "carol@v6.test", "dan@implicit.test"],
+        "three",
+    );
+    for (domain, user) in [
+        ("remote.test", "bob"),
+        ("v6.test", "carol"),
+        ("implicit.test", "dan"),
+    ] {
+        let got = wait_messages(&b, domain, user, 1, 30);
+        let text = &got[0];
+        assert!(text.contains("Subject: three\r\n"), "{text}");
+        assert!(
+            text.contains("\r\n.leading dot\r\n"),
+            "dot-stuffing undone: {text}"
+        );
+        // B's Received field names A's EHLO, and TLS (B offers STARTTLS, A uses it).
+        assert!(text.contains("Received: from a.test ("), "{text}");
+        assert!(text.contains("(using TLSv1."), "{text}");
+        // A's own Received field, for the submission, travels with the message.
+        assert!(
+            text.contains("by a.test (postern) with ESMTPA id "),
+            "{text}"
+        );
+    }
+    // carol's copy went over IPv6: B logs the client address.
+    b.wait_log("client=::1", 10);
+    let a_log = a.log();
+    assert!(
+        a_log.contains("to=<carol@v6.test> relay=mx6.v6.test[::1]:"),
+        "{a_log}"
+    );
+    assert!(a_log.contains("tls=TLSv1.3 unverified"), "{a_log}");
+
+    // A null MX fails at once and bounces to alice, on A.
+    submit(&a, &["nobody@nullmx.test"], "nullmx");
+    let bounces = wait_messages(&a, "a.test", "alice", 1, 30);
+    let dsn = &bounces[0];
+    assert!(
+        dsn.contains("Content-Type: multipart/report; report-type=delivery-status"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; nobody@nullmx.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.1.10"), "{dsn}");
+    assert!(dsn.contains("Return-Path: <>"), "{dsn}");
+}
+
+/// A scripted SMTP server: connection `n` answers RCPT with `rcpt_replies[n]` (the last one
+/// for later connections). Records each message it accepts.
+struct Scripted {
+    port: u16,
+    messages: Arc<Mutex<Vec<String>>>,
+    connections: Arc<Mutex<usize>>,
+}
+
+impl Scripted {
+    fn start(rcpt_replies: &[&str]) -> Scripted {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0usize));
+        let replies: Vec<String> = rcpt_replies.iter().map(|s| s.to_string()).collect();
+        {
+            let messages = messages.clone();
+            let connections = connections.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().take(20) {
+                    let Ok(stream) = stream else { continue };
+                    let n = {
+                        let mut c = connections.lock().expect("lock");
+                        *c += 1;
+                        *c - 1
+                    };
+                    let reply = replies[n.min(replies.len() - 1)].clone();
+                    let _ = serve_scripted(stream, &reply, &messages);
+                }
+            });
+        }
+        Scripted {
+            port,
+            messages,
+            connections,
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.messages.lock().expect("lock").clone()
+    }
+}
+
+fn serve_scripted(
+    stream: TcpStream,
+    rcpt_reply: &str,
+    messages: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    out.write_all(b"220 scripted.test ESMTP\r\n")?;
+    let mut accepted = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" | "HELO" => out.write_all(b"250 scripted.test\r\n")?,
+            "MAIL" | "RSET" => out.write_all(b"250 2.0.0 ok\r\n")?,
+            "RCPT" => {
+                out.write_all(format!("{rcpt_reply}\r\n").as_bytes())?;
+                accepted |= rcpt_reply.starts_with('2');
+            }
+            "DATA" if accepted => {
+                out.write_all(b"354 go ahead\r\n")?;
+                let mut body = String::new();
+                loop {
+                    let mut l = String::new();
+                    if reader.read_line(&mut l)? == 0 {
+                        return Ok(());
+                    }
+                    if l == ".\r\n" {
+                        break;
+                    }
+                    body.push_str(&l);
+                }
+                messages.lock().expect("lock").push(body);
+                out.write_all(b"250 2.0.0 stored\r\n")?;
+            }
+            "DATA" => out.write_all(b"554 5.5.1 no valid recipients\r\n")?,
+            "QUIT" => {
+                out.write_all(b"221 2.0.0 bye\r\n")?;
+                return Ok(());
+            }
+            _ => out.write_all(b"502 5.5.2 not implemented\r\n")?,
+        }
+    }
+}
+
+#[test]
+fn a_451_is_retried_until_250_and_a_550_bounces() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let grey = Scripted::start(&["451 4.7.1 greylisted, come back later", "250 2.1.5 ok"]);
+    let reject = Scripted::start(&["550 5.1.1 no such user here"]);
+    let routes = format!(
+        "\"grey.test\" = \"[127.0.0.1]:{}\"\n\"reject.test\" = \"[127.0.0.1]:{}\"",
+        grey.port, reject.port
+    );
+    let (_a_dir, a) = start_sender(&sender_config(dns.addr.port(), 25, "", &routes));
+
+    submit(&a, &["someone@grey.test", "nobody@reject.test"], "mixed");
+    // The 550 bounces at once; the 451 is tried again and gets through.
+    let bounces = wait_messages(&a, "a.test", "alice", 1, 30);
+    let dsn = &bounces[0];
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; nobody@reject.test"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
+    assert!(
+        !dsn.contains("grey.test\r\nAction"),
+        "only the failure is reported: {dsn}"
+    );
+    // The original's headers come back.
+    assert!(dsn.contains("Subject: mixed"), "{dsn}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while grey.messages().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "never retried; log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(*grey.connections.lock().expect("lock") >= 2);
+    assert!(grey.messages()[0].contains("Subject: mixed"));
+    assert!(reject.messages().is_empty());
+    let log = a.log();
+    assert!(log.contains("deferred id="), "{log}");
+    assert!(log.contains("to=<someone@grey.test> attempts=1"), "{log}");
+    a.wait_log("removed id=", 10);
+    // Exactly one bounce: the delivered recipient never produces one.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.inbox("a.test", "alice").len(), 1);
+}
+
+#[test]
+fn a_remote_down_past_the_give_up_time_bounces() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let routes = format!("\"down.test\" = \"[127.0.0.1]:{}\"", closed_port());
+    let (_a_dir, a) = start_sender(&sender_config(
+        dns.addr.port(),
+        25,
+        "give_up_after = 3\nconnect_timeout = 2",
+        &routes,
+    ));
+    submit(&a, &["someone@down.test"], "down");
+    let bounces = wait_messages(&a, "a.test", "alice", 1, 40);
+    let dsn = &bounces[0];
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; someone@down.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(dsn.contains("Status: 5.4.7"), "{dsn}");
+    let log = a.log();
+    assert!(log.contains("gave up"), "{log}");
+}
+
+#[test]
+fn a_restart_with_mail_still_queued_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    // The remote is down at first: the message waits in A's queue.
+    let port = closed_port();
+    let routes = format!("\"later.test\" = \"[127.0.0.1]:{port}\"");
+    let config = sender_config(dns.addr.port(), 25, "connect_timeout = 2", &routes);
+    let (a_dir, mut a) = start_sender(&config);
+    submit(&a, &["someone@later.test"], "restart");
+    a.wait_log("deferred id=", 20);
+    a.signal("TERM");
+    assert!(a.wait_exit(30).success());
+    drop(a);
+
+    // The remote comes up; A starts again and delivers what it had queued.
+    let b_dir = instance(
+        "mx.later.test",
+        &[("later.test", &["someone"])],
+        "",
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
+    );
+    let b = Server::start(b_dir.path(), 1);
+    let a = Server::start(a_dir.path(), 2);
+    let got = wait_messages(&b, "later.test", "someone", 1, 30);
+    assert!(got[0].contains("Subject: restart"), "{}", got[0]);
+    a.wait_log("queued messages resume delivery", 5);
+}
+
+#[test]
+fn postfix_smtp_sink_takes_the_mail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let sink_dir = tmp.path().join("sink");
+    fs::create_dir_all(&sink_dir).expect("sink dir");
+    // smtp-sink drops root privileges to the user given with -u: let it write here.
+    let _ = Command::new("chmod").arg("0777").arg(&sink_dir).status();
+    let port = closed_port();
+    let program = if Path::new("/usr/sbin/smtp-sink").exists() {
+        "/usr/sbin/smtp-sink"
+    } else {
+        "smtp-sink"
+    };
+    let mut sink = Command::new(program)
+        .args(["-u", "nobody", "-d"])
+        .arg(sink_dir.join("%Y%m%d%H%M%S."))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("10")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smtp-sink (Postfix) must be installed: .ci/run installs it");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let routes = format!("\"sink.test\" = \"[127.0.0.1]:{port}\"");
+    let (_a_dir, a) = start_sender(&sender_config(dns.addr.port(), 25, "", &routes));
+    submit(&a, &["one@sink.test", "two@sink.test"], "sink");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dumped = loop {
+        let files: Vec<String> = fs::read_dir(&sink_dir)
+            .expect("read sink dir")
+            .filter_map(|e| fs::read_to_string(e.expect("entry").path()).ok())
+            .collect();
+        if !files.is_empty() {
+            break files;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing reached smtp-sink; log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let text = &dumped[0];
+    // smtp-sink's dump: the envelope, then the message.
+    assert!(
+        text.contains("one@sink.test") && text.contains("two@sink.test"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: sink"), "{text}");
+    a.wait_log("removed id=", 10);
+}
