@@ -595,6 +595,33 @@ mod tests {
     }
 
     #[test]
+    fn delivery_settings_and_routes() {
+        let s = parse(
+            "[delivery]\nip_preference = \"ipv4-only\"\nsource_ipv6 = \"2001:db8::10\"\n\
+             first_retry = 60\ngive_up_after = 3600\n\
+             [routes]\n\"Example.COM.\" = \"[192.0.2.1]:2525\"\n\
+             \"*\" = { host = \"smart.example.net:465\", tls = \"implicit\" }\n\
+             [listeners]\nsmtp = [\"[::1]:25\"]\n",
+        )
+        .expect("parses");
+        let d = &s.delivery;
+        assert_eq!(
+            d.ip_preference,
+            crate::outbound::settings::IpPreference::Ipv4Only
+        );
+        assert_eq!(d.source_ipv6, Some("2001:db8::10".parse().expect("ip")));
+        assert_eq!((d.retry.initial_delay, d.retry.max_lifetime), (60, 3600));
+        let route = d.route_for("example.com").expect("route");
+        assert_eq!((route.host.as_str(), route.port), ("192.0.2.1", 2525));
+        let smarthost = d.route_for("other.org").expect("smarthost");
+        assert_eq!(
+            (smarthost.host.as_str(), smarthost.port),
+            ("smart.example.net", 465)
+        );
+        assert_eq!(smarthost.tls, crate::outbound::settings::RouteTls::Implicit);
+    }
+
+    #[test]
     fn errors_name_the_line_and_the_fix() {
         let cases = [
             (
@@ -634,6 +661,42 @@ mod tests {
                 2,
                 "out of range",
                 "at least 1",
+            ),
+            (
+                "[delivery]\nip_preference = \"ipv5\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "not a known preference",
+                "ipv4-only",
+            ),
+            (
+                "[delivery]\n\nmx_port = 0\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                3,
+                "not a port",
+                "TCP port",
+            ),
+            (
+                "[routes]\n\"example.com\" = \"mx.example.net\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "is not host:port",
+                "host:port",
+            ),
+            (
+                "[routes]\n\"ex ample\" = \"mx.example.net:25\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "is not a domain",
+                "\"*\"",
+            ),
+            (
+                "[routes]\n\n\"*\" = { host = \"h:587\", tls = \"maybe\" }\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                3,
+                "not a TLS mode",
+                "verified",
+            ),
+            (
+                "[routes]\n\"*\" = { host = \"h:587\", user = \"me\" }\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "go together",
+                "password_file",
             ),
         ];
         for (text, line, message, fix) in cases {

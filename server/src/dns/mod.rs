@@ -42,7 +42,7 @@ mod resolv_conf;
 mod transport;
 
 #[cfg(test)]
-mod test_server;
+pub(crate) mod test_server;
 #[cfg(test)]
 mod tests;
 

@@ -214,3 +214,199 @@ impl Route {
             .map_or(RouteTls::Opportunistic, |r| r.tls)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dns::ResolverConfig;
+    use crate::dns::test_server::TestServer;
+
+    const ZONE: &str = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+pref.test. 300 MX 20 c.pref.test.
+pref.test. 300 MX 10 a.pref.test.
+pref.test. 300 MX 10 b.pref.test.
+a.pref.test. 300 A 192.0.2.1
+a.pref.test. 300 AAAA 2001:db8::1
+b.pref.test. 300 A 192.0.2.2
+c.pref.test. 300 AAAA 2001:db8::3
+implicit.test. 300 A 192.0.2.9
+null.test. 300 MX 0 .
+noaddr.test. 300 MX 10 nowhere.noaddr.test.
+noaddr.test. 300 TXT \"v=spf1 -all\"
+broken.test. 300 MX 10 mx.broken.test.
+mx.broken.test. 300 SERVFAIL -
+";
+
+    fn resolver(dir: &std::path::Path) -> (TestServer, Resolver) {
+        let path = dir.join("zone");
+        std::fs::write(&path, ZONE).expect("zone");
+        let server = TestServer::start(Ipv4Addr::LOCALHOST.into(), &path).expect("dns");
+        let mut config = ResolverConfig::new(vec![server.addr]);
+        config.timeout = Duration::from_millis(300);
+        config.attempts = 1;
+        (server, Resolver::new(config))
+    }
+
+    fn find_with(
+        domain: &str,
+        settings: &DeliverySettings,
+        resolver: &Resolver,
+        reverse: bool,
+    ) -> Result<Route, RouteError> {
+        // A deterministic "shuffle": reverse each group of equal preference (or keep it).
+        let mut shuffle = |hosts: &mut [String]| {
+            if reverse {
+                hosts.reverse();
+            }
+        };
+        smol::block_on(find(domain, settings, resolver, &mut shuffle))
+    }
+
+    fn plan(route: &Route) -> Vec<(String, Vec<String>)> {
+        route
+            .hops
+            .iter()
+            .map(|h| {
+                (
+                    h.host.clone(),
+                    h.addrs.iter().map(|a| a.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mx_order_families_and_equal_preferences() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_server, resolver) = resolver(tmp.path());
+        let mut settings = DeliverySettings {
+            mx_port: 2525,
+            ..DeliverySettings::default()
+        };
+        let route = find_with("pref.test", &settings, &resolver, false).expect("route");
+        let want = |first: &str, second: &str| {
+            let host = |h: &str| -> (String, Vec<String>) {
+                match h {
+                    "a" => (
+                        "a.pref.test".into(),
+                        vec!["[2001:db8::1]:2525".into(), "192.0.2.1:2525".into()],
+                    ),
+                    "b" => ("b.pref.test".into(), vec!["192.0.2.2:2525".into()]),
+                    _ => unreachable!(),
+                }
+            };
+            vec![
+                host(first),
+                host(second),
+                ("c.pref.test".into(), vec!["[2001:db8::3]:2525".into()]),
+            ]
+        };
+        assert_eq!(plan(&route), want("a", "b"));
+        // The equal-preference group goes through the shuffle; the 20 stays last.
+        let route = find_with("pref.test", &settings, &resolver, true).expect("route");
+        assert_eq!(plan(&route), want("b", "a"));
+
+        settings.ip_preference = IpPreference::Ipv4First;
+        let route = find_with("pref.test", &settings, &resolver, false).expect("route");
+        assert_eq!(
+            route.hops[0]
+                .addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+            vec!["192.0.2.1:2525", "[2001:db8::1]:2525"]
+        );
+        settings.ip_preference = IpPreference::Ipv4Only;
+        let route = find_with("pref.test", &settings, &resolver, false).expect("route");
+        assert_eq!(
+            plan(&route)
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a.pref.test", "b.pref.test"],
+            "c has only IPv6"
+        );
+        assert!(
+            route.skipped[0].contains("c.pref.test has no address"),
+            "{:?}",
+            route.skipped
+        );
+    }
+
+    #[test]
+    fn implicit_null_missing_and_broken() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_server, resolver) = resolver(tmp.path());
+        let settings = DeliverySettings::default();
+        let route = find_with("implicit.test", &settings, &resolver, false).expect("implicit");
+        assert_eq!(
+            plan(&route),
+            vec![(
+                "implicit.test".to_string(),
+                vec!["192.0.2.9:25".to_string()]
+            )]
+        );
+        assert!(matches!(
+            find_with("null.test", &settings, &resolver, false),
+            Err(RouteError::NullMx(_))
+        ));
+        assert!(matches!(
+            find_with("absent.test", &settings, &resolver, false),
+            Err(RouteError::NoSuchDomain(_))
+        ));
+        // An MX whose host has no address: nothing to try now, maybe later.
+        assert!(matches!(
+            find_with("noaddr.test", &settings, &resolver, false),
+            Err(RouteError::Temporary(_))
+        ));
+        // A server failure is temporary.
+        assert!(matches!(
+            find_with("broken.test", &settings, &resolver, false),
+            Err(RouteError::Temporary(_))
+        ));
+    }
+
+    #[test]
+    fn static_routes_win_over_mx() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (_server, resolver) = resolver(tmp.path());
+        let mut settings = DeliverySettings::default();
+        settings.routes.insert(
+            "pref.test".into(),
+            StaticRoute {
+                host: "192.0.2.50".into(),
+                port: 587,
+                tls: RouteTls::Required,
+                auth: None,
+            },
+        );
+        settings.routes.insert(
+            "*".into(),
+            StaticRoute {
+                host: "b.pref.test".into(),
+                port: 2525,
+                tls: RouteTls::Opportunistic,
+                auth: None,
+            },
+        );
+        let route = find_with("pref.test", &settings, &resolver, false).expect("route");
+        assert_eq!(
+            plan(&route),
+            vec![("192.0.2.50".to_string(), vec!["192.0.2.50:587".to_string()])]
+        );
+        assert_eq!(route.tls(), RouteTls::Required);
+        // The smarthost takes every other domain, even one without MX or address.
+        let route = find_with("null.test", &settings, &resolver, false).expect("smarthost");
+        assert_eq!(
+            plan(&route),
+            vec![(
+                "b.pref.test".to_string(),
+                vec!["192.0.2.2:2525".to_string()]
+            )]
+        );
+    }
+}

@@ -298,8 +298,12 @@ pub(crate) fn parse(
         let domain = if key == "*" {
             key
         } else {
+            let valid = matches!(
+                proto_core::Domain::parse(&key),
+                Ok(proto_core::Domain::Name(_))
+            );
             match idna::domain_to_ascii(&key) {
-                Ok(d) if !d.is_empty() && !d.contains(['*', ':', '[', '/']) => d,
+                Ok(d) if valid && !d.is_empty() => d,
                 _ => {
                     return Err(error(
                         span,
