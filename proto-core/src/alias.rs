@@ -59,7 +59,8 @@
 //! resolve` can say why. Resolution fails as a whole ([`AliasError`]) when the same alias is
 //! expanded twice on one path (a loop: `a: b`, `b: a`), when the depth exceeds
 //! [`AliasOptions::max_depth`], or when it fans out to more than
-//! [`AliasOptions::max_destinations`] destinations.
+//! [`AliasOptions::max_destinations`] destinations (or looks at more than ten times as many
+//! addresses: the work stays bounded even for files written to make it explode).
 //!
 //! # Where we differ from chasquid, on purpose
 //!
@@ -258,6 +259,16 @@ pub enum AliasError {
     /// More destinations than [`AliasOptions::max_destinations`].
     #[error("{address} expands to more than {limit} destinations")]
     TooManyDestinations {
+        /// The address being resolved.
+        address: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// More addresses looked at than ten times [`AliasOptions::max_destinations`]: targets
+    /// repeated at every level make the work grow exponentially even when the destinations
+    /// (counted once each) stay few.
+    #[error("{address} expands to more than {limit} addresses")]
+    TooManyExpansions {
         /// The address being resolved.
         address: String,
         /// The limit.
@@ -510,6 +521,7 @@ pub fn resolve(
         out: Vec::new(),
         path: Vec::new(),
         trail: Vec::new(),
+        visits: 0,
     };
     resolver.visit(address, 0)?;
     Ok(resolver.out)
@@ -527,11 +539,21 @@ struct Resolver<'a> {
     path: Vec<(String, String, String)>,
     /// The steps of the current path.
     trail: Vec<Step>,
+    /// Addresses looked at so far.
+    visits: usize,
 }
 
 impl Resolver<'_> {
     /// Resolves one address at `depth` nested expansions.
     fn visit(&mut self, address: &Mailbox, depth: usize) -> Result<(), AliasError> {
+        self.visits += 1;
+        let limit = self.options.max_destinations.saturating_mul(10);
+        if self.visits > limit {
+            return Err(AliasError::TooManyExpansions {
+                address: self.top.clone(),
+                limit,
+            });
+        }
         let shown = address.to_string();
         let Some(domain) = domain_key(address.domain()) else {
             return self.finish(shown, Rule::NotLocal, Destination::Remote(address.clone()));

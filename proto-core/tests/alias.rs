@@ -4,6 +4,8 @@
 //! `(pipe) command`, `(forward) addr via a/b`.
 
 use std::collections::BTreeSet;
+
+use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -437,6 +439,24 @@ fn loops_depth_and_fan_out_fail_clearly() {
         "{err}"
     );
 
+    // Repeated targets at every level: few destinations, exponential work; bounded.
+    let fan = |from: &str, to: &str| format!("{from}: {}\n", vec![to; 100].join(", "));
+    let text = [
+        fan("a", "b"),
+        fan("b", "c"),
+        fan("c", "d"),
+        fan("d", "e"),
+        fan("e", "f"),
+    ]
+    .concat();
+    let t = tables(&[("dom", &text)], &o);
+    let a = Mailbox::parse("a@dom").expect("address");
+    let err = resolve(&a, &t, &|_, _| Ok(true), &o).expect_err("too much work");
+    assert_eq!(
+        err.to_string(),
+        "a@dom expands to more than 10000 addresses"
+    );
+
     // The user lookup failing fails the resolution (the caller answers 4xx).
     let t = tables(&[("dom", "a: b\n")], &o);
     let a = Mailbox::parse("a@dom").expect("address");
@@ -521,4 +541,34 @@ fn trails_explain_each_destination() {
         got[0].trail[0].to_string(),
         "nobody@dom: neither alias nor user, caught by \"*\" (line 2)"
     );
+}
+
+proptest! {
+    /// Any text parses or fails with a line number inside the text, and resolving any address
+    /// against what parsed never panics.
+    #[test]
+    fn arbitrary_files_never_panic(
+        lines in proptest::collection::vec(
+            prop_oneof![
+                any::<String>(),
+                "[a-c*.+]{0,3}:[ a-c*.+@,|#]{0,12}",
+                "[a-c]{1,2}: [a-c]{1,2}(@(dom|x))?(, [a-c*]{1,2}(@(dom|x))?){0,3}",
+            ],
+            0..12,
+        ),
+        local in "[a-c.+*]{1,4}",
+    ) {
+        let text = lines.join("\n");
+        let o = AliasOptions::default();
+        match AliasTable::parse("dom", &text, &o) {
+            Err(e) => prop_assert!(e.line >= 1 && e.line <= text.lines().count(), "{}", e),
+            Ok((table, _)) => {
+                let mut t = AliasTables::new();
+                t.insert(table);
+                if let Ok(m) = Mailbox::parse(&format!("\"{local}\"@dom")) {
+                    let _ = resolve(&m, &t, &|_, u| Ok(u.len() == 1), &o);
+                }
+            }
+        }
+    }
 }
