@@ -7,20 +7,21 @@
 //!
 //! # The file
 //!
-//! One file per local domain. Each line is one of:
+//! One file per local domain, one alias per line:
 //!
 //! ```text
-//! # a comment: the whole line, '#' first (after optional blanks)
-//!
-//! user: target                     # not a comment: '#' is only special at the start
-//! user: target, target, target
-//! user: | command arg arg          # a pipe alias
-//! user: target via mx1.example/mx2.example
-//! *: target                        # the catch-all of the domain
+//! # A comment. Blank lines are ignored too.
+//! sales: alice
+//! team: alice, bob@partner.example, sales
+//! archive: | /usr/local/bin/archive --all
+//! backup: ops@example.net via mx1.example.net/mx2.example.net
+//! *: postmaster
 //! ```
 //!
-//! - Blank lines and lines whose first non-blank character is `#` are ignored. Blanks around
-//!   the `:`, the `,` and at both ends of a line are ignored; `\n` and `\r\n` both end a line.
+//! - Blank lines and lines whose first non-blank character is `#` are ignored. `#` elsewhere
+//!   is not a comment (it is a valid character of a local part): `a: b # c` is an error.
+//!   Blanks around the `:`, the `,` and at both ends of a line are ignored; `\n` and `\r\n`
+//!   both end a line.
 //! - The left side is a user of the file's domain, without `@domain` (an `@` there is an
 //!   error). It is normalised as a recipient is: lower case, Unicode NFC, and the *drop
 //!   characters* removed up to the first *suffix separator* (see below). So with the default
@@ -865,6 +866,26 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let text = "# A comment. Blank lines are ignored too.\n\
+                    sales: alice\n\
+                    team: alice, bob@partner.example, sales\n\
+                    archive: | /usr/local/bin/archive --all\n\
+                    backup: ops@example.net via mx1.example.net/mx2.example.net\n\
+                    *: postmaster\n";
+        let t = table("example.org", text, &AliasOptions::default());
+        let keys: Vec<&str> = t.entries.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["*", "archive", "backup", "sales", "team"]);
+        assert_eq!(
+            t.entries["backup"].targets,
+            [Target::Forward(
+                Mailbox::parse("ops@example.net").expect("address"),
+                vec!["mx1.example.net".into(), "mx2.example.net".into()]
+            )]
+        );
+    }
+
+    #[test]
     fn parse_errors_name_the_line() {
         let o = AliasOptions::default();
         let cases = [
@@ -876,6 +897,7 @@ mod tests {
             ("a@x: b", 1, "must not contain '@'"),
             ("a b: c", 1, "must not contain ' '"),
             ("a: x y z", 1, "a target is one address"),
+            ("a: b # c", 1, "a target is one address"),
             ("a: b, | cmd", 1, "only target"),
             ("a: b via", 1, "no server"),
             ("a: b via x//y", 1, "empty server"),
