@@ -140,6 +140,7 @@
 //! ```
 
 mod address;
+mod alias;
 mod client;
 mod client_config;
 mod command;
@@ -150,9 +151,14 @@ mod reply;
 mod retry;
 mod sasl;
 mod session;
+mod srs;
 
 pub use address::{
     AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath,
+};
+pub use alias::{
+    AliasError, AliasOptions, AliasParseError, AliasTable, AliasTables, AliasWarning, Destination,
+    Resolved, Rule, Step, UserExists, resolve,
 };
 pub use client::{
     Capabilities, ClientAction, ClientError, ClientEvent, ClientSession, ClientUsageError,
@@ -174,3 +180,4 @@ pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyParseError};
 pub use retry::{RetryDecision, RetryPolicy, next_attempt};
 pub use sasl::Credentials;
 pub use session::{Action, Event, PeerInfo, Session, Ticket, TlsInfo, UsageError, Verdict};
+pub use srs::{Srs, SrsError, SrsKind, is_srs};

@@ -31,6 +31,8 @@ pub enum Command {
     Serve(Serve),
     /// Manage the users of the local domains.
     User(User),
+    /// Inspect the aliases of the local domains.
+    Alias(Alias),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -119,6 +121,38 @@ pub struct UserCheck {
     /// read the password from the first line of standard input
     #[argh(switch)]
     pub password_stdin: bool,
+}
+
+/// inspect aliases (domains/<domain>/aliases)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "alias")]
+pub struct Alias {
+    #[argh(subcommand)]
+    pub command: AliasCommand,
+}
+
+/// An alias command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum AliasCommand {
+    /// Resolve an address.
+    Resolve(AliasResolve),
+}
+
+/// print where a message to ADDRESS would go, and why: each destination, then the steps
+/// that lead to it. Exit status 0 if it can be delivered somewhere, 1 otherwise.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "resolve")]
+pub struct AliasResolve {
+    /// the address, user@domain
+    #[argh(positional)]
+    pub address: String,
+    /// characters removed from the local part before lookup (default ".")
+    #[argh(option, default = "String::from(\".\")")]
+    pub drop_characters: String,
+    /// characters that start a suffix, removed with the rest of the local part (default "+")
+    #[argh(option, default = "String::from(\"+\")")]
+    pub suffix_separators: String,
 }
 
 impl Cli {

@@ -1,9 +1,11 @@
-//! The `postern` binary: `postern [-C DIR] serve` and `postern [-C DIR] user ...`.
+//! The `postern` binary: `postern [-C DIR] serve`, `postern [-C DIR] user ...` and
+//! `postern [-C DIR] alias ...`.
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
 //! embedded default), [`tls`] (certificates), [`limits`] (connection limits), [`userdb`]
-//! (users, passwords, address normalisation), [`usercmd`] (`postern user`), [`auth`] (logins,
-//! brute-force limits), [`relay`] (who may send where, as whom), [`header_from`] (the header
+//! (users, passwords, address normalisation), [`usercmd`] (`postern user`), [`aliases`]
+//! (alias files, watched), [`aliascmd`] (`postern alias`), [`auth`] (logins, brute-force
+//! limits), [`relay`] (who may send where, as whom), [`header_from`] (the header
 //! From check), [`recipients`] (local domains and users), [`reception`] (the session
 //! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
 //! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
@@ -11,6 +13,8 @@
 //! signals), [`systemd`] (socket activation and readiness) and [`log`] (one line per mail
 //! event).
 
+mod aliascmd;
+mod aliases;
 mod auth;
 mod bounce;
 mod cli;
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(_) => serve::serve(&dir).map_err(|e| format!("cannot start: {e}")),
         Command::User(user) => usercmd::run(&dir, user.command).map_err(|e| e.to_string()),
+        Command::Alias(alias) => aliascmd::run(&dir, alias.command).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
