@@ -7,9 +7,9 @@
 //! From check), [`recipients`] (local domains and users), [`reception`] (the session
 //! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
 //! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
-//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`serve`] (listeners and
-//! signals), [`systemd`] (socket activation and readiness) and [`log`] (one line per mail
-//! event).
+//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`tls_memory`]
+//! (outbound TLS levels per domain, not wired yet), [`serve`] (listeners and signals), [`systemd`]
+//! (socket activation and readiness) and [`log`] (one line per mail event).
 
 mod auth;
 mod cli;
@@ -30,6 +30,7 @@ mod serve;
 mod store;
 mod systemd;
 mod tls;
+mod tls_memory;
 mod trace;
 mod usercmd;
 mod userdb;
