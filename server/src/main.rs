@@ -7,8 +7,8 @@
 //! From check), [`recipients`] (local domains and users), [`reception`] (the session
 //! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
 //! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
-//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`tls_memory`]
-//! (outbound TLS levels per domain, not wired yet), [`serve`] (listeners and signals), [`systemd`]
+//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`tls_memory`] and [`mta_sts`]
+//! (outbound TLS policy, not wired yet), [`serve`] (listeners and signals), [`systemd`]
 //! (socket activation and readiness) and [`log`] (one line per mail event).
 
 mod auth;
@@ -22,6 +22,7 @@ mod init;
 mod limits;
 mod local;
 mod log;
+mod mta_sts;
 mod queue;
 mod reception;
 mod recipients;
