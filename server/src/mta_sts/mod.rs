@@ -37,9 +37,12 @@
 //! rewritten whole after each newly fetched policy (temporary file, fsync, rename), expired
 //! entries left out.
 //!
+//! A fetch that fails (or gives an invalid policy) is not tried again for the same domain
+//! and `id` within [`RETRY_AFTER`]: while a policy host is down, deliveries to its domain do
+//! not each wait for the timeout. (The MTA-STS drafts suggested five minutes per `id`.)
+//!
 //! Not done: the in-memory cache has no limit beyond the domains mail goes to; concurrent
-//! lookups of one domain may fetch twice; failed fetches are not rate-limited (each lookup
-//! of a domain whose policy host is down tries again, bounded by the timeout).
+//! lookups of one domain may fetch twice.
 //!
 //! [RFC 8461]: https://www.rfc-editor.org/rfc/rfc8461
 
@@ -74,6 +77,8 @@ pub const FILE_NAME: &str = "mta-sts";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// A cached policy whose `id` has not changed is fetched again once it is this old.
 pub const REFRESH_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// After a failed fetch, the same domain and `id` are not fetched again for this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// MTA-STS policies: discovery, fetching, cache. Share it behind an `Arc`.
 #[derive(Debug)]
@@ -81,6 +86,8 @@ pub struct MtaSts {
     fetcher: fetch::Fetcher,
     timeout: Duration,
     store: Arc<Store>,
+    /// The last failed fetch of each domain: the `id` it was for, and when.
+    failed: Mutex<HashMap<String, (String, SystemTime)>>,
 }
 
 /// The answer of [`MtaSts::lookup`].
@@ -108,6 +115,9 @@ pub enum StsError {
     /// The policy could not be fetched.
     #[error("policy fetch: {0}")]
     Fetch(FetchError),
+    /// Not fetched: a fetch for this `id` failed less than [`RETRY_AFTER`] ago.
+    #[error("policy fetch for id {0} failed recently; not tried again yet")]
+    RecentlyFailed(String),
     /// The fetched policy is not valid.
     #[error("policy text: {0}")]
     Policy(SyntaxError),
@@ -205,6 +215,7 @@ impl MtaSts {
             },
             timeout: DEFAULT_TIMEOUT,
             store: Arc::new(store),
+            failed: Mutex::new(HashMap::new()),
         };
         Ok((sts, bad))
     }
@@ -262,17 +273,22 @@ impl MtaSts {
         {
             return keep(None);
         }
+        if self.failed_recently(&domain, &id, now) {
+            return keep(Some(StsError::RecentlyFailed(id)));
+        }
         let fetched = futures_lite::future::or(self.fetcher.fetch(&domain), async {
             async_io::Timer::after(self.timeout).await;
             Err(FetchError::Timeout)
         })
         .await;
-        let policy = match fetched {
-            Ok(body) => match policy::parse_policy(&body, &id) {
-                Ok(policy) => policy,
-                Err(e) => return keep(Some(StsError::Policy(e))),
-            },
-            Err(e) => return keep(Some(StsError::Fetch(e))),
+        let parsed = match fetched {
+            Ok(body) => policy::parse_policy(&body, &id).map_err(StsError::Policy),
+            Err(e) => Err(StsError::Fetch(e)),
+        };
+        self.note_failure(&domain, &id, now, parsed.is_err());
+        let policy = match parsed {
+            Ok(policy) => policy,
+            Err(e) => return keep(Some(e)),
         };
         self.store.put(&domain, policy.clone(), now);
         let store = self.store.clone();
@@ -287,6 +303,31 @@ impl MtaSts {
             policy: Some(policy),
             problem,
         }
+    }
+
+    /// Whether a fetch of `domain` for `id` failed less than [`RETRY_AFTER`] before `now`.
+    fn failed_recently(&self, domain: &str, id: &str, now: SystemTime) -> bool {
+        self.lock_failed()
+            .get(domain)
+            .is_some_and(|(failed_id, at)| {
+                failed_id == id && now.duration_since(*at).unwrap_or_default() < RETRY_AFTER
+            })
+    }
+
+    /// Records the outcome of a fetch: a failure is remembered (old ones are dropped), a
+    /// success forgets the domain's failure.
+    fn note_failure(&self, domain: &str, id: &str, now: SystemTime, failed: bool) {
+        let mut map = self.lock_failed();
+        if failed {
+            map.retain(|_, (_, at)| now.duration_since(*at).unwrap_or_default() < RETRY_AFTER);
+            map.insert(domain.to_string(), (id.to_string(), now));
+        } else {
+            map.remove(domain);
+        }
+    }
+
+    fn lock_failed(&self) -> MutexGuard<'_, HashMap<String, (String, SystemTime)>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -393,6 +393,51 @@ fn unchanged_policy_refreshed_after_a_day() {
 }
 
 #[test]
+fn failed_fetch_not_retried_for_a_while() {
+    let w = World::new(Serve::Gone);
+    let sts = w.sts();
+    let first = w.lookup(&sts, Duration::ZERO);
+    assert!(
+        matches!(first.problem, Some(StsError::Fetch(_))),
+        "{first:?}"
+    );
+    assert_eq!(w.https.connections(), 1);
+    // Soon after: not tried again.
+    let soon = w.lookup(&sts, Duration::from_secs(60));
+    assert_eq!(
+        soon,
+        Lookup {
+            policy: None,
+            problem: Some(StsError::RecentlyFailed("one".into()))
+        }
+    );
+    assert_eq!(w.https.connections(), 1);
+    // A new id is tried at once; once RETRY_AFTER has passed, so is the old one.
+    w.https.set(ok(ENFORCE));
+    w.switch.switch_to(w.dns_two.addr);
+    assert_eq!(
+        w.lookup(&sts, Duration::from_secs(61)).policy.map(|p| p.id),
+        Some("two".to_string())
+    );
+    assert_eq!(w.https.connections(), 2);
+    let (fresh, _) = MtaSts::new(
+        w.resolver.clone(),
+        vec![w.pki.ca.clone()],
+        &w.tmp.path().join("other"),
+    )
+    .expect("new");
+    let fresh = fresh.with_port(w.https.port);
+    w.https.set(Serve::Gone);
+    w.switch.switch_to(w.dns_one.addr);
+    assert!(w.lookup(&fresh, Duration::ZERO).policy.is_none());
+    w.https.set(ok(ENFORCE));
+    let later = w.lookup(&fresh, RETRY_AFTER);
+    assert_eq!(later.problem, None);
+    assert_eq!(later.policy.map(|p| p.id), Some("one".to_string()));
+    assert_eq!(w.https.connections(), 4);
+}
+
+#[test]
 fn untrusted_certificate_gives_no_policy() {
     let w = World::new(ok(ENFORCE));
     // A second server whose leaf is signed by a CA nobody passed as a root.
