@@ -428,7 +428,8 @@ mod tests {
     fn domains_that_would_break_the_file_are_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let (memory, _) = open(&tmp.path().join(FILE_NAME));
-        for domain in ["", ".", "two words", "#hash", "new\nline"] {
+        let long = format!("{}.example", "a".repeat(MAX_DOMAIN));
+        for domain in ["", ".", "two words", "#hash", "new\nline", &long] {
             assert!(
                 matches!(
                     memory.record(domain, Level::Tls),

@@ -379,6 +379,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{big}",
             big.len()
         );
+        let chunk_line_big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
+            "x".repeat(MAX_CHUNK_LINE)
+        );
         let head_big = format!(
             "HTTP/1.1 200 OK\r\nX-Filler: {}\r\n\r\n",
             "f".repeat(MAX_HEAD)
@@ -441,6 +445,10 @@ mod tests {
             (length_big.as_bytes(), Err(FetchError::TooLarge(MAX_BODY))),
             (chunked_big.as_bytes(), Err(FetchError::TooLarge(MAX_BODY))),
             (head_big.as_bytes(), Err(FetchError::TooLarge(MAX_HEAD))),
+            (
+                chunk_line_big.as_bytes(),
+                Err(FetchError::Http("chunk size line too long".into())),
+            ),
             (b"SMTP/1.1 200 OK\r\n\r\n", Err(FetchError::Http("invalid HTTP version".into()))),
             (b"HTTP/1.1 200 OK\r\nContent-", Err(FetchError::Http("the connection ends inside the head".into()))),
         ];

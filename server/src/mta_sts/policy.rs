@@ -184,10 +184,11 @@ fn ext_value(value: &str) -> bool {
 ///
 /// Lines end with LF or CRLF; each is `key:` then optional spaces and the value; trailing
 /// spaces are dropped. `version` must be `STSv1`; `mode`, `max_age` and (unless the mode is
-/// `none`) at least one `mx` are required; "Unknown fields MUST be ignored" (3.2), as are
-/// blank lines. Deliberate choices where the RFC is silent: a known key other than `mx`
-/// given twice makes the policy invalid (which one did the author mean?); a `max_age` above
-/// [`MAX_MAX_AGE`] is capped to it rather than refused.
+/// `none`) at least one `mx` are required; other keys (extensions, 3.2) are ignored, as
+/// are blank lines. Deliberate choices: a known key other than `mx` given twice makes the
+/// policy invalid (the RFC does not say which one counts); a `max_age` above the RFC's
+/// maximum, [`MAX_MAX_AGE`], is capped to it rather than refused (a deviation: a policy
+/// meant to last longer than allowed lasts as long as allowed).
 pub fn parse_policy(body: &[u8], id: &str) -> Result<Policy, SyntaxError> {
     let text =
         std::str::from_utf8(body).map_err(|_| SyntaxError("the policy is not UTF-8".into()))?;
