@@ -9,9 +9,9 @@
 //! From check), [`recipients`] (local domains and users), [`reception`] (the session
 //! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
 //! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
-//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`serve`] (listeners and
-//! signals), [`systemd`] (socket activation and readiness) and [`log`] (one line per mail
-//! event).
+//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`tls_memory`] and [`mta_sts`]
+//! (outbound TLS policy, not wired yet), [`serve`] (listeners and signals), [`systemd`]
+//! (socket activation and readiness) and [`log`] (one line per mail event).
 
 mod aliascmd;
 mod aliases;
@@ -28,6 +28,7 @@ mod init;
 mod limits;
 mod local;
 mod log;
+mod mta_sts;
 mod outbound;
 mod queue;
 mod reception;
@@ -37,6 +38,7 @@ mod serve;
 mod store;
 mod systemd;
 mod tls;
+mod tls_memory;
 mod trace;
 mod usercmd;
 mod userdb;
