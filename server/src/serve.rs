@@ -62,6 +62,7 @@ use crate::init;
 use crate::limits::{ConnectionCounter, Permit};
 use crate::local::{self, Local};
 use crate::log;
+use crate::mta_sts::{self, MtaSts};
 use crate::outbound::tls::ClientTlsFactory;
 use crate::outbound::{self, Outbound};
 use crate::queue::QueueId;
@@ -71,6 +72,7 @@ use crate::relay::Policy;
 use crate::store::Store;
 use crate::systemd;
 use crate::tls::{self, Certificates, Snapshot};
+use crate::tls_memory::{self, TlsMemory};
 use crate::userdb::UserDb;
 
 /// A problem that stops `serve`.
@@ -542,21 +544,45 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         message: format!("cannot read the DNS configuration: {e}"),
         fix: "set [dns] nameservers, or make /etc/resolv.conf readable".into(),
     })?;
-    let tls = ClientTlsFactory::new(&settings.delivery.extra_roots).map_err(|e| ConfigError {
+    let roots_error = |e: String| ConfigError {
         file: settings.file.clone(),
         line: None,
         message: format!("[delivery] tls_roots: {e}"),
         fix: "give PEM files holding CA certificates".into(),
-    })?;
+    };
+    let roots = outbound::tls::load_roots(&settings.delivery.extra_roots).map_err(roots_error)?;
+    let tls = ClientTlsFactory::new(&roots).map_err(roots_error)?;
+    let resolver = Arc::new(Resolver::new(resolver));
+    let (tls_memory, bad) = TlsMemory::open(&settings.data_dir.join(tls_memory::FILE_NAME))
+        .map_err(|e| settings.data_dir_error(format!("cannot read the TLS policy memory: {e}")))?;
+    for line in bad {
+        log::event("config", format_args!("{line}; line skipped"));
+    }
+    let mta_sts = if settings.delivery.mta_sts {
+        let (sts, bad) = MtaSts::new(
+            resolver.clone(),
+            roots,
+            &settings.data_dir.join(mta_sts::FILE_NAME),
+        )
+        .map_err(|e| settings.data_dir_error(format!("cannot set up MTA-STS: {e}")))?;
+        for line in bad {
+            log::event("config", format_args!("{line}; line skipped"));
+        }
+        Some(sts.with_port(settings.delivery.mta_sts_port))
+    } else {
+        None
+    };
     let outbound = Arc::new(Outbound::new(
         store.clone(),
         committer.clone(),
-        Arc::new(Resolver::new(resolver)),
+        resolver,
         settings.delivery.clone(),
         settings.hostname.clone(),
         tls,
         bouncer,
         dispatch.clone(),
+        tls_memory,
+        mta_sts,
     ));
     let parts = QueueParts {
         store,

@@ -28,7 +28,6 @@
 //! ```
 
 // Not called yet: the outbound delivery worker (issue 5) wires it.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -151,11 +150,6 @@ impl TlsMemory {
             written: Mutex::new(0),
         };
         Ok((memory, bad))
-    }
-
-    /// The file this memory is kept in.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The level the next delivery to `domain` must reach: the best one it has shown

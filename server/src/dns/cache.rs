@@ -84,6 +84,7 @@ impl Cache {
     }
 
     /// How many answers are stored (expired ones included until touched).
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -35,7 +35,6 @@
 //! EDNS0 (RFC 6891) is sent when [`ResolverConfig::edns_payload`] is set.
 
 // Not called from the server yet: outbound routing and mail-auth will be its callers.
-#![allow(dead_code)]
 
 mod cache;
 mod resolv_conf;
@@ -179,11 +178,6 @@ impl Resolver {
         }
     }
 
-    /// The settings in use.
-    pub fn config(&self) -> &ResolverConfig {
-        &self.config
-    }
-
     /// The MX records of `domain` (RFC 5321 5.1).
     pub async fn mx(&self, domain: &str) -> Result<Mx, DnsError> {
         let answer = self.lookup(&parse_name(domain)?, RecordType::MX).await?;
@@ -249,7 +243,9 @@ impl Resolver {
             .collect())
     }
 
-    /// The names of `ip` (its `in-addr.arpa` / `ip6.arpa` PTR records).
+    /// The names of `ip` (its `in-addr.arpa` / `ip6.arpa` PTR records). Not called by the
+    /// server yet: for the reverse-DNS checks (the DNS doctor, iprev).
+    #[allow(dead_code)]
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<Name>, DnsError> {
         let answer = self.lookup(&Name::from(ip), RecordType::PTR).await?;
         Ok(answer
@@ -428,6 +424,7 @@ fn parse_name(domain: &str) -> Result<Name, DnsError> {
 
 impl DnsError {
     /// Whether asking again later may give an answer (4xx rather than 5xx).
+    #[cfg(test)]
     pub fn is_temporary(&self) -> bool {
         matches!(
             self,

@@ -47,7 +47,6 @@
 //! [RFC 8461]: https://www.rfc-editor.org/rfc/rfc8461
 
 // Not called yet: the outbound delivery worker (issue 5) wires it.
-#![allow(dead_code)]
 
 pub mod fetch;
 pub mod policy;
@@ -227,7 +226,8 @@ impl MtaSts {
     }
 
     /// Bounds each fetch (DNS, connection, TLS, HTTP) by `timeout` instead of
-    /// [`DEFAULT_TIMEOUT`].
+    /// [`DEFAULT_TIMEOUT`] (the tests' short timeouts).
+    #[cfg(test)]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -235,6 +235,7 @@ impl MtaSts {
 
     /// The policy to apply to mail for `domain` at `now`, or `None` when it has none. See
     /// [`MtaSts::lookup`] for what went wrong on the way.
+    #[cfg(test)]
     pub async fn policy(&self, domain: &str, now: SystemTime) -> Option<Policy> {
         self.lookup(domain, now).await.policy
     }

@@ -49,8 +49,10 @@ use crate::commit::Committer;
 use crate::dispatch::Dispatch;
 use crate::dns::Resolver;
 use crate::log;
+use crate::mta_sts::{self, MtaSts};
 use crate::queue::QueueId;
 use crate::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
+use crate::tls_memory::{Level, TlsMemory};
 use crate::trace::rfc5322_date;
 
 use route::{Hop, Route, RouteError};
@@ -77,6 +79,10 @@ pub struct Outbound {
     pub tls: ClientTlsFactory,
     /// Bounces.
     pub bouncer: Bouncer,
+    /// The best TLS each domain has shown (never downgrade).
+    pub tls_memory: TlsMemory,
+    /// MTA-STS policies (`None` when `[delivery] mta_sts = false`).
+    pub mta_sts: Option<MtaSts>,
     /// The workers' channels (retry timers, bounces).
     pub dispatch: Dispatch,
     /// Connection permits, overall.
@@ -118,6 +124,8 @@ impl Outbound {
         tls: ClientTlsFactory,
         bouncer: Bouncer,
         dispatch: Dispatch,
+        tls_memory: TlsMemory,
+        mta_sts: Option<MtaSts>,
     ) -> Outbound {
         let connections = Semaphore::new(settings.max_connections);
         Outbound {
@@ -129,6 +137,8 @@ impl Outbound {
             tls,
             bouncer,
             dispatch,
+            tls_memory,
+            mta_sts,
             connections,
             per_domain: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
@@ -478,6 +488,44 @@ async fn deliver_group(
     if envelope.requiretls {
         need = Need::Verified;
     }
+    let mut route = route;
+    if route.static_route.is_none() {
+        // Never below what the domain has shown before.
+        need = need.max(match o.tls_memory.required(domain) {
+            Level::Verified => Need::Verified,
+            Level::Tls => Need::Tls,
+            _ => Need::Nothing,
+        });
+        // MTA-STS (RFC 8461 5): in enforce mode, only the MX hosts the policy lists, and
+        // only over TLS that verifies for them.
+        if let Some(sts) = &o.mta_sts {
+            let lookup = sts.lookup(domain, SystemTime::now()).await;
+            if let Some(problem) = &lookup.problem {
+                log::event(
+                    "mta-sts",
+                    format_args!(
+                        "id={id} domain={domain} problem=\"{}\"",
+                        one_line(&problem.to_string())
+                    ),
+                );
+            }
+            if let Some(policy) = lookup.policy
+                && policy.mode == mta_sts::Mode::Enforce
+            {
+                need = Need::Verified;
+                let before = route.hops.len();
+                route.hops.retain(|h| policy.allows_mx(&h.host));
+                if route.hops.is_empty() {
+                    let why = format!(
+                        "MTA-STS: none of the {before} MX hosts of {domain} is allowed by its policy (id {})",
+                        policy.id
+                    );
+                    // RFC 8461 5.1 / RFC 3463 4.7.5: a policy problem, retried.
+                    return all(&|p| deferred_local(p, (4, 7, 5), &why));
+                }
+            }
+        }
+    }
 
     let job = mail_job(envelope, &recipients);
     let mut attempts = 0;
@@ -498,11 +546,14 @@ async fn deliver_group(
                         addr.port()
                     ));
                 }
-                Attempt::Done(results) => {
+                Attempt::Done(results, level) => {
                     let all_deferred = results
                         .iter()
                         .all(|r| matches!(r, Result1::Deferred { .. }));
                     if !all_deferred {
+                        if route.static_route.is_none() {
+                            remember(o, domain, level).await;
+                        }
                         return results;
                     }
                     // Every recipient deferred (greeting refused, TLS failed, 4xx): the next
@@ -535,8 +586,8 @@ async fn deliver_group(
 enum Attempt {
     /// No SMTP conversation (the connection failed): try the next address.
     Refused(String),
-    /// The server answered; one result per recipient.
-    Done(Vec<Result1>),
+    /// The server answered; one result per recipient, and the TLS the connection had.
+    Done(Vec<Result1>, Level),
 }
 
 /// One connection to `addr` of `hop`, delivering `job`.
@@ -620,6 +671,11 @@ async fn attempt(
             connector.verified()
         )
     );
+    let level = match (&report.tls, implicit) {
+        (Some(_), _) | (None, true) if connector.verified() || implicit => Level::Verified,
+        (Some(_), _) => Level::Tls,
+        _ => Level::Plaintext,
+    };
     let Some(outcome) = report.outcomes.into_iter().next() else {
         return Attempt::Refused("the session ended without a result".into());
     };
@@ -653,7 +709,24 @@ async fn attempt(
             }
         })
         .collect();
-    Attempt::Done(results)
+    Attempt::Done(results, level)
+}
+
+/// Records the TLS level a domain has shown (it only ever rises).
+async fn remember(o: &Arc<Outbound>, domain: &str, level: Level) {
+    if o.tls_memory.required(domain) >= level {
+        return;
+    }
+    let o2 = o.clone();
+    let d = domain.to_string();
+    match smol::unblock(move || o2.tls_memory.record(&d, level)).await {
+        Ok(true) => log::event("tls-policy", format_args!("domain={domain} level={level}")),
+        Ok(false) => {}
+        Err(e) => log::event(
+            "tls-policy",
+            format_args!("domain={domain} problem=\"{e}\""),
+        ),
+    }
 }
 
 /// The problem text of a report, when it has one.

@@ -41,23 +41,12 @@ pub struct Connector {
 }
 
 impl ClientTlsFactory {
-    /// The web PKI roots plus the PEM certificates in `extra` files.
-    pub fn new(extra: &[PathBuf]) -> Result<ClientTlsFactory, String> {
+    /// The web PKI roots plus `extra` ones (from [`load_roots`]).
+    pub fn new(extra: &[CertificateDer<'static>]) -> Result<ClientTlsFactory, String> {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in extra {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("{}: no certificate in it", path.display()));
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
+        for cert in extra {
+            roots.add(cert.clone()).map_err(|e| e.to_string())?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
@@ -171,6 +160,22 @@ impl ServerCertVerifier for Recording {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// The certificates in PEM files (`[delivery] tls_roots`); each file must hold at least one.
+pub fn load_roots(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut all = Vec::new();
+    for path in paths {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", path.display()));
+        }
+        all.extend(certs);
+    }
+    Ok(all)
 }
 
 /// The `ServerName` for `host` (a DNS name or an IP address).
