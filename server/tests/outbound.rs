@@ -493,3 +493,189 @@ fn postfix_smtp_sink_takes_the_mail() {
     assert!(text.contains("Subject: sink"), "{text}");
     a.wait_log("removed id=", 10);
 }
+
+/// A domain that showed TLS before is never sent to in plaintext again: a server that stops
+/// offering STARTTLS gets nothing (deferred), while a domain never seen with TLS still gets
+/// its mail over plaintext.
+#[test]
+fn the_tls_level_a_domain_showed_is_never_lowered() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let plain = Scripted::start(&["250 2.1.5 ok"]);
+    let zone = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+plain.test. 300 MX 10 mx.plain.test.
+fresh.test. 300 MX 10 mx.plain.test.
+mx.plain.test. 300 A 127.0.0.1
+";
+    let dns = dns(tmp.path(), zone);
+    let config = sender_config(dns.addr.port(), plain.port, "mta_sts = false", "");
+    let a_dir = instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        &config,
+        "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
+    );
+    // What an earlier run learnt: plain.test had TLS.
+    fs::create_dir_all(a_dir.path().join("data")).expect("data");
+    fs::write(a_dir.path().join("data/tls-domains"), "plain.test tls\n").expect("memory");
+    let a = Server::start(a_dir.path(), 2);
+
+    submit(&a, &["x@plain.test", "y@fresh.test"], "downgrade");
+    a.wait_log("to=<x@plain.test> attempts=1", 30);
+    a.wait_log("to=<y@fresh.test> relay=mx.plain.test[127.0.0.1]", 30);
+    let log = a.log();
+    assert!(log.contains("does not offer STARTTLS"), "{log}");
+    // One message reached the server: fresh.test's. plain.test's never did.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while plain.messages().is_empty() {
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(plain.messages().len(), 1, "{}", a.log());
+    // Plaintext is nothing to remember; the memory is unchanged.
+    let memory = fs::read_to_string(a_dir.path().join("data/tls-domains")).expect("memory");
+    assert_eq!(
+        memory
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        ["plain.test tls"]
+    );
+}
+
+/// A test CA and a certificate for `names` signed by it: (CA PEM, chain PEM, key PEM).
+fn signed_cert(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "outbound test CA");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    (
+        ca.pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        leaf_key.serialize_pem(),
+    )
+}
+
+/// An HTTPS server for MTA-STS policies: prints its port, then serves
+/// `/.well-known/mta-sts.txt` with the policy given for the Host asked for.
+const POLICY_SERVER: &str = r#"
+import http.server, ssl, sys
+cert, key = sys.argv[1], sys.argv[2]
+policies = dict(arg.split("=", 1) for arg in sys.argv[3:])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        host = (self.headers.get("Host") or "").split(":")[0]
+        body = policies.get(host)
+        if self.path != "/.well-known/mta-sts.txt" or body is None:
+            self.send_error(404)
+            return
+        body = body.replace("|", "\r\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// With the remote's CA trusted, delivery to its MX is verified TLS and remembered as such;
+/// an MTA-STS policy in enforce mode that does not list a domain's MX keeps its mail queued.
+#[test]
+fn verified_tls_is_remembered_and_mta_sts_enforce_limits_the_mx() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ca, chain, key) = signed_cert(&[
+        "mx.remote.test",
+        "mta-sts.remote.test",
+        "mta-sts.other.test",
+    ]);
+    fs::write(tmp.path().join("chain.pem"), &chain).expect("chain");
+    fs::write(tmp.path().join("key.pem"), &key).expect("key");
+    let policies = [
+        "mta-sts.remote.test=version: STSv1|mode: enforce|mx: mx.remote.test|max_age: 86400|"
+            .to_string(),
+        "mta-sts.other.test=version: STSv1|mode: enforce|mx: *.elsewhere.test|max_age: 86400|"
+            .to_string(),
+    ];
+    let mut args = vec![
+        tmp.path().join("chain.pem").display().to_string(),
+        tmp.path().join("key.pem").display().to_string(),
+    ];
+    args.extend(policies);
+    let https = common::Script::start(POLICY_SERVER, &args);
+    let https_port: u16 = https.line().trim().parse().expect("policy server port");
+
+    let zone = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+remote.test. 300 MX 10 mx.remote.test.
+other.test. 300 MX 10 mx.remote.test.
+mx.remote.test. 300 A 127.0.0.1
+_mta-sts.remote.test. 300 TXT \"v=STSv1; id=20261128\"
+_mta-sts.other.test. 300 TXT \"v=STSv1; id=1\"
+mta-sts.remote.test. 300 A 127.0.0.1
+mta-sts.other.test. 300 A 127.0.0.1
+";
+    let dns = dns(tmp.path(), zone);
+    let port = closed_port();
+    let b_dir = instance(
+        "mx.remote.test",
+        &[("remote.test", &["bob"]), ("other.test", &["carol"])],
+        "",
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
+    );
+    let certs = b_dir.path().join("certs/mx.remote.test");
+    fs::write(certs.join("fullchain.pem"), &chain).expect("B chain");
+    fs::write(certs.join("privkey.pem"), &key).expect("B key");
+    let b = Server::start(b_dir.path(), 1);
+
+    let config = sender_config(
+        dns.addr.port(),
+        port,
+        &format!("tls_roots = [\"ca.pem\"]\nmta_sts_port = {https_port}"),
+        "",
+    );
+    let a_dir = instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        &config,
+        "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
+    );
+    fs::write(a_dir.path().join("ca.pem"), &ca).expect("ca");
+    let a = Server::start(a_dir.path(), 2);
+
+    submit(&a, &["bob@remote.test", "carol@other.test"], "sts");
+    let got = wait_messages(&b, "remote.test", "bob", 1, 30);
+    assert!(got[0].contains("Subject: sts"), "{}", got[0]);
+    a.wait_log("to=<carol@other.test> attempts=1", 30);
+    let log = a.log();
+    assert!(
+        log.contains("to=<bob@remote.test> relay=mx.remote.test[127.0.0.1]"),
+        "{log}"
+    );
+    assert!(log.contains(" tls=TLSv1.3 verified "), "{log}");
+    assert!(
+        log.contains("MTA-STS: none of the 1 MX hosts of other.test"),
+        "{log}"
+    );
+    assert!(b.inbox("other.test", "carol").is_empty());
+    let memory = fs::read_to_string(a_dir.path().join("data/tls-domains")).expect("memory");
+    assert!(memory.contains("remote.test verified"), "{memory}");
+}

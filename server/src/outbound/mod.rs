@@ -671,10 +671,11 @@ async fn attempt(
             connector.verified()
         )
     );
-    let level = match (&report.tls, implicit) {
-        (Some(_), _) | (None, true) if connector.verified() || implicit => Level::Verified,
-        (Some(_), _) => Level::Tls,
-        _ => Level::Plaintext,
+    // Implicit TLS always uses the strict connector.
+    let level = match (report.tls.is_some() || implicit, connector.verified()) {
+        (true, true) => Level::Verified,
+        (true, false) => Level::Tls,
+        (false, _) => Level::Plaintext,
     };
     let Some(outcome) = report.outcomes.into_iter().next() else {
         return Attempt::Refused("the session ended without a result".into());

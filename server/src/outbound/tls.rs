@@ -38,6 +38,8 @@ pub struct Connector {
     pub connector: TlsConnector,
     /// Set once the server's certificate verified for the name asked for.
     pub verified: Arc<AtomicBool>,
+    /// A strict connector completes only handshakes whose certificate verified.
+    pub strict: bool,
 }
 
 impl ClientTlsFactory {
@@ -70,6 +72,7 @@ impl ClientTlsFactory {
         Connector {
             connector: TlsConnector::from(self.strict.clone()),
             verified: Arc::new(AtomicBool::new(false)),
+            strict: true,
         }
     }
 
@@ -95,6 +98,7 @@ impl ClientTlsFactory {
         Connector {
             connector: TlsConnector::from(config),
             verified,
+            strict: false,
         }
     }
 }
@@ -108,10 +112,10 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// Whether the certificate verified (strict connectors only complete a handshake when it
-    /// did).
+    /// Whether the certificate verified, once a handshake completed (strict connectors only
+    /// complete a handshake when it did).
     pub fn verified(&self) -> bool {
-        self.verified.load(Ordering::SeqCst)
+        self.strict || self.verified.load(Ordering::SeqCst)
     }
 }
 
