@@ -72,7 +72,7 @@ impl Bouncer {
         let dsn = match compose(&request) {
             Ok(d) => d,
             Err(why) => {
-                log::event("bounce", format_args!("id={id} none=\"{why}\""));
+                log::event("dsn", format_args!("id={id} none=\"{why}\""));
                 return Ok(None);
             }
         };
@@ -85,7 +85,7 @@ impl Bouncer {
             Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().to_string()),
             Ok(Lookup::UnknownUser) => {
                 log::event(
-                    "bounce",
+                    "dsn",
                     format_args!("id={id} none=\"the sender {to} is not a user here\""),
                 );
                 return Ok(None);
@@ -144,7 +144,7 @@ impl Bouncer {
             recipients: vec![recipient],
         };
         log::event(
-            "bounce",
+            "dsn",
             format_args!("id={id} dsn={bounce_id} to={to} size={size}"),
         );
         Ok(Some((bounce_id, bounce)))

@@ -268,13 +268,29 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
     // Bounces for what failed for good, written before the marks that fail the recipients.
     let mut bounces = Vec::new();
     for (_, p) in &passes {
-        if p.failed.is_empty() {
+        // RFC 3461 5.2.2: a recipient with NOTIFY=SUCCESS hears about the delivery too.
+        let successes: Vec<proto_core::RecipientReport> = p
+            .delivered
+            .iter()
+            .filter_map(|(i, _)| {
+                let r = &p.envelope.recipients[*i];
+                if !matches!(r.notify, Some(proto_core::Notify::On { success: true, .. })) {
+                    return None;
+                }
+                let report = proto_core::RecipientReport::new(
+                    bounce::forward_path(&r.address)?,
+                    proto_core::DsnAction::Delivered,
+                    proto_core::EnhancedStatus::new(2, 0, 0)?,
+                );
+                Some(bounce::report_for(r, report))
+            })
+            .collect();
+        if p.failed.is_empty() && successes.is_empty() {
             continue;
         }
-        let reports = p
-            .failed
-            .iter()
-            .filter_map(|(i, why)| {
+        let reports = successes
+            .into_iter()
+            .chain(p.failed.iter().filter_map(|(i, why)| {
                 let r = &p.envelope.recipients[*i];
                 let to = bounce::forward_path(&r.address)?;
                 let mut report = proto_core::RecipientReport::new(
@@ -285,7 +301,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                 );
                 report.problem = Some(why.clone());
                 Some(bounce::report_for(r, report))
-            })
+            }))
             .collect();
         match local
             .bouncer
@@ -473,6 +489,57 @@ mod tests {
         }
         // A message that is gone (delivered by an earlier pass) is nothing to do.
         assert_eq!(deliver_message(&local, &id), Outcome::Done);
+    }
+
+    /// A recipient that fails for good and one that asked for NOTIFY=SUCCESS: the sender gets
+    /// one DSN reporting both, queued in the same commit that fails the first.
+    #[test]
+    fn failures_and_requested_successes_are_reported_to_the_sender() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (store, local, mail_dir) = workers_in(tmp.path());
+        let id = QueueId::new();
+        let body = b"Subject: report me\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let mut alice = local_recipient("alice");
+        alice.notify = Some(proto_core::Notify::On {
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        let mut bob = local_recipient("bob");
+        bob.attempts = MAX_ATTEMPTS - 1;
+        let envelope = Envelope::plain("<s@client.test>", body.len() as u64, 1, vec![alice, bob]);
+        store.put_envelope(&id, &envelope).expect("envelope");
+        std::fs::create_dir_all(mail_dir.join("example.org")).expect("mkdir");
+        std::fs::write(mail_dir.join("example.org/bob"), b"in the way").expect("write");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(
+            store.envelope(&id).expect("read"),
+            None,
+            "nothing left pending"
+        );
+        let ids = store.ids().expect("ids");
+        assert_eq!(ids.len(), 1, "one DSN queued");
+        let dsn = store.envelope(&ids[0]).expect("read").expect("dsn");
+        assert_eq!(dsn.from, "<>");
+        assert_eq!(
+            dsn.recipients[0].address,
+            Address::Remote("s@client.test".into())
+        );
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut store.body(&ids[0], dsn.chunks), &mut text)
+            .expect("dsn body");
+        assert_eq!(text.len() as u64, dsn.size);
+        assert!(
+            text.contains("Final-Recipient: rfc822; alice@example.org\r\nAction: delivered"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Final-Recipient: rfc822; bob@example.org\r\nAction: failed"),
+            "{text}"
+        );
+        assert!(text.contains("Subject: report me"), "{text}");
     }
 
     #[test]

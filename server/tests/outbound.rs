@@ -98,22 +98,35 @@ fn dns(dir: &Path, zone: &str) -> test_server::TestServer {
     test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &path).expect("dns")
 }
 
-/// Submits a message from alice@a.test to `to` through A's submission port, with AUTH.
+/// Submits a message from alice@a.test to `to` through A's submission port, with STARTTLS
+/// and AUTH.
 fn submit(a: &Server, to: &[&str], subject: &str) {
+    submit_with(a, to, subject, "", "");
+}
+
+/// [`submit`] with MAIL and RCPT parameters (space-separated, e.g. "REQUIRETLS",
+/// "NOTIFY=SUCCESS").
+fn submit_with(a: &Server, to: &[&str], subject: &str, mail_options: &str, rcpt_options: &str) {
     let script = r#"
-import smtplib, sys
-port, subject = int(sys.argv[1]), sys.argv[2]
-to = sys.argv[3:]
+import smtplib, ssl, sys
+port, subject, mail_options, rcpt_options = int(sys.argv[1]), sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+to = sys.argv[5:]
 msg = ("From: Alice <alice@a.test>\r\nTo: " + ", ".join(to) + "\r\nSubject: " + subject +
        "\r\nMessage-ID: <" + subject + "@a.test>\r\n\r\nHello from A.\r\n.leading dot\r\n")
 s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
+s.starttls(context=ssl._create_unverified_context())
 s.ehlo()
 s.login("alice@a.test", "pw")
-s.sendmail("alice@a.test", to, msg)
+s.sendmail("alice@a.test", to, msg, mail_options, rcpt_options)
 s.quit()
 print("sent")
 "#;
-    let mut args = vec![a.port("submission").to_string(), subject.to_string()];
+    let mut args = vec![
+        a.port("submission").to_string(),
+        subject.to_string(),
+        mail_options.to_string(),
+        rcpt_options.to_string(),
+    ];
     args.extend(to.iter().map(|t| t.to_string()));
     assert_eq!(common::python(script, &args).trim(), "sent");
 }
@@ -208,7 +221,7 @@ nullmx.test. 300 MX 0 .
         assert!(text.contains("(using TLSv1."), "{text}");
         // A's own Received field, for the submission, travels with the message.
         assert!(
-            text.contains("by a.test (postern) with ESMTPA id "),
+            text.contains("by a.test (postern) with ESMTPSA id "),
             "{text}"
         );
     }
@@ -247,6 +260,11 @@ struct Scripted {
 
 impl Scripted {
     fn start(rcpt_replies: &[&str]) -> Scripted {
+        Scripted::start_with(rcpt_replies, false)
+    }
+
+    /// `broken_tls`: announce STARTTLS, then answer its handshake with garbage.
+    fn start_with(rcpt_replies: &[&str], broken_tls: bool) -> Scripted {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -264,7 +282,7 @@ impl Scripted {
                         *c - 1
                     };
                     let reply = replies[n.min(replies.len() - 1)].clone();
-                    let _ = serve_scripted(stream, &reply, &messages);
+                    let _ = serve_scripted(stream, &reply, &messages, broken_tls);
                 }
             });
         }
@@ -284,6 +302,7 @@ fn serve_scripted(
     stream: TcpStream,
     rcpt_reply: &str,
     messages: &Mutex<Vec<String>>,
+    broken_tls: bool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut out = stream.try_clone()?;
@@ -297,7 +316,13 @@ fn serve_scripted(
         }
         let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
         match verb.as_str() {
+            "EHLO" if broken_tls => out.write_all(b"250-scripted.test\r\n250 STARTTLS\r\n")?,
             "EHLO" | "HELO" => out.write_all(b"250 scripted.test\r\n")?,
+            "STAR" => {
+                out.write_all(b"220 2.0.0 go ahead\r\n")?;
+                out.write_all(b"this is not a TLS server hello\r\n")?;
+                return Ok(());
+            }
             "MAIL" | "RSET" => out.write_all(b"250 2.0.0 ok\r\n")?,
             "RCPT" => {
                 out.write_all(format!("{rcpt_reply}\r\n").as_bytes())?;
@@ -417,8 +442,9 @@ fn a_restart_with_mail_still_queued_loses_nothing() {
     let (a_dir, mut a) = start_sender(&config);
     submit(&a, &["someone@later.test"], "restart");
     a.wait_log("deferred id=", 20);
-    a.signal("TERM");
-    assert!(a.wait_exit(30).success());
+    // A crash, not a clean stop: the queue is what the last commit left.
+    a.signal("KILL");
+    a.wait_exit(30);
     drop(a);
 
     // The remote comes up; A starts again and delivers what it had queued.
@@ -678,4 +704,70 @@ mta-sts.other.test. 300 A 127.0.0.1
     assert!(b.inbox("other.test", "carol").is_empty());
     let memory = fs::read_to_string(a_dir.path().join("data/tls-domains")).expect("memory");
     assert!(memory.contains("remote.test verified"), "{memory}");
+}
+
+/// A remote whose STARTTLS is broken still gets the mail, in plaintext on a second
+/// connection (nothing required TLS for that domain); the sender asked for NOTIFY=SUCCESS and
+/// the remote has no DSN extension, so the sender is told the message was relayed.
+#[test]
+fn a_broken_starttls_falls_back_to_plaintext_and_success_is_reported() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let broken = Scripted::start_with(&["250 2.1.5 ok"], true);
+    let routes = format!("\"broken.test\" = \"[127.0.0.1]:{}\"", broken.port);
+    let (_a_dir, a) = start_sender(&sender_config(dns.addr.port(), 25, "", &routes));
+    submit_with(
+        &a,
+        &["x@broken.test"],
+        "fallback",
+        "",
+        "NOTIFY=SUCCESS,FAILURE",
+    );
+    let reports = wait_messages(&a, "a.test", "alice", 1, 30);
+    assert_eq!(broken.messages().len(), 1, "{}", a.log());
+    assert!(broken.messages()[0].contains("Subject: fallback"));
+    assert!(*broken.connections.lock().expect("lock") >= 2);
+    let log = a.log();
+    assert!(log.contains("tls-fallback id="), "{log}");
+    assert!(
+        log.contains("to=<x@broken.test> relay=127.0.0.1[127.0.0.1]:"),
+        "{log}"
+    );
+    let dsn = &reports[0];
+    assert!(dsn.contains("Action: relayed"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; x@broken.test"),
+        "{dsn}"
+    );
+}
+
+/// REQUIRETLS (RFC 8689): the message goes only over TLS that verifies; a remote whose
+/// certificate does not verify never gets it.
+#[test]
+fn requiretls_mail_waits_for_verified_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+remote.test. 300 MX 10 mx.remote.test.
+mx.remote.test. 300 A 127.0.0.1
+";
+    let dns = dns(tmp.path(), zone);
+    let port = closed_port();
+    let b_dir = instance(
+        "mx.remote.test",
+        &[("remote.test", &["bob"])],
+        "",
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
+    );
+    let b = Server::start(b_dir.path(), 1);
+    let (_a_dir, a) = start_sender(&sender_config(dns.addr.port(), port, "mta_sts = false", ""));
+    submit_with(&a, &["bob@remote.test"], "secret", "REQUIRETLS", "");
+    a.wait_log("to=<bob@remote.test> attempts=1", 30);
+    assert!(b.inbox("remote.test", "bob").is_empty());
+    // Without REQUIRETLS the same remote (self-signed certificate) gets mail.
+    submit(&a, &["bob@remote.test"], "plain");
+    let got = wait_messages(&b, "remote.test", "bob", 1, 30);
+    assert!(got[0].contains("Subject: plain"), "{}", got[0]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.inbox("remote.test", "bob").len(), 1, "{}", a.log());
 }

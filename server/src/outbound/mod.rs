@@ -98,8 +98,14 @@ pub struct Outbound {
 /// What happened to one recipient in one delivery.
 #[derive(Debug, Clone)]
 enum Result1 {
-    /// Accepted by the next hop.
-    Delivered { reply: Reply, hop: String },
+    /// Accepted by the next hop; `dsn` when it announced DSN (so NOTIFY went on with the
+    /// message and success reports are its job).
+    Delivered {
+        reply: Reply,
+        hop: String,
+        dsn: bool,
+        report: RecipientReport,
+    },
     /// Try again later.
     Deferred {
         why: String,
@@ -282,12 +288,24 @@ fn record(
 ) -> Result<Applied, String> {
     let now = unix_now();
     let mut changed = envelope.clone();
-    let mut failed = Vec::new();
+    // What the sender is told: failures, and successes they asked for.
+    let mut reports = Vec::new();
     for (i, result) in results {
         let r = &mut changed.recipients[i];
         match result {
-            Result1::Delivered { reply, hop } => {
+            Result1::Delivered {
+                reply,
+                hop,
+                dsn,
+                report,
+            } => {
                 r.state = RecipientState::Delivered;
+                // RFC 3461 5.2.2: NOTIFY=SUCCESS to a next hop without DSN: "relayed".
+                let success =
+                    matches!(r.notify, Some(proto_core::Notify::On { success: true, .. }));
+                if success && !dsn {
+                    reports.push(bounce::report_for(r, report));
+                }
                 log::event(
                     "delivered",
                     format_args!(
@@ -304,7 +322,7 @@ fn record(
                     "failed",
                     format_args!("id={id} to=<{}> reason=\"{}\"", r.address, one_line(&why)),
                 );
-                failed.push(bounce::report_for(r, report));
+                reports.push(bounce::report_for(r, report));
             }
             Result1::Deferred { why, mut report } => {
                 r.attempts += 1;
@@ -349,15 +367,15 @@ fn record(
                             r.attempts,
                             human_duration(now.saturating_sub(envelope.received_at))
                         ));
-                        failed.push(bounce::report_for(r, report));
+                        reports.push(bounce::report_for(r, report));
                     }
                 }
             }
         }
     }
     let mut new = Vec::new();
-    if !failed.is_empty() {
-        match o.bouncer.bounce(id, envelope, failed, SystemTime::now()) {
+    if !reports.is_empty() {
+        match o.bouncer.bounce(id, envelope, reports, SystemTime::now()) {
             Ok(Some(b)) => new.push(b),
             Ok(None) => {}
             // The bounce could not be written: keep the recipients pending (they are tried
@@ -537,8 +555,36 @@ async fn deliver_group(
                 break 'hops;
             }
             attempts += 1;
-            match attempt(o, id, envelope, &route, hop, *addr, need, job.clone()).await {
-                Attempt::Refused(why) => {
+            let mut result = attempt(
+                o,
+                id,
+                envelope,
+                &route,
+                hop,
+                *addr,
+                need,
+                job.clone(),
+                false,
+            )
+            .await;
+            if let Attempt::TlsFailed(why) = &result {
+                // Postfix and chasquid do the same: a broken STARTTLS is no reason to keep
+                // mail from a domain that never required TLS; try again without it.
+                log::event(
+                    "tls-fallback",
+                    format_args!(
+                        "id={id} relay={}[{}]:{} reason=\"{}\"",
+                        hop.host,
+                        addr.ip(),
+                        addr.port(),
+                        one_line(why)
+                    ),
+                );
+                result =
+                    attempt(o, id, envelope, &route, hop, *addr, need, job.clone(), true).await;
+            }
+            match result {
+                Attempt::TlsFailed(why) | Attempt::Refused(why) => {
                     problems.push(format!(
                         "{}[{}]:{}: {why}",
                         hop.host,
@@ -586,6 +632,8 @@ async fn deliver_group(
 enum Attempt {
     /// No SMTP conversation (the connection failed): try the next address.
     Refused(String),
+    /// STARTTLS was offered but the handshake failed, with nothing required of TLS.
+    TlsFailed(String),
     /// The server answered; one result per recipient, and the TLS the connection had.
     Done(Vec<Result1>, Level),
 }
@@ -601,6 +649,7 @@ async fn attempt(
     addr: SocketAddr,
     need: Need,
     job: MailJob,
+    plaintext: bool,
 ) -> Attempt {
     let stream = match connect(o, addr).await {
         Ok(s) => s,
@@ -608,6 +657,7 @@ async fn attempt(
     };
     let mut config = ClientConfig::new(o.hostname.clone());
     config.tls = match need {
+        Need::Nothing if plaintext => TlsPolicy::Never,
         Need::Nothing => TlsPolicy::Opportunistic,
         Need::Tls | Need::Verified => TlsPolicy::Required,
     };
@@ -660,6 +710,13 @@ async fn attempt(
         Ok(r) => r,
         Err(e) => return Attempt::Refused(e.to_string()),
     };
+    let remote_dsn = session.capabilities().is_some_and(|c| c.dsn);
+    if let Some(why) = &report.tls_error
+        && need == Need::Nothing
+    {
+        // Opportunistic TLS that failed: the caller may try this address in plaintext.
+        return Attempt::TlsFailed(why.clone());
+    }
     let hop_text = format!(
         "{}[{}]:{}{}",
         hop.host,
@@ -690,6 +747,8 @@ async fn attempt(
                 RecipientStatus::Accepted(reply) => Result1::Delivered {
                     reply: reply.clone(),
                     hop: hop_text.clone(),
+                    dsn: remote_dsn,
+                    report,
                 },
                 RecipientStatus::TemporaryFailure(reason) => Result1::Deferred {
                     why: format!(
