@@ -164,9 +164,12 @@ pub fn report_for(recipient: &Recipient, mut report: RecipientReport) -> Recipie
     report
 }
 
-/// The forward path of a queued recipient.
+/// The forward path of a queued recipient (for a pipe: the alias it came from).
 pub fn forward_path(address: &Address) -> Option<ForwardPath> {
-    ForwardPath::parse(&format!("<{address}>")).ok()
+    match address {
+        Address::Pipe { alias, .. } => ForwardPath::parse(&format!("<{alias}>")).ok(),
+        _ => ForwardPath::parse(&format!("<{address}>")).ok(),
+    }
 }
 
 /// 16 random hex digits (unguessable boundaries and Message-IDs).

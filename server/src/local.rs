@@ -231,6 +231,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                 }
                 // Skipped above: outbound delivery's.
                 Address::Remote(_) => continue,
+                Address::Pipe { .. } => Err("delivery to a command is not implemented yet".into()),
             };
             match result {
                 Ok((path, maildir)) => {

@@ -169,7 +169,8 @@ impl Owner {
     pub fn owns(self, address: &Address) -> bool {
         matches!(
             (self, address),
-            (Owner::Local, Address::Local { .. }) | (Owner::Remote, Address::Remote(_))
+            (Owner::Local, Address::Local { .. } | Address::Pipe { .. })
+                | (Owner::Remote, Address::Remote(_))
         )
     }
 }
@@ -196,8 +197,15 @@ pub enum Address {
         /// The user (lower case).
         user: String,
     },
-    /// A mailbox elsewhere, to relay (not accepted yet; relaying has its own issue).
+    /// A mailbox elsewhere: outbound delivery.
     Remote(String),
+    /// A command the message is piped to (a `| command` alias): local delivery.
+    Pipe {
+        /// The command line as the aliases file wrote it.
+        command: String,
+        /// The alias it belongs to (`user@domain`).
+        alias: String,
+    },
 }
 
 /// Where a recipient stands.
@@ -522,6 +530,11 @@ impl Envelope {
                     w.u8(2);
                     w.str(a);
                 }
+                Address::Pipe { command, alias } => {
+                    w.u8(3);
+                    w.str(command);
+                    w.str(alias);
+                }
             }
             match &r.orcpt {
                 Some((t, a)) => {
@@ -606,6 +619,10 @@ impl Envelope {
                     user: r.str()?,
                 },
                 2 => Address::Remote(r.str()?),
+                3 => Address::Pipe {
+                    command: r.str()?,
+                    alias: r.str()?,
+                },
                 t => return Err(format!("bad address tag {t}")),
             };
             let orcpt = match r.u8()? {
@@ -678,6 +695,7 @@ impl std::fmt::Display for Address {
         match self {
             Address::Local { domain, user } => write!(f, "{user}@{domain}"),
             Address::Remote(a) => f.write_str(a),
+            Address::Pipe { command, alias } => write!(f, "|{command}| ({alias})"),
         }
     }
 }
@@ -841,6 +859,18 @@ mod tests {
                     attempts: 0,
                     next_attempt: 0,
                     last_error: None,
+                },
+                Recipient {
+                    address: Address::Pipe {
+                        command: "/usr/bin/procmail -d eve".into(),
+                        alias: "eve@example.org".into(),
+                    },
+                    orcpt: None,
+                    notify: None,
+                    state: RecipientState::Pending,
+                    attempts: 1,
+                    next_attempt: 1_780_000_600,
+                    last_error: Some("exit 75".into()),
                 },
                 Recipient {
                     address: Address::Remote("carol@elsewhere.test".into()),
