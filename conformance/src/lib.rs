@@ -34,14 +34,20 @@
 //! why, with the RFC text. A scenario passes when every mismatch is exactly one listed
 //! deviation; an entry that matches nothing is an error, so the list stays true.
 
+mod arc;
+mod auth;
+pub mod authdns;
 mod chasquid;
 mod deviations;
+mod dkim;
+mod dmarc;
 mod dialogue;
 mod fixture;
 mod james;
 mod pyexpr;
 mod rfc_scenarios;
 mod runner;
+mod spf;
 
 use std::collections::HashSet;
 use std::io;
@@ -51,6 +57,8 @@ use thiserror::Error;
 
 use crate::deviations::Deviations;
 use crate::dialogue::Scenario;
+
+pub use crate::auth::run_auth_suites;
 
 /// Why the suites could not be loaded at all.
 #[derive(Debug, Error)]
@@ -164,12 +172,19 @@ impl SuiteReport {
 
 /// The directory of the SMTP suites: `<workspace>/../shared/conformance/smtp`.
 pub fn smtp_suites_dir() -> Result<PathBuf, LoadError> {
+    let dir = conformance_dir()?.join("smtp");
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(LoadError::SharedMissing { dir })
+    }
+}
+
+/// The directory of all suites: `<workspace>/../shared/conformance`.
+fn conformance_dir() -> Result<PathBuf, LoadError> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let beside_workspace = manifest.parent().and_then(Path::parent).unwrap_or(manifest);
-    let dir = beside_workspace
-        .join("shared")
-        .join("conformance")
-        .join("smtp");
+    let dir = beside_workspace.join("shared").join("conformance");
     if dir.is_dir() {
         Ok(dir)
     } else {
