@@ -26,6 +26,9 @@
 //! - the sealed message verified again by mail-auth: `pass`, or `fail` when the new seal
 //!   says `cv=fail` (RFC 8617 5.2 step 2 stops there), which checks the new AMS and AS
 //!   signatures for every chain that can still pass.
+//!
+//! A test whose AS, AMS and AAR are empty expects no set at all (the chain already failed):
+//! mail-auth must refuse to seal it, because `ArcOutput::can_be_sealed` says no.
 
 use std::path::Path;
 
@@ -342,6 +345,21 @@ fn sign_test(
         .headers(test.sig_headers.split(':').map(str::trim))
         .header_canonicalization(Canonicalization::Relaxed)
         .body_canonicalization(Canonicalization::Relaxed);
+    // The suite leaves AS, AMS and AAR empty where no set may be added: a chain that
+    // already failed (RFC 8617 5.1: a sealer does not extend a failed chain).
+    if test.seal.trim().is_empty() {
+        let actual = match sealer.seal(&message, &results, &chain) {
+            Err(_) if !chain.can_be_sealed() => "no set".to_string(),
+            Err(e) => format!("sealing failed ({e})"),
+            Ok(set) => format!("a set i={} cv={:?}", set.seal.i, set.seal.cv),
+        };
+        return Case::one_of(
+            name.into(),
+            "no set".into(),
+            actual,
+            format!("chain before sealing: {}", result_text(&chain)),
+        );
+    }
     let set: ArcSet<'_> = match sealer.seal(&message, &results, &chain) {
         Ok(set) => set,
         Err(e) => return fail(format!("sealing failed ({e})")),
