@@ -41,7 +41,7 @@ use std::time::Instant;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dmarc::Dmarc;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::Name;
 use mail_auth::spf::Spf;
@@ -172,14 +172,14 @@ impl<'s> AuthDns<'s> {
     }
 }
 
-/// An authenticator whose resolver has no name servers: a lookup that misses the caches fails
-/// as a DNS temporary error without touching the network (and without a tokio runtime).
+/// An authenticator whose resolver has no name servers and does not read the hosts file: a
+/// lookup that misses the caches fails as a DNS temporary error without touching the network
+/// or the system's resolver configuration (and without a tokio runtime).
 pub fn offline_authenticator() -> MessageAuthenticator {
-    MessageAuthenticator::new(
-        ResolverConfig::from_parts(None, vec![], vec![]),
-        ResolverOpts::default(),
-    )
-    .expect("a resolver without name servers builds")
+    let mut options = ResolverOpts::default();
+    options.use_hosts_file = ResolveHosts::Never;
+    MessageAuthenticator::new(ResolverConfig::from_parts(None, vec![], vec![]), options)
+        .expect("a resolver without name servers builds")
 }
 
 /// Whether hickory would accept `name` (lower case, trailing dot) as a query name.
@@ -568,6 +568,71 @@ mod tests {
         let name: Box<str> = "mail.example.com.".into();
         assert_eq!(borrowed_name::<str>(&name).as_deref(), Some("mail.example.com."));
         assert_eq!(borrowed_name::<str>("").as_deref(), Some(""));
+    }
+
+    /// A source that knows nothing: every question is a cache miss.
+    struct NoAnswers;
+
+    impl DnsSource for NoAnswers {
+        fn txt(&self, _: &str) -> Answer<Vec<u8>> {
+            Answer::Unknown
+        }
+        fn a(&self, _: &str) -> Answer<Ipv4Addr> {
+            Answer::Unknown
+        }
+        fn aaaa(&self, _: &str) -> Answer<Ipv6Addr> {
+            Answer::Unknown
+        }
+        fn mx(&self, _: &str) -> Answer<(u16, String)> {
+            Answer::Unknown
+        }
+        fn ptr(&self, _: IpAddr) -> Answer<String> {
+            Answer::Unknown
+        }
+    }
+
+    fn spf(source: &dyn DnsSource, domain: &str, ip: &str) -> mail_auth::SpfResult {
+        let ip: IpAddr = ip.parse().expect("address");
+        let dns = AuthDns::new(source, TxtKind::Spf).with_addresses(&[ip]);
+        let sender = format!("user@{domain}");
+        let params = mail_auth::spf::verify::SpfParameters::verify_mail_from(
+            ip,
+            "helo.example",
+            "receiver.example",
+            &sender,
+        );
+        futures_lite::future::block_on(offline_authenticator().verify_spf(dns.parameters(params)))
+            .result()
+    }
+
+    #[test]
+    fn answers_reach_mail_auth() {
+        use mail_auth::SpfResult;
+        let mut zone = Zone::new();
+        zone.add("pass.example", ZoneRecord::Txt(b"v=spf1 a:host.example -all".to_vec()));
+        zone.add("host.example", ZoneRecord::A(Ipv4Addr::new(192, 0, 2, 1)));
+        zone.add("nodata.example", ZoneRecord::A(Ipv4Addr::new(192, 0, 2, 1)));
+        zone.add("slow.example", ZoneRecord::Txt(b"v=spf1 a:down.example -all".to_vec()));
+        zone.set_timeout("down.example");
+        zone.add_name("down.example");
+        let cases = [
+            ("pass.example", "192.0.2.1", SpfResult::Pass),
+            ("pass.example", "192.0.2.2", SpfResult::Fail),
+            ("nxdomain.example", "192.0.2.1", SpfResult::None),
+            ("nodata.example", "192.0.2.1", SpfResult::None),
+            ("slow.example", "192.0.2.1", SpfResult::TempError),
+        ];
+        for (domain, ip, want) in cases {
+            assert_eq!(spf(&zone, domain, ip), want, "{domain} from {ip}");
+        }
+    }
+
+    #[test]
+    fn a_miss_is_a_temporary_error_offline() {
+        assert_eq!(
+            spf(&NoAnswers, "example.com", "192.0.2.1"),
+            mail_auth::SpfResult::TempError
+        );
     }
 
     #[test]
