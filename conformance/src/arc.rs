@@ -33,7 +33,7 @@
 use std::path::Path;
 
 use futures_lite::future::block_on;
-use mail_auth::arc::{ArcSet, ArcSealer, ChainValidation};
+use mail_auth::arc::{ArcSealer, ArcSet, ChainValidation};
 use mail_auth::common::crypto::{Algorithm, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::Canonicalization;
@@ -76,7 +76,10 @@ impl<'de> Deserialize<'de> for Tests {
                 f.write_str("a map of tests")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tests, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Tests, A::Error> {
                 let mut tests: Vec<(String, serde_yaml::Value)> = Vec::new();
                 while let Some((name, test)) = map.next_entry::<String, serde_yaml::Value>()? {
                     match tests.iter_mut().find(|(n, _)| *n == name) {
@@ -201,8 +204,8 @@ fn validation(
     for scenario in scenarios(path)? {
         let zone = zone(&scenario.txt_records).map_err(&bad)?;
         for (name, test) in &scenario.tests.0 {
-            let test: ValidationTest = serde_yaml::from_value(test.clone())
-                .map_err(|e| bad(format!("{name}: {e}")))?;
+            let test: ValidationTest =
+                serde_yaml::from_value(test.clone()).map_err(|e| bad(format!("{name}: {e}")))?;
             if !run.select(options, SUITE, name) {
                 continue;
             }
@@ -283,12 +286,15 @@ fn signing(
         let (Some(domain), Some(selector), Some(pem)) =
             (&scenario.domain, &scenario.sel, &scenario.privatekey)
         else {
-            return Err(bad(format!("{}: no domain, sel or key", scenario.description)));
+            return Err(bad(format!(
+                "{}: no domain, sel or key",
+                scenario.description
+            )));
         };
         let der = pem_der(pem).map_err(&bad)?;
         for (name, test) in &scenario.tests.0 {
-            let test: SigningTest = serde_yaml::from_value(test.clone())
-                .map_err(|e| bad(format!("{name}: {e}")))?;
+            let test: SigningTest =
+                serde_yaml::from_value(test.clone()).map_err(|e| bad(format!("{name}: {e}")))?;
             if !run.select(options, SUITE, name) {
                 continue;
             }

@@ -46,8 +46,8 @@ use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::Name;
 use mail_auth::spf::Spf;
 use mail_auth::{
-    DnsError, DnssecStatus, Error, MX, MessageAuthenticator, Parameters, RecordSet,
-    ResolverCache, Txt,
+    DnsError, DnssecStatus, Error, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache,
+    Txt,
 };
 
 /// The answer to one question (name, type).
@@ -459,7 +459,11 @@ impl Zone {
 
     /// Adds a record to `name`.
     pub fn add(&mut self, name: &str, record: ZoneRecord) {
-        self.nodes.entry(fqdn(name)).or_default().records.push(record);
+        self.nodes
+            .entry(fqdn(name))
+            .or_default()
+            .records
+            .push(record);
     }
 
     /// Makes `name` exist (with no records yet).
@@ -566,7 +570,10 @@ mod tests {
     #[test]
     fn recovers_the_asked_name() {
         let name: Box<str> = "mail.example.com.".into();
-        assert_eq!(borrowed_name::<str>(&name).as_deref(), Some("mail.example.com."));
+        assert_eq!(
+            borrowed_name::<str>(&name).as_deref(),
+            Some("mail.example.com.")
+        );
         assert_eq!(borrowed_name::<str>("").as_deref(), Some(""));
     }
 
@@ -609,10 +616,16 @@ mod tests {
     fn answers_reach_mail_auth() {
         use mail_auth::SpfResult;
         let mut zone = Zone::new();
-        zone.add("pass.example", ZoneRecord::Txt(b"v=spf1 a:host.example -all".to_vec()));
+        zone.add(
+            "pass.example",
+            ZoneRecord::Txt(b"v=spf1 a:host.example -all".to_vec()),
+        );
         zone.add("host.example", ZoneRecord::A(Ipv4Addr::new(192, 0, 2, 1)));
         zone.add("nodata.example", ZoneRecord::A(Ipv4Addr::new(192, 0, 2, 1)));
-        zone.add("slow.example", ZoneRecord::Txt(b"v=spf1 a:down.example -all".to_vec()));
+        zone.add(
+            "slow.example",
+            ZoneRecord::Txt(b"v=spf1 a:down.example -all".to_vec()),
+        );
         zone.set_timeout("down.example");
         zone.add_name("down.example");
         let cases = [
@@ -649,7 +662,10 @@ mod tests {
         assert_eq!(zone.txt("a.example."), Answer::NoData);
         assert_eq!(zone.txt("b.example."), Answer::NxDomain);
         assert_eq!(zone.a("slow.example."), Answer::TempError);
-        assert_eq!(zone.txt("slow.example."), Answer::Records(vec![b"x".to_vec()]));
+        assert_eq!(
+            zone.txt("slow.example."),
+            Answer::Records(vec![b"x".to_vec()])
+        );
         assert_eq!(
             reverse_name("2001:db8::1".parse().expect("address")),
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."

@@ -385,11 +385,14 @@ summary = "why"
 
     #[test]
     fn auth_entries_cover_one_exact_case() {
-        let mut d = AuthDeviations::parse(&format!("{LIST}{AUTH_LIST}"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut d =
+            AuthDeviations::parse(&format!("{LIST}{AUTH_LIST}")).unwrap_or_else(|e| panic!("{e}"));
         assert!(d.cover("spf-rfc7208", "a/b", "fail", "pass").is_none());
         assert!(d.cover("spf-rfc7208", "a/c", "fail", "temperror").is_none());
-        assert!(d.cover("dkim-rfc8463", "a/b", "fail", "temperror").is_none());
+        assert!(
+            d.cover("dkim-rfc8463", "a/b", "fail", "temperror")
+                .is_none()
+        );
         assert!(d.cover("spf-rfc7208", "a/b", "fail", "temperror").is_some());
         assert!(d.cover("spf-rfc7208", "a/b", "fail", "temperror").is_none());
         assert_eq!(d.used_count("spf-rfc7208"), 1);
@@ -398,7 +401,9 @@ summary = "why"
         let fresh = AuthDeviations::parse(AUTH_LIST).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(fresh.stale("spf-rfc7208", &case, &case).len(), 1, "unused");
         assert_eq!(
-            fresh.stale("spf-rfc7208", &HashSet::new(), &HashSet::new()).len(),
+            fresh
+                .stale("spf-rfc7208", &HashSet::new(), &HashSet::new())
+                .len(),
             1,
             "unknown case"
         );

@@ -84,8 +84,7 @@ fn verify(
     message: &AuthenticatedMessage<'_>,
 ) -> (Vec<Verified>, Vec<String>) {
     let dns = AuthDns::new(zone, TxtKind::DomainKey);
-    let outputs: Vec<DkimOutput<'_>> =
-        block_on(authenticator.verify_dkim(dns.parameters(message)));
+    let outputs: Vec<DkimOutput<'_>> = block_on(authenticator.verify_dkim(dns.parameters(message)));
     let verified = outputs
         .iter()
         .map(|o| Verified {
@@ -125,8 +124,7 @@ fn rfc8463(
             None => ("unparsable message".to_string(), String::new()),
             Some(message) => {
                 let (outputs, queries) = verify(authenticator, &zone, &message);
-                let words: Vec<String> =
-                    outputs.iter().map(|o| result_text(&o.result)).collect();
+                let words: Vec<String> = outputs.iter().map(|o| result_text(&o.result)).collect();
                 (
                     words.join(","),
                     format!("DNS questions: {}", queries.join(", ")),
@@ -410,16 +408,9 @@ fn chasquid(
                 let (outputs, queries) = verify(authenticator, &zone, &message);
                 let states: Vec<String> = outputs
                     .iter()
-                    .map(|o| {
-                        format!(
-                            "{}({})",
-                            chasquid_state(&o.result),
-                            o.selector
-                        )
-                    })
+                    .map(|o| format!("{}({})", chasquid_state(&o.result), o.selector))
                     .collect();
-                let results: Vec<String> =
-                    outputs.iter().map(|o| result_text(&o.result)).collect();
+                let results: Vec<String> = outputs.iter().map(|o| result_text(&o.result)).collect();
                 (
                     states.join(","),
                     format!(

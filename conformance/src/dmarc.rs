@@ -20,9 +20,7 @@ use futures_lite::future::block_on;
 use mail_auth::dkim::Signature;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DmarcResult, Error, SpfOutput, SpfResult,
-};
+use mail_auth::{AuthenticatedMessage, DkimOutput, DmarcResult, Error, SpfOutput, SpfResult};
 use serde::Deserialize;
 
 use crate::auth::{Case, SuiteRun};
@@ -82,7 +80,10 @@ pub(crate) fn run(path: &Path, options: &Options) -> Result<SuiteRun, LoadError>
             case.from
         );
         let Some(message) = AuthenticatedMessage::parse(raw.as_bytes()) else {
-            return Err(bad(format!("{}: mail-auth cannot parse the message", case.id)));
+            return Err(bad(format!(
+                "{}: mail-auth cannot parse the message",
+                case.id
+            )));
         };
         let signatures: Vec<Signature> = case
             .dkim
@@ -97,9 +98,9 @@ pub(crate) fn run(path: &Path, options: &Options) -> Result<SuiteRun, LoadError>
         for (input, signature) in case.dkim.iter().zip(&signatures) {
             let output = match input.result.as_str() {
                 "pass" => DkimOutput::pass(),
-                "fail" => DkimOutput::fail(Error::Dkim(
-                    mail_auth::dkim::DkimError::FailedBodyHashMatch,
-                )),
+                "fail" => {
+                    DkimOutput::fail(Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch))
+                }
                 "temperror" => DkimOutput::temp_err(Error::Dns(mail_auth::DnsError::Resolver(
                     "case input".into(),
                 ))),
@@ -109,12 +110,14 @@ pub(crate) fn run(path: &Path, options: &Options) -> Result<SuiteRun, LoadError>
         }
         let spf_output = SpfOutput::new(case.spf.domain.clone()).with_result(spf_result);
         let dns = AuthDns::new(&zone, TxtKind::Dmarc);
-        let output = block_on(authenticator.verify_dmarc(dns.parameters(DmarcParameters::new(
-            &message,
-            &dkim_outputs,
-            &case.spf.domain,
-            &spf_output,
-        ))));
+        let output = block_on(
+            authenticator.verify_dmarc(dns.parameters(DmarcParameters::new(
+                &message,
+                &dkim_outputs,
+                &case.spf.domain,
+                &spf_output,
+            ))),
+        );
         let result = match output.result() {
             DmarcResult::Pass => "pass",
             DmarcResult::Fail(_) => "fail",

@@ -1,4 +1,6 @@
-//! External SMTP conformance suites, run in memory against [`proto_core::Session`].
+//! External conformance suites: SMTP dialogues run in memory against
+//! [`proto_core::Session`], and the mail-authentication suites (SPF, DKIM, ARC, DMARC) run
+//! against mail-auth on a mock DNS.
 //!
 //! # What runs
 //!
@@ -33,15 +35,34 @@
 //! the step (suite, scenario, step, the suite's code, postern's code) and `DEVIATIONS.md` says
 //! why, with the RFC text. A scenario passes when every mismatch is exactly one listed
 //! deviation; an entry that matches nothing is an error, so the list stays true.
+//!
+//! # The mail-authentication suites
+//!
+//! `cargo test -p postern-conformance --test auth` runs, from `../shared/conformance`:
+//!
+//! | suite | source | what is checked |
+//! |---|---|---|
+//! | `spf-rfc7208` | `spf/rfc7208-tests.yml` | check_host's result is one of the listed |
+//! | `dkim-rfc8463` | `dkim/rfc/rfc8463/` | both signatures verify; mail-auth's signatures of `unsigned.eml` have A.3's `bh=` and verify |
+//! | `dkim-mail-auth` | `dkim/mail-auth/*.txt` | the last signature passes |
+//! | `dkim-chasquid` | `dkim/chasquid/*` | each signature's state, in order |
+//! | `arc-validation` | `arc/arc-draft-validation-tests.yml` | the chain validation status |
+//! | `arc-signing` | `arc/arc-draft-sign-tests.yml` | the new set's tags (not `b=`, not `t=`) and that it verifies |
+//! | `dmarc-cases` | `dmarc/dmarc-cases.yaml` | the DMARC result and the disposition |
+//!
+//! DNS answers come from [`authdns`], mail-auth's cache traits answered from a zone built
+//! from the suite, with mail-auth's own resolver given no name servers: nothing goes to the
+//! network. Where mail-auth differs from a suite, `deviations.toml` lists the case
+//! (`[[auth]]` entries) and `DEVIATIONS.md` says why (A1-A24).
 
 mod arc;
 mod auth;
 pub mod authdns;
 mod chasquid;
 mod deviations;
+mod dialogue;
 mod dkim;
 mod dmarc;
-mod dialogue;
 mod fixture;
 mod james;
 mod pyexpr;
