@@ -5,9 +5,12 @@
 //!   A.3: Ed25519 and RSA) and of `signed-simple-dkimpy.eml` must pass. Then `unsigned.eml`
 //!   is signed by mail-auth's `DkimSigner` with each key and the tags of A.3 (`d=`, `s=`,
 //!   `i=`, `h=`, relaxed/relaxed): the `bh=` must equal A.3's byte for byte and the new
-//!   signature must verify. The `b=` of A.3 cannot be reproduced: `DkimSigner` always stamps
-//!   `t=` with the current time (0.13.3 has no way to give it one) and writes its own tag set
-//!   and order (no `q=`), and `b=` covers both.
+//!   signature must verify. The `b=` of A.3 cannot be reproduced through `DkimSigner`: it
+//!   always stamps `t=` with the current time (0.13.3 has no way to give it one) and writes
+//!   its own tag set and order (no `q=`), and `b=` covers both. One more case signs the data
+//!   A.3's Ed25519 signature covers, assembled from mail-auth's public parts (header
+//!   selection, relaxed canonicalization, `Ed25519Key`), and must get A.3's `b=` byte for
+//!   byte: this checks mail-auth's signing primitive and canonicalization, not its signer.
 //! - `dkim-mail-auth` (`mail-auth/NNN.txt`: key lines, a blank line, the message with LF
 //!   ends): the last signature must pass, as in mail-auth's own test.
 //! - `dkim-chasquid` (`chasquid/NN-name.{msg,dns,result,error}`): every signature's state
@@ -156,14 +159,21 @@ fn rfc8463(
         .map_err(|e| bad_key("ed25519-private-seed.b64", e.to_string()))?;
     let public = zone_public_key(&read(&dir.join("dns.txt"))?, "brisbane.")
         .ok_or_else(|| bad_key("dns.txt", "no p= for brisbane".into()))?;
-    let ed25519 = Ed25519Key::from_seed_and_public_key(&seed, &public)
-        .map_err(|e| bad_key("ed25519-private-seed.b64", e.to_string()))?;
+    let ed25519_key = || {
+        Ed25519Key::from_seed_and_public_key(&seed, &public)
+            .map_err(|e| bad_key("ed25519-private-seed.b64", e.to_string()))
+    };
+    let ed25519 = ed25519_key()?;
     let rsa = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(
         pem_body(&read(&dir.join("rsa-private.pem"))?)
             .map_err(|e| bad_key("rsa-private.pem", e))?,
     )))
     .map_err(|e| bad_key("rsa-private.pem", e.to_string()))?;
 
+    if run.select(options, SUITE, "sign/ed25519-b-over-a3-data") {
+        run.cases
+            .push(ed25519_over_a3_data(&reference, &ed25519_key()?));
+    }
     if run.select(options, SUITE, "sign/ed25519-sha256") {
         let case = sign_case(
             authenticator,
@@ -189,6 +199,81 @@ fn rfc8463(
         run.cases.push(case);
     }
     Ok(run)
+}
+
+/// mail-auth's signer cannot stamp `t=1528637909` nor write A.3's tag list, so this case
+/// builds the data A.3's Ed25519 signature covers from mail-auth's public parts instead: the
+/// header fields its verifier selects for `h=` (`signed_headers`), A.3's own DKIM-Signature
+/// with an empty `b=`, relaxed header canonicalization, and signs it with mail-auth's
+/// `Ed25519Key`. Ed25519 is deterministic, so the result must be A.3's `b=` byte for byte.
+fn ed25519_over_a3_data(reference: &AuthenticatedMessage<'_>, key: &Ed25519Key) -> Case {
+    let name = "sign/ed25519-b-over-a3-data".to_string();
+    let expected = "b=A.3".to_string();
+    let Some(header) = reference
+        .dkim_headers
+        .iter()
+        .find(|h| h.header.s == "brisbane")
+    else {
+        return Case::one_of(
+            name,
+            expected,
+            "no brisbane signature".into(),
+            String::new(),
+        );
+    };
+    let stripped = without_b_value(header.value);
+    let mut data = Vec::new();
+    header.header.ch.canonicalize_headers(
+        reference.signed_headers(&header.header.h, header.name, &stripped),
+        &mut data,
+    );
+    let actual = match key.sign(&data[..]) {
+        Ok(b) if b == header.header.b => "b=A.3".to_string(),
+        Ok(b) => format!("b={}", BASE64.encode(b)),
+        Err(e) => format!("signing failed ({e})"),
+    };
+    Case::one_of(
+        name,
+        expected,
+        actual,
+        format!(
+            "signed data ({} bytes):\n{}",
+            data.len(),
+            String::from_utf8_lossy(&data)
+        ),
+    )
+}
+
+/// A DKIM-Signature value with the `b=` tag's value removed (RFC 6376 3.7), and no final
+/// line break.
+fn without_b_value(value: &[u8]) -> Vec<u8> {
+    let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+    let mut out = Vec::with_capacity(value.len());
+    let mut rest = value;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|&c| c == b';')
+            .map_or(rest.len(), |p| p + 1);
+        let (tag, tail) = rest.split_at(end);
+        let is_b = tag.iter().position(|&c| c == b'=').is_some_and(|eq| {
+            tag[..eq]
+                .iter()
+                .filter(|c| !c.is_ascii_whitespace())
+                .eq(b"b")
+        });
+        match tag.iter().position(|&c| c == b'=') {
+            Some(eq) if is_b => {
+                out.extend_from_slice(&tag[..=eq]);
+                if tag.ends_with(b";") {
+                    out.push(b';');
+                }
+            }
+            _ => out.extend_from_slice(tag),
+        }
+        rest = tail;
+    }
+    out
 }
 
 /// Signs `unsigned` as RFC 8463 A.3 does and checks the body hash and the signature.
@@ -424,4 +509,27 @@ fn chasquid(
         run.cases.push(Case::one_of(name, expected, actual, detail));
     }
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_only_the_b_value() {
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"a=x; bh=abc; b=def\r\n", b"a=x; bh=abc; b="),
+            (b"b=abc;h=From\r\n", b"b=;h=From"),
+            (b"h=From; b = ab\r\n cd\r\n; v=1\r\n", b"h=From; b =; v=1"),
+            (b"bh=B64b=;h=From;b=abc", b"bh=B64b=;h=From;b="),
+        ];
+        for (value, want) in cases {
+            assert_eq!(
+                without_b_value(value),
+                want,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
 }

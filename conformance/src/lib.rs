@@ -43,7 +43,7 @@
 //! | suite | source | what is checked |
 //! |---|---|---|
 //! | `spf-rfc7208` | `spf/rfc7208-tests.yml` | check_host's result is one of the listed |
-//! | `dkim-rfc8463` | `dkim/rfc/rfc8463/` | both signatures verify; mail-auth's signatures of `unsigned.eml` have A.3's `bh=` and verify |
+//! | `dkim-rfc8463` | `dkim/rfc/rfc8463/` | both signatures verify; mail-auth's signatures of `unsigned.eml` have A.3's `bh=` and verify; A.3's Ed25519 `b=` from mail-auth's parts |
 //! | `dkim-mail-auth` | `dkim/mail-auth/*.txt` | the last signature passes |
 //! | `dkim-chasquid` | `dkim/chasquid/*` | each signature's state, in order |
 //! | `arc-validation` | `arc/arc-draft-validation-tests.yml` | the chain validation status |
