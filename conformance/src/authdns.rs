@@ -27,6 +27,10 @@
 //! - A name that is not a valid DNS name (a label over 63 octets, an empty label) is left out
 //!   too: mail-auth's resolver path then refuses it as a parse error, as it would on a real
 //!   network.
+//! - [`AuthDns::misses`] lists the questions the source could not answer: a server runs a
+//!   check, fetches those names with its own resolver, fills its source and runs the check
+//!   again (a bounded number of rounds), since which names an SPF check needs depends on the
+//!   records themselves.
 //! - Keys are lower-case names with the trailing dot (mail-auth's `ToFqdn`); PTR is keyed by
 //!   the address. MX exchanges and PTR targets are lower-case with the trailing dot, MX grouped
 //!   by preference, lowest first, as mail-auth's resolver returns them.
@@ -101,6 +105,8 @@ pub struct AuthDns<'s> {
     inserted_txt: Mutex<HashMap<Box<str>, Txt>>,
     /// Every question mail-auth asked, in order: `TXT name`, `A name`, ...
     queries: Mutex<Vec<String>>,
+    /// The questions the source could not answer ([`Answer::Unknown`]), in order.
+    misses: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for AuthDns<'_> {
@@ -125,6 +131,7 @@ impl<'s> AuthDns<'s> {
             addresses: Vec::new(),
             inserted_txt: Mutex::new(HashMap::new()),
             queries: Mutex::new(Vec::new()),
+            misses: Mutex::new(Vec::new()),
         }
     }
 
@@ -154,20 +161,37 @@ impl<'s> AuthDns<'s> {
         self.queries.lock().map(|q| q.clone()).unwrap_or_default()
     }
 
+    /// The questions the source could not answer, in order, as `TYPE name`: what a caller
+    /// filling the source from a resolver fetches before running the check again.
+    pub fn misses(&self) -> Vec<String> {
+        self.misses.lock().map(|q| q.clone()).unwrap_or_default()
+    }
+
     fn log(&self, rtype: &str, name: &str) {
         if let Ok(mut q) = self.queries.lock() {
             q.push(format!("{rtype} {name}"));
         }
     }
 
+    /// `answer`, noting it as a miss when the source did not know.
+    fn noted<T>(&self, rtype: &str, name: &str, answer: Answer<T>) -> Answer<T> {
+        if matches!(answer, Answer::Unknown)
+            && let Ok(mut m) = self.misses.lock()
+        {
+            m.push(format!("{rtype} {name}"));
+        }
+        answer
+    }
+
     fn txt_answer(&self, name: &str) -> Option<Txt> {
         if !is_valid_name(name) {
             return None;
         }
+        let answer = self.noted("TXT", name, self.source.txt(name));
         match self.kind {
-            TxtKind::Spf => parse_txt::<Spf>(self.source.txt(name)),
-            TxtKind::DomainKey => parse_txt::<DomainKey>(self.source.txt(name)),
-            TxtKind::Dmarc => parse_txt::<Dmarc>(self.source.txt(name)),
+            TxtKind::Spf => parse_txt::<Spf>(answer),
+            TxtKind::DomainKey => parse_txt::<DomainKey>(answer),
+            TxtKind::Dmarc => parse_txt::<Dmarc>(answer),
         }
     }
 }
@@ -307,7 +331,7 @@ impl ResolverCache<Box<str>, RecordSet<MX>> for AuthDns<'_> {
         if !is_valid_name(&name) {
             return None;
         }
-        let answer = match self.source.mx(&name) {
+        let answer = match self.noted("MX", &name, self.source.mx(&name)) {
             Answer::Records(mut records) => {
                 records.sort_by_key(|(preference, _)| *preference);
                 let mut grouped: Vec<(u16, Vec<Box<str>>)> = Vec::new();
@@ -352,7 +376,7 @@ impl ResolverCache<Box<str>, RecordSet<Ipv4Addr>> for AuthDns<'_> {
         if !is_valid_name(&name) {
             return None;
         }
-        record_set(self.source.a(&name), |a| a)
+        record_set(self.noted("A", &name, self.source.a(&name)), |a| a)
     }
 
     fn remove<Q>(&self, _name: &Q) -> Option<RecordSet<Ipv4Addr>>
@@ -377,7 +401,7 @@ impl ResolverCache<Box<str>, RecordSet<Ipv6Addr>> for AuthDns<'_> {
         if !is_valid_name(&name) {
             return None;
         }
-        record_set(self.source.aaaa(&name), |a| a)
+        record_set(self.noted("AAAA", &name, self.source.aaaa(&name)), |a| a)
     }
 
     fn remove<Q>(&self, _name: &Q) -> Option<RecordSet<Ipv6Addr>>
@@ -402,8 +426,11 @@ impl ResolverCache<IpAddr, RecordSet<Box<str>>> for AuthDns<'_> {
             .addresses
             .iter()
             .find(|candidate| Borrow::<Q>::borrow(*candidate) == addr)?;
-        self.log("PTR", &addr.to_string());
-        record_set(self.source.ptr(addr), |name| fqdn(&name))
+        let shown = addr.to_string();
+        self.log("PTR", &shown);
+        record_set(self.noted("PTR", &shown, self.source.ptr(addr)), |name| {
+            fqdn(&name)
+        })
     }
 
     fn remove<Q>(&self, _addr: &Q) -> Option<RecordSet<Box<str>>>
@@ -646,6 +673,9 @@ mod tests {
             spf(&NoAnswers, "example.com", "192.0.2.1"),
             mail_auth::SpfResult::TempError
         );
+        let dns = AuthDns::new(&NoAnswers, TxtKind::Dmarc);
+        let _ = ResolverCache::<Box<str>, Txt>::get::<str>(&dns, "_dmarc.example.com.");
+        assert_eq!(dns.misses(), ["TXT _dmarc.example.com."]);
     }
 
     #[test]
