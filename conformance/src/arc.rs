@@ -27,8 +27,9 @@
 //!   says `cv=fail` (RFC 8617 5.2 step 2 stops there), which checks the new AMS and AS
 //!   signatures for every chain that can still pass.
 //!
-//! A test whose AS, AMS and AAR are empty expects no set at all (the chain already failed):
-//! mail-auth must refuse to seal it, because `ArcOutput::can_be_sealed` says no.
+//! A test whose AS, AMS and AAR are empty expects no set at all (its highest ARC-Seal already
+//! says `cv=fail`): mail-auth must refuse to seal it, because `ArcOutput::can_be_sealed` says
+//! no.
 
 use std::path::Path;
 
@@ -351,8 +352,9 @@ fn sign_test(
         .headers(test.sig_headers.split(':').map(str::trim))
         .header_canonicalization(Canonicalization::Relaxed)
         .body_canonicalization(Canonicalization::Relaxed);
-    // The suite leaves AS, AMS and AAR empty where no set may be added: a chain that
-    // already failed (RFC 8617 5.1: a sealer does not extend a failed chain).
+    // The suite leaves AS, AMS and AAR empty where no set may be added ("if a chain is
+    // failing, don't add another set"); mail-auth refuses to seal a chain whose highest
+    // ARC-Seal already says cv=fail.
     if test.seal.trim().is_empty() {
         let actual = match sealer.seal(&message, &results, &chain) {
             Err(_) if !chain.can_be_sealed() => "no set".to_string(),

@@ -56,6 +56,7 @@ use mail_auth::{
 
 /// The answer to one question (name, type).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Answer<T> {
     /// The records of that type (after following CNAMEs).
     Records(Vec<T>),
@@ -70,7 +71,8 @@ pub enum Answer<T> {
 }
 
 /// Where [`AuthDns`] gets its answers: a mock zone here, a resolver's results in a server.
-pub trait DnsSource {
+/// `Sync`, so that a check's future can move between threads.
+pub trait DnsSource: Sync {
     /// The TXT records of `name` (lower case, trailing dot), each with its strings joined.
     fn txt(&self, name: &str) -> Answer<Vec<u8>>;
     /// The A records of `name`.
