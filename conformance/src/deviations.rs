@@ -63,6 +63,143 @@ impl fmt::Display for Deviation {
 struct DeviationFile {
     #[serde(default)]
     deviation: Vec<Deviation>,
+    /// The mail-authentication suites' entries (`[[auth]]`), loaded by [`AuthDeviations`].
+    #[serde(default)]
+    auth: Vec<AuthDeviation>,
+}
+
+/// The mail-authentication suites entries may name.
+pub(crate) const AUTH_SUITES: [&str; 7] = [
+    "spf-rfc7208",
+    "dkim-rfc8463",
+    "dkim-mail-auth",
+    "dkim-chasquid",
+    "arc-validation",
+    "arc-signing",
+    "dmarc-cases",
+];
+
+/// One listed deviation of a mail-authentication suite (`[[auth]]`): a whole case whose
+/// outcome differs from the suite's expectation, with the reason in DEVIATIONS.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthDeviation {
+    /// The suite, e.g. `spf-rfc7208`.
+    pub suite: String,
+    /// The case within it, as the runner names it.
+    pub case: String,
+    /// What the suite expects, as the runner prints it.
+    pub expected: String,
+    /// What mail-auth gives, as the runner prints it.
+    pub actual: String,
+    /// One line on why; the reasoning is in DEVIATIONS.md.
+    pub summary: String,
+}
+
+impl fmt::Display for AuthDeviation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: expected {}, mail-auth {} ({})",
+            self.suite, self.case, self.expected, self.actual, self.summary
+        )
+    }
+}
+
+/// The `[[auth]]` entries of the list, with which ones a run has used.
+#[derive(Debug)]
+pub(crate) struct AuthDeviations {
+    entries: Vec<AuthDeviation>,
+    used: Vec<bool>,
+}
+
+impl AuthDeviations {
+    /// Loads and checks the `[[auth]]` entries: known suites, no case listed twice.
+    pub fn load(path: &Path) -> Result<AuthDeviations, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        AuthDeviations::parse(&text).map_err(|message| LoadError::Deviations {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    fn parse(text: &str) -> Result<AuthDeviations, String> {
+        let file: DeviationFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut seen = HashSet::new();
+        for d in &file.auth {
+            if !AUTH_SUITES.contains(&d.suite.as_str()) {
+                return Err(format!(
+                    "unknown suite {:?} (known: {})",
+                    d.suite,
+                    AUTH_SUITES.join(", ")
+                ));
+            }
+            if !seen.insert((d.suite.clone(), d.case.clone())) {
+                return Err(format!("listed twice: {} {}", d.suite, d.case));
+            }
+        }
+        let used = vec![false; file.auth.len()];
+        Ok(AuthDeviations {
+            entries: file.auth,
+            used,
+        })
+    }
+
+    /// The entry that covers `case` of `suite` failing with exactly this expectation and
+    /// outcome, now marked used.
+    pub fn cover(
+        &mut self,
+        suite: &str,
+        case: &str,
+        expected: &str,
+        actual: &str,
+    ) -> Option<&AuthDeviation> {
+        let i = self.entries.iter().enumerate().position(|(i, d)| {
+            !self.used[i]
+                && d.suite == suite
+                && d.case == case
+                && d.expected == expected
+                && d.actual == actual
+        })?;
+        self.used[i] = true;
+        Some(&self.entries[i])
+    }
+
+    /// How many entries of `suite` the run used.
+    pub fn used_count(&self, suite: &str) -> usize {
+        self.entries
+            .iter()
+            .zip(&self.used)
+            .filter(|(d, used)| **used && d.suite == suite)
+            .count()
+    }
+
+    /// Entries of `suite` that covered nothing, among those whose case `ran`, and entries
+    /// naming a case the suite does not have.
+    pub fn stale(
+        &self,
+        suite: &str,
+        ran: &HashSet<String>,
+        known: &HashSet<String>,
+    ) -> Vec<String> {
+        self.entries
+            .iter()
+            .zip(&self.used)
+            .filter(|(d, _)| d.suite == suite)
+            .filter_map(|(d, used)| {
+                if !known.contains(&d.case) {
+                    Some(format!("listed deviation names an unknown case: {d}"))
+                } else if !used && ran.contains(&d.case) {
+                    Some(format!("listed deviation no longer happens: {d}"))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 /// The loaded list, with which entries a run has used.
@@ -235,6 +372,45 @@ summary = "bare LF"
             d.unknown_scenarios("smtp-chasquid", &HashSet::new()).len(),
             1
         );
+    }
+
+    const AUTH_LIST: &str = r#"
+[[auth]]
+suite = "spf-rfc7208"
+case = "a/b"
+expected = "fail"
+actual = "temperror"
+summary = "why"
+"#;
+
+    #[test]
+    fn auth_entries_cover_one_exact_case() {
+        let mut d =
+            AuthDeviations::parse(&format!("{LIST}{AUTH_LIST}")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(d.cover("spf-rfc7208", "a/b", "fail", "pass").is_none());
+        assert!(d.cover("spf-rfc7208", "a/c", "fail", "temperror").is_none());
+        assert!(
+            d.cover("dkim-rfc8463", "a/b", "fail", "temperror")
+                .is_none()
+        );
+        assert!(d.cover("spf-rfc7208", "a/b", "fail", "temperror").is_some());
+        assert!(d.cover("spf-rfc7208", "a/b", "fail", "temperror").is_none());
+        assert_eq!(d.used_count("spf-rfc7208"), 1);
+        let case: HashSet<String> = ["a/b".to_string()].into();
+        assert!(d.stale("spf-rfc7208", &case, &case).is_empty());
+        let fresh = AuthDeviations::parse(AUTH_LIST).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(fresh.stale("spf-rfc7208", &case, &case).len(), 1, "unused");
+        assert_eq!(
+            fresh
+                .stale("spf-rfc7208", &HashSet::new(), &HashSet::new())
+                .len(),
+            1,
+            "unknown case"
+        );
+        assert!(AuthDeviations::parse(&AUTH_LIST.replace("spf-rfc7208", "spf")).is_err());
+        assert!(AuthDeviations::parse(&format!("{AUTH_LIST}{AUTH_LIST}")).is_err());
+        // The SMTP loader accepts the file with both kinds of entries.
+        assert!(Deviations::parse(&format!("{LIST}{AUTH_LIST}")).is_ok());
     }
 
     #[test]

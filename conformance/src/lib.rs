@@ -1,4 +1,6 @@
-//! External SMTP conformance suites, run in memory against [`proto_core::Session`].
+//! External conformance suites: SMTP dialogues run in memory against
+//! [`proto_core::Session`], and the mail-authentication suites (SPF, DKIM, ARC, DMARC) run
+//! against mail-auth on a mock DNS.
 //!
 //! # What runs
 //!
@@ -33,15 +35,40 @@
 //! the step (suite, scenario, step, the suite's code, postern's code) and `DEVIATIONS.md` says
 //! why, with the RFC text. A scenario passes when every mismatch is exactly one listed
 //! deviation; an entry that matches nothing is an error, so the list stays true.
+//!
+//! # The mail-authentication suites
+//!
+//! `cargo test -p postern-conformance --test auth` runs, from `../shared/conformance`:
+//!
+//! | suite | source | what is checked |
+//! |---|---|---|
+//! | `spf-rfc7208` | `spf/rfc7208-tests.yml` | check_host's result is one of the listed |
+//! | `dkim-rfc8463` | `dkim/rfc/rfc8463/` | both signatures verify; mail-auth's signatures of `unsigned.eml` have A.3's `bh=` and verify; A.3's Ed25519 `b=` from mail-auth's parts |
+//! | `dkim-mail-auth` | `dkim/mail-auth/*.txt` | the last signature passes |
+//! | `dkim-chasquid` | `dkim/chasquid/*` | each signature's state, in order |
+//! | `arc-validation` | `arc/arc-draft-validation-tests.yml` | the chain validation status |
+//! | `arc-signing` | `arc/arc-draft-sign-tests.yml` | the new set's tags (not `b=`, not `t=`) and that it verifies |
+//! | `dmarc-cases` | `dmarc/dmarc-cases.yaml` | the DMARC result and the disposition |
+//!
+//! DNS answers come from [`authdns`], mail-auth's cache traits answered from a zone built
+//! from the suite, with mail-auth's own resolver given no name servers: nothing goes to the
+//! network. Where mail-auth differs from a suite, `deviations.toml` lists the case
+//! (`[[auth]]` entries) and `DEVIATIONS.md` says why (A1-A24).
 
+mod arc;
+mod auth;
+pub mod authdns;
 mod chasquid;
 mod deviations;
 mod dialogue;
+mod dkim;
+mod dmarc;
 mod fixture;
 mod james;
 mod pyexpr;
 mod rfc_scenarios;
 mod runner;
+mod spf;
 
 use std::collections::HashSet;
 use std::io;
@@ -51,6 +78,8 @@ use thiserror::Error;
 
 use crate::deviations::Deviations;
 use crate::dialogue::Scenario;
+
+pub use crate::auth::run_auth_suites;
 
 /// Why the suites could not be loaded at all.
 #[derive(Debug, Error)]
@@ -164,12 +193,19 @@ impl SuiteReport {
 
 /// The directory of the SMTP suites: `<workspace>/../shared/conformance/smtp`.
 pub fn smtp_suites_dir() -> Result<PathBuf, LoadError> {
+    let dir = conformance_dir()?.join("smtp");
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(LoadError::SharedMissing { dir })
+    }
+}
+
+/// The directory of all suites: `<workspace>/../shared/conformance`.
+fn conformance_dir() -> Result<PathBuf, LoadError> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let beside_workspace = manifest.parent().and_then(Path::parent).unwrap_or(manifest);
-    let dir = beside_workspace
-        .join("shared")
-        .join("conformance")
-        .join("smtp");
+    let dir = beside_workspace.join("shared").join("conformance");
     if dir.is_dir() {
         Ok(dir)
     } else {
