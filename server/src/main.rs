@@ -16,6 +16,8 @@ mod cli;
 mod commit;
 mod config;
 mod delivery;
+mod dkim;
+mod dkimcmd;
 mod dns;
 mod header_from;
 mod init;
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(_) => serve::serve(&dir).map_err(|e| format!("cannot start: {e}")),
         Command::User(user) => usercmd::run(&dir, user.command).map_err(|e| e.to_string()),
+        Command::Dkim(dkim) => dkimcmd::run(&dir, dkim.command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
