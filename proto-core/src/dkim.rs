@@ -221,8 +221,9 @@ impl Sink for Vec<u8> {
 /// The limit counts canonical octets ([RFC 6376 3.5](https://www.rfc-editor.org/rfc/rfc6376#section-3.5),
 /// `l=`: "Body length count (plain-text unsigned decimal integer; OPTIONAL, default is entire
 /// body). This tag informs the Verifier of the number of octets in the body of the email after
-/// canonicalization included in the cryptographic hash"). A verifier compares
-/// [`BodyHash::length`] with `l=`: a shorter canonical body cannot match the signature.
+/// canonicalization included in the cryptographic hash [...] This value MUST NOT be larger
+/// than the actual number of octets in the canonicalized message body"). A verifier compares
+/// [`BodyHash::length`] with `l=` to check that last sentence.
 #[derive(Debug, Clone)]
 pub struct BodyHasher {
     canonicalizer: BodyCanonicalizer,

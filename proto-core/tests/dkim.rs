@@ -173,8 +173,9 @@ fn split<'a>(body: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
 
 /// Whether mail-auth 0.13.3's relaxed body canonicalization is known to go wrong on `body`:
 /// it keeps a CRLF for lines made only of whitespace at the end of the body (and for a body of
-/// whitespace only), where RFC 6376 3.4.4 ignores them as empty lines (see
-/// `mail_auth_relaxed_divergence`). True when such a line follows the last line with content.
+/// whitespace only), where RFC 6376 3.4.4 ignores them as empty lines: whitespace is reduced
+/// first, then empty lines at the end are dropped (the order RFC 4871 erratum 1384 fixed).
+/// See `mail_auth_relaxed_divergence`. True when such a line follows the last line with content.
 fn mail_auth_relaxed_bug(body: &[u8]) -> bool {
     let wsp_only = |line: &[u8]| !line.is_empty() && line.iter().all(|b| *b == b' ' || *b == b'\t');
     let lines: Vec<&[u8]> = split_lines(body);

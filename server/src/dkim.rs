@@ -7,11 +7,12 @@
 //! is the selector (RFC 6376 3.1: one or more labels of letters, digits and inner hyphens).
 //! Ed25519 keys are PKCS#8 (`BEGIN PRIVATE KEY`, what `openssl genpkey -algorithm ed25519`
 //! writes); RSA keys are PKCS#8 or PKCS#1 (`BEGIN RSA PRIVATE KEY`), 2048 bits at least
-//! (RFC 8301 3.2: "Signers MUST use RSA keys of at least 1024 bits"; 2048 is today's floor
-//! for mailbox providers). Every key of a domain signs each message, so a domain can sign
-//! with Ed25519 (RFC 8463) and RSA together, and keys can be rotated by adding the new
-//! selector, publishing it, then removing the old file. Other files in `dkim/` are ignored;
-//! a `.pem` that cannot be used is an error naming the file, so it is never skipped silently.
+//! (RFC 8301 3.2: "Signers MUST use RSA keys of at least 1024 bits for all keys. Signers
+//! SHOULD use RSA keys of at least 2048 bits."; postern makes the SHOULD a must). Every key
+//! of a domain signs each message, so a domain can sign with Ed25519 (RFC 8463) and RSA
+//! together, and keys can be rotated by adding the new selector, publishing it, then
+//! removing the old file. Other files in `dkim/` are ignored; a `.pem` that cannot be used
+//! is an error naming the file, so it is never skipped silently.
 //!
 //! `postern dkim keygen` writes keys in PKCS#8, mode 0600, never over an existing file.
 //!
