@@ -65,7 +65,7 @@ fn str_of<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
 }
 
 #[test]
-fn canon_vectors_body() {
+fn dkim_canon_vectors_body() {
     let vectors = vectors();
     let cases = vectors["body_cases"].as_array().expect("body_cases");
     assert!(cases.len() >= 9, "expected the 9 body cases");
@@ -99,7 +99,7 @@ fn canon_vectors_body() {
 }
 
 #[test]
-fn canon_vectors_headers() {
+fn dkim_canon_vectors_headers() {
     let vectors = vectors();
     let cases = vectors["header_cases"].as_array().expect("header_cases");
     assert!(cases.len() >= 7, "expected the 7 header cases");
@@ -175,7 +175,8 @@ fn split<'a>(body: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
 /// it keeps a CRLF for lines made only of whitespace at the end of the body (and for a body of
 /// whitespace only), where RFC 6376 3.4.4 ignores them as empty lines: whitespace is reduced
 /// first, then empty lines at the end are dropped (the order RFC 4871 erratum 1384 fixed).
-/// See `mail_auth_relaxed_divergence`. True when such a line follows the last line with content.
+/// See `dkim_mail_auth_relaxed_divergence`. True when such a line follows the last line with
+/// content.
 fn mail_auth_relaxed_bug(body: &[u8]) -> bool {
     let wsp_only = |line: &[u8]| !line.is_empty() && line.iter().all(|b| *b == b' ' || *b == b'\t');
     let lines: Vec<&[u8]> = split_lines(body);
@@ -201,7 +202,7 @@ fn split_lines(body: &[u8]) -> Vec<&[u8]> {
 /// them (and with RFC 6376 3.4.4), postern agrees. If mail-auth is fixed, this fails, and
 /// the filter can go.
 #[test]
-fn mail_auth_relaxed_divergence() {
+fn dkim_mail_auth_relaxed_divergence() {
     for (input, rfc) in [
         (&b" \r\n\t\r\n"[..], &b""[..]),
         (b"line  \r\n \r\n\r\n", b"line\r\n"),
@@ -225,9 +226,9 @@ proptest! {
 
     /// Body hashes (SHA-256 and SHA-1, simple and relaxed) equal mail-auth's over the whole
     /// body, however the body is split; relaxed skips the inputs of
-    /// `mail_auth_relaxed_divergence`.
+    /// `dkim_mail_auth_relaxed_divergence`.
     #[test]
-    fn body_hash_matches_mail_auth(body in body(), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+    fn dkim_body_hash_matches_mail_auth(body in body(), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
         let chunks = split(&body, &cuts);
         for c in BOTH {
             if c == Canonicalization::Relaxed && mail_auth_relaxed_bug(&body) {
@@ -250,7 +251,7 @@ proptest! {
 
     /// Chunking never changes our result, including the inputs mail-auth gets wrong.
     #[test]
-    fn chunking_is_invisible(body in body(), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
+    fn dkim_chunking_is_invisible(body in body(), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {
         for c in BOTH {
             prop_assert_eq!(our_canonical(c, &split(&body, &cuts)), our_canonical(c, &[&body]));
         }
@@ -258,7 +259,7 @@ proptest! {
     /// A header field canonicalizes as mail-auth does it (names of letters, digits and dashes;
     /// values with runs of whitespace and folding).
     #[test]
-    fn header_matches_mail_auth(
+    fn dkim_header_matches_mail_auth(
         field_name in "[A-Za-z][A-Za-z0-9-]{0,12}",
         before_colon in "[ \t]{0,2}",
         value in proptest::collection::vec(prop_oneof![
