@@ -215,12 +215,13 @@ pub struct DkimKeys {
 
 /// Signs one message with every key of a domain: see the module doc.
 ///
-/// Call order: [`Signer::update`] with the message (header block, empty line and body, as
-/// stored: CRLF line ends, no dot-stuffing) in consecutive chunks of any size, then
-/// [`Signer::finish`] once.
+/// Call order: [`Signer::new`]; [`Signer::update`] with the message (header block, empty
+/// line and body, as stored: CRLF line ends, no dot-stuffing) in consecutive chunks of any
+/// size; then [`Signer::finish`] once, with the keys of the From domain. The keys are needed
+/// only at the end (every key hashes the body the same way), so the From domain can be read
+/// from [`Signer::header`] once the header block is complete.
 #[derive(Debug)]
-pub struct Signer<'a> {
-    keys: &'a DkimKeys,
+pub struct Signer {
     state: SignerState,
     body: BodyHasher,
 }
@@ -398,6 +399,12 @@ impl DkimKey {
     }
 }
 
+impl Default for Signer {
+    fn default() -> Self {
+        Signer::new()
+    }
+}
+
 impl fmt::Debug for DkimKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DkimKey")
@@ -501,10 +508,19 @@ impl DkimKeys {
         self.keys.is_empty()
     }
 
-    /// A signer for one message.
-    pub fn signer(&self) -> Signer<'_> {
+    /// Signs a whole message in memory: [`Signer`] in one call.
+    #[cfg(test)]
+    pub fn sign(&self, message: &[u8], now: SystemTime) -> Result<Vec<String>, DkimError> {
+        let mut signer = Signer::new();
+        signer.update(message);
+        signer.finish(self, now)
+    }
+}
+
+impl Signer {
+    /// A signer at the start of a message.
+    pub fn new() -> Signer {
         Signer {
-            keys: self,
             state: SignerState::Header {
                 bytes: Vec::new(),
                 searched: 0,
@@ -513,15 +529,15 @@ impl DkimKeys {
         }
     }
 
-    /// Signs a whole message in memory: [`Signer`] in one call.
-    pub fn sign(&self, message: &[u8], now: SystemTime) -> Result<Vec<String>, DkimError> {
-        let mut signer = self.signer();
-        signer.update(message);
-        signer.finish(now)
+    /// The header block (its final CRLF included, not the empty line), once the empty line
+    /// after it has been fed; `None` before, or if it was longer than [`MAX_HEADER_BLOCK`].
+    pub fn header(&self) -> Option<&[u8]> {
+        match &self.state {
+            SignerState::Body { header } => Some(header),
+            SignerState::Header { .. } | SignerState::Failed => None,
+        }
     }
-}
 
-impl Signer<'_> {
     /// Feeds the next piece of the message.
     pub fn update(&mut self, chunk: &[u8]) {
         match &mut self.state {
@@ -554,11 +570,11 @@ impl Signer<'_> {
         }
     }
 
-    /// Ends the message: one `DKIM-Signature` field per key, in key order, each a complete
-    /// folded field ending with CRLF, to be put at the top of the message. `now` is the
-    /// signing time (`t=`). An error means the message must not go out unsigned: the
-    /// submission answers 451.
-    pub fn finish(self, now: SystemTime) -> Result<Vec<String>, DkimError> {
+    /// Ends the message: one `DKIM-Signature` field per key of `keys`, in key order, each a
+    /// complete folded field ending with CRLF, to be put at the top of the message (no field
+    /// for a domain without keys). `now` is the signing time (`t=`). An error means the
+    /// message must not go out unsigned: the submission answers 451.
+    pub fn finish(self, keys: &DkimKeys, now: SystemTime) -> Result<Vec<String>, DkimError> {
         let header = match self.state {
             SignerState::Body { header } => header,
             // No empty line: all header, no body.
@@ -568,8 +584,7 @@ impl Signer<'_> {
         let body_hash = self.body.finish().to_base64();
         let names = signed_names(&header)?;
         let t = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.keys
-            .keys
+        keys.keys
             .iter()
             .map(|key| {
                 let mut field = Folder::new("DKIM-Signature:");
@@ -577,7 +592,7 @@ impl Signer<'_> {
                     "v=1;".to_string(),
                     format!("a={};", key.algorithm()),
                     "c=relaxed/relaxed;".to_string(),
-                    format!("d={};", self.keys.domain),
+                    format!("d={};", keys.domain),
                     format!("s={};", key.selector),
                     format!("t={t};"),
                 ] {
@@ -1176,11 +1191,13 @@ mod tests {
             );
         }
         for step in [1, 2, 3, 7, 64, 1000] {
-            let mut signer = keys.signer();
+            let mut signer = Signer::new();
             for chunk in message.chunks(step) {
                 signer.update(chunk);
             }
-            let fields = signer.finish(now).expect("sign");
+            let (header, _) = split(&message);
+            assert_eq!(signer.header(), Some(header));
+            let fields = signer.finish(&keys, now).expect("sign");
             // Ed25519 and RSA PKCS#1 v1.5 are deterministic: byte for byte the same.
             assert_eq!(fields, whole, "chunks of {step}");
         }
@@ -1230,13 +1247,17 @@ mod tests {
                 .len(),
             1
         );
-        let mut signer = keys.signer();
+        let mut signer = Signer::new();
         signer.update(b"From: a@example.org\r\nX-Long: ");
         for _ in 0..(MAX_HEADER_BLOCK / 1000 + 1) {
             signer.update(&[b'x'; 1000]);
         }
         signer.update(b"\r\n\r\nbody\r\n");
-        assert!(matches!(signer.finish(now), Err(DkimError::HeaderTooLong)));
+        assert_eq!(signer.header(), None);
+        assert!(matches!(
+            signer.finish(&keys, now),
+            Err(DkimError::HeaderTooLong)
+        ));
     }
 
     #[test]

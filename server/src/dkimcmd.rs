@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use crate::cli::DkimCommand;
 use crate::config::{FILE_NAME, Settings};
-use crate::dkim::{self, DkimKey, DkimKeys};
+use crate::dkim::{self, DkimKey, DkimKeys, Signer};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::header_from::from_addresses;
 use crate::userdb::Address;
@@ -44,9 +44,13 @@ pub fn run(dir: &Path, command: DkimCommand) -> Result<(), String> {
         }
         DkimCommand::Sign(c) => {
             let message = read_message(&c.file)?;
+            // The path the submission takes: the message streams through a Signer, the keys
+            // come in at the end.
+            let mut signer = Signer::new();
+            signer.update(&message);
             let domain = match c.domain {
                 Some(domain) => domain,
-                None => from_domain(&message).ok_or_else(|| {
+                None => signer.header().and_then(from_domain).ok_or_else(|| {
                     format!(
                         "{}: no From address to take the domain from; give --domain",
                         c.file.display()
@@ -57,8 +61,8 @@ pub fn run(dir: &Path, command: DkimCommand) -> Result<(), String> {
             if keys.is_empty() {
                 return Err(no_keys(dir, &domain));
             }
-            let fields = keys
-                .sign(&message, SystemTime::now())
+            let fields = signer
+                .finish(&keys, SystemTime::now())
                 .map_err(|e| format!("{}: {e}", c.file.display()))?;
             let mut out = fields.concat().into_bytes();
             out.extend_from_slice(&message);
@@ -127,9 +131,9 @@ fn read_message(path: &Path) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The domain of the first address of the message's From field.
-fn from_domain(message: &[u8]) -> Option<String> {
-    let field = proto_core::dkim::HeaderFields::new(message)
+/// The domain of the first address of the From field of a header block.
+fn from_domain(header: &[u8]) -> Option<String> {
+    let field = proto_core::dkim::HeaderFields::new(header)
         .find(|f| f.name.eq_ignore_ascii_case(b"From"))?;
     let text = String::from_utf8_lossy(field.raw);
     let value = text.split_once(':')?.1;

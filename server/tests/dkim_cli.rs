@@ -463,3 +463,68 @@ fn sign_then_verify_against_the_test_dns_server() {
         text(&out)
     );
 }
+
+/// `verify` on RFC 8463 A.3 (ed25519-sha256 and rsa-sha256, relaxed) and on the same message
+/// signed simple/simple by dkimpy, keys served from the vectors' dns.txt.
+#[test]
+fn verify_rfc8463_vectors() {
+    let vectors =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/dkim/rfc/rfc8463");
+    let dns = fs::read_to_string(vectors.join("dns.txt")).expect("dns.txt");
+    let published: Vec<Record> = dns
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, value)| Record {
+            name: name.to_string(),
+            strings: value
+                .as_bytes()
+                .chunks(255)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect(),
+        })
+        .collect();
+    assert_eq!(published.len(), 2, "{dns}");
+    let dir = config_dir();
+    let root = dir.path();
+    let mut zone = String::from(
+        "football.example.com. 3600 SOA ns.example.com. h.example.com. 1 7200 900 1209600 60\n",
+    );
+    for r in &published {
+        let strings: Vec<String> = r.strings.iter().map(|s| format!("\"{s}\"")).collect();
+        zone.push_str(&format!("{}. 60 TXT {}\n", r.name, strings.join(" ")));
+    }
+    fs::write(root.join("test.zone"), zone).expect("zone");
+    let server =
+        TestServer::start(Ipv4Addr::LOCALHOST.into(), &root.join("test.zone")).expect("dns");
+    common::write_config(
+        root,
+        &format!("[dns]\nnameservers = [\"{}\"]\n", server.addr),
+    );
+
+    for file in ["signed-relaxed.eml", "signed-simple-dkimpy.eml"] {
+        let out = dkim(
+            root,
+            &["verify", vectors.join(file).to_str().expect("path")],
+        );
+        assert!(out.status.success(), "{file}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("d=football.example.com s=brisbane: pass"),
+            "{file}: {}",
+            text(&out)
+        );
+        assert!(
+            stdout.contains("d=football.example.com s=test: pass"),
+            "{file}: {}",
+            text(&out)
+        );
+    }
+    let out = dkim(
+        root,
+        &[
+            "verify",
+            vectors.join("unsigned.eml").to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
