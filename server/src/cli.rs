@@ -147,12 +147,12 @@ pub enum DkimCommand {
     Verify(DkimVerify),
 }
 
-/// generate a signing key for a local domain in domains/<domain>/dkim/<selector>.pem (mode
-/// 0600, never overwriting one) and print the DNS record to publish
+/// generate a signing key for a local domain in domains/DOMAIN/dkim/SELECTOR.pem (mode 0600,
+/// never overwriting one) and print the DNS record to publish
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "keygen")]
 pub struct DkimKeygen {
-    /// the local domain; domains/<domain>/ must exist
+    /// the local domain; domains/DOMAIN/ must exist
     #[argh(positional)]
     pub domain: String,
     /// the selector (default: rsa-YYYYMM or ed-YYYYMM, this month)
@@ -185,8 +185,8 @@ pub struct DkimSign {
     pub domain: Option<String>,
 }
 
-/// verify the DKIM signatures of a message file, asking the resolvers of postern.toml
-/// ([dns] nameservers, else /etc/resolv.conf); exit status 0 only if there is at least one
+/// verify the DKIM signatures of a message file, asking the nameservers of postern.toml's
+/// dns table (else those of /etc/resolv.conf); exit status 0 only if there is at least one
 /// signature and all pass
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "verify")]
