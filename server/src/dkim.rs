@@ -329,17 +329,11 @@ impl DkimKey {
             path: PathBuf::from(format!("<seed of {selector}>")),
             reason,
         };
-        // mail-auth builds a key from a seed only together with its public key: derive that
-        // from a throw-away PKCS#8 wrapping of the seed (RFC 8410 7).
-        let mut pkcs8 = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
-            0x04, 0x20,
-        ];
-        if seed.len() != 32 {
-            return Err(bad(format!("a seed is 32 octets, not {}", seed.len())));
-        }
-        pkcs8.extend_from_slice(seed);
-        let key = Ed25519Key::from_pkcs8_der(&pkcs8).map_err(|e| bad(e.to_string()))?;
+        let seed: &[u8; 32] = seed
+            .try_into()
+            .map_err(|_| bad(format!("a seed is 32 octets, not {}", seed.len())))?;
+        let key =
+            Ed25519Key::from_pkcs8_der(&ed25519_pkcs8(seed)).map_err(|e| bad(e.to_string()))?;
         Ok(DkimKey {
             selector: selector.to_string(),
             path: PathBuf::new(),
@@ -789,9 +783,13 @@ pub fn generate(
     let generate = |e: mail_auth::Error| DkimError::Generate(e.to_string());
     let pem: String = match algorithm {
         KeyAlgorithm::Ed25519 => {
-            let pair =
-                mail_auth::dkim::generate::DkimKeyPair::generate_ed25519().map_err(generate)?;
-            pem_encode("PRIVATE KEY", pair.private_key())
+            // Not mail-auth's generator: it writes PKCS#8 v2 (with the public key), which
+            // OpenSSL 3.0 cannot read; v1 is what `openssl genpkey` writes.
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| DkimError::Generate(e.to_string()))?;
+            let pem = pem_encode("PRIVATE KEY", &ed25519_pkcs8(&seed));
+            seed.fill(0);
+            pem
         }
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
             let bits = if algorithm == KeyAlgorithm::Rsa2048 {
@@ -837,6 +835,16 @@ pub fn generate(
         Err(source) => return Err(DkimError::Io { path, source }),
     }
     Ok((DkimKey::load(&path)?, ascii))
+}
+
+/// The PKCS#8 v1 form of an Ed25519 private key (RFC 8410 7): a fixed prefix, then the
+/// 32-octet seed as an OCTET STRING inside the privateKey OCTET STRING.
+fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    [&PREFIX[..], seed].concat()
 }
 
 /// PEM text of DER data under `label`, 64 columns (RFC 7468).

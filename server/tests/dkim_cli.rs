@@ -528,3 +528,71 @@ fn verify_rfc8463_vectors() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+/// Runs openssl with `args`; its standard output.
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    out.stdout
+}
+
+/// Keys made by openssl (Ed25519 PKCS#8, RSA PKCS#1 "traditional") are read, and their records
+/// carry the public keys openssl derives; openssl reads the keys keygen writes.
+#[test]
+fn keys_interoperate_with_openssl() {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let dir = config_dir();
+    let root = dir.path();
+    let keys = root.join("domains/example.org/dkim");
+    fs::create_dir_all(&keys).expect("mkdir");
+    let ed = keys.join("o-ed.pem");
+    let rsa = keys.join("o-rsa.pem");
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", &path(&ed)]);
+    openssl(&["genrsa", "-traditional", "-out", &path(&rsa), "2048"]);
+    assert!(
+        fs::read_to_string(&rsa)
+            .expect("rsa")
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+    );
+
+    let out = dkim(root, &["dns", "example.org"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let published = records(&out.stdout);
+    assert_eq!(published.len(), 2, "{}", text(&out));
+    let ed_spki = openssl(&["pkey", "-in", &path(&ed), "-pubout", "-outform", "DER"]);
+    assert_eq!(
+        published[0].value(),
+        format!(
+            "v=DKIM1; k=ed25519; p={}",
+            b64(&ed_spki[ed_spki.len() - 32..])
+        )
+    );
+    let rsa_spki = openssl(&["pkey", "-in", &path(&rsa), "-pubout", "-outform", "DER"]);
+    assert_eq!(
+        published[1].value(),
+        format!("v=DKIM1; k=rsa; p={}", b64(&rsa_spki))
+    );
+
+    for algo in ["ed25519", "rsa2048"] {
+        let out = dkim(
+            root,
+            &["keygen", "example.org", "--algo", algo, "--selector", algo],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let ours = keys.join(format!("{algo}.pem"));
+        let spki = openssl(&["pkey", "-in", &path(&ours), "-pubout", "-outform", "DER"]);
+        let value = records(&out.stdout)[0].value();
+        let p = if algo == "ed25519" {
+            b64(&spki[spki.len() - 32..])
+        } else {
+            b64(&spki)
+        };
+        assert!(value.ends_with(&format!("; p={p}")), "{algo}: {value}");
+    }
+}
