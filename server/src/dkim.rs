@@ -896,12 +896,7 @@ pub async fn verify(message: &[u8], resolver: &Resolver) -> Result<Vec<Verdict>,
         mail_auth::hickory_resolver::config::ResolverOpts::default(),
     )
     .map_err(|e| DkimError::Verifier(e.to_string()))?;
-    let params = Parameters::new(&parsed)
-        .with_txt_cache(&cache)
-        .with_mx_cache(&EmptyCache)
-        .with_ipv4_cache(&EmptyCache)
-        .with_ipv6_cache(&EmptyCache)
-        .with_ptr_cache(&EmptyCache);
+    let params = Parameters::new(&parsed).with_txt_cache(&cache);
     let outputs = authenticator.verify_dkim(params).await;
     Ok(outputs
         .iter()
@@ -992,29 +987,6 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, value);
     }
-}
-
-/// A cache that holds nothing (DKIM needs only TXT records).
-struct EmptyCache;
-
-impl<K, V> ResolverCache<K, V> for EmptyCache {
-    fn get<Q>(&self, _: &Q) -> Option<V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        None
-    }
-
-    fn remove<Q>(&self, _: &Q) -> Option<V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        None
-    }
-
-    fn insert(&self, _: K, _: V, _: Instant) {}
 }
 
 #[cfg(test)]
