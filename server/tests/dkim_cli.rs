@@ -596,3 +596,38 @@ fn keys_interoperate_with_openssl() {
         assert!(value.ends_with(&format!("; p={p}")), "{algo}: {value}");
     }
 }
+
+/// An internationalized domain: its directory in Unicode, the record name and `d=` in A-labels.
+#[test]
+fn idn_domains_use_a_labels() {
+    let dir = config_dir();
+    let root = dir.path();
+    fs::create_dir_all(root.join("domains/bücher.example")).expect("mkdir");
+    let out = dkim(
+        root,
+        &[
+            "keygen",
+            "XN--BCHER-KVA.example",
+            "--algo",
+            "ed25519",
+            "--selector",
+            "s",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(root.join("domains/bücher.example/dkim/s.pem").exists());
+    assert_eq!(
+        records(&out.stdout)[0].name,
+        "s._domainkey.xn--bcher-kva.example"
+    );
+    let file = root.join("m.eml");
+    fs::write(
+        &file,
+        "From: José <jose@bücher.example>\r\nSubject: x\r\n\r\nhi\r\n",
+    )
+    .expect("write");
+    let out = dkim(root, &["sign", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let signed = String::from_utf8_lossy(&out.stdout);
+    assert!(signed.contains(" d=xn--bcher-kva.example;"), "{signed}");
+}
