@@ -146,6 +146,7 @@ mod client_config;
 mod command;
 mod config;
 mod data;
+pub mod dkim;
 mod dsn;
 mod reply;
 mod retry;

@@ -47,7 +47,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use sha1::Sha1;
+use sha1_hmac::Sha1;
 
 use crate::address::{Domain, LocalPart, Mailbox};
 

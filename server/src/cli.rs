@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 
+use crate::dkim::KeyAlgorithm;
+
 /// The system-wide configuration directory, used when it exists.
 const SYSTEM_DIR: &str = "/etc/postern";
 /// The directory used when neither `-C` nor the system directory is there.
@@ -33,6 +35,8 @@ pub enum Command {
     User(User),
     /// Inspect the aliases of the local domains.
     Alias(Alias),
+    /// DKIM keys, records and signatures.
+    Dkim(Dkim),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -153,6 +157,77 @@ pub struct AliasResolve {
     /// characters that start a suffix, removed with the rest of the local part (default "+")
     #[argh(option, default = "String::from(\"+\")")]
     pub suffix_separators: String,
+}
+
+/// DKIM: make keys (keygen), print their DNS records (dns), sign or verify a message by hand
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "dkim")]
+pub struct Dkim {
+    #[argh(subcommand)]
+    pub command: DkimCommand,
+}
+
+/// A DKIM command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum DkimCommand {
+    /// Generate a key.
+    Keygen(DkimKeygen),
+    /// Print the DNS records of a domain's keys.
+    Dns(DkimDns),
+    /// Sign a message.
+    Sign(DkimSign),
+    /// Verify a message's signatures.
+    Verify(DkimVerify),
+}
+
+/// generate a signing key for a local domain in domains/DOMAIN/dkim/SELECTOR.pem (mode 0600,
+/// never overwriting one) and print the DNS record to publish
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "keygen")]
+pub struct DkimKeygen {
+    /// the local domain; domains/DOMAIN/ must exist
+    #[argh(positional)]
+    pub domain: String,
+    /// the selector (default: rsa-YYYYMM or ed-YYYYMM, this month)
+    #[argh(option)]
+    pub selector: Option<String>,
+    /// the key type: rsa2048 (default: every verifier knows it), rsa3072 or ed25519
+    #[argh(option, default = "KeyAlgorithm::Rsa2048")]
+    pub algo: KeyAlgorithm,
+}
+
+/// print the DNS records (zone-file lines) of every key of a local domain
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "dns")]
+pub struct DkimDns {
+    /// the local domain
+    #[argh(positional)]
+    pub domain: String,
+}
+
+/// sign a message file with every key of its From domain (or --domain) and print it, the
+/// signatures at the top, on standard output
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "sign")]
+pub struct DkimSign {
+    /// the message (LF line ends are read as CRLF)
+    #[argh(positional)]
+    pub file: PathBuf,
+    /// sign for this local domain instead of the From address's
+    #[argh(option)]
+    pub domain: Option<String>,
+}
+
+/// verify the DKIM signatures of a message file, asking the nameservers of postern.toml's
+/// dns table (else those of /etc/resolv.conf); exit status 0 only if there is at least one
+/// signature and all pass
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "verify")]
+pub struct DkimVerify {
+    /// the message (LF line ends are read as CRLF)
+    #[argh(positional)]
+    pub file: PathBuf,
 }
 
 impl Cli {

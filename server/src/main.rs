@@ -22,6 +22,8 @@ mod commit;
 mod config;
 mod delivery;
 mod dispatch;
+mod dkim;
+mod dkimcmd;
 mod dns;
 mod header_from;
 mod init;
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Serve(_) => serve::serve(&dir).map_err(|e| format!("cannot start: {e}")),
         Command::User(user) => usercmd::run(&dir, user.command).map_err(|e| e.to_string()),
         Command::Alias(alias) => aliascmd::run(&dir, alias.command).map_err(|e| e.to_string()),
+        Command::Dkim(dkim) => dkimcmd::run(&dir, dkim.command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
