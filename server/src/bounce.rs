@@ -131,6 +131,7 @@ impl Bouncer {
             ret: None,
             envid: None,
             requiretls: false,
+            headers: String::new(),
             received_at: secs,
             trace: TraceRecord {
                 helo: self.hostname.clone(),

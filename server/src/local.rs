@@ -382,7 +382,9 @@ fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> St
         id: id.to_string(),
     };
     let received = UNIX_EPOCH + Duration::from_secs(envelope.received_at);
-    trace.header(&envelope.from, &to.to_string(), received)
+    let mut header = trace.header(&envelope.from, &to.to_string(), received);
+    header.push_str(&envelope.headers);
+    header
 }
 
 #[cfg(test)]

@@ -485,6 +485,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         ret: t.params.ret,
         envid: t.params.envid.clone(),
         requiretls: t.params.requiretls,
+        headers: String::new(),
         received_at: now,
         trace: TraceRecord {
             helo: session.helo().unwrap_or("unknown").to_string(),
@@ -511,6 +512,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
                 attempts: 0,
                 next_attempt: 0,
                 last_error: None,
+                sender: None,
             })
             .collect(),
     }

@@ -93,6 +93,10 @@ pub struct Envelope {
     pub envid: Option<String>,
     /// MAIL's `REQUIRETLS` (RFC 8689): relay only over verified TLS.
     pub requiretls: bool,
+    /// Header fields added on reception, each ending in CRLF, put on top of the stored
+    /// message (below the trace fields of each delivery): `Authentication-Results`,
+    /// `Received-SPF`, `DKIM-Signature`, ARC sets. Empty when there are none.
+    pub headers: String,
     /// When the message was accepted, in seconds since the Unix epoch.
     pub received_at: u64,
     /// What the `Received:` field says about the connection.
@@ -137,6 +141,9 @@ pub struct Recipient {
     pub next_attempt: u64,
     /// What the last failed attempt ran into, for the queue listing and the bounce.
     pub last_error: Option<String>,
+    /// The reverse path to use for this recipient instead of the message's (`<...>`): the
+    /// SRS address of a forwarded copy. `None`: the message's own.
+    pub sender: Option<String>,
 }
 
 impl Recipient {
@@ -150,6 +157,7 @@ impl Recipient {
             attempts: 0,
             next_attempt: 0,
             last_error: None,
+            sender: None,
         }
     }
 }
@@ -568,9 +576,11 @@ impl Envelope {
         }
         // Version 2.
         w.bool(self.requiretls);
+        w.str(&self.headers);
         for r in &self.recipients {
             w.u64(r.next_attempt);
             w.opt_str(r.last_error.as_deref());
+            w.opt_str(r.sender.as_deref());
         }
         w.0
     }
@@ -655,14 +665,18 @@ impl Envelope {
                 attempts,
                 next_attempt: 0,
                 last_error: None,
+                sender: None,
             });
         }
         let mut requiretls = false;
+        let mut headers = String::new();
         if version >= 2 {
             requiretls = r.bool()?;
+            headers = r.str()?;
             for recipient in &mut recipients {
                 recipient.next_attempt = r.u64()?;
                 recipient.last_error = r.opt_str()?;
+                recipient.sender = r.opt_str()?;
             }
         }
         if !r.0.is_empty() {
@@ -675,6 +689,7 @@ impl Envelope {
             ret,
             envid,
             requiretls,
+            headers,
             received_at,
             trace: TraceRecord {
                 helo,
@@ -812,6 +827,7 @@ impl Envelope {
             ret: None,
             envid: None,
             requiretls: false,
+            headers: String::new(),
             received_at: 0,
             trace: TraceRecord::default(),
             size,
@@ -833,6 +849,7 @@ mod tests {
             ret: Some(Ret::Headers),
             envid: Some("env-1".into()),
             requiretls: true,
+            headers: "Authentication-Results: mx.example.org; spf=pass\r\n".into(),
             received_at: 1_780_000_000,
             trace: TraceRecord {
                 helo: "client.test".into(),
@@ -859,6 +876,7 @@ mod tests {
                     attempts: 0,
                     next_attempt: 0,
                     last_error: None,
+                    sender: None,
                 },
                 Recipient {
                     address: Address::Pipe {
@@ -871,6 +889,7 @@ mod tests {
                     attempts: 1,
                     next_attempt: 1_780_000_600,
                     last_error: Some("exit 75".into()),
+                    sender: None,
                 },
                 Recipient {
                     address: Address::Remote("carol@elsewhere.test".into()),
@@ -880,6 +899,7 @@ mod tests {
                     attempts: 3,
                     next_attempt: 1_780_000_600,
                     last_error: Some("451 4.7.1 greylisted".into()),
+                    sender: Some("<SRS0=HHH=TT=example.net=bob@example.org>".into()),
                 },
                 Recipient {
                     address: Address::Local {
@@ -892,6 +912,7 @@ mod tests {
                     attempts: 7,
                     next_attempt: 1_780_000_600,
                     last_error: Some("451 4.7.1 greylisted".into()),
+                    sender: None,
                 },
             ],
         }
@@ -915,17 +936,26 @@ mod tests {
         let v2 = e.encode();
         // Version 1 is version 2 without its tail: REQUIRETLS, then per recipient a u64 and
         // an optional string.
-        let tail: usize = 1 + e
-            .recipients
-            .iter()
-            .map(|r| 8 + 1 + r.last_error.as_ref().map_or(0, |t| 4 + t.len()))
-            .sum::<usize>();
+        let tail: usize = 1
+            + 4
+            + e.headers.len()
+            + e.recipients
+                .iter()
+                .map(|r| {
+                    8 + 1
+                        + r.last_error.as_ref().map_or(0, |t| 4 + t.len())
+                        + 1
+                        + r.sender.as_ref().map_or(0, |t| 4 + t.len())
+                })
+                .sum::<usize>();
         let mut v1 = v2[..v2.len() - tail].to_vec();
         v1[0] = 1;
         e.requiretls = false;
+        e.headers.clear();
         for r in &mut e.recipients {
             r.next_attempt = 0;
             r.last_error = None;
+            r.sender = None;
         }
         assert_eq!(Envelope::decode(&v1), Ok(e));
     }

@@ -214,14 +214,17 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         return;
     }
     let now = unix_now();
-    // Due recipients, grouped by domain.
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    // Due recipients, grouped by domain and reverse path (a forwarded copy has its own).
+    let mut groups: BTreeMap<(String, Option<String>), Vec<usize>> = BTreeMap::new();
     for (i, r) in envelope.recipients.iter().enumerate() {
         if r.state != RecipientState::Pending || r.next_attempt > now {
             continue;
         }
         if let Address::Remote(address) = &r.address {
-            groups.entry(domain_of(address)).or_default().push(i);
+            groups
+                .entry((domain_of(address), r.sender.clone()))
+                .or_default()
+                .push(i);
         }
     }
     if groups.is_empty() {
@@ -233,7 +236,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
     let envelope = Arc::new(envelope);
     let tasks: Vec<_> = groups
         .into_iter()
-        .map(|(domain, indexes)| {
+        .map(|((domain, _), indexes)| {
             let o = o.clone();
             let id = id.clone();
             let envelope = envelope.clone();
@@ -855,7 +858,12 @@ fn mail_job(
     envelope: &Envelope,
     recipients: &[(ForwardPath, &crate::store::Recipient)],
 ) -> MailJob {
-    let from = ReversePath::parse(&envelope.from).unwrap_or(ReversePath::Null);
+    // Recipients of one group share their reverse path (see `process`).
+    let from = recipients
+        .first()
+        .and_then(|(_, r)| r.sender.as_deref())
+        .unwrap_or(&envelope.from);
+    let from = ReversePath::parse(from).unwrap_or(ReversePath::Null);
     let mut job = MailJob::new(from, recipients.iter().map(|(p, _)| p.clone()));
     job.recipients = recipients
         .iter()
@@ -906,6 +914,7 @@ fn received_header(o: &Outbound, id: &QueueId, envelope: &Envelope) -> String {
         o.hostname,
         rfc5322_date(received)
     ));
+    h.push_str(&envelope.headers);
     h
 }
 
