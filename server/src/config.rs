@@ -39,6 +39,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
 /// The default interval between checks of `certs/` for renewed certificates, in seconds.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: u64 = 5;
 
+/// How long the bounce address of a forwarded message (SRS) stays valid, in days.
+pub const DEFAULT_SRS_MAX_AGE_DAYS: u16 = 21;
+
 /// What a listener is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -101,6 +104,10 @@ pub struct Settings {
     pub dns_nameservers: Vec<SocketAddr>,
     /// `[delivery]` and `[routes]`: outbound delivery.
     pub delivery: crate::outbound::settings::DeliverySettings,
+    /// `[aliases]`: how alias lookups clean local parts.
+    pub alias_options: proto_core::AliasOptions,
+    /// `[aliases] srs_max_age_days`: how long a forwarded message's bounce address is valid.
+    pub srs_max_age_days: u16,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -141,9 +148,19 @@ struct RawFile {
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
+    aliases: RawAliases,
+    #[serde(default)]
     delivery: crate::outbound::settings::RawDelivery,
     #[serde(default)]
     routes: BTreeMap<Spanned<String>, Spanned<crate::outbound::settings::RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAliases {
+    drop_characters: Option<String>,
+    suffix_separators: Option<Spanned<String>>,
+    srs_max_age_days: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,6 +478,39 @@ impl Settings {
             }
         }
 
+        let mut alias_options = proto_core::AliasOptions::default();
+        if let Some(d) = raw.aliases.drop_characters {
+            alias_options.drop_characters = d;
+        }
+        if let Some(sep) = raw.aliases.suffix_separators {
+            if sep
+                .get_ref()
+                .chars()
+                .any(|c| c.is_alphanumeric() || c == '@')
+            {
+                return Err(error(
+                    at(sep.span()),
+                    format!(
+                        "suffix_separators = {:?} holds letters, digits or @",
+                        sep.get_ref()
+                    ),
+                    "give punctuation only, e.g. suffix_separators = \"+\" or \"+-\"",
+                ));
+            }
+            alias_options.suffix_separators = sep.into_inner();
+        }
+        let srs_max_age_days = match raw.aliases.srs_max_age_days {
+            Some(d) if *d.get_ref() == 0 || *d.get_ref() > 1000 => {
+                return Err(error(
+                    at(d.span()),
+                    format!("srs_max_age_days = {} is out of range", d.get_ref()),
+                    "give a number of days from 1 to 1000, e.g. 21",
+                ));
+            }
+            Some(d) => d.into_inner(),
+            None => DEFAULT_SRS_MAX_AGE_DAYS,
+        };
+
         let delivery =
             crate::outbound::settings::parse(raw.delivery, raw.routes, dir, file, &|span| {
                 line_of(text, &span)
@@ -485,6 +535,8 @@ impl Settings {
             header_from,
             dns_nameservers: raw.dns.nameservers,
             delivery,
+            alias_options,
+            srs_max_age_days,
         })
     }
 

@@ -116,6 +116,16 @@ header_from = "reject"
 [dns]
 nameservers = []
 
+# Aliases (domains/<domain>/aliases) and forwarding.
+[aliases]
+# Characters ignored in local parts when looking up aliases and users ("j.doe" is "jdoe").
+drop_characters = "."
+# Characters that start a suffix ("bob+news" is "bob" when there is no "bob+news").
+suffix_separators = "+"
+# Forwarded mail gets an SRS sender (SRS0=...@your.domain) so that SPF passes at the next
+# hop; bounces to it are accepted for this many days. The key is <data_dir>/srs.key.
+srs_max_age_days = 21
+
 # Outbound delivery: mail from authenticated users to other domains, and bounces.
 [delivery]
 # Which address family to try first: "ipv6" (then IPv4), "ipv4" (then IPv6), "ipv6-only"

@@ -21,6 +21,7 @@ mod cli;
 mod commit;
 mod config;
 mod delivery;
+mod destinations;
 mod dispatch;
 mod dkim;
 mod dkimcmd;

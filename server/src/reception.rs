@@ -26,14 +26,16 @@ use proto_core::{
 };
 use runtime_smol::Handler;
 
+use crate::aliases::Aliases;
 use crate::auth::Authenticator;
 use crate::commit::Committer;
 use crate::config::Role;
+use crate::destinations::{self, Decision};
 use crate::dispatch::Dispatch;
 use crate::header_from::{self, HeaderCollector};
 use crate::log;
 use crate::queue::QueueId;
-use crate::recipients::{Lookup, Recipients};
+use crate::recipients::Recipients;
 use crate::relay::{self, HeaderFromCheck, Policy, Target};
 use crate::store::{self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, TraceRecord};
 use crate::trace::{MAX_RECEIVED, ReceivedCounter};
@@ -44,6 +46,10 @@ use crate::userdb::Address;
 pub struct Shared {
     /// Recipient lookups.
     pub recipients: Recipients,
+    /// The alias tables of the local domains.
+    pub aliases: Arc<Aliases>,
+    /// SRS for forwarded mail and its bounces.
+    pub srs: Arc<proto_core::Srs>,
     /// Checks logins.
     pub auth: Arc<Authenticator>,
     /// Who may relay and send as whom.
@@ -75,7 +81,8 @@ struct Transaction {
     id: QueueId,
     from: ReversePath,
     params: MailParams,
-    recipients: Vec<(store::Address, RcptParams)>,
+    /// Each recipient: where it goes, its own reverse path (SRS) if any, its parameters.
+    recipients: Vec<(store::Address, Option<String>, RcptParams)>,
     received: ReceivedCounter,
     /// The header section, for the header From check of authenticated users.
     header: HeaderCollector,
@@ -220,13 +227,34 @@ impl Reception {
 }
 
 impl Reception {
-    /// Adds a recipient to the open transaction, once.
-    fn add_recipient(&mut self, address: store::Address, params: &RcptParams) {
-        if let Some(t) = &mut self.transaction
-            && !t.recipients.iter().any(|(a, _)| *a == address)
-        {
-            t.recipients.push((address, params.clone()));
+    /// Adds a recipient to the open transaction, once. A recipient that an alias expanded
+    /// `to` into keeps `to` as its original recipient (ORCPT, for DSNs) unless the client
+    /// gave one.
+    fn add_recipient(
+        &mut self,
+        address: store::Address,
+        sender: Option<String>,
+        to: &ForwardPath,
+        params: &RcptParams,
+    ) {
+        let Some(t) = &mut self.transaction else {
+            return;
+        };
+        if t.recipients.iter().any(|(a, _, _)| *a == address) {
+            return;
         }
+        let mut params = params.clone();
+        if params.orcpt.is_none()
+            && let ForwardPath::Mailbox(m) = to
+            && address != store::Address::Remote(m.to_string())
+            && m.is_ascii()
+        {
+            params.orcpt = Some(proto_core::OriginalRecipient {
+                addr_type: "rfc822".into(),
+                address: m.to_string(),
+            });
+        }
+        t.recipients.push((address, sender, params));
     }
 }
 
@@ -271,17 +299,22 @@ impl Handler for Reception {
     }
 
     async fn rcpt(&mut self, session: &Session, to: &ForwardPath, params: &RcptParams) -> Verdict {
-        let (id, from) = match &self.transaction {
-            Some(t) => (t.id.to_string(), t.from.to_string()),
-            None => ("-".to_string(), String::new()),
+        let (id, from, sender) = match &self.transaction {
+            Some(t) => (t.id.to_string(), t.from.to_string(), t.from.clone()),
+            None => ("-".to_string(), String::new(), ReversePath::Null),
         };
         let what = format!("from={from} to={to}");
         let shared = self.shared.clone();
         let path = to.clone();
         let relay_ok = self.may_relay(session);
-        let (target, lookup) = smol::unblock(move || {
+        let (target, decision) = smol::unblock(move || {
             let target = relay::route(&path, |d| shared.recipients.is_local_domain(d));
-            (target, shared.recipients.lookup(&path))
+            let resolver = destinations::Resolver {
+                recipients: &shared.recipients,
+                aliases: &shared.aliases,
+                srs: &shared.srs,
+            };
+            (target, resolver.decide(&path, &sender, SystemTime::now()))
         })
         .await;
         if target == Target::RoutedLocalPart {
@@ -296,26 +329,20 @@ impl Handler for Reception {
                 ),
             );
         }
-        match lookup {
-            Ok(Lookup::Local(mailbox)) => {
-                let address = store::Address::Local {
-                    domain: mailbox.domain,
-                    user: mailbox.user,
-                };
-                self.add_recipient(address, params);
+        match decision {
+            Decision::Accept(targets) => {
+                for t in targets {
+                    self.add_recipient(t.address, t.sender, to, params);
+                }
                 Verdict::Accept
             }
-            // RFC 5321 3.4.2 / RFC 3463: 5.1.1 "Bad destination mailbox address".
-            Ok(Lookup::UnknownUser) => self.refuse(
-                session,
-                &id,
-                &what,
-                reply(550, (5, 1, 1), "No such user here"),
-            ),
+            Decision::Refuse(code, status, text) => {
+                self.refuse(session, &id, &what, reply(code, status, &text))
+            }
             // An authenticated user (or a trusted network) sending elsewhere: outbound.
-            Ok(Lookup::NotLocal) if relay_ok => match to {
+            Decision::NotLocal if relay_ok => match to {
                 ForwardPath::Mailbox(m) => {
-                    self.add_recipient(store::Address::Remote(m.to_string()), params);
+                    self.add_recipient(store::Address::Remote(m.to_string()), None, to, params);
                     Verdict::Accept
                 }
                 _ => self.refuse(
@@ -326,24 +353,12 @@ impl Handler for Reception {
                 ),
             },
             // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
-            Ok(Lookup::NotLocal) => self.refuse(
+            Decision::NotLocal => self.refuse(
                 session,
                 &id,
                 &what,
                 reply(550, (5, 7, 1), "Relaying denied"),
             ),
-            Err(e) => {
-                log::event(
-                    "failed",
-                    format_args!("{what} reason=\"recipient lookup: {e}\""),
-                );
-                self.refuse(
-                    session,
-                    &id,
-                    &what,
-                    reply(451, (4, 3, 0), "Temporary local problem, try again later"),
-                )
-            }
         }
     }
 
@@ -501,7 +516,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         recipients: t
             .recipients
             .iter()
-            .map(|(address, params)| Recipient {
+            .map(|(address, sender, params)| Recipient {
                 address: address.clone(),
                 orcpt: params
                     .orcpt
@@ -512,7 +527,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
                 attempts: 0,
                 next_attempt: 0,
                 last_error: None,
-                sender: None,
+                sender: sender.clone(),
             })
             .collect(),
     }

@@ -106,6 +106,33 @@ impl Recipients {
     }
 }
 
+impl Recipients {
+    /// Whether `user` (normalised: lower case, NFC) exists in the local `domain` (Unicode or
+    /// A-label): postmaster, a user of the users file, or a user with a Maildir. No suffix
+    /// handling: the alias resolution tries the forms it wants.
+    pub fn user_exists(&self, domain: &str, user: &str) -> Result<bool, String> {
+        if user == POSTMASTER {
+            return Ok(true);
+        }
+        let Ok(address) = Address::parse(&format!("{user}@{domain}")) else {
+            return Ok(false);
+        };
+        if self
+            .users
+            .get(&address)
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        let local = LocalMailbox {
+            domain: address.ascii_domain().to_string(),
+            user: address.local().to_string(),
+        };
+        Ok(local.maildir(&self.mail_dir).is_dir())
+    }
+}
+
 impl LocalMailbox {
     /// Its Maildir under `mail_dir`.
     pub fn maildir(&self, mail_dir: &Path) -> PathBuf {

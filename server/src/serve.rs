@@ -52,10 +52,12 @@ use futures_lite::{StreamExt, future};
 use proto_core::{AuthPolicy, Config};
 use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
+use crate::aliases::Aliases;
 use crate::auth::Authenticator;
 use crate::bounce::Bouncer;
 use crate::commit::Committer;
 use crate::config::{ConfigError, Listener, Role, Settings};
+use crate::destinations;
 use crate::dispatch::Dispatch;
 use crate::dns::{Resolver, ResolverConfig};
 use crate::init;
@@ -375,7 +377,14 @@ impl Live {
         queue: &QueueParts,
     ) -> Live {
         let users = Arc::new(UserDb::new(settings.domains_dir()));
+        let srs = proto_core::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
+        let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
+        for problem in aliases.reload() {
+            log::event("config", format_args!("aliases: {problem}"));
+        }
         let shared = Arc::new(Shared {
+            aliases: Arc::new(aliases),
+            srs: Arc::new(srs),
             auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
             policy: Policy {
                 grants: settings.grants.clone(),
@@ -475,6 +484,8 @@ struct QueueParts {
     committer: Committer,
     /// Where queued messages go for delivery.
     dispatch: Dispatch,
+    /// The SRS key (`<data_dir>/srs.key`).
+    srs_key: Arc<Vec<u8>>,
 }
 
 /// What [`open_queue`] sets up: the sessions' handles, the local workers' share and their
@@ -584,10 +595,15 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         tls_memory,
         mta_sts,
     ));
+    let key_path = settings.data_dir.join(destinations::SRS_KEY_FILE);
+    let srs_key = destinations::load_or_create_key(&key_path).map_err(|e| {
+        settings.data_dir_error(format!("cannot read or create {}: {e}", key_path.display()))
+    })?;
     let parts = QueueParts {
         store,
         committer,
         dispatch,
+        srs_key: Arc::new(srs_key),
     };
     Ok((parts, local, local_ids, outbound, remote_ids))
 }
