@@ -70,7 +70,7 @@ impl Resolver<'_> {
             return Decision::NotLocal;
         }
         let local = mailbox.local_part().as_str();
-        if proto_core::is_srs(&local) {
+        if proto_core::is_srs(local) {
             return match self.srs.reverse(mailbox, now) {
                 Ok(original) => Decision::Accept(vec![Target {
                     address: Address::Remote(original.to_string()),

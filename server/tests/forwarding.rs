@@ -1,0 +1,287 @@
+//! Aliases and forwarding end to end, over loopback: a stranger's mail to anything@ours.test
+//! (a catch-all to an outside mailbox) leaves postern A with an SRS sender and reaches the
+//! outside server B; a bounce to that SRS address comes back to A and goes on to the original
+//! sender; a forged SRS address is refused; aliases to local users, suffixes and dropped dots.
+
+mod common;
+
+#[allow(dead_code, clippy::unwrap_used)]
+#[path = "../src/dns/test_server.rs"]
+mod test_server;
+
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BINARY, Server, cert, write_certbot};
+
+fn add_user(root: &Path, address: &str) {
+    let mut child = Command::new(BINARY)
+        .arg("-C")
+        .arg(root)
+        .args(["user", "add", address, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"pw\n")
+        .expect("password");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A configuration directory: `hostname`, users per domain, `config` before `[listeners]`.
+fn instance(
+    hostname: &str,
+    domains: &[(&str, &[&str])],
+    config: &str,
+    smtp: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::write(
+        root.join("postern.toml"),
+        format!(
+            "hostname = \"{hostname}\"\ndata_dir = \"data\"\n{config}\n[listeners]\nsmtp = [\"{smtp}\"]\n"
+        ),
+    )
+    .expect("config");
+    write_certbot(&root.join("certs").join(hostname), &cert(&[hostname]));
+    for (domain, users) in domains {
+        fs::create_dir_all(root.join("domains").join(domain)).expect("domain");
+        for user in *users {
+            add_user(root, &format!("{user}@{domain}"));
+        }
+    }
+    dir
+}
+
+/// One SMTP transaction on `port` as a stranger (no AUTH): returns each reply code line.
+fn transaction(port: u16, from: &str, to: &[&str], body: &str) -> Vec<String> {
+    let script = r#"
+import smtplib, sys
+port, sender, body = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+rcpts = sys.argv[4:]
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="mta.stranger.test", timeout=30)
+s.ehlo()
+print(s.mail(sender)[0])
+ok = []
+for r in rcpts:
+    code, text = s.rcpt(r)
+    print(code, text.decode())
+    if code == 250:
+        ok.append(r)
+if ok:
+    print(s.data(body.encode())[0])
+s.quit()
+"#;
+    let mut args = vec![port.to_string(), from.to_string(), body.to_string()];
+    args.extend(to.iter().map(|t| t.to_string()));
+    common::python(script, &args)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wait_messages(server: &Server, domain: &str, user: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let inbox = server.inbox(domain, user);
+        if inbox.len() >= n {
+            return inbox;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}@{domain}: {} of {n}; log:\n{}",
+            inbox.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn catch_all_forwarding_with_srs_and_its_bounce() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+outside.test. 300 MX 10 mx.outside.test.
+stranger.test. 300 MX 10 mx.outside.test.
+mx.outside.test. 300 A 127.0.0.1
+";
+    fs::write(tmp.path().join("zone"), zone).expect("zone");
+    let dns =
+        test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &tmp.path().join("zone"))
+            .expect("dns");
+    // B: the outside world (the forwarding target and the original sender's domain).
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let b_dir = instance(
+        "mx.outside.test",
+        &[("outside.test", &["me"]), ("stranger.test", &["someone"])],
+        "",
+        &format!("127.0.0.1:{port}"),
+    );
+    let b = Server::start(b_dir.path(), 1);
+    // A: ours.test, every address forwarded to me@outside.test, except alice (local).
+    let a_config = format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[delivery]\nmx_port = {port}\nmta_sts = false\n",
+        dns.addr.port()
+    );
+    let a_dir = instance(
+        "mx.ours.test",
+        &[("ours.test", &["alice"])],
+        &a_config,
+        "127.0.0.1:0",
+    );
+    fs::write(
+        a_dir.path().join("domains/ours.test/aliases"),
+        "# everything else goes to the outside mailbox\n\
+         sales: alice, me@outside.test\n\
+         *: me@outside.test\n",
+    )
+    .expect("aliases");
+    let a = Server::start(a_dir.path(), 1);
+    let a_port = a.port("smtp");
+
+    let body = "From: someone@stranger.test\r\nSubject: hello\r\n\r\nforward me\r\n";
+    let r = transaction(
+        a_port,
+        "someone@stranger.test",
+        &[
+            "anything@ours.test",
+            "a.l.i.c.e+tag@ours.test",
+            "sales@ours.test",
+        ],
+        body,
+    );
+    assert_eq!(r[0], "250");
+    assert!(r[1..4].iter().all(|l| l.starts_with("250")), "{r:?}");
+    assert_eq!(r[4], "250");
+
+    // One copy each: alice is reached twice (as a.l.i.c.e+tag, and through "sales"), the
+    // outside mailbox twice (anything@, sales@); a transaction delivers once per destination.
+    let alice = wait_messages(&a, "ours.test", "alice", 1);
+    assert!(alice[0].contains("Subject: hello"));
+    let got = wait_messages(&b, "outside.test", "me", 1);
+    let copy = &got[0];
+    assert!(copy.contains("Subject: hello\r\n"), "{copy}");
+    let return_path = copy
+        .lines()
+        .find_map(|l| l.strip_prefix("Return-Path: <"))
+        .and_then(|l| l.strip_suffix('>'))
+        .expect("Return-Path")
+        .to_string();
+    assert!(
+        return_path.starts_with("SRS0=")
+            && return_path.ends_with("=stranger.test=someone@ours.test"),
+        "{return_path}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        b.inbox("outside.test", "me").len(),
+        1,
+        "one forwarded copy: {}",
+        a.log()
+    );
+
+    // The outside server bounces to the SRS address: A checks it and passes the bounce on to
+    // the original sender.
+    let bounce = "From: MAILER-DAEMON@outside.test\r\nSubject: Undelivered\r\n\r\nsorry\r\n";
+    let r = transaction(a_port, "", &[&return_path], bounce);
+    assert!(r[1].starts_with("250"), "{r:?}");
+    assert_eq!(r[2], "250", "{r:?}");
+    let returned = wait_messages(&b, "stranger.test", "someone", 1);
+    assert!(
+        returned[0].contains("Subject: Undelivered"),
+        "{}",
+        returned[0]
+    );
+    assert!(
+        returned[0].starts_with("Return-Path: <>\r\n"),
+        "{}",
+        returned[0]
+    );
+
+    // A forged or altered SRS address is refused; so is one with an unknown hash.
+    let mut forged = return_path.clone();
+    let i = "SRS0=".len();
+    let c = if &forged[i..i + 1] == "A" { "B" } else { "A" };
+    forged.replace_range(i..i + 1, c);
+    let r = transaction(
+        a_port,
+        "",
+        &[&forged, "SRS0=abcd=AA=stranger.test=x@ours.test"],
+        bounce,
+    );
+    assert!(r[1].starts_with("550") && r[1].contains("5.7.1"), "{r:?}");
+    assert!(r[2].starts_with("550"), "{r:?}");
+}
+
+#[test]
+fn without_a_catch_all_unknown_users_are_refused_and_loops_are_reported() {
+    let a_dir = instance(
+        "mx.ours.test",
+        &[("ours.test", &["alice"])],
+        "[dns]\nnameservers = [\"127.0.0.1:9\"]\n",
+        "127.0.0.1:0",
+    );
+    fs::write(
+        a_dir.path().join("domains/ours.test/aliases"),
+        "info: alice\nping: pong\npong: ping\n",
+    )
+    .expect("aliases");
+    let a = Server::start(a_dir.path(), 1);
+    let r = transaction(
+        a.port("smtp"),
+        "x@stranger.test",
+        &[
+            "info@ours.test",
+            "nobody@ours.test",
+            "ping@ours.test",
+            "someone@elsewhere.test",
+        ],
+        "Subject: t\r\n\r\nbody\r\n",
+    );
+    assert!(r[1].starts_with("250"), "{r:?}");
+    assert!(r[2].starts_with("550") && r[2].contains("5.1.1"), "{r:?}");
+    assert!(r[3].starts_with("550") && r[3].contains("5.4.6"), "{r:?}");
+    // Forwarding is what the aliases say: no relaying for anyone else.
+    assert!(r[4].starts_with("550") && r[4].contains("5.7.1"), "{r:?}");
+    let got = wait_messages(&a, "ours.test", "alice", 1);
+    assert!(
+        got[0].contains("Delivered-To: alice@ours.test"),
+        "{}",
+        got[0]
+    );
+
+    // An edited file is in force without a restart.
+    fs::write(
+        a_dir.path().join("domains/ours.test/aliases"),
+        "nobody: alice\n",
+    )
+    .expect("aliases");
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = transaction(
+        a.port("smtp"),
+        "x@stranger.test",
+        &["nobody@ours.test"],
+        "Subject: t2\r\n\r\nbody\r\n",
+    );
+    assert!(r[1].starts_with("250"), "{r:?}");
+}
