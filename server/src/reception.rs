@@ -528,6 +528,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
                 next_attempt: 0,
                 last_error: None,
                 sender: sender.clone(),
+                delay_warned: false,
             })
             .collect(),
     }

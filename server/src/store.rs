@@ -144,6 +144,8 @@ pub struct Recipient {
     /// The reverse path to use for this recipient instead of the message's (`<...>`): the
     /// SRS address of a forwarded copy. `None`: the message's own.
     pub sender: Option<String>,
+    /// Whether the sender was told that delivery is late (a delay warning went out).
+    pub delay_warned: bool,
 }
 
 impl Recipient {
@@ -158,6 +160,7 @@ impl Recipient {
             next_attempt: 0,
             last_error: None,
             sender: None,
+            delay_warned: false,
         }
     }
 }
@@ -345,6 +348,7 @@ impl Store {
                     theirs.attempts = ours.attempts;
                     theirs.next_attempt = ours.next_attempt;
                     theirs.last_error.clone_from(&ours.last_error);
+                    theirs.delay_warned = ours.delay_warned;
                 }
             }
             if stored.pending() {
@@ -581,6 +585,7 @@ impl Envelope {
             w.u64(r.next_attempt);
             w.opt_str(r.last_error.as_deref());
             w.opt_str(r.sender.as_deref());
+            w.bool(r.delay_warned);
         }
         w.0
     }
@@ -666,6 +671,7 @@ impl Envelope {
                 next_attempt: 0,
                 last_error: None,
                 sender: None,
+                delay_warned: false,
             });
         }
         let mut requiretls = false;
@@ -677,6 +683,7 @@ impl Envelope {
                 recipient.next_attempt = r.u64()?;
                 recipient.last_error = r.opt_str()?;
                 recipient.sender = r.opt_str()?;
+                recipient.delay_warned = r.bool()?;
             }
         }
         if !r.0.is_empty() {
@@ -877,6 +884,7 @@ mod tests {
                     next_attempt: 0,
                     last_error: None,
                     sender: None,
+                    delay_warned: false,
                 },
                 Recipient {
                     address: Address::Pipe {
@@ -890,6 +898,7 @@ mod tests {
                     next_attempt: 1_780_000_600,
                     last_error: Some("exit 75".into()),
                     sender: None,
+                    delay_warned: false,
                 },
                 Recipient {
                     address: Address::Remote("carol@elsewhere.test".into()),
@@ -900,6 +909,7 @@ mod tests {
                     next_attempt: 1_780_000_600,
                     last_error: Some("451 4.7.1 greylisted".into()),
                     sender: Some("<SRS0=HHH=TT=example.net=bob@example.org>".into()),
+                    delay_warned: true,
                 },
                 Recipient {
                     address: Address::Local {
@@ -913,6 +923,7 @@ mod tests {
                     next_attempt: 1_780_000_600,
                     last_error: Some("451 4.7.1 greylisted".into()),
                     sender: None,
+                    delay_warned: false,
                 },
             ],
         }
@@ -946,6 +957,7 @@ mod tests {
                         + r.last_error.as_ref().map_or(0, |t| 4 + t.len())
                         + 1
                         + r.sender.as_ref().map_or(0, |t| 4 + t.len())
+                        + 1
                 })
                 .sum::<usize>();
         let mut v1 = v2[..v2.len() - tail].to_vec();
@@ -956,6 +968,7 @@ mod tests {
             r.next_attempt = 0;
             r.last_error = None;
             r.sender = None;
+            r.delay_warned = false;
         }
         assert_eq!(Envelope::decode(&v1), Ok(e));
     }

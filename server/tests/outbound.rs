@@ -771,3 +771,72 @@ mx.remote.test. 300 A 127.0.0.1
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(b.inbox("remote.test", "bob").len(), 1, "{}", a.log());
 }
+
+/// A message still queued after `delay_warning_after` gets the sender one delay warning
+/// (RFC 3464 action "delayed"), not one per attempt.
+#[test]
+fn a_late_message_gets_one_delay_warning() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let routes = format!("\"late.test\" = \"[127.0.0.1]:{}\"", closed_port());
+    let (_a_dir, a) = start_sender(&sender_config(
+        dns.addr.port(),
+        25,
+        "delay_warning_after = 1\nconnect_timeout = 2",
+        &routes,
+    ));
+    submit(&a, &["someone@late.test"], "late");
+    let warnings = wait_messages(&a, "a.test", "alice", 1, 30);
+    let dsn = &warnings[0];
+    assert!(dsn.contains("Action: delayed"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; someone@late.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Will-Retry-Until: "), "{dsn}");
+    // More attempts follow (every 1-2 s here), without more warnings.
+    a.wait_log("to=<someone@late.test> attempts=4", 30);
+    assert_eq!(a.inbox("a.test", "alice").len(), 1, "{}", a.log());
+}
+
+/// A remote that accepts connections and never answers holds only its own domain's
+/// connections: mail for another domain goes out meanwhile.
+#[test]
+fn a_stalled_remote_does_not_hold_up_other_domains() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let stalled = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let stalled_port = stalled.local_addr().expect("addr").port();
+    // Accept and hold every connection, saying nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in stalled.incoming().take(10) {
+            held.push(s);
+        }
+    });
+    let fast = Scripted::start(&["250 2.1.5 ok"]);
+    let routes = format!(
+        "\"stalled.test\" = \"[127.0.0.1]:{stalled_port}\"\n\"fast.test\" = \"[127.0.0.1]:{}\"",
+        fast.port
+    );
+    let (_a_dir, a) = start_sender(&sender_config(
+        dns.addr.port(),
+        25,
+        "max_connections = 2\nmax_connections_per_domain = 1",
+        &routes,
+    ));
+    submit(&a, &["one@stalled.test"], "stalled1");
+    submit(&a, &["two@stalled.test"], "stalled2");
+    submit(&a, &["three@fast.test"], "fast");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fast.messages().is_empty() {
+        assert!(Instant::now() < deadline, "fast.test waited: {}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(fast.messages()[0].contains("Subject: fast"));
+    assert!(
+        !a.log().contains("to=<one@stalled.test> relay"),
+        "{}",
+        a.log()
+    );
+}

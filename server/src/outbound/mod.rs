@@ -340,6 +340,22 @@ fn record(
                 ) {
                     RetryDecision::RetryAt(at) => {
                         r.next_attempt = at;
+                        // A delay warning, once, when the message has waited long enough.
+                        if let Some(after) = o.settings.delay_warning
+                            && !r.delay_warned
+                            && now >= envelope.received_at.saturating_add(after.as_secs())
+                        {
+                            r.delay_warned = true;
+                            report.action = DsnAction::Delayed;
+                            report.last_attempt = Some(proto_core::DsnDate::from_unix(now as i64));
+                            report.will_retry_until = Some(proto_core::DsnDate::from_unix(
+                                envelope
+                                    .received_at
+                                    .saturating_add(o.settings.retry.max_lifetime)
+                                    as i64,
+                            ));
+                            reports.push(bounce::report_for(r, report.clone()));
+                        }
                         log::event(
                             "deferred",
                             format_args!(
