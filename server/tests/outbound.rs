@@ -256,6 +256,8 @@ struct Scripted {
     port: u16,
     messages: Arc<Mutex<Vec<String>>>,
     connections: Arc<Mutex<usize>>,
+    /// The client address of each connection.
+    peers: Arc<Mutex<Vec<IpAddr>>>,
 }
 
 impl Scripted {
@@ -269,13 +271,18 @@ impl Scripted {
         let port = listener.local_addr().expect("addr").port();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0usize));
+        let peers = Arc::new(Mutex::new(Vec::new()));
         let replies: Vec<String> = rcpt_replies.iter().map(|s| s.to_string()).collect();
         {
             let messages = messages.clone();
             let connections = connections.clone();
+            let peers = peers.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming().take(20) {
                     let Ok(stream) = stream else { continue };
+                    if let Ok(peer) = stream.peer_addr() {
+                        peers.lock().expect("lock").push(peer.ip());
+                    }
                     let n = {
                         let mut c = connections.lock().expect("lock");
                         *c += 1;
@@ -290,6 +297,7 @@ impl Scripted {
             port,
             messages,
             connections,
+            peers,
         }
     }
 
@@ -839,4 +847,27 @@ fn a_stalled_remote_does_not_hold_up_other_domains() {
         "{}",
         a.log()
     );
+}
+
+/// `[delivery] source_ipv4` is the address outbound connections come from.
+#[test]
+fn outbound_connections_use_the_configured_source_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let remote = Scripted::start(&["250 2.1.5 ok"]);
+    let routes = format!("\"src.test\" = \"[127.0.0.1]:{}\"", remote.port);
+    let (_a_dir, a) = start_sender(&sender_config(
+        dns.addr.port(),
+        25,
+        "source_ipv4 = \"127.0.0.2\"",
+        &routes,
+    ));
+    submit(&a, &["x@src.test"], "source");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remote.messages().is_empty() {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peers = remote.peers.lock().expect("lock").clone();
+    assert_eq!(peers, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
 }
