@@ -27,6 +27,7 @@ fn committed_regressions_replay() {
             fuzzdriver::run_session(&fuzzdriver::to_smtp_alphabet(d))
         }),
         ("parsers", fuzzdriver::run_parsers),
+        ("rules", fuzzdriver::run_rules),
     ] {
         let dir = root.join(target);
         if !dir.exists() {

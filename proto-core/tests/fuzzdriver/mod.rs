@@ -187,3 +187,61 @@ pub fn run_parsers(data: &[u8]) {
         assert_eq!(m.to_string().parse::<Mailbox>().as_ref(), Ok(&m), "{s:?}");
     }
 }
+
+/// The mail-rule parsers on hostile input: an aliases file (parsed, then a few addresses
+/// resolved against it: errors are fine, panics and unbounded work are not), an SRS local part
+/// (decoding never panics; what decodes re-encodes to an address that decodes the same), and
+/// DKIM body canonicalization (the output does not depend on where the input is split).
+pub fn run_rules(data: &[u8]) {
+    use proto_core::dkim::{BodyCanonicalizer, Canonicalization};
+    use proto_core::{AliasOptions, AliasTable, AliasTables, Domain, Srs, resolve};
+    use std::time::UNIX_EPOCH;
+
+    let text = String::from_utf8_lossy(data);
+    let options = AliasOptions::default();
+    if let Ok((table, _)) = AliasTable::parse("example.org", &text, &options) {
+        let mut tables = AliasTables::new();
+        tables.insert(table);
+        let exists = |_: &str, user: &str| Ok(user.len() % 2 == 0);
+        for address in [
+            "a@example.org",
+            "postmaster@example.org",
+            "x.y+z@example.org",
+        ] {
+            let mailbox: Mailbox = address.parse().unwrap();
+            let _ = resolve(&mailbox, &tables, &exists, &options);
+        }
+        for line in text.lines().take(4) {
+            if let Some((key, _)) = line.split_once(':')
+                && let Ok(m) = format!("{}@example.org", key.trim()).parse::<Mailbox>()
+            {
+                let _ = resolve(&m, &tables, &exists, &options);
+            }
+        }
+    }
+
+    let srs = Srs::new(b"fuzzing key");
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    if let Ok((original, _)) = srs.decode(&text, now) {
+        let forwarder = Domain::parse("fwd.example").unwrap();
+        if let Ok(encoded) = srs.forward(&original, &forwarder, now)
+            && let Ok(again) = srs.reverse(&encoded, now)
+        {
+            assert_eq!(again, original);
+        }
+    }
+
+    for c in [Canonicalization::Simple, Canonicalization::Relaxed] {
+        let mut whole = Vec::new();
+        let mut one = BodyCanonicalizer::new(c);
+        one.feed(data, &mut whole);
+        one.finish(&mut whole);
+        let mut split = Vec::new();
+        let mut parts = BodyCanonicalizer::new(c);
+        let cut = data.first().map_or(0, |b| usize::from(*b)) % (data.len() + 1);
+        parts.feed(&data[..cut], &mut split);
+        parts.feed(&data[cut..], &mut split);
+        parts.finish(&mut split);
+        assert_eq!(whole, split, "{c:?} split at {cut}");
+    }
+}
