@@ -202,7 +202,7 @@ pub fn run_rules(data: &[u8]) {
     if let Ok((table, _)) = AliasTable::parse("example.org", &text, &options) {
         let mut tables = AliasTables::new();
         tables.insert(table);
-        let exists = |_: &str, user: &str| Ok(user.len() % 2 == 0);
+        let exists = |_: &str, user: &str| Ok(user.len().is_multiple_of(2));
         for address in [
             "a@example.org",
             "postmaster@example.org",
