@@ -167,6 +167,7 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         acceptor,
         counter: ConnectionCounter::new(),
         activated,
+        outbound: outbound.clone(),
     });
     let paused = local::paused();
     if paused {
@@ -246,6 +247,8 @@ struct Runtime {
     queue: QueueParts,
     /// Whether the listeners came from systemd rather than `[listeners]`.
     activated: bool,
+    /// Outbound delivery, which takes `[delivery]` and `[routes]` again on reload.
+    outbound: Arc<Outbound>,
 }
 
 /// The configuration new connections get.
@@ -288,6 +291,21 @@ impl Runtime {
             Ok(loaded) => loaded,
             Err(e) => return refused(e),
         };
+        let outbound_tls = match outbound::tls::load_roots(&settings.delivery.extra_roots)
+            .and_then(|roots| ClientTlsFactory::new(&roots))
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                return refused(ConfigError {
+                    file: settings.file.clone(),
+                    line: None,
+                    message: format!("[delivery] tls_roots: {e}"),
+                    fix: "give PEM files holding CA certificates".into(),
+                });
+            }
+        };
+        self.outbound
+            .reload(settings.delivery.clone(), outbound_tls);
         let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };

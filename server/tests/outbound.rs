@@ -871,3 +871,37 @@ fn outbound_connections_use_the_configured_source_address() {
     let peers = remote.peers.lock().expect("lock").clone();
     assert_eq!(peers, vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))]);
 }
+
+/// SIGHUP takes `[routes]` again: mail waiting for a dead next hop goes to the new one.
+#[test]
+fn sighup_changes_the_routes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = dns(tmp.path(), "");
+    let dead = closed_port();
+    let config = |port: u16| {
+        sender_config(
+            dns.addr.port(),
+            25,
+            "connect_timeout = 2",
+            &format!("\"hup.test\" = \"[127.0.0.1]:{port}\""),
+        )
+    };
+    let (a_dir, a) = start_sender(&config(dead));
+    submit(&a, &["x@hup.test"], "rerouted");
+    a.wait_log("to=<x@hup.test> attempts=1", 30);
+    let alive = Scripted::start(&["250 2.1.5 ok"]);
+    let text = fs::read_to_string(a_dir.path().join("postern.toml")).expect("config");
+    fs::write(
+        a_dir.path().join("postern.toml"),
+        text.replace(&format!(":{dead}\""), &format!(":{}\"", alive.port)),
+    )
+    .expect("rewrite");
+    a.signal("HUP");
+    a.wait_log("configuration reloaded", 10);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive.messages().is_empty() {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alive.messages()[0].contains("Subject: rerouted"));
+}

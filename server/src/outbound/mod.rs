@@ -29,7 +29,7 @@ pub mod tls;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::Receiver;
@@ -71,12 +71,12 @@ pub struct Outbound {
     pub committer: Committer,
     /// DNS.
     pub resolver: Arc<Resolver>,
-    /// `[delivery]` and `[routes]`.
-    pub settings: DeliverySettings,
+    /// `[delivery]` and `[routes]`; replaced by a reload ([`Outbound::reload`]).
+    settings: RwLock<Arc<DeliverySettings>>,
     /// Our host name (EHLO, `Received:`).
     pub hostname: String,
-    /// TLS client configurations.
-    pub tls: ClientTlsFactory,
+    /// TLS client configurations; replaced by a reload.
+    tls: RwLock<ClientTlsFactory>,
     /// Bounces.
     pub bouncer: Bouncer,
     /// The best TLS each domain has shown (never downgrade).
@@ -138,9 +138,9 @@ impl Outbound {
             store,
             committer,
             resolver,
-            settings,
+            settings: RwLock::new(Arc::new(settings)),
             hostname,
-            tls,
+            tls: RwLock::new(tls),
             bouncer,
             dispatch,
             tls_memory,
@@ -150,6 +150,37 @@ impl Outbound {
             busy: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashSet::new()),
         }
+    }
+}
+
+impl Outbound {
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<DeliverySettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The TLS client configurations in force.
+    fn tls(&self) -> ClientTlsFactory {
+        self.tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// New settings and trusted roots (SIGHUP), for deliveries that start from now on. The
+    /// connection limits keep their startup values (they size the permits).
+    pub fn reload(&self, settings: DeliverySettings, tls: ClientTlsFactory) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+        *self
+            .tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tls;
     }
 }
 
@@ -290,6 +321,7 @@ fn record(
     results: Vec<(usize, Result1)>,
 ) -> Result<Applied, String> {
     let now = unix_now();
+    let settings = o.settings();
     let mut changed = envelope.clone();
     // What the sender is told: failures, and successes they asked for.
     let mut reports = Vec::new();
@@ -336,12 +368,12 @@ fn record(
                     envelope.received_at,
                     r.attempts,
                     jitter,
-                    &o.settings.retry,
+                    &settings.retry,
                 ) {
                     RetryDecision::RetryAt(at) => {
                         r.next_attempt = at;
                         // A delay warning, once, when the message has waited long enough.
-                        if let Some(after) = o.settings.delay_warning
+                        if let Some(after) = settings.delay_warning
                             && !r.delay_warned
                             && now >= envelope.received_at.saturating_add(after.as_secs())
                         {
@@ -351,7 +383,7 @@ fn record(
                             report.will_retry_until = Some(proto_core::DsnDate::from_unix(
                                 envelope
                                     .received_at
-                                    .saturating_add(o.settings.retry.max_lifetime)
+                                    .saturating_add(settings.retry.max_lifetime)
                                     as i64,
                             ));
                             reports.push(bounce::report_for(r, report.clone()));
@@ -490,18 +522,19 @@ async fn deliver_group(
         return all(&|p| failed_local(p, (5, 1, 3), "the recipient address cannot be parsed"));
     }
 
+    let settings = o.settings();
     // Permits: one overall, one for the domain.
     let domain_permits = {
         let mut map = lock(&o.per_domain);
         map.entry(domain.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(o.settings.max_connections_per_domain)))
+            .or_insert_with(|| Arc::new(Semaphore::new(settings.max_connections_per_domain)))
             .clone()
     };
     let _domain_permit = domain_permits.acquire().await;
     let _permit = o.connections.acquire().await;
 
     let mut shuffle = |hosts: &mut [String]| shuffle(hosts);
-    let route = match route::find(domain, &o.settings, &o.resolver, &mut shuffle).await {
+    let route = match route::find(domain, &settings, &o.resolver, &mut shuffle).await {
         Ok(r) => r,
         Err(e @ RouteError::NullMx(_)) => {
             // RFC 7505 4.3: 556 5.1.10 for a domain with a null MX.
@@ -684,9 +717,9 @@ async fn attempt(
         config.auth = Some(ClientCredentials::new(user, password));
     }
     let connector: Connector = if need == Need::Verified {
-        o.tls.strict()
+        o.tls().strict()
     } else {
-        o.tls.lenient()
+        o.tls().lenient()
     };
     let Some(server_name) = tls::server_name(&hop.host) else {
         return Attempt::Refused(format!("{} is not a usable TLS server name", hop.host));
@@ -837,11 +870,12 @@ fn tls_text(info: Option<&TlsInfo>, tls: bool, verified: bool) -> String {
 
 /// Opens a TCP connection to `addr`, from the configured source address of its family.
 async fn connect(o: &Outbound, addr: SocketAddr) -> io::Result<Async<TcpStream>> {
+    let settings = o.settings();
     let source: Option<IpAddr> = match addr {
-        SocketAddr::V4(_) => o.settings.source_ipv4.map(IpAddr::V4),
-        SocketAddr::V6(_) => o.settings.source_ipv6.map(IpAddr::V6),
+        SocketAddr::V4(_) => settings.source_ipv4.map(IpAddr::V4),
+        SocketAddr::V6(_) => settings.source_ipv6.map(IpAddr::V6),
     };
-    let timeout = o.settings.connect_timeout;
+    let timeout = settings.connect_timeout;
     match source {
         None => {
             let connect = Async::<TcpStream>::connect(addr);
