@@ -101,6 +101,8 @@ pub struct Settings {
     pub dns_nameservers: Vec<SocketAddr>,
     /// `[delivery]` and `[routes]`: outbound delivery.
     pub delivery: crate::outbound::settings::DeliverySettings,
+    /// `[mailboxes]`: how local mailboxes are delivered to (Maildir, LMTP, a command).
+    pub mailboxes: crate::mailbox::Mailboxes,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -144,6 +146,8 @@ struct RawFile {
     delivery: crate::outbound::settings::RawDelivery,
     #[serde(default)]
     routes: BTreeMap<Spanned<String>, Spanned<crate::outbound::settings::RawRoute>>,
+    #[serde(default)]
+    mailboxes: BTreeMap<Spanned<String>, Spanned<crate::mailbox::RawMailbox>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -466,6 +470,9 @@ impl Settings {
                 line_of(text, &span)
             })?;
 
+        let mailboxes =
+            crate::mailbox::parse(raw.mailboxes, dir, file, &|span| line_of(text, &span))?;
+
         Ok(Settings {
             dir: dir.to_path_buf(),
             file: file.to_path_buf(),
@@ -485,6 +492,7 @@ impl Settings {
             header_from,
             dns_nameservers: raw.dns.nameservers,
             delivery,
+            mailboxes,
         })
     }
 
