@@ -753,6 +753,125 @@ mod tests {
         assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
     }
 
+    fn pipe_recipient(command: String) -> Recipient {
+        Recipient::new(Address::Pipe {
+            command,
+            alias: "bob@example.org".into(),
+        })
+    }
+
+    /// A pipe alias gets the message with the trace fields on stdin; `%to%` is the alias.
+    #[test]
+    fn a_pipe_alias_runs_its_command() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (store, local, _) = workers_in(tmp.path());
+        let out = tmp.path().join("piped");
+        let id = QueueId::new();
+        let body = b"Subject: piped\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let command = format!(
+            "/bin/sh -c 'echo \"$1 $2\" > {0}.args; cat > {0}' sh %to% %from%",
+            out.display()
+        );
+        let mut envelope = Envelope::plain(
+            "<s@client.test>",
+            body.len() as u64,
+            1,
+            vec![pipe_recipient(command)],
+        );
+        envelope.headers = "Authentication-Results: mx.example.org; none\r\n".into();
+        store.put_envelope(&id, &envelope).expect("envelope");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(store.envelope(&id).expect("read"), None, "removed");
+        let text = std::fs::read_to_string(&out).expect("the command wrote the message");
+        assert!(
+            text.starts_with(
+                "Return-Path: <s@client.test>\r\nDelivered-To: bob@example.org\r\nReceived: "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "Authentication-Results: mx.example.org; none\r\nSubject: piped\r\n\r\nhello\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("piped.args")).expect("args"),
+            "bob@example.org s@client.test\n"
+        );
+    }
+
+    /// Exit 75 defers (the message comes back); any other failure bounces at once.
+    #[test]
+    fn command_failures_defer_or_bounce_at_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (store, mut local, mail_dir) = workers_in(tmp.path());
+        let mut text =
+            "[mailboxes]\n\"carol@example.org\" = { command = \"/bin/sh -c 'exit 75'\" }\n"
+                .to_string();
+        text.push_str("[listeners]\nsmtp = [\"127.0.0.1:25\"]\n");
+        let settings =
+            crate::config::Settings::parse(tmp.path(), &tmp.path().join("postern.toml"), &text)
+                .expect("config");
+        local.mailboxes = settings.mailboxes;
+        let id = QueueId::new();
+        let body = b"Subject: t\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let envelope = Envelope::plain(
+            "<s@client.test>",
+            body.len() as u64,
+            1,
+            vec![
+                pipe_recipient("/bin/sh -c 'echo unknown user >&2; exit 67'".into()),
+                local_recipient("carol"),
+                local_recipient("alice"),
+            ],
+        );
+        store.put_envelope(&id, &envelope).expect("envelope");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Retry(backoff(1)));
+        let after = store
+            .envelope(&id)
+            .expect("read")
+            .expect("carol is pending");
+        assert_eq!(after.recipients[0].state, RecipientState::Failed);
+        assert_eq!(
+            after.recipients[0].attempts, 1,
+            "failed at the first attempt"
+        );
+        assert_eq!(
+            after.recipients[0].last_error.as_deref(),
+            Some("exit status 67: unknown user")
+        );
+        assert_eq!(after.recipients[1].state, RecipientState::Pending);
+        assert_eq!(after.recipients[1].attempts, 1);
+        assert_eq!(after.recipients[2].state, RecipientState::Delivered);
+        assert_eq!(
+            std::fs::read_dir(mail_dir.join("example.org/alice/new"))
+                .expect("alice's Maildir")
+                .count(),
+            1
+        );
+        assert!(
+            !mail_dir.join("example.org/carol").exists(),
+            "carol is not a Maildir"
+        );
+        let dsns: Vec<_> = store
+            .ids()
+            .expect("ids")
+            .into_iter()
+            .filter(|i| *i != id)
+            .collect();
+        assert_eq!(dsns.len(), 1, "the pipe's failure bounced");
+        let dsn = store.envelope(&dsns[0]).expect("read").expect("dsn");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut store.body(&dsns[0], dsn.chunks), &mut text)
+            .expect("dsn body");
+        assert!(text.contains("exit status 67: unknown user"), "{text}");
+    }
+
     #[test]
     fn backoff_doubles_and_is_capped() {
         let cases = [
