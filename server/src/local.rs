@@ -472,7 +472,7 @@ fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> St
 }
 
 /// The reverse path a recipient's copy carries: its own (SRS) or the message's.
-fn sender_of<'a>(envelope: &'a Envelope, i: usize) -> &'a str {
+fn sender_of(envelope: &Envelope, i: usize) -> &str {
     envelope.recipients[i]
         .sender
         .as_deref()

@@ -232,10 +232,7 @@ fn lmtp_delivery_to_dovecot() {
     for user in ["alice", "carol"] {
         let line = log
             .lines()
-            .find(|l| {
-                l.contains(&format!("delivered id="))
-                    && l.contains(&format!("to=<{user}@lmtp.test>"))
-            })
+            .find(|l| l.contains("delivered id=") && l.contains(&format!("to=<{user}@lmtp.test>")))
             .unwrap_or_else(|| panic!("no delivered line for {user}:\n{log}"));
         assert!(
             line.contains("lmtp=unix:") && line.contains("reply=\"250 2.0.0"),

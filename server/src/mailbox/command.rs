@@ -183,7 +183,7 @@ impl CommandLine {
 
 impl std::fmt::Display for CommandLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.words.join(" "))
+        f.write_str(&self.words().join(" "))
     }
 }
 
