@@ -657,6 +657,22 @@ fn lmtp_cases(v: &mut Vec<Case>) {
         closes: true,
     });
     v.push(Case {
+        name: "LMTP: every RCPT refused, DATA refused (RFC 2033 4.2: 503)",
+        cfg: lmtp(),
+        job: job(&["b@y.test", "c@y.test"]),
+        turns: vec![
+            "220 lmtp.test LMTP\r\n",
+            LHLO_PIPE,
+            "250 ok\r\n550 5.1.1 no b\r\n450 4.2.1 c busy\r\n503 5.5.1 no valid recipients\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![],
+        wire: "LHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+               RCPT TO:<c@y.test>\r\nDATA\r\nQUIT\r\n",
+        results: vec!["perm 550", "temp 450"],
+        closes: true,
+    });
+    v.push(Case {
         name: "LMTP: LHLO refused, no HELO fallback",
         cfg: lmtp(),
         job: job(&["b@y.test"]),

@@ -152,45 +152,84 @@ mod tests {
         let listener = UnixListener::bind(path).expect("bind");
         std::thread::spawn(move || {
             let (stream, _) = listener.accept().expect("accept");
-            let mut out = stream.try_clone().expect("clone");
-            let mut input = BufReader::new(stream);
-            let mut seen = String::new();
-            let mut rcpts = rcpt_replies.into_iter();
-            out.write_all(b"220 lmtp ready\r\n").expect("greet");
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if input.read_line(&mut line).expect("read") == 0 {
+            let out = stream.try_clone().expect("clone");
+            serve_script(stream, out, rcpt_replies, data_replies)
+        })
+    }
+
+    /// Answers one LMTP session on `input`/`out`; returns what the client sent.
+    fn serve_script(
+        input: impl std::io::Read,
+        mut out: impl Write,
+        rcpt_replies: Vec<&'static str>,
+        data_replies: Vec<&'static str>,
+    ) -> String {
+        let mut input = BufReader::new(input);
+        let mut seen = String::new();
+        let mut rcpts = rcpt_replies.into_iter();
+        out.write_all(b"220 lmtp ready\r\n").expect("greet");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if input.read_line(&mut line).expect("read") == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            let reply: String = match verb.as_str() {
+                "LHLO" => "250-lmtp\r\n250 PIPELINING\r\n".into(),
+                "MAIL" => "250 ok\r\n".into(),
+                "RCPT" => format!("{}\r\n", rcpts.next().unwrap_or("250 ok")),
+                "DATA" => {
+                    out.write_all(b"354 go\r\n").expect("354");
+                    loop {
+                        line.clear();
+                        input.read_line(&mut line).expect("data");
+                        seen.push_str(&line);
+                        if line == ".\r\n" || line.is_empty() {
+                            break;
+                        }
+                    }
+                    data_replies.iter().map(|r| format!("{r}\r\n")).collect()
+                }
+                "QUIT" => {
+                    out.write_all(b"221 bye\r\n").expect("221");
                     break;
                 }
-                seen.push_str(&line);
-                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                let reply: String = match verb.as_str() {
-                    "LHLO" => "250-lmtp\r\n250 PIPELINING\r\n".into(),
-                    "MAIL" => "250 ok\r\n".into(),
-                    "RCPT" => format!("{}\r\n", rcpts.next().unwrap_or("250 ok")),
-                    "DATA" => {
-                        out.write_all(b"354 go\r\n").expect("354");
-                        loop {
-                            line.clear();
-                            input.read_line(&mut line).expect("data");
-                            seen.push_str(&line);
-                            if line == ".\r\n" || line.is_empty() {
-                                break;
-                            }
-                        }
-                        data_replies.iter().map(|r| format!("{r}\r\n")).collect()
-                    }
-                    "QUIT" => {
-                        out.write_all(b"221 bye\r\n").expect("221");
-                        break;
-                    }
-                    _ => "500 what\r\n".into(),
-                };
-                out.write_all(reply.as_bytes()).expect("reply");
-            }
-            seen
-        })
+                _ => "500 what\r\n".into(),
+            };
+            out.write_all(reply.as_bytes()).expect("reply");
+        }
+        seen
+    }
+
+    #[test]
+    fn over_tcp_on_loopback() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let out = stream.try_clone().expect("clone");
+            serve_script(stream, out, vec![], vec!["250 2.0.0 ok"])
+        });
+        let job = MailJob::new(
+            ReversePath::Null,
+            [ForwardPath::parse("<a@example.org>").expect("to")],
+        );
+        let got = smol::block_on(deliver(
+            &LmtpTarget::Tcp(addr),
+            "mx",
+            job,
+            &b"Subject: t\r\n\r\nx\r\n"[..],
+        ));
+        let seen = server.join().expect("server");
+        assert_eq!(
+            got,
+            vec![Delivery::Delivered(format!(
+                "lmtp={addr} reply=\"250 2.0.0 ok\""
+            ))]
+        );
+        assert!(seen.contains("MAIL FROM:<>\r\n"), "{seen}");
     }
 
     #[test]
