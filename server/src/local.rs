@@ -494,10 +494,10 @@ fn run_command(
     let received = UNIX_EPOCH + Duration::from_secs(p.envelope.received_at);
     let mut header = trace_of(&p.envelope, &p.id, &local.hostname).header(from, &to, received);
     header.push_str(&p.envelope.headers);
-    let message = std::io::Read::chain(
+    let message = command::ToLf::new(std::io::Read::chain(
         std::io::Cursor::new(header.into_bytes()),
         local.store.body(&p.id, p.envelope.chunks),
-    );
+    ));
     let subs = Substitutions::new(from, user, domain);
     // On this blocking thread: the command's pipes and timer are driven here.
     smol::block_on(command::deliver(
@@ -760,7 +760,8 @@ mod tests {
         })
     }
 
-    /// A pipe alias gets the message with the trace fields on stdin; `%to%` is the alias.
+    /// A pipe alias gets the message with the trace fields on stdin, with LF line ends;
+    /// `%to%` is the alias.
     #[test]
     fn a_pipe_alias_runs_its_command() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -787,13 +788,13 @@ mod tests {
         let text = std::fs::read_to_string(&out).expect("the command wrote the message");
         assert!(
             text.starts_with(
-                "Return-Path: <s@client.test>\r\nDelivered-To: bob@example.org\r\nReceived: "
+                "Return-Path: <s@client.test>\nDelivered-To: bob@example.org\nReceived: "
             ),
             "{text}"
         );
         assert!(
             text.ends_with(
-                "Authentication-Results: mx.example.org; none\r\nSubject: piped\r\n\r\nhello\r\n"
+                "Authentication-Results: mx.example.org; none\nSubject: piped\n\nhello\n"
             ),
             "{text}"
         );

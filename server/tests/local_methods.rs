@@ -267,13 +267,13 @@ fn command_delivery_writes_a_file() {
     let m = fs::read_to_string(&file).expect("the command wrote the message");
     assert!(
         m.starts_with(
-            "Return-Path: <sender@client.test>\r\nDelivered-To: alice@localhost\r\n\
-             Received: from client.test ([127.0.0.1])\r\n"
+            "Return-Path: <sender@client.test>\nDelivered-To: alice@localhost\n\
+             Received: from client.test ([127.0.0.1])\n"
         ),
         "{m}"
     );
     assert!(
-        m.ends_with("Subject: local methods\r\n\r\nHello.\r\n.leading dot\r\n"),
+        m.ends_with("Subject: local methods\n\nHello.\n.leading dot\n"),
         "{m}"
     );
     assert!(

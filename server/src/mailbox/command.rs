@@ -20,7 +20,8 @@
 //! # Running it
 //! The environment is cleared except for `PATH=/usr/bin:/bin`, `SENDER` and `RECIPIENT` (as
 //! `%from%` and `%to%`); the working directory is `/`. The message, trace fields first, is
-//! written to its standard input. The command runs in its own process group; when the time
+//! written to its standard input with Unix line ends (each CRLF becomes LF, see [`ToLf`]), as
+//! delivery agents such as procmail and maildrop expect. The command runs in its own process group; when the time
 //! limit passes, the whole group is killed. What it prints (standard output and error, the
 //! first [`OUTPUT_KEPT`] bytes) goes into the log and the bounce.
 //!
@@ -348,9 +349,115 @@ fn result_of(status: std::process::ExitStatus, output: &[u8]) -> Delivery {
     }
 }
 
+/// A reader that turns every CRLF of what `inner` reads into LF (a bare CR stays), whatever
+/// the read boundaries.
+#[derive(Debug)]
+pub struct ToLf<R> {
+    inner: R,
+    /// Converted bytes not yet handed out, from `pos` on.
+    out: Vec<u8>,
+    pos: usize,
+    /// A CR ended the previous read: whether it starts a CRLF is not known yet.
+    pending_cr: bool,
+    done: bool,
+}
+
+impl<R: std::io::Read> ToLf<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> ToLf<R> {
+        ToLf {
+            inner,
+            out: Vec::new(),
+            pos: 0,
+            pending_cr: false,
+            done: false,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for ToLf<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos < self.out.len() || buf.is_empty() {
+                let n = buf.len().min(self.out.len() - self.pos);
+                buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.done {
+                return Ok(0);
+            }
+            self.out.clear();
+            self.pos = 0;
+            let mut raw = [0u8; 8192];
+            let n = self.inner.read(&mut raw)?;
+            if n == 0 {
+                self.done = true;
+                if std::mem::take(&mut self.pending_cr) {
+                    self.out.push(b'\r');
+                }
+                continue;
+            }
+            for &b in &raw[..n] {
+                if std::mem::take(&mut self.pending_cr) && b != b'\n' {
+                    self.out.push(b'\r');
+                }
+                if b == b'\r' {
+                    self.pending_cr = true;
+                } else {
+                    self.out.push(b);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crlf_becomes_lf_across_any_split() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b"a\r\nb\r\n", b"a\nb\n"),
+            (b"a\rb\n\r", b"a\rb\n\r"),
+            (b"\r\r\n\r", b"\r\n\r"),
+            (b"\r\n\r\n", b"\n\n"),
+        ];
+        for &(input, want) in cases {
+            for size in 1..=input.len().max(1) {
+                // An inner reader that hands out `size` bytes at a time.
+                struct Small<'a>(&'a [u8], usize);
+                impl std::io::Read for Small<'_> {
+                    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                        let n = self.1.min(buf.len()).min(self.0.len());
+                        buf[..n].copy_from_slice(&self.0[..n]);
+                        self.0 = &self.0[n..];
+                        Ok(n)
+                    }
+                }
+                for out_size in [1, 2, 64] {
+                    let mut r = ToLf::new(Small(input, size));
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; out_size];
+                    loop {
+                        let n = std::io::Read::read(&mut r, &mut buf).expect("read");
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    assert_eq!(
+                        got,
+                        want,
+                        "input {:?} in pieces of {size}, reads of {out_size}",
+                        String::from_utf8_lossy(input)
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn splitting_table() {
