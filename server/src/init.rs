@@ -162,15 +162,16 @@ mx_port = 25
 #                                         a program reading the message on its standard input
 #   { maildir = true }                    the default, e.g. for one address of an LMTP domain
 # A command line is split into words at spaces; '...' and "..." group words; no shell runs
-# it (write /bin/sh -c '...' for one), and the program is an absolute path. In each word
-# %from% (the sender; MAILER-DAEMON for <>), %to%, %to_user% and %to_domain% are replaced.
-# It gets the message on its standard input with LF line ends, and runs with
-# PATH=/usr/bin:/bin, SENDER and RECIPIENT set, in /, as the user running postern, for at
-# most timeout seconds (default 300), then its process group is killed.
-# Exit status 0 delivers; 75 (EX_TEMPFAIL), a signal, the timeout or a program that cannot
-# start defer (tried again later); any other status bounces at once. An LMTP 5xx reply bounces at once; 4xx or no connection defers. Pipe
-# aliases ("user: | /usr/bin/command args" in domains/<domain>/aliases) run the same way,
-# with %to% the alias. Changes here need a restart. Example:
+# it (write /bin/sh -c '...' for one); the program is an absolute path or a name found in
+# /usr/bin or /bin. In each word %from% (the sender; MAILER-DAEMON for <>), %to%, %to_user%
+# and %to_domain% are replaced. It gets the message on its standard input with LF line
+# ends, and runs with PATH=/usr/bin:/bin, SENDER and RECIPIENT set, in /, as the user
+# running postern, for at most timeout seconds (default 300), then its process group is
+# killed. Exit status 0 delivers; 75 (EX_TEMPFAIL), a signal, the timeout or a program that
+# cannot start defer (tried again later); any other status bounces at once. An LMTP 5xx
+# reply bounces at once; 4xx or no connection defers. Pipe aliases ("user: | command args"
+# in domains/<domain>/aliases) run the same way, with %to% the alias. Changes here need a
+# restart. Example:
 #   "example.org" = { lmtp = "unix:/run/dovecot/lmtp" }
 #   "bob@example.org" = { command = "/usr/bin/procmail -d %to_user%", timeout = 60 }
 [mailboxes]

@@ -5,8 +5,10 @@
 //! No shell runs it. The line is split into words at spaces and tabs; single quotes
 //! (`'a b'`) and double quotes (`"a b"`, where `\"` and `\\` stand for `"` and `\`) group a
 //! word with its spaces. Nothing else is special: no `$VARIABLES`, globs, redirections or
-//! pipes. The first word is the program and must be an absolute path (no `PATH` search).
-//! `| /usr/bin/procmail -d bob` runs procmail with two arguments; an alias that needs a shell
+//! pipes. The first word is the program: an absolute path, or a bare name looked up in
+//! `/usr/bin` and `/bin` only (so `| procmail -d bob` in an aliases file written for chasquid
+//! still works); a relative path (`bin/x`) is refused. `| /usr/bin/procmail -d bob` runs
+//! procmail with two arguments; an alias that needs a shell
 //! says so: `| /bin/sh -c 'exec /usr/bin/foo > /var/log/foo'`.
 //!
 //! After the split, each word gets its substitutions: `%from%` (the envelope sender without
@@ -21,9 +23,9 @@
 //! The environment is cleared except for `PATH=/usr/bin:/bin`, `SENDER` and `RECIPIENT` (as
 //! `%from%` and `%to%`); the working directory is `/`. The message, trace fields first, is
 //! written to its standard input with Unix line ends (each CRLF becomes LF, see [`ToLf`]), as
-//! delivery agents such as procmail and maildrop expect. The command runs in its own process group; when the time
-//! limit passes, the whole group is killed. What it prints (standard output and error, the
-//! first [`OUTPUT_KEPT`] bytes) goes into the log and the bounce.
+//! delivery agents such as procmail and maildrop expect. The command runs in its own process
+//! group; when the time limit passes, the whole group is killed. What it prints (standard
+//! output and error, the first [`OUTPUT_KEPT`] bytes) goes into the log and the bounce.
 //!
 //! # Results, by exit status ([sysexits.h](https://man.freebsd.org/cgi/man.cgi?sysexits))
 //! - 0: delivered.
@@ -155,9 +157,10 @@ impl CommandLine {
         }
         match words.first() {
             None => Err("the command line is empty".into()),
-            Some(program) if !program.starts_with('/') => Err(format!(
-                "the program {program:?} is not an absolute path (there is no PATH search)"
+            Some(program) if !program.starts_with('/') && program.contains('/') => Err(format!(
+                "the program {program:?} is a relative path (give an absolute path, or a bare name found in /usr/bin or /bin)"
             )),
+            Some(program) if program.is_empty() => Err("the program name is empty".into()),
             Some(_) => Ok(CommandLine { words }),
         }
     }
@@ -482,7 +485,9 @@ mod tests {
             ),
             ("", Err("empty")),
             ("   ", Err("empty")),
-            ("procmail -d bob", Err("absolute path")),
+            ("procmail -d bob", Ok(&["procmail", "-d", "bob"])),
+            ("bin/procmail -d bob", Err("relative path")),
+            ("'' -d bob", Err("program name is empty")),
             ("/bin/echo 'open", Err("unclosed quote")),
             ("/bin/echo \"open", Err("unclosed quote")),
             ("/bin/echo a\nb", Err("control character")),
@@ -596,6 +601,23 @@ mod tests {
             gone
         });
         assert!(dead, "the background child survived: {stat}");
+    }
+
+    #[test]
+    fn a_bare_name_is_found_in_usr_bin_or_bin() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let out = tmp.path().join("out");
+        let line = CommandLine::parse(&format!("sh -c 'cat > \"$1\"' sh {}", out.display()))
+            .expect("parses");
+        let subs = Substitutions::new("<>", "bob", "example.org");
+        let got = smol::block_on(deliver(
+            &line,
+            &subs,
+            &b"a\r\nb\r\n"[..],
+            Duration::from_secs(30),
+        ));
+        assert_eq!(got, Delivery::Delivered("exit status 0".into()));
+        assert_eq!(std::fs::read(&out).expect("written"), b"a\r\nb\r\n");
     }
 
     #[test]

@@ -335,9 +335,9 @@ mod tests {
                 "spelling",
             ),
             (
-                "[mailboxes]\n\"a.org\" = { command = \"procmail\" }",
+                "[mailboxes]\n\"a.org\" = { command = \"./procmail\" }",
                 2,
-                "absolute path",
+                "relative path",
                 "absolute path",
             ),
         ];
