@@ -57,7 +57,10 @@
 //! issued"); each reply is the final state of its recipient, so one mailbox over quota fails
 //! alone. `BDAT LAST` is answered the same way (RFC 3030 allows CHUNKING over LMTP; the
 //! per-recipient replies come after the last chunk). Everything else (PIPELINING, SIZE,
-//! 8BITMIME, DSN parameters) works as in SMTP.
+//! 8BITMIME, DSN parameters) works as in SMTP. Not handled: a server that refuses a
+//! non-final BDAT chunk and then answers a pipelined `BDAT LAST` with fewer replies than
+//! there are accepted recipients; the session waits for the rest until the data-termination
+//! timeout, and the recipients fail temporarily.
 //!
 //! Several jobs may share the connection ([`ClientSession::push_job`]): each further
 //! transaction starts with `RSET`.

@@ -1001,7 +1001,7 @@ proptest! {
     /// Any split of the server's reply stream (within each turn) gives the same actions.
     #[test]
     fn any_split_gives_the_same_actions(
-        idx in 0usize..27,
+        idx in 0usize..64,
         cuts in proptest::collection::vec(0usize..200, 0..10),
     ) {
         let cases = cases();
@@ -1033,10 +1033,12 @@ proptest! {
         ),
         tls in prop_oneof![Just(TlsPolicy::Never), Just(TlsPolicy::Opportunistic), Just(TlsPolicy::Required)],
         pipelining: bool,
+        lmtp: bool,
     ) {
         let mut c = cfg();
         c.tls = tls;
         c.pipelining = pipelining;
+        c.lmtp = lmtp;
         c.auth = Some(ClientCredentials::new("u", "p"));
         c.allow_plaintext_auth = true;
         let mut d = Driver::new(c, job(&["b@y.test", "c@y.test"]), &[b"a\r\n", b".b"], origin());
