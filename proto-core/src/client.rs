@@ -45,6 +45,23 @@
 //!   "Before sending a line of mail text, the SMTP client checks the first character of the
 //!   line. If it is a period, one additional period is inserted at the beginning of the line."
 //!
+//! # LMTP
+//!
+//! With [`ClientConfig::lmtp`] the session speaks LMTP,
+//! [RFC 2033](https://www.rfc-editor.org/rfc/rfc2033), to a local delivery agent. Two things
+//! change. The greeting is answered with `LHLO` (section 4.1: LMTP replaces EHLO with LHLO, and
+//! a server refusing it leaves nothing to fall back to, so a refusal fails the job like a
+//! refused greeting). And the end of the body (`.` or `BDAT LAST`) gets one reply per accepted
+//! recipient, in RCPT order (section 4.2: "the server returns one reply for each previously
+//! successful RCPT command in the mail transaction, in the order that the RCPT commands were
+//! issued"); each reply is the final state of its recipient, so one mailbox over quota fails
+//! alone. `BDAT LAST` is answered the same way (RFC 3030 allows CHUNKING over LMTP; the
+//! per-recipient replies come after the last chunk). Everything else (PIPELINING, SIZE,
+//! 8BITMIME, DSN parameters) works as in SMTP. Not handled: a server that refuses a
+//! non-final BDAT chunk and then answers a pipelined `BDAT LAST` with fewer replies than
+//! there are accepted recipients; the session waits for the rest until the data-termination
+//! timeout, and the recipients fail temporarily.
+//!
 //! Several jobs may share the connection ([`ClientSession::push_job`]): each further
 //! transaction starts with `RSET`.
 //!
@@ -184,7 +201,8 @@ pub struct Outcome {
     pub job: usize,
     /// One result per recipient, in the job's order.
     pub recipients: Vec<RecipientResult>,
-    /// The server's reply to the end of the body (`.` or `BDAT LAST`), if it came.
+    /// The server's reply to the end of the body (`.` or `BDAT LAST`), if it came. With LMTP,
+    /// the first of the per-recipient replies (each recipient's is in its status).
     pub data_reply: Option<Reply>,
 }
 
@@ -388,6 +406,8 @@ enum Expect {
     DataEnd,
     /// Reply to a lone `.` sent after a 354 with no accepted recipient (RFC 2920 3.1).
     DataDiscard,
+    /// LMTP: the reply for recipient `i` (its index in the job) to the end of the body.
+    LmtpDataEnd(usize),
     /// Reply to the RSET that starts a further transaction.
     Rset,
     Quit,
@@ -404,7 +424,10 @@ impl Expect {
             Expect::Rcpt(_) => Stage::Rcpt,
             Expect::Data => Stage::DataInit,
             Expect::Bdat { last: false } => Stage::Body,
-            Expect::Bdat { last: true } | Expect::DataEnd | Expect::DataDiscard => Stage::DataEnd,
+            Expect::Bdat { last: true }
+            | Expect::DataEnd
+            | Expect::DataDiscard
+            | Expect::LmtpDataEnd(_) => Stage::DataEnd,
             Expect::Rset => Stage::Reset,
             Expect::Quit => Stage::Quit,
         }
@@ -615,7 +638,7 @@ impl ClientSession {
         self.tls = Some(tls);
         // RFC 3207 4.2: discard what the plaintext EHLO told us.
         self.capabilities = None;
-        self.send_line(now, format!("EHLO {}", self.hostname()), Expect::Ehlo);
+        self.send_ehlo(now);
         Ok(())
     }
 
@@ -666,7 +689,11 @@ impl ClientSession {
                 format!("BDAT {}{}\r\n", data.len(), if last { " LAST" } else { "" }).into_bytes();
             out.extend_from_slice(&data);
             self.actions.push_back(ClientAction::Send(out));
-            self.push_expect(now, Expect::Bdat { last });
+            if last && self.config.lmtp {
+                self.expect_lmtp_replies(now);
+            } else {
+                self.push_expect(now, Expect::Bdat { last });
+            }
         } else {
             if !data.is_empty() {
                 self.actions.push_back(ClientAction::Send(data));
@@ -674,7 +701,11 @@ impl ClientSession {
             if last {
                 self.actions
                     .push_back(ClientAction::Send(b".\r\n".to_vec()));
-                self.push_expect(now, Expect::DataEnd);
+                if self.config.lmtp {
+                    self.expect_lmtp_replies(now);
+                } else {
+                    self.push_expect(now, Expect::DataEnd);
+                }
             }
         }
         if last {
@@ -780,7 +811,8 @@ impl ClientSession {
                 self.after_hello(now);
             }
             // RFC 5321 4.1.4: an unacceptable EHLO gets 501, 500, 502 or 550: fall back.
-            Expect::Ehlo if matches!(code, 500 | 501 | 502 | 550) => {
+            // LMTP has no HELO to fall back to.
+            Expect::Ehlo if matches!(code, 500 | 501 | 502 | 550) && !self.config.lmtp => {
                 self.send_line(now, format!("HELO {}", self.hostname()), Expect::Helo)
             }
             Expect::Ehlo => self.fail_and_quit(now, &reply),
@@ -907,6 +939,18 @@ impl ClientSession {
                 }
             }
             Expect::DataDiscard => self.end_transaction(now),
+            // RFC 2033 4.2: this recipient's own result.
+            Expect::LmtpDataEnd(i) => {
+                if self.data_reply.is_none() {
+                    self.data_reply = Some(reply.clone());
+                }
+                if let Some(slot) = self.slots.as_mut().and_then(|s| s.get_mut(i)) {
+                    *slot = Slot::Done(status_of(reply));
+                }
+                if self.expect.is_empty() {
+                    self.end_transaction(now);
+                }
+            }
             // Whatever RSET got, MAIL's reply decides the new transaction.
             Expect::Rset => {
                 if !self.mode.pipelined {
@@ -919,8 +963,10 @@ impl ClientSession {
 
     // ----- steps -----
 
+    /// `EHLO`, or `LHLO` for LMTP.
     fn send_ehlo(&mut self, now: Instant) {
-        self.send_line(now, format!("EHLO {}", self.hostname()), Expect::Ehlo);
+        let verb = if self.config.lmtp { "LHLO" } else { "EHLO" };
+        self.send_line(now, format!("{verb} {}", self.hostname()), Expect::Ehlo);
     }
 
     /// After a successful EHLO/HELO (or a refused optional STARTTLS): TLS, AUTH, or MAIL.
@@ -1127,6 +1173,25 @@ impl ClientSession {
             .push_back(ClientAction::Event(ClientEvent::BodyRequested));
     }
 
+    /// LMTP: after the end of the body, one reply per accepted recipient, in RCPT order
+    /// (RFC 2033 4.2).
+    fn expect_lmtp_replies(&mut self, now: Instant) {
+        let accepted: Vec<usize> = self
+            .slots
+            .as_ref()
+            .map(|s| {
+                s.iter()
+                    .enumerate()
+                    .filter(|(_, x)| matches!(x, Slot::Accepted))
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for i in accepted {
+            self.push_expect(now, Expect::LmtpDataEnd(i));
+        }
+    }
+
     /// Whether DATA was sent in the pipelined group (so its reply is still to come).
     fn data_in_group(&self) -> bool {
         self.mode.pipelined && !self.mode.bdat
@@ -1300,9 +1365,10 @@ impl ClientSession {
             Expect::Rcpt(_) => t.rcpt,
             Expect::Data => t.data_init,
             Expect::Bdat { last: false } => t.data_block,
-            Expect::Bdat { last: true } | Expect::DataEnd | Expect::DataDiscard => {
-                t.data_termination
-            }
+            Expect::Bdat { last: true }
+            | Expect::DataEnd
+            | Expect::DataDiscard
+            | Expect::LmtpDataEnd(_) => t.data_termination,
         }
     }
 }

@@ -32,6 +32,12 @@ pub struct ClientConfig {
     /// Most octets of reply text buffered before a reply is complete; past it the server is
     /// broken and the session fails (temporarily).
     pub max_reply_len: usize,
+    /// Speak LMTP ([RFC 2033](https://www.rfc-editor.org/rfc/rfc2033)) instead of SMTP: `LHLO`
+    /// instead of `EHLO` (with no `HELO` fallback), and after the body one reply per accepted
+    /// recipient, each becoming that recipient's result. For a local delivery agent (Dovecot,
+    /// Cyrus) on a Unix socket or a local port; RFC 2033 section 1: "it MUST NOT be used on
+    /// TCP port 25".
+    pub lmtp: bool,
 }
 
 impl ClientConfig {
@@ -46,6 +52,17 @@ impl ClientConfig {
             chunking: true,
             timeouts: ClientTimeouts::default(),
             max_reply_len: 64 * 1024,
+            lmtp: false,
+        }
+    }
+
+    /// A configuration for LMTP ([`ClientConfig::lmtp`]): no TLS (the server is local), no
+    /// AUTH, pipelining and chunking when offered.
+    pub fn new_lmtp(hostname: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            tls: TlsPolicy::Never,
+            lmtp: true,
+            ..ClientConfig::new(hostname)
         }
     }
 }

@@ -582,7 +582,110 @@ fn cases() -> Vec<Case> {
         results: vec!["temp BadReply(BadCode)"],
         closes: true,
     });
+    lmtp_cases(&mut v);
     v
+}
+
+fn lmtp() -> ClientConfig {
+    ClientConfig::new_lmtp("c.test")
+}
+
+const LHLO_PIPE: &str =
+    "250-lmtp.test\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME\r\n";
+const LHLO_CHUNKING: &str =
+    "250-lmtp.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+/// LMTP (RFC 2033): LHLO, and after the body one reply per accepted recipient, in order.
+fn lmtp_cases(v: &mut Vec<Case>) {
+    v.push(Case {
+        name: "LMTP: one reply per accepted recipient after DATA",
+        cfg: lmtp(),
+        job: job(&["b@y.test", "nobody@y.test", "full@y.test", "c@y.test"]),
+        turns: vec![
+            "220 lmtp.test LMTP\r\n",
+            LHLO_PIPE,
+            "250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+            "250 2.0.0 <b@y.test> saved\r\n552 5.2.2 <full@y.test> over quota\r\n",
+            "451 4.3.0 <c@y.test> try later\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![b"a\r\n.b\r\n"],
+        wire: "LHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+               RCPT TO:<nobody@y.test>\r\nRCPT TO:<full@y.test>\r\nRCPT TO:<c@y.test>\r\n\
+               DATA\r\na\r\n..b\r\n.\r\nQUIT\r\n",
+        results: vec!["ok 250", "perm 550", "perm 552", "temp 451"],
+        closes: true,
+    });
+    let mut lockstep = lmtp();
+    lockstep.pipelining = false;
+    v.push(Case {
+        name: "LMTP: lock-step",
+        cfg: lockstep,
+        job: job(&["b@y.test", "c@y.test"]),
+        turns: vec![
+            "220 lmtp.test LMTP\r\n",
+            "250 lmtp.test\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "250 ok\r\n",
+            "354 go\r\n",
+            "250 2.0.0 b saved\r\n",
+            "250 2.0.0 c saved\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![b"x"],
+        wire: "LHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+               RCPT TO:<c@y.test>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n",
+        results: vec!["ok 250", "ok 250"],
+        closes: true,
+    });
+    v.push(Case {
+        name: "LMTP: BDAT LAST gets one reply per accepted recipient",
+        cfg: lmtp(),
+        job: job(&["b@y.test", "c@y.test"]),
+        turns: vec![
+            "220 lmtp.test LMTP\r\n",
+            LHLO_CHUNKING,
+            "250 ok\r\n250 ok\r\n250 ok\r\n",
+            "250 2.0.0 b saved\r\n552 5.2.2 c over quota\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![b"hello\r\n"],
+        wire: "LHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+               RCPT TO:<c@y.test>\r\nBDAT 7 LAST\r\nhello\r\nQUIT\r\n",
+        results: vec!["ok 250", "perm 552"],
+        closes: true,
+    });
+    v.push(Case {
+        name: "LMTP: every RCPT refused, DATA refused (RFC 2033 4.2: 503)",
+        cfg: lmtp(),
+        job: job(&["b@y.test", "c@y.test"]),
+        turns: vec![
+            "220 lmtp.test LMTP\r\n",
+            LHLO_PIPE,
+            "250 ok\r\n550 5.1.1 no b\r\n450 4.2.1 c busy\r\n503 5.5.1 no valid recipients\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![],
+        wire: "LHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+               RCPT TO:<c@y.test>\r\nDATA\r\nQUIT\r\n",
+        results: vec!["perm 550", "temp 450"],
+        closes: true,
+    });
+    v.push(Case {
+        name: "LMTP: LHLO refused, no HELO fallback",
+        cfg: lmtp(),
+        job: job(&["b@y.test"]),
+        turns: vec![
+            "220 lmtp.test LMTP\r\n",
+            "500 5.5.1 unknown command\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![],
+        wire: "LHLO c.test\r\nQUIT\r\n",
+        results: vec!["perm 500"],
+        closes: true,
+    });
 }
 
 fn check(case: &Case, r: &Run, how: &str) {
@@ -765,6 +868,31 @@ fn eof_mid_transaction_is_temporary() {
     assert_eq!(d.run.log.last().map(String::as_str), Some("close"));
 }
 
+/// LMTP: the connection lost between the per-recipient replies: the recipients answered keep
+/// their result, the others fail temporarily.
+#[test]
+fn lmtp_eof_between_per_recipient_replies() {
+    let turns: [&[u8]; 4] = [
+        b"220 lmtp.test LMTP\r\n",
+        LHLO_PIPE.as_bytes(),
+        b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        b"550 5.2.1 b is disabled\r\n",
+    ];
+    let mut d = Driver::new(lmtp(), job(&["b@y.test", "c@y.test"]), &[b"x"], origin());
+    for t in turns {
+        d.input(t);
+    }
+    assert!(d.run.outcome.is_none(), "c's reply is still awaited");
+    d.s.handle_eof(d.now);
+    d.drain();
+    let o = d.run.outcome.as_ref().unwrap();
+    assert_eq!(
+        summary(o),
+        vec!["perm 550", "temp ConnectionClosed(DataEnd)"]
+    );
+    assert_eq!(d.run.log.last().map(String::as_str), Some("close"));
+}
+
 #[test]
 fn overlong_reply_fails() {
     let mut c = cfg();
@@ -873,7 +1001,7 @@ proptest! {
     /// Any split of the server's reply stream (within each turn) gives the same actions.
     #[test]
     fn any_split_gives_the_same_actions(
-        idx in 0usize..27,
+        idx in 0usize..64,
         cuts in proptest::collection::vec(0usize..200, 0..10),
     ) {
         let cases = cases();
@@ -905,10 +1033,12 @@ proptest! {
         ),
         tls in prop_oneof![Just(TlsPolicy::Never), Just(TlsPolicy::Opportunistic), Just(TlsPolicy::Required)],
         pipelining: bool,
+        lmtp: bool,
     ) {
         let mut c = cfg();
         c.tls = tls;
         c.pipelining = pipelining;
+        c.lmtp = lmtp;
         c.auth = Some(ClientCredentials::new("u", "p"));
         c.allow_plaintext_auth = true;
         let mut d = Driver::new(c, job(&["b@y.test", "c@y.test"]), &[b"a\r\n", b".b"], origin());

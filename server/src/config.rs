@@ -108,6 +108,8 @@ pub struct Settings {
     pub alias_options: proto_core::AliasOptions,
     /// `[aliases] srs_max_age_days`: how long a forwarded message's bounce address is valid.
     pub srs_max_age_days: u16,
+    /// `[mailboxes]`: how local mailboxes are delivered to (Maildir, LMTP, a command).
+    pub mailboxes: crate::mailbox::Mailboxes,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -153,6 +155,8 @@ struct RawFile {
     delivery: crate::outbound::settings::RawDelivery,
     #[serde(default)]
     routes: BTreeMap<Spanned<String>, Spanned<crate::outbound::settings::RawRoute>>,
+    #[serde(default)]
+    mailboxes: BTreeMap<Spanned<String>, Spanned<crate::mailbox::RawMailbox>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -516,6 +520,9 @@ impl Settings {
                 line_of(text, &span)
             })?;
 
+        let mailboxes =
+            crate::mailbox::parse(raw.mailboxes, dir, file, &|span| line_of(text, &span))?;
+
         Ok(Settings {
             dir: dir.to_path_buf(),
             file: file.to_path_buf(),
@@ -537,6 +544,7 @@ impl Settings {
             delivery,
             alias_options,
             srs_max_age_days,
+            mailboxes,
         })
     }
 

@@ -163,6 +163,29 @@ mx_port = 25
 # the host name) or "implicit" (TLS from the first byte, as on port 465).
 [routes]
 
+# How local mail is put into mailboxes, per domain or per address (an address wins over its
+# domain). Without an entry: the Maildir <data_dir>/mail/<domain>/<user>/. A value is one of:
+#   { lmtp = "unix:/run/dovecot/lmtp" }   an LMTP server (RFC 2033), e.g. Dovecot's, on a Unix
+#   { lmtp = "127.0.0.1:24" }             socket ("unix:/path" or "/path") or at "ip:port";
+#                                         the recipients of a message go in one transaction
+#   { command = "/usr/bin/procmail -d %to_user%", timeout = 60 }
+#                                         a program reading the message on its standard input
+#   { maildir = true }                    the default, e.g. for one address of an LMTP domain
+# A command line is split into words at spaces; '...' and "..." group words; no shell runs
+# it (write /bin/sh -c '...' for one); the program is an absolute path or a name found in
+# /usr/bin or /bin. In each word %from% (the sender; MAILER-DAEMON for <>), %to%, %to_user%
+# and %to_domain% are replaced. It gets the message on its standard input with LF line
+# ends, and runs with PATH=/usr/bin:/bin, SENDER and RECIPIENT set, in /, as the user
+# running postern, for at most timeout seconds (default 300), then its process group is
+# killed. Exit status 0 delivers; 75 (EX_TEMPFAIL), a signal, the timeout or a program that
+# cannot start defer (tried again later); any other status bounces at once. An LMTP 5xx
+# reply bounces at once; 4xx or no connection defers. Pipe aliases ("user: | command args"
+# in domains/<domain>/aliases) run the same way, with %to% the alias. Changes here need a
+# restart. Example:
+#   "example.org" = { lmtp = "unix:/run/dovecot/lmtp" }
+#   "bob@example.org" = { command = "/usr/bin/procmail -d %to_user%", timeout = 60 }
+[mailboxes]
+
 # What authenticated users may send as, besides their own address (and its +suffix forms):
 # "user" = [domains or addresses]. Example:
 #   "alice@example.org" = ["example.net", "bob@example.org"]

@@ -1,4 +1,4 @@
-//! Local delivery workers: from the queue store into Maildirs.
+//! Local delivery workers: from the queue store into Maildirs, LMTP servers and commands.
 //!
 //! Queue ids arrive on a channel: from sessions once a message is durable, from the startup
 //! scan for everything a previous run left pending, and from retry timers. A fixed number of
@@ -13,9 +13,17 @@
 //!
 //! A Maildir write that fails defers the recipient: its attempt count goes up and the message
 //! comes back after [`backoff`] (a simple doubling; the full retry schedule comes with outbound
-//! delivery). After [`MAX_ATTEMPTS`] the recipient is marked failed. (Bounces are not written
-//! yet.) Recipients of another domain cannot be queued yet (RCPT refuses them); should one be
-//! found, it is marked failed, since relaying does not exist.
+//! delivery). After [`MAX_ATTEMPTS`] the recipient is marked failed and bounces.
+//!
+//! Recipients whose `[mailboxes]` entry names another method ([`crate::mailbox`]) leave the
+//! batched Maildir path: the recipients of one message for one LMTP server go in one LMTP
+//! transaction, a command runs once per recipient, and so does the command of a pipe alias
+//! ([`Address::Pipe`], where `%to%` is the alias). They run in the same pass, on the same
+//! blocking thread, and their results are recorded in the same batch as the Maildir marks:
+//! delivered, deferred (as a failed Maildir write), or failed at once for a permanent failure
+//! (an LMTP 5xx reply, a command's exit status other than 0 and 75), which bounces without
+//! waiting for [`MAX_ATTEMPTS`]. A crash before the marks are committed delivers again: a
+//! duplicate, never a loss.
 //!
 //! For tests, the environment variable `POSTERN_DELIVERY_PAUSED=1` keeps the workers from
 //! starting: messages are accepted and queued but stay pending until a run without it.
@@ -33,6 +41,8 @@ use crate::commit::Committer;
 use crate::delivery;
 use crate::dispatch::Dispatch;
 use crate::log;
+use crate::mailbox::command::{self, Substitutions};
+use crate::mailbox::{self, CommandLine, Delivery, LmtpTarget, Mailboxes, Method};
 use crate::queue::QueueId;
 use crate::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
 use crate::trace::Trace;
@@ -67,6 +77,8 @@ pub struct Local {
     pub bouncer: Bouncer,
     /// Where bounces go for delivery.
     pub dispatch: Dispatch,
+    /// `[mailboxes]`: the delivery method of each local recipient.
+    pub mailboxes: Mailboxes,
 }
 
 /// What one pass over a message leaves to do.
@@ -135,13 +147,43 @@ struct Pass {
     retry: Option<Duration>,
     /// Copies written into `new/` (recipient index, file, Maildir), waiting for its fsync.
     written: Vec<(usize, PathBuf, PathBuf)>,
-    /// Copies whose `new/` is durable (recipient index, file), logged once the mark is.
-    delivered: Vec<(usize, PathBuf)>,
+    /// Copies delivered (recipient index, where: `path=...` or the LMTP server's reply),
+    /// logged once the mark is durable.
+    delivered: Vec<(usize, String)>,
     /// Recipients that failed for good in this pass (index, why): they bounce.
     failed: Vec<(usize, String)>,
 }
 
 impl Pass {
+    /// Records the result of a delivery by LMTP or a command for recipient `i`.
+    fn record(&mut self, i: usize, result: Delivery) {
+        match result {
+            Delivery::Delivered(detail) => {
+                self.envelope.recipients[i].state = RecipientState::Delivered;
+                self.delivered.push((i, detail));
+            }
+            Delivery::Deferred(why) => self.attempt_failed(i, &why),
+            Delivery::Failed(why) => self.failed_for_good(i, &why),
+        }
+    }
+
+    /// Recipient `i` failed permanently: marked failed now, whatever its attempts.
+    fn failed_for_good(&mut self, i: usize, why: &str) {
+        let id = &self.id;
+        let r = &mut self.envelope.recipients[i];
+        r.attempts += 1;
+        r.last_error = Some(why.to_string());
+        r.state = RecipientState::Failed;
+        self.failed.push((i, why.to_string()));
+        log::event(
+            "failed",
+            format_args!(
+                "id={id} to=<{}> attempts={} reason=\"{why}\"",
+                r.address, r.attempts
+            ),
+        );
+    }
+
     /// Records a failed attempt for recipient `i`: deferred, or failed after [`MAX_ATTEMPTS`].
     fn attempt_failed(&mut self, i: usize, why: &str) {
         let id = &self.id;
@@ -206,9 +248,12 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
         }
     }
 
-    // Write every pending copy into its Maildir's new/.
+    // Write every pending copy into its Maildir's new/; deliver the others by their method.
     let mut maildirs: Vec<PathBuf> = Vec::new();
     for (_, p) in &mut passes {
+        // The recipients of this message for each LMTP server (and reverse path), delivered
+        // together below.
+        let mut lmtp: Vec<((LmtpTarget, String), Vec<usize>)> = Vec::new();
         for i in 0..p.envelope.recipients.len() {
             let r = &p.envelope.recipients[i];
             if r.state != RecipientState::Pending || !Owner::Local.owns(&r.address) {
@@ -216,22 +261,53 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
             }
             let address = p.envelope.recipients[i].address.clone();
             let result = match &address {
-                Address::Local { domain, user } => {
-                    let header = trace_header(&p.envelope, &p.id, &address, &local.hostname);
-                    let mut body = local.store.body(&p.id, p.envelope.chunks);
-                    let maildir = local.mail_dir.join(domain).join(user);
-                    delivery::deliver_unsynced(
-                        &maildir,
-                        &local.hostname,
-                        header.as_bytes(),
-                        &mut body,
-                    )
-                    .map(|path| (path, maildir))
-                    .map_err(|e| e.to_string())
-                }
+                Address::Local { domain, user } => match local.mailboxes.method_for(user, domain) {
+                    Method::Maildir => {
+                        let header = trace_header(&p.envelope, &p.id, &address, &local.hostname);
+                        let mut body = local.store.body(&p.id, p.envelope.chunks);
+                        let maildir = local.mail_dir.join(domain).join(user);
+                        delivery::deliver_unsynced(
+                            &maildir,
+                            &local.hostname,
+                            header.as_bytes(),
+                            &mut body,
+                        )
+                        .map(|path| (path, maildir))
+                        .map_err(|e| e.to_string())
+                    }
+                    Method::Lmtp(target) => {
+                        let key = (target.clone(), sender_of(&p.envelope, i).to_string());
+                        match lmtp.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, group)) => group.push(i),
+                            None => lmtp.push((key, vec![i])),
+                        }
+                        continue;
+                    }
+                    Method::Command { line, timeout } => {
+                        let result = run_command(local, p, i, line, user, domain, *timeout);
+                        p.record(i, result);
+                        continue;
+                    }
+                },
                 // Skipped above: outbound delivery's.
                 Address::Remote(_) => continue,
-                Address::Pipe { .. } => Err("delivery to a command is not implemented yet".into()),
+                Address::Pipe { command, alias } => {
+                    let (user, domain) = alias.rsplit_once('@').unwrap_or((alias, ""));
+                    let result = match CommandLine::parse(command) {
+                        Ok(line) => run_command(
+                            local,
+                            p,
+                            i,
+                            &line,
+                            user,
+                            domain,
+                            mailbox::DEFAULT_COMMAND_TIMEOUT,
+                        ),
+                        Err(why) => Delivery::Failed(format!("pipe alias {alias}: {why}")),
+                    };
+                    p.record(i, result);
+                    continue;
+                }
             };
             match result {
                 Ok((path, maildir)) => {
@@ -241,6 +317,11 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                     p.written.push((i, path, maildir));
                 }
                 Err(why) => p.attempt_failed(i, &why),
+            }
+        }
+        for ((target, _), group) in lmtp {
+            for (i, result) in group.iter().zip(deliver_lmtp(local, p, &target, &group)) {
+                p.record(*i, result);
             }
         }
     }
@@ -260,7 +341,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                 Some((_, why)) => p.attempt_failed(i, why),
                 None => {
                     p.envelope.recipients[i].state = RecipientState::Delivered;
-                    p.delivered.push((i, path));
+                    p.delivered.push((i, format!("path={}", path.display())));
                 }
             }
         }
@@ -344,14 +425,12 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
         local.dispatch.queued(bounce_id, bounce);
     }
     for ((slot, p), applied) in passes.iter().zip(applied) {
-        for (i, path) in &p.delivered {
+        for (i, detail) in &p.delivered {
             log::event(
                 "delivered",
                 format_args!(
-                    "id={} to=<{}> path={}",
-                    p.id,
-                    p.envelope.recipients[*i].address,
-                    path.display()
+                    "id={} to=<{}> {detail}",
+                    p.id, p.envelope.recipients[*i].address,
                 ),
             );
         }
@@ -366,10 +445,10 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
     outcomes
 }
 
-/// The `Return-Path:`, `Delivered-To:` and `Received:` fields for one recipient.
-fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> String {
+/// The trace facts of `envelope` for a copy delivered by us (`by`).
+fn trace_of(envelope: &Envelope, id: &QueueId, by: &str) -> Trace {
     let t = &envelope.trace;
-    let trace = Trace {
+    Trace {
         helo: t.helo.clone(),
         client: t.client.clone(),
         by: by.to_string(),
@@ -380,11 +459,101 @@ fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> St
             .map(|(version, cipher)| TlsInfo::new(version.clone(), cipher.clone(), None)),
         authenticated: t.authenticated,
         id: id.to_string(),
-    };
+    }
+}
+
+/// The `Return-Path:`, `Delivered-To:` and `Received:` fields for one recipient, then the
+/// fields added on reception.
+fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> String {
     let received = UNIX_EPOCH + Duration::from_secs(envelope.received_at);
-    let mut header = trace.header(&envelope.from, &to.to_string(), received);
+    let mut header = trace_of(envelope, id, by).header(&envelope.from, &to.to_string(), received);
     header.push_str(&envelope.headers);
     header
+}
+
+/// The reverse path a recipient's copy carries: its own (SRS) or the message's.
+fn sender_of(envelope: &Envelope, i: usize) -> &str {
+    envelope.recipients[i]
+        .sender
+        .as_deref()
+        .unwrap_or(&envelope.from)
+}
+
+/// Pipes the copy for recipient `i` (a local user or a pipe alias: `user@domain`) into `line`.
+fn run_command(
+    local: &Local,
+    p: &Pass,
+    i: usize,
+    line: &CommandLine,
+    user: &str,
+    domain: &str,
+    timeout: Duration,
+) -> Delivery {
+    let to = format!("{user}@{domain}");
+    let from = sender_of(&p.envelope, i);
+    let received = UNIX_EPOCH + Duration::from_secs(p.envelope.received_at);
+    let mut header = trace_of(&p.envelope, &p.id, &local.hostname).header(from, &to, received);
+    header.push_str(&p.envelope.headers);
+    let message = command::ToLf::new(std::io::Read::chain(
+        std::io::Cursor::new(header.into_bytes()),
+        local.store.body(&p.id, p.envelope.chunks),
+    ));
+    let subs = Substitutions::new(from, user, domain);
+    // On this blocking thread: the command's pipes and timer are driven here.
+    smol::block_on(command::deliver(
+        line,
+        &subs,
+        futures_lite::io::AssertAsync::new(message),
+        timeout,
+    ))
+}
+
+/// Delivers the recipients `group` of one message to the LMTP server `target`, in one
+/// transaction; one result per recipient of the group.
+fn deliver_lmtp(local: &Local, p: &Pass, target: &LmtpTarget, group: &[usize]) -> Vec<Delivery> {
+    let env = &p.envelope;
+    let from = sender_of(env, group[0]);
+    let from = proto_core::ReversePath::parse(from).unwrap_or(proto_core::ReversePath::Null);
+    let mut recipients = Vec::new();
+    for &i in group {
+        let r = &env.recipients[i];
+        let Some(to) = crate::bounce::forward_path(&r.address) else {
+            return vec![Delivery::Failed(format!("{} is not an address", r.address)); group.len()];
+        };
+        let mut j = proto_core::JobRecipient::new(to);
+        j.notify = r.notify;
+        j.orcpt = r
+            .orcpt
+            .as_ref()
+            .map(|(t, a)| proto_core::OriginalRecipient {
+                addr_type: t.clone(),
+                address: a.clone(),
+            });
+        recipients.push(j);
+    }
+    let mut job = proto_core::MailJob::new(from, std::iter::empty());
+    job.recipients = recipients;
+    job.size = Some(env.size);
+    job.body = env.body;
+    job.smtputf8 = env.smtputf8;
+    job.ret = env.ret;
+    job.envid.clone_from(&env.envid);
+    // One copy for all: our Received: (with a `for` clause when it is for one recipient) and
+    // the reception fields; the LMTP server adds Return-Path: and Delivered-To:.
+    let received = UNIX_EPOCH + Duration::from_secs(env.received_at);
+    let one = (group.len() == 1).then(|| env.recipients[group[0]].address.to_string());
+    let mut header = trace_of(env, &p.id, &local.hostname).received(one.as_deref(), received);
+    header.push_str(&env.headers);
+    let message = std::io::Read::chain(
+        std::io::Cursor::new(header.into_bytes()),
+        local.store.body(&p.id, env.chunks),
+    );
+    smol::block_on(mailbox::lmtp::deliver(
+        target,
+        &local.hostname,
+        job,
+        futures_lite::io::AssertAsync::new(message),
+    ))
 }
 
 #[cfg(test)]
@@ -426,6 +595,7 @@ mod tests {
                 local: queue,
                 remote,
             },
+            mailboxes: Mailboxes::default(),
         };
         (store, local, mail_dir)
     }
@@ -581,6 +751,126 @@ mod tests {
         }
         // Delivered messages are gone: a second pass has nothing to do.
         assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
+    }
+
+    fn pipe_recipient(command: String) -> Recipient {
+        Recipient::new(Address::Pipe {
+            command,
+            alias: "bob@example.org".into(),
+        })
+    }
+
+    /// A pipe alias gets the message with the trace fields on stdin, with LF line ends;
+    /// `%to%` is the alias.
+    #[test]
+    fn a_pipe_alias_runs_its_command() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (store, local, _) = workers_in(tmp.path());
+        let out = tmp.path().join("piped");
+        let id = QueueId::new();
+        let body = b"Subject: piped\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let command = format!(
+            "/bin/sh -c 'echo \"$1 $2\" > {0}.args; cat > {0}' sh %to% %from%",
+            out.display()
+        );
+        let mut envelope = Envelope::plain(
+            "<s@client.test>",
+            body.len() as u64,
+            1,
+            vec![pipe_recipient(command)],
+        );
+        envelope.headers = "Authentication-Results: mx.example.org; none\r\n".into();
+        store.put_envelope(&id, &envelope).expect("envelope");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(store.envelope(&id).expect("read"), None, "removed");
+        let text = std::fs::read_to_string(&out).expect("the command wrote the message");
+        assert!(
+            text.starts_with(
+                "Return-Path: <s@client.test>\nDelivered-To: bob@example.org\nReceived: "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "Authentication-Results: mx.example.org; none\nSubject: piped\n\nhello\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("piped.args")).expect("args"),
+            "bob@example.org s@client.test\n"
+        );
+    }
+
+    /// Exit 75 defers (the message comes back); any other failure bounces at once.
+    #[test]
+    fn command_failures_defer_or_bounce_at_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (store, mut local, mail_dir) = workers_in(tmp.path());
+        let mut text =
+            "[mailboxes]\n\"carol@example.org\" = { command = \"/bin/sh -c 'exit 75'\" }\n"
+                .to_string();
+        text.push_str("[listeners]\nsmtp = [\"127.0.0.1:25\"]\n");
+        let settings =
+            crate::config::Settings::parse(tmp.path(), &tmp.path().join("postern.toml"), &text)
+                .expect("config");
+        local.mailboxes = settings.mailboxes;
+        let id = QueueId::new();
+        let body = b"Subject: t\r\n\r\nhello\r\n";
+        store.put_chunk(&id, 0, body).expect("chunk");
+        let envelope = Envelope::plain(
+            "<s@client.test>",
+            body.len() as u64,
+            1,
+            vec![
+                pipe_recipient("/bin/sh -c 'echo unknown user >&2; exit 67'".into()),
+                local_recipient("carol"),
+                local_recipient("alice"),
+            ],
+        );
+        store.put_envelope(&id, &envelope).expect("envelope");
+
+        assert_eq!(deliver_message(&local, &id), Outcome::Retry(backoff(1)));
+        let after = store
+            .envelope(&id)
+            .expect("read")
+            .expect("carol is pending");
+        assert_eq!(after.recipients[0].state, RecipientState::Failed);
+        assert_eq!(
+            after.recipients[0].attempts, 1,
+            "failed at the first attempt"
+        );
+        assert_eq!(
+            after.recipients[0].last_error.as_deref(),
+            Some("exit status 67: unknown user")
+        );
+        assert_eq!(after.recipients[1].state, RecipientState::Pending);
+        assert_eq!(after.recipients[1].attempts, 1);
+        assert_eq!(after.recipients[2].state, RecipientState::Delivered);
+        assert_eq!(
+            std::fs::read_dir(mail_dir.join("example.org/alice/new"))
+                .expect("alice's Maildir")
+                .count(),
+            1
+        );
+        assert!(
+            !mail_dir.join("example.org/carol").exists(),
+            "carol is not a Maildir"
+        );
+        let dsns: Vec<_> = store
+            .ids()
+            .expect("ids")
+            .into_iter()
+            .filter(|i| *i != id)
+            .collect();
+        assert_eq!(dsns.len(), 1, "the pipe's failure bounced");
+        let dsn = store.envelope(&dsns[0]).expect("read").expect("dsn");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut store.body(&dsns[0], dsn.chunks), &mut text)
+            .expect("dsn body");
+        assert!(text.contains("exit status 67: unknown user"), "{text}");
     }
 
     #[test]

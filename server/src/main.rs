@@ -31,6 +31,7 @@ mod init;
 mod limits;
 mod local;
 mod log;
+mod mailbox;
 mod mta_sts;
 mod outbound;
 mod queue;

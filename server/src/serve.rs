@@ -318,6 +318,15 @@ impl Runtime {
                 ),
             );
         }
+        if settings.mailboxes != old.settings.mailboxes {
+            log::event(
+                "reload",
+                format_args!(
+                    "[mailboxes] changed in {}: needs restart; local delivery keeps the old methods",
+                    settings.file.display()
+                ),
+            );
+        }
         if settings.data_dir != old.settings.data_dir {
             log::event(
                 "reload",
@@ -566,6 +575,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         queue: local_queue,
         bouncer: bouncer.clone(),
         dispatch: dispatch.clone(),
+        mailboxes: settings.mailboxes.clone(),
     });
     let resolver = ResolverConfig::for_server(settings).map_err(|e| ConfigError {
         file: settings.file.clone(),

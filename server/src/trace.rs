@@ -67,6 +67,15 @@ impl Trace {
         let mut h = String::new();
         let _ = write!(h, "Return-Path: {}\r\n", clean(from));
         let _ = write!(h, "Delivered-To: {}\r\n", clean(recipient));
+        h.push_str(&self.received(Some(recipient), now));
+        h
+    }
+
+    /// The `Received:` field alone, with a `for` clause when the copy is for one recipient
+    /// (for a server that adds `Return-Path:` and `Delivered-To:` itself, as an LMTP server
+    /// does).
+    pub fn received(&self, recipient: Option<&str>, now: SystemTime) -> String {
+        let mut h = String::new();
         let _ = write!(
             h,
             "Received: from {} ({})\r\n",
@@ -83,13 +92,15 @@ impl Trace {
         }
         let _ = write!(
             h,
-            "\tby {} (postern) with {} id {}\r\n\tfor <{}>; {}\r\n",
+            "\tby {} (postern) with {} id {}\r\n\t",
             self.by,
             self.protocol(),
             self.id,
-            clean(recipient),
-            rfc5322_date(now)
         );
+        if let Some(recipient) = recipient {
+            let _ = write!(h, "for <{}>; ", clean(recipient));
+        }
+        let _ = write!(h, "{}\r\n", rfc5322_date(now));
         h
     }
 }
