@@ -285,3 +285,40 @@ fn without_a_catch_all_unknown_users_are_refused_and_loops_are_reported() {
     );
     assert!(r[1].starts_with("250"), "{r:?}");
 }
+
+/// A pipe alias (`user: | command`) runs the command with the message on its input.
+#[test]
+fn a_pipe_alias_gets_the_message() {
+    let a_dir = instance(
+        "mx.ours.test",
+        &[("ours.test", &["alice"])],
+        "[dns]\nnameservers = [\"127.0.0.1:9\"]\n",
+        "127.0.0.1:0",
+    );
+    let out = a_dir.path().join("piped.eml");
+    fs::write(
+        a_dir.path().join("domains/ours.test/aliases"),
+        format!(
+            "archive: | /bin/sh -c 'cat > {}'\nboth: alice, archive\n",
+            out.display()
+        ),
+    )
+    .expect("aliases");
+    let a = Server::start(a_dir.path(), 1);
+    let r = transaction(
+        a.port("smtp"),
+        "x@stranger.test",
+        &["both@ours.test"],
+        "Subject: piped\r\n\r\nto a command\r\n",
+    );
+    assert_eq!(r.last().map(String::as_str), Some("250"), "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(&out).is_ok_and(|t| t.contains("to a command")) {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = fs::read_to_string(&out).expect("piped");
+    assert!(text.contains("Subject: piped\n"), "{text}");
+    assert!(text.contains("Delivered-To: archive@ours.test"), "{text}");
+    wait_messages(&a, "ours.test", "alice", 1);
+}
