@@ -31,6 +31,10 @@ use crate::commit::Committer;
 use crate::config::Role;
 use crate::dispatch::Dispatch;
 use crate::header_from::{self, HeaderCollector};
+use crate::inbound::forged::ForgedFilter;
+use crate::inbound::sign::Signing;
+use crate::inbound::verify::Verifier;
+use crate::inbound::{Decision, Inbound, SpfResults};
 use crate::log;
 use crate::queue::QueueId;
 use crate::recipients::{Lookup, Recipients};
@@ -56,6 +60,8 @@ pub struct Shared {
     pub committer: Committer,
     /// Where queued messages go for delivery.
     pub dispatch: Dispatch,
+    /// DKIM signing and the SPF, DKIM, ARC and DMARC checks ([`crate::inbound`]).
+    pub inbound: Arc<Inbound>,
 }
 
 /// The handler of one connection.
@@ -87,6 +93,22 @@ struct Transaction {
     size: u64,
     /// Why the body could not be stored, once it could not.
     failure: Option<String>,
+    /// The DKIM signing of an authenticated user's message.
+    signing: Option<Signing>,
+    /// The checks of a message from another server.
+    checks: Option<Checks>,
+    /// Header fields to add on top of the message (`Envelope::headers`).
+    headers: String,
+    /// The check results, for the log.
+    auth_summary: Option<String>,
+}
+
+/// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
+#[derive(Debug)]
+struct Checks {
+    spf: SpfResults,
+    verifier: Verifier,
+    forged: ForgedFilter,
 }
 
 impl Reception {
@@ -112,6 +134,64 @@ impl Reception {
                 .peer()
                 .remote
                 .is_some_and(|a| self.shared.policy.trusted_networks.contains(a.ip()))
+    }
+
+    /// Whether mail in this session is checked ([`crate::inbound`]): on the smtp listeners,
+    /// without AUTH, from outside the trusted networks, when `[checks] enabled`.
+    fn checked_ip(&self, session: &Session) -> Option<IpAddr> {
+        let ip = session.peer().remote?.ip().to_canonical();
+        let checked = self.role == Role::Smtp
+            && self.shared.inbound.settings.enabled
+            && !self.may_relay(session);
+        checked.then_some(ip)
+    }
+
+    /// Signs and checks the finished message: the fields to add, or the refusal.
+    async fn authenticate(&self, session: &Session, t: &mut Transaction) -> Result<(), Verdict> {
+        if let Some(signing) = t.signing.take() {
+            let config_dir = self.shared.inbound.config_dir.clone();
+            match signing
+                .finish(config_dir, t.header.header(), SystemTime::now())
+                .await
+            {
+                Ok(fields) => t.headers.extend(fields),
+                Err(e) => {
+                    log::event(
+                        "failed",
+                        format_args!("id={} reason=\"dkim signing: {e}\"", t.id),
+                    );
+                    return Err(Verdict::Reject(reply(
+                        451,
+                        (4, 3, 0),
+                        "Local error in processing (DKIM signing), try again later",
+                    )));
+                }
+            }
+        }
+        if let Some(checks) = t.checks.take() {
+            let mut rest = Vec::new();
+            let removed = checks.forged.finish(&mut rest);
+            if !rest.is_empty() {
+                t.size += rest.len() as u64;
+                t.buffer.extend_from_slice(&rest);
+            }
+            let report = self
+                .shared
+                .inbound
+                .check_message(checks.verifier, &checks.spf)
+                .await;
+            let mut summary = report.summary;
+            if removed > 0 {
+                summary.push_str(&format!(" forged_results_removed={removed}"));
+            }
+            if let Decision::Refuse(r) = report.decision {
+                let what = format!("from={} auth=\"{summary}\"", t.from);
+                return Err(self.refuse(session, t.id.as_str(), &what, r));
+            }
+            t.headers.push_str(&report.headers);
+            t.auth_summary = Some(summary);
+        }
+        Ok(())
     }
 
     /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
@@ -168,7 +248,7 @@ impl Reception {
         log::event(
             "received",
             format_args!(
-                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}",
+                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}{}",
                 t.id,
                 t.from,
                 t.size,
@@ -179,6 +259,10 @@ impl Reception {
                 session
                     .tls()
                     .map(|tls| format!(" tls={} cipher={}", tls.version, tls.cipher))
+                    .unwrap_or_default(),
+                t.auth_summary
+                    .as_ref()
+                    .map(|a| format!(" auth=\"{a}\""))
                     .unwrap_or_default()
             ),
         );
@@ -255,8 +339,32 @@ impl Handler for Reception {
         if let Some(old) = self.transaction.take() {
             discard(&self.shared.store, &old.id, old.chunks, false).await;
         }
+        let id = QueueId::new();
+        let mut checks = None;
+        if let Some(ip) = self.checked_ip(session) {
+            let helo = session.helo().unwrap_or_default();
+            let sender = match from {
+                ReversePath::Mailbox(m) => m.to_string(),
+                _ => String::new(),
+            };
+            let (spf, decision) = self.shared.inbound.spf(ip, helo, &sender).await;
+            if let Decision::Refuse(r) = decision {
+                let what = format!(
+                    "from={from} spf={} helo-spf={}",
+                    spf.mail_from.result(),
+                    spf.helo_result.result()
+                );
+                return self.refuse(session, id.as_str(), &what, r);
+            }
+            checks = Some(Checks {
+                spf,
+                verifier: Verifier::default(),
+                forged: ForgedFilter::new(&self.shared.inbound.hostname),
+            });
+        }
+        let signing = self.user(session).map(|_| Signing::default());
         self.transaction = Some(Transaction {
-            id: QueueId::new(),
+            id,
             from: from.clone(),
             params: params.clone(),
             recipients: Vec::new(),
@@ -266,6 +374,10 @@ impl Handler for Reception {
             chunks: 0,
             size: 0,
             failure: None,
+            signing,
+            checks,
+            headers: String::new(),
+            auth_summary: None,
         });
         Verdict::Accept
     }
@@ -379,6 +491,19 @@ impl Handler for Reception {
         };
         t.received.feed(&chunk);
         t.header.feed(&chunk);
+        if let Some(signing) = &mut t.signing {
+            signing.update(&chunk);
+        }
+        // What is stored: the message less our forged Authentication-Results fields.
+        let chunk = match &mut t.checks {
+            Some(checks) => {
+                checks.verifier.update(&chunk);
+                let mut kept = Vec::with_capacity(chunk.len());
+                checks.forged.feed(&chunk, &mut kept);
+                kept
+            }
+            None => chunk,
+        };
         t.size += chunk.len() as u64;
         if t.failure.is_some() {
             return;
@@ -392,7 +517,7 @@ impl Handler for Reception {
     }
 
     async fn message_end(&mut self, session: &Session) -> Verdict {
-        let Some(t) = self.transaction.take() else {
+        let Some(mut t) = self.transaction.take() else {
             return Verdict::Reject(reply(451, (4, 3, 0), "Local error: no transaction"));
         };
         if t.received.count() > MAX_RECEIVED {
@@ -411,6 +536,10 @@ impl Handler for Reception {
             return verdict;
         }
         if let Some(verdict) = self.check_header_from(session, &t) {
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return verdict;
+        }
+        if let Err(verdict) = self.authenticate(session, &mut t).await {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
@@ -485,7 +614,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         ret: t.params.ret,
         envid: t.params.envid.clone(),
         requiretls: t.params.requiretls,
-        headers: String::new(),
+        headers: t.headers.clone(),
         received_at: now,
         trace: TraceRecord {
             helo: session.helo().unwrap_or("unknown").to_string(),

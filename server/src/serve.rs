@@ -58,6 +58,7 @@ use crate::commit::Committer;
 use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::dispatch::Dispatch;
 use crate::dns::{Resolver, ResolverConfig};
+use crate::inbound::Inbound;
 use crate::init;
 use crate::limits::{ConnectionCounter, Permit};
 use crate::local::{self, Local};
@@ -387,6 +388,12 @@ impl Live {
             store: queue.store.clone(),
             committer: queue.committer.clone(),
             dispatch: queue.dispatch.clone(),
+            inbound: Arc::new(Inbound::new(
+                settings.dir.clone(),
+                settings.checks.clone(),
+                settings.hostname.clone(),
+                queue.resolver.clone(),
+            )),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
             [false, true].map(|loopback| {
@@ -475,6 +482,8 @@ struct QueueParts {
     committer: Committer,
     /// Where queued messages go for delivery.
     dispatch: Dispatch,
+    /// The DNS resolver, shared by outbound delivery and the checks on reception.
+    resolver: Arc<Resolver>,
 }
 
 /// What [`open_queue`] sets up: the sessions' handles, the local workers' share and their
@@ -575,7 +584,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let outbound = Arc::new(Outbound::new(
         store.clone(),
         committer.clone(),
-        resolver,
+        resolver.clone(),
         settings.delivery.clone(),
         settings.hostname.clone(),
         tls,
@@ -588,6 +597,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         store,
         committer,
         dispatch,
+        resolver,
     };
     Ok((parts, local, local_ids, outbound, remote_ids))
 }
