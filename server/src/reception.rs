@@ -34,7 +34,7 @@ use crate::header_from::{self, HeaderCollector};
 use crate::inbound::forged::ForgedFilter;
 use crate::inbound::sign::Signing;
 use crate::inbound::verify::Verifier;
-use crate::inbound::{Decision, Inbound, SpfResults};
+use crate::inbound::{Decision, Inbound, SpfResults, spf_word};
 use crate::log;
 use crate::queue::QueueId;
 use crate::recipients::{Lookup, Recipients};
@@ -351,8 +351,8 @@ impl Handler for Reception {
             if let Decision::Refuse(r) = decision {
                 let what = format!(
                     "from={from} spf={} helo-spf={}",
-                    spf.mail_from.result(),
-                    spf.helo_result.result()
+                    spf_word(spf.mail_from.result()),
+                    spf_word(spf.helo_result.result())
                 );
                 return self.refuse(session, id.as_str(), &what, r);
             }

@@ -194,7 +194,7 @@ impl Inbound {
                 Decision::Refuse(Reply::of(
                     550,
                     (5, 7, 23),
-                    &format!(
+                    format!(
                         "SPF: {} does not designate {ip} as a permitted sender",
                         mail_from.domain()
                     ),
@@ -233,5 +233,18 @@ impl Inbound {
             self.authenticator.verify_spf(dns.parameters(params()))
         })
         .await
+    }
+}
+
+/// An SPF result as RFC 7208 2.6 names it (for logs).
+pub fn spf_word(result: SpfResult) -> &'static str {
+    match result {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
     }
 }

@@ -25,13 +25,16 @@ use proto_core::Reply;
 use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm};
 
 use super::dns::{self, Fetched};
-use super::{Decision, Inbound, OnFail, OnTempError, SpfResults};
+use super::{Decision, Inbound, OnFail, OnTempError, SpfResults, spf_word};
 
 /// The longest header section kept for verifying.
 pub const MAX_HEADER: usize = crate::dkim::MAX_HEADER_BLOCK;
 
 /// One body hash mail-auth asks for: body canonicalization, hash algorithm, `l=` (0: all).
 type HashKey = (MaCanon, MaHash, u64);
+
+/// The header section and the body hashes of a message.
+type Collected = (Vec<u8>, Vec<(HashKey, Vec<u8>)>);
 
 /// Collects what the checks need from a message as it streams: see the module doc.
 ///
@@ -117,7 +120,7 @@ impl Verifier {
 
     /// The header section (final CRLF included) and the body hashes, or `None` when it was
     /// too long.
-    fn finish(self) -> Option<(Vec<u8>, Vec<(HashKey, Vec<u8>)>)> {
+    fn finish(self) -> Option<Collected> {
         let (header, hashers) = match self.state {
             State::Body { header, hashers } => (header, hashers),
             // All header, no body.
@@ -199,8 +202,8 @@ impl Inbound {
         .to_header();
         let spf_part = format!(
             "spf={} helo-spf={}",
-            spf.mail_from.result(),
-            spf.helo_result.result()
+            spf_word(spf.mail_from.result()),
+            spf_word(spf.helo_result.result())
         );
         let results = AuthenticationResults::new(&self.hostname)
             .with_spf_mailfrom_result(&spf.mail_from, spf.ip, &spf.sender, &spf.helo)
@@ -297,7 +300,7 @@ impl Inbound {
                 Decision::Refuse(Reply::of(
                     550,
                     (5, 7, 1),
-                    &format!("Message rejected per the DMARC policy of {domain}"),
+                    format!("Message rejected per the DMARC policy of {domain}"),
                 ))
             }
             // RFC 7489 6.6.2: temporary failures to get a record "MAY" defer the message.
