@@ -353,3 +353,130 @@ fn policy_word(policy: Policy) -> &'static str {
         Policy::None | Policy::Unspecified => "none",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::dkim::{DkimKey, DkimKeys};
+    use crate::dns::test_server::TestServer;
+    use crate::dns::{Resolver, ResolverConfig};
+    use crate::inbound::{CheckSettings, Inbound};
+
+    const MESSAGE: &[u8] = b"From: Alice <alice@example.org>\r\n\
+        To: bob@example.net\r\n\
+        Subject: streamed\r\n\
+        \r\n\
+        Hello,   world.\r\n\
+        \r\n\
+        A second  paragraph, long enough to cross chunks.\r\n\r\n\r\n";
+
+    /// A checker whose resolver asks a test server publishing `zone` (SOA added).
+    fn inbound(dir: &std::path::Path, zone: &str) -> (Inbound, TestServer) {
+        let path = dir.join("zone");
+        let zone = format!(
+            "example.org. 3600 SOA ns.example.org. h.example.org. 1 7200 900 1209600 60\n{zone}"
+        );
+        std::fs::write(&path, zone).expect("zone");
+        let server = TestServer::start(Ipv4Addr::LOCALHOST.into(), &path).expect("dns");
+        let resolver = Arc::new(Resolver::new(ResolverConfig::new(vec![server.addr])));
+        let inbound = Inbound::new(
+            dir.to_path_buf(),
+            CheckSettings::default(),
+            "mx.example.net".into(),
+            resolver,
+        );
+        (inbound, server)
+    }
+
+    /// SPF results as MAIL would have left them (none for example.org here).
+    fn spf(inbound: &Inbound) -> SpfResults {
+        smol::block_on(inbound.spf(
+            "127.0.0.1".parse().expect("ip"),
+            "client.example.org",
+            "alice@example.org",
+        ))
+        .0
+    }
+
+    fn check(inbound: &Inbound, message: &[u8], step: usize) -> Report {
+        let mut verifier = Verifier::default();
+        for chunk in message.chunks(step) {
+            verifier.update(chunk);
+        }
+        smol::block_on(inbound.check_message(verifier, &spf(inbound)))
+    }
+
+    /// Verifying streams: any chunking of a signed message gives dkim=pass (and aligned
+    /// DMARC); a changed body fails on the body hash, whatever the chunking.
+    #[test]
+    fn streamed_verification_is_chunk_invariant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = DkimKey::ed25519_from_seed("s1", &[7; 32]).expect("key");
+        let record = key.dns_record("example.org");
+        let keys = DkimKeys::new("example.org", vec![key]);
+        let fields = keys.sign(MESSAGE, SystemTime::now()).expect("sign");
+        let signed = [fields.concat().as_bytes(), MESSAGE].concat();
+        let (inbound, _server) = inbound(
+            dir.path(),
+            &format!(
+                "{}\n_dmarc.example.org. 60 TXT \"v=DMARC1; p=reject\"\n",
+                record.zone_line().replacen(". IN TXT", ". 60 TXT", 1)
+            ),
+        );
+        for step in [1, 2, 3, 7, 64, 100_000] {
+            let report = check(&inbound, &signed, step);
+            assert!(
+                report.summary.contains("dkim=pass:example.org"),
+                "chunks of {step}: {}",
+                report.summary
+            );
+            assert!(report.summary.contains("dmarc=pass"), "{}", report.summary);
+            assert_eq!(report.decision, Decision::Accept);
+            assert!(
+                report
+                    .headers
+                    .contains("\r\n\tdkim=pass header.d=example.org header.s=s1"),
+                "{}",
+                report.headers
+            );
+        }
+        let changed = String::from_utf8_lossy(&signed).replace("second", "third");
+        for step in [1, 5, 100_000] {
+            let report = check(&inbound, changed.as_bytes(), step);
+            assert!(
+                report.summary.contains("dkim=neutral:example.org"),
+                "chunks of {step}: {}",
+                report.summary
+            );
+            assert!(report.summary.contains("dmarc=fail"), "{}", report.summary);
+            assert!(
+                matches!(&report.decision, Decision::Refuse(r) if r.to_string().starts_with("550 5.7.1")),
+                "{:?}",
+                report.decision
+            );
+        }
+    }
+
+    /// A header section over the limit cannot be authenticated.
+    #[test]
+    fn an_overlong_header_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (inbound, _server) = inbound(dir.path(), "");
+        let mut verifier = Verifier::default();
+        verifier.update(b"From: a@example.org\r\nX-Long: ");
+        for _ in 0..=(MAX_HEADER / 4096) {
+            verifier.update(&[b'x'; 4096]);
+        }
+        verifier.update(b"\r\n\r\nbody\r\n");
+        let report = smol::block_on(inbound.check_message(verifier, &spf(&inbound)));
+        assert!(
+            matches!(&report.decision, Decision::Refuse(r) if r.to_string().starts_with("552 5.6.0")),
+            "{:?}",
+            report.decision
+        );
+    }
+}
