@@ -22,7 +22,7 @@ use mail_auth::{
 };
 use postern_authdns::{AuthDns, TxtKind};
 use proto_core::Reply;
-use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm};
+use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderSection};
 
 use super::dns::{self, Fetched};
 use super::{Decision, Inbound, OnFail, OnTempError, SpfResults, spf_word};
@@ -47,8 +47,8 @@ pub struct Verifier {
 
 #[derive(Debug)]
 enum State {
-    /// Collecting the header section; `searched` octets hold no `CRLF CRLF`.
-    Header { bytes: Vec<u8>, searched: usize },
+    /// Collecting the header section.
+    Header(HeaderSection),
     /// The header section (its final CRLF included) is complete; the body streams.
     Body {
         header: Vec<u8>,
@@ -72,10 +72,7 @@ pub struct Report {
 impl Default for Verifier {
     fn default() -> Self {
         Verifier {
-            state: State::Header {
-                bytes: Vec::new(),
-                searched: 0,
-            },
+            state: State::Header(HeaderSection::new(MAX_HEADER)),
         }
     }
 }
@@ -84,29 +81,16 @@ impl Verifier {
     /// Feeds the next chunk of the message (as received: CRLF line ends, no dot-stuffing).
     pub fn update(&mut self, chunk: &[u8]) {
         match &mut self.state {
-            State::Header { bytes, searched } => {
-                bytes.extend_from_slice(chunk);
-                let end = if bytes.starts_with(b"\r\n") {
-                    Some(0)
-                } else {
-                    bytes[*searched..]
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map(|i| *searched + i + 2)
-                };
-                match end {
-                    Some(end) => {
-                        let body = bytes.split_off(end + 2);
-                        bytes.truncate(end);
-                        let header = std::mem::take(bytes);
-                        let mut hashers = hashers_for(&header);
-                        for (_, hasher) in &mut hashers {
-                            hasher.update(&body);
-                        }
-                        self.state = State::Body { header, hashers };
+            State::Header(section) => {
+                if let Some(body) = section.feed(chunk) {
+                    let header = section.take();
+                    let mut hashers = hashers_for(&header);
+                    for (_, hasher) in &mut hashers {
+                        hasher.update(body);
                     }
-                    None if bytes.len() > MAX_HEADER => self.state = State::TooLong,
-                    None => *searched = bytes.len().saturating_sub(3),
+                    self.state = State::Body { header, hashers };
+                } else if section.is_too_long() {
+                    self.state = State::TooLong;
                 }
             }
             State::Body { hashers, .. } => {
@@ -124,9 +108,10 @@ impl Verifier {
         let (header, hashers) = match self.state {
             State::Body { header, hashers } => (header, hashers),
             // All header, no body.
-            State::Header { bytes, .. } => {
-                let hashers = hashers_for(&bytes);
-                (bytes, hashers)
+            State::Header(mut section) => {
+                let header = section.take();
+                let hashers = hashers_for(&header);
+                (header, hashers)
             }
             State::TooLong => return None,
         };
