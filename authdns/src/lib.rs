@@ -448,6 +448,21 @@ impl ResolverCache<IpAddr, RecordSet<Box<str>>> for AuthDns<'_> {
     fn insert(&self, _key: IpAddr, _value: RecordSet<Box<str>>, _valid_until: Instant) {}
 }
 
+/// An SPF result by its RFC 7208 2.6 name (`pass`, `softfail`, `temperror`, ...), as
+/// `Received-SPF` and `Authentication-Results` write it (mail-auth's `Display` capitalises).
+pub fn spf_word(result: mail_auth::SpfResult) -> &'static str {
+    use mail_auth::SpfResult;
+    match result {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
 /// The `in-addr.arpa` / `ip6.arpa` name of an address.
 pub fn reverse_name(addr: IpAddr) -> String {
     match addr {

@@ -53,6 +53,7 @@ use std::sync::Arc;
 
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfOutput, SpfResult};
+pub use postern_authdns::spf_word;
 use postern_authdns::{AuthDns, TxtKind};
 use proto_core::Reply;
 
@@ -233,18 +234,5 @@ impl Inbound {
             self.authenticator.verify_spf(dns.parameters(params()))
         })
         .await
-    }
-}
-
-/// An SPF result as RFC 7208 2.6 names it (for logs).
-pub fn spf_word(result: SpfResult) -> &'static str {
-    match result {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
     }
 }
