@@ -446,6 +446,57 @@ mod tests {
         }
     }
 
+    /// ARC: mail-auth's sealed vectors (../shared/conformance/arc/mail-auth: key records,
+    /// an empty line, the message) validate as pass with the body streamed in any chunks.
+    #[test]
+    fn arc_chains_validate_streamed() {
+        let vectors = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/conformance/arc/mail-auth"
+        );
+        for name in ["001.txt", "002.txt"] {
+            let path = std::path::Path::new(vectors).join(name);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let (records, message) = text.split_once("\n\n").expect("records, then message");
+            let mut zone = String::new();
+            for line in records.lines() {
+                let (name, value) = line.split_once(' ').expect("name value");
+                let strings: Vec<String> = value
+                    .as_bytes()
+                    .chunks(255)
+                    .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+                    .collect();
+                zone.push_str(&format!("{name}. 60 TXT {}\n", strings.join(" ")));
+            }
+            let message = message.replace('\n', "\r\n");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (inbound, _server) = inbound(dir.path(), &zone);
+            for step in [1, 13, 100_000] {
+                let report = check(&inbound, message.as_bytes(), step);
+                assert!(
+                    report.summary.contains(" arc=pass "),
+                    "{name} in chunks of {step}: {}",
+                    report.summary
+                );
+                assert!(
+                    report
+                        .headers
+                        .contains("\r\n\tarc=pass smtp.remote-ip=127.0.0.1"),
+                    "{}",
+                    report.headers
+                );
+            }
+            // A line added to the body breaks the last AMS's body hash.
+            let report = check(&inbound, format!("{message}added\r\n").as_bytes(), 7);
+            assert!(
+                report.summary.contains(" arc=neutral "),
+                "{name}: {}",
+                report.summary
+            );
+        }
+    }
+
     /// A header section over the limit cannot be authenticated.
     #[test]
     fn an_overlong_header_is_refused() {
