@@ -301,3 +301,73 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A key that cannot be used (here: not a key at all) fails the signing, and the submission
+/// is answered 451: the message never goes out unsigned.
+#[test]
+fn a_signing_failure_defers_the_submission() {
+    let a_dir = instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        "[auth]\nallow_plaintext_on_loopback = true\n",
+        "submission = [\"127.0.0.1:0\"]",
+    );
+    let keys = a_dir.path().join("domains/a.test/dkim");
+    fs::create_dir_all(&keys).expect("mkdir");
+    fs::write(keys.join("broken.pem"), "not a key\n").expect("write");
+    let a = Server::start(a_dir.path(), 1);
+    let script = SUBMIT.replace(
+        "s.sendmail(\"alice@a.test\", [\"bob@b.test\"], msg)\ns.quit()\nprint(\"sent\")",
+        "try:\n    s.sendmail(\"alice@a.test\", [\"bob@b.test\"], msg)\n    print(\"sent\")\n\
+         except smtplib.SMTPDataError as e:\n    print(e.smtp_code, e.smtp_error.decode())",
+    );
+    let out = common::python(&script, &[a.port("submission").to_string()]);
+    assert!(out.trim().starts_with("451 4.3.0 "), "{out}");
+    a.wait_log("reason=\"dkim signing: ", 10);
+    assert!(a.log().contains("broken.pem"), "{}", a.log());
+    assert!(!a.log().contains("queued id="), "{}", a.log());
+}
+
+/// A DNS server failure makes SPF a temporary error: accepted and marked by default,
+/// answered 451 4.4.3 with `temperror = "defer"`; never a permanent refusal.
+#[test]
+fn dns_failures_are_accepted_or_deferred_never_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone_file = tmp.path().join("zone");
+    fs::write(
+        &zone_file,
+        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+         broken.test. 300 SERVFAIL\n",
+    )
+    .expect("zone");
+    let dns =
+        test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone_file).expect("dns");
+    let dns_table = format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr);
+    let start = |checks: &str| {
+        let dir = instance(
+            "mx.b.test",
+            &[("b.test", &["bob"])],
+            &format!("{dns_table}{checks}"),
+            "smtp = [\"127.0.0.1:0\"]",
+        );
+        let server = Server::start(dir.path(), 1);
+        (dir, server)
+    };
+    let header = "From: x@broken.test\nSubject: dns trouble\n";
+
+    let (_accepting_dir, accepting) = start("");
+    let reply = send(&accepting, "helo.broken.test", "x@broken.test", header);
+    assert_eq!(reply, "sent");
+    let got = wait_messages(&accepting, "b.test", "bob", 1, 30);
+    let results = field(&got[0], "Authentication-Results");
+    assert!(results.contains("spf=temperror"), "{results}");
+    assert!(
+        field(&got[0], "Received-SPF").starts_with("temperror "),
+        "{got:?}"
+    );
+
+    let (_deferring_dir, deferring) = start("[checks]\ntemperror = \"defer\"\n");
+    let reply = send(&deferring, "helo.broken.test", "x@broken.test", header);
+    assert!(reply.starts_with("451 4.4.3 "), "{reply}");
+    assert!(deferring.inbox("b.test", "bob").is_empty());
+}
