@@ -97,6 +97,8 @@ struct Transaction {
     signing: Option<Signing>,
     /// The checks of a message from another server.
     checks: Option<Checks>,
+    /// Drops `Authentication-Results` fields claiming our hostname from what is stored.
+    forged: ForgedFilter,
     /// Header fields to add on top of the message (`Envelope::headers`).
     headers: String,
     /// The check results, for the log.
@@ -108,7 +110,6 @@ struct Transaction {
 struct Checks {
     spf: SpfResults,
     verifier: Verifier,
-    forged: ForgedFilter,
 }
 
 impl Reception {
@@ -148,6 +149,19 @@ impl Reception {
 
     /// Signs and checks the finished message: the fields to add, or the refusal.
     async fn authenticate(&self, session: &Session, t: &mut Transaction) -> Result<(), Verdict> {
+        // The end of a header section without an empty line, unless it is a forgery.
+        let forged = std::mem::replace(&mut t.forged, ForgedFilter::new(""));
+        let mut rest = Vec::new();
+        let removed = forged.finish(&mut rest);
+        if let Some(signing) = &mut t.signing {
+            signing.update(&rest);
+        }
+        t.size += rest.len() as u64;
+        t.buffer.extend_from_slice(&rest);
+        if removed > 0 {
+            // In the `received` log line, with the check results if any.
+            t.auth_summary = Some(format!("forged_results_removed={removed}"));
+        }
         if let Some(signing) = t.signing.take() {
             let config_dir = self.shared.inbound.config_dir.clone();
             match signing
@@ -169,20 +183,15 @@ impl Reception {
             }
         }
         if let Some(checks) = t.checks.take() {
-            let mut rest = Vec::new();
-            let removed = checks.forged.finish(&mut rest);
-            if !rest.is_empty() {
-                t.size += rest.len() as u64;
-                t.buffer.extend_from_slice(&rest);
-            }
             let report = self
                 .shared
                 .inbound
                 .check_message(checks.verifier, &checks.spf)
                 .await;
             let mut summary = report.summary;
-            if removed > 0 {
-                summary.push_str(&format!(" forged_results_removed={removed}"));
+            if let Some(forged) = t.auth_summary.take() {
+                summary.push(' ');
+                summary.push_str(&forged);
             }
             if let Decision::Refuse(r) = report.decision {
                 let what = format!("from={} auth=\"{summary}\"", t.from);
@@ -359,7 +368,6 @@ impl Handler for Reception {
             checks = Some(Checks {
                 spf,
                 verifier: Verifier::default(),
-                forged: ForgedFilter::new(&self.shared.inbound.hostname),
             });
         }
         let signing = self.user(session).map(|_| Signing::default());
@@ -376,6 +384,7 @@ impl Handler for Reception {
             failure: None,
             signing,
             checks,
+            forged: ForgedFilter::new(&self.shared.inbound.hostname),
             headers: String::new(),
             auth_summary: None,
         });
@@ -491,19 +500,17 @@ impl Handler for Reception {
         };
         t.received.feed(&chunk);
         t.header.feed(&chunk);
+        // The checks see the message as received; what is stored (and signed) is the
+        // message less the Authentication-Results fields that claim our hostname.
+        if let Some(checks) = &mut t.checks {
+            checks.verifier.update(&chunk);
+        }
+        let mut kept = Vec::with_capacity(chunk.len());
+        t.forged.feed(&chunk, &mut kept);
+        let chunk = kept;
         if let Some(signing) = &mut t.signing {
             signing.update(&chunk);
         }
-        // What is stored: the message less our forged Authentication-Results fields.
-        let chunk = match &mut t.checks {
-            Some(checks) => {
-                checks.verifier.update(&chunk);
-                let mut kept = Vec::with_capacity(chunk.len());
-                checks.forged.feed(&chunk, &mut kept);
-                kept
-            }
-            None => chunk,
-        };
         t.size += chunk.len() as u64;
         if t.failure.is_some() {
             return;

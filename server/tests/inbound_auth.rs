@@ -97,7 +97,8 @@ fn send(b: &Server, helo: &str, sender: &str, header: &str) -> String {
 const SUBMIT: &str = r#"
 import smtplib, ssl, sys
 port = int(sys.argv[1])
-msg = ("From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: signed  mail\r\n"
+msg = ("Authentication-Results: A.TEST; dkim=pass (claimed by the sender)\r\n"
+       "From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: signed  mail\r\n"
        "Message-ID: <1@a.test>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
        "\r\nHello from A,  with a signature.\r\n.leading dot\r\n")
 s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
@@ -190,7 +191,10 @@ fn signed_mail_passes_and_forgeries_are_refused() {
     ] {
         assert!(results.contains(want), "{want} missing: {results}");
     }
+    // B's own results only: the sender's claim in A's name was removed by A.
     assert_eq!(text.matches("Authentication-Results:").count(), 1, "{text}");
+    assert!(!text.contains("claimed by the sender"), "{text}");
+    a.wait_log("forged_results_removed=1", 10);
     let spf = field(text, "Received-SPF");
     assert!(
         spf.starts_with("pass (mx.b.test: domain of alice@a.test"),
