@@ -23,7 +23,9 @@
 //! - A, AAAA, MX and PTR are cached as `RecordSet`s, which have no error form. A negative
 //!   answer is stored as an empty set, which mail-auth reads as NODATA: the `a`, `mx` and `ptr`
 //!   mechanisms treat it as no match, but `exists:` (which only asks whether the cache has the
-//!   name) and DMARC's `np=` test (NXDOMAIN versus NODATA) cannot tell. A time-out is left out
+//!   name) and DMARC's `np=` test (NXDOMAIN versus NODATA) cannot tell. SPF records are
+//!   therefore handed over with `exists:` rewritten as an `a` term that tests the same thing
+//!   (`exists_as_a`); `np=` stays out of reach. A time-out is left out
 //!   of the cache, so mail-auth falls through to its resolver, which fails as a temporary error.
 //! - A name that is not a valid DNS name (a label over 63 octets, an empty label) is left out
 //!   too: mail-auth's resolver path then refuses it as a parse error, as it would on a real
@@ -49,7 +51,7 @@ use mail_auth::dmarc::Dmarc;
 use mail_auth::hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::hickory_resolver::proto::rr::Name;
-use mail_auth::spf::Spf;
+use mail_auth::spf::{Mechanism, Spf};
 use mail_auth::{
     DnsError, DnssecStatus, Error, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache,
     Txt,
@@ -193,7 +195,7 @@ impl<'s> AuthDns<'s> {
         }
         let answer = self.noted("TXT", name, self.source.txt(name));
         match self.kind {
-            TxtKind::Spf => parse_txt::<Spf>(answer),
+            TxtKind::Spf => parse_txt::<Spf>(answer).map(exists_as_a),
             TxtKind::DomainKey => parse_txt::<DomainKey>(answer),
             TxtKind::Dmarc => parse_txt::<Dmarc>(answer),
         }
@@ -236,6 +238,40 @@ fn parse_txt<T: TxtRecordParser + Into<Txt>>(answer: Answer<Vec<u8>>) -> Option<
         )))),
         Answer::Unknown => None,
     }
+}
+
+/// An SPF record with each `exists:<name>` given to mail-auth as `a:<name>/0//0`.
+///
+/// mail-auth's `exists` (without its test feature) only asks whether the A cache *holds* the
+/// name, and a negative answer is held as an empty set (see the module doc): through the
+/// caches `exists:` would match every name, existing or not, and a policy such as
+/// `+exists:%{i}._spf.example.com` would pass any client. `a:<name>` with every mask bit
+/// cleared matches exactly when the lookup returns an address, and an empty set is no match:
+/// RFC 7208 5.7's test ("if any A record is returned, this mechanism matches"), with the same
+/// DNS lookup counted. Deviation: for an IPv6 client mail-auth's `a` asks for AAAA records
+/// where RFC 7208 5.7 asks for A records whatever the connection.
+fn exists_as_a(txt: Txt) -> Txt {
+    let Txt::Spf(spf) = &txt else {
+        return txt;
+    };
+    if !spf
+        .directives
+        .iter()
+        .any(|d| matches!(d.mechanism, Mechanism::Exists { .. }))
+    {
+        return txt;
+    }
+    let mut spf = Spf::clone(spf);
+    for directive in spf.directives.iter_mut() {
+        if let Mechanism::Exists { macro_string } = &directive.mechanism {
+            directive.mechanism = Mechanism::A {
+                macro_string: macro_string.clone(),
+                ip4_mask: 0,
+                ip6_mask: 0,
+            };
+        }
+    }
+    Txt::Spf(Arc::new(spf))
 }
 
 /// An address-type answer as a `RecordSet`: negatives are empty sets, failures misses.
@@ -534,6 +570,66 @@ mod tests {
         let dns = AuthDns::new(&NoAnswers, TxtKind::Dmarc);
         let _ = ResolverCache::<Box<str>, Txt>::get::<str>(&dns, "_dmarc.example.com.");
         assert_eq!(dns.misses(), ["TXT _dmarc.example.com."]);
+    }
+
+    /// A source with one SPF record and nothing else (every other name does not exist).
+    struct OneRecord(&'static str, Vec<(&'static str, Ipv4Addr)>);
+
+    impl DnsSource for OneRecord {
+        fn txt(&self, name: &str) -> Answer<Vec<u8>> {
+            if name == "e.example." {
+                Answer::Records(vec![self.0.as_bytes().to_vec()])
+            } else {
+                Answer::NxDomain
+            }
+        }
+        fn a(&self, name: &str) -> Answer<Ipv4Addr> {
+            match self.1.iter().find(|(n, _)| *n == name) {
+                Some((_, a)) => Answer::Records(vec![*a]),
+                None => Answer::NxDomain,
+            }
+        }
+        fn aaaa(&self, _: &str) -> Answer<Ipv6Addr> {
+            Answer::NxDomain
+        }
+        fn mx(&self, _: &str) -> Answer<(u16, String)> {
+            Answer::NxDomain
+        }
+        fn ptr(&self, _: IpAddr) -> Answer<String> {
+            Answer::NxDomain
+        }
+    }
+
+    /// `exists:` matches only names that have an A record, through the caches too.
+    #[test]
+    fn exists_needs_an_address() {
+        let ip: IpAddr = "192.0.2.1".parse().expect("address");
+        let record = "v=spf1 exists:%{i}.ok.example -all";
+        let cases = [
+            (
+                vec![("192.0.2.1.ok.example.", Ipv4Addr::new(127, 0, 0, 2))],
+                "pass",
+            ),
+            (
+                vec![("192.0.2.9.ok.example.", Ipv4Addr::new(127, 0, 0, 2))],
+                "fail",
+            ),
+            (vec![], "fail"),
+        ];
+        for (addresses, want) in cases {
+            let source = OneRecord(record, addresses.clone());
+            let dns = AuthDns::new(&source, TxtKind::Spf).with_addresses(&[ip]);
+            let params = mail_auth::spf::verify::SpfParameters::verify_mail_from(
+                ip,
+                "helo.example",
+                "receiver.example",
+                "user@e.example",
+            );
+            let output = futures_lite::future::block_on(
+                offline_authenticator().verify_spf(dns.parameters(params)),
+            );
+            assert_eq!(spf_word(output.result()), want, "{addresses:?}");
+        }
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! names an SPF check needs depends on the records it meets, so this is the only way to feed
 //! it without a resolver trait.
 //!
-//! Known limit, from mail-auth's cache design (see authdns/src/lib.rs): address answers are
-//! cached as record sets without an error form, so an `exists:` mechanism whose name does not
-//! exist reads as present (mail-auth's `exists` asks only whether the A cache holds the name).
+//! Known limits, from mail-auth's cache design (see authdns/src/lib.rs and
+//! conformance/DEVIATIONS.md A8, A24): address answers are cached as record sets without an
+//! error form, so SPF's `exists:` is handed over as an equivalent `a` term (for an IPv6 client
+//! it then asks for AAAA rather than A records), and DMARC's `np=` cannot be told apart from
+//! `sp=`.
 
 use std::collections::HashMap;
 use std::future::Future;
