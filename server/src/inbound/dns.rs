@@ -20,6 +20,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use futures_lite::future;
 
 use postern_authdns::{Answer, AuthDns, DnsSource};
 
@@ -29,13 +33,21 @@ use crate::dns::{DnsError, Name, RData, RecordType, Resolver};
 /// with 10 includes needs about 11).
 pub const MAX_ROUNDS: usize = 24;
 
-/// How many names one message may make us fetch in all.
+/// How many names one check stage may fetch in all.
 pub const MAX_FETCHES: usize = 64;
 
-/// The answers fetched for one message, by question (`TYPE name`, as in
-/// [`AuthDns::misses`]).
-#[derive(Debug, Default)]
+/// How long the lookups of one check stage (SPF at MAIL; DKIM, ARC and DMARC at the end of
+/// data) may take in all: a name not fetched by then is a DNS temporary error in the results,
+/// so a slow or silent name server cannot hold a session past the client's patience (RFC 5321
+/// 4.5.3.2 gives clients 5 minutes for MAIL and for the end of data).
+pub const CHECK_TIME: Duration = Duration::from_secs(60);
+
+/// The answers fetched for one check stage, by question (`TYPE name`, as in
+/// [`AuthDns::misses`]), within [`CHECK_TIME`] of its creation.
+#[derive(Debug)]
 pub struct Fetched {
+    /// When fetching stops.
+    deadline: Instant,
     txt: Mutex<HashMap<String, Answer<Vec<u8>>>>,
     a: Mutex<HashMap<String, Answer<Ipv4Addr>>>,
     aaaa: Mutex<HashMap<String, Answer<Ipv6Addr>>>,
@@ -43,6 +55,20 @@ pub struct Fetched {
     ptr: Mutex<HashMap<IpAddr, Answer<String>>>,
     /// Questions fetched so far.
     fetched: Mutex<usize>,
+}
+
+impl Default for Fetched {
+    fn default() -> Self {
+        Fetched {
+            deadline: Instant::now() + CHECK_TIME,
+            txt: Mutex::default(),
+            a: Mutex::default(),
+            aaaa: Mutex::default(),
+            mx: Mutex::default(),
+            ptr: Mutex::default(),
+            fetched: Mutex::default(),
+        }
+    }
 }
 
 impl Fetched {
@@ -62,24 +88,40 @@ impl Fetched {
                 continue;
             };
             let name = name.to_string();
-            learnt |= match rtype {
-                "TXT" => {
-                    let answer = answer(resolver.txt(&name).await);
-                    insert(&self.txt, name, answer)
-                }
-                "A" => {
-                    let answer = answer(resolver.a(&name).await);
-                    insert(&self.a, name, answer)
-                }
-                "AAAA" => {
-                    let answer = answer(resolver.aaaa(&name).await);
-                    insert(&self.aaaa, name, answer)
-                }
-                "MX" => {
-                    let answer = answer(mx(resolver, &name).await);
-                    insert(&self.mx, name, answer)
-                }
-                "PTR" => match name.parse::<IpAddr>() {
+            let fetch = self.fetch_one(resolver, rtype, name);
+            let out_of_time = async {
+                Timer::at(self.deadline).await;
+                false
+            };
+            learnt |= future::or(fetch, out_of_time).await;
+            if Instant::now() >= self.deadline {
+                return learnt;
+            }
+        }
+        learnt
+    }
+
+    /// Fetches one question; whether it was new.
+    async fn fetch_one(&self, resolver: &Resolver, rtype: &str, name: String) -> bool {
+        match rtype {
+            "TXT" => {
+                let answer = answer(resolver.txt(&name).await);
+                insert(&self.txt, name, answer)
+            }
+            "A" => {
+                let answer = answer(resolver.a(&name).await);
+                insert(&self.a, name, answer)
+            }
+            "AAAA" => {
+                let answer = answer(resolver.aaaa(&name).await);
+                insert(&self.aaaa, name, answer)
+            }
+            "MX" => {
+                let answer = answer(mx(resolver, &name).await);
+                insert(&self.mx, name, answer)
+            }
+            "PTR" => {
+                match name.parse::<IpAddr>() {
                     Ok(ip) => {
                         let answer =
                             answer(resolver.ptr(ip).await.map(|names| {
@@ -88,11 +130,10 @@ impl Fetched {
                         insert(&self.ptr, ip, answer)
                     }
                     Err(_) => false,
-                },
-                _ => false,
-            };
+                }
+            }
+            _ => false,
         }
-        learnt
     }
 }
 
