@@ -151,7 +151,8 @@ where
     F: FnMut(&'d AuthDns<'d>) -> Fut,
     Fut: Future<Output = T>,
 {
-    let mut seen = 0;
+    // Misses of earlier checks on the same `dns` were fetched already.
+    let mut seen = dns.misses().len();
     let mut round = 1;
     loop {
         let output = check(dns).await;

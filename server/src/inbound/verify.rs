@@ -497,6 +497,39 @@ mod tests {
         }
     }
 
+    /// SPF needs names it only learns from the records (include, then mx, then the
+    /// exchange's address): each run fetches what the last one missed.
+    #[test]
+    fn spf_fetches_what_each_round_discovers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (inbound, server) = inbound(
+            dir.path(),
+            "example.org. 60 TXT \"v=spf1 include:a.example.org -all\"\n\
+             a.example.org. 60 TXT \"v=spf1 mx:b.example.org -all\"\n\
+             b.example.org. 60 MX 10 mx.b.example.org.\n\
+             mx.b.example.org. 60 A 127.0.0.1\n\
+             client.example.org. 60 TXT \"v=spf1 -all\"\n",
+        );
+        for (ip, sender, want, helo_want) in [
+            ("127.0.0.1", "alice@example.org", "pass", "fail"),
+            ("127.0.0.2", "alice@example.org", "fail", "fail"),
+            ("127.0.0.1", "", "fail", "fail"),
+        ] {
+            let (results, decision) =
+                smol::block_on(inbound.spf(ip.parse().expect("ip"), "client.example.org", sender));
+            assert_eq!(
+                spf_word(results.mail_from.result()),
+                want,
+                "{ip} {sender:?}"
+            );
+            assert_eq!(spf_word(results.helo_result.result()), helo_want, "{ip}");
+            let refused =
+                matches!(&decision, Decision::Refuse(r) if r.to_string().starts_with("550 5.7.23"));
+            assert_eq!(refused, want == "fail", "{ip} {sender:?}: {decision:?}");
+        }
+        assert!(server.queries() >= 5, "{}", server.queries());
+    }
+
     /// A header section over the limit cannot be authenticated.
     #[test]
     fn an_overlong_header_is_refused() {
