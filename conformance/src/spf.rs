@@ -22,7 +22,6 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use futures_lite::future::block_on;
-use mail_auth::SpfResult;
 use mail_auth::spf::verify::SpfParameters;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -112,7 +111,7 @@ fn run_test(
         SpfParameters::verify_mail_from(ip, &test.helo, RECEIVER, &test.mailfrom)
     };
     let output = block_on(authenticator.verify_spf(dns.parameters(params)));
-    let actual = result_word(output.result());
+    let actual = postern_authdns::spf_word(output.result());
     let detail = format!(
         "spec {}; host {}, mailfrom {:?}, helo {:?}\nDNS questions: {}",
         spec_text(&test.spec),
@@ -133,19 +132,6 @@ fn spec_text(spec: &Value) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         _ => String::new(),
-    }
-}
-
-/// The suite's word for a result.
-fn result_word(result: SpfResult) -> &'static str {
-    match result {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
     }
 }
 

@@ -352,6 +352,95 @@ impl BodyHash {
     }
 }
 
+/// Collects the header section of a message fed in chunks, up to the empty line that ends
+/// it, and hands back what follows as body: what a signer or verifier keeps of a message,
+/// whose body only streams through a [`BodyHasher`].
+///
+/// Call order: [`HeaderSection::feed`] with consecutive chunks of the message (CRLF line
+/// ends, no dot-stuffing) until it returns the body part of a chunk (the section is then
+/// complete: read it with [`HeaderSection::take`]) or [`HeaderSection::is_too_long`] says the
+/// limit was passed. A message that starts with the empty line has an empty section.
+#[derive(Debug, Clone)]
+pub struct HeaderSection {
+    bytes: Vec<u8>,
+    /// The first `searched` octets hold no `CRLF CRLF`.
+    searched: usize,
+    limit: usize,
+    state: SectionState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SectionState {
+    Collecting,
+    Complete,
+    TooLong,
+}
+
+impl HeaderSection {
+    /// A collector that gives up past `limit` octets.
+    pub fn new(limit: usize) -> Self {
+        HeaderSection {
+            bytes: Vec::new(),
+            searched: 0,
+            limit,
+            state: SectionState::Collecting,
+        }
+    }
+
+    /// Feeds the next chunk. Once the empty line is in, returns the octets of `chunk` after
+    /// it (the start of the body, maybe empty); `None` while the section is incomplete, and
+    /// for anything fed after it was complete or too long.
+    pub fn feed<'c>(&mut self, chunk: &'c [u8]) -> Option<&'c [u8]> {
+        if self.state != SectionState::Collecting {
+            return None;
+        }
+        let before = self.bytes.len();
+        self.bytes.extend_from_slice(chunk);
+        // `end`: where the section ends, its final CRLF included; the empty line follows.
+        let end = if self.bytes.starts_with(b"\r\n") {
+            Some(0)
+        } else {
+            self.bytes[self.searched..]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| self.searched + i + 2)
+        };
+        match end {
+            Some(end) => {
+                // The empty line ends in this chunk: the body starts in it too.
+                self.bytes.truncate(end);
+                self.state = SectionState::Complete;
+                Some(&chunk[(end + 2 - before).min(chunk.len())..])
+            }
+            None if self.bytes.len() > self.limit => {
+                self.bytes = Vec::new();
+                self.state = SectionState::TooLong;
+                None
+            }
+            None => {
+                self.searched = self.bytes.len().saturating_sub(3);
+                None
+            }
+        }
+    }
+
+    /// Whether the empty line has been fed.
+    pub fn is_complete(&self) -> bool {
+        self.state == SectionState::Complete
+    }
+
+    /// Whether the section was longer than the limit (nothing is kept then).
+    pub fn is_too_long(&self) -> bool {
+        self.state == SectionState::TooLong
+    }
+
+    /// The section (its final CRLF included, not the empty line), or what was collected of
+    /// it; the collector is left empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
 /// One header field of a header block: its name and its complete text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderField<'a> {
@@ -591,6 +680,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn header_section_splits_anywhere() {
+        let message: &[u8] = b"From: a@b\r\nSubject: x\r\n y\r\n\r\nBody\r\n\r\nmore\r\n";
+        for i in 0..=message.len() {
+            for j in i..=message.len() {
+                let mut section = HeaderSection::new(1000);
+                let mut body = Vec::new();
+                for piece in [&message[..i], &message[i..j], &message[j..]] {
+                    if section.is_complete() {
+                        body.extend_from_slice(piece);
+                    } else if let Some(rest) = section.feed(piece) {
+                        body.extend_from_slice(rest);
+                    }
+                }
+                assert!(section.is_complete(), "split at {i}, {j}");
+                assert_eq!(
+                    section.take(),
+                    b"From: a@b\r\nSubject: x\r\n y\r\n",
+                    "{i}, {j}"
+                );
+                assert_eq!(body, b"Body\r\n\r\nmore\r\n", "split at {i}, {j}");
+            }
+        }
+        let mut section = HeaderSection::new(100);
+        assert_eq!(section.feed(b"\r"), None);
+        assert_eq!(section.feed(b"\nbody"), Some(&b"body"[..]));
+        assert_eq!(section.take(), b"");
+        let mut section = HeaderSection::new(10);
+        assert_eq!(section.feed(b"Subject: too long"), None);
+        assert!(section.is_too_long());
+        assert_eq!(section.feed(b"\r\n\r\n"), None);
     }
 
     #[test]

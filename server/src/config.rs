@@ -18,6 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::AuthSettings;
+use crate::inbound::{CheckSettings, OnFail, OnTempError};
 use crate::relay::{Grant, Grants, HeaderFromCheck, TrustedNetworks};
 use crate::userdb::Address;
 
@@ -110,6 +111,8 @@ pub struct Settings {
     pub srs_max_age_days: u16,
     /// `[mailboxes]`: how local mailboxes are delivered to (Maildir, LMTP, a command).
     pub mailboxes: crate::mailbox::Mailboxes,
+    /// `[checks]`: SPF, DKIM, ARC and DMARC on the smtp listeners.
+    pub checks: CheckSettings,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -157,6 +160,8 @@ struct RawFile {
     routes: BTreeMap<Spanned<String>, Spanned<crate::outbound::settings::RawRoute>>,
     #[serde(default)]
     mailboxes: BTreeMap<Spanned<String>, Spanned<crate::mailbox::RawMailbox>>,
+    #[serde(default)]
+    checks: RawChecks,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +170,16 @@ struct RawAliases {
     drop_characters: Option<String>,
     suffix_separators: Option<Spanned<String>>,
     srs_max_age_days: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChecks {
+    enabled: Option<bool>,
+    spf_fail: Option<Spanned<String>>,
+    dmarc_reject: Option<Spanned<String>>,
+    dmarc_quarantine: Option<Spanned<String>>,
+    temperror: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -514,6 +529,52 @@ impl Settings {
             Some(d) => d.into_inner(),
             None => DEFAULT_SRS_MAX_AGE_DAYS,
         };
+        let defaults = CheckSettings::default();
+        let on_fail = |value: Option<Spanned<String>>, key: &str, default: OnFail| {
+            let Some(v) = value else {
+                return Ok(default);
+            };
+            match v.get_ref().as_str() {
+                "reject" => Ok(OnFail::Reject),
+                "mark" => Ok(OnFail::Mark),
+                other => Err(error(
+                    at(v.span()),
+                    format!("[checks] {key} = {other:?} is neither \"reject\" nor \"mark\""),
+                    &format!("write {key} = \"reject\" or {key} = \"mark\""),
+                )),
+            }
+        };
+        let temperror = match raw.checks.temperror {
+            None => defaults.temperror,
+            Some(v) => match v.get_ref().as_str() {
+                "accept" => OnTempError::Accept,
+                "defer" => OnTempError::Defer,
+                other => {
+                    return Err(error(
+                        at(v.span()),
+                        format!(
+                            "[checks] temperror = {other:?} is neither \"accept\" nor \"defer\""
+                        ),
+                        "write temperror = \"accept\" or temperror = \"defer\"",
+                    ));
+                }
+            },
+        };
+        let checks = CheckSettings {
+            enabled: raw.checks.enabled.unwrap_or(defaults.enabled),
+            spf_fail: on_fail(raw.checks.spf_fail, "spf_fail", defaults.spf_fail)?,
+            dmarc_reject: on_fail(
+                raw.checks.dmarc_reject,
+                "dmarc_reject",
+                defaults.dmarc_reject,
+            )?,
+            dmarc_quarantine: on_fail(
+                raw.checks.dmarc_quarantine,
+                "dmarc_quarantine",
+                defaults.dmarc_quarantine,
+            )?,
+            temperror,
+        };
 
         let delivery =
             crate::outbound::settings::parse(raw.delivery, raw.routes, dir, file, &|span| {
@@ -545,6 +606,7 @@ impl Settings {
             alias_options,
             srs_max_age_days,
             mailboxes,
+            checks,
         })
     }
 
@@ -857,6 +919,61 @@ mod tests {
         let e = parse("[dns]\nnameservers = [\"127.0.0.1\"]\n").expect_err("no port");
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.fix.contains("with a port"), "{e}");
+    }
+
+    #[test]
+    fn checks_parse() {
+        let d = parse(crate::init::DEFAULT_CONFIG).expect("default");
+        assert_eq!(d.checks, CheckSettings::default());
+        assert!(d.checks.enabled);
+        assert_eq!(d.checks.spf_fail, OnFail::Reject);
+        assert_eq!(d.checks.dmarc_reject, OnFail::Reject);
+        assert_eq!(d.checks.dmarc_quarantine, OnFail::Mark);
+        assert_eq!(d.checks.temperror, OnTempError::Accept);
+        let s = parse(
+            "[checks]\nenabled = false\nspf_fail = \"mark\"\ndmarc_reject = \"mark\"\n\
+             dmarc_quarantine = \"reject\"\ntemperror = \"defer\"\n\
+             [listeners]\nsmtp = [\"127.0.0.1:25\"]\n",
+        )
+        .expect("checks");
+        assert_eq!(
+            s.checks,
+            CheckSettings {
+                enabled: false,
+                spf_fail: OnFail::Mark,
+                dmarc_reject: OnFail::Mark,
+                dmarc_quarantine: OnFail::Reject,
+                temperror: OnTempError::Defer,
+            }
+        );
+        for (text, line, message, fix) in [
+            (
+                "[checks]\nspf_fail = \"drop\"\n",
+                2,
+                "neither",
+                "spf_fail = \"reject\"",
+            ),
+            (
+                "[checks]\n\ndmarc_reject = \"no\"\n",
+                3,
+                "neither",
+                "dmarc_reject =",
+            ),
+            (
+                "[checks]\ntemperror = \"retry\"\n",
+                2,
+                "neither",
+                "\"defer\"",
+            ),
+            ("[checks]\nspf = true\n", 2, "unknown field", "spelling"),
+        ] {
+            let text = format!("{text}[listeners]\nsmtp = [\"127.0.0.1:25\"]\n");
+            let e = parse(&text).expect_err(&text);
+            assert_eq!(e.line, Some(line), "input {text:?}: {e}");
+            assert!(e.message.contains(message), "input {text:?}: {e}");
+            assert!(e.fix.contains(fix), "input {text:?}: {e}");
+            assert!(e.to_string().starts_with("/c/postern.toml, line "), "{e}");
+        }
     }
 
     #[test]

@@ -39,36 +39,32 @@
 //! # Verifying
 //!
 //! [`verify`] checks the signatures of a message with mail-auth, the DNS answers coming from
-//! our own stub resolver ([`crate::dns`]) through mail-auth's cache (mail-auth's resolver is
-//! built without servers and never runs).
+//! our own stub resolver ([`crate::dns`]) through mail-auth's cache ([`crate::inbound::dns`];
+//! mail-auth's resolver is built without servers and never reaches the network).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey as _};
-use mail_auth::common::parse::TxtRecordParser as _;
-use mail_auth::common::verify::DomainKey;
-use mail_auth::{
-    AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
-};
+use mail_auth::{AuthenticatedMessage, DkimResult};
+use postern_authdns::{AuthDns, TxtKind};
 use proto_core::Domain;
-use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderFields};
+use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderFields, HeaderSection};
 use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
 use rsa::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
 use rsa::traits::PublicKeyParts as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer};
 
-use crate::dns::{DnsError, Name, RData, RecordType, Resolver};
+use crate::dns::Resolver;
+use crate::inbound::dns::Fetched;
 
 /// The directory of a domain's keys, inside `domains/<domain>/`.
 pub const KEY_DIR: &str = "dkim";
@@ -162,9 +158,6 @@ pub enum DkimError {
     /// The message could not be parsed for verifying.
     #[error("cannot parse the message")]
     Unparsable,
-    /// mail-auth's verifier could not be set up.
-    #[error("cannot set up the verifier: {0}")]
-    Verifier(String),
 }
 
 /// The kind of key `keygen` makes.
@@ -228,8 +221,8 @@ pub struct Signer {
 
 #[derive(Debug)]
 enum SignerState {
-    /// Collecting the header block; `searched` octets are known to hold no `CRLF CRLF`.
-    Header { bytes: Vec<u8>, searched: usize },
+    /// Collecting the header block.
+    Header(HeaderSection),
     /// The header block is complete (its final CRLF included); the body streams.
     Body { header: Vec<u8> },
     /// Failed for good (the header block was too long).
@@ -515,10 +508,7 @@ impl Signer {
     /// A signer at the start of a message.
     pub fn new() -> Signer {
         Signer {
-            state: SignerState::Header {
-                bytes: Vec::new(),
-                searched: 0,
-            },
+            state: SignerState::Header(HeaderSection::new(MAX_HEADER_BLOCK)),
             body: BodyHasher::new(Canonicalization::Relaxed, HashAlgorithm::Sha256),
         }
     }
@@ -535,28 +525,14 @@ impl Signer {
     /// Feeds the next piece of the message.
     pub fn update(&mut self, chunk: &[u8]) {
         match &mut self.state {
-            SignerState::Header { bytes, searched } => {
-                bytes.extend_from_slice(chunk);
-                // The message may start with the empty line (no header field at all).
-                let end = if bytes.starts_with(b"\r\n") {
-                    Some(0)
-                } else {
-                    bytes[*searched..]
-                        .windows(4)
-                        .position(|w| w == b"\r\n\r\n")
-                        .map(|i| *searched + i + 2)
-                };
-                match end {
-                    Some(end) => {
-                        let body = bytes.split_off(end + 2);
-                        bytes.truncate(end);
-                        self.body.update(&body);
-                        self.state = SignerState::Body {
-                            header: std::mem::take(bytes),
-                        };
-                    }
-                    None if bytes.len() > MAX_HEADER_BLOCK => self.state = SignerState::Failed,
-                    None => *searched = bytes.len().saturating_sub(3),
+            SignerState::Header(section) => {
+                if let Some(body) = section.feed(chunk) {
+                    self.body.update(body);
+                    self.state = SignerState::Body {
+                        header: section.take(),
+                    };
+                } else if section.is_too_long() {
+                    self.state = SignerState::Failed;
                 }
             }
             SignerState::Body { .. } => self.body.update(chunk),
@@ -572,7 +548,7 @@ impl Signer {
         let header = match self.state {
             SignerState::Body { header } => header,
             // No empty line: all header, no body.
-            SignerState::Header { bytes, .. } => bytes,
+            SignerState::Header(mut section) => section.take(),
             SignerState::Failed => return Err(DkimError::HeaderTooLong),
         };
         let body_hash = self.body.finish().to_base64();
@@ -875,29 +851,18 @@ impl FromStr for KeyAlgorithm {
 }
 
 /// Verifies every DKIM signature of `message` with mail-auth, fetching the keys with
-/// `resolver`. An empty list means the message has no signature.
+/// `resolver` (through [`crate::inbound::dns`], as the checks on reception do). An empty list
+/// means the message has no signature.
 pub async fn verify(message: &[u8], resolver: &Resolver) -> Result<Vec<Verdict>, DkimError> {
     let parsed = AuthenticatedMessage::parse(message).ok_or(DkimError::Unparsable)?;
-    let cache = TxtCache::default();
-    for header in &parsed.dkim_headers {
-        let name = format!("{}._domainkey.{}.", header.header.s, header.header.d).to_lowercase();
-        if cache.get::<str>(&name).is_some() {
-            continue;
-        }
-        let entry = match Name::from_ascii(&name) {
-            Ok(fqdn) => txt_entry(resolver.lookup(&fqdn, RecordType::TXT).await),
-            Err(_) => not_found(),
-        };
-        cache.insert(name.into_boxed_str(), entry, Instant::now());
-    }
-    // mail-auth's own resolver, without servers: never asked, as every key is in the cache.
-    let authenticator = MessageAuthenticator::new(
-        mail_auth::hickory_resolver::config::ResolverConfig::from_name_servers(Vec::new()),
-        mail_auth::hickory_resolver::config::ResolverOpts::default(),
-    )
-    .map_err(|e| DkimError::Verifier(e.to_string()))?;
-    let params = Parameters::new(&parsed).with_txt_cache(&cache);
-    let outputs = authenticator.verify_dkim(params).await;
+    let fetched = Fetched::default();
+    let keys = AuthDns::new(&fetched, TxtKind::DomainKey);
+    // mail-auth's own resolver, without servers: every key comes through `fetched`.
+    let authenticator = postern_authdns::offline_authenticator();
+    let outputs = crate::inbound::dns::run(resolver, &fetched, &keys, |dns| {
+        authenticator.verify_dkim(dns.parameters(&parsed))
+    })
+    .await;
     Ok(outputs
         .iter()
         .map(|output| {
@@ -915,83 +880,11 @@ pub async fn verify(message: &[u8], resolver: &Resolver) -> Result<Vec<Verdict>,
         .collect())
 }
 
-/// A TXT answer (or its absence) as mail-auth caches it.
-fn txt_entry(answer: Result<crate::dns::Answer, DnsError>) -> Txt {
-    match answer {
-        Ok(answer) => {
-            let mut parsed = None;
-            for record in &answer.records {
-                if let RData::TXT(txt) = record {
-                    let joined: Vec<u8> = txt
-                        .txt_data
-                        .iter()
-                        .flat_map(|s| s.iter().copied())
-                        .collect();
-                    if let Ok(key) = DomainKey::parse(&joined) {
-                        parsed = Some(key);
-                        break;
-                    }
-                }
-            }
-            match parsed {
-                Some(key) => Txt::DomainKey(Arc::new(key)),
-                None => Txt::Error(mail_auth::Error::Dns(
-                    mail_auth::DnsError::InvalidRecordType,
-                )),
-            }
-        }
-        Err(e) if e.is_not_found() => not_found(),
-        Err(e) => Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::Resolver(
-            e.to_string(),
-        ))),
-    }
-}
-
-fn not_found() -> Txt {
-    Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
-        mail_auth::hickory_resolver::proto::op::ResponseCode::NXDomain,
-    )))
-}
-
-/// mail-auth's TXT cache, filled before a check.
-#[derive(Default)]
-struct TxtCache(Mutex<HashMap<Box<str>, Txt>>);
-
-impl ResolverCache<Box<str>, Txt> for TxtCache {
-    fn get<Q>(&self, name: &Q) -> Option<Txt>
-    where
-        Box<str>: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
-    }
-
-    fn remove<Q>(&self, name: &Q) -> Option<Txt>
-    where
-        Box<str>: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name)
-    }
-
-    fn insert(&self, key: Box<str>, value: Txt, _valid_until: Instant) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use postern_authdns::Answer;
 
     use super::*;
 
@@ -1021,25 +914,37 @@ mod tests {
         (&message[..at + 2], &message[at + 4..])
     }
 
-    /// mail-auth's verdicts on `message`, the keys of `records` in its cache.
-    fn mail_auth_verdicts(message: &[u8], records: &[DnsRecord]) -> Vec<DkimResult> {
-        let cache = TxtCache::default();
-        for r in records {
-            let key = DomainKey::parse(r.value.as_bytes()).expect("record parses");
-            cache.insert(
-                format!("{}.", r.name).into_boxed_str(),
-                Txt::DomainKey(Arc::new(key)),
-                Instant::now(),
-            );
+    /// The TXT records of `records`, as a DNS source (every other name does not exist).
+    struct Records(Vec<DnsRecord>);
+
+    impl postern_authdns::DnsSource for Records {
+        fn txt(&self, name: &str) -> Answer<Vec<u8>> {
+            match self.0.iter().find(|r| format!("{}.", r.name) == name) {
+                Some(r) => Answer::Records(vec![r.value.clone().into_bytes()]),
+                None => Answer::NxDomain,
+            }
         }
+        fn a(&self, _: &str) -> Answer<std::net::Ipv4Addr> {
+            Answer::NxDomain
+        }
+        fn aaaa(&self, _: &str) -> Answer<std::net::Ipv6Addr> {
+            Answer::NxDomain
+        }
+        fn mx(&self, _: &str) -> Answer<(u16, String)> {
+            Answer::NxDomain
+        }
+        fn ptr(&self, _: std::net::IpAddr) -> Answer<String> {
+            Answer::NxDomain
+        }
+    }
+
+    /// mail-auth's verdicts on `message`, the keys of `records` its only DNS.
+    fn mail_auth_verdicts(message: &[u8], records: &[DnsRecord]) -> Vec<DkimResult> {
+        let source = Records(records.to_vec());
+        let keys = AuthDns::new(&source, TxtKind::DomainKey);
         let parsed = AuthenticatedMessage::parse(message).expect("message parses");
-        let authenticator = MessageAuthenticator::new(
-            mail_auth::hickory_resolver::config::ResolverConfig::from_name_servers(Vec::new()),
-            mail_auth::hickory_resolver::config::ResolverOpts::default(),
-        )
-        .expect("authenticator");
-        let params = Parameters::new(&parsed).with_txt_cache(&cache);
-        smol::block_on(authenticator.verify_dkim(params))
+        let authenticator = postern_authdns::offline_authenticator();
+        smol::block_on(authenticator.verify_dkim(keys.parameters(&parsed)))
             .iter()
             .map(|o| o.result().clone())
             .collect()

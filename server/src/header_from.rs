@@ -108,7 +108,7 @@ pub fn check(header: &[u8], owns: impl Fn(&Address) -> bool) -> Result<(), FromP
 }
 
 /// The unfolded values of every `From:` field.
-fn from_fields(header: &[u8]) -> Vec<String> {
+pub fn from_fields(header: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(header);
     let mut fields: Vec<String> = Vec::new();
     let mut current: Option<String> = None;

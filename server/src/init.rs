@@ -111,8 +111,9 @@ trusted_networks = []
 # (see [senders]): "reject" (550 5.7.1) or "allow".
 header_from = "reject"
 
-# The recursive DNS resolvers asked for outbound mail, as "address:port", e.g.
-# ["127.0.0.1:53", "[::1]:53"]. Empty: the nameserver lines of /etc/resolv.conf.
+# The recursive DNS resolvers asked for outbound mail and for the [checks], as
+# "address:port", e.g. ["127.0.0.1:53", "[::1]:53"]. Empty: the nameserver lines of
+# /etc/resolv.conf.
 [dns]
 nameservers = []
 
@@ -185,6 +186,27 @@ mx_port = 25
 #   "example.org" = { lmtp = "unix:/run/dovecot/lmtp" }
 #   "bob@example.org" = { command = "/usr/bin/procmail -d %to_user%", timeout = 60 }
 [mailboxes]
+
+# Checks of mail arriving on the smtp listeners from other servers (not of authenticated
+# users, nor of clients in [relay] trusted_networks): SPF (RFC 7208) of the HELO and MAIL FROM
+# identities at MAIL; DKIM (RFC 6376) of every signature, the ARC chain (RFC 8617) and DMARC
+# (RFC 7489) of the header From domain at the end of data. The results are added to the
+# message as one Authentication-Results field (authserv-id: hostname) and a Received-SPF
+# field; Authentication-Results fields claiming to come from this hostname are removed.
+# (Outgoing mail of authenticated users is DKIM-signed with every key in
+# domains/<domain>/dkim/<selector>.pem of the header From domain; see `postern dkim`.)
+[checks]
+# Run the checks at all.
+enabled = true
+# An SPF "fail" of the MAIL FROM identity: "reject" (550 5.7.23) or "mark".
+spf_fail = "reject"
+# A DMARC failure where the domain publishes p=reject: "reject" (550 5.7.1) or "mark".
+dmarc_reject = "reject"
+# A DMARC failure where the domain publishes p=quarantine: "mark" or "reject".
+dmarc_quarantine = "mark"
+# A DNS temporary error during SPF or DMARC: "accept" the message (the results say
+# temperror) or "defer" it (451 4.4.3, the sender retries). Never a permanent refusal.
+temperror = "accept"
 
 # What authenticated users may send as, besides their own address (and its +suffix forms):
 # "user" = [domains or addresses]. Example:

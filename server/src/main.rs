@@ -27,6 +27,7 @@ mod dkim;
 mod dkimcmd;
 mod dns;
 mod header_from;
+mod inbound;
 mod init;
 mod limits;
 mod local;

@@ -16,6 +16,12 @@
 //! elsewhere are refused with 451 4.3.0 even when relaying is allowed, because outbound
 //! delivery does not exist yet: the client keeps the message and can retry once it does,
 //! rather than being told 250 for mail that would sit here.
+//!
+//! Mail authentication ([`crate::inbound`]): an authenticated user's message is DKIM-signed
+//! as it streams in; on the smtp listeners, other servers' mail gets SPF at MAIL and DKIM,
+//! ARC and DMARC at the end of data, and the results are added on top of the stored message
+//! (`Envelope::headers`). `Authentication-Results` fields claiming our hostname are dropped
+//! from every message before it is stored.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,9 +36,13 @@ use crate::aliases::Aliases;
 use crate::auth::Authenticator;
 use crate::commit::Committer;
 use crate::config::Role;
-use crate::destinations::{self, Decision};
+use crate::destinations::{self, Decision as RcptDecision};
 use crate::dispatch::Dispatch;
 use crate::header_from::{self, HeaderCollector};
+use crate::inbound::forged::ForgedFilter;
+use crate::inbound::sign::Signing;
+use crate::inbound::verify::Verifier;
+use crate::inbound::{Decision, Inbound, SpfResults, spf_word};
 use crate::log;
 use crate::queue::QueueId;
 use crate::recipients::Recipients;
@@ -62,6 +72,8 @@ pub struct Shared {
     pub committer: Committer,
     /// Where queued messages go for delivery.
     pub dispatch: Dispatch,
+    /// DKIM signing and the SPF, DKIM, ARC and DMARC checks ([`crate::inbound`]).
+    pub inbound: Arc<Inbound>,
 }
 
 /// The handler of one connection.
@@ -94,6 +106,23 @@ struct Transaction {
     size: u64,
     /// Why the body could not be stored, once it could not.
     failure: Option<String>,
+    /// The DKIM signing of an authenticated user's message.
+    signing: Option<Signing>,
+    /// The checks of a message from another server.
+    checks: Option<Checks>,
+    /// Drops `Authentication-Results` fields claiming our hostname from what is stored.
+    forged: ForgedFilter,
+    /// Header fields to add on top of the message (`Envelope::headers`).
+    headers: String,
+    /// The check results, for the log.
+    auth_summary: Option<String>,
+}
+
+/// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
+#[derive(Debug)]
+struct Checks {
+    spf: SpfResults,
+    verifier: Verifier,
 }
 
 impl Reception {
@@ -119,6 +148,72 @@ impl Reception {
                 .peer()
                 .remote
                 .is_some_and(|a| self.shared.policy.trusted_networks.contains(a.ip()))
+    }
+
+    /// Whether mail in this session is checked ([`crate::inbound`]): on the smtp listeners,
+    /// without AUTH, from outside the trusted networks, when `[checks] enabled`.
+    fn checked_ip(&self, session: &Session) -> Option<IpAddr> {
+        let ip = session.peer().remote?.ip().to_canonical();
+        let checked = self.role == Role::Smtp
+            && self.shared.inbound.settings.enabled
+            && !self.may_relay(session);
+        checked.then_some(ip)
+    }
+
+    /// Signs and checks the finished message: the fields to add, or the refusal.
+    async fn authenticate(&self, session: &Session, t: &mut Transaction) -> Result<(), Verdict> {
+        // The end of a header section without an empty line, unless it is a forgery.
+        let forged = std::mem::replace(&mut t.forged, ForgedFilter::new(""));
+        let mut rest = Vec::new();
+        let removed = forged.finish(&mut rest);
+        if let Some(signing) = &mut t.signing {
+            signing.update(&rest);
+        }
+        t.size += rest.len() as u64;
+        t.buffer.extend_from_slice(&rest);
+        if removed > 0 {
+            // In the `received` log line, with the check results if any.
+            t.auth_summary = Some(format!("forged_results_removed={removed}"));
+        }
+        if let Some(signing) = t.signing.take() {
+            let config_dir = self.shared.inbound.config_dir.clone();
+            match signing
+                .finish(config_dir, t.header.header(), SystemTime::now())
+                .await
+            {
+                Ok(fields) => t.headers.extend(fields),
+                Err(e) => {
+                    log::event(
+                        "failed",
+                        format_args!("id={} reason=\"dkim signing: {e}\"", t.id),
+                    );
+                    return Err(Verdict::Reject(reply(
+                        451,
+                        (4, 3, 0),
+                        "Local error in processing (DKIM signing), try again later",
+                    )));
+                }
+            }
+        }
+        if let Some(checks) = t.checks.take() {
+            let report = self
+                .shared
+                .inbound
+                .check_message(checks.verifier, &checks.spf)
+                .await;
+            let mut summary = report.summary;
+            if let Some(forged) = t.auth_summary.take() {
+                summary.push(' ');
+                summary.push_str(&forged);
+            }
+            if let Decision::Refuse(r) = report.decision {
+                let what = format!("from={} auth=\"{summary}\"", t.from);
+                return Err(self.refuse(session, t.id.as_str(), &what, r));
+            }
+            t.headers.push_str(&report.headers);
+            t.auth_summary = Some(summary);
+        }
+        Ok(())
     }
 
     /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
@@ -175,7 +270,7 @@ impl Reception {
         log::event(
             "received",
             format_args!(
-                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}",
+                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}{}",
                 t.id,
                 t.from,
                 t.size,
@@ -186,6 +281,10 @@ impl Reception {
                 session
                     .tls()
                     .map(|tls| format!(" tls={} cipher={}", tls.version, tls.cipher))
+                    .unwrap_or_default(),
+                t.auth_summary
+                    .as_ref()
+                    .map(|a| format!(" auth=\"{a}\""))
                     .unwrap_or_default()
             ),
         );
@@ -283,8 +382,31 @@ impl Handler for Reception {
         if let Some(old) = self.transaction.take() {
             discard(&self.shared.store, &old.id, old.chunks, false).await;
         }
+        let id = QueueId::new();
+        let mut checks = None;
+        if let Some(ip) = self.checked_ip(session) {
+            let helo = session.helo().unwrap_or_default();
+            let sender = match from {
+                ReversePath::Mailbox(m) => m.to_string(),
+                _ => String::new(),
+            };
+            let (spf, decision) = self.shared.inbound.spf(ip, helo, &sender).await;
+            if let Decision::Refuse(r) = decision {
+                let what = format!(
+                    "from={from} spf={} helo-spf={}",
+                    spf_word(spf.mail_from.result()),
+                    spf_word(spf.helo_result.result())
+                );
+                return self.refuse(session, id.as_str(), &what, r);
+            }
+            checks = Some(Checks {
+                spf,
+                verifier: Verifier::default(),
+            });
+        }
+        let signing = self.user(session).map(|_| Signing::default());
         self.transaction = Some(Transaction {
-            id: QueueId::new(),
+            id,
             from: from.clone(),
             params: params.clone(),
             recipients: Vec::new(),
@@ -294,6 +416,11 @@ impl Handler for Reception {
             chunks: 0,
             size: 0,
             failure: None,
+            signing,
+            checks,
+            forged: ForgedFilter::new(&self.shared.inbound.hostname),
+            headers: String::new(),
+            auth_summary: None,
         });
         Verdict::Accept
     }
@@ -330,17 +457,17 @@ impl Handler for Reception {
             );
         }
         match decision {
-            Decision::Accept(targets) => {
+            RcptDecision::Accept(targets) => {
                 for t in targets {
                     self.add_recipient(t.address, t.sender, to, params);
                 }
                 Verdict::Accept
             }
-            Decision::Refuse(code, status, text) => {
+            RcptDecision::Refuse(code, status, text) => {
                 self.refuse(session, &id, &what, reply(code, status, &text))
             }
             // An authenticated user (or a trusted network) sending elsewhere: outbound.
-            Decision::NotLocal if relay_ok => match to {
+            RcptDecision::NotLocal if relay_ok => match to {
                 ForwardPath::Mailbox(m) => {
                     self.add_recipient(store::Address::Remote(m.to_string()), None, to, params);
                     Verdict::Accept
@@ -353,7 +480,7 @@ impl Handler for Reception {
                 ),
             },
             // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
-            Decision::NotLocal => self.refuse(
+            RcptDecision::NotLocal => self.refuse(
                 session,
                 &id,
                 &what,
@@ -394,6 +521,17 @@ impl Handler for Reception {
         };
         t.received.feed(&chunk);
         t.header.feed(&chunk);
+        // The checks see the message as received; what is stored (and signed) is the
+        // message less the Authentication-Results fields that claim our hostname.
+        if let Some(checks) = &mut t.checks {
+            checks.verifier.update(&chunk);
+        }
+        let mut kept = Vec::with_capacity(chunk.len());
+        t.forged.feed(&chunk, &mut kept);
+        let chunk = kept;
+        if let Some(signing) = &mut t.signing {
+            signing.update(&chunk);
+        }
         t.size += chunk.len() as u64;
         if t.failure.is_some() {
             return;
@@ -407,7 +545,7 @@ impl Handler for Reception {
     }
 
     async fn message_end(&mut self, session: &Session) -> Verdict {
-        let Some(t) = self.transaction.take() else {
+        let Some(mut t) = self.transaction.take() else {
             return Verdict::Reject(reply(451, (4, 3, 0), "Local error: no transaction"));
         };
         if t.received.count() > MAX_RECEIVED {
@@ -426,6 +564,10 @@ impl Handler for Reception {
             return verdict;
         }
         if let Some(verdict) = self.check_header_from(session, &t) {
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return verdict;
+        }
+        if let Err(verdict) = self.authenticate(session, &mut t).await {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
@@ -500,7 +642,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         ret: t.params.ret,
         envid: t.params.envid.clone(),
         requiretls: t.params.requiretls,
-        headers: String::new(),
+        headers: t.headers.clone(),
         received_at: now,
         trace: TraceRecord {
             helo: session.helo().unwrap_or("unknown").to_string(),

@@ -60,6 +60,7 @@ use crate::config::{ConfigError, Listener, Role, Settings};
 use crate::destinations;
 use crate::dispatch::Dispatch;
 use crate::dns::{Resolver, ResolverConfig};
+use crate::inbound::Inbound;
 use crate::init;
 use crate::limits::{ConnectionCounter, Permit};
 use crate::local::{self, Local};
@@ -423,6 +424,12 @@ impl Live {
             store: queue.store.clone(),
             committer: queue.committer.clone(),
             dispatch: queue.dispatch.clone(),
+            inbound: Arc::new(Inbound::new(
+                settings.dir.clone(),
+                settings.checks.clone(),
+                settings.hostname.clone(),
+                queue.resolver.clone(),
+            )),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
             [false, true].map(|loopback| {
@@ -513,6 +520,8 @@ struct QueueParts {
     dispatch: Dispatch,
     /// The SRS key (`<data_dir>/srs.key`).
     srs_key: Arc<Vec<u8>>,
+    /// The DNS resolver, shared by outbound delivery and the checks on reception.
+    resolver: Arc<Resolver>,
 }
 
 /// What [`open_queue`] sets up: the sessions' handles, the local workers' share and their
@@ -614,7 +623,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let outbound = Arc::new(Outbound::new(
         store.clone(),
         committer.clone(),
-        resolver,
+        resolver.clone(),
         settings.delivery.clone(),
         settings.hostname.clone(),
         tls,
@@ -632,6 +641,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         committer,
         dispatch,
         srs_key: Arc::new(srs_key),
+        resolver,
     };
     Ok((parts, local, local_ids, outbound, remote_ids))
 }

@@ -10,63 +10,10 @@ mod common;
 mod test_server;
 
 use std::fs;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Server, cert, write_certbot};
-
-fn add_user(root: &Path, address: &str) {
-    let mut child = Command::new(BINARY)
-        .arg("-C")
-        .arg(root)
-        .args(["user", "add", address, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"pw\n")
-        .expect("password");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A configuration directory: `hostname`, users per domain, `config` before `[listeners]`.
-fn instance(
-    hostname: &str,
-    domains: &[(&str, &[&str])],
-    config: &str,
-    smtp: &str,
-) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    fs::write(
-        root.join("postern.toml"),
-        format!(
-            "hostname = \"{hostname}\"\ndata_dir = \"data\"\n{config}\n[listeners]\nsmtp = [\"{smtp}\"]\n"
-        ),
-    )
-    .expect("config");
-    write_certbot(&root.join("certs").join(hostname), &cert(&[hostname]));
-    for (domain, users) in domains {
-        fs::create_dir_all(root.join("domains").join(domain)).expect("domain");
-        for user in *users {
-            add_user(root, &format!("{user}@{domain}"));
-        }
-    }
-    dir
-}
+use common::{Server, instance};
 
 /// One SMTP transaction on `port` as a stranger (no AUTH): returns each reply code line.
 fn transaction(port: u16, from: &str, to: &[&str], body: &str) -> Vec<String> {
@@ -95,23 +42,6 @@ s.quit()
         .collect()
 }
 
-fn wait_messages(server: &Server, domain: &str, user: &str, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let inbox = server.inbox(domain, user);
-        if inbox.len() >= n {
-            return inbox;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user}@{domain}: {} of {n}; log:\n{}",
-            inbox.len(),
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn catch_all_forwarding_with_srs_and_its_bounce() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -135,7 +65,7 @@ mx.outside.test. 300 A 127.0.0.1
         "mx.outside.test",
         &[("outside.test", &["me"]), ("stranger.test", &["someone"])],
         "",
-        &format!("127.0.0.1:{port}"),
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
     );
     let b = Server::start(b_dir.path(), 1);
     // A: ours.test, every address forwarded to me@outside.test, except alice (local).
@@ -147,7 +77,7 @@ mx.outside.test. 300 A 127.0.0.1
         "mx.ours.test",
         &[("ours.test", &["alice"])],
         &a_config,
-        "127.0.0.1:0",
+        "smtp = [\"127.0.0.1:0\"]",
     );
     fs::write(
         a_dir.path().join("domains/ours.test/aliases"),
@@ -176,9 +106,9 @@ mx.outside.test. 300 A 127.0.0.1
 
     // One copy each: alice is reached twice (as a.l.i.c.e+tag, and through "sales"), the
     // outside mailbox twice (anything@, sales@); a transaction delivers once per destination.
-    let alice = wait_messages(&a, "ours.test", "alice", 1);
+    let alice = common::wait_messages(&a, "ours.test", "alice", 1, 30);
     assert!(alice[0].contains("Subject: hello"));
-    let got = wait_messages(&b, "outside.test", "me", 1);
+    let got = common::wait_messages(&b, "outside.test", "me", 1, 30);
     let copy = &got[0];
     assert!(copy.contains("Subject: hello\r\n"), "{copy}");
     let return_path = copy
@@ -206,7 +136,7 @@ mx.outside.test. 300 A 127.0.0.1
     let r = transaction(a_port, "", &[&return_path], bounce);
     assert!(r[1].starts_with("250"), "{r:?}");
     assert_eq!(r[2], "250", "{r:?}");
-    let returned = wait_messages(&b, "stranger.test", "someone", 1);
+    let returned = common::wait_messages(&b, "stranger.test", "someone", 1, 30);
     assert!(
         returned[0].contains("Subject: Undelivered"),
         "{}",
@@ -239,7 +169,7 @@ fn without_a_catch_all_unknown_users_are_refused_and_loops_are_reported() {
         "mx.ours.test",
         &[("ours.test", &["alice"])],
         "[dns]\nnameservers = [\"127.0.0.1:9\"]\n",
-        "127.0.0.1:0",
+        "smtp = [\"127.0.0.1:0\"]",
     );
     fs::write(
         a_dir.path().join("domains/ours.test/aliases"),
@@ -263,7 +193,7 @@ fn without_a_catch_all_unknown_users_are_refused_and_loops_are_reported() {
     assert!(r[3].starts_with("550") && r[3].contains("5.4.6"), "{r:?}");
     // Forwarding is what the aliases say: no relaying for anyone else.
     assert!(r[4].starts_with("550") && r[4].contains("5.7.1"), "{r:?}");
-    let got = wait_messages(&a, "ours.test", "alice", 1);
+    let got = common::wait_messages(&a, "ours.test", "alice", 1, 30);
     assert!(
         got[0].contains("Delivered-To: alice@ours.test"),
         "{}",
@@ -293,7 +223,7 @@ fn a_pipe_alias_gets_the_message() {
         "mx.ours.test",
         &[("ours.test", &["alice"])],
         "[dns]\nnameservers = [\"127.0.0.1:9\"]\n",
-        "127.0.0.1:0",
+        "smtp = [\"127.0.0.1:0\"]",
     );
     let out = a_dir.path().join("piped.eml");
     fs::write(
@@ -320,5 +250,5 @@ fn a_pipe_alias_gets_the_message() {
     let text = fs::read_to_string(&out).expect("piped");
     assert!(text.contains("Subject: piped\n"), "{text}");
     assert!(text.contains("Delivered-To: archive@ours.test"), "{text}");
-    wait_messages(&a, "ours.test", "alice", 1);
+    common::wait_messages(&a, "ours.test", "alice", 1, 30);
 }

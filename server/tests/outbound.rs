@@ -19,59 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Server, cert, write_certbot};
-
-/// `postern -C root user add ADDR --password-stdin`.
-fn add_user(root: &Path, address: &str, password: &str) {
-    let mut child = Command::new(BINARY)
-        .arg("-C")
-        .arg(root)
-        .args(["user", "add", address, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A configuration directory for `hostname` with `domains` (each with `users`), a
-/// self-signed certificate, and `config` (tables) before `listeners`.
-fn instance(
-    hostname: &str,
-    domains: &[(&str, &[&str])],
-    config: &str,
-    listeners: &str,
-) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    fs::write(
-        root.join("postern.toml"),
-        format!(
-            "hostname = \"{hostname}\"\ndata_dir = \"data\"\n{config}\n[listeners]\n{listeners}\n"
-        ),
-    )
-    .expect("config");
-    write_certbot(&root.join("certs").join(hostname), &cert(&[hostname]));
-    for (domain, users) in domains {
-        fs::create_dir_all(root.join("domains").join(domain)).expect("domain");
-        for user in *users {
-            add_user(root, &format!("{user}@{domain}"), "pw");
-        }
-    }
-    dir
-}
+use common::{Server, instance, wait_messages};
 
 /// A port free on both 127.0.0.1 and ::1 (for an MX that listens on both).
 fn free_dual_port() -> u16 {
@@ -151,24 +99,6 @@ fn start_sender(config: &str) -> (tempfile::TempDir, Server) {
     );
     let server = Server::start(dir.path(), 2);
     (dir, server)
-}
-
-/// Waits until `dir/data/mail/<domain>/<user>/new` has `n` messages (at most `secs`).
-fn wait_messages(server: &Server, domain: &str, user: &str, n: usize, secs: u64) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let inbox = server.inbox(domain, user);
-        if inbox.len() >= n {
-            return inbox;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user}@{domain}: {} of {n} messages after {secs} s; log:\n{}",
-            inbox.len(),
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -41,8 +41,10 @@ impl Node {
                 "hostname = \"localhost\"\n\
                  data_dir = \"data\"\n\
                  max_message_size = {max_size}\n\
+                 {}\
                  [listeners]\n\
-                 smtp = [\"127.0.0.1:{port}\"]\n"
+                 smtp = [\"127.0.0.1:{port}\"]\n",
+                common::OFFLINE_DNS
             ),
         )
         .expect("write config");

@@ -14,7 +14,7 @@
 //!   [`DnsError::NoData`]) or the answer is only unavailable now ([`DnsError::is_temporary`]):
 //!   4xx versus 5xx for the SMTP side.
 //!
-//! # Feeding mail-auth (later)
+//! # Feeding mail-auth ([`crate::inbound::dns`] does this)
 //!
 //! mail-auth 0.13.3 has no resolver trait (see ../shared/DEPENDENCIES.md); its injection
 //! point is its DNS caches (`Parameters::new(x).with_cache(&caches)`, one cache type each for
@@ -243,9 +243,8 @@ impl Resolver {
             .collect())
     }
 
-    /// The names of `ip` (its `in-addr.arpa` / `ip6.arpa` PTR records). Not called by the
-    /// server yet: for the reverse-DNS checks (the DNS doctor, iprev).
-    #[allow(dead_code)]
+    /// The names of `ip` (its `in-addr.arpa` / `ip6.arpa` PTR records): for SPF's `ptr`
+    /// mechanism and `%{p}` macro ([`crate::inbound::dns`]).
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<Name>, DnsError> {
         let answer = self.lookup(&Name::from(ip), RecordType::PTR).await?;
         Ok(answer

@@ -24,8 +24,10 @@ pub fn config_dir(extra: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Writes `postern.toml` with `extra` top-level keys.
+/// Writes `postern.toml` with `extra` top-level keys (and tables). Without a `[dns]` table
+/// in `extra`, DNS goes to [`OFFLINE_DNS`].
 pub fn write_config(root: &Path, extra: &str) {
+    let extra = with_offline_dns(extra);
     fs::write(
         root.join("postern.toml"),
         format!(
@@ -38,6 +40,20 @@ pub fn write_config(root: &Path, extra: &str) {
         ),
     )
     .expect("write config");
+}
+
+/// A `[dns]` table whose nameserver is a closed loopback port: every lookup fails at once
+/// as a temporary error, and nothing reaches the system's resolver (the checks on the smtp
+/// listeners look up SPF and DMARC records).
+pub const OFFLINE_DNS: &str = "[dns]\nnameservers = [\"127.0.0.1:9\"]\n";
+
+/// `config` with [`OFFLINE_DNS`] added when it has no `[dns]` table.
+pub fn with_offline_dns(config: &str) -> String {
+    if config.contains("[dns]") {
+        config.to_string()
+    } else {
+        format!("{config}\n{OFFLINE_DNS}")
+    }
 }
 
 /// A self-signed certificate for `names`: (certificate PEM, key PEM, certificate DER in hex).
@@ -302,4 +318,82 @@ pub fn peer_cert(port: u16, sni: &str) -> (String, String) {
         lines.next().unwrap_or_default().to_string(),
         lines.next().unwrap_or_default().to_string(),
     )
+}
+
+/// `postern -C root user add ADDR --password-stdin`.
+pub fn add_user(root: &Path, address: &str, password: &str) {
+    let mut child = Command::new(BINARY)
+        .arg("-C")
+        .arg(root)
+        .args(["user", "add", address, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("password");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A configuration directory for `hostname` with `domains` (each with `users`, password
+/// "pw"), a self-signed certificate, and `config` (tables) before `listeners` ([`OFFLINE_DNS`]
+/// unless it has a `[dns]` table).
+pub fn instance(
+    hostname: &str,
+    domains: &[(&str, &[&str])],
+    config: &str,
+    listeners: &str,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::write(
+        root.join("postern.toml"),
+        format!(
+            "hostname = \"{hostname}\"\ndata_dir = \"data\"\n{}\n[listeners]\n{listeners}\n",
+            with_offline_dns(config)
+        ),
+    )
+    .expect("config");
+    write_certbot(&root.join("certs").join(hostname), &cert(&[hostname]));
+    for (domain, users) in domains {
+        fs::create_dir_all(root.join("domains").join(domain)).expect("domain");
+        for user in *users {
+            add_user(root, &format!("{user}@{domain}"), "pw");
+        }
+    }
+    dir
+}
+
+/// Waits until `dir/data/mail/<domain>/<user>/new` has `n` messages (at most `secs`).
+pub fn wait_messages(
+    server: &Server,
+    domain: &str,
+    user: &str,
+    n: usize,
+    secs: u64,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let inbox = server.inbox(domain, user);
+        if inbox.len() >= n {
+            return inbox;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}@{domain}: {} of {n} messages after {secs} s; log:\n{}",
+            inbox.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
