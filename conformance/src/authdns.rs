@@ -1,13 +1,13 @@
 //! The mock DNS of the suites: a [`Zone`] built from a suite's data, answering mail-auth
-//! through [`postern_authdns`]'s cache adapter (re-exported here), which the server shares.
+//! through the shared `authdns_shared`'s cache adapter (re-exported here), which the server shares.
 //!
 //! How answers reach mail-auth, and what its caches cannot hold, is documented in
-//! `postern_authdns` (authdns/src/lib.rs).
+//! `authdns_shared` (server/src/authdns.rs).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use postern_authdns::{
+pub use crate::authdns_shared::{
     Answer, AuthDns, AuthParameters, DnsSource, TxtKind, fqdn, offline_authenticator, reverse_name,
 };
 

@@ -50,11 +50,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::authdns::{AuthDns, TxtKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey as _};
 use mail_auth::{AuthenticatedMessage, DkimResult};
-use postern_authdns::{AuthDns, TxtKind};
 use proto_core::Domain;
 use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderFields, HeaderSection};
 use rsa::pkcs1::{DecodeRsaPrivateKey as _, EncodeRsaPrivateKey as _};
@@ -858,7 +858,7 @@ pub async fn verify(message: &[u8], resolver: &Resolver) -> Result<Vec<Verdict>,
     let fetched = Fetched::default();
     let keys = AuthDns::new(&fetched, TxtKind::DomainKey);
     // mail-auth's own resolver, without servers: every key comes through `fetched`.
-    let authenticator = postern_authdns::offline_authenticator();
+    let authenticator = crate::authdns::offline_authenticator();
     let outputs = crate::inbound::dns::run(resolver, &fetched, &keys, |dns| {
         authenticator.verify_dkim(dns.parameters(&parsed))
     })
@@ -884,7 +884,7 @@ pub async fn verify(message: &[u8], resolver: &Resolver) -> Result<Vec<Verdict>,
 mod tests {
     use std::time::Duration;
 
-    use postern_authdns::Answer;
+    use crate::authdns::Answer;
 
     use super::*;
 
@@ -917,7 +917,7 @@ mod tests {
     /// The TXT records of `records`, as a DNS source (every other name does not exist).
     struct Records(Vec<DnsRecord>);
 
-    impl postern_authdns::DnsSource for Records {
+    impl crate::authdns::DnsSource for Records {
         fn txt(&self, name: &str) -> Answer<Vec<u8>> {
             match self.0.iter().find(|r| format!("{}.", r.name) == name) {
                 Some(r) => Answer::Records(vec![r.value.clone().into_bytes()]),
@@ -943,7 +943,7 @@ mod tests {
         let source = Records(records.to_vec());
         let keys = AuthDns::new(&source, TxtKind::DomainKey);
         let parsed = AuthenticatedMessage::parse(message).expect("message parses");
-        let authenticator = postern_authdns::offline_authenticator();
+        let authenticator = crate::authdns::offline_authenticator();
         smol::block_on(authenticator.verify_dkim(keys.parameters(&parsed)))
             .iter()
             .map(|o| o.result().clone())

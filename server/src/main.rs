@@ -16,6 +16,7 @@
 mod aliascmd;
 mod aliases;
 mod auth;
+mod authdns;
 mod bounce;
 mod cli;
 mod commit;

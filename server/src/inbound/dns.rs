@@ -1,16 +1,16 @@
 //! Our stub resolver ([`crate::dns::Resolver`]) as the DNS of mail-auth's checks.
 //!
 //! mail-auth 0.13.3 can only be given DNS answers through its caches; the adapter that
-//! answers them from any source is [`postern_authdns::AuthDns`] (shared with the conformance
+//! answers them from any source is [`crate::authdns::AuthDns`] (shared with the conformance
 //! suites). [`Fetched`] is the server's source: the answers fetched so far for one message.
 //! A check runs against it with mail-auth's resolver offline
-//! ([`postern_authdns::offline_authenticator`]), so a name not fetched yet fails as a DNS
+//! ([`crate::authdns::offline_authenticator`]), so a name not fetched yet fails as a DNS
 //! temporary error and is listed by [`AuthDns::misses`]; [`Fetched::fetch`] asks our resolver
 //! for those names and the check runs again, at most [`MAX_ROUNDS`] times ([`run`]). Which
 //! names an SPF check needs depends on the records it meets, so this is the only way to feed
 //! it without a resolver trait.
 //!
-//! Known limits, from mail-auth's cache design (see authdns/src/lib.rs and
+//! Known limits, from mail-auth's cache design (see server/src/authdns.rs and
 //! conformance/DEVIATIONS.md A8, A24): address answers are cached as record sets without an
 //! error form, so SPF's `exists:` is handed over as an equivalent `a` term (for an IPv6 client
 //! it then asks for AAAA rather than A records), and DMARC's `np=` cannot be told apart from
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use futures_lite::future;
 
-use postern_authdns::{Answer, AuthDns, DnsSource};
+use crate::authdns::{Answer, AuthDns, DnsSource};
 
 use crate::dns::{DnsError, Name, RData, RecordType, Resolver};
 

@@ -51,10 +51,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use crate::authdns::spf_word;
+use crate::authdns::{AuthDns, TxtKind};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MessageAuthenticator, SpfOutput, SpfResult};
-pub use postern_authdns::spf_word;
-use postern_authdns::{AuthDns, TxtKind};
 use proto_core::Reply;
 
 use crate::dns::Resolver;
@@ -167,7 +167,7 @@ impl Inbound {
             settings,
             hostname,
             resolver,
-            authenticator: postern_authdns::offline_authenticator(),
+            authenticator: crate::authdns::offline_authenticator(),
         }
     }
 

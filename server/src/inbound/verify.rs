@@ -12,6 +12,7 @@
 //! A header section longer than [`MAX_HEADER`] cannot be authenticated (a From field could
 //! hide past the limit), and the message is refused.
 
+use crate::authdns::{AuthDns, TxtKind};
 use mail_auth::common::crypto::HashAlgorithm as MaHash;
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::Canonicalization as MaCanon;
@@ -20,7 +21,6 @@ use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, ReceivedSpf,
 };
-use postern_authdns::{AuthDns, TxtKind};
 use proto_core::Reply;
 use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderSection};
 

@@ -1,5 +1,6 @@
 //! DNS answers for mail-auth, given through its cache traits: shared by postern's server (its
-//! stub resolver's answers) and its conformance suites (a mock zone).
+//! stub resolver's answers) and its conformance suites (a mock zone; the conformance crate
+//! compiles this same file as its `authdns_shared` module).
 //!
 //! mail-auth 0.13.3 has no resolver trait: its only injection point is the DNS cache that
 //! `Parameters::new(..).with_txt_cache(..)` (and `with_mx_cache`, `with_ipv4_cache`,
@@ -499,7 +500,9 @@ pub fn spf_word(result: mail_auth::SpfResult) -> &'static str {
     }
 }
 
-/// The `in-addr.arpa` / `ip6.arpa` name of an address.
+/// The `in-addr.arpa` / `ip6.arpa` name of an address (the conformance suites' mock zone
+/// keys PTR records by it; the server asks its resolver by address instead).
+#[allow(dead_code)]
 pub fn reverse_name(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(a) => {
