@@ -250,9 +250,12 @@ where
 {
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_SIZE];
+    // Whether the session was told about the shutdown. The signal may come at any moment,
+    // also between this check and the wait below: the wait then completes at once.
+    let mut told = false;
     loop {
-        if shutdown.is_triggered() {
-            // A no-op after the first time.
+        if !told && shutdown.is_triggered() {
+            told = true;
             session.handle_shutdown(Instant::now());
         }
         // 1. Carry out every action, in order.
@@ -313,7 +316,7 @@ where
             }
         };
         let stop = async {
-            if shutdown.is_triggered() {
+            if told {
                 future::pending().await
             } else {
                 shutdown.triggered().await;
@@ -331,7 +334,10 @@ where
                 return Err(Error::Io(e));
             }
             Wake::Deadline => session.handle_timeout(now),
-            Wake::Shutdown => session.handle_shutdown(now),
+            Wake::Shutdown => {
+                told = true;
+                session.handle_shutdown(now);
+            }
         }
     }
 }

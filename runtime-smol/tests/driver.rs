@@ -211,3 +211,83 @@ fn shutdown_lets_the_message_finish_then_closes() {
         task.await;
     });
 }
+
+/// A stream that triggers the shutdown signal right after its first flush: the moment
+/// between the driver's shutdown check and its wait for input, which a signal must not slip
+/// through (it used to: the session then sat idle until its command timeout).
+struct TriggerOnFlush {
+    inner: Async<TcpStream>,
+    shutdown: runtime_smol::Shutdown,
+}
+
+impl futures_lite::io::AsyncRead for TriggerOnFlush {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl futures_lite::io::AsyncWrite for TriggerOnFlush {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        if r.is_ready() {
+            self.shutdown.trigger();
+        }
+        r
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[test]
+fn a_shutdown_right_after_the_greeting_closes_the_idle_session() {
+    smol::block_on(async {
+        let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+        let addr = listener.get_ref().local_addr().expect("addr");
+        let shutdown = runtime_smol::Shutdown::new();
+        let mut config = Config::new("mx.test");
+        // Were the signal lost, the command timeout would close the session instead.
+        config.timeouts.command = std::time::Duration::from_secs(3);
+        let connection =
+            Connection::new(Arc::new(config), TlsMode::None).with_shutdown(shutdown.clone());
+        let server = smol::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            let stream = TriggerOnFlush {
+                inner: stream,
+                shutdown,
+            };
+            let mut handler = Recorder::default();
+            let peer = proto_core::PeerInfo::new(Some(peer), None);
+            connection
+                .run(stream, peer, &mut handler)
+                .await
+                .expect("session ends cleanly");
+        });
+        let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
+        let mut all = String::new();
+        c.read_to_string(&mut all).await.expect("read to EOF");
+        server.await;
+        assert!(all.starts_with("220 mx.test"), "{all}");
+        assert!(
+            all.contains("421 4.3.2"),
+            "the shutdown reply, not a timeout: {all}"
+        );
+    });
+}
