@@ -386,6 +386,28 @@ impl DkimKey {
     }
 }
 
+/// One of our keys through mail-auth's signing trait, borrowed: for mail-auth's ARC sealer.
+#[derive(Debug, Clone, Copy)]
+pub struct SealingKey<'a>(pub &'a DkimKey);
+
+impl mail_auth::common::crypto::SigningKey for SealingKey<'_> {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl mail_auth::common::headers::Writable) -> mail_auth::Result<Vec<u8>> {
+        match &self.0.kind {
+            KeyKind::Ed25519(key) => key.sign(input),
+            KeyKind::Rsa { key, .. } => key.sign(input),
+        }
+    }
+
+    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+        match &self.0.kind {
+            KeyKind::Ed25519(key) => key.algorithm(),
+            KeyKind::Rsa { key, .. } => key.algorithm(),
+        }
+    }
+}
+
 impl Default for Signer {
     fn default() -> Self {
         Signer::new()

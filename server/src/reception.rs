@@ -196,10 +196,11 @@ impl Reception {
             }
         }
         if let Some(checks) = t.checks.take() {
+            let seal = self.forwarding_keys(t).await;
             let report = self
                 .shared
                 .inbound
-                .check_message(checks.verifier, &checks.spf)
+                .check_message(checks.verifier, &checks.spf, seal.as_ref())
                 .await;
             let mut summary = report.summary;
             if let Some(forged) = t.auth_summary.take() {
@@ -214,6 +215,37 @@ impl Reception {
             t.auth_summary = Some(summary);
         }
         Ok(())
+    }
+
+    /// The DKIM keys of the domain that forwards this message (the domain of the SRS sender
+    /// of its first forwarded recipient), to ARC-seal it with; `None` when nothing is
+    /// forwarded or the domain has no usable key.
+    async fn forwarding_keys(&self, t: &Transaction) -> Option<crate::dkim::DkimKeys> {
+        let sender = t
+            .recipients
+            .iter()
+            .find_map(|(_, sender, _)| sender.clone())?;
+        let domain = sender
+            .trim_matches(|c| c == '<' || c == '>')
+            .rsplit_once('@')?
+            .1
+            .to_string();
+        let config_dir = self.shared.inbound.config_dir.clone();
+        let id = t.id.clone();
+        smol::unblock(
+            move || match crate::dkim::DkimKeys::load(&config_dir, &domain) {
+                Ok(keys) if !keys.is_empty() => Some(keys),
+                Ok(_) => None,
+                Err(e) => {
+                    log::event(
+                        "arc",
+                        format_args!("id={id} problem=\"no sealing key: {e}\""),
+                    );
+                    None
+                }
+            },
+        )
+        .await
     }
 
     /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.

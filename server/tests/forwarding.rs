@@ -252,3 +252,138 @@ fn a_pipe_alias_gets_the_message() {
     assert!(text.contains("Delivered-To: archive@ours.test"), "{text}");
     common::wait_messages(&a, "ours.test", "alice", 1, 30);
 }
+
+/// The issue's forwarding proof: a stranger's DKIM-signed message (its SPF and key in the
+/// test DNS) to a catch-all of ours.test forwarded to me@outside.test arrives there with an
+/// SRS sender that passes SPF, the stranger's signature intact, and our ARC set verifying.
+#[test]
+fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The stranger's signing key, made with our own CLI in a scratch configuration.
+    let stranger = instance(
+        "mx.stranger.test",
+        &[("stranger.test", &[])],
+        "",
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    let stranger_key = common::keygen(stranger.path(), "stranger.test", "ed25519", "s1");
+    // A: ours.test, with its own key for the ARC seal.
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let zone_path = tmp.path().join("zone");
+    // The zone is written before the key of A exists: the DNS server reads it at start, so A's
+    // configuration is made first.
+    let a_dir = instance(
+        "mx.ours.test",
+        &[("ours.test", &[])],
+        "",
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    let ours_key = common::keygen(a_dir.path(), "ours.test", "rsa2048", "arc1");
+    let zone = format!(
+        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+         outside.test. 300 MX 10 mx.outside.test.\n\
+         mx.outside.test. 300 A 127.0.0.1\n\
+         stranger.test. 300 TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
+         ours.test. 300 TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
+         {}\n{}\n",
+        common::zone_line(&stranger_key),
+        common::zone_line(&ours_key)
+    );
+    fs::write(&zone_path, zone).expect("zone");
+    let dns =
+        test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone_path).expect("dns");
+    let dns_table = format!("[dns]\nnameservers = [\"127.0.0.1:{}\"]\n", dns.addr.port());
+
+    let b_dir = instance(
+        "mx.outside.test",
+        &[("outside.test", &["me"])],
+        &dns_table,
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
+    );
+    let b = Server::start(b_dir.path(), 1);
+    let text = fs::read_to_string(a_dir.path().join("postern.toml")).expect("config");
+    fs::write(
+        a_dir.path().join("postern.toml"),
+        text.replacen(
+            "data_dir = \"data\"\n",
+            &format!(
+                "data_dir = \"data\"\n{dns_table}[delivery]\nmx_port = {port}\nmta_sts = false\n"
+            ),
+            1,
+        )
+        .replace("[dns]\nnameservers = [\"127.0.0.1:9\"]\n", ""),
+    )
+    .expect("config");
+    fs::write(
+        a_dir.path().join("domains/ours.test/aliases"),
+        "*: me@outside.test\n",
+    )
+    .expect("aliases");
+    let a = Server::start(a_dir.path(), 1);
+
+    // The stranger signs its message with `postern dkim sign`.
+    let unsigned = tmp.path().join("message.eml");
+    fs::write(
+        &unsigned,
+        "From: Someone <someone@stranger.test>\r\nTo: anything@ours.test\r\n\
+         Subject: signed and forwarded\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <fwd-1@stranger.test>\r\n\r\nThis body must stay as it is.\r\n",
+    )
+    .expect("message");
+    let signed = std::process::Command::new(common::BINARY)
+        .arg("-C")
+        .arg(stranger.path())
+        .args(["dkim", "sign"])
+        .arg(&unsigned)
+        .output()
+        .expect("dkim sign");
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let signed = String::from_utf8(signed.stdout).expect("utf-8");
+    assert!(signed.starts_with("DKIM-Signature:"), "{signed}");
+
+    let r = transaction(
+        a.port("smtp"),
+        "someone@stranger.test",
+        &["anything@ours.test"],
+        &signed,
+    );
+    assert_eq!(
+        r.last().map(String::as_str),
+        Some("250"),
+        "{r:?}; log:\n{}",
+        a.log()
+    );
+    let got = common::wait_messages(&b, "outside.test", "me", 1, 30);
+    let copy = &got[0];
+    // B's checks of what A forwarded: its Authentication-Results field, unfolded.
+    let start = copy
+        .find("Authentication-Results: mx.outside.test")
+        .expect("B's Authentication-Results");
+    let field: String = copy[start..]
+        .split("\r\n")
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with([' ', '\t']))
+        .map(|(_, l)| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        field.contains("spf=pass"),
+        "SPF of the SRS sender: {field}\n{copy}"
+    );
+    assert!(field.contains("smtp.mailfrom=\"SRS0="), "{field}");
+    assert!(
+        field.contains("dkim=pass") && field.contains("header.d=stranger.test"),
+        "{field}"
+    );
+    assert!(field.contains("arc=pass"), "{field}\n{copy}");
+    assert!(copy.contains("ARC-Seal: i=1; a=rsa-sha256"), "{copy}");
+    assert!(copy.contains("This body must stay as it is.\r\n"), "{copy}");
+}

@@ -15,43 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{BINARY, Server, instance, wait_messages};
-
-/// `postern -C root dkim keygen DOMAIN --algo ALGO --selector SELECTOR`: the record's zone
-/// line (`name. IN TXT "..." ...`).
-fn keygen(root: &Path, domain: &str, algo: &str, selector: &str) -> String {
-    let out = Command::new(BINARY)
-        .arg("-C")
-        .arg(root)
-        .args([
-            "dkim",
-            "keygen",
-            domain,
-            "--algo",
-            algo,
-            "--selector",
-            selector,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run postern");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains(" IN TXT "))
-        .expect("a record line")
-        .to_string()
-}
-
-/// A zone line from `keygen` in the test server's format (`name TTL TXT "..."`).
-fn zone_line(record: &str) -> String {
-    let (name, strings) = record.split_once(" IN TXT ").expect("record");
-    format!("{name} 300 TXT {strings}")
-}
+use common::{BINARY, Server, instance, keygen, wait_messages, zone_line};
 
 /// A port free on 127.0.0.1 now.
 fn free_port() -> u16 {

@@ -13,13 +13,14 @@
 //! hide past the limit), and the message is refused.
 
 use crate::authdns::{AuthDns, TxtKind};
+use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::HashAlgorithm as MaHash;
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::Canonicalization as MaCanon;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, ReceivedSpf,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, ReceivedSpf,
 };
 use proto_core::Reply;
 use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderSection};
@@ -136,10 +137,15 @@ fn with_empty_line(header: &[u8]) -> Vec<u8> {
 /// A hasher for each body hash the signatures of `header` need.
 fn hashers_for(header: &[u8]) -> Vec<(HashKey, BodyHasher)> {
     let message = with_empty_line(header);
+    // The whole body, relaxed, SHA-256: what an ARC-Message-Signature of ours covers.
+    let seal = (
+        (MaCanon::Relaxed, MaHash::Sha256, 0),
+        BodyHasher::new(Canonicalization::Relaxed, HashAlgorithm::Sha256),
+    );
     let Some(parsed) = AuthenticatedMessage::parse(&message) else {
-        return Vec::new();
+        return vec![seal];
     };
-    parsed
+    let mut hashers: Vec<(HashKey, BodyHasher)> = parsed
         .body_hashes
         .iter()
         .map(|(c, h, l, _)| {
@@ -157,13 +163,27 @@ fn hashers_for(header: &[u8]) -> Vec<(HashKey, BodyHasher)> {
                 BodyHasher::with_limit(canonicalization, algorithm, limit),
             )
         })
-        .collect()
+        .collect();
+    if !hashers.iter().any(|(key, _)| *key == seal.0) {
+        hashers.push(seal);
+    }
+    hashers
 }
 
 impl Inbound {
     /// DKIM, ARC and DMARC for the message `verifier` saw, with the SPF results of its
     /// transaction: the fields to add, and whether to take it.
-    pub async fn check_message(&self, verifier: Verifier, spf: &SpfResults) -> Report {
+    ///
+    /// With `seal` (the keys of the domain that forwards the message), the results are also
+    /// sealed into a new ARC set (RFC 8617: ARC-Seal, ARC-Message-Signature,
+    /// ARC-Authentication-Results), put on top of the fields to add, so that the next hop
+    /// can trust these checks even though forwarding breaks SPF.
+    pub async fn check_message(
+        &self,
+        verifier: Verifier,
+        spf: &SpfResults,
+        seal: Option<&crate::dkim::DkimKeys>,
+    ) -> Report {
         let Some((header, hashes)) = verifier.finish() else {
             return Report {
                 headers: String::new(),
@@ -207,6 +227,18 @@ impl Inbound {
                 bh.clone_from(digest);
             }
         }
+        // The sealer takes the body hash of its signature from here, when it finds one.
+        let whole = (MaCanon::Relaxed, MaHash::Sha256, 0);
+        if !parsed
+            .body_hashes
+            .iter()
+            .any(|(c, h, l, _)| (*c, *h, *l) == whole)
+            && let Some((_, digest)) = hashes.iter().find(|(key, _)| *key == whole)
+        {
+            parsed
+                .body_hashes
+                .push((whole.0, whole.1, whole.2, digest.clone()));
+        }
         let parsed = parsed;
         let keys = AuthDns::new(&fetched, TxtKind::DomainKey);
         let dkim = dns::run(&self.resolver, &fetched, &keys, |dns| {
@@ -233,8 +265,12 @@ impl Inbound {
         let results = results
             .with_dkim_results(&dkim, parsed.from())
             .with_arc_result(&arc, spf.ip)
-            .with_dmarc_result(&dmarc)
-            .to_header();
+            .with_dmarc_result(&dmarc);
+        let arc_set = match seal {
+            Some(keys) => seal_set(keys, &parsed, &results, &arc),
+            None => String::new(),
+        };
+        let results = results.to_header();
         let results = if dkim.is_empty() {
             add_none(&results, "dkim=none")
         } else {
@@ -266,7 +302,7 @@ impl Inbound {
         );
         let decision = self.dmarc_decision(&dmarc_result, dmarc.policy(), dmarc.domain());
         Report {
-            headers: format!("{received_spf}{results}"),
+            headers: format!("{arc_set}{received_spf}{results}"),
             decision,
             summary,
         }
@@ -297,6 +333,54 @@ impl Inbound {
                 ))
             }
             _ => Decision::Accept,
+        }
+    }
+}
+
+/// The header fields an ARC-Message-Signature of ours covers (those present are signed).
+const SEALED_FIELDS: [&str; 13] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "DKIM-Signature",
+];
+
+/// A new ARC set over `parsed` with `results`, signed with the first key of `keys`; empty
+/// when the chain cannot be continued (a failed chain is not sealed again, RFC 8617 5.1.2)
+/// or signing fails (the message still goes, unsealed; logged).
+fn seal_set(
+    keys: &crate::dkim::DkimKeys,
+    parsed: &AuthenticatedMessage<'_>,
+    results: &AuthenticationResults<'_>,
+    arc: &ArcOutput<'_>,
+) -> String {
+    let Some(key) = keys.keys().first() else {
+        return String::new();
+    };
+    if !arc.can_be_sealed() {
+        return String::new();
+    }
+    let sealer = ArcSealer::from_key(crate::dkim::SealingKey(key))
+        .domain(keys.domain())
+        .selector(key.selector())
+        .headers(SEALED_FIELDS);
+    match sealer.seal(parsed, results, arc) {
+        Ok(set) => set.to_header(),
+        Err(e) => {
+            crate::log::event(
+                "arc",
+                format_args!("domain={} problem=\"sealing: {e}\"", keys.domain()),
+            );
+            String::new()
         }
     }
 }
@@ -392,7 +476,7 @@ mod tests {
         for chunk in message.chunks(step) {
             verifier.update(chunk);
         }
-        smol::block_on(inbound.check_message(verifier, &spf(inbound)))
+        smol::block_on(inbound.check_message(verifier, &spf(inbound), None))
     }
 
     /// Verifying streams: any chunking of a signed message gives dkim=pass (and aligned
@@ -541,7 +625,7 @@ mod tests {
             verifier.update(&[b'x'; 4096]);
         }
         verifier.update(b"\r\n\r\nbody\r\n");
-        let report = smol::block_on(inbound.check_message(verifier, &spf(&inbound)));
+        let report = smol::block_on(inbound.check_message(verifier, &spf(&inbound), None));
         assert!(
             matches!(&report.decision, Decision::Refuse(r) if r.to_string().starts_with("552 5.6.0")),
             "{:?}",
