@@ -274,8 +274,8 @@ fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
         .expect("addr")
         .port();
     let zone_path = tmp.path().join("zone");
-    // The zone is written before the key of A exists: the DNS server reads it at start, so A's
-    // configuration is made first.
+    // A's configuration comes first: the zone publishes A's key, and the DNS server reads
+    // the zone once, at start.
     let a_dir = instance(
         "mx.ours.test",
         &[("ours.test", &[])],
