@@ -65,10 +65,14 @@ pub fn run(dir: &Path, command: AliasCommand) -> Result<(), AliasCmdError> {
                 input: c.address.clone(),
                 reason: e.to_string(),
             })?;
+            // The flags, else `[aliases]` of postern.toml (when it reads), else the defaults.
+            let configured = crate::config::Settings::load(dir)
+                .map(|s| s.alias_options)
+                .unwrap_or_default();
             let options = AliasOptions {
-                drop_characters: c.drop_characters,
-                suffix_separators: c.suffix_separators,
-                ..AliasOptions::default()
+                drop_characters: c.drop_characters.unwrap_or(configured.drop_characters),
+                suffix_separators: c.suffix_separators.unwrap_or(configured.suffix_separators),
+                ..configured
             };
             let domains = dir.join("domains");
             let aliases = Aliases::new(domains.clone(), options);

@@ -151,12 +151,14 @@ pub struct AliasResolve {
     /// the address, user@domain
     #[argh(positional)]
     pub address: String,
-    /// characters removed from the local part before lookup (default ".")
-    #[argh(option, default = "String::from(\".\")")]
-    pub drop_characters: String,
-    /// characters that start a suffix, removed with the rest of the local part (default "+")
-    #[argh(option, default = "String::from(\"+\")")]
-    pub suffix_separators: String,
+    /// characters removed from the local part before lookup (default: [aliases] of
+    /// postern.toml, else ".")
+    #[argh(option)]
+    pub drop_characters: Option<String>,
+    /// characters that start a suffix, removed with the rest of the local part (default:
+    /// [aliases] of postern.toml, else "+")
+    #[argh(option)]
+    pub suffix_separators: Option<String>,
 }
 
 /// DKIM: make keys (keygen), print their DNS records (dns), sign or verify a message by hand

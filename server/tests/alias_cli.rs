@@ -329,3 +329,39 @@ fn chasquid_file_brought_as_is() {
         text(&out)
     );
 }
+
+/// Without flags, `[aliases]` of postern.toml decides the suffix separators and drop
+/// characters, as the server does; a flag still wins.
+#[test]
+fn the_configured_separators_are_used() {
+    let (dir, _) = config_dir(ALIASES);
+    fs::write(
+        dir.path().join("postern.toml"),
+        "hostname = \"mx.example.org\"\n[aliases]\nsuffix_separators = \"-\"\ndrop_characters = \"\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("config");
+    let out = resolve(dir.path(), &["alice-lists@example.org"]);
+    assert!(
+        stdout(&out).starts_with("local alice@example.org"),
+        "{}",
+        text(&out)
+    );
+    // "+" is no separator here, and dots are not dropped: both reach the catch-all.
+    for address in ["alice+lists@example.org", "a.lice@example.org"] {
+        let out = resolve(dir.path(), &[address]);
+        assert!(
+            stdout(&out).starts_with("local postmaster@example.org"),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = resolve(
+        dir.path(),
+        &["alice+lists@example.org", "--suffix-separators", "+"],
+    );
+    assert!(
+        stdout(&out).starts_with("local alice@example.org"),
+        "{}",
+        text(&out)
+    );
+}
