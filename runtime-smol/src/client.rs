@@ -20,6 +20,7 @@ use futures_rustls::rustls::pki_types::ServerName;
 use proto_core::{ClientAction, ClientEvent, ClientSession, ClientUsageError, Outcome, TlsInfo};
 use thiserror::Error;
 
+use crate::driver::flush_batch;
 use crate::tls;
 
 /// How much of a body is read and handed to the session at a time.
@@ -199,7 +200,7 @@ where
                     report.outcomes.push(outcome);
                 }
                 ClientAction::StartTls => {
-                    if write_batch(stream, &mut out, session.poll_timeout())
+                    if flush_batch(stream, &mut out, session.poll_timeout())
                         .await
                         .is_err()
                     {
@@ -210,7 +211,7 @@ where
                 }
                 ClientAction::Close => {
                     let deadline = Instant::now() + Duration::from_secs(10);
-                    if write_batch(stream, &mut out, Some(deadline)).await.is_ok() {
+                    if flush_batch(stream, &mut out, Some(deadline)).await.is_ok() {
                         let _ = future::or(stream.close(), async {
                             Timer::at(deadline).await;
                             Ok(())
@@ -224,7 +225,7 @@ where
             }
         }
         // 2. Write the batch.
-        if write_batch(stream, &mut out, session.poll_timeout())
+        if flush_batch(stream, &mut out, session.poll_timeout())
             .await
             .is_err()
         {
@@ -287,32 +288,4 @@ async fn read_full<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::
         }
     }
     Ok(filled)
-}
-
-/// Writes and flushes `out`, giving up at `deadline`.
-async fn write_batch<S>(
-    stream: &mut S,
-    out: &mut Vec<u8>,
-    deadline: Option<Instant>,
-) -> io::Result<()>
-where
-    S: AsyncWrite + Unpin,
-{
-    if out.is_empty() {
-        return Ok(());
-    }
-    let write = async {
-        stream.write_all(out).await?;
-        stream.flush().await
-    };
-    let timer = async {
-        match deadline {
-            Some(at) => Timer::at(at).await,
-            None => future::pending().await,
-        };
-        Err(io::Error::from(io::ErrorKind::TimedOut))
-    };
-    future::or(write, timer).await?;
-    out.clear();
-    Ok(())
 }

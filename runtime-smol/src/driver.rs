@@ -397,12 +397,31 @@ async fn abandon<H: Handler>(session: &mut Session, handler: &mut H) {
     }
 }
 
-/// Writes and flushes `out`, giving up at `deadline`.
+/// Writes and flushes `out` ([`flush_batch`]), as this driver's error.
 async fn write_batch<S>(
     stream: &mut S,
     out: &mut Vec<u8>,
     deadline: Option<Instant>,
 ) -> Result<(), Error>
+where
+    S: AsyncWrite + Unpin,
+{
+    flush_batch(stream, out, deadline).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::TimedOut {
+            Error::WriteTimeout
+        } else {
+            Error::Io(e)
+        }
+    })
+}
+
+/// Writes and flushes `out`, then clears it; gives up at `deadline` with `TimedOut`. Shared
+/// by the server and client drivers.
+pub(crate) async fn flush_batch<S>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    deadline: Option<Instant>,
+) -> io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
@@ -420,12 +439,7 @@ where
         };
         Err(io::Error::from(io::ErrorKind::TimedOut))
     };
-    match future::or(write, timer).await {
-        Ok(()) => {
-            out.clear();
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Error::WriteTimeout),
-        Err(e) => Err(Error::Io(e)),
-    }
+    future::or(write, timer).await?;
+    out.clear();
+    Ok(())
 }

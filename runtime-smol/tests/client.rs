@@ -16,21 +16,7 @@ use proto_core::{
 use runtime_smol::client::{ClientTls, deliver};
 use runtime_smol::{Connection, TlsMode};
 
-use common::{Recorder, acceptor, certificate, connector};
-
-/// Serves one connection with `connection` on a fresh loopback port.
-fn serve_one(connection: Connection, recorder: Recorder) -> (std::net::SocketAddr, smol::Task<()>) {
-    let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
-    let addr = listener.get_ref().local_addr().expect("addr");
-    let task = smol::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut handler = recorder;
-        // A failed handshake ends the server's side with an error; the tests look at what
-        // the handler saw.
-        let _ = connection.run_tcp(stream, &mut handler).await;
-    });
-    (addr, task)
-}
+use common::{Recorder, acceptor, certificate, connector, serve_one};
 
 fn job(size: usize) -> MailJob {
     let from = ReversePath::parse("<a@client.test>").expect("from");
@@ -76,7 +62,7 @@ fn starttls_then_a_large_body_arrives_intact() {
         let recorder = Recorder::default();
         let connection =
             Connection::new(server_config(true), TlsMode::StartTls(acceptor(certs, key)));
-        let (addr, server) = serve_one(connection, recorder.clone());
+        let (addr, server) = serve_one(connection, recorder.clone(), false);
 
         let data = body(1_000_000);
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
@@ -129,7 +115,7 @@ fn an_untrusted_certificate_fails_the_delivery_temporarily() {
         let recorder = Recorder::default();
         let connection =
             Connection::new(server_config(true), TlsMode::StartTls(acceptor(certs, key)));
-        let (addr, server) = serve_one(connection, recorder.clone());
+        let (addr, server) = serve_one(connection, recorder.clone(), false);
 
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
         let mut session = proto_core::ClientSession::new(
@@ -199,7 +185,7 @@ fn a_body_that_cannot_be_read_is_a_local_error() {
     smol::block_on(async {
         let recorder = Recorder::default();
         let connection = Connection::new(server_config(false), TlsMode::None);
-        let (addr, server) = serve_one(connection, recorder.clone());
+        let (addr, server) = serve_one(connection, recorder.clone(), false);
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
         let mut session = proto_core::ClientSession::new(
             client_config(TlsPolicy::Opportunistic),

@@ -7,26 +7,11 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
 use async_io::Async;
-use common::{Recorder, acceptor, certificate, connector};
+use common::{Recorder, acceptor, certificate, connector, serve_one};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::pki_types::ServerName;
 use proto_core::Config;
 use runtime_smol::{Connection, TlsMode};
-
-/// Accepts one connection on a fresh loopback port and serves it with `connection`.
-fn serve_one(connection: Connection, recorder: Recorder) -> (std::net::SocketAddr, smol::Task<()>) {
-    let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
-    let addr = listener.get_ref().local_addr().expect("addr");
-    let task = smol::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let mut handler = recorder;
-        connection
-            .run_tcp(stream, &mut handler)
-            .await
-            .expect("session ends cleanly");
-    });
-    (addr, task)
-}
 
 /// Reads until the received text contains `needle`; returns everything read.
 async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, needle: &str) -> String {
@@ -54,7 +39,7 @@ fn pipelined_transaction_streams_the_body() {
     smol::block_on(async {
         let recorder = Recorder::default();
         let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None);
-        let (addr, task) = serve_one(connection, recorder.clone());
+        let (addr, task) = serve_one(connection, recorder.clone(), true);
         let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
         read_until(&mut c, "220 mx.test").await;
         send(
@@ -93,7 +78,7 @@ fn starttls_discards_pipelined_plaintext() {
             Arc::new(config),
             TlsMode::StartTls(acceptor(certs.clone(), key)),
         );
-        let (addr, task) = serve_one(connection, recorder.clone());
+        let (addr, task) = serve_one(connection, recorder.clone(), true);
         let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
         read_until(&mut c, "220 mx.test").await;
         send(&mut c, "EHLO c.test\r\n").await;
@@ -124,7 +109,7 @@ fn implicit_tls_handshakes_first() {
             Arc::new(Config::new("mx.test")),
             TlsMode::Implicit(acceptor(certs.clone(), key)),
         );
-        let (addr, task) = serve_one(connection, recorder.clone());
+        let (addr, task) = serve_one(connection, recorder.clone(), true);
         let c = Async::<TcpStream>::connect(addr).await.expect("connect");
         let server_name = ServerName::try_from("localhost").expect("name");
         let mut tls = connector(certs[0].clone())
@@ -148,7 +133,7 @@ fn peer_vanishing_mid_message_aborts_the_transaction() {
     smol::block_on(async {
         let recorder = Recorder::default();
         let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None);
-        let (addr, task) = serve_one(connection, recorder.clone());
+        let (addr, task) = serve_one(connection, recorder.clone(), true);
         let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
         read_until(&mut c, "220 ").await;
         send(
@@ -177,7 +162,7 @@ fn shutdown_lets_the_message_finish_then_closes() {
         let shutdown = runtime_smol::Shutdown::new();
         let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None)
             .with_shutdown(shutdown.clone());
-        let (addr, task) = serve_one(connection, recorder.clone());
+        let (addr, task) = serve_one(connection, recorder.clone(), true);
         let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
         read_until(&mut c, "220 mx.test").await;
         send(
@@ -203,7 +188,7 @@ fn shutdown_lets_the_message_finish_then_closes() {
         let shutdown = runtime_smol::Shutdown::new();
         let connection = Connection::new(Arc::new(Config::new("mx.test")), TlsMode::None)
             .with_shutdown(shutdown.clone());
-        let (addr, task) = serve_one(connection, Recorder::default());
+        let (addr, task) = serve_one(connection, Recorder::default(), true);
         let mut c = Async::<TcpStream>::connect(addr).await.expect("connect");
         read_until(&mut c, "220 mx.test").await;
         shutdown.trigger();

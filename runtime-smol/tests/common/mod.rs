@@ -79,3 +79,24 @@ pub fn connector(cert: CertificateDer<'static>) -> TlsConnector {
         .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
 }
+
+/// Accepts one connection on a fresh loopback port and serves it with `connection`. With
+/// `clean`, the session must end without an error (a failed TLS handshake is one).
+pub fn serve_one(
+    connection: runtime_smol::Connection,
+    recorder: Recorder,
+    clean: bool,
+) -> (std::net::SocketAddr, smol::Task<()>) {
+    let listener =
+        async_io::Async::<std::net::TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+    let addr = listener.get_ref().local_addr().expect("addr");
+    let task = smol::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut handler = recorder;
+        let result = connection.run_tcp(stream, &mut handler).await;
+        if clean {
+            result.expect("session ends cleanly");
+        }
+    });
+    (addr, task)
+}
