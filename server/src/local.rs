@@ -30,11 +30,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
-use proto_core::TlsInfo;
 
 use crate::bounce::{self, Bouncer};
 use crate::commit::Committer;
@@ -445,28 +444,14 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
     outcomes
 }
 
-/// The trace facts of `envelope` for a copy delivered by us (`by`).
-fn trace_of(envelope: &Envelope, id: &QueueId, by: &str) -> Trace {
-    let t = &envelope.trace;
-    Trace {
-        helo: t.helo.clone(),
-        client: t.client.clone(),
-        by: by.to_string(),
-        esmtp: t.esmtp,
-        tls: t
-            .tls
-            .as_ref()
-            .map(|(version, cipher)| TlsInfo::new(version.clone(), cipher.clone(), None)),
-        authenticated: t.authenticated,
-        id: id.to_string(),
-    }
-}
-
 /// The `Return-Path:`, `Delivered-To:` and `Received:` fields for one recipient, then the
 /// fields added on reception.
 fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> String {
-    let received = UNIX_EPOCH + Duration::from_secs(envelope.received_at);
-    let mut header = trace_of(envelope, id, by).header(&envelope.from, &to.to_string(), received);
+    let mut header = Trace::of(envelope, id.as_str(), by).header(
+        &envelope.from,
+        &to.to_string(),
+        envelope.received_time(),
+    );
     header.push_str(&envelope.headers);
     header
 }
@@ -491,8 +476,11 @@ fn run_command(
 ) -> Delivery {
     let to = format!("{user}@{domain}");
     let from = sender_of(&p.envelope, i);
-    let received = UNIX_EPOCH + Duration::from_secs(p.envelope.received_at);
-    let mut header = trace_of(&p.envelope, &p.id, &local.hostname).header(from, &to, received);
+    let mut header = Trace::of(&p.envelope, p.id.as_str(), &local.hostname).header(
+        from,
+        &to,
+        p.envelope.received_time(),
+    );
     header.push_str(&p.envelope.headers);
     let message = command::ToLf::new(std::io::Read::chain(
         std::io::Cursor::new(header.into_bytes()),
@@ -540,9 +528,9 @@ fn deliver_lmtp(local: &Local, p: &Pass, target: &LmtpTarget, group: &[usize]) -
     job.envid.clone_from(&env.envid);
     // One copy for all: our Received: (with a `for` clause when it is for one recipient) and
     // the reception fields; the LMTP server adds Return-Path: and Delivered-To:.
-    let received = UNIX_EPOCH + Duration::from_secs(env.received_at);
     let one = (group.len() == 1).then(|| env.recipients[group[0]].address.to_string());
-    let mut header = trace_of(env, &p.id, &local.hostname).received(one.as_deref(), received);
+    let mut header = Trace::of(env, p.id.as_str(), &local.hostname)
+        .received(one.as_deref(), env.received_time());
     header.push_str(&env.headers);
     let message = std::io::Read::chain(
         std::io::Cursor::new(header.into_bytes()),

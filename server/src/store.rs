@@ -479,6 +479,11 @@ impl Envelope {
             .any(|r| r.state == RecipientState::Pending)
     }
 
+    /// When the message was received, as a time.
+    pub fn received_time(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.received_at)
+    }
+
     /// Whether any recipient `owner` delivers to still waits for delivery.
     pub fn pending_for(&self, owner: Owner) -> bool {
         self.recipients

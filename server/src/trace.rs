@@ -92,16 +92,37 @@ impl Trace {
         }
         let _ = write!(
             h,
-            "\tby {} (postern) with {} id {}\r\n\t",
+            "\tby {} (postern) with {} id {}",
             self.by,
             self.protocol(),
             self.id,
         );
-        if let Some(recipient) = recipient {
-            let _ = write!(h, "for <{}>; ", clean(recipient));
+        // RFC 5322 3.6.7: the tokens, then ";" and the date-time.
+        match recipient {
+            Some(recipient) => {
+                let _ = write!(h, "\r\n\tfor <{}>; ", clean(recipient));
+            }
+            None => h.push_str(";\r\n\t"),
         }
         let _ = write!(h, "{}\r\n", rfc5322_date(now));
         h
+    }
+
+    /// The trace of a queued message, as recorded on reception, for its deliveries.
+    pub fn of(envelope: &crate::store::Envelope, id: &str, by: &str) -> Trace {
+        let t = &envelope.trace;
+        Trace {
+            helo: t.helo.clone(),
+            client: t.client.clone(),
+            by: by.to_string(),
+            esmtp: t.esmtp,
+            tls: t
+                .tls
+                .as_ref()
+                .map(|(version, cipher)| TlsInfo::new(version.clone(), cipher.clone(), None)),
+            authenticated: t.authenticated,
+            id: id.to_string(),
+        }
     }
 }
 
@@ -223,6 +244,32 @@ mod tests {
             assert_eq!(rfc5322_date(t), mail, "input {secs}");
             assert_eq!(rfc3339(t), log, "input {secs}");
         }
+    }
+
+    /// The date-time follows a ";" with or without a `for` clause (RFC 5322 3.6.7).
+    #[test]
+    fn received_fields() {
+        let trace = Trace {
+            helo: "client.test".into(),
+            client: "[192.0.2.1]".into(),
+            by: "mx.example.org".into(),
+            esmtp: true,
+            tls: Some(TlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256", None)),
+            authenticated: true,
+            id: "ID1".into(),
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let head = "Received: from client.test ([192.0.2.1])\r\n\
+                    \t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\
+                    \tby mx.example.org (postern) with ESMTPSA id ID1";
+        assert_eq!(
+            trace.received(Some("a@example.org"), t),
+            format!("{head}\r\n\tfor <a@example.org>; Tue, 14 Nov 2023 22:13:20 +0000\r\n")
+        );
+        assert_eq!(
+            trace.received(None, t),
+            format!("{head};\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n")
+        );
     }
 
     #[test]

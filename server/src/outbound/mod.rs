@@ -53,7 +53,7 @@ use crate::mta_sts::{self, MtaSts};
 use crate::queue::QueueId;
 use crate::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
 use crate::tls_memory::{Level, TlsMemory};
-use crate::trace::rfc5322_date;
+use crate::trace::Trace;
 
 use route::{Hop, Route, RouteError};
 use settings::{DeliverySettings, RouteTls};
@@ -936,43 +936,13 @@ fn mail_job(
     job
 }
 
-/// Our `Received:` field for the hop from the client to us.
+/// Our `Received:` field for the hop from the client to us, then the fields added on
+/// reception.
 fn received_header(o: &Outbound, id: &QueueId, envelope: &Envelope) -> String {
-    let t = &envelope.trace;
-    let protocol = match (t.esmtp, t.tls.is_some(), t.authenticated) {
-        (false, _, _) => "SMTP",
-        (true, false, false) => "ESMTP",
-        (true, true, false) => "ESMTPS",
-        (true, false, true) => "ESMTPA",
-        (true, true, true) => "ESMTPSA",
-    };
-    let mut h = format!(
-        "Received: from {} ({})\r\n",
-        clean(&t.helo),
-        clean(&t.client)
-    );
-    if let Some((version, cipher)) = &t.tls {
-        h.push_str(&format!(
-            "\t(using {} with cipher {})\r\n",
-            clean(version),
-            clean(cipher)
-        ));
-    }
-    let received = UNIX_EPOCH + Duration::from_secs(envelope.received_at);
-    h.push_str(&format!(
-        "\tby {} (postern) with {protocol} id {id};\r\n\t{}\r\n",
-        o.hostname,
-        rfc5322_date(received)
-    ));
+    let mut h =
+        Trace::of(envelope, id.as_str(), &o.hostname).received(None, envelope.received_time());
     h.push_str(&envelope.headers);
     h
-}
-
-/// Text safe for a header field (no control characters).
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Fisher-Yates with getrandom (RFC 5321 5.1: equal preferences in random order).
