@@ -259,6 +259,26 @@ pub enum FailureReason {
     Local(ClientError),
 }
 
+/// One line for logs and reports: the reply's lines joined by ` / `, or the problem.
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureReason::Reply(reply) => {
+                let text = reply.to_string();
+                let mut lines = text.split(['\r', '\n']).filter(|l| !l.is_empty());
+                if let Some(first) = lines.next() {
+                    f.write_str(first)?;
+                }
+                for line in lines {
+                    write!(f, " / {line}")?;
+                }
+                Ok(())
+            }
+            FailureReason::Local(problem) => problem.fmt(f),
+        }
+    }
+}
+
 /// Failures the client finds itself (not a server reply to a command of the transaction).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -1493,6 +1513,22 @@ mod tests {
             e.encode(c, i + 1 == chunks.len(), &mut out);
         }
         out
+    }
+
+    #[test]
+    fn failure_reasons_on_one_line() {
+        let reply = Reply::parse(b"550-5.1.1 no such user\r\n550 5.1.1 try another\r\n")
+            .expect("parses")
+            .expect("complete")
+            .0;
+        assert_eq!(
+            FailureReason::Reply(reply).to_string(),
+            "550-5.1.1 no such user / 550 5.1.1 try another"
+        );
+        assert_eq!(
+            FailureReason::Local(ClientError::StartTlsNotOffered).to_string(),
+            ClientError::StartTlsNotOffered.to_string()
+        );
     }
 
     #[test]

@@ -500,32 +500,13 @@ fn run_command(
 /// transaction; one result per recipient of the group.
 fn deliver_lmtp(local: &Local, p: &Pass, target: &LmtpTarget, group: &[usize]) -> Vec<Delivery> {
     let env = &p.envelope;
-    let from = sender_of(env, group[0]);
-    let from = proto_core::ReversePath::parse(from).unwrap_or(proto_core::ReversePath::Null);
-    let mut recipients = Vec::new();
-    for &i in group {
-        let r = &env.recipients[i];
-        let Some(to) = crate::bounce::forward_path(&r.address) else {
-            return vec![Delivery::Failed(format!("{} is not an address", r.address)); group.len()];
-        };
-        let mut j = proto_core::JobRecipient::new(to);
-        j.notify = r.notify;
-        j.orcpt = r
-            .orcpt
-            .as_ref()
-            .map(|(t, a)| proto_core::OriginalRecipient {
-                addr_type: t.clone(),
-                address: a.clone(),
-            });
-        recipients.push(j);
-    }
-    let mut job = proto_core::MailJob::new(from, std::iter::empty());
-    job.recipients = recipients;
-    job.size = Some(env.size);
-    job.body = env.body;
-    job.smtputf8 = env.smtputf8;
-    job.ret = env.ret;
-    job.envid.clone_from(&env.envid);
+    let mut job = match env.mail_job(group) {
+        Ok(job) => job,
+        Err(why) => return vec![Delivery::Failed(why); group.len()],
+    };
+    // REQUIRETLS (RFC 8689) governs relaying; handing the message to the mailbox server is
+    // final delivery.
+    job.requiretls = false;
     // One copy for all: our Received: (with a `for` clause when it is for one recipient) and
     // the reception fields; the LMTP server adds Return-Path: and Delivered-To:.
     let one = (group.len() == 1).then(|| env.recipients[group[0]].address.to_string());

@@ -31,3 +31,14 @@ pub fn status(args: fmt::Arguments<'_>) {
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
 }
+
+/// `text` as the value of a quoted field: its lines joined by ` / `, double quotes turned
+/// into single ones, so a reply or an error never breaks the line format.
+pub fn quoted(text: &impl fmt::Display) -> String {
+    text.to_string()
+        .split(['\r', '\n'])
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+        .replace('"', "'")
+}

@@ -479,6 +479,40 @@ impl Envelope {
             .any(|r| r.state == RecipientState::Pending)
     }
 
+    /// The client job that delivers this message to its recipients `indexes`, which share a
+    /// reverse path (the first one's own, if it has one, else the message's); MAIL
+    /// parameters as received. The error names a recipient that is no address.
+    pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::MailJob, String> {
+        let sender = indexes
+            .first()
+            .and_then(|&i| self.recipients[i].sender.as_deref())
+            .unwrap_or(&self.from);
+        let from = proto_core::ReversePath::parse(sender).unwrap_or(proto_core::ReversePath::Null);
+        let mut job = proto_core::MailJob::new(from, std::iter::empty());
+        for &i in indexes {
+            let r = &self.recipients[i];
+            let to = crate::bounce::forward_path(&r.address)
+                .ok_or_else(|| format!("{} is not an address", r.address))?;
+            let mut j = proto_core::JobRecipient::new(to);
+            j.notify = r.notify;
+            j.orcpt = r
+                .orcpt
+                .as_ref()
+                .map(|(t, a)| proto_core::OriginalRecipient {
+                    addr_type: t.clone(),
+                    address: a.clone(),
+                });
+            job.recipients.push(j);
+        }
+        job.size = Some(self.size);
+        job.body = self.body;
+        job.smtputf8 = self.smtputf8;
+        job.requiretls = self.requiretls;
+        job.ret = self.ret;
+        job.envid.clone_from(&self.envid);
+        Ok(job)
+    }
+
     /// When the message was received, as a time.
     pub fn received_time(&self) -> std::time::SystemTime {
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.received_at)

@@ -80,14 +80,15 @@ where
         .recipients
         .iter()
         .map(|r| match &r.status {
-            RecipientStatus::Accepted(reply) => {
-                Delivery::Delivered(format!("lmtp={target} reply=\"{}\"", one_line(reply)))
-            }
+            RecipientStatus::Accepted(reply) => Delivery::Delivered(format!(
+                "lmtp={target} reply=\"{}\"",
+                crate::log::quoted(reply)
+            )),
             RecipientStatus::PermanentFailure(why) => {
-                Delivery::Failed(format!("lmtp={target}: {}", reason(why)))
+                Delivery::Failed(format!("lmtp={target}: {}", crate::log::quoted(why)))
             }
             RecipientStatus::TemporaryFailure(why) => {
-                Delivery::Deferred(format!("lmtp={target}: {}", reason(why)))
+                Delivery::Deferred(format!("lmtp={target}: {}", crate::log::quoted(why)))
             }
             _ => Delivery::Deferred(format!("lmtp={target}: unknown result")),
         })
@@ -115,25 +116,6 @@ async fn with_timeout<T>(
         Err(io::Error::from(io::ErrorKind::TimedOut))
     })
     .await
-}
-
-fn reason(why: &proto_core::FailureReason) -> String {
-    match why {
-        proto_core::FailureReason::Reply(reply) => one_line(reply),
-        proto_core::FailureReason::Local(e) => e.to_string(),
-        _ => "unknown failure".into(),
-    }
-}
-
-/// A reply on one line, without control characters.
-fn one_line(reply: &impl std::fmt::Display) -> String {
-    reply
-        .to_string()
-        .split(['\r', '\n'])
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" / ")
-        .replace('"', "'")
 }
 
 #[cfg(test)]

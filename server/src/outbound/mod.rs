@@ -38,8 +38,8 @@ use futures_lite::AsyncReadExt;
 use futures_lite::io::Cursor;
 use proto_core::{
     ClientConfig, ClientCredentials, ClientSession, DsnAction, EnhancedStatus, ForwardPath,
-    JobRecipient, MailJob, OriginalRecipient, RecipientReport, RecipientStatus, Reply,
-    RetryDecision, ReversePath, TlsInfo, TlsPolicy, next_attempt,
+    MailJob, RecipientReport, RecipientStatus, Reply, RetryDecision, TlsInfo, TlsPolicy,
+    next_attempt,
 };
 use runtime_smol::client::{ClientTls, deliver};
 use smol::lock::Semaphore;
@@ -346,7 +346,7 @@ fn record(
                     format_args!(
                         "id={id} to=<{}> relay={hop} reply=\"{}\"",
                         r.address,
-                        one_line(&reply.to_string())
+                        log::quoted(&reply)
                     ),
                 );
             }
@@ -355,7 +355,11 @@ fn record(
                 r.last_error = Some(why.clone());
                 log::event(
                     "failed",
-                    format_args!("id={id} to=<{}> reason=\"{}\"", r.address, one_line(&why)),
+                    format_args!(
+                        "id={id} to=<{}> reason=\"{}\"",
+                        r.address,
+                        log::quoted(&why)
+                    ),
                 );
                 reports.push(bounce::report_for(r, report));
             }
@@ -395,7 +399,7 @@ fn record(
                                 r.address,
                                 r.attempts,
                                 at.saturating_sub(now),
-                                one_line(&why)
+                                log::quoted(&why)
                             ),
                         );
                     }
@@ -407,7 +411,7 @@ fn record(
                                 "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
                                 r.address,
                                 r.attempts,
-                                one_line(&why)
+                                log::quoted(&why)
                             ),
                         );
                         // RFC 3463 4.4.7: delivery time expired; reported as a failure.
@@ -465,11 +469,6 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// A reply or error on one line, quotes made harmless (for the log).
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ").replace('"', "'")
-}
-
 /// The domain of `local@domain`, lower case, A-labels.
 fn domain_of(address: &str) -> String {
     let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
@@ -496,31 +495,26 @@ async fn deliver_group(
     domain: &str,
     indexes: &[usize],
 ) -> Vec<Result1> {
-    let recipients: Vec<(ForwardPath, &crate::store::Recipient)> = indexes
-        .iter()
-        .filter_map(|&i| {
-            let r = &envelope.recipients[i];
-            bounce::forward_path(&r.address).map(|p| (p, r))
-        })
-        .collect();
-    let all = |f: &dyn Fn(&ForwardPath) -> Result1| -> Vec<Result1> {
-        indexes
+    let job = match envelope.mail_job(indexes) {
+        Ok(job) => job,
+        Err(why) => {
+            // RFC 3463 5.1.3: bad destination mailbox address syntax.
+            return indexes
+                .iter()
+                .map(|&i| {
+                    let to = bounce::forward_path(&envelope.recipients[i].address)
+                        .unwrap_or(ForwardPath::Postmaster);
+                    local_result(&to, DsnAction::Failed, (5, 1, 3), &why)
+                })
+                .collect();
+        }
+    };
+    let all = |action: DsnAction, status: (u8, u16, u16), why: &str| -> Vec<Result1> {
+        job.recipients
             .iter()
-            .map(
-                |&i| match bounce::forward_path(&envelope.recipients[i].address) {
-                    Some(p) => f(&p),
-                    None => failed_local(
-                        &ForwardPath::Postmaster,
-                        (5, 1, 3),
-                        "the recipient address cannot be parsed",
-                    ),
-                },
-            )
+            .map(|r| local_result(&r.to, action, status, why))
             .collect()
     };
-    if recipients.len() != indexes.len() {
-        return all(&|p| failed_local(p, (5, 1, 3), "the recipient address cannot be parsed"));
-    }
 
     let settings = o.settings();
     // Permits: one overall, one for the domain.
@@ -538,16 +532,13 @@ async fn deliver_group(
         Ok(r) => r,
         Err(e @ RouteError::NullMx(_)) => {
             // RFC 7505 4.3: 556 5.1.10 for a domain with a null MX.
-            let why = e.to_string();
-            return all(&|p| failed_local(p, (5, 1, 10), &why));
+            return all(DsnAction::Failed, (5, 1, 10), &e.to_string());
         }
         Err(e @ RouteError::NoSuchDomain(_)) => {
-            let why = e.to_string();
-            return all(&|p| failed_local(p, (5, 1, 2), &why));
+            return all(DsnAction::Failed, (5, 1, 2), &e.to_string());
         }
         Err(e) => {
-            let why = e.to_string();
-            return all(&|p| deferred_local(p, (4, 4, 3), &why));
+            return all(DsnAction::Delayed, (4, 4, 3), &e.to_string());
         }
     };
     let mut need = match route.tls() {
@@ -575,7 +566,7 @@ async fn deliver_group(
                     "mta-sts",
                     format_args!(
                         "id={id} domain={domain} problem=\"{}\"",
-                        one_line(&problem.to_string())
+                        log::quoted(&problem)
                     ),
                 );
             }
@@ -591,13 +582,12 @@ async fn deliver_group(
                         policy.id
                     );
                     // RFC 8461 5.1 / RFC 3463 4.7.5: a policy problem, retried.
-                    return all(&|p| deferred_local(p, (4, 7, 5), &why));
+                    return all(DsnAction::Delayed, (4, 7, 5), &why);
                 }
             }
         }
     }
 
-    let job = mail_job(envelope, &recipients);
     let mut attempts = 0;
     let mut last: Option<Vec<Result1>> = None;
     let mut problems: Vec<String> = route.skipped.clone();
@@ -629,7 +619,7 @@ async fn deliver_group(
                         hop.host,
                         addr.ip(),
                         addr.port(),
-                        one_line(why)
+                        log::quoted(why)
                     ),
                 );
                 result =
@@ -677,7 +667,7 @@ async fn deliver_group(
         )
     };
     // RFC 3463 4.4.1: no answer from host.
-    all(&|p| deferred_local(p, (4, 4, 1), &why))
+    all(DsnAction::Delayed, (4, 4, 1), &why)
 }
 
 /// How one connection went.
@@ -803,15 +793,11 @@ async fn attempt(
                     report,
                 },
                 RecipientStatus::TemporaryFailure(reason) => Result1::Deferred {
-                    why: format!(
-                        "{}: {}",
-                        hop_text,
-                        reason_text(reason, &report_tls_error(&report))
-                    ),
+                    why: format!("{hop_text}: {reason}"),
                     report,
                 },
                 RecipientStatus::PermanentFailure(reason) => Result1::Failed {
-                    why: format!("{}: {}", hop_text, reason_text(reason, "")),
+                    why: format!("{hop_text}: {reason}"),
                     report,
                 },
                 _ => Result1::Deferred {
@@ -838,20 +824,6 @@ async fn remember(o: &Arc<Outbound>, domain: &str, level: Level) {
             "tls-policy",
             format_args!("domain={domain} problem=\"{e}\""),
         ),
-    }
-}
-
-/// The problem text of a report, when it has one.
-fn report_tls_error(report: &RecipientReport) -> String {
-    report.problem.clone().unwrap_or_default()
-}
-
-/// A failure reason in words.
-fn reason_text(reason: &proto_core::FailureReason, fallback: &str) -> String {
-    match reason {
-        proto_core::FailureReason::Reply(reply) => one_line(&reply.to_string()),
-        proto_core::FailureReason::Local(e) => e.to_string(),
-        _ => fallback.to_string(),
     }
 }
 
@@ -903,39 +875,6 @@ async fn connect(o: &Outbound, addr: SocketAddr) -> io::Result<Async<TcpStream>>
     }
 }
 
-/// The job for `recipients` of `envelope`.
-fn mail_job(
-    envelope: &Envelope,
-    recipients: &[(ForwardPath, &crate::store::Recipient)],
-) -> MailJob {
-    // Recipients of one group share their reverse path (see `process`).
-    let from = recipients
-        .first()
-        .and_then(|(_, r)| r.sender.as_deref())
-        .unwrap_or(&envelope.from);
-    let from = ReversePath::parse(from).unwrap_or(ReversePath::Null);
-    let mut job = MailJob::new(from, recipients.iter().map(|(p, _)| p.clone()));
-    job.recipients = recipients
-        .iter()
-        .map(|(p, r)| {
-            let mut j = JobRecipient::new(p.clone());
-            j.notify = r.notify;
-            j.orcpt = r.orcpt.as_ref().map(|(t, a)| OriginalRecipient {
-                addr_type: t.clone(),
-                address: a.clone(),
-            });
-            j
-        })
-        .collect();
-    job.size = Some(envelope.size);
-    job.body = envelope.body;
-    job.smtputf8 = envelope.smtputf8;
-    job.requiretls = envelope.requiretls;
-    job.ret = envelope.ret;
-    job.envid.clone_from(&envelope.envid);
-    job
-}
-
 /// Our `Received:` field for the hop from the client to us, then the fields added on
 /// reception.
 fn received_header(o: &Outbound, id: &QueueId, envelope: &Envelope) -> String {
@@ -955,31 +894,25 @@ fn shuffle(items: &mut [String]) {
     }
 }
 
-/// A permanent failure found on our side.
-fn failed_local(to: &ForwardPath, status: (u8, u16, u16), why: &str) -> Result1 {
+/// A result found on our side (no reply to quote): `Failed` for [`DsnAction::Failed`],
+/// else `Deferred`; `status` is its RFC 3463 code.
+fn local_result(to: &ForwardPath, action: DsnAction, status: (u8, u16, u16), why: &str) -> Result1 {
+    let fallback = if action == DsnAction::Failed {
+        PERMANENT
+    } else {
+        TEMPORARY
+    };
     let mut report = RecipientReport::new(
         to.clone(),
-        DsnAction::Failed,
-        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(PERMANENT),
+        action,
+        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(fallback),
     );
     report.problem = Some(why.to_string());
-    Result1::Failed {
-        why: why.to_string(),
-        report,
-    }
-}
-
-/// A temporary failure found on our side.
-fn deferred_local(to: &ForwardPath, status: (u8, u16, u16), why: &str) -> Result1 {
-    let mut report = RecipientReport::new(
-        to.clone(),
-        DsnAction::Delayed,
-        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(TEMPORARY),
-    );
-    report.problem = Some(why.to_string());
-    Result1::Deferred {
-        why: why.to_string(),
-        report,
+    let why = why.to_string();
+    if action == DsnAction::Failed {
+        Result1::Failed { why, report }
+    } else {
+        Result1::Deferred { why, report }
     }
 }
 
