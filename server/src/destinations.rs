@@ -15,8 +15,7 @@
 //! Forwarding is what the alias files say and nothing else: an address of ours that is no
 //! alias and no user is refused (550 5.1.1), and nothing here relays for anyone.
 
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -205,16 +204,7 @@ pub fn load_or_create_key(path: &Path) -> io::Result<Vec<u8>> {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| io::Error::other(e.to_string()))?;
             let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-            let tmp = path.with_extension("tmp");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(format!("{hex}\n").as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
+            crate::files::replace(path, format!("{hex}\n").as_bytes(), 0o600, None)?;
             Ok(key.to_vec())
         }
         Err(e) => Err(e),

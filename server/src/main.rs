@@ -27,6 +27,7 @@ mod dispatch;
 mod dkim;
 mod dkimcmd;
 mod dns;
+mod files;
 mod header_from;
 mod inbound;
 mod init;

@@ -31,9 +31,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -200,7 +199,7 @@ impl TlsMemory {
             }
             (state.version, render(&state.levels))
         };
-        write_atomically(&self.path, text.as_bytes())?;
+        crate::files::replace(&self.path, text.as_bytes(), 0o600, None)?;
         *written = version;
         Ok(())
     }
@@ -273,37 +272,6 @@ fn render(levels: &HashMap<String, Level>) -> String {
         text.push_str(&format!("{domain} {level}\n"));
     }
     text
-}
-
-/// Replaces `path` with `bytes` atomically: a temporary file beside it (mode 0600), fsync,
-/// rename, fsync of the directory. Also used by [`crate::mta_sts`] for its cache.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -53,9 +53,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -645,39 +645,17 @@ fn parse_line(line: &str, domain: &Address) -> Result<Option<User>, String> {
     }))
 }
 
-/// Replaces `path` with `text` atomically: a temporary file beside it, fsync, rename, fsync of
-/// the directory. An existing file's mode and owner are kept; a new one is 0640 and owned like
-/// its directory (when we may chown: `postern user` run as root for a server that runs as
-/// another user must leave a file that server can read).
+/// Replaces `path` with `text` atomically ([`crate::files::replace`]). An existing file's
+/// mode and owner are kept; a new one is 0640 and owned like its directory (when we may
+/// chown: `postern user` run as root for a server that runs as another user must leave a file
+/// that server can read).
 fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let (mode, owner) = match fs::metadata(path) {
         Ok(m) => (m.permissions().mode() & 0o7777, Some((m.uid(), m.gid()))),
         Err(_) => (0o640, fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))),
     };
-    let tmp = dir.join(format!(".{USERS_FILE}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            // Only root may give a file away; anyone else keeps it (a no-op when it is theirs).
-            let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
-        }
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::files::replace(path, text.as_bytes(), mode, owner)
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::dns::{DnsError, Resolver};
-use crate::tls_memory::{BadLine, write_atomically};
+use crate::tls_memory::BadLine;
 pub use fetch::FetchError;
 // `Mode` is for the outbound worker, which does not exist yet.
 #[allow(unused_imports)]
@@ -403,7 +403,7 @@ impl Store {
             }
             (state.version, render(&state.entries))
         };
-        write_atomically(&self.path, text.as_bytes())?;
+        crate::files::replace(&self.path, text.as_bytes(), 0o600, None)?;
         *written = version;
         Ok(())
     }
