@@ -216,6 +216,36 @@ fn conformance_dir() -> Result<PathBuf, LoadError> {
     }
 }
 
+/// What a `harness = false` suite test prints and returns: one `<suite>: N passed, M failed`
+/// line per suite on stdout; failure reports, stale deviations and the deviations used on
+/// stderr. Fails on a load error, a failed case or a stale deviation.
+pub fn report(result: Result<Vec<SuiteReport>, LoadError>) -> std::process::ExitCode {
+    let reports = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("conformance: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for report in &reports {
+        for detail in &report.details {
+            eprintln!("{detail}");
+        }
+        for stale in &report.stale_deviations {
+            eprintln!("{}: error: {stale}", report.suite);
+        }
+        eprintln!("{}", report.deviations_line());
+        println!("{}", report.counts_line());
+        ok &= report.ok();
+    }
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// Runs the three SMTP suites.
 pub fn run_smtp_suites(options: &Options) -> Result<Vec<SuiteReport>, LoadError> {
     let root = smtp_suites_dir()?;

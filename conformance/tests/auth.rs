@@ -7,32 +7,10 @@
 
 use std::process::ExitCode;
 
-use postern_conformance::{Options, run_auth_suites};
+use postern_conformance::{Options, report, run_auth_suites};
 
 fn main() -> ExitCode {
-    let options = Options::from_args(std::env::args().skip(1));
-    let reports = match run_auth_suites(&options) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("conformance: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut ok = true;
-    for report in &reports {
-        for detail in &report.details {
-            eprintln!("{detail}");
-        }
-        for stale in &report.stale_deviations {
-            eprintln!("{}: error: {stale}", report.suite);
-        }
-        eprintln!("{}", report.deviations_line());
-        println!("{}", report.counts_line());
-        ok &= report.ok();
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report(run_auth_suites(&Options::from_args(
+        std::env::args().skip(1),
+    )))
 }
