@@ -9,23 +9,8 @@ BIN=${BIN:-$ROOT/target/release/postern}
 SHARED=${SHARED:-$ROOT/../shared/bench}
 NETNS=smtplab
 DIR=$(mktemp -d /tmp/postern-load.XXXXXX)
-mkdir -p "$DIR/domains/example.test" "$DIR/mail/example.test/u" "$DIR/certs/localhost"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -keyout "$DIR/certs/localhost/privkey.pem" \
-  -out "$DIR/certs/localhost/fullchain.pem" 2>/dev/null
-cat > "$DIR/postern.toml" <<TOML
-hostname = "localhost"
-data_dir = "."
-max_connections = 2000
-max_connections_per_ip = 2000
-# No DNS in the namespace: the port-25 checks are off (see run.sh).
-[checks]
-enabled = false
-[dns]
-nameservers = ["127.0.0.1:9"]
-[listeners]
-smtp = ["127.0.0.1:2525"]
-TOML
+. "$ROOT/bench/postern-dir.sh"
+postern_dir "$DIR"
 PAUSE=; [ "${DELIVERY:-maildir}" = paused ] && PAUSE=1
 ip netns exec $NETNS env ${PAUSE:+POSTERN_DELIVERY_PAUSED=1} ${ENVX:-} "$BIN" -C "$DIR" serve </dev/null >"$DIR/log" 2>&1 &
 PID=$!

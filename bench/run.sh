@@ -33,26 +33,8 @@ PDIR=$LAB/postern
 # the last minutes are skipped one by one at every file creation (recently_deleted), which
 # would slow the Maildir deliveries of this run. Remove $LAB/old.* later, when idle.
 [ -d "$PDIR" ] && mv "$PDIR" "$LAB/old.postern.$(date +%s)"
-mkdir -p "$PDIR/domains/example.test" "$PDIR/mail/example.test/u" "$PDIR/certs/localhost"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -keyout "$PDIR/certs/localhost/privkey.pem" \
-  -out "$PDIR/certs/localhost/fullchain.pem" 2>/dev/null
-cat > "$PDIR/postern.toml" <<TOML
-hostname = "localhost"
-data_dir = "."
-max_message_size = 209715200
-# Every client is 127.0.0.1 here; a real MX sees many addresses.
-max_connections = 2000
-max_connections_per_ip = 2000
-# The namespace has no DNS: the SPF/DKIM/DMARC checks of port 25 would only measure DNS
-# time-outs. They are off here; the loopback answers are for the tests to prove.
-[checks]
-enabled = false
-[dns]
-nameservers = ["127.0.0.1:9"]
-[listeners]
-smtp = ["127.0.0.1:2525"]
-TOML
+. "$ROOT/bench/postern-dir.sh"
+postern_dir "$PDIR" "max_message_size = 209715200"
 stop_postern() { [ -s "$LAB/run/postern.pid" ] && kill "$(cat "$LAB/run/postern.pid")" 2>/dev/null || true; }
 trap 'stop_postern; "$SHARED/peers.sh" stop >/dev/null; "$SHARED/setup-chasquid.sh" stop >/dev/null' EXIT
 PAUSE=; [ "${DELIVERY:-maildir}" = paused ] && PAUSE=1
