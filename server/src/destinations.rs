@@ -48,7 +48,7 @@ pub enum Decision {
 
 /// What deciding needs.
 #[derive(Debug)]
-pub struct Resolver<'a> {
+pub struct Destinations<'a> {
     /// Local domains and users.
     pub recipients: &'a Recipients,
     /// The alias tables.
@@ -57,7 +57,7 @@ pub struct Resolver<'a> {
     pub srs: &'a Srs,
 }
 
-impl Resolver<'_> {
+impl Destinations<'_> {
     /// Decides for `to`, in a transaction from `from`. Blocking (reads files).
     pub fn decide(&self, to: &ForwardPath, from: &ReversePath, now: SystemTime) -> Decision {
         let mailbox = match to {

@@ -468,12 +468,15 @@ impl Handler for Reception {
         let relay_ok = self.may_relay(session);
         let (target, decision) = smol::unblock(move || {
             let target = relay::route(&path, |d| shared.recipients.is_local_domain(d));
-            let resolver = destinations::Resolver {
+            let destinations = destinations::Destinations {
                 recipients: &shared.recipients,
                 aliases: &shared.aliases,
                 srs: &shared.srs,
             };
-            (target, resolver.decide(&path, &sender, SystemTime::now()))
+            (
+                target,
+                destinations.decide(&path, &sender, SystemTime::now()),
+            )
         })
         .await;
         if target == Target::RoutedLocalPart {

@@ -97,7 +97,7 @@ pub struct Outbound {
 
 /// What happened to one recipient in one delivery.
 #[derive(Debug, Clone)]
-enum Result1 {
+enum Fate {
     /// Accepted by the next hop; `dsn` when it announced DSN (so NOTIFY went on with the
     /// message and success reports are its job).
     Delivered {
@@ -318,7 +318,7 @@ fn record(
     o: &Outbound,
     id: &QueueId,
     envelope: &Envelope,
-    results: Vec<(usize, Result1)>,
+    results: Vec<(usize, Fate)>,
 ) -> Result<Applied, String> {
     let now = unix_now();
     let settings = o.settings();
@@ -328,7 +328,7 @@ fn record(
     for (i, result) in results {
         let r = &mut changed.recipients[i];
         match result {
-            Result1::Delivered {
+            Fate::Delivered {
                 reply,
                 hop,
                 dsn,
@@ -350,7 +350,7 @@ fn record(
                     ),
                 );
             }
-            Result1::Failed { why, report } => {
+            Fate::Failed { why, report } => {
                 r.state = RecipientState::Failed;
                 r.last_error = Some(why.clone());
                 log::event(
@@ -363,7 +363,7 @@ fn record(
                 );
                 reports.push(bounce::report_for(r, report));
             }
-            Result1::Deferred { why, mut report } => {
+            Fate::Deferred { why, mut report } => {
                 r.attempts += 1;
                 r.last_error = Some(why.clone());
                 let jitter = random_fraction();
@@ -494,7 +494,7 @@ async fn deliver_group(
     envelope: &Arc<Envelope>,
     domain: &str,
     indexes: &[usize],
-) -> Vec<Result1> {
+) -> Vec<Fate> {
     let job = match envelope.mail_job(indexes) {
         Ok(job) => job,
         Err(why) => {
@@ -509,7 +509,7 @@ async fn deliver_group(
                 .collect();
         }
     };
-    let all = |action: DsnAction, status: (u8, u16, u16), why: &str| -> Vec<Result1> {
+    let all = |action: DsnAction, status: (u8, u16, u16), why: &str| -> Vec<Fate> {
         job.recipients
             .iter()
             .map(|r| local_result(&r.to, action, status, why))
@@ -589,7 +589,7 @@ async fn deliver_group(
     }
 
     let mut attempts = 0;
-    let mut last: Option<Vec<Result1>> = None;
+    let mut last: Option<Vec<Fate>> = None;
     let mut problems: Vec<String> = route.skipped.clone();
     'hops: for hop in &route.hops {
         for addr in &hop.addrs {
@@ -635,9 +635,7 @@ async fn deliver_group(
                     ));
                 }
                 Attempt::Done(results, level) => {
-                    let all_deferred = results
-                        .iter()
-                        .all(|r| matches!(r, Result1::Deferred { .. }));
+                    let all_deferred = results.iter().all(|r| matches!(r, Fate::Deferred { .. }));
                     if !all_deferred {
                         if route.static_route.is_none() {
                             remember(o, domain, level).await;
@@ -646,7 +644,7 @@ async fn deliver_group(
                     }
                     // Every recipient deferred (greeting refused, TLS failed, 4xx): the next
                     // host may do better.
-                    if let Some(Result1::Deferred { why, .. }) = results.first() {
+                    if let Some(Fate::Deferred { why, .. }) = results.first() {
                         problems.push(why.clone());
                     }
                     last = Some(results);
@@ -677,7 +675,7 @@ enum Attempt {
     /// STARTTLS was offered but the handshake failed, with nothing required of TLS.
     TlsFailed(String),
     /// The server answered; one result per recipient, and the TLS the connection had.
-    Done(Vec<Result1>, Level),
+    Done(Vec<Fate>, Level),
 }
 
 /// One connection to `addr` of `hop`, delivering `job`.
@@ -786,21 +784,21 @@ async fn attempt(
         .map(|r| {
             let report = RecipientReport::from_result(r, remote.clone());
             match &r.status {
-                RecipientStatus::Accepted(reply) => Result1::Delivered {
+                RecipientStatus::Accepted(reply) => Fate::Delivered {
                     reply: reply.clone(),
                     hop: hop_text.clone(),
                     dsn: remote_dsn,
                     report,
                 },
-                RecipientStatus::TemporaryFailure(reason) => Result1::Deferred {
+                RecipientStatus::TemporaryFailure(reason) => Fate::Deferred {
                     why: format!("{hop_text}: {reason}"),
                     report,
                 },
-                RecipientStatus::PermanentFailure(reason) => Result1::Failed {
+                RecipientStatus::PermanentFailure(reason) => Fate::Failed {
                     why: format!("{hop_text}: {reason}"),
                     report,
                 },
-                _ => Result1::Deferred {
+                _ => Fate::Deferred {
                     why: format!("{hop_text}: unknown result"),
                     report,
                 },
@@ -896,7 +894,7 @@ fn shuffle(items: &mut [String]) {
 
 /// A result found on our side (no reply to quote): `Failed` for [`DsnAction::Failed`],
 /// else `Deferred`; `status` is its RFC 3463 code.
-fn local_result(to: &ForwardPath, action: DsnAction, status: (u8, u16, u16), why: &str) -> Result1 {
+fn local_result(to: &ForwardPath, action: DsnAction, status: (u8, u16, u16), why: &str) -> Fate {
     let fallback = if action == DsnAction::Failed {
         PERMANENT
     } else {
@@ -910,9 +908,9 @@ fn local_result(to: &ForwardPath, action: DsnAction, status: (u8, u16, u16), why
     report.problem = Some(why.to_string());
     let why = why.to_string();
     if action == DsnAction::Failed {
-        Result1::Failed { why, report }
+        Fate::Failed { why, report }
     } else {
-        Result1::Deferred { why, report }
+        Fate::Deferred { why, report }
     }
 }
 
