@@ -101,19 +101,11 @@ impl Aliases {
         }
     }
 
-    // Called by the server once reception and delivery use aliases (not wired yet).
-    #[allow(dead_code)]
     /// Looks at the files at most once per `interval` (tests use zero: at every lookup).
+    #[cfg(test)]
     pub fn with_check_interval(mut self, interval: Duration) -> Aliases {
         self.check_interval = interval;
         self
-    }
-
-    // Called by the server once reception and delivery use aliases (not wired yet).
-    #[allow(dead_code)]
-    /// The options addresses are cleaned with.
-    pub fn options(&self) -> &AliasOptions {
-        &self.options
     }
 
     /// The tables in force, after looking at the files if [`CHECK_INTERVAL`] has passed.
@@ -131,8 +123,6 @@ impl Aliases {
         state.tables.clone()
     }
 
-    // Called by the server once reception and delivery use aliases (not wired yet).
-    #[allow(dead_code)]
     /// Looks at every file now, and returns the problems found in files that changed since
     /// the last look (they are logged too). Call it on SIGHUP, or once at startup to report.
     pub fn reload(&self) -> Vec<Problem> {

@@ -1,4 +1,4 @@
-//! Bounces: a delivery status notification (RFC 3464, composed by [`proto_core::dsn`]) to the
+//! Bounces: a delivery status notification (RFC 3464, composed by [`proto_core::compose`]) to the
 //! sender of a message whose recipients failed for good, queued like any other message.
 //!
 //! The DSN goes into the store (chunks now, envelope with the caller's [`Store::apply`]

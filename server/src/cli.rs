@@ -151,12 +151,12 @@ pub struct AliasResolve {
     /// the address, user@domain
     #[argh(positional)]
     pub address: String,
-    /// characters removed from the local part before lookup (default: [aliases] of
+    /// characters removed from the local part before lookup (default: the aliases table of
     /// postern.toml, else ".")
     #[argh(option)]
     pub drop_characters: Option<String>,
     /// characters that start a suffix, removed with the rest of the local part (default:
-    /// [aliases] of postern.toml, else "+")
+    /// the aliases table of postern.toml, else "+")
     #[argh(option)]
     pub suffix_separators: Option<String>,
 }

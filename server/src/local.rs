@@ -12,8 +12,8 @@
 //! delivers the copy again after the restart: a duplicate, never a loss.
 //!
 //! A Maildir write that fails defers the recipient: its attempt count goes up and the message
-//! comes back after [`backoff`] (a simple doubling; the full retry schedule comes with outbound
-//! delivery). After [`MAX_ATTEMPTS`] the recipient is marked failed and bounces.
+//! comes back after [`backoff`] (a simple doubling from 15 s: a local problem, a full disk
+//! say, is usually fixed sooner than a remote one; outbound delivery has its own schedule). After [`MAX_ATTEMPTS`] the recipient is marked failed and bounces.
 //!
 //! Recipients whose `[mailboxes]` entry names another method ([`crate::mailbox`]) leave the
 //! batched Maildir path: the recipients of one message for one LMTP server go in one LMTP

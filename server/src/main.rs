@@ -1,17 +1,22 @@
-//! The `postern` binary: `postern [-C DIR] serve`, `postern [-C DIR] user ...` and
-//! `postern [-C DIR] alias ...`.
+//! The `postern` binary: `postern [-C DIR] serve`, and the operator's commands `user`,
+//! `alias` and `dkim`.
 //!
 //! Organised by concern: [`cli`] (arguments), [`config`] (postern.toml), [`init`] (the
 //! embedded default), [`tls`] (certificates), [`limits`] (connection limits), [`userdb`]
 //! (users, passwords, address normalisation), [`usercmd`] (`postern user`), [`aliases`]
-//! (alias files, watched), [`aliascmd`] (`postern alias`), [`auth`] (logins, brute-force
-//! limits), [`relay`] (who may send where, as whom), [`header_from`] (the header
-//! From check), [`recipients`] (local domains and users), [`reception`] (the session
-//! handler), [`queue`] (queue ids), [`store`] (the fjall queue store), [`commit`] (group
-//! commit), [`local`] (delivery workers), [`trace`] (Received: and friends), [`delivery`]
-//! (Maildir), [`dns`] (the stub resolver, not wired yet), [`tls_memory`] and [`mta_sts`]
-//! (outbound TLS policy, not wired yet), [`serve`] (listeners and signals), [`systemd`]
-//! (socket activation and readiness) and [`log`] (one line per mail event).
+//! (alias files, watched), [`aliascmd`] (`postern alias`), [`dkim`] and [`dkimcmd`] (keys,
+//! signing, `postern dkim`), [`auth`] (logins, brute-force limits), [`relay`] (who may send
+//! where, as whom), [`header_from`] (the header From check), [`recipients`] (local domains
+//! and users), [`destinations`] (where a local address goes: aliases, SRS), [`reception`]
+//! (the session handler), [`inbound`] (signing and the SPF/DKIM/ARC/DMARC checks),
+//! [`authdns`] (our DNS answers for mail-auth), [`queue`] (queue ids), [`store`] (the fjall
+//! queue store), [`commit`] (group commit), [`dispatch`] (which workers get a message),
+//! [`local`] (local delivery workers), [`mailbox`] (LMTP and command delivery),
+//! [`delivery`] (Maildir), [`outbound`] (delivery to other servers: routing, TLS, retries),
+//! [`tls_memory`] and [`mta_sts`] (outbound TLS policy), [`bounce`] (DSNs), [`dns`] (the stub
+//! resolver), [`trace`] (Received: and friends), [`files`] (atomic file replacement),
+//! [`serve`] (listeners and signals), [`systemd`] (socket activation and readiness) and
+//! [`log`] (one line per mail event).
 
 mod aliascmd;
 mod aliases;

@@ -12,10 +12,10 @@
 //!
 //! AUTH is checked by [`Authenticator`] (user database, brute-force limits). The relay policy
 //! is [`crate::relay`]'s: without AUTH (or a trusted network) only local recipients; with it,
-//! MAIL FROM, and the header From at the end of data, must be the user's own. Recipients
-//! elsewhere are refused with 451 4.3.0 even when relaying is allowed, because outbound
-//! delivery does not exist yet: the client keeps the message and can retry once it does,
-//! rather than being told 250 for mail that would sit here.
+//! MAIL FROM, and the header From at the end of data, must be the user's own; recipients
+//! elsewhere are then queued for outbound delivery ([`crate::outbound`]). Recipients of our
+//! domains go through the aliases ([`crate::destinations`]): users, pipes, and forwarding
+//! with an SRS sender.
 //!
 //! Mail authentication ([`crate::inbound`]): an authenticated user's message is DKIM-signed
 //! as it streams in; on the smtp listeners, other servers' mail gets SPF at MAIL and DKIM,

@@ -27,8 +27,6 @@
 //! legacy.example tls
 //! ```
 
-// Not called yet: the outbound delivery worker (issue 5) wires it.
-
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;

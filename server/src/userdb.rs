@@ -298,7 +298,7 @@ impl UserDb {
     }
 
     /// The user with this address, if any. Reads the users file when it changed since the last
-    /// call; lines that cannot be parsed are skipped (and logged by [`UserDb::load`]).
+    /// call; lines that cannot be parsed are skipped (and logged when the file is read).
     pub fn get(&self, address: &Address) -> Result<Option<User>, UserDbError> {
         let Some(dir) = self.domain_dir(address) else {
             return Ok(None);

@@ -1,7 +1,7 @@
 //! A DNS stub resolver: `hickory-proto` as the codec, async-io sockets as the transport.
 //!
-//! Not wired into delivery yet: outbound routing (issue 5) and the mail-auth checks will be
-//! its callers. The API is shaped for them:
+//! Its callers are outbound routing ([`crate::outbound::route`]), MTA-STS and the mail-auth
+//! checks ([`crate::inbound`]). The API is shaped for them:
 //!
 //! - [`Resolver::mx`] gives [`Mx::Hosts`] sorted by preference, or [`Mx::Null`] for a null MX
 //!   (RFC 7505), or [`DnsError::NoData`] when routing must fall back to the implicit MX
@@ -11,7 +11,7 @@
 //! - [`Resolver::lookup`] for any type, returning an [`Answer`] with its `valid_until`: what
 //!   mail-auth's caches need.
 //! - Errors say whether a name is absent for good ([`DnsError::NxDomain`],
-//!   [`DnsError::NoData`]) or the answer is only unavailable now ([`DnsError::is_temporary`]):
+//!   [`DnsError::NoData`]) or the answer is only unavailable now ([`DnsError::Temporary`]):
 //!   4xx versus 5xx for the SMTP side.
 //!
 //! # Feeding mail-auth ([`crate::inbound::dns`] does this)

@@ -1,7 +1,7 @@
 //! MTA-STS ([RFC 8461]): which MX hosts of a recipient domain may receive its mail, and
 //! whether TLS with a valid certificate is required to reach them.
 //!
-//! [`MtaSts::lookup`] (or [`MtaSts::policy`]) follows RFC 8461 5.1 for one domain:
+//! [`MtaSts::lookup`] follows RFC 8461 5.1 for one domain:
 //!
 //! 1. Ask for the `_mta-sts.<domain>` TXT record through our [`Resolver`] and take its `id`
 //!    ([`policy::txt_id`]). No record, or no usable one: the domain publishes no policy now.
@@ -46,8 +46,6 @@
 //!
 //! [RFC 8461]: https://www.rfc-editor.org/rfc/rfc8461
 
-// Not called yet: the outbound delivery worker (issue 5) wires it.
-
 pub mod fetch;
 pub mod policy;
 
@@ -66,8 +64,6 @@ use rustls::{ClientConfig, RootCertStore};
 use crate::dns::{DnsError, Resolver};
 use crate::tls_memory::BadLine;
 pub use fetch::FetchError;
-// `Mode` is for the outbound worker, which does not exist yet.
-#[allow(unused_imports)]
 pub use policy::{Mode, Policy, SyntaxError};
 
 /// The name of the cache file in the data directory.
