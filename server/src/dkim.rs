@@ -446,6 +446,60 @@ impl DnsRecord {
     }
 }
 
+/// The keys of each local domain, read again only when its `dkim/` directory changes (a file
+/// added, removed or rewritten): signing and ARC sealing ask for them at every message, and
+/// parsing an RSA key is far costlier than the few `stat`s that tell whether it changed.
+#[derive(Debug)]
+pub struct KeyCache {
+    config_dir: PathBuf,
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, (KeyStamp, std::sync::Arc<DkimKeys>)>>,
+}
+
+/// What the key files of a domain looked like: (path, modification time, size) of each.
+type KeyStamp = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+impl KeyCache {
+    /// Keys under `config_dir` (`domains/<domain>/dkim/`).
+    pub fn new(config_dir: PathBuf) -> KeyCache {
+        KeyCache {
+            config_dir,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The keys of `domain`, as [`DkimKeys::load`] reads them. Blocking (file system).
+    pub fn get(&self, domain: &str) -> Result<std::sync::Arc<DkimKeys>, DkimError> {
+        let (ascii, dir) = domain_dir(&self.config_dir, domain)?;
+        let stamp: KeyStamp = match fs::read_dir(dir.join(KEY_DIR)) {
+            Ok(entries) => {
+                let mut stamp: KeyStamp = entries
+                    .flatten()
+                    .filter_map(|e| {
+                        let meta = e.metadata().ok()?;
+                        Some((e.path(), meta.modified().ok(), meta.len()))
+                    })
+                    .collect();
+                stamp.sort();
+                stamp
+            }
+            Err(_) => Vec::new(),
+        };
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, keys)) = entries.get(&ascii)
+            && *seen == stamp
+        {
+            return Ok(keys.clone());
+        }
+        let keys = std::sync::Arc::new(DkimKeys::load(&self.config_dir, domain)?);
+        entries.insert(ascii, (stamp, keys.clone()));
+        Ok(keys)
+    }
+}
+
 impl DkimKeys {
     /// The keys of the local domain `domain` (Unicode or A-label, any case) under
     /// `config_dir`: every `domains/<domain>/dkim/*.pem`, sorted by selector. No `dkim/`
@@ -1183,6 +1237,33 @@ mod tests {
                 .starts_with("s._domainkey.example.org. IN TXT \"xxx")
         );
         assert_eq!(record.zone_line().matches('"').count(), 6);
+    }
+
+    /// The cache reads a domain's keys again when a key file is added, and only then.
+    #[test]
+    fn key_cache_follows_the_key_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dkim = tmp.path().join("domains/example.org/dkim");
+        fs::create_dir_all(&dkim).expect("mkdir");
+        let cache = KeyCache::new(tmp.path().to_path_buf());
+        let none = cache.get("example.org").expect("no keys");
+        assert!(none.is_empty());
+        assert!(std::sync::Arc::ptr_eq(
+            &none,
+            &cache.get("EXAMPLE.org").expect("again")
+        ));
+        let pem = pem_encode("PRIVATE KEY", &ed25519_pkcs8(&[7u8; 32]));
+        fs::write(dkim.join("s1.pem"), pem).expect("write key");
+        let one = cache.get("example.org").expect("one key");
+        assert_eq!(one.keys().len(), 1);
+        assert!(std::sync::Arc::ptr_eq(
+            &one,
+            &cache.get("example.org").expect("cached")
+        ));
+        assert!(matches!(
+            cache.get("unknown.example"),
+            Err(DkimError::UnknownDomain { .. })
+        ));
     }
 
     #[test]

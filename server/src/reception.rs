@@ -176,9 +176,9 @@ impl Reception {
             t.auth_summary = Some(format!("forged_results_removed={removed}"));
         }
         if let Some(signing) = t.signing.take() {
-            let config_dir = self.shared.inbound.config_dir.clone();
+            let keys = self.shared.inbound.keys.clone();
             match signing
-                .finish(config_dir, t.header.header(), SystemTime::now())
+                .finish(keys, t.header.header(), SystemTime::now())
                 .await
             {
                 Ok(fields) => t.headers.extend(fields),
@@ -200,7 +200,7 @@ impl Reception {
             let report = self
                 .shared
                 .inbound
-                .check_message(checks.verifier, &checks.spf, seal.as_ref())
+                .check_message(checks.verifier, &checks.spf, seal.as_deref())
                 .await;
             let mut summary = report.summary;
             if let Some(forged) = t.auth_summary.take() {
@@ -220,7 +220,10 @@ impl Reception {
     /// The DKIM keys of the domain that forwards this message (the domain of the SRS sender
     /// of its first forwarded recipient), to ARC-seal it with; `None` when nothing is
     /// forwarded or the domain has no usable key.
-    async fn forwarding_keys(&self, t: &Transaction) -> Option<crate::dkim::DkimKeys> {
+    async fn forwarding_keys(
+        &self,
+        t: &Transaction,
+    ) -> Option<std::sync::Arc<crate::dkim::DkimKeys>> {
         let sender = t
             .recipients
             .iter()
@@ -230,21 +233,19 @@ impl Reception {
             .rsplit_once('@')?
             .1
             .to_string();
-        let config_dir = self.shared.inbound.config_dir.clone();
+        let keys = self.shared.inbound.keys.clone();
         let id = t.id.clone();
-        smol::unblock(
-            move || match crate::dkim::DkimKeys::load(&config_dir, &domain) {
-                Ok(keys) if !keys.is_empty() => Some(keys),
-                Ok(_) => None,
-                Err(e) => {
-                    log::event(
-                        "arc",
-                        format_args!("id={id} problem=\"no sealing key: {e}\""),
-                    );
-                    None
-                }
-            },
-        )
+        smol::unblock(move || match keys.get(&domain) {
+            Ok(keys) if !keys.is_empty() => Some(keys),
+            Ok(_) => None,
+            Err(e) => {
+                log::event(
+                    "arc",
+                    format_args!("id={id} problem=\"no sealing key: {e}\""),
+                );
+                None
+            }
+        })
         .await
     }
 

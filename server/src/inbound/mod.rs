@@ -108,8 +108,8 @@ impl Default for CheckSettings {
 
 /// What every connection's signing and checks share.
 pub struct Inbound {
-    /// The configuration directory: `domains/<domain>/dkim/` holds the signing keys.
-    pub config_dir: PathBuf,
+    /// The signing keys (`domains/<domain>/dkim/` of the configuration directory).
+    pub keys: Arc<crate::dkim::KeyCache>,
     /// `[checks]`.
     pub settings: CheckSettings,
     /// Our hostname: the authserv-id of `Authentication-Results` (RFC 8601 2.5).
@@ -163,7 +163,7 @@ impl Inbound {
         resolver: Arc<Resolver>,
     ) -> Inbound {
         Inbound {
-            config_dir,
+            keys: Arc::new(crate::dkim::KeyCache::new(config_dir)),
             settings,
             hostname,
             resolver,

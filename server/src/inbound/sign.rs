@@ -1,10 +1,10 @@
 //! DKIM signing of an authenticated user's message as it streams in: see the module doc of
 //! [`crate::inbound`].
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::dkim::{DkimError, DkimKeys, Signer};
+use crate::dkim::{DkimError, KeyCache, Signer};
 use crate::header_from;
 
 /// The signing of one message.
@@ -23,12 +23,12 @@ impl Signing {
     }
 
     /// The `DKIM-Signature` fields (each ending in CRLF) for the message whose header section
-    /// (at least its From field) is `header`: one per key of the From domain under
-    /// `config_dir`, none when that domain is not local or has no keys. An error means the
+    /// (at least its From field) is `header`: one per key of the From domain in
+    /// `keys`, none when that domain is not local or has no keys. An error means the
     /// message must not go out unsigned.
     pub async fn finish(
         self,
-        config_dir: PathBuf,
+        keys: Arc<KeyCache>,
         header: &[u8],
         now: SystemTime,
     ) -> Result<Vec<String>, DkimError> {
@@ -38,7 +38,7 @@ impl Signing {
             return Ok(Vec::new());
         };
         smol::unblock(move || {
-            let keys = match DkimKeys::load(&config_dir, &domain) {
+            let keys = match keys.get(&domain) {
                 Ok(keys) => keys,
                 // Not a local domain (a `[senders]` grant, say): not ours to sign.
                 Err(DkimError::UnknownDomain { .. } | DkimError::BadDomain(_)) => {
