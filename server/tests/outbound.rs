@@ -430,14 +430,17 @@ fn postfix_smtp_sink_takes_the_mail() {
     let routes = format!("\"sink.test\" = \"[127.0.0.1]:{port}\"");
     let (_a_dir, a) = start_sender(&sender_config(dns.addr.port(), 25, "", &routes));
     submit(&a, &["one@sink.test", "two@sink.test"], "sink");
+    // The transaction is over (and smtp-sink's dump complete) once A has removed the message.
+    a.wait_log("removed id=", 30);
     let deadline = Instant::now() + Duration::from_secs(30);
     let dumped = loop {
         let files: Vec<String> = fs::read_dir(&sink_dir)
             .expect("read sink dir")
             .filter_map(|e| fs::read_to_string(e.expect("entry").path()).ok())
             .collect();
-        if !files.is_empty() {
-            break files;
+        // A dump file exists from the first byte on: wait for a complete one.
+        if let Some(done) = files.into_iter().find(|f| f.contains("Subject: sink")) {
+            break done;
         }
         assert!(
             Instant::now() < deadline,
@@ -448,14 +451,13 @@ fn postfix_smtp_sink_takes_the_mail() {
     };
     let _ = sink.kill();
     let _ = sink.wait();
-    let text = &dumped[0];
+    let text = &dumped;
     // smtp-sink's dump: the envelope, then the message.
     assert!(
         text.contains("one@sink.test") && text.contains("two@sink.test"),
         "{text}"
     );
     assert!(text.contains("Subject: sink"), "{text}");
-    a.wait_log("removed id=", 10);
 }
 
 /// A domain that showed TLS before is never sent to in plaintext again: a server that stops
