@@ -7,6 +7,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/postern}
 SHARED=${SHARED:-$ROOT/../shared/bench}
+[ -f "$SHARED/bench-smtp.sh" ] || { echo "bench/load.sh needs the benchmark harness's bench-smtp.sh: set SHARED=/path/to/harness (now $SHARED)" >&2; exit 1; }
 NETNS=smtplab
 DIR=$(mktemp -d /tmp/postern-load.XXXXXX)
 . "$ROOT/bench/postern-dir.sh"

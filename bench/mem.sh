@@ -7,6 +7,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/postern}
+SHARED=${SHARED:-$ROOT/../shared/bench}  # only for LOAD=N (its bench-smtp.sh sends the load)
 NETNS=smtplab
 DIR=$(mktemp -d /tmp/postern-mem.XXXXXX)
 . "$ROOT/bench/postern-dir.sh"
@@ -34,7 +35,8 @@ settle() { # wait until delivery has emptied the queue (maildir mode)
 }
 N=0
 if [ -n "${LOAD:-}" ]; then
-  NETNS=$NETNS EXTRA=-A bash "$ROOT/../shared/bench/bench-smtp.sh" 127.0.0.1:2525 100 "$LOAD" 5120 >/dev/null
+  [ -f "$SHARED/bench-smtp.sh" ] || { echo "LOAD needs the harness's bench-smtp.sh: set SHARED=/path/to/harness" >&2; exit 1; }
+  NETNS=$NETNS EXTRA=-A bash "$SHARED/bench-smtp.sh" 127.0.0.1:2525 100 "$LOAD" 5120 >/dev/null
   N=$LOAD; settle $N
   echo "after the load:  $(hwm)"
 fi

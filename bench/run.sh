@@ -17,7 +17,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared/bench}
 export LAB=${LAB:-/tmp/postern-lab}
 NETNS=smtplab
-[ -d "$SHARED" ] || { echo "shared bench harness not found at $SHARED" >&2; exit 1; }
+[ -d "$SHARED" ] || {
+  echo "bench/run.sh: the benchmark harness (bench-smtp.sh, peers.sh, setup-chasquid.sh, install-peers.sh)" >&2
+  echo "  is not at $SHARED; point SHARED=/path/to/harness at a copy of it. The tests do not need it;" >&2
+  echo "  without it, bench/mem.sh (no LOAD) and bench/load.sh with your own smtp-source still run." >&2
+  exit 1; }
 
 command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || "$SHARED/install-peers.sh"
 cargo build --release -p postern --manifest-path "$ROOT/Cargo.toml"

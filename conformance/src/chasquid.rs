@@ -31,7 +31,7 @@
 //!
 //! Only directories whose `.cmy` scripts are pure dialogues with one server make sense in
 //! memory: see [`RUN`] and [`SKIP`]. A `t-*` directory in neither list is an error, so a new
-//! one in `shared/` gets looked at.
+//! one added to `suites/smtp/chasquid` gets looked at.
 
 use std::path::Path;
 use std::sync::Arc;

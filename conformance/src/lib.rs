@@ -4,8 +4,8 @@
 //!
 //! # What runs
 //!
-//! Three suites from `../shared/conformance/smtp` (the `shared/` directory beside the
-//! workspace, located from this crate's manifest directory):
+//! Three suites from `conformance/suites/smtp` (the suites' data lives in this crate's
+//! `suites/` directory, with its origins and licences in `suites/SOURCES`):
 //!
 //! | suite | source | format |
 //! |---|---|---|
@@ -38,7 +38,7 @@
 //!
 //! # The mail-authentication suites
 //!
-//! `cargo test -p postern-conformance --test auth` runs, from `../shared/conformance`:
+//! `cargo test -p postern-conformance --test auth` runs, from `conformance/suites`:
 //!
 //! | suite | source | what is checked |
 //! |---|---|---|
@@ -88,13 +88,13 @@ pub use crate::auth::run_auth_suites;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum LoadError {
-    /// `shared/` is not beside the workspace.
+    /// A suite's directory is not in `conformance/suites`.
     #[error(
-        "the shared conformance suites are missing: expected the directory {}; \
-         the repository needs a copy of shared/ beside it (<workspace>/../shared)",
+        "the conformance suites are missing: expected the directory {} \
+         (it is part of the repository; see conformance/suites/SOURCES)",
         dir.display()
     )]
-    SharedMissing {
+    SuitesMissing {
         /// Where they were looked for.
         dir: PathBuf,
     },
@@ -194,25 +194,23 @@ impl SuiteReport {
     }
 }
 
-/// The directory of the SMTP suites: `<workspace>/../shared/conformance/smtp`.
+/// The directory of the SMTP suites: `conformance/suites/smtp`.
 pub fn smtp_suites_dir() -> Result<PathBuf, LoadError> {
     let dir = conformance_dir()?.join("smtp");
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(LoadError::SharedMissing { dir })
+        Err(LoadError::SuitesMissing { dir })
     }
 }
 
-/// The directory of all suites: `<workspace>/../shared/conformance`.
+/// The directory of all suites: `conformance/suites`.
 fn conformance_dir() -> Result<PathBuf, LoadError> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let beside_workspace = manifest.parent().and_then(Path::parent).unwrap_or(manifest);
-    let dir = beside_workspace.join("shared").join("conformance");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("suites");
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(LoadError::SharedMissing { dir })
+        Err(LoadError::SuitesMissing { dir })
     }
 }
 

@@ -1,5 +1,5 @@
 //! Alias resolution against chasquid: its conformance alias files (t-04, t-22, from
-//! ../shared) and the cases of its aliases package tests, written as tables here. Each
+//! conformance/suites) and the cases of its aliases package tests, written as tables here. Each
 //! destination is shown the way `chasquid-util aliases-resolve` prints it: `(email) addr`,
 //! `(pipe) command`, `(forward) addr via a/b`.
 
@@ -13,9 +13,9 @@ use proto_core::{
     AliasError, AliasOptions, AliasTable, AliasTables, Destination, Mailbox, Rule, resolve,
 };
 
-/// `<workspace>/../shared/conformance/smtp/chasquid`.
+/// `<workspace>/conformance/suites/smtp/chasquid`.
 fn chasquid_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/smtp/chasquid")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/suites/smtp/chasquid")
 }
 
 fn read(path: &str) -> String {

@@ -1,5 +1,5 @@
 //! DKIM canonicalization against independent references: the vectors in
-//! ../shared/conformance/dkim/canon-vectors.json, and mail-auth (a dev-dependency only) on
+//! conformance/suites/dkim/canon-vectors.json, and mail-auth (a dev-dependency only) on
 //! arbitrary bodies and header fields fed in arbitrary chunks.
 
 use std::path::Path;
@@ -51,8 +51,8 @@ fn our_hash(c: Canonicalization, alg: HashAlgorithm, chunks: &[&[u8]]) -> Vec<u8
 }
 
 fn vectors() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/dkim/canon-vectors.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/suites/dkim/canon-vectors.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("expected the vectors at {}: {e}", path.display()));
     serde_json::from_str(&text).expect("canon-vectors.json parses")

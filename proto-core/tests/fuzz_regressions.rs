@@ -1,5 +1,5 @@
 //! Replays committed fuzz inputs on stable Rust: everything under `fuzz/regressions/` and
-//! chasquid's FuzzConnection corpus from ../shared (Go's "go test fuzz v1" format).
+//! chasquid's FuzzConnection corpus from conformance/suites (Go's "go test fuzz v1" format).
 
 #![allow(clippy::unwrap_used)]
 
@@ -75,7 +75,7 @@ fn go_bytes(text: &str) -> Vec<u8> {
 #[test]
 fn chasquid_fuzz_corpus_replays() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance/smtp/chasquid/fuzz-FuzzConnection");
+        .join("../conformance/suites/smtp/chasquid/fuzz-FuzzConnection");
     let corpus = files(&dir);
     assert!(
         corpus.len() >= 10,

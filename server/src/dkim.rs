@@ -966,7 +966,7 @@ mod tests {
 
     const RFC8463: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/conformance/dkim/rfc/rfc8463"
+        "/../conformance/suites/dkim/rfc/rfc8463"
     );
 
     fn read(name: &str) -> Vec<u8> {

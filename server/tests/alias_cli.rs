@@ -303,10 +303,9 @@ fn broken_file_names_file_and_line() {
 /// chasquid's t-04 aliases file, brought as is, with its test's settings.
 #[test]
 fn chasquid_file_brought_as_is() {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-        "../../shared/conformance/smtp/chasquid/t-04-aliases/config/domains/testserver/aliases",
-    );
-    let file = fs::read_to_string(&source).expect("t-04 aliases in ../shared");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../conformance/suites/smtp/chasquid/t-04-aliases/config/domains/testserver/aliases");
+    let file = fs::read_to_string(&source).expect("t-04 aliases in conformance/suites");
     let dir = tempfile::tempdir().expect("tempdir");
     let domain = dir.path().join("domains/testserver");
     fs::create_dir_all(&domain).expect("mkdir");

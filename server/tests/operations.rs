@@ -263,10 +263,13 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     // Live changes: host name, size limit; a listener added needs a restart.
     std::fs::write(
         root.join("postern.toml"),
-        "hostname = \"mx.test\"\ndata_dir = \"data\"\nmax_message_size = 2097152\n\
-         command_timeout = 1\n\
-         [listeners]\nsmtp = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\n\
-         submission = [\"127.0.0.1:0\"]\n",
+        format!(
+            "hostname = \"mx.test\"\ndata_dir = \"data\"\nmax_message_size = 2097152\n\
+             command_timeout = 1\n{}\
+             [listeners]\nsmtp = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\n\
+             submission = [\"127.0.0.1:0\"]\n",
+            common::OFFLINE_DNS
+        ),
     )
     .expect("write config");
     server.signal("HUP");
@@ -344,7 +347,8 @@ fn systemd_socket_activation_uses_the_passed_sockets() {
     std::fs::write(
         root.join("postern.toml"),
         format!(
-            "hostname = \"localhost\"\ndata_dir = \"data\"\n[listeners]\nsmtp = [\"{taken}\"]\n"
+            "hostname = \"localhost\"\ndata_dir = \"data\"\n{}[listeners]\nsmtp = [\"{taken}\"]\n",
+            common::OFFLINE_DNS
         ),
     )
     .expect("write config");

@@ -2,8 +2,9 @@
 //! lettre, plain, STARTTLS and implicit TLS. Every server runs in its own temporary
 //! configuration directory on ports the kernel picks (`127.0.0.1:0`); the addresses are read
 //! from the server's startup lines. A guard kills each server when its test ends, pass or fail.
-//! Nothing here touches a non-loopback address or DNS (smtplib gets `local_hostname`, lettre
-//! an explicit HELO name and an IP address).
+//! Nothing here touches a non-loopback address or the system's DNS: the servers' resolver is
+//! [`common::OFFLINE_DNS`] (a closed loopback port), smtplib gets `local_hostname`, lettre an
+//! explicit HELO name and an IP address.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -37,13 +38,17 @@ impl Server {
         let root = dir.path();
         fs::write(
             root.join("postern.toml"),
-            "hostname = \"localhost\"\n\
-             data_dir = \"data\"\n\
-             max_message_size = 1048576\n\
-             [listeners]\n\
-             smtp = [\"127.0.0.1:0\"]\n\
-             submission = [\"127.0.0.1:0\"]\n\
-             submissions = [\"127.0.0.1:0\"]\n",
+            format!(
+                "hostname = \"localhost\"\n\
+                 data_dir = \"data\"\n\
+                 max_message_size = 1048576\n\
+                 {}\
+                 [listeners]\n\
+                 smtp = [\"127.0.0.1:0\"]\n\
+                 submission = [\"127.0.0.1:0\"]\n\
+                 submissions = [\"127.0.0.1:0\"]\n",
+                common::OFFLINE_DNS
+            ),
         )
         .expect("write config");
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");

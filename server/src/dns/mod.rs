@@ -16,7 +16,7 @@
 //!
 //! # Feeding mail-auth ([`crate::inbound::dns`] does this)
 //!
-//! mail-auth 0.13.3 has no resolver trait (see ../shared/DEPENDENCIES.md); its injection
+//! mail-auth 0.13.3 has no resolver trait (its source has none; its own docs say so); its injection
 //! point is its DNS caches (`Parameters::new(x).with_cache(&caches)`, one cache type each for
 //! TXT, MX, IPv4, IPv6 and PTR). The plan: build the authenticator with no nameservers, run a
 //! check, collect the names it missed, fetch them here with [`Resolver::lookup`] (TXT parsed

@@ -530,13 +530,13 @@ mod tests {
         }
     }
 
-    /// ARC: mail-auth's sealed vectors (../shared/conformance/arc/mail-auth: key records,
+    /// ARC: mail-auth's sealed vectors (conformance/suites/arc/mail-auth: key records,
     /// an empty line, the message) validate as pass with the body streamed in any chunks.
     #[test]
     fn arc_chains_validate_streamed() {
         let vectors = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/conformance/arc/mail-auth"
+            "/../conformance/suites/arc/mail-auth"
         );
         for name in ["001.txt", "002.txt"] {
             let path = std::path::Path::new(vectors).join(name);
