@@ -1,13 +1,14 @@
 //! The mock DNS of the suites: a [`Zone`] built from a suite's data, answering mail-auth
-//! through the shared `authdns_shared`'s cache adapter (re-exported here), which the server shares.
+//! through the server's cache adapter, [`postern::mailauth::authdns`] (re-exported here), so
+//! the suites and the server feed mail-auth the same way.
 //!
-//! How answers reach mail-auth, and what its caches cannot hold, is documented in
-//! `authdns_shared` (server/src/authdns.rs).
+//! How answers reach mail-auth, and what its caches cannot hold, is documented there
+//! (server/src/mailauth/authdns.rs).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use crate::authdns_shared::{
+pub use postern::mailauth::authdns::{
     Answer, AuthDns, AuthParameters, DnsSource, TxtKind, fqdn, offline_authenticator, reverse_name,
 };
 

@@ -58,9 +58,6 @@
 mod arc;
 mod auth;
 pub mod authdns;
-/// mail-auth's DNS caches from any source: the server's module, compiled here too.
-#[path = "../../server/src/authdns.rs"]
-pub mod authdns_shared;
 mod chasquid;
 mod deviations;
 mod dialogue;

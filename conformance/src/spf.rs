@@ -111,7 +111,7 @@ fn run_test(
         SpfParameters::verify_mail_from(ip, &test.helo, RECEIVER, &test.mailfrom)
     };
     let output = block_on(authenticator.verify_spf(dns.parameters(params)));
-    let actual = crate::authdns_shared::spf_word(output.result());
+    let actual = postern::mailauth::authdns::spf_word(output.result());
     let detail = format!(
         "spec {}; host {}, mailfrom {:?}, helo {:?}\nDNS questions: {}",
         spec_text(&test.spec),

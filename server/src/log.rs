@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::Write;
 use std::time::SystemTime;
 
-use crate::trace::rfc3339;
+use crate::reception::trace::rfc3339;
 
 /// Writes one log line: the time, `event`, then `fields`. The line is formatted first and
 /// written in one call, so lines from concurrent sessions never interleave; a closed or full

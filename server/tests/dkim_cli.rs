@@ -5,9 +5,7 @@
 //! Signatures are also checked independently, with mail-auth fed the printed records.
 
 mod common;
-#[path = "../src/dns/test_server.rs"]
-#[allow(dead_code)]
-mod test_server;
+use postern::dns::test_server;
 
 use std::collections::HashMap;
 use std::fs;

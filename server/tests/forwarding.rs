@@ -5,9 +5,7 @@
 
 mod common;
 
-#[allow(dead_code, clippy::unwrap_used)]
-#[path = "../src/dns/test_server.rs"]
-mod test_server;
+use postern::dns::test_server;
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};

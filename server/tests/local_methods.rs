@@ -5,7 +5,7 @@
 //! and a broken `[mailboxes]` entry that stops the server with its file and line.
 //!
 //! Pipe aliases are not reached from SMTP yet (RCPT does not resolve aliases); the unit tests
-//! of `local.rs` put an `Address::Pipe` recipient in the queue directly.
+//! of `deliver/local.rs` put an `Address::Pipe` recipient in the queue directly.
 
 mod common;
 

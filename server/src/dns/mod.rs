@@ -1,7 +1,7 @@
 //! A DNS stub resolver: `hickory-proto` as the codec, async-io sockets as the transport.
 //!
-//! Its callers are outbound routing ([`crate::outbound::route`]), MTA-STS and the mail-auth
-//! checks ([`crate::inbound`]). The API is shaped for them:
+//! Its callers are outbound routing ([`crate::deliver::smtp::route`]), MTA-STS and the mail-auth
+//! checks ([`crate::mailauth`]). The API is shaped for them:
 //!
 //! - [`Resolver::mx`] gives [`Mx::Hosts`] sorted by preference, or [`Mx::Null`] for a null MX
 //!   (RFC 7505), or [`DnsError::NoData`] when routing must fall back to the implicit MX
@@ -14,7 +14,7 @@
 //!   [`DnsError::NoData`]) or the answer is only unavailable now ([`DnsError::Temporary`]):
 //!   4xx versus 5xx for the SMTP side.
 //!
-//! # Feeding mail-auth ([`crate::inbound::dns`] does this)
+//! # Feeding mail-auth ([`crate::mailauth::dns`] does this)
 //!
 //! mail-auth 0.13.3 has no resolver trait (its source has none; its own docs say so); its injection
 //! point is its DNS caches (`Parameters::new(x).with_cache(&caches)`, one cache type each for
@@ -40,8 +40,8 @@ mod cache;
 mod resolv_conf;
 mod transport;
 
-#[cfg(test)]
-pub(crate) mod test_server;
+#[cfg(any(test, feature = "testkit"))]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 
@@ -244,7 +244,7 @@ impl Resolver {
     }
 
     /// The names of `ip` (its `in-addr.arpa` / `ip6.arpa` PTR records): for SPF's `ptr`
-    /// mechanism and `%{p}` macro ([`crate::inbound::dns`]).
+    /// mechanism and `%{p}` macro ([`crate::mailauth::dns`]).
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<Name>, DnsError> {
         let answer = self.lookup(&Name::from(ip), RecordType::PTR).await?;
         Ok(answer

@@ -1,0 +1,249 @@
+#![allow(rustdoc::invalid_html_tags)] // the `<domain>`s are argh's help text, shown as written
+//! The command line: `postern [-C DIR] <subcommand>`.
+//!
+//! Every subcommand finds its configuration directory the same way: `-C DIR` if given, else
+//! `/etc/postern` if it exists, else `./postern-data`.
+
+pub mod alias;
+pub mod dkim;
+pub mod user;
+
+use std::path::{Path, PathBuf};
+
+use argh::FromArgs;
+
+use crate::mailauth::dkim::KeyAlgorithm;
+
+/// The system-wide configuration directory, used when it exists.
+const SYSTEM_DIR: &str = "/etc/postern";
+/// The directory used when neither `-C` nor the system directory is there.
+const LOCAL_DIR: &str = "postern-data";
+
+/// postern: a small, careful SMTP server for your own domains.
+#[derive(Debug, FromArgs)]
+pub struct Cli {
+    /// configuration directory (default: /etc/postern if it exists, else ./postern-data)
+    #[argh(option, short = 'C')]
+    pub config_dir: Option<PathBuf>,
+
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum Command {
+    /// Run the SMTP server.
+    Serve(Serve),
+    /// Manage the users of the local domains.
+    User(User),
+    /// Inspect the aliases of the local domains.
+    Alias(Alias),
+    /// DKIM keys, records and signatures.
+    Dkim(Dkim),
+}
+
+/// run the SMTP server on the configured listeners (creates the default configuration on
+/// first run)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "serve")]
+pub struct Serve {}
+
+/// manage users (domains/<domain>/users): add, remove, list, passwd, check
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "user")]
+pub struct User {
+    #[argh(subcommand)]
+    pub command: UserCommand,
+}
+
+/// A user command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add(UserAdd),
+    /// Remove a user.
+    Remove(UserRemove),
+    /// List users.
+    List(UserList),
+    /// Change a password.
+    Passwd(UserPasswd),
+    /// Check a password.
+    Check(UserCheck),
+}
+
+/// add a user; the password is asked on the terminal (twice, without echo) unless
+/// --password-stdin or --receive-only
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "add")]
+pub struct UserAdd {
+    /// the user's address, user@domain; domains/<domain>/ must exist
+    #[argh(positional)]
+    pub address: String,
+    /// a mailbox that receives mail but cannot log in or send (no password)
+    #[argh(switch)]
+    pub receive_only: bool,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+}
+
+/// remove a user (the Maildir is kept)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "remove")]
+pub struct UserRemove {
+    /// the user's address
+    #[argh(positional)]
+    pub address: String,
+}
+
+/// list the users of one local domain, or of all of them
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "list")]
+pub struct UserList {
+    /// only this domain
+    #[argh(positional)]
+    pub domain: Option<String>,
+}
+
+/// set a user's password (asked on the terminal twice, without echo, unless --password-stdin)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "passwd")]
+pub struct UserPasswd {
+    /// the user's address
+    #[argh(positional)]
+    pub address: String,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+}
+
+/// check a user's password: exit status 0 if it is right, 1 otherwise
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "check")]
+pub struct UserCheck {
+    /// the user's address
+    #[argh(positional)]
+    pub address: String,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+}
+
+/// inspect aliases (domains/<domain>/aliases)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "alias")]
+pub struct Alias {
+    #[argh(subcommand)]
+    pub command: AliasCommand,
+}
+
+/// An alias command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum AliasCommand {
+    /// Resolve an address.
+    Resolve(AliasResolve),
+}
+
+/// print where a message to ADDRESS would go, and why: each destination, then the steps
+/// that lead to it. Exit status 0 if it can be delivered somewhere, 1 otherwise.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "resolve")]
+pub struct AliasResolve {
+    /// the address, user@domain
+    #[argh(positional)]
+    pub address: String,
+    /// characters removed from the local part before lookup (default: the aliases table of
+    /// postern.toml, else ".")
+    #[argh(option)]
+    pub drop_characters: Option<String>,
+    /// characters that start a suffix, removed with the rest of the local part (default:
+    /// the aliases table of postern.toml, else "+")
+    #[argh(option)]
+    pub suffix_separators: Option<String>,
+}
+
+/// DKIM: make keys (keygen), print their DNS records (dns), sign or verify a message by hand
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "dkim")]
+pub struct Dkim {
+    #[argh(subcommand)]
+    pub command: DkimCommand,
+}
+
+/// A DKIM command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum DkimCommand {
+    /// Generate a key.
+    Keygen(DkimKeygen),
+    /// Print the DNS records of a domain's keys.
+    Dns(DkimDns),
+    /// Sign a message.
+    Sign(DkimSign),
+    /// Verify a message's signatures.
+    Verify(DkimVerify),
+}
+
+/// generate a signing key for a local domain in domains/DOMAIN/dkim/SELECTOR.pem (mode 0600,
+/// never overwriting one) and print the DNS record to publish
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "keygen")]
+pub struct DkimKeygen {
+    /// the local domain; domains/DOMAIN/ must exist
+    #[argh(positional)]
+    pub domain: String,
+    /// the selector (default: rsa-YYYYMM or ed-YYYYMM, this month)
+    #[argh(option)]
+    pub selector: Option<String>,
+    /// the key type: rsa2048 (default: every verifier knows it), rsa3072 or ed25519
+    #[argh(option, default = "KeyAlgorithm::Rsa2048")]
+    pub algo: KeyAlgorithm,
+}
+
+/// print the DNS records (zone-file lines) of every key of a local domain
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "dns")]
+pub struct DkimDns {
+    /// the local domain
+    #[argh(positional)]
+    pub domain: String,
+}
+
+/// sign a message file with every key of its From domain (or --domain) and print it, the
+/// signatures at the top, on standard output
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "sign")]
+pub struct DkimSign {
+    /// the message (LF line ends are read as CRLF)
+    #[argh(positional)]
+    pub file: PathBuf,
+    /// sign for this local domain instead of the From address's
+    #[argh(option)]
+    pub domain: Option<String>,
+}
+
+/// verify the DKIM signatures of a message file, asking the nameservers of postern.toml's
+/// dns table (else those of /etc/resolv.conf); exit status 0 only if there is at least one
+/// signature and all pass
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "verify")]
+pub struct DkimVerify {
+    /// the message (LF line ends are read as CRLF)
+    #[argh(positional)]
+    pub file: PathBuf,
+}
+
+impl Cli {
+    /// The configuration directory this invocation uses.
+    pub fn config_dir(&self) -> PathBuf {
+        match &self.config_dir {
+            Some(dir) => dir.clone(),
+            None if Path::new(SYSTEM_DIR).is_dir() => PathBuf::from(SYSTEM_DIR),
+            None => PathBuf::from(LOCAL_DIR),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `postern user ...`: the user database from the command line.
+//!
+//! Each command names the problem when it fails (unknown domain, duplicate user, malformed
+//! address, empty password, a broken line in the users file) and then leaves every file as it
+//! was. Passwords are read from the terminal without echo (asked twice when set), or from the
+//! first line of standard input with `--password-stdin`; they are never printed.
+
+use std::io::{self, BufRead};
+use std::path::Path;
+
+use crate::cli::{UserCommand, UserList};
+use crate::directory::users::{self, Address, User, UserDb, UserDbError};
+
+/// What a user command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum UserCmdError {
+    /// From the user database.
+    #[error("{0}")]
+    Db(#[from] UserDbError),
+    /// The password could not be read.
+    #[error("cannot read the password: {0}")]
+    Read(#[source] io::Error),
+    /// The two entries differ.
+    #[error("the passwords do not match")]
+    Mismatch,
+    /// `check` with a wrong password (or a user without one).
+    #[error("wrong password for {0}")]
+    WrongPassword(Address),
+    /// `check` on a receive-only user.
+    #[error("{0} is receive-only: it cannot log in")]
+    ReceiveOnly(Address),
+}
+
+/// Runs a user command against the configuration directory `dir`.
+pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
+    let db = UserDb::new(dir.join("domains"));
+    match command {
+        UserCommand::Add(c) => {
+            let address = Address::parse(&c.address)?;
+            // Check what can be checked before asking for a password.
+            db.domain_dir(&address)
+                .ok_or_else(|| UserDbError::UnknownDomain {
+                    domain: address.domain().to_string(),
+                    dir: dir.join("domains").join(address.domain()),
+                })?;
+            if db.get(&address)?.is_some() {
+                return Err(UserDbError::Duplicate(address).into());
+            }
+            let password = if c.receive_only && !c.password_stdin {
+                None
+            } else {
+                let pw = new_password(c.password_stdin)?;
+                Some(users::hash_password(&pw)?)
+            };
+            db.add(User {
+                address: address.clone(),
+                password,
+                receive_only: c.receive_only,
+            })?;
+            println!(
+                "added {address}{}",
+                if c.receive_only {
+                    " (receive-only)"
+                } else {
+                    ""
+                }
+            );
+        }
+        UserCommand::Remove(c) => {
+            let address = Address::parse(&c.address)?;
+            db.remove(&address)?;
+            println!("removed {address}");
+        }
+        UserCommand::List(UserList { domain }) => {
+            for user in db.list(domain.as_deref())? {
+                let mut line = user.address.to_string();
+                if user.receive_only {
+                    line.push_str(" receive-only");
+                }
+                if user.password.is_none() {
+                    line.push_str(" no-password");
+                }
+                println!("{line}");
+            }
+        }
+        UserCommand::Passwd(c) => {
+            let address = Address::parse(&c.address)?;
+            if db.get(&address)?.is_none() {
+                if db.domain_dir(&address).is_none() {
+                    return Err(UserDbError::UnknownDomain {
+                        domain: address.domain().to_string(),
+                        dir: dir.join("domains").join(address.domain()),
+                    }
+                    .into());
+                }
+                return Err(UserDbError::NoSuchUser(address).into());
+            }
+            let pw = new_password(c.password_stdin)?;
+            db.set_password(&address, users::hash_password(&pw)?)?;
+            println!("password of {address} changed");
+        }
+        UserCommand::Check(c) => {
+            let address = Address::parse(&c.address)?;
+            let user = db
+                .get(&address)?
+                .ok_or_else(|| UserDbError::NoSuchUser(address.clone()))?;
+            let pw = read_password(c.password_stdin, "Password: ")?;
+            if !users::verify_password(user.password.as_deref(), &pw) {
+                return Err(UserCmdError::WrongPassword(address));
+            }
+            if user.receive_only {
+                return Err(UserCmdError::ReceiveOnly(address));
+            }
+            println!("password of {address} is right");
+        }
+    }
+    Ok(())
+}
+
+/// A new password: from stdin, or asked twice on the terminal. Never empty.
+fn new_password(stdin: bool) -> Result<String, UserCmdError> {
+    let pw = read_password(stdin, "New password: ")?;
+    if pw.is_empty() {
+        return Err(UserDbError::EmptyPassword.into());
+    }
+    if !stdin && read_password(false, "Again: ")? != pw {
+        return Err(UserCmdError::Mismatch);
+    }
+    Ok(pw)
+}
+
+/// One password: the first line of stdin (without its line end), or from the terminal.
+fn read_password(stdin: bool, prompt: &str) -> Result<String, UserCmdError> {
+    if stdin {
+        let mut line = String::new();
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(UserCmdError::Read)?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        Ok(line.strip_suffix('\r').unwrap_or(line).to_string())
+    } else {
+        rpassword::prompt_password(prompt).map_err(UserCmdError::Read)
+    }
+}

@@ -1,0 +1,989 @@
+//! `postern.toml`: parsing, validation and the settings derived from it.
+//!
+//! The file format is documented in the generated default (see [`crate::config::init`]), which is the
+//! reference: every key appears there with a comment. Unknown keys are errors, so a typo never
+//! silently falls back to a default. Every problem found at startup is a [`ConfigError`] that
+//! names the file, the line when there is one, and the fix.
+
+pub mod init;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto_core::{Domain, Timeouts};
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::directory::logins::AuthSettings;
+use crate::directory::relay::{Grant, Grants, HeaderFromCheck, TrustedNetworks};
+use crate::directory::users::Address;
+use crate::mailauth::{CheckSettings, OnFail, OnTempError};
+
+/// The configuration file's name inside the configuration directory.
+pub const FILE_NAME: &str = "postern.toml";
+
+/// The default largest message: 50 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+
+/// The default limit on connections open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+
+/// The default limit on connections open at once from one client IP address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+
+/// The default time sessions in flight get to finish after SIGTERM, in seconds.
+pub const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
+
+/// The default interval between checks of `certs/` for renewed certificates, in seconds.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: u64 = 5;
+
+/// How long the bounce address of a forwarded message (SRS) stays valid, in days.
+pub const DEFAULT_SRS_MAX_AGE_DAYS: u16 = 21;
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Port 25: mail for local domains from anyone; STARTTLS offered, AUTH only under TLS.
+    Smtp,
+    /// Port 587 (RFC 6409): STARTTLS, AUTH required before MAIL.
+    Submission,
+    /// Port 465 (RFC 8314): implicit TLS, AUTH required before MAIL.
+    Submissions,
+}
+
+/// A listener: an address and its role, with the line it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// What it is for.
+    pub role: Role,
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// The line of `postern.toml` that asked for it.
+    pub line: usize,
+}
+
+/// Everything `serve` needs, resolved: paths are absolute or relative to the working directory.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The configuration directory.
+    pub dir: PathBuf,
+    /// The configuration file.
+    pub file: PathBuf,
+    /// Our host name.
+    pub hostname: String,
+    /// Where mail and the queue live.
+    pub data_dir: PathBuf,
+    /// The line of `data_dir` in the file, when it is there.
+    pub data_dir_line: Option<usize>,
+    /// The largest message accepted.
+    pub max_message_size: u64,
+    /// Where to listen.
+    pub listeners: Vec<Listener>,
+    /// The most connections open at once; more get 421.
+    pub max_connections: usize,
+    /// The most connections open at once from one IP address; more get 421.
+    pub max_connections_per_ip: usize,
+    /// How long sessions in flight may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Session timeouts: waiting for a command, for message data, and the whole session.
+    pub timeouts: Timeouts,
+    /// How often `certs/` is checked for changes; `None` turns the check off (SIGHUP still
+    /// reloads).
+    pub tls_reload_interval: Option<Duration>,
+    /// `[auth]`: where AUTH is offered, and the brute-force limits.
+    pub auth: AuthSettings,
+    /// `[senders]`: what authenticated users may send as, beyond their own address.
+    pub grants: Grants,
+    /// `[relay] trusted_networks`.
+    pub trusted_networks: TrustedNetworks,
+    /// `[relay] header_from`.
+    pub header_from: HeaderFromCheck,
+    /// `[dns] nameservers`: the recursive resolvers to ask; empty: those of /etc/resolv.conf.
+    pub dns_nameservers: Vec<SocketAddr>,
+    /// `[delivery]` and `[routes]`: outbound delivery.
+    pub delivery: crate::deliver::smtp::settings::DeliverySettings,
+    /// `[aliases]`: how alias lookups clean local parts.
+    pub alias_options: proto_core::AliasOptions,
+    /// `[aliases] srs_max_age_days`: how long a forwarded message's bounce address is valid.
+    pub srs_max_age_days: u16,
+    /// `[mailboxes]`: how local mailboxes are delivered to (Maildir, LMTP, a command).
+    pub mailboxes: crate::deliver::Mailboxes,
+    /// `[checks]`: SPF, DKIM, ARC and DMARC on the smtp listeners.
+    pub checks: CheckSettings,
+}
+
+/// A problem that keeps postern from starting: where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file at fault (or the directory).
+    pub file: PathBuf,
+    /// The line in it, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    hostname: Option<Spanned<String>>,
+    data_dir: Option<Spanned<PathBuf>>,
+    max_message_size: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    max_connections_per_ip: Option<Spanned<u64>>,
+    shutdown_grace: Option<Spanned<u64>>,
+    tls_reload_interval: Option<Spanned<u64>>,
+    command_timeout: Option<Spanned<u64>>,
+    data_timeout: Option<Spanned<u64>>,
+    session_timeout: Option<Spanned<u64>>,
+    #[serde(default)]
+    listeners: RawListeners,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    senders: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    aliases: RawAliases,
+    #[serde(default)]
+    delivery: crate::deliver::smtp::settings::RawDelivery,
+    #[serde(default)]
+    routes: BTreeMap<Spanned<String>, Spanned<crate::deliver::smtp::settings::RawRoute>>,
+    #[serde(default)]
+    mailboxes: BTreeMap<Spanned<String>, Spanned<crate::deliver::RawMailbox>>,
+    #[serde(default)]
+    checks: RawChecks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAliases {
+    drop_characters: Option<String>,
+    suffix_separators: Option<Spanned<String>>,
+    srs_max_age_days: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChecks {
+    enabled: Option<bool>,
+    spf_fail: Option<Spanned<String>>,
+    dmarc_reject: Option<Spanned<String>>,
+    dmarc_quarantine: Option<Spanned<String>>,
+    temperror: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    smtp_listener: Option<bool>,
+    allow_plaintext_on_loopback: Option<bool>,
+    delay_after_failures: Option<u32>,
+    failure_delay_ms: Option<u64>,
+    lockout_after_failures: Option<Spanned<u32>>,
+    lockout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default)]
+    trusted_networks: Vec<Spanned<String>>,
+    header_from: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListeners {
+    #[serde(default)]
+    smtp: Vec<Spanned<SocketAddr>>,
+    #[serde(default)]
+    submission: Vec<Spanned<SocketAddr>>,
+    #[serde(default)]
+    submissions: Vec<Spanned<SocketAddr>>,
+}
+
+impl Role {
+    /// The role's name, as in `[listeners]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Smtp => "smtp",
+            Role::Submission => "submission",
+            Role::Submissions => "submissions",
+        }
+    }
+
+    /// Whether MAIL needs a successful AUTH first.
+    pub fn requires_auth(self) -> bool {
+        matches!(self, Role::Submission | Role::Submissions)
+    }
+}
+
+impl Settings {
+    /// Reads and checks `<dir>/postern.toml`.
+    pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
+        let file = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&file).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            message: format!("cannot read it: {e}"),
+            fix: "make it readable by the user running postern, or point -C at another directory"
+                .into(),
+        })?;
+        Settings::parse(dir, &file, &text)
+    }
+
+    /// Checks the text of a configuration file read from `file` in `dir`.
+    pub fn parse(dir: &Path, file: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, &s));
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                message: e.message().trim().to_string(),
+                fix: fix_for(e.message()),
+            }
+        })?;
+        let at = |span: Range<usize>| Some(line_of(text, &span));
+        let error = |line, message: String, fix: &str| ConfigError {
+            file: file.to_path_buf(),
+            line,
+            message,
+            fix: fix.to_string(),
+        };
+
+        let hostname = match raw.hostname {
+            Some(h) => {
+                let line = at(h.span());
+                let name = h.into_inner();
+                match Domain::parse(&name) {
+                    Ok(Domain::Name(_)) => name.to_ascii_lowercase(),
+                    _ => {
+                        return Err(error(
+                            line,
+                            format!("hostname {name:?} is not a domain name"),
+                            "write this server's fully qualified name, e.g. hostname = \"mx.example.org\"",
+                        ));
+                    }
+                }
+            }
+            None => "localhost".to_string(),
+        };
+
+        let (data_dir, data_dir_line) = match raw.data_dir {
+            Some(d) => {
+                let line = at(d.span());
+                (d.into_inner(), line)
+            }
+            None => (PathBuf::from("."), None),
+        };
+        // Joined, with `.` components dropped (`postern-data/.` is `postern-data`).
+        let data_dir: PathBuf = dir.join(data_dir).components().collect();
+
+        let max_message_size = match raw.max_message_size {
+            Some(m) if *m.get_ref() < 1024 => {
+                return Err(error(
+                    at(m.span()),
+                    format!(
+                        "max_message_size = {} is too small to carry any message",
+                        m.get_ref()
+                    ),
+                    "give the size in bytes, e.g. max_message_size = 52428800 (50 MiB)",
+                ));
+            }
+            Some(m) => m.into_inner(),
+            None => DEFAULT_MAX_MESSAGE_SIZE,
+        };
+
+        let mut counts = [DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP];
+        for (i, (key, value)) in [
+            ("max_connections", raw.max_connections),
+            ("max_connections_per_ip", raw.max_connections_per_ip),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(v) = value {
+                let line = at(v.span());
+                match usize::try_from(*v.get_ref()) {
+                    Ok(n) if n >= 1 => counts[i] = n,
+                    _ => {
+                        return Err(error(
+                            line,
+                            format!("{key} = {} is out of range", v.get_ref()),
+                            "give a number of connections of at least 1, e.g. 100",
+                        ));
+                    }
+                }
+            }
+        }
+        let [max_connections, max_connections_per_ip] = counts;
+        let shutdown_grace = Duration::from_secs(
+            raw.shutdown_grace
+                .map_or(DEFAULT_SHUTDOWN_GRACE, Spanned::into_inner),
+        );
+        let tls_reload_interval = match raw.tls_reload_interval.map(Spanned::into_inner) {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL)),
+        };
+
+        let mut timeouts = Timeouts::default();
+        for (key, value, slot) in [
+            (
+                "command_timeout",
+                raw.command_timeout,
+                &mut timeouts.command,
+            ),
+            ("data_timeout", raw.data_timeout, &mut timeouts.data),
+            (
+                "session_timeout",
+                raw.session_timeout,
+                &mut timeouts.session,
+            ),
+        ] {
+            if let Some(v) = value {
+                if *v.get_ref() == 0 {
+                    return Err(error(
+                        at(v.span()),
+                        format!("{key} = 0 would close every session at once"),
+                        "give the timeout in seconds, e.g. 300 (RFC 5321 asks for at least 5 minutes)",
+                    ));
+                }
+                *slot = Duration::from_secs(v.into_inner());
+            }
+        }
+
+        let mut listeners = Vec::new();
+        for (role, addrs) in [
+            (Role::Smtp, raw.listeners.smtp),
+            (Role::Submission, raw.listeners.submission),
+            (Role::Submissions, raw.listeners.submissions),
+        ] {
+            for a in addrs {
+                let line = line_of(text, &a.span());
+                listeners.push(Listener {
+                    role,
+                    addr: a.into_inner(),
+                    line,
+                });
+            }
+        }
+        for (i, l) in listeners.iter().enumerate() {
+            if l.addr.port() != 0
+                && let Some(first) = listeners[..i].iter().find(|o| o.addr == l.addr)
+            {
+                return Err(error(
+                    Some(l.line),
+                    format!("{} is listed twice (also on line {})", l.addr, first.line),
+                    "give each address to one role only",
+                ));
+            }
+        }
+        if listeners.is_empty() {
+            return Err(error(
+                None,
+                "no listeners: there is nothing to serve".into(),
+                "add addresses under [listeners], e.g. smtp = [\"0.0.0.0:25\"]",
+            ));
+        }
+
+        let defaults = AuthSettings::default();
+        let lockout_after = match raw.auth.lockout_after_failures {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(error(
+                    at(n.span()),
+                    "lockout_after_failures = 0 would refuse every login".into(),
+                    "give a number of failures, e.g. lockout_after_failures = 10",
+                ));
+            }
+            Some(n) => n.into_inner(),
+            None => defaults.lockout_after,
+        };
+        let auth = AuthSettings {
+            smtp_listener: raw.auth.smtp_listener.unwrap_or(defaults.smtp_listener),
+            allow_plaintext_on_loopback: raw
+                .auth
+                .allow_plaintext_on_loopback
+                .unwrap_or(defaults.allow_plaintext_on_loopback),
+            delay_after: raw
+                .auth
+                .delay_after_failures
+                .unwrap_or(defaults.delay_after),
+            delay: raw
+                .auth
+                .failure_delay_ms
+                .map_or(defaults.delay, Duration::from_millis),
+            lockout_after,
+            lockout: raw
+                .auth
+                .lockout_seconds
+                .map_or(defaults.lockout, Duration::from_secs),
+        };
+
+        let mut trusted_networks = TrustedNetworks::default();
+        for net in raw.relay.trusted_networks {
+            let line = at(net.span());
+            let text = net.into_inner();
+            match text.parse() {
+                Ok(n) => trusted_networks.0.push(n),
+                Err(_) => {
+                    return Err(error(
+                        line,
+                        format!("{text:?} is not a network"),
+                        "write networks in CIDR notation, e.g. \"192.0.2.0/24\" or \"2001:db8::/32\"",
+                    ));
+                }
+            }
+        }
+        let header_from = match raw.relay.header_from {
+            None => HeaderFromCheck::default(),
+            Some(h) => match h.get_ref().as_str() {
+                "reject" => HeaderFromCheck::Reject,
+                "allow" => HeaderFromCheck::Allow,
+                other => {
+                    return Err(error(
+                        at(h.span()),
+                        format!("header_from = {other:?} is neither \"reject\" nor \"allow\""),
+                        "write header_from = \"reject\" or header_from = \"allow\"",
+                    ));
+                }
+            },
+        };
+        let mut grants = Grants::default();
+        for (user, granted) in raw.senders {
+            let line = at(user.span());
+            let user = Address::parse(user.get_ref()).map_err(|e| {
+                error(
+                    line,
+                    format!("[senders]: {e}"),
+                    "key each entry by a user's address, e.g. \"alice@example.org\" = [\"example.org\"]",
+                )
+            })?;
+            for g in granted {
+                let line = at(g.span());
+                let text = g.into_inner();
+                let grant = if text.contains('@') {
+                    Address::parse(&text).map(Grant::Address).ok()
+                } else {
+                    Address::parse(&format!("postmaster@{text}"))
+                        .map(|a| Grant::Domain(a.domain().to_string()))
+                        .ok()
+                };
+                let Some(grant) = grant else {
+                    return Err(error(
+                        line,
+                        format!("[senders]: {text:?} is neither an address nor a domain"),
+                        "grant addresses (\"bob@example.org\") or domains (\"example.org\")",
+                    ));
+                };
+                grants.grant(user.clone(), grant);
+            }
+        }
+
+        let mut alias_options = proto_core::AliasOptions::default();
+        if let Some(d) = raw.aliases.drop_characters {
+            alias_options.drop_characters = d;
+        }
+        if let Some(sep) = raw.aliases.suffix_separators {
+            if sep
+                .get_ref()
+                .chars()
+                .any(|c| c.is_alphanumeric() || c == '@')
+            {
+                return Err(error(
+                    at(sep.span()),
+                    format!(
+                        "suffix_separators = {:?} holds letters, digits or @",
+                        sep.get_ref()
+                    ),
+                    "give punctuation only, e.g. suffix_separators = \"+\" or \"+-\"",
+                ));
+            }
+            alias_options.suffix_separators = sep.into_inner();
+        }
+        let srs_max_age_days = match raw.aliases.srs_max_age_days {
+            Some(d) if *d.get_ref() == 0 || *d.get_ref() > 1000 => {
+                return Err(error(
+                    at(d.span()),
+                    format!("srs_max_age_days = {} is out of range", d.get_ref()),
+                    "give a number of days from 1 to 1000, e.g. 21",
+                ));
+            }
+            Some(d) => d.into_inner(),
+            None => DEFAULT_SRS_MAX_AGE_DAYS,
+        };
+        let defaults = CheckSettings::default();
+        let on_fail = |value: Option<Spanned<String>>, key: &str, default: OnFail| {
+            let Some(v) = value else {
+                return Ok(default);
+            };
+            match v.get_ref().as_str() {
+                "reject" => Ok(OnFail::Reject),
+                "mark" => Ok(OnFail::Mark),
+                other => Err(error(
+                    at(v.span()),
+                    format!("[checks] {key} = {other:?} is neither \"reject\" nor \"mark\""),
+                    &format!("write {key} = \"reject\" or {key} = \"mark\""),
+                )),
+            }
+        };
+        let temperror = match raw.checks.temperror {
+            None => defaults.temperror,
+            Some(v) => match v.get_ref().as_str() {
+                "accept" => OnTempError::Accept,
+                "defer" => OnTempError::Defer,
+                other => {
+                    return Err(error(
+                        at(v.span()),
+                        format!(
+                            "[checks] temperror = {other:?} is neither \"accept\" nor \"defer\""
+                        ),
+                        "write temperror = \"accept\" or temperror = \"defer\"",
+                    ));
+                }
+            },
+        };
+        let checks = CheckSettings {
+            enabled: raw.checks.enabled.unwrap_or(defaults.enabled),
+            spf_fail: on_fail(raw.checks.spf_fail, "spf_fail", defaults.spf_fail)?,
+            dmarc_reject: on_fail(
+                raw.checks.dmarc_reject,
+                "dmarc_reject",
+                defaults.dmarc_reject,
+            )?,
+            dmarc_quarantine: on_fail(
+                raw.checks.dmarc_quarantine,
+                "dmarc_quarantine",
+                defaults.dmarc_quarantine,
+            )?,
+            temperror,
+        };
+
+        let delivery =
+            crate::deliver::smtp::settings::parse(raw.delivery, raw.routes, dir, file, &|span| {
+                line_of(text, &span)
+            })?;
+
+        let mailboxes =
+            crate::deliver::parse(raw.mailboxes, dir, file, &|span| line_of(text, &span))?;
+
+        Ok(Settings {
+            dir: dir.to_path_buf(),
+            file: file.to_path_buf(),
+            hostname,
+            data_dir,
+            data_dir_line,
+            max_message_size,
+            listeners,
+            max_connections,
+            max_connections_per_ip,
+            shutdown_grace,
+            tls_reload_interval,
+            timeouts,
+            auth,
+            grants,
+            trusted_networks,
+            header_from,
+            dns_nameservers: raw.dns.nameservers,
+            delivery,
+            alias_options,
+            srs_max_age_days,
+            mailboxes,
+            checks,
+        })
+    }
+
+    /// Where Maildirs live: `<data_dir>/mail`.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.data_dir.join("mail")
+    }
+
+    /// The queue store (a fjall database): `<data_dir>/queue`.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+
+    /// Where local domains are declared: `<dir>/domains`.
+    pub fn domains_dir(&self) -> PathBuf {
+        self.dir.join("domains")
+    }
+
+    /// Where certificates are: `<dir>/certs`.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// A problem with the data directory, pointing at the `data_dir` line.
+    pub fn data_dir_error(&self, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.data_dir_line,
+            message,
+            fix: "make data_dir writable by the user running postern, or set data_dir to another directory".into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        write!(f, ": {}\n  fix: {}", self.message, self.fix)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The 1-based line holding the start of `span`.
+fn line_of(text: &str, span: &Range<usize>) -> usize {
+    let end = span.start.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// A fix for a TOML or schema error, from its message.
+fn fix_for(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove the key or correct its spelling; every key is described in the comments of the default postern.toml".into()
+    } else if message.contains("socket address") {
+        "write an address with a port, e.g. \"0.0.0.0:25\" or \"[::]:25\"".into()
+    } else if message.contains("invalid type") {
+        "give the value the type shown in the default postern.toml (strings in quotes, sizes as plain numbers, listeners as lists)".into()
+    } else {
+        "correct the TOML syntax at that line (https://toml.io)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(Path::new("/c"), Path::new("/c/postern.toml"), text)
+    }
+
+    #[test]
+    fn the_default_file_parses() {
+        let s = parse(crate::config::init::DEFAULT_CONFIG).expect("default parses");
+        assert_eq!(s.hostname, "localhost");
+        assert_eq!(s.data_dir, Path::new("/c"));
+        assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(s.timeouts, Timeouts::default());
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
+        assert_eq!(
+            s.shutdown_grace,
+            Duration::from_secs(DEFAULT_SHUTDOWN_GRACE)
+        );
+        assert_eq!(
+            s.tls_reload_interval,
+            Some(Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL))
+        );
+        let roles: Vec<_> = s
+            .listeners
+            .iter()
+            .map(|l| (l.role, l.addr.to_string()))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                (Role::Smtp, "127.0.0.1:2525".to_string()),
+                (Role::Submission, "127.0.0.1:2587".to_string()),
+                (Role::Submissions, "127.0.0.1:2465".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn delivery_settings_and_routes() {
+        let s = parse(
+            "[delivery]\nip_preference = \"ipv4-only\"\nsource_ipv6 = \"2001:db8::10\"\n\
+             first_retry = 60\ngive_up_after = 3600\n\
+             [routes]\n\"Example.COM.\" = \"[192.0.2.1]:2525\"\n\
+             \"*\" = { host = \"smart.example.net:465\", tls = \"implicit\" }\n\
+             [listeners]\nsmtp = [\"[::1]:25\"]\n",
+        )
+        .expect("parses");
+        let d = &s.delivery;
+        assert_eq!(
+            d.ip_preference,
+            crate::deliver::smtp::settings::IpPreference::Ipv4Only
+        );
+        assert_eq!(d.source_ipv6, Some("2001:db8::10".parse().expect("ip")));
+        assert_eq!((d.retry.initial_delay, d.retry.max_lifetime), (60, 3600));
+        let route = d.route_for("example.com").expect("route");
+        assert_eq!((route.host.as_str(), route.port), ("192.0.2.1", 2525));
+        let smarthost = d.route_for("other.org").expect("smarthost");
+        assert_eq!(
+            (smarthost.host.as_str(), smarthost.port),
+            ("smart.example.net", 465)
+        );
+        assert_eq!(
+            smarthost.tls,
+            crate::deliver::smtp::settings::RouteTls::Implicit
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_fix() {
+        let cases = [
+            (
+                "hostname = \"a\"\nsmtp = [\"127.0.0.1:25\"]\n",
+                2,
+                "unknown field",
+                "spelling",
+            ),
+            (
+                "[listeners]\n\nsmtp = [\"127.0.0.1\"]\n",
+                3,
+                "socket address",
+                "with a port",
+            ),
+            (
+                "hostname = \"not a host\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                1,
+                "not a domain",
+                "hostname =",
+            ),
+            ("max_message_size = \"big\"\n", 1, "invalid type", "type"),
+            (
+                "[listeners]\nsmtp = [\"[::1]:25\"]\nsubmission = [\"[::1]:25\"]\n",
+                3,
+                "listed twice",
+                "one role",
+            ),
+            ("hostname = [\n", 1, "unclosed array", "TOML syntax"),
+            (
+                "hostname = \"a.b\"\n\ndata_timeout = 0\n",
+                3,
+                "close every session",
+                "in seconds",
+            ),
+            (
+                "hostname = \"a.b\"\nmax_connections_per_ip = 0\n",
+                2,
+                "out of range",
+                "at least 1",
+            ),
+            (
+                "[delivery]\nip_preference = \"ipv5\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "not a known preference",
+                "ipv4-only",
+            ),
+            (
+                "[delivery]\n\nmx_port = 0\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                3,
+                "not a port",
+                "TCP port",
+            ),
+            (
+                "[routes]\n\"example.com\" = \"mx.example.net\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "is not host:port",
+                "host:port",
+            ),
+            (
+                "[routes]\n\"ex ample\" = \"mx.example.net:25\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "is not a domain",
+                "\"*\"",
+            ),
+            (
+                "[routes]\n\n\"*\" = { host = \"h:587\", tls = \"maybe\" }\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                3,
+                "not a TLS mode",
+                "verified",
+            ),
+            (
+                "[routes]\n\"*\" = { host = \"h:587\", user = \"me\" }\n[listeners]\nsmtp = [\"[::1]:25\"]\n",
+                2,
+                "go together",
+                "password_file",
+            ),
+        ];
+        for (text, line, message, fix) in cases {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.line, Some(line), "input {text:?}: {e}");
+            assert!(e.message.contains(message), "input {text:?}: {e}");
+            assert!(e.fix.contains(fix), "input {text:?}: {e}");
+            assert!(
+                e.to_string().starts_with("/c/postern.toml, line "),
+                "input {text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_errors_name_the_line_and_the_fix() {
+        let cases = [
+            (
+                "[relay]\ntrusted_networks = [\"10.0.0.0/8\", \"10.1\"]\n",
+                2,
+                "not a network",
+                "CIDR",
+            ),
+            ("[relay]\nheader_from = \"maybe\"\n", 2, "neither", "reject"),
+            (
+                "[senders]\n\"alice@x.example\" = [\"not an address@\"]\n",
+                2,
+                "neither an address nor a domain",
+                "grant",
+            ),
+            (
+                "[senders]\n\"alice\" = []\n",
+                2,
+                "malformed address",
+                "key each",
+            ),
+            (
+                "[auth]\nlockout_after_failures = 0\n",
+                2,
+                "every login",
+                "number",
+            ),
+            ("[auth]\nlockout = 3\n", 2, "unknown field", "spelling"),
+        ];
+        for (text, line, message, fix) in cases {
+            let text = format!("{text}[listeners]\nsmtp = [\"127.0.0.1:25\"]\n");
+            let e = parse(&text).expect_err(&text);
+            assert_eq!(e.line, Some(line), "input {text:?}: {e}");
+            assert!(e.message.contains(message), "input {text:?}: {e}");
+            assert!(e.fix.contains(fix), "input {text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn policy_settings_parse() {
+        let s = parse(
+            "[auth]\nallow_plaintext_on_loopback = true\nlockout_after_failures = 3\nlockout_seconds = 2\n\
+             [relay]\ntrusted_networks = [\"192.0.2.0/24\"]\nheader_from = \"allow\"\n\
+             [senders]\n\"Alice@Example.org\" = [\"example.net\", \"bob@example.org\"]\n\
+             [listeners]\nsmtp = [\"127.0.0.1:25\"]\n",
+        )
+        .expect("parses");
+        assert!(s.auth.allow_plaintext_on_loopback);
+        assert_eq!(s.auth.lockout_after, 3);
+        assert_eq!(s.auth.lockout, Duration::from_secs(2));
+        assert_eq!(s.header_from, HeaderFromCheck::Allow);
+        assert!(
+            s.trusted_networks
+                .contains("192.0.2.1".parse().expect("ip"))
+        );
+        let alice = Address::parse("alice@example.org").expect("alice");
+        let from = |p: &str| proto_core::ReversePath::parse(p).expect("path");
+        assert!(s.grants.may_send_as(&alice, &from("<x@EXAMPLE.net>")));
+        assert!(s.grants.may_send_as(&alice, &from("<bob@example.org>")));
+        assert!(!s.grants.may_send_as(&alice, &from("<carol@example.org>")));
+        let d = parse(crate::config::init::DEFAULT_CONFIG).expect("default");
+        assert!(!d.auth.allow_plaintext_on_loopback && !d.auth.smtp_listener);
+        assert_eq!(d.header_from, HeaderFromCheck::Reject);
+        assert!(d.trusted_networks.0.is_empty());
+    }
+
+    #[test]
+    fn dns_nameservers_parse() {
+        let d = parse(crate::config::init::DEFAULT_CONFIG).expect("default");
+        assert!(d.dns_nameservers.is_empty(), "default: /etc/resolv.conf");
+        let s = parse(
+            "[dns]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\n\
+             [listeners]\nsmtp = [\"127.0.0.1:25\"]\n",
+        )
+        .expect("dns");
+        assert_eq!(
+            s.dns_nameservers,
+            vec![
+                "127.0.0.1:5353".parse::<SocketAddr>().expect("v4"),
+                "[::1]:53".parse::<SocketAddr>().expect("v6"),
+            ]
+        );
+        let e = parse("[dns]\nnameservers = [\"127.0.0.1\"]\n").expect_err("no port");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.fix.contains("with a port"), "{e}");
+    }
+
+    #[test]
+    fn checks_parse() {
+        let d = parse(crate::config::init::DEFAULT_CONFIG).expect("default");
+        assert_eq!(d.checks, CheckSettings::default());
+        assert!(d.checks.enabled);
+        assert_eq!(d.checks.spf_fail, OnFail::Reject);
+        assert_eq!(d.checks.dmarc_reject, OnFail::Reject);
+        assert_eq!(d.checks.dmarc_quarantine, OnFail::Mark);
+        assert_eq!(d.checks.temperror, OnTempError::Accept);
+        let s = parse(
+            "[checks]\nenabled = false\nspf_fail = \"mark\"\ndmarc_reject = \"mark\"\n\
+             dmarc_quarantine = \"reject\"\ntemperror = \"defer\"\n\
+             [listeners]\nsmtp = [\"127.0.0.1:25\"]\n",
+        )
+        .expect("checks");
+        assert_eq!(
+            s.checks,
+            CheckSettings {
+                enabled: false,
+                spf_fail: OnFail::Mark,
+                dmarc_reject: OnFail::Mark,
+                dmarc_quarantine: OnFail::Reject,
+                temperror: OnTempError::Defer,
+            }
+        );
+        for (text, line, message, fix) in [
+            (
+                "[checks]\nspf_fail = \"drop\"\n",
+                2,
+                "neither",
+                "spf_fail = \"reject\"",
+            ),
+            (
+                "[checks]\n\ndmarc_reject = \"no\"\n",
+                3,
+                "neither",
+                "dmarc_reject =",
+            ),
+            (
+                "[checks]\ntemperror = \"retry\"\n",
+                2,
+                "neither",
+                "\"defer\"",
+            ),
+            ("[checks]\nspf = true\n", 2, "unknown field", "spelling"),
+        ] {
+            let text = format!("{text}[listeners]\nsmtp = [\"127.0.0.1:25\"]\n");
+            let e = parse(&text).expect_err(&text);
+            assert_eq!(e.line, Some(line), "input {text:?}: {e}");
+            assert!(e.message.contains(message), "input {text:?}: {e}");
+            assert!(e.fix.contains(fix), "input {text:?}: {e}");
+            assert!(e.to_string().starts_with("/c/postern.toml, line "), "{e}");
+        }
+    }
+
+    #[test]
+    fn no_listener_is_an_error() {
+        let e = parse("hostname = \"mx.example.org\"\n").expect_err("no listeners");
+        assert!(e.message.contains("no listeners"), "{e}");
+    }
+}

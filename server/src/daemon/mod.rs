@@ -1,0 +1,12 @@
+//! The daemon: `postern serve` and what keeps it running.
+//!
+//! - [`serve`]: startup checks, listeners, the workers, SIGHUP reloads, and the stop on
+//!   SIGTERM or SIGINT.
+//! - [`limits`]: connection limits, in total and per client address.
+//! - [`systemd`]: socket activation and readiness notification.
+//!
+//! May use everything else: this is where the parts are put together.
+
+pub mod limits;
+pub mod serve;
+pub mod systemd;

@@ -1,0 +1,784 @@
+//! `postern serve`: set up, listen, accept, reload on SIGHUP, and stop on SIGTERM or SIGINT.
+//!
+//! Startup checks everything it can before accepting the first connection (configuration,
+//! certificate, data directory, every listener's address) and refuses to start with a
+//! [`ConfigError`] otherwise. Each listener has a role ([`Role`]) that sets the session's
+//! configuration; each connection runs as its own task on smol's executor.
+//!
+//! Before listening, the queue store at `<data_dir>/queue/` is opened (recovering from a crash
+//! if needed), partial bodies of unacknowledged transactions are swept, the group committer
+//! starts, and every message still queued goes to the delivery workers ([`crate::deliver::local`];
+//! `POSTERN_DELIVERY_PAUSED=1` keeps them stopped, for tests).
+//!
+//! Under systemd socket activation the listening sockets are the ones systemd passes, each
+//! with its role, and `[listeners]` in `postern.toml` is not used; with `NOTIFY_SOCKET` set,
+//! systemd is told when the server is ready and when it stops (see [`crate::daemon::systemd`]).
+//!
+//! SIGHUP reloads `postern.toml` and the certificates. What new connections use (limits,
+//! timeouts, `max_message_size`, the host name, the local domains, certificates) takes effect
+//! for connections accepted afterwards; open connections keep what they started with. What
+//! cannot change while running (listeners, `data_dir`) is logged as "needs restart" and keeps
+//! its old value. A configuration that fails to load, or that would leave the host name
+//! without a certificate, is refused as a whole: the log names the file, the line and the
+//! reason, and the old configuration keeps running.
+//!
+//! Certificates are also reloaded when `certs/` changes: it is polled every
+//! `tls_reload_interval` (sizes, modification times and symlink targets). New handshakes get
+//! the new certificates; established connections keep theirs. A broken new file keeps its
+//! previous certificate and the log names the file and the reason (see [`crate::tls::certs`]).
+//!
+//! Connections are limited in total (`max_connections`) and per client IP address
+//! (`max_connections_per_ip`); one over a limit is answered `421 4.7.0 <host> Too many
+//! connections, try later` and closed (on the implicit-TLS port, closed: a plaintext reply
+//! would be noise to a TLS client).
+//!
+//! On SIGTERM or SIGINT the listeners close at once, so no new connection is accepted; the
+//! connections already open get `shutdown_grace` to finish (a second signal cuts the wait
+//! short), then the process exits. Nothing acknowledged can be lost: a 250 is only sent once
+//! every copy is fsynced, and a transaction cut off by the exit was never acknowledged (the
+//! client retries). Sessions are told to finish (`Session::handle_shutdown`): an idle one is
+//! answered `421 4.3.2` and closed at once, one inside a transaction finishes it first.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use async_signal::{Signal, Signals};
+use futures_lite::io::AsyncWriteExt;
+use futures_lite::{StreamExt, future};
+use proto_core::{AuthPolicy, Config};
+use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
+
+use crate::config::init;
+use crate::config::{ConfigError, Listener, Role, Settings};
+use crate::daemon::limits::{ConnectionCounter, Permit};
+use crate::daemon::systemd;
+use crate::deliver::local::{self, Local};
+use crate::deliver::smtp::{self, Outbound};
+use crate::directory::aliases::Aliases;
+use crate::directory::destinations;
+use crate::directory::logins::Authenticator;
+use crate::directory::recipients::Recipients;
+use crate::directory::relay::Policy;
+use crate::directory::users::UserDb;
+use crate::dns::{Resolver, ResolverConfig};
+use crate::log;
+use crate::mailauth::Inbound;
+use crate::queue::QueueId;
+use crate::queue::bounce::Bouncer;
+use crate::queue::commit::Committer;
+use crate::queue::dispatch::Dispatch;
+use crate::queue::store::Store;
+use crate::reception::{Reception, Shared};
+use crate::tls::certs::{self, Certificates, Snapshot};
+use crate::tls::client::ClientTlsFactory;
+use crate::tls::memory::{self, TlsMemory};
+use crate::tls::mta_sts::{self, MtaSts};
+
+/// A problem that stops `serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Something in the configuration, with its fix.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Runs the server from the configuration directory `dir` until SIGTERM or SIGINT.
+pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
+    if init::create_default(dir)? {
+        log::status(format_args!(
+            "postern: created the default configuration in {} (postern.toml, a self-signed certificate, domains/localhost/)",
+            dir.display()
+        ));
+    }
+    let settings = Settings::load(dir)?;
+    let certs_snapshot = Snapshot::take(&settings.certs_dir());
+    let store = certs::load(&settings)?;
+    log::event("tls", format_args!("loaded {}", store.summary()));
+    let certificates = Certificates::new(store);
+    let acceptor = TlsAcceptor::from(certificates.server_config()?);
+
+    std::fs::create_dir_all(settings.mail_dir()).map_err(|e| {
+        settings.data_dir_error(format!(
+            "cannot create {}: {e}",
+            settings.mail_dir().display()
+        ))
+    })?;
+    let (queue, workers, work, outbound, remote_work) = open_queue(&settings)?;
+
+    let mut bound = Vec::new();
+    let activated = match systemd::activated_sockets()? {
+        Some(sockets) => {
+            log::status(format_args!(
+                "postern: {} sockets from systemd (socket activation); [listeners] in {} is not used",
+                sockets.len(),
+                settings.file.display()
+            ));
+            for (role, socket) in sockets {
+                let local = socket.get_ref().local_addr().map_err(|e| {
+                    systemd::activation_error(format!(
+                        "cannot read the address of the {} socket: {e}",
+                        role.name()
+                    ))
+                })?;
+                bound.push((role, local, socket));
+            }
+            true
+        }
+        None => {
+            for listener in &settings.listeners {
+                let socket = bind(&settings, listener)?;
+                let local = socket.get_ref().local_addr().unwrap_or(listener.addr);
+                bound.push((listener.role, local, socket));
+            }
+            false
+        }
+    };
+    // Install the handlers before announcing, so a supervisor's early SIGTERM is handled.
+    let mut signals =
+        Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?;
+
+    log::status(format_args!(
+        "postern: {} serving; configuration {}, data {}",
+        settings.hostname,
+        settings.file.display(),
+        settings.data_dir.display()
+    ));
+    for (role, local, _) in &bound {
+        log::status(format_args!(
+            "postern: listening on {local} ({})",
+            role.name()
+        ));
+    }
+    systemd::notify("READY=1");
+
+    let shutdown = Shutdown::new();
+    let runtime = Arc::new(Runtime {
+        dir: dir.to_path_buf(),
+        live: RwLock::new(Arc::new(Live::new(settings, &acceptor, &shutdown, &queue))),
+        shutdown,
+        queue,
+        certificates,
+        acceptor,
+        counter: ConnectionCounter::new(),
+        activated,
+        outbound: outbound.clone(),
+    });
+    let paused = local::paused();
+    if paused {
+        log::status(format_args!(
+            "postern: delivery paused ({}=1): messages stay queued",
+            local::PAUSE_VARIABLE
+        ));
+    }
+    smol::block_on(async {
+        if !paused {
+            local::start(workers.clone(), work.clone());
+            smtp::start(outbound.clone(), remote_work.clone());
+        }
+        let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
+        let tasks: Vec<_> = bound
+            .into_iter()
+            .map(|(role, _, socket)| smol::spawn(accept_loop(socket, role, runtime.clone())))
+            .collect();
+        let name = loop {
+            match signals.next().await {
+                Some(Ok(Signal::Hup)) => {
+                    log::event("reload", format_args!("SIGHUP received"));
+                    runtime.reload();
+                }
+                Some(Ok(Signal::Int)) => break "SIGINT",
+                _ => break "SIGTERM",
+            }
+        };
+        watcher.cancel().await;
+        log::status(format_args!("postern: {name} received, stopping"));
+        systemd::notify("STOPPING=1");
+        // Cancelling the accept loops drops, and so closes, the listening sockets.
+        for task in tasks {
+            task.cancel().await;
+        }
+        // Idle sessions close now with 421; sessions inside a transaction finish it first.
+        runtime.shutdown.trigger();
+        // A second SIGTERM or SIGINT ends the wait at once.
+        let again = async {
+            while let Some(Ok(signal)) = signals.next().await {
+                if signal != Signal::Hup {
+                    log::event(
+                        "shutdown",
+                        format_args!("second signal: not waiting any longer"),
+                    );
+                    return;
+                }
+            }
+            future::pending::<()>().await;
+        };
+        future::or(
+            drain(&runtime.counter, runtime.live().settings.shutdown_grace),
+            again,
+        )
+        .await;
+    });
+    // Deliveries still running are cut short: at worst a recipient is delivered again.
+    let _ = runtime.queue.store.sync();
+    Ok(())
+}
+
+/// The running server: what every accept loop and reload shares.
+struct Runtime {
+    /// The configuration directory.
+    dir: PathBuf,
+    /// What new connections use; replaced as a whole by a reload.
+    live: RwLock<Arc<Live>>,
+    /// The certificate resolver behind `acceptor`.
+    certificates: Arc<Certificates>,
+    /// The TLS acceptor; it stays, the certificates behind it change.
+    acceptor: TlsAcceptor,
+    /// The connections open now.
+    counter: Arc<ConnectionCounter>,
+    /// Triggered on SIGTERM: sessions finish their transaction and close.
+    shutdown: Shutdown,
+    /// The queue, opened once; every configuration shares it.
+    queue: QueueParts,
+    /// Whether the listeners came from systemd rather than `[listeners]`.
+    activated: bool,
+    /// Outbound delivery, which takes `[delivery]` and `[routes]` again on reload.
+    outbound: Arc<Outbound>,
+}
+
+/// The configuration new connections get.
+#[derive(Debug)]
+struct Live {
+    settings: Settings,
+    shared: Arc<Shared>,
+    /// One per role, in [`role_index`] order, for listeners off and on loopback (AUTH over
+    /// plaintext may be allowed on loopback only).
+    connections: [[Arc<Connection>; 2]; 3],
+}
+
+impl Runtime {
+    /// The current configuration.
+    fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// SIGHUP: reads `postern.toml` and `certs/` again and applies them to new connections, or
+    /// keeps everything as it is and logs why.
+    fn reload(&self) {
+        let old = self.live();
+        let refused = |e: ConfigError| {
+            log::event(
+                "reload",
+                format_args!(
+                    "refused, keeping the current configuration: {}",
+                    e.to_string().replace("\n  fix: ", "; fix: ")
+                ),
+            );
+        };
+        let mut settings = match Settings::load(&self.dir) {
+            Ok(settings) => settings,
+            Err(e) => return refused(e),
+        };
+        let (store, problems) = match certs::reload(&settings, &self.certificates.current()) {
+            Ok(loaded) => loaded,
+            Err(e) => return refused(e),
+        };
+        let outbound_tls = match crate::tls::client::load_roots(&settings.delivery.extra_roots)
+            .and_then(|roots| ClientTlsFactory::new(&roots))
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                return refused(ConfigError {
+                    file: settings.file.clone(),
+                    line: None,
+                    message: format!("[delivery] tls_roots: {e}"),
+                    fix: "give PEM files holding CA certificates".into(),
+                });
+            }
+        };
+        self.outbound
+            .reload(settings.delivery.clone(), outbound_tls);
+        let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
+            s.listeners.iter().map(|l| (l.role, l.addr)).collect()
+        };
+        if !self.activated && addresses(&settings) != addresses(&old.settings) {
+            log::event(
+                "reload",
+                format_args!(
+                    "[listeners] changed in {}: needs restart; still listening on the old addresses",
+                    settings.file.display()
+                ),
+            );
+        }
+        if settings.mailboxes != old.settings.mailboxes {
+            log::event(
+                "reload",
+                format_args!(
+                    "[mailboxes] changed in {}: needs restart; local delivery keeps the old methods",
+                    settings.file.display()
+                ),
+            );
+        }
+        if settings.data_dir != old.settings.data_dir {
+            log::event(
+                "reload",
+                format_args!(
+                    "data_dir changed in {}: needs restart; still using {}",
+                    settings.file.display(),
+                    old.settings.data_dir.display()
+                ),
+            );
+            settings.data_dir = old.settings.data_dir.clone();
+            settings.data_dir_line = old.settings.data_dir_line;
+        }
+        log_problems(&problems);
+        log::event("tls", format_args!("reloaded {}", store.summary()));
+        self.certificates.replace(store);
+        let live = Arc::new(Live::new(
+            settings,
+            &self.acceptor,
+            &self.shutdown,
+            &self.queue,
+        ));
+        log::event(
+            "reload",
+            format_args!(
+                "configuration reloaded from {}; new connections use it",
+                live.settings.file.display()
+            ),
+        );
+        match self.live.write() {
+            Ok(mut current) => *current = live,
+            Err(poisoned) => *poisoned.into_inner() = live,
+        }
+    }
+
+    /// Loads `certs/` again and serves the result to new handshakes, or keeps the current
+    /// certificates and says why.
+    fn reload_certs(&self) {
+        match certs::reload(&self.live().settings, &self.certificates.current()) {
+            Ok((store, problems)) => {
+                log_problems(&problems);
+                log::event("tls", format_args!("reloaded {}", store.summary()));
+                self.certificates.replace(store);
+            }
+            Err(e) => log::event(
+                "tls",
+                format_args!(
+                    "reload failed, keeping the current certificates: {}",
+                    e.to_string().replace("\n  fix: ", "; fix: ")
+                ),
+            ),
+        }
+    }
+}
+
+/// Logs the certificate files that failed to load on a reload.
+fn log_problems(problems: &[ConfigError]) {
+    for e in problems {
+        log::event(
+            "tls",
+            format_args!(
+                "reload: {}: {}; keeping its previous certificate, if any",
+                e.file.display(),
+                e.message
+            ),
+        );
+    }
+}
+
+impl Live {
+    /// What new connections get under `settings`.
+    fn new(
+        settings: Settings,
+        acceptor: &TlsAcceptor,
+        shutdown: &Shutdown,
+        queue: &QueueParts,
+    ) -> Live {
+        let users = Arc::new(UserDb::new(settings.domains_dir()));
+        let srs = proto_core::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
+        let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
+        for problem in aliases.reload() {
+            log::event("config", format_args!("aliases: {problem}"));
+        }
+        let shared = Arc::new(Shared {
+            aliases: Arc::new(aliases),
+            srs: Arc::new(srs),
+            auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
+            policy: Policy {
+                grants: settings.grants.clone(),
+                trusted_networks: settings.trusted_networks.clone(),
+                header_from: settings.header_from,
+            },
+            allow_plaintext_on_loopback: settings.auth.allow_plaintext_on_loopback,
+            recipients: Recipients::new(users, settings.mail_dir(), settings.hostname.clone()),
+            store: queue.store.clone(),
+            committer: queue.committer.clone(),
+            dispatch: queue.dispatch.clone(),
+            inbound: Arc::new(Inbound::new(
+                settings.dir.clone(),
+                settings.checks.clone(),
+                settings.hostname.clone(),
+                queue.resolver.clone(),
+            )),
+        });
+        let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
+            [false, true].map(|loopback| {
+                Arc::new(
+                    Connection::new(
+                        Arc::new(session_config(&settings, role, loopback)),
+                        tls_mode(role, acceptor),
+                    )
+                    .with_shutdown(shutdown.clone()),
+                )
+            })
+        });
+        Live {
+            settings,
+            shared,
+            connections,
+        }
+    }
+
+    fn connection(&self, role: Role, local: SocketAddr) -> Arc<Connection> {
+        self.connections[role_index(role)][usize::from(local.ip().is_loopback())].clone()
+    }
+}
+
+/// A role's place in [`Live::connections`].
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Smtp => 0,
+        Role::Submission => 1,
+        Role::Submissions => 2,
+    }
+}
+
+/// Waits until every connection is closed, or `grace` has passed.
+async fn drain(counter: &ConnectionCounter, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    let open = counter.open();
+    if open > 0 {
+        log::event(
+            "shutdown",
+            format_args!(
+                "waiting up to {} s for {open} open connections",
+                grace.as_secs()
+            ),
+        );
+    }
+    loop {
+        let open = counter.open();
+        if open == 0 {
+            log::event("shutdown", format_args!("all connections closed"));
+            return;
+        }
+        if Instant::now() >= deadline {
+            log::event(
+                "shutdown",
+                format_args!("shutdown_grace over; closing {open} connections"),
+            );
+            return;
+        }
+        Timer::after(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `certs/` every `tls_reload_interval` and reloads the certificates when anything
+/// there changed. The interval is read again each time (SIGHUP may change it; 0 pauses).
+async fn watch_certs(runtime: Arc<Runtime>, mut last: Snapshot) {
+    loop {
+        let settings = runtime.live().settings.clone();
+        let Some(interval) = settings.tls_reload_interval else {
+            Timer::after(Duration::from_secs(1)).await;
+            continue;
+        };
+        Timer::after(interval).await;
+        let now = Snapshot::take(&settings.certs_dir());
+        if now != last {
+            last = now;
+            runtime.reload_certs();
+        }
+    }
+}
+
+/// The queue's handles for sessions, opened once at startup.
+#[derive(Debug, Clone)]
+struct QueueParts {
+    store: Store,
+    committer: Committer,
+    /// Where queued messages go for delivery.
+    dispatch: Dispatch,
+    /// The SRS key (`<data_dir>/srs.key`).
+    srs_key: Arc<Vec<u8>>,
+    /// The DNS resolver, shared by outbound delivery and the checks on reception.
+    resolver: Arc<Resolver>,
+}
+
+/// What [`open_queue`] sets up: the sessions' handles, the local workers' share and their
+/// ids, the outbound workers' share and their ids.
+type Queue = (
+    QueueParts,
+    Arc<Local>,
+    async_channel::Receiver<QueueId>,
+    Arc<Outbound>,
+    async_channel::Receiver<QueueId>,
+);
+
+/// Opens the queue store, removes what unacknowledged transactions left, starts the
+/// committer, sets up local and outbound delivery, and queues every message a previous run
+/// left for delivery.
+fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
+    let dir = settings.queue_dir();
+    let problem = |e: &dyn std::fmt::Display| {
+        settings.data_dir_error(format!("cannot open the queue in {}: {e}", dir.display()))
+    };
+    let store = Store::open(&dir).map_err(|e| problem(&e))?;
+    let swept = store.sweep().map_err(|e| problem(&e))?;
+    if swept > 0 {
+        log::event(
+            "startup",
+            format_args!("removed the partial bodies of {swept} unacknowledged messages"),
+        );
+    }
+    let committer = Committer::start(store.clone()).map_err(|e| problem(&e))?;
+    let (local_queue, local_ids) = async_channel::unbounded();
+    let (remote_queue, remote_ids) = async_channel::unbounded();
+    let dispatch = Dispatch {
+        local: local_queue.clone(),
+        remote: remote_queue,
+    };
+    let ids = store.ids().map_err(|e| problem(&e))?;
+    for id in &ids {
+        dispatch.both(id);
+    }
+    if !ids.is_empty() {
+        log::event(
+            "startup",
+            format_args!("{} queued messages resume delivery", ids.len()),
+        );
+    }
+    let bouncer = Bouncer {
+        store: store.clone(),
+        hostname: settings.hostname.clone(),
+        recipients: Recipients::new(
+            Arc::new(UserDb::new(settings.domains_dir())),
+            settings.mail_dir(),
+            settings.hostname.clone(),
+        ),
+    };
+    let local = Arc::new(Local {
+        store: store.clone(),
+        committer: committer.clone(),
+        mail_dir: settings.mail_dir(),
+        hostname: settings.hostname.clone(),
+        queue: local_queue,
+        bouncer: bouncer.clone(),
+        dispatch: dispatch.clone(),
+        mailboxes: settings.mailboxes.clone(),
+    });
+    let resolver = ResolverConfig::for_server(settings).map_err(|e| ConfigError {
+        file: settings.file.clone(),
+        line: None,
+        message: format!("cannot read the DNS configuration: {e}"),
+        fix: "set [dns] nameservers, or make /etc/resolv.conf readable".into(),
+    })?;
+    let roots_error = |e: String| ConfigError {
+        file: settings.file.clone(),
+        line: None,
+        message: format!("[delivery] tls_roots: {e}"),
+        fix: "give PEM files holding CA certificates".into(),
+    };
+    let roots =
+        crate::tls::client::load_roots(&settings.delivery.extra_roots).map_err(roots_error)?;
+    let tls = ClientTlsFactory::new(&roots).map_err(roots_error)?;
+    let resolver = Arc::new(Resolver::new(resolver));
+    let (tls_memory, bad) = TlsMemory::open(&settings.data_dir.join(memory::FILE_NAME))
+        .map_err(|e| settings.data_dir_error(format!("cannot read the TLS policy memory: {e}")))?;
+    for line in bad {
+        log::event("config", format_args!("{line}; line skipped"));
+    }
+    let mta_sts = if settings.delivery.mta_sts {
+        let (sts, bad) = MtaSts::new(
+            resolver.clone(),
+            roots,
+            &settings.data_dir.join(mta_sts::FILE_NAME),
+        )
+        .map_err(|e| settings.data_dir_error(format!("cannot set up MTA-STS: {e}")))?;
+        for line in bad {
+            log::event("config", format_args!("{line}; line skipped"));
+        }
+        Some(sts.with_port(settings.delivery.mta_sts_port))
+    } else {
+        None
+    };
+    let outbound = Arc::new(Outbound::new(
+        store.clone(),
+        committer.clone(),
+        resolver.clone(),
+        settings.delivery.clone(),
+        settings.hostname.clone(),
+        tls,
+        bouncer,
+        dispatch.clone(),
+        tls_memory,
+        mta_sts,
+    ));
+    let key_path = settings.data_dir.join(destinations::SRS_KEY_FILE);
+    let srs_key = destinations::load_or_create_key(&key_path).map_err(|e| {
+        settings.data_dir_error(format!("cannot read or create {}: {e}", key_path.display()))
+    })?;
+    let parts = QueueParts {
+        store,
+        committer,
+        dispatch,
+        srs_key: Arc::new(srs_key),
+        resolver,
+    };
+    Ok((parts, local, local_ids, outbound, remote_ids))
+}
+
+/// Binds one listener, or explains why not, pointing at its line.
+fn bind(settings: &Settings, listener: &Listener) -> Result<Async<TcpListener>, ConfigError> {
+    let error = |e: std::io::Error| {
+        let fix = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "stop the program using it, or listen elsewhere".to_string()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE; or use a port above 1024"
+                    .to_string()
+            }
+            std::io::ErrorKind::AddrNotAvailable => "use an address of this machine".to_string(),
+            _ => "listen on another address".to_string(),
+        };
+        ConfigError {
+            file: settings.file.clone(),
+            line: Some(listener.line),
+            message: format!(
+                "cannot listen on {} ({}): {e}",
+                listener.addr,
+                listener.role.name()
+            ),
+            fix,
+        }
+    };
+    let socket = TcpListener::bind(listener.addr).map_err(error)?;
+    Async::new(socket).map_err(error)
+}
+
+/// The session configuration for a role, on a loopback listener or not. AUTH is offered on
+/// the submission ports, and on smtp only when `[auth] smtp_listener` says so; always under
+/// TLS only, except on a loopback listener when `[auth] allow_plaintext_on_loopback` is set.
+fn session_config(settings: &Settings, role: Role, loopback: bool) -> Config {
+    let mut config = Config::new(settings.hostname.clone());
+    config.limits.max_message_size = settings.max_message_size;
+    config.timeouts = settings.timeouts;
+    config.extensions.starttls = role != Role::Submissions;
+    config.auth = if role == Role::Smtp && !settings.auth.smtp_listener {
+        AuthPolicy::Never
+    } else if settings.auth.allow_plaintext_on_loopback && loopback {
+        AuthPolicy::AllowPlaintext
+    } else {
+        AuthPolicy::TlsOnly
+    };
+    config.require_auth = role.requires_auth();
+    config
+}
+
+/// How a role uses TLS.
+fn tls_mode(role: Role, acceptor: &TlsAcceptor) -> TlsMode {
+    match role {
+        Role::Smtp | Role::Submission => TlsMode::StartTls(acceptor.clone()),
+        Role::Submissions => TlsMode::Implicit(acceptor.clone()),
+    }
+}
+
+/// Accepts connections forever, one task each.
+async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtime>) {
+    let Ok(local) = socket.get_ref().local_addr() else {
+        return;
+    };
+    loop {
+        match socket.accept().await {
+            Ok((stream, peer)) => {
+                let live = runtime.live();
+                let permit = match runtime.counter.admit(
+                    peer.ip(),
+                    live.settings.max_connections,
+                    live.settings.max_connections_per_ip,
+                ) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        log::event(
+                            "connection",
+                            format_args!(
+                                "refused client={} role={} limit={}",
+                                peer.ip().to_canonical(),
+                                role.name(),
+                                refusal.key()
+                            ),
+                        );
+                        smol::spawn(too_many(stream, role, live.settings.hostname.clone()))
+                            .detach();
+                        continue;
+                    }
+                };
+                smol::spawn(async move {
+                    let _permit: Permit = permit;
+                    let connection = live.connection(role, local);
+                    let mut reception = Reception::new(live.shared.clone(), role);
+                    if let Err(e) = connection.run_tcp(stream, &mut reception).await {
+                        log_connection_error(peer, role, &e);
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                log::event(
+                    "connection",
+                    format_args!("accept failed role={} error=\"{e}\"", role.name()),
+                );
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Answers a connection over a limit with 421 and closes it. RFC 5321 section 3.1 lets a
+/// server refuse a connection with 554 or 421 in place of the greeting; 421 says "try later".
+/// The implicit-TLS port gets no plaintext reply, only the close.
+async fn too_many(mut stream: Async<TcpStream>, role: Role, hostname: String) {
+    if role != Role::Submissions {
+        let reply = format!("421 4.7.0 {hostname} Too many connections, try later\r\n");
+        let write = async {
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.flush().await;
+        };
+        let timeout = async {
+            Timer::after(Duration::from_secs(5)).await;
+        };
+        future::or(write, timeout).await;
+    }
+}
+
+fn log_connection_error(peer: SocketAddr, role: Role, e: &runtime_smol::Error) {
+    log::event(
+        "connection",
+        format_args!(
+            "client={} role={} error=\"{e}\"",
+            peer.ip().to_canonical(),
+            role.name()
+        ),
+    );
+}

@@ -1,0 +1,926 @@
+//! Outbound delivery: queued recipients of other domains, sent over SMTP to their mail
+//! exchangers (or a static route), with retries and bounces.
+//!
+//! Queue ids arrive on a channel (from sessions once a message is durable, from the startup
+//! scan, from retry timers). For each message, the pending remote recipients that are due are
+//! grouped by domain; each group is one delivery: find the route ([`route`]), then try its
+//! hosts and their addresses in order until one answers for the recipients. A delivery holds
+//! one of [`DeliverySettings::max_connections`] permits, and one of
+//! [`DeliverySettings::max_connections_per_domain`] for its domain, while it runs, so a slow
+//! remote only ever holds its own domain's permits.
+//!
+//! Each recipient's result goes into the store with [`Store::apply`]: delivered; failed for
+//! good (a 5xx, a null MX, a domain that does not exist), with a bounce queued in the same
+//! batch ([`crate::queue::bounce`]); or deferred, with its next attempt from
+//! [`proto_core::next_attempt`] (exponential backoff with jitter; once the message is older
+//! than `give_up_after`, it fails and bounces). Marks are made durable by the group commit
+//! before the id is scheduled again, so a crash repeats at most a delivery (a duplicate),
+//! never loses one.
+//!
+//! TLS: STARTTLS whenever offered (see [`tls`]). What the connection must reach comes from
+//! the route (`tls = "required" | "verified"`), the message (REQUIRETLS, RFC 8689: verified
+//! TLS on every hop), the domain's MTA-STS policy in enforce mode (verified TLS to an MX
+//! the policy lists), and the best level the domain has shown before (never downgrade).
+
+pub mod route;
+pub mod settings;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::Receiver;
+use async_io::{Async, Timer};
+use futures_lite::AsyncReadExt;
+use futures_lite::io::Cursor;
+use proto_core::{
+    ClientConfig, ClientCredentials, ClientSession, DsnAction, EnhancedStatus, ForwardPath,
+    MailJob, RecipientReport, RecipientStatus, Reply, RetryDecision, TlsInfo, TlsPolicy,
+    next_attempt,
+};
+use runtime_smol::client::{ClientTls, deliver};
+use smol::lock::Semaphore;
+
+use crate::dns::Resolver;
+use crate::log;
+use crate::queue::QueueId;
+use crate::queue::bounce::{self, Bouncer};
+use crate::queue::commit::Committer;
+use crate::queue::dispatch::Dispatch;
+use crate::queue::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
+use crate::reception::trace::Trace;
+use crate::tls::memory::{Level, TlsMemory};
+use crate::tls::mta_sts::{self, MtaSts};
+
+use crate::tls::client::{self as tls, ClientTlsFactory, Connector};
+use route::{Hop, Route, RouteError};
+use settings::{DeliverySettings, RouteTls};
+
+/// The most connection attempts (addresses tried) for one delivery.
+const MAX_CONNECTS: usize = 6;
+
+/// What the delivery tasks share.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The queue store.
+    pub store: Store,
+    /// Group commit for the marks.
+    pub committer: Committer,
+    /// DNS.
+    pub resolver: Arc<Resolver>,
+    /// `[delivery]` and `[routes]`; replaced by a reload ([`Outbound::reload`]).
+    settings: RwLock<Arc<DeliverySettings>>,
+    /// Our host name (EHLO, `Received:`).
+    pub hostname: String,
+    /// TLS client configurations; replaced by a reload.
+    tls: RwLock<ClientTlsFactory>,
+    /// Bounces.
+    pub bouncer: Bouncer,
+    /// The best TLS each domain has shown (never downgrade).
+    pub tls_memory: TlsMemory,
+    /// MTA-STS policies (`None` when `[delivery] mta_sts = false`).
+    pub mta_sts: Option<MtaSts>,
+    /// The workers' channels (retry timers, bounces).
+    pub dispatch: Dispatch,
+    /// Connection permits, overall.
+    connections: Semaphore,
+    /// Connection permits per destination domain.
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Messages being worked on, and whether they were asked for again meanwhile.
+    busy: Mutex<HashMap<QueueId, bool>>,
+    /// Retry timers already set: (id, time); one per message and time.
+    timers: Mutex<HashSet<(QueueId, u64)>>,
+}
+
+/// What happened to one recipient in one delivery.
+#[derive(Debug, Clone)]
+enum Fate {
+    /// Accepted by the next hop; `dsn` when it announced DSN (so NOTIFY went on with the
+    /// message and success reports are its job).
+    Delivered {
+        reply: Reply,
+        hop: String,
+        dsn: bool,
+        report: RecipientReport,
+    },
+    /// Try again later.
+    Deferred {
+        why: String,
+        report: RecipientReport,
+    },
+    /// Failed for good.
+    Failed {
+        why: String,
+        report: RecipientReport,
+    },
+}
+
+impl Outbound {
+    /// The shared state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        committer: Committer,
+        resolver: Arc<Resolver>,
+        settings: DeliverySettings,
+        hostname: String,
+        tls: ClientTlsFactory,
+        bouncer: Bouncer,
+        dispatch: Dispatch,
+        tls_memory: TlsMemory,
+        mta_sts: Option<MtaSts>,
+    ) -> Outbound {
+        let connections = Semaphore::new(settings.max_connections);
+        Outbound {
+            store,
+            committer,
+            resolver,
+            settings: RwLock::new(Arc::new(settings)),
+            hostname,
+            tls: RwLock::new(tls),
+            bouncer,
+            dispatch,
+            tls_memory,
+            mta_sts,
+            connections,
+            per_domain: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            timers: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl Outbound {
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<DeliverySettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The TLS client configurations in force.
+    fn tls(&self) -> ClientTlsFactory {
+        self.tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// New settings and trusted roots (SIGHUP), for deliveries that start from now on. The
+    /// connection limits keep their startup values (they size the permits).
+    pub fn reload(&self, settings: DeliverySettings, tls: ClientTlsFactory) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+        *self
+            .tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tls;
+    }
+}
+
+/// Starts the scheduler on the executor: every id from `ids` is looked at.
+pub fn start(outbound: Arc<Outbound>, ids: Receiver<QueueId>) {
+    smol::spawn(async move {
+        while let Ok(id) = ids.recv().await {
+            {
+                let mut busy = lock(&outbound.busy);
+                if let Some(again) = busy.get_mut(&id) {
+                    *again = true;
+                    continue;
+                }
+                busy.insert(id.clone(), false);
+            }
+            let o = outbound.clone();
+            smol::spawn(async move {
+                loop {
+                    process(&o, &id).await;
+                    let mut busy = lock(&o.busy);
+                    match busy.get_mut(&id) {
+                        Some(again) if *again => *again = false,
+                        _ => {
+                            busy.remove(&id);
+                            break;
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    })
+    .detach();
+}
+
+/// Locks a mutex, ignoring poisoning (the data are plain maps, valid after any panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One look at a message: deliver its due remote recipients, record, schedule the rest.
+async fn process(o: &Arc<Outbound>, id: &QueueId) {
+    let store = o.store.clone();
+    let lookup_id = id.clone();
+    let envelope = match smol::unblock(move || store.envelope(&lookup_id)).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return,
+        Err(e) => {
+            log::event("failed", format_args!("id={id} reason=\"{e}\""));
+            schedule(o, id, unix_now() + 60);
+            return;
+        }
+    };
+    if !envelope.pending_for(Owner::Remote) {
+        return;
+    }
+    let now = unix_now();
+    // Due recipients, grouped by domain and reverse path (a forwarded copy has its own).
+    let mut groups: BTreeMap<(String, Option<String>), Vec<usize>> = BTreeMap::new();
+    for (i, r) in envelope.recipients.iter().enumerate() {
+        if r.state != RecipientState::Pending || r.next_attempt > now {
+            continue;
+        }
+        if let Address::Remote(address) = &r.address {
+            groups
+                .entry((domain_of(address), r.sender.clone()))
+                .or_default()
+                .push(i);
+        }
+    }
+    if groups.is_empty() {
+        if let Some(at) = envelope.next_attempt(Owner::Remote) {
+            schedule(o, id, at);
+        }
+        return;
+    }
+    let envelope = Arc::new(envelope);
+    let tasks: Vec<_> = groups
+        .into_iter()
+        .map(|((domain, _), indexes)| {
+            let o = o.clone();
+            let id = id.clone();
+            let envelope = envelope.clone();
+            smol::spawn(async move {
+                let results = deliver_group(&o, &id, &envelope, &domain, &indexes).await;
+                indexes.into_iter().zip(results).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.extend(t.await);
+    }
+    let o2 = o.clone();
+    let id2 = id.clone();
+    let applied = smol::unblock(move || record(&o2, &id2, &envelope, results)).await;
+    match applied {
+        Ok(Applied::Pending(Some(at))) => schedule(o, id, at),
+        Ok(_) => {}
+        Err(why) => {
+            log::event(
+                "deferred",
+                format_args!("id={id} reason=\"cannot record the delivery: {why}\""),
+            );
+            schedule(o, id, unix_now() + 60);
+        }
+    }
+}
+
+/// Sends `id` to the scheduler again at `at` (Unix seconds), once per (id, time).
+fn schedule(o: &Arc<Outbound>, id: &QueueId, at: u64) {
+    if !lock(&o.timers).insert((id.clone(), at)) {
+        return;
+    }
+    let o = o.clone();
+    let id = id.clone();
+    smol::spawn(async move {
+        let wait = at.saturating_sub(unix_now());
+        Timer::after(Duration::from_secs(wait)).await;
+        lock(&o.timers).remove(&(id.clone(), at));
+        let _ = o.dispatch.remote.send(id).await;
+    })
+    .detach();
+}
+
+/// Applies a pass's results to the message (blocking): marks, retry times, the bounce.
+fn record(
+    o: &Outbound,
+    id: &QueueId,
+    envelope: &Envelope,
+    results: Vec<(usize, Fate)>,
+) -> Result<Applied, String> {
+    let now = unix_now();
+    let settings = o.settings();
+    let mut changed = envelope.clone();
+    // What the sender is told: failures, and successes they asked for.
+    let mut reports = Vec::new();
+    for (i, result) in results {
+        let r = &mut changed.recipients[i];
+        match result {
+            Fate::Delivered {
+                reply,
+                hop,
+                dsn,
+                report,
+            } => {
+                r.state = RecipientState::Delivered;
+                // RFC 3461 5.2.2: NOTIFY=SUCCESS to a next hop without DSN: "relayed".
+                let success =
+                    matches!(r.notify, Some(proto_core::Notify::On { success: true, .. }));
+                if success && !dsn {
+                    reports.push(bounce::report_for(r, report));
+                }
+                log::event(
+                    "delivered",
+                    format_args!(
+                        "id={id} to=<{}> relay={hop} reply=\"{}\"",
+                        r.address,
+                        log::quoted(&reply)
+                    ),
+                );
+            }
+            Fate::Failed { why, report } => {
+                r.state = RecipientState::Failed;
+                r.last_error = Some(why.clone());
+                log::event(
+                    "failed",
+                    format_args!(
+                        "id={id} to=<{}> reason=\"{}\"",
+                        r.address,
+                        log::quoted(&why)
+                    ),
+                );
+                reports.push(bounce::report_for(r, report));
+            }
+            Fate::Deferred { why, mut report } => {
+                r.attempts += 1;
+                r.last_error = Some(why.clone());
+                let jitter = random_fraction();
+                match next_attempt(
+                    now,
+                    envelope.received_at,
+                    r.attempts,
+                    jitter,
+                    &settings.retry,
+                ) {
+                    RetryDecision::RetryAt(at) => {
+                        r.next_attempt = at;
+                        // A delay warning, once, when the message has waited long enough.
+                        if let Some(after) = settings.delay_warning
+                            && !r.delay_warned
+                            && now >= envelope.received_at.saturating_add(after.as_secs())
+                        {
+                            r.delay_warned = true;
+                            report.action = DsnAction::Delayed;
+                            report.last_attempt = Some(proto_core::DsnDate::from_unix(now as i64));
+                            report.will_retry_until = Some(proto_core::DsnDate::from_unix(
+                                envelope
+                                    .received_at
+                                    .saturating_add(settings.retry.max_lifetime)
+                                    as i64,
+                            ));
+                            reports.push(bounce::report_for(r, report.clone()));
+                        }
+                        log::event(
+                            "deferred",
+                            format_args!(
+                                "id={id} to=<{}> attempts={} retry_in={}s reason=\"{}\"",
+                                r.address,
+                                r.attempts,
+                                at.saturating_sub(now),
+                                log::quoted(&why)
+                            ),
+                        );
+                    }
+                    _ => {
+                        r.state = RecipientState::Failed;
+                        log::event(
+                            "failed",
+                            format_args!(
+                                "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
+                                r.address,
+                                r.attempts,
+                                log::quoted(&why)
+                            ),
+                        );
+                        // RFC 3463 4.4.7: delivery time expired; reported as a failure.
+                        report.action = DsnAction::Failed;
+                        report.status = EnhancedStatus::new(5, 4, 7).unwrap_or(report.status);
+                        report.problem = Some(format!(
+                            "gave up after {} attempts over {}: {why}",
+                            r.attempts,
+                            human_duration(now.saturating_sub(envelope.received_at))
+                        ));
+                        reports.push(bounce::report_for(r, report));
+                    }
+                }
+            }
+        }
+    }
+    let mut new = Vec::new();
+    if !reports.is_empty() {
+        match o.bouncer.bounce(id, envelope, reports, SystemTime::now()) {
+            Ok(Some(b)) => new.push(b),
+            Ok(None) => {}
+            // The bounce could not be written: keep the recipients pending (they are tried
+            // again, and bounce then) rather than fail them silently.
+            Err(why) => return Err(format!("cannot write the bounce: {why}")),
+        }
+    }
+    let applied = o
+        .store
+        .apply(&[(id.clone(), changed)], Owner::Remote, &new)
+        .map_err(|e| e.to_string())?;
+    o.committer.sync_blocking()?;
+    for (bounce_id, bounce) in &new {
+        o.dispatch.queued(bounce_id, bounce);
+    }
+    if matches!(applied.first(), Some(Applied::Removed)) {
+        log::event("removed", format_args!("id={id}"));
+    }
+    Ok(applied.into_iter().next().unwrap_or(Applied::Gone))
+}
+
+/// A random number in `0.0..1.0` (jitter).
+fn random_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// "2 days 3 h", "45 min", "12 s".
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{} days {} h", s / 86_400, (s % 86_400) / 3600),
+        s if s >= 3600 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// The domain of `local@domain`, lower case, A-labels.
+fn domain_of(address: &str) -> String {
+    let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
+    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+}
+
+/// What TLS a delivery must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Need {
+    /// Plaintext is acceptable (STARTTLS is still used when offered).
+    Nothing,
+    /// TLS, certificate unchecked.
+    Tls,
+    /// TLS with a certificate that verifies for the host.
+    Verified,
+}
+
+/// Delivers message `id` to the recipients `indexes` of `envelope`, all of `domain`: one
+/// result per index.
+async fn deliver_group(
+    o: &Arc<Outbound>,
+    id: &QueueId,
+    envelope: &Arc<Envelope>,
+    domain: &str,
+    indexes: &[usize],
+) -> Vec<Fate> {
+    let job = match envelope.mail_job(indexes) {
+        Ok(job) => job,
+        Err(why) => {
+            // RFC 3463 5.1.3: bad destination mailbox address syntax.
+            return indexes
+                .iter()
+                .map(|&i| {
+                    let to = bounce::forward_path(&envelope.recipients[i].address)
+                        .unwrap_or(ForwardPath::Postmaster);
+                    local_result(&to, DsnAction::Failed, (5, 1, 3), &why)
+                })
+                .collect();
+        }
+    };
+    let all = |action: DsnAction, status: (u8, u16, u16), why: &str| -> Vec<Fate> {
+        job.recipients
+            .iter()
+            .map(|r| local_result(&r.to, action, status, why))
+            .collect()
+    };
+
+    let settings = o.settings();
+    // Permits: one overall, one for the domain.
+    let domain_permits = {
+        let mut map = lock(&o.per_domain);
+        map.entry(domain.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(settings.max_connections_per_domain)))
+            .clone()
+    };
+    let _domain_permit = domain_permits.acquire().await;
+    let _permit = o.connections.acquire().await;
+
+    let mut shuffle = |hosts: &mut [String]| shuffle(hosts);
+    let route = match route::find(domain, &settings, &o.resolver, &mut shuffle).await {
+        Ok(r) => r,
+        Err(e @ RouteError::NullMx(_)) => {
+            // RFC 7505 4.3: 556 5.1.10 for a domain with a null MX.
+            return all(DsnAction::Failed, (5, 1, 10), &e.to_string());
+        }
+        Err(e @ RouteError::NoSuchDomain(_)) => {
+            return all(DsnAction::Failed, (5, 1, 2), &e.to_string());
+        }
+        Err(e) => {
+            return all(DsnAction::Delayed, (4, 4, 3), &e.to_string());
+        }
+    };
+    let mut need = match route.tls() {
+        RouteTls::Opportunistic => Need::Nothing,
+        RouteTls::Required => Need::Tls,
+        RouteTls::Verified | RouteTls::Implicit => Need::Verified,
+    };
+    if envelope.requiretls {
+        need = Need::Verified;
+    }
+    let mut route = route;
+    if route.static_route.is_none() {
+        // Never below what the domain has shown before.
+        need = need.max(match o.tls_memory.required(domain) {
+            Level::Verified => Need::Verified,
+            Level::Tls => Need::Tls,
+            _ => Need::Nothing,
+        });
+        // MTA-STS (RFC 8461 5): in enforce mode, only the MX hosts the policy lists, and
+        // only over TLS that verifies for them.
+        if let Some(sts) = &o.mta_sts {
+            let lookup = sts.lookup(domain, SystemTime::now()).await;
+            if let Some(problem) = &lookup.problem {
+                log::event(
+                    "mta-sts",
+                    format_args!(
+                        "id={id} domain={domain} problem=\"{}\"",
+                        log::quoted(&problem)
+                    ),
+                );
+            }
+            if let Some(policy) = lookup.policy
+                && policy.mode == mta_sts::Mode::Enforce
+            {
+                need = Need::Verified;
+                let before = route.hops.len();
+                route.hops.retain(|h| policy.allows_mx(&h.host));
+                if route.hops.is_empty() {
+                    let why = format!(
+                        "MTA-STS: none of the {before} MX hosts of {domain} is allowed by its policy (id {})",
+                        policy.id
+                    );
+                    // RFC 8461 5.1 / RFC 3463 4.7.5: a policy problem, retried.
+                    return all(DsnAction::Delayed, (4, 7, 5), &why);
+                }
+            }
+        }
+    }
+
+    let mut attempts = 0;
+    let mut last: Option<Vec<Fate>> = None;
+    let mut problems: Vec<String> = route.skipped.clone();
+    'hops: for hop in &route.hops {
+        for addr in &hop.addrs {
+            if attempts == MAX_CONNECTS {
+                break 'hops;
+            }
+            attempts += 1;
+            let mut result = attempt(
+                o,
+                id,
+                envelope,
+                &route,
+                hop,
+                *addr,
+                need,
+                job.clone(),
+                false,
+            )
+            .await;
+            if let Attempt::TlsFailed(why) = &result {
+                // Postfix and chasquid do the same: a broken STARTTLS is no reason to keep
+                // mail from a domain that never required TLS; try again without it.
+                log::event(
+                    "tls-fallback",
+                    format_args!(
+                        "id={id} relay={}[{}]:{} reason=\"{}\"",
+                        hop.host,
+                        addr.ip(),
+                        addr.port(),
+                        log::quoted(why)
+                    ),
+                );
+                result =
+                    attempt(o, id, envelope, &route, hop, *addr, need, job.clone(), true).await;
+            }
+            match result {
+                Attempt::TlsFailed(why) | Attempt::Refused(why) => {
+                    problems.push(format!(
+                        "{}[{}]:{}: {why}",
+                        hop.host,
+                        addr.ip(),
+                        addr.port()
+                    ));
+                }
+                Attempt::Done(results, level) => {
+                    let all_deferred = results.iter().all(|r| matches!(r, Fate::Deferred { .. }));
+                    if !all_deferred {
+                        if route.static_route.is_none() {
+                            remember(o, domain, level).await;
+                        }
+                        return results;
+                    }
+                    // Every recipient deferred (greeting refused, TLS failed, 4xx): the next
+                    // host may do better.
+                    if let Some(Fate::Deferred { why, .. }) = results.first() {
+                        problems.push(why.clone());
+                    }
+                    last = Some(results);
+                    continue 'hops;
+                }
+            }
+        }
+    }
+    if let Some(results) = last {
+        return results;
+    }
+    let why = if problems.is_empty() {
+        "no mail exchanger could be reached".to_string()
+    } else {
+        format!(
+            "no mail exchanger could be reached: {}",
+            problems.join("; ")
+        )
+    };
+    // RFC 3463 4.4.1: no answer from host.
+    all(DsnAction::Delayed, (4, 4, 1), &why)
+}
+
+/// How one connection went.
+enum Attempt {
+    /// No SMTP conversation (the connection failed): try the next address.
+    Refused(String),
+    /// STARTTLS was offered but the handshake failed, with nothing required of TLS.
+    TlsFailed(String),
+    /// The server answered; one result per recipient, and the TLS the connection had.
+    Done(Vec<Fate>, Level),
+}
+
+/// One connection to `addr` of `hop`, delivering `job`.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    o: &Arc<Outbound>,
+    id: &QueueId,
+    envelope: &Arc<Envelope>,
+    route: &Route,
+    hop: &Hop,
+    addr: SocketAddr,
+    need: Need,
+    job: MailJob,
+    plaintext: bool,
+) -> Attempt {
+    let stream = match connect(o, addr).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Refused(format!("connect: {e}")),
+    };
+    let mut config = ClientConfig::new(o.hostname.clone());
+    config.tls = match need {
+        Need::Nothing if plaintext => TlsPolicy::Never,
+        Need::Nothing => TlsPolicy::Opportunistic,
+        Need::Tls | Need::Verified => TlsPolicy::Required,
+    };
+    if let Some((user, password)) = route.static_route.as_ref().and_then(|r| r.auth.clone()) {
+        config.auth = Some(ClientCredentials::new(user, password));
+    }
+    let connector: Connector = if need == Need::Verified {
+        o.tls().strict()
+    } else {
+        o.tls().lenient()
+    };
+    let Some(server_name) = tls::server_name(&hop.host) else {
+        return Attempt::Refused(format!("{} is not a usable TLS server name", hop.host));
+    };
+    let client_tls = ClientTls {
+        connector: connector.connector.clone(),
+        server_name,
+        handshake_timeout: Duration::from_secs(60),
+    };
+    let mut session = ClientSession::new(Arc::new(config), job, Instant::now());
+    let header = received_header(o, id, envelope);
+    let store = o.store.clone();
+    let (body_id, chunks) = (id.clone(), envelope.chunks);
+    let mut bodies = move |_job: usize| -> io::Result<_> {
+        let reader = smol::Unblock::new(store.body(&body_id, chunks));
+        Ok(Cursor::new(header.clone().into_bytes()).chain(reader))
+    };
+    let implicit = route
+        .static_route
+        .as_ref()
+        .is_some_and(|r| r.tls == RouteTls::Implicit);
+    let report = if implicit {
+        let handshake = client_tls
+            .connector
+            .connect(client_tls.server_name.clone(), stream);
+        let tls_stream = match futures_lite::future::or(handshake, async {
+            Timer::after(Duration::from_secs(60)).await;
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return Attempt::Refused(format!("TLS handshake: {e}")),
+        };
+        deliver(tls_stream, &mut session, None, &mut bodies).await
+    } else {
+        deliver(stream, &mut session, Some(&client_tls), &mut bodies).await
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return Attempt::Refused(e.to_string()),
+    };
+    let remote_dsn = session.capabilities().is_some_and(|c| c.dsn);
+    if let Some(why) = &report.tls_error
+        && need == Need::Nothing
+    {
+        // Opportunistic TLS that failed: the caller may try this address in plaintext.
+        return Attempt::TlsFailed(why.clone());
+    }
+    let hop_text = format!(
+        "{}[{}]:{}{}",
+        hop.host,
+        addr.ip(),
+        addr.port(),
+        tls_text(
+            report.tls.as_ref(),
+            implicit || report.tls.is_some(),
+            connector.verified()
+        )
+    );
+    // Implicit TLS always uses the strict connector.
+    let level = match (report.tls.is_some() || implicit, connector.verified()) {
+        (true, true) => Level::Verified,
+        (true, false) => Level::Tls,
+        (false, _) => Level::Plaintext,
+    };
+    let Some(outcome) = report.outcomes.into_iter().next() else {
+        return Attempt::Refused("the session ended without a result".into());
+    };
+    let remote = proto_core::Domain::parse(&hop.host).ok();
+    let results = outcome
+        .recipients
+        .iter()
+        .map(|r| {
+            let report = RecipientReport::from_result(r, remote.clone());
+            match &r.status {
+                RecipientStatus::Accepted(reply) => Fate::Delivered {
+                    reply: reply.clone(),
+                    hop: hop_text.clone(),
+                    dsn: remote_dsn,
+                    report,
+                },
+                RecipientStatus::TemporaryFailure(reason) => Fate::Deferred {
+                    why: format!("{hop_text}: {reason}"),
+                    report,
+                },
+                RecipientStatus::PermanentFailure(reason) => Fate::Failed {
+                    why: format!("{hop_text}: {reason}"),
+                    report,
+                },
+                _ => Fate::Deferred {
+                    why: format!("{hop_text}: unknown result"),
+                    report,
+                },
+            }
+        })
+        .collect();
+    Attempt::Done(results, level)
+}
+
+/// Records the TLS level a domain has shown (it only ever rises).
+async fn remember(o: &Arc<Outbound>, domain: &str, level: Level) {
+    if o.tls_memory.required(domain) >= level {
+        return;
+    }
+    let o2 = o.clone();
+    let d = domain.to_string();
+    match smol::unblock(move || o2.tls_memory.record(&d, level)).await {
+        Ok(true) => log::event("tls-policy", format_args!("domain={domain} level={level}")),
+        Ok(false) => {}
+        Err(e) => log::event(
+            "tls-policy",
+            format_args!("domain={domain} problem=\"{e}\""),
+        ),
+    }
+}
+
+/// " tls=TLSv1.3 verified" style suffix for logs.
+fn tls_text(info: Option<&TlsInfo>, tls: bool, verified: bool) -> String {
+    match info {
+        Some(i) => format!(
+            " tls={}{}",
+            i.version,
+            if verified { " verified" } else { " unverified" }
+        ),
+        None if tls => " tls=implicit".to_string(),
+        None => " tls=none".to_string(),
+    }
+}
+
+/// Opens a TCP connection to `addr`, from the configured source address of its family.
+async fn connect(o: &Outbound, addr: SocketAddr) -> io::Result<Async<TcpStream>> {
+    let settings = o.settings();
+    let source: Option<IpAddr> = match addr {
+        SocketAddr::V4(_) => settings.source_ipv4.map(IpAddr::V4),
+        SocketAddr::V6(_) => settings.source_ipv6.map(IpAddr::V6),
+    };
+    let timeout = settings.connect_timeout;
+    match source {
+        None => {
+            let connect = Async::<TcpStream>::connect(addr);
+            futures_lite::future::or(connect, async {
+                Timer::after(timeout).await;
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            })
+            .await
+        }
+        Some(source) => {
+            // socket2 binds the source address; the blocking connect runs off the executor.
+            let stream = smol::unblock(move || -> io::Result<TcpStream> {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                socket.bind(&SocketAddr::new(source, 0).into())?;
+                socket.connect_timeout(&addr.into(), timeout)?;
+                Ok(socket.into())
+            })
+            .await?;
+            Async::new(stream)
+        }
+    }
+}
+
+/// Our `Received:` field for the hop from the client to us, then the fields added on
+/// reception.
+fn received_header(o: &Outbound, id: &QueueId, envelope: &Envelope) -> String {
+    let mut h =
+        Trace::of(envelope, id.as_str(), &o.hostname).received(None, envelope.received_time());
+    h.push_str(&envelope.headers);
+    h
+}
+
+/// Fisher-Yates with getrandom (RFC 5321 5.1: equal preferences in random order).
+fn shuffle(items: &mut [String]) {
+    for i in (1..items.len()).rev() {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let j = (u32::from_le_bytes(b) as usize) % (i + 1);
+        items.swap(i, j);
+    }
+}
+
+/// A result found on our side (no reply to quote): `Failed` for [`DsnAction::Failed`],
+/// else `Deferred`; `status` is its RFC 3463 code.
+fn local_result(to: &ForwardPath, action: DsnAction, status: (u8, u16, u16), why: &str) -> Fate {
+    let fallback = if action == DsnAction::Failed {
+        PERMANENT
+    } else {
+        TEMPORARY
+    };
+    let mut report = RecipientReport::new(
+        to.clone(),
+        action,
+        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(fallback),
+    );
+    report.problem = Some(why.to_string());
+    let why = why.to_string();
+    if action == DsnAction::Failed {
+        Fate::Failed { why, report }
+    } else {
+        Fate::Deferred { why, report }
+    }
+}
+
+/// 4.0.0: a temporary failure of no more precise kind.
+const TEMPORARY: EnhancedStatus = match EnhancedStatus::new(4, 0, 0) {
+    Some(s) => s,
+    None => panic!("4.0.0 is a valid status"),
+};
+
+/// 5.0.0: a permanent failure of no more precise kind.
+const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 0, 0) {
+    Some(s) => s,
+    None => panic!("5.0.0 is a valid status"),
+};

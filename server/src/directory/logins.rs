@@ -1,0 +1,346 @@
+//! AUTH: checking credentials against the user database, and the brute-force defence.
+//!
+//! [`Authenticator::login`] answers one SASL exchange (PLAIN or LOGIN, decoded by proto-core):
+//! - the user name is normalised like every address ([`Address::parse`]);
+//! - the password is checked with Argon2id on smol's blocking pool, never on the executor;
+//!   a user that does not exist, has no password or is receive-only is checked against a
+//!   dummy hash of the same cost, and every failure is the same 535 5.7.8, so neither the
+//!   answer nor its timing tells whether a user exists
+//!   ([RFC 4954 section 6](https://www.rfc-editor.org/rfc/rfc4954#section-6): 535 5.7.8
+//!   "Authentication credentials invalid");
+//! - a PLAIN authorization identity other than the user itself is refused (we let nobody act
+//!   as someone else; [RFC 4616 section 2](https://www.rfc-editor.org/rfc/rfc4616#section-2):
+//!   the server "MUST verify that the authentication identity ... is allowed to act as the
+//!   authorization identity");
+//! - failures are counted per client IP and per user name. From `delay_after` failures on,
+//!   each failed reply is delayed by `delay` (on a timer, not a thread); at `lockout_after`
+//!   failures, logins for that IP or user are refused with 454 4.7.0 without checking the
+//!   password, until `lockout` has passed since the last failure. Failures older than
+//!   `lockout` are forgotten. A success clears the user's count (not the IP's).
+//!
+//! Each hash costs about 19 MiB and some CPU time; at most one per CPU (and at least two) run
+//! at once, so a flood of logins queues up instead of exhausting memory or threads.
+//!
+//! Log lines name the client IP and the outcome, never the user name or the password.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use proto_core::{Credentials, Reply};
+use smol::lock::Semaphore;
+
+use crate::directory::users::{self, Address, UserDb};
+use crate::log;
+
+/// At most this many user names are tracked; beyond it, only client IPs are (so a flood of
+/// made-up names cannot grow memory without bound).
+const MAX_TRACKED_USERS: usize = 10_000;
+/// Old entries are swept once the tables hold more than this many.
+const SWEEP_ABOVE: usize = 1024;
+/// At most this many client IPs are tracked.
+const MAX_TRACKED_IPS: usize = 100_000;
+
+/// `[auth]` in postern.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Offer AUTH (under TLS) on the smtp listeners too, not only on submission(s).
+    pub smtp_listener: bool,
+    /// Allow AUTH without TLS on listeners bound to a loopback address (tests only).
+    pub allow_plaintext_on_loopback: bool,
+    /// Failures after which each failed reply is delayed.
+    pub delay_after: u32,
+    /// That delay.
+    pub delay: Duration,
+    /// Failures after which logins are refused for `lockout`.
+    pub lockout_after: u32,
+    /// How long a lockout lasts, and how long a failure is remembered.
+    pub lockout: Duration,
+}
+
+/// Checks credentials and counts failures. One per server, shared by every connection.
+#[derive(Debug)]
+pub struct Authenticator {
+    users: Arc<UserDb>,
+    settings: AuthSettings,
+    failures: Mutex<Failures>,
+    /// Bounds the password checks running at once.
+    hashing: Semaphore,
+}
+
+/// Failure counts, by client IP and by user name.
+#[derive(Debug, Default)]
+struct Failures {
+    by_ip: HashMap<IpAddr, Count>,
+    by_user: HashMap<String, Count>,
+}
+
+/// Failures of one key, and when the last one happened.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    failures: u32,
+    last: Instant,
+}
+
+impl Default for AuthSettings {
+    fn default() -> AuthSettings {
+        AuthSettings {
+            smtp_listener: false,
+            allow_plaintext_on_loopback: false,
+            delay_after: 3,
+            delay: Duration::from_secs(2),
+            lockout_after: 10,
+            lockout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Authenticator {
+    /// An authenticator over `users`.
+    pub fn new(users: Arc<UserDb>, settings: AuthSettings) -> Authenticator {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Authenticator {
+            users,
+            settings,
+            failures: Mutex::new(Failures::default()),
+            hashing: Semaphore::new(cpus.max(2)),
+        }
+    }
+
+    /// Checks `credentials` from `client`: the user's address, or the reply to refuse with.
+    /// `role` is for the log line.
+    pub async fn login(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+        credentials: Credentials,
+        role: &str,
+    ) -> Result<Address, Reply> {
+        let client = client.map(|ip| ip.to_canonical());
+        let name = user_key(&credentials.authcid);
+        let ip_text = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        if let Some(which) = self.locked(client, &name, Instant::now()) {
+            log::event(
+                "auth",
+                format_args!(
+                    "client={ip_text} role={role} result=locked reason=\"too many failures for this {which}\""
+                ),
+            );
+            return Err(Reply::of(
+                454,
+                (4, 7, 0),
+                "Too many failed logins, try again later",
+            ));
+        }
+
+        let this = self.clone();
+        let permit = self.hashing.acquire().await;
+        let verified = smol::unblock(move || this.verify(&credentials)).await;
+        drop(permit);
+        match verified {
+            Ok(address) => {
+                self.succeeded(&name);
+                log::event(
+                    "auth",
+                    format_args!("client={ip_text} role={role} result=ok"),
+                );
+                Ok(address)
+            }
+            Err(why) => {
+                let (count, locked_now) = self.failed(client, name, Instant::now());
+                log::event(
+                    "auth",
+                    format_args!(
+                        "client={ip_text} role={role} result=failed reason=\"{why}\" failures={count}{}",
+                        if locked_now { " lockout=start" } else { "" }
+                    ),
+                );
+                if count >= self.settings.delay_after {
+                    Timer::after(self.settings.delay).await;
+                }
+                Err(Reply::of(
+                    535,
+                    (5, 7, 8),
+                    "Authentication credentials invalid",
+                ))
+            }
+        }
+    }
+
+    /// Checks the credentials (blocking: reads the users file, hashes). The error is a reason
+    /// for the log, which must not reveal whether the user exists.
+    fn verify(&self, credentials: &Credentials) -> Result<Address, &'static str> {
+        // The dummy hash (argon2: ~19 MiB while it runs) is made on the first login, whoever
+        // logs in, not at startup: idle memory stays small, and the first attempt costs the
+        // same for a known and an unknown user.
+        let _ = users::dummy_hash();
+        let address = Address::parse(&credentials.authcid).ok();
+        let user = address
+            .as_ref()
+            .and_then(|a| self.users.get(a).ok().flatten());
+        let usable = user
+            .as_ref()
+            .filter(|u| !u.receive_only)
+            .and_then(|u| u.password.as_deref());
+        let right = users::verify_password(usable, &credentials.password);
+        let authzid_ok = match (&credentials.authzid, &address) {
+            (None, _) => true,
+            (Some(z), Some(a)) => Address::parse(z).is_ok_and(|z| z == *a),
+            (Some(_), None) => false,
+        };
+        match address {
+            Some(a) if right && authzid_ok => Ok(a),
+            _ if right => Err("authorization identity is not the user"),
+            _ => Err("bad credentials"),
+        }
+    }
+
+    /// Whether `client` or `name` is locked out: which of the two.
+    fn locked(&self, client: Option<IpAddr>, name: &str, now: Instant) -> Option<&'static str> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &self.settings;
+        let is_locked = |c: Option<&Count>| {
+            c.is_some_and(|c| c.failures >= s.lockout_after && now - c.last < s.lockout)
+        };
+        // Sweeping is O(n): only when the tables have grown; stale counts are ignored anyway.
+        if f.by_ip.len() + f.by_user.len() > SWEEP_ABOVE {
+            f.expire(now, s.lockout);
+        }
+        if is_locked(client.and_then(|ip| f.by_ip.get(&ip))) {
+            return Some("client");
+        }
+        if is_locked(f.by_user.get(name)) {
+            return Some("user");
+        }
+        None
+    }
+
+    /// Counts a failure; returns the larger count and whether it just reached the lockout.
+    fn failed(&self, client: Option<IpAddr>, name: String, now: Instant) -> (u32, bool) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = self.settings.lockout;
+        let mut count = 0;
+        if let Some(ip) = client
+            && (f.by_ip.len() < MAX_TRACKED_IPS || f.by_ip.contains_key(&ip))
+        {
+            count = count.max(bump(
+                f.by_ip.entry(ip).or_insert(Count::new(now)),
+                now,
+                keep,
+            ));
+        }
+        if f.by_user.len() < MAX_TRACKED_USERS || f.by_user.contains_key(&name) {
+            count = count.max(bump(
+                f.by_user.entry(name).or_insert(Count::new(now)),
+                now,
+                keep,
+            ));
+        }
+        (count, count == self.settings.lockout_after)
+    }
+
+    /// Forgets the user's failures after a successful login.
+    fn succeeded(&self, name: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.by_user.remove(name);
+    }
+}
+
+impl Failures {
+    /// Drops counts whose last failure is older than `keep`.
+    fn expire(&mut self, now: Instant, keep: Duration) {
+        self.by_ip.retain(|_, c| now - c.last < keep);
+        self.by_user.retain(|_, c| now - c.last < keep);
+    }
+}
+
+impl Count {
+    fn new(now: Instant) -> Count {
+        Count {
+            failures: 0,
+            last: now,
+        }
+    }
+}
+
+/// Adds a failure, forgetting those older than `keep`; returns the new count.
+fn bump(c: &mut Count, now: Instant, keep: Duration) -> u32 {
+    if now - c.last >= keep {
+        c.failures = 0;
+    }
+    c.failures = c.failures.saturating_add(1);
+    c.last = now;
+    c.failures
+}
+
+/// The key counting failures of a user name: the normalised address, or the name as given
+/// (lower case, at most 255 bytes) when it is no address.
+fn user_key(authcid: &str) -> String {
+    match Address::parse(authcid) {
+        Ok(a) => a.to_string(),
+        Err(_) => authcid.to_lowercase().chars().take(255).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authenticator(lockout_after: u32) -> Authenticator {
+        let tmp = std::env::temp_dir();
+        Authenticator::new(
+            Arc::new(UserDb::new(tmp.join("postern-no-such-dir"))),
+            AuthSettings {
+                lockout_after,
+                lockout: Duration::from_secs(60),
+                ..AuthSettings::default()
+            },
+        )
+    }
+
+    #[test]
+    fn lockout_by_ip_and_by_user_then_expiry() {
+        let a = authenticator(3);
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        for i in 1..=3 {
+            assert_eq!(a.locked(Some(ip), "alice@x", t0), None, "attempt {i}");
+            let (count, now_locked) = a.failed(Some(ip), format!("u{i}@x"), t0);
+            assert_eq!((count, now_locked), (i, i == 3));
+        }
+        assert_eq!(a.locked(Some(ip), "alice@x", t0), Some("client"));
+        assert_eq!(a.locked(Some(other), "alice@x", t0), None);
+        // Spread over IPs, one user name still locks.
+        for i in 0..3 {
+            let ip = IpAddr::from([198, 51, 100, i]);
+            a.failed(Some(ip), "bob@x".into(), t0);
+        }
+        assert_eq!(a.locked(Some(other), "bob@x", t0), Some("user"));
+        // The lockout ends `lockout` after the last failure.
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(a.locked(Some(ip), "bob@x", later), None);
+        // ...and old failures no longer count.
+        assert_eq!(a.failed(Some(ip), "bob@x".into(), later), (1, false));
+    }
+
+    #[test]
+    fn success_clears_the_user_only() {
+        let a = authenticator(2);
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        a.failed(Some(ip), "alice@x".into(), t0);
+        a.succeeded("alice@x");
+        a.failed(Some(ip), "alice@x".into(), t0);
+        assert_eq!(a.locked(None, "alice@x", t0), None);
+        assert_eq!(a.locked(Some(ip), "carol@x", t0), Some("client"));
+    }
+
+    #[test]
+    fn user_keys_are_normalised() {
+        assert_eq!(user_key("Alice@EXAMPLE.org"), "alice@example.org");
+        assert_eq!(user_key("ALICE"), "alice");
+        assert_eq!(user_key(&"x".repeat(1000)).len(), 255);
+    }
+}

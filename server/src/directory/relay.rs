@@ -1,0 +1,263 @@
+//! Relay policy: who may send where, and as whom. Pure functions, no I/O.
+//!
+//! # Recipients ([`route`])
+//!
+//! Without AUTH (and outside the trusted networks), mail is accepted only for local domains;
+//! everything else is "Relaying denied" (550 5.7.1). Forms that tried to trick servers into
+//! relaying, and what they are here:
+//!
+//! | form | what it is |
+//! |---|---|
+//! | `user%other@local`, `other!user@local`, `"user@other"@local` | refused, 550 5.7.1: a local part holding a route is never forwarded, and no user of ours has one |
+//! | `@local:user@other` | the source route is dropped (RFC 5321 section 3.3, done by proto-core): `user@other`, not local |
+//! | `user@other@local`, `user@local.` | not an address: the session refuses it (501) |
+//! | `user@[192.0.2.1]`, `user@[IPv6:...]` | an address literal is never a local domain: relaying |
+//! | `user@LOCAL`, `user@xn--...` (IDNA form of a local domain), full-width letters | the local domain (UTS #46 folds them); then the user must exist |
+//!
+//! [RFC 5321 section 3.6.1](https://www.rfc-editor.org/rfc/rfc5321#section-3.6.1): "the local-part
+//! of a mailbox MUST BE treated as case sensitive" by others, and only the receiving host
+//! interprets it; we interpret `%`, `!` and `@` in it as "not a mailbox of ours".
+//!
+//! With AUTH (or from a trusted network) any recipient is acceptable as far as policy goes; a
+//! recipient elsewhere is a [`Target::Remote`], which the server answers (outbound delivery
+//! is not there yet: see `reception`).
+//!
+//! # Senders ([`Grants::may_send_as`])
+//!
+//! An authenticated user may use as MAIL FROM (and as header From, see [`HeaderFromCheck`]):
+//! their own address; their own address with a `+suffix` (`alice+lists@example.org`); any
+//! address or domain the configuration grants them in `[senders]`; and the null path `<>`
+//! (RFC 8098 asks MDNs to use it; it impersonates nobody). Anything else is 553 5.7.1.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use proto_core::{ForwardPath, Mailbox, ReversePath};
+
+use crate::directory::users::Address;
+
+/// Where a recipient is, for the relay decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// In a local domain (or `<Postmaster>`): look the user up.
+    Local,
+    /// Elsewhere: relaying.
+    Remote,
+    /// In a local domain, with a route in the local part: never accepted.
+    RoutedLocalPart,
+}
+
+/// What an authenticated user may send as, beyond their own address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    by_user: HashMap<Address, Vec<Grant>>,
+}
+
+/// One thing a user may send as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Any address in this domain (Unicode form, lower case).
+    Domain(String),
+    /// This address.
+    Address(Address),
+}
+
+/// What to do when the header From of an authenticated user's message is not theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderFromCheck {
+    /// Refuse the message (550 5.7.1).
+    #[default]
+    Reject,
+    /// Accept it anyway.
+    Allow,
+}
+
+/// Networks whose clients may relay without AUTH. Empty by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedNetworks(pub Vec<IpNet>);
+
+/// The relay policy of a server, from postern.toml.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `[senders]`.
+    pub grants: Grants,
+    /// `[relay] trusted_networks`.
+    pub trusted_networks: TrustedNetworks,
+    /// `[relay] header_from`.
+    pub header_from: HeaderFromCheck,
+}
+
+/// Classifies a recipient. `is_local` tells whether a domain is ours (any case, either IDNA
+/// form; never an address literal).
+pub fn route(to: &ForwardPath, is_local: impl Fn(&proto_core::Domain) -> bool) -> Target {
+    let mailbox = match to {
+        ForwardPath::Mailbox(m) => m,
+        // <Postmaster> and anything a future proto-core adds without a domain is ours.
+        _ => return Target::Local,
+    };
+    if !is_local(mailbox.domain()) {
+        return Target::Remote;
+    }
+    if has_route(mailbox) {
+        return Target::RoutedLocalPart;
+    }
+    Target::Local
+}
+
+/// Whether the local part holds a `%`, `!` or `@` route.
+fn has_route(mailbox: &Mailbox) -> bool {
+    mailbox.local_part().as_str().contains(['%', '!', '@'])
+}
+
+impl Grants {
+    /// Grants `to` to `user`.
+    pub fn grant(&mut self, user: Address, to: Grant) {
+        self.by_user.entry(user).or_default().push(to);
+    }
+
+    /// Whether `user` may send as `from`.
+    pub fn may_send_as(&self, user: &Address, from: &ReversePath) -> bool {
+        match from {
+            ReversePath::Null => true,
+            ReversePath::Mailbox(m) => match Address::from_mailbox(m) {
+                Ok(a) => self.owns(user, &a),
+                // Not an address a user of ours can have (a literal, a route...): only a domain
+                // grant could cover it, and domains are names.
+                Err(_) => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Whether `user` owns the (normalised) address `a`.
+    pub fn owns(&self, user: &Address, a: &Address) -> bool {
+        if a == user || a.base().as_ref() == Some(user) {
+            return true;
+        }
+        self.by_user.get(user).is_some_and(|grants| {
+            grants.iter().any(|g| match g {
+                Grant::Domain(d) => a.domain() == d,
+                Grant::Address(g) => g == a,
+            })
+        })
+    }
+}
+
+impl TrustedNetworks {
+    /// Whether `ip` is in one of the networks (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_local(d: &proto_core::Domain) -> bool {
+        // The real check goes through userdb's normalisation; so does this one.
+        let probe = format!("postmaster@{}", d.as_str());
+        Address::parse(&probe)
+            .is_ok_and(|a| a.domain() == "example.org" || a.domain() == "bücher.example")
+    }
+
+    #[test]
+    fn recipients_route() {
+        let cases = [
+            ("<alice@example.org>", Target::Local),
+            ("<Alice@EXAMPLE.ORG>", Target::Local),
+            ("<alice@ｅｘａｍｐｌｅ.org>", Target::Local),
+            ("<alice@xn--bcher-kva.example>", Target::Local),
+            ("<alice@BÜCHER.example>", Target::Local),
+            ("<Postmaster>", Target::Local),
+            ("<user%other.example@example.org>", Target::RoutedLocalPart),
+            ("<other.example!user@example.org>", Target::RoutedLocalPart),
+            (
+                "<\"user@other.example\"@example.org>",
+                Target::RoutedLocalPart,
+            ),
+            ("<\"user%other\"@EXAMPLE.org>", Target::RoutedLocalPart),
+            ("<@example.org:user@other.example>", Target::Remote),
+            (
+                "<@example.org,@example.org:user@other.example>",
+                Target::Remote,
+            ),
+            ("<user@other.example>", Target::Remote),
+            ("<user%example.org@other.example>", Target::Remote),
+            ("<user@example.org.other.example>", Target::Remote),
+            ("<user@[127.0.0.1]>", Target::Remote),
+            ("<user@[IPv6:::1]>", Target::Remote),
+            ("<user@[ipv6:0:0:0:0:0:0:0:1]>", Target::Remote),
+        ];
+        for (path, want) in cases {
+            let to = ForwardPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(route(&to, is_local), want, "input {path}");
+        }
+        // These never get as far as the policy: the session refuses them as syntax errors.
+        for bad in [
+            "<user@other.example@example.org>",
+            "<user@example.org.>",
+            "<user@>",
+        ] {
+            assert!(ForwardPath::parse(bad).is_err(), "input {bad}");
+        }
+    }
+
+    #[test]
+    fn senders_own_their_addresses() {
+        let alice = Address::parse("alice@example.org").expect("alice");
+        let mut grants = Grants::default();
+        grants.grant(alice.clone(), Grant::Domain("lists.example".into()));
+        grants.grant(
+            alice.clone(),
+            Grant::Address(Address::parse("bob@example.org").expect("bob")),
+        );
+        let cases = [
+            ("<>", true),
+            ("<alice@example.org>", true),
+            ("<ALICE@Example.Org>", true),
+            ("<alice+news@example.org>", true),
+            ("<bob@example.org>", true),
+            ("<anyone@lists.example>", true),
+            ("<anyone@LISTS.example>", true),
+            ("<carol@example.org>", false),
+            ("<bob+x@example.org>", false),
+            ("<alicex@example.org>", false),
+            ("<alice@other.example>", false),
+            ("<alice@example.org.evil.example>", false),
+            ("<anyone@sub.lists.example>", false),
+            ("<alice@[127.0.0.1]>", false),
+            ("<\"alice@example.org\"@evil.example>", false),
+        ];
+        for (path, want) in cases {
+            let from = ReversePath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(grants.may_send_as(&alice, &from), want, "input {path}");
+        }
+        let bob = Address::parse("bob@example.org").expect("bob");
+        let from = ReversePath::parse("<alice@example.org>").expect("path");
+        assert!(!grants.may_send_as(&bob, &from), "grants are one-way");
+    }
+
+    #[test]
+    fn trusted_networks() {
+        let nets = TrustedNetworks(vec![
+            "192.0.2.0/24".parse().expect("net"),
+            "2001:db8::/32".parse().expect("net"),
+        ]);
+        let cases = [
+            ("192.0.2.7", true),
+            ("::ffff:192.0.2.7", true),
+            ("192.0.3.1", false),
+            ("2001:db8::1", true),
+            ("2001:db9::1", false),
+            ("127.0.0.1", false),
+        ];
+        for (ip, want) in cases {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(nets.contains(ip), want, "input {ip}");
+        }
+        assert!(!TrustedNetworks::default().contains("127.0.0.1".parse().expect("ip")));
+    }
+}

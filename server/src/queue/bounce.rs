@@ -1,0 +1,223 @@
+//! Bounces: a delivery status notification (RFC 3464, composed by [`proto_core::compose`]) to the
+//! sender of a message whose recipients failed for good, queued like any other message.
+//!
+//! The DSN goes into the store (chunks now, envelope with the caller's [`Store::apply`]
+//! batch), so a recipient is never marked failed without its bounce being durable at the
+//! same moment. Where the bounce goes is decided like RCPT decides: a sender of one of our
+//! domains gets it in their mailbox (an unknown local sender gets none: logged), anyone else
+//! through outbound delivery. A null reverse path never gets one (`compose` refuses).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto_core::{
+    Boundary, DsnDate, DsnRequest, ForwardPath, MessageId, OriginalEnvelope, OriginalRecipient,
+    RecipientReport, ReversePath, compose,
+};
+
+use crate::directory::recipients::{Lookup, Recipients};
+use crate::log;
+use crate::queue::QueueId;
+use crate::queue::store::{Address, CHUNK_SIZE, Envelope, Recipient, Store, TraceRecord};
+
+/// What bounces need: the store, our name, and the recipient lookup.
+#[derive(Debug, Clone)]
+pub struct Bouncer {
+    /// The queue store.
+    pub store: Store,
+    /// Our host name (Reporting-MTA, MAILER-DAEMON's domain).
+    pub hostname: String,
+    /// Decides whether the sender is one of our mailboxes.
+    pub recipients: Recipients,
+}
+
+impl Bouncer {
+    /// Composes the DSN about `reports` (recipients of message `id`, described by
+    /// `envelope`) and writes its body to the store. Returns the new message to queue (in the
+    /// caller's batch), or `None` when no DSN is due (null sender, NOTIFY, unknown local
+    /// sender). Blocking.
+    pub fn bounce(
+        &self,
+        id: &QueueId,
+        envelope: &Envelope,
+        reports: Vec<RecipientReport>,
+        now: SystemTime,
+    ) -> Result<Option<(QueueId, Envelope)>, String> {
+        let reverse_path = ReversePath::parse(&envelope.from)
+            .map_err(|e| format!("reverse path {}: {e}", envelope.from))?;
+        let mut original = OriginalEnvelope::new(
+            reverse_path,
+            DsnDate::from_unix(envelope.received_at as i64),
+        );
+        original.envid.clone_from(&envelope.envid);
+        original.ret = envelope.ret;
+        original.body = envelope.body;
+        original.smtputf8 = envelope.smtputf8;
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let token = random_token();
+        let (Some(message_id), Some(boundary), Some(reporting)) = (
+            MessageId::new(&format!("{token}.{id}@{}", self.hostname)),
+            Boundary::new(&format!("=_postern_{token}")),
+            proto_core::Domain::parse(&self.hostname).ok(),
+        ) else {
+            return Err("cannot build the DSN's identifiers".into());
+        };
+        let request = DsnRequest::new(
+            reporting,
+            original,
+            reports,
+            DsnDate::from_unix(secs as i64),
+            message_id,
+            boundary,
+        );
+        let dsn = match compose(&request) {
+            Ok(d) => d,
+            Err(why) => {
+                log::event("dsn", format_args!("id={id} none=\"{why}\""));
+                return Ok(None);
+            }
+        };
+        let to = ForwardPath::Mailbox(dsn.envelope_to().clone());
+        let address = match self.recipients.lookup(&to) {
+            Ok(Lookup::Local(m)) => Address::Local {
+                domain: m.domain,
+                user: m.user,
+            },
+            Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().to_string()),
+            Ok(Lookup::UnknownUser) => {
+                log::event(
+                    "dsn",
+                    format_args!("id={id} none=\"the sender {to} is not a user here\""),
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("looking up the sender {to}: {e}")),
+        };
+
+        // The DSN's body: prefix, the returned part of the original, suffix; in chunks.
+        let bounce_id = QueueId::new();
+        let mut writer = ChunkWriter {
+            store: &self.store,
+            id: &bounce_id,
+            buffer: Vec::with_capacity(CHUNK_SIZE),
+            chunks: 0,
+            size: 0,
+        };
+        writer.write(dsn.prefix())?;
+        let mut content = dsn.returned_content();
+        let mut original = self.store.body(id, envelope.chunks);
+        let mut piece = vec![0u8; CHUNK_SIZE];
+        let mut out = Vec::with_capacity(CHUNK_SIZE + 1024);
+        while !content.is_done() {
+            let n = std::io::Read::read(&mut original, &mut piece)
+                .map_err(|e| format!("reading the original: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            content.feed(&piece[..n], &mut out);
+            writer.write(&out)?;
+            out.clear();
+        }
+        content.finish(&mut out);
+        writer.write(&out)?;
+        writer.write(dsn.suffix())?;
+        let (chunks, size) = writer.finish()?;
+
+        let mut recipient = Recipient::new(address);
+        recipient.notify = Some(proto_core::Notify::Never);
+        let bounce = Envelope {
+            from: "<>".into(),
+            smtputf8: dsn.smtputf8(),
+            body: Some(dsn.body()),
+            ret: None,
+            envid: None,
+            requiretls: false,
+            headers: String::new(),
+            received_at: secs,
+            trace: TraceRecord {
+                helo: self.hostname.clone(),
+                client: "localhost".into(),
+                esmtp: true,
+                tls: None,
+                authenticated: false,
+            },
+            size,
+            chunks,
+            recipients: vec![recipient],
+        };
+        log::event(
+            "dsn",
+            format_args!("id={id} dsn={bounce_id} to={to} size={size}"),
+        );
+        Ok(Some((bounce_id, bounce)))
+    }
+}
+
+/// A report on `address` for the DSN, with its ORCPT and NOTIFY.
+pub fn report_for(recipient: &Recipient, mut report: RecipientReport) -> RecipientReport {
+    report.orcpt = recipient
+        .orcpt
+        .as_ref()
+        .map(|(addr_type, address)| OriginalRecipient {
+            addr_type: addr_type.clone(),
+            address: address.clone(),
+        });
+    report.notify = recipient.notify;
+    report
+}
+
+/// The forward path of a queued recipient (for a pipe: the alias it came from).
+pub fn forward_path(address: &Address) -> Option<ForwardPath> {
+    match address {
+        Address::Pipe { alias, .. } => ForwardPath::parse(&format!("<{alias}>")).ok(),
+        _ => ForwardPath::parse(&format!("<{address}>")).ok(),
+    }
+}
+
+/// 16 random hex digits (unguessable boundaries and Message-IDs).
+fn random_token() -> String {
+    let mut bytes = [0u8; 8];
+    // A failed getrandom leaves zeros; the queue id in the Message-ID keeps it unique.
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a body into the store in chunks of [`CHUNK_SIZE`].
+struct ChunkWriter<'a> {
+    store: &'a Store,
+    id: &'a QueueId,
+    buffer: Vec<u8>,
+    chunks: u32,
+    size: u64,
+}
+
+impl ChunkWriter<'_> {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let room = CHUNK_SIZE - self.buffer.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buffer.extend_from_slice(now);
+            bytes = rest;
+            if self.buffer.len() == CHUNK_SIZE {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.store
+            .put_chunk(self.id, self.chunks, &self.buffer)
+            .map_err(|e| e.to_string())?;
+        self.chunks += 1;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(u32, u64), String> {
+        if !self.buffer.is_empty() {
+            self.flush()?;
+        }
+        Ok((self.chunks, self.size))
+    }
+}

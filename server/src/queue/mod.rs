@@ -1,0 +1,18 @@
+//! The queue: what postern has said 250 to, until every recipient is delivered or bounced.
+//!
+//! - [`id`]: queue ids ([`QueueId`]), the name of a message in the store and the log.
+//! - [`store`]: the fjall store of envelopes and bodies, and the [`store::Envelope`] format.
+//! - [`commit`]: group commit, one fsync for every session waiting on one.
+//! - [`dispatch`]: which delivery workers get a queued message.
+//! - [`bounce`]: delivery status notifications, queued like any other message.
+//!
+//! May use: `proto-core`, `fjall`, [`crate::log`]. The delivery methods that take messages
+//! out of the queue are in [`crate::deliver`].
+
+pub mod bounce;
+pub mod commit;
+pub mod dispatch;
+pub mod id;
+pub mod store;
+
+pub use id::QueueId;

@@ -1,0 +1,1145 @@
+//! The queue store: accepted messages in a fjall database at `<data_dir>/queue/`.
+//!
+//! Two keyspaces:
+//! - `messages`: queue id (16 ASCII bytes) -> [`Envelope`], encoded by [`Envelope::encode`];
+//! - `bodies`: queue id + chunk index (big-endian `u32`) -> one piece of the body as received
+//!   (at most [`CHUNK_SIZE`] bytes). Key-value separation keeps these large values out of the
+//!   LSM tree's blocks, and a small memtable bounds what a crash recovery replays into memory.
+//!
+//! The order of writes is what makes a message atomic. A session writes its chunks as they
+//! arrive (no fsync), then the envelope, then asks the committer ([`crate::queue::commit`]) for one
+//! `fsync` of the journal. fjall's journal is one log for all keyspaces, replayed as a prefix
+//! after a crash (a rotation syncs the old journal first), so a recovered envelope always comes
+//! with every chunk written before it. Chunks without an envelope belong to a transaction that
+//! was never acknowledged: an aborted one removes its own at once; what a crash (or a session
+//! cancelled in the middle of a chunk write) leaves, [`Store::sweep`] removes at startup.
+//!
+//! Every method blocks; call them from a blocking thread (`smol::unblock`), never from the
+//! executor.
+//!
+//! # The envelope encoding
+//! A version byte ([`ENVELOPE_VERSION`]), then the fields in a fixed order: integers
+//! big-endian, strings as a `u32` length and UTF-8 bytes, options as a `0`/`1` tag then the
+//! value, enums as one tag byte. A decoder refuses versions it does not know; a new version
+//! adds fields at the end and keeps decoding the old ones.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use proto_core::{Body, Notify, Ret};
+
+use crate::queue::QueueId;
+
+/// The largest body chunk stored under one key.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// The envelope encoding this build writes. Version 1 lacks what version 2 adds at the end:
+/// REQUIRETLS, and each recipient's next attempt time and last error.
+pub const ENVELOPE_VERSION: u8 = 2;
+
+/// The bodies keyspace's memtable limit: what a crash recovery may replay into memory, and
+/// (twice: one memtable being flushed, one being filled) what a large body costs in memory
+/// while it is received.
+const BODIES_MEMTABLE: u64 = 1024 * 1024;
+
+/// The messages keyspace's memtable limit (fjall's default, 64 MiB, would let envelopes,
+/// delivery marks and removals pile up in memory under load).
+const MESSAGES_MEMTABLE: u64 = 2 * 1024 * 1024;
+
+/// fjall's block cache (default 32 MiB). Envelopes are read back soon after they are written,
+/// mostly from the memtable; a small cache is enough.
+const CACHE_SIZE: u64 = 2 * 1024 * 1024;
+
+/// A problem with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// fjall failed (I/O, or a poisoned database after a failed fsync).
+    #[error("queue store: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// A record could not be decoded.
+    #[error("queue store: bad record for {id}: {why}")]
+    Corrupt {
+        /// The queue id, or the key as text.
+        id: String,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+/// The open store. Cheap to clone (handles are reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    messages: Keyspace,
+    bodies: Keyspace,
+    /// Held while an envelope is read, changed and written back ([`Store::apply`]), so two
+    /// workers changing different recipients of one message never lose each other's change.
+    update: std::sync::Arc<std::sync::Mutex<()>>,
+}
+
+/// Everything about a queued message except its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse path as written in the protocol: `<a@b>` or `<>`.
+    pub from: String,
+    /// MAIL's `SMTPUTF8`.
+    pub smtputf8: bool,
+    /// MAIL's `BODY=`.
+    pub body: Option<Body>,
+    /// MAIL's `RET=` (RFC 3461).
+    pub ret: Option<Ret>,
+    /// MAIL's `ENVID=` (RFC 3461), xtext-decoded.
+    pub envid: Option<String>,
+    /// MAIL's `REQUIRETLS` (RFC 8689): relay only over verified TLS.
+    pub requiretls: bool,
+    /// Header fields added on reception, each ending in CRLF, put on top of the stored
+    /// message (below the trace fields of each delivery): `Authentication-Results`,
+    /// `Received-SPF`, `DKIM-Signature`, ARC sets. Empty when there are none.
+    pub headers: String,
+    /// When the message was accepted, in seconds since the Unix epoch.
+    pub received_at: u64,
+    /// What the `Received:` field says about the connection.
+    pub trace: TraceRecord,
+    /// The body's size in bytes.
+    pub size: u64,
+    /// How many chunks hold the body.
+    pub chunks: u32,
+    /// The recipients, each with its own state.
+    pub recipients: Vec<Recipient>,
+}
+
+/// The connection facts a `Received:` field is built from at delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TraceRecord {
+    /// The EHLO/HELO name.
+    pub helo: String,
+    /// The client's address literal.
+    pub client: String,
+    /// Whether the client used EHLO.
+    pub esmtp: bool,
+    /// TLS version and cipher, when TLS was active.
+    pub tls: Option<(String, String)>,
+    /// Whether the client authenticated.
+    pub authenticated: bool,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// Where it goes.
+    pub address: Address,
+    /// RCPT's `ORCPT=`: address type and address (RFC 3461).
+    pub orcpt: Option<(String, String)>,
+    /// RCPT's `NOTIFY=` (RFC 3461).
+    pub notify: Option<Notify>,
+    /// How far delivery got.
+    pub state: RecipientState,
+    /// Delivery attempts that failed so far.
+    pub attempts: u32,
+    /// When to try next, in seconds since the Unix epoch (0: as soon as possible).
+    pub next_attempt: u64,
+    /// What the last failed attempt ran into, for the queue listing and the bounce.
+    pub last_error: Option<String>,
+    /// The reverse path to use for this recipient instead of the message's (`<...>`): the
+    /// SRS address of a forwarded copy. `None`: the message's own.
+    pub sender: Option<String>,
+    /// Whether the sender was told that delivery is late (a delay warning went out).
+    pub delay_warned: bool,
+}
+
+impl Recipient {
+    /// A pending recipient, never tried.
+    pub fn new(address: Address) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: None,
+            state: RecipientState::Pending,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+            sender: None,
+            delay_warned: false,
+        }
+    }
+}
+
+/// Which worker a change comes from: each owns the recipients of one kind and changes only
+/// those ([`Store::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The local delivery workers: [`Address::Local`] recipients.
+    Local,
+    /// The outbound workers: [`Address::Remote`] recipients.
+    Remote,
+}
+
+impl Owner {
+    /// Whether this owner delivers to `address`.
+    pub fn owns(self, address: &Address) -> bool {
+        matches!(
+            (self, address),
+            (Owner::Local, Address::Local { .. } | Address::Pipe { .. })
+                | (Owner::Remote, Address::Remote(_))
+        )
+    }
+}
+
+/// What [`Store::apply`] left of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The message was not in the store (delivered and removed earlier).
+    Gone,
+    /// No recipient is pending any more: the message was removed.
+    Removed,
+    /// Recipients are still pending; the earliest next attempt of the caller's own, if any
+    /// of them is pending.
+    Pending(Option<u64>),
+}
+
+/// A recipient's destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A mailbox of ours: delivered to `<mail_dir>/<domain>/<user>/`.
+    Local {
+        /// The domain (A-label form, lower case).
+        domain: String,
+        /// The user (lower case).
+        user: String,
+    },
+    /// A mailbox elsewhere: outbound delivery.
+    Remote(String),
+    /// A command the message is piped to (a `| command` alias): local delivery.
+    Pipe {
+        /// The command line as the aliases file wrote it.
+        command: String,
+        /// The alias it belongs to (`user@domain`).
+        alias: String,
+    },
+}
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientState {
+    /// Not delivered yet.
+    Pending,
+    /// Delivered.
+    Delivered,
+    /// Given up on.
+    Failed,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering from a crash if needed.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        // Four background workers (fjall's default here is one per core, two): memtable
+        // rotations wait in the same queue as flushes and compactions, and while they wait
+        // the active memtable grows past its limit. With two workers busy compacting after a
+        // load, a 100 MB body grew it by ~25 MB.
+        let db = Database::builder(dir)
+            .cache_size(CACHE_SIZE)
+            .worker_threads(4)
+            .open()?;
+        let messages = db.keyspace("messages", || {
+            KeyspaceCreateOptions::default().max_memtable_size(MESSAGES_MEMTABLE)
+        })?;
+        let bodies = db.keyspace("bodies", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(BODIES_MEMTABLE)
+                .with_kv_separation(Some(KvSeparationOptions::default()))
+        })?;
+        Ok(Store {
+            db,
+            messages,
+            bodies,
+            update: std::sync::Arc::default(),
+        })
+    }
+
+    /// Writes chunk `index` of `id`'s body (not synced).
+    pub fn put_chunk(&self, id: &QueueId, index: u32, chunk: &[u8]) -> Result<(), StoreError> {
+        self.bodies.insert(chunk_key(id, index), chunk)?;
+        Ok(())
+    }
+
+    /// Writes `id`'s envelope (not synced: ask the committer).
+    pub fn put_envelope(&self, id: &QueueId, envelope: &Envelope) -> Result<(), StoreError> {
+        self.messages.insert(id.as_str(), envelope.encode())?;
+        Ok(())
+    }
+
+    /// `id`'s envelope, if it is queued.
+    pub fn envelope(&self, id: &QueueId) -> Result<Option<Envelope>, StoreError> {
+        match self.messages.get(id.as_str())? {
+            Some(bytes) => Envelope::decode(&bytes)
+                .map(Some)
+                .map_err(|why| StoreError::Corrupt {
+                    id: id.to_string(),
+                    why,
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// A reader over `id`'s body, fetching one chunk at a time.
+    pub fn body(&self, id: &QueueId, chunks: u32) -> BodyReader {
+        BodyReader {
+            bodies: self.bodies.clone(),
+            id: id.clone(),
+            chunks,
+            next: 0,
+            current: fjall::Slice::from(&b""[..]),
+            offset: 0,
+        }
+    }
+
+    /// Removes the first `chunks` chunks of `id` (an abandoned transaction; not synced).
+    pub fn discard_chunks(&self, id: &QueueId, chunks: u32) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for i in 0..chunks {
+            batch.remove(&self.bodies, chunk_key(id, i));
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Removes a message, envelope and body, in one atomic batch (not synced: if the removal
+    /// is lost in a crash, the message comes back with no pending recipient and is removed
+    /// again).
+    pub fn remove(&self, id: &QueueId, chunks: u32) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        batch.remove(&self.messages, id.as_str());
+        for i in 0..chunks {
+            batch.remove(&self.bodies, chunk_key(id, i));
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// Records what a worker did, in one atomic batch (not synced: ask the committer).
+    ///
+    /// For each `(id, envelope)` in `changes`, the stored envelope is read again and the
+    /// state, attempts, next attempt and last error of the recipients `owner` owns are copied
+    /// from `envelope` (the others are left as stored: another worker may have changed
+    /// them). A message with no recipient pending any more is removed, envelope and body.
+    /// `new` messages (bounces; their chunks already written) are added in the same batch, so
+    /// a recipient is never marked failed without its bounce being queued.
+    pub fn apply(
+        &self,
+        changes: &[(QueueId, Envelope)],
+        owner: Owner,
+        new: &[(QueueId, Envelope)],
+    ) -> Result<Vec<Applied>, StoreError> {
+        let _guard = self
+            .update
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = self.db.batch();
+        let mut applied = Vec::with_capacity(changes.len());
+        for (id, changed) in changes {
+            let Some(mut stored) = self.envelope(id)? else {
+                applied.push(Applied::Gone);
+                continue;
+            };
+            for (theirs, ours) in stored.recipients.iter_mut().zip(&changed.recipients) {
+                if owner.owns(&theirs.address) && theirs.address == ours.address {
+                    theirs.state = ours.state;
+                    theirs.attempts = ours.attempts;
+                    theirs.next_attempt = ours.next_attempt;
+                    theirs.last_error.clone_from(&ours.last_error);
+                    theirs.delay_warned = ours.delay_warned;
+                }
+            }
+            if stored.pending() {
+                batch.insert(&self.messages, id.as_str(), stored.encode());
+                applied.push(Applied::Pending(stored.next_attempt(owner)));
+            } else {
+                batch.remove(&self.messages, id.as_str());
+                for i in 0..stored.chunks {
+                    batch.remove(&self.bodies, chunk_key(id, i));
+                }
+                applied.push(Applied::Removed);
+            }
+        }
+        for (id, envelope) in new {
+            batch.insert(&self.messages, id.as_str(), envelope.encode());
+        }
+        batch.commit()?;
+        Ok(applied)
+    }
+
+    /// Makes every write so far durable: one fsync of the journal.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(())
+    }
+
+    /// Every queued message's id, in id (= time) order.
+    pub fn ids(&self) -> Result<Vec<QueueId>, StoreError> {
+        let mut ids = Vec::new();
+        for guard in self.messages.iter() {
+            let key = guard.key()?;
+            ids.push(parse_id(&key)?);
+        }
+        Ok(ids)
+    }
+
+    /// Removes body chunks that have no envelope (transactions that were never acknowledged).
+    /// Run at startup, before sessions write. Returns how many messages' chunks went.
+    pub fn sweep(&self) -> Result<usize, StoreError> {
+        let mut orphans: Vec<(QueueId, u32)> = Vec::new();
+        for guard in self.bodies.iter() {
+            let key = guard.key()?;
+            if key.len() != 20 {
+                return Err(StoreError::Corrupt {
+                    id: String::from_utf8_lossy(&key).into_owned(),
+                    why: "a body key is not 20 bytes".into(),
+                });
+            }
+            let id = parse_id(&key[..16])?;
+            if let Some((last, n)) = orphans.last_mut()
+                && *last == id
+            {
+                *n += 1;
+                continue;
+            }
+            if !self.messages.contains_key(id.as_str())? {
+                orphans.push((id, 1));
+            }
+        }
+        let count = orphans.len();
+        let mut batch = self.db.batch();
+        for (id, _) in &orphans {
+            // Chunk indexes are dense from 0, but a crash may have lost some: remove by prefix.
+            for guard in self.bodies.prefix(id.as_str()) {
+                batch.remove(&self.bodies, guard.key()?);
+            }
+        }
+        batch.commit()?;
+        self.sync()?;
+        Ok(count)
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Reads a stored body chunk by chunk: at most one chunk in memory.
+pub struct BodyReader {
+    bodies: Keyspace,
+    id: QueueId,
+    chunks: u32,
+    next: u32,
+    current: fjall::Slice,
+    offset: usize,
+}
+
+impl std::fmt::Debug for BodyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyReader")
+            .field("id", &self.id)
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.current.len() {
+            if self.next == self.chunks {
+                return Ok(0);
+            }
+            let key = chunk_key(&self.id, self.next);
+            self.current = self
+                .bodies
+                .get(key)
+                .map_err(io::Error::other)?
+                .ok_or_else(|| {
+                    io::Error::other(format!("chunk {} of {} is missing", self.next, self.id))
+                })?;
+            self.offset = 0;
+            self.next += 1;
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
+impl Envelope {
+    /// Whether any recipient still waits for delivery.
+    pub fn pending(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.state == RecipientState::Pending)
+    }
+
+    /// The client job that delivers this message to its recipients `indexes`, which share a
+    /// reverse path (the first one's own, if it has one, else the message's); MAIL
+    /// parameters as received. The error names a recipient that is no address.
+    pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::MailJob, String> {
+        let sender = indexes
+            .first()
+            .and_then(|&i| self.recipients[i].sender.as_deref())
+            .unwrap_or(&self.from);
+        let from = proto_core::ReversePath::parse(sender).unwrap_or(proto_core::ReversePath::Null);
+        let mut job = proto_core::MailJob::new(from, std::iter::empty());
+        for &i in indexes {
+            let r = &self.recipients[i];
+            let to = crate::queue::bounce::forward_path(&r.address)
+                .ok_or_else(|| format!("{} is not an address", r.address))?;
+            let mut j = proto_core::JobRecipient::new(to);
+            j.notify = r.notify;
+            j.orcpt = r
+                .orcpt
+                .as_ref()
+                .map(|(t, a)| proto_core::OriginalRecipient {
+                    addr_type: t.clone(),
+                    address: a.clone(),
+                });
+            job.recipients.push(j);
+        }
+        job.size = Some(self.size);
+        job.body = self.body;
+        job.smtputf8 = self.smtputf8;
+        job.requiretls = self.requiretls;
+        job.ret = self.ret;
+        job.envid.clone_from(&self.envid);
+        Ok(job)
+    }
+
+    /// When the message was received, as a time.
+    pub fn received_time(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.received_at)
+    }
+
+    /// Whether any recipient `owner` delivers to still waits for delivery.
+    pub fn pending_for(&self, owner: Owner) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.state == RecipientState::Pending && owner.owns(&r.address))
+    }
+
+    /// The earliest next attempt among the pending recipients `owner` delivers to.
+    pub fn next_attempt(&self, owner: Owner) -> Option<u64> {
+        self.recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Pending && owner.owns(&r.address))
+            .map(|r| r.next_attempt)
+            .min()
+    }
+
+    /// The stored form (see the module doc).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(256));
+        w.u8(ENVELOPE_VERSION);
+        w.str(&self.from);
+        w.bool(self.smtputf8);
+        w.u8(match self.body {
+            None => 0,
+            Some(Body::SevenBit) => 1,
+            Some(Body::EightBitMime) => 2,
+            Some(Body::BinaryMime) => 3,
+            // proto-core may add body types; store them as "not given" rather than fail.
+            Some(_) => 0,
+        });
+        w.u8(match self.ret {
+            Some(Ret::Full) => 1,
+            Some(Ret::Headers) => 2,
+            _ => 0,
+        });
+        w.opt_str(self.envid.as_deref());
+        w.u64(self.received_at);
+        w.str(&self.trace.helo);
+        w.str(&self.trace.client);
+        w.bool(self.trace.esmtp);
+        match &self.trace.tls {
+            Some((version, cipher)) => {
+                w.u8(1);
+                w.str(version);
+                w.str(cipher);
+            }
+            None => w.u8(0),
+        }
+        w.bool(self.trace.authenticated);
+        w.u64(self.size);
+        w.u32(self.chunks);
+        w.u32(self.recipients.len() as u32);
+        for r in &self.recipients {
+            match &r.address {
+                Address::Local { domain, user } => {
+                    w.u8(1);
+                    w.str(domain);
+                    w.str(user);
+                }
+                Address::Remote(a) => {
+                    w.u8(2);
+                    w.str(a);
+                }
+                Address::Pipe { command, alias } => {
+                    w.u8(3);
+                    w.str(command);
+                    w.str(alias);
+                }
+            }
+            match &r.orcpt {
+                Some((t, a)) => {
+                    w.u8(1);
+                    w.str(t);
+                    w.str(a);
+                }
+                None => w.u8(0),
+            }
+            match r.notify {
+                None => w.u8(0),
+                Some(Notify::Never) => w.u8(1),
+                Some(Notify::On {
+                    success,
+                    failure,
+                    delay,
+                }) => {
+                    w.u8(2);
+                    w.bool(success);
+                    w.bool(failure);
+                    w.bool(delay);
+                }
+                Some(_) => w.u8(0),
+            }
+            w.u8(match r.state {
+                RecipientState::Pending => 0,
+                RecipientState::Delivered => 1,
+                RecipientState::Failed => 2,
+            });
+            w.u32(r.attempts);
+        }
+        // Version 2.
+        w.bool(self.requiretls);
+        w.str(&self.headers);
+        for r in &self.recipients {
+            w.u64(r.next_attempt);
+            w.opt_str(r.last_error.as_deref());
+            w.opt_str(r.sender.as_deref());
+            w.bool(r.delay_warned);
+        }
+        w.0
+    }
+
+    /// Decodes [`Envelope::encode`]'s output; the error says what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+        let mut r = Reader(bytes);
+        let version = r.u8()?;
+        if !(1..=ENVELOPE_VERSION).contains(&version) {
+            return Err(format!("unknown envelope version {version}"));
+        }
+        let from = r.str()?;
+        let smtputf8 = r.bool()?;
+        let body = match r.u8()? {
+            0 => None,
+            1 => Some(Body::SevenBit),
+            2 => Some(Body::EightBitMime),
+            3 => Some(Body::BinaryMime),
+            t => return Err(format!("bad BODY tag {t}")),
+        };
+        let ret = match r.u8()? {
+            0 => None,
+            1 => Some(Ret::Full),
+            2 => Some(Ret::Headers),
+            t => return Err(format!("bad RET tag {t}")),
+        };
+        let envid = r.opt_str()?;
+        let received_at = r.u64()?;
+        let helo = r.str()?;
+        let client = r.str()?;
+        let esmtp = r.bool()?;
+        let tls = match r.u8()? {
+            0 => None,
+            1 => Some((r.str()?, r.str()?)),
+            t => return Err(format!("bad TLS tag {t}")),
+        };
+        let authenticated = r.bool()?;
+        let size = r.u64()?;
+        let chunks = r.u32()?;
+        let count = r.u32()?;
+        let mut recipients = Vec::new();
+        for _ in 0..count {
+            let address = match r.u8()? {
+                1 => Address::Local {
+                    domain: r.str()?,
+                    user: r.str()?,
+                },
+                2 => Address::Remote(r.str()?),
+                3 => Address::Pipe {
+                    command: r.str()?,
+                    alias: r.str()?,
+                },
+                t => return Err(format!("bad address tag {t}")),
+            };
+            let orcpt = match r.u8()? {
+                0 => None,
+                1 => Some((r.str()?, r.str()?)),
+                t => return Err(format!("bad ORCPT tag {t}")),
+            };
+            let notify = match r.u8()? {
+                0 => None,
+                1 => Some(Notify::Never),
+                2 => Some(Notify::On {
+                    success: r.bool()?,
+                    failure: r.bool()?,
+                    delay: r.bool()?,
+                }),
+                t => return Err(format!("bad NOTIFY tag {t}")),
+            };
+            let state = match r.u8()? {
+                0 => RecipientState::Pending,
+                1 => RecipientState::Delivered,
+                2 => RecipientState::Failed,
+                t => return Err(format!("bad state tag {t}")),
+            };
+            let attempts = r.u32()?;
+            recipients.push(Recipient {
+                address,
+                orcpt,
+                notify,
+                state,
+                attempts,
+                next_attempt: 0,
+                last_error: None,
+                sender: None,
+                delay_warned: false,
+            });
+        }
+        let mut requiretls = false;
+        let mut headers = String::new();
+        if version >= 2 {
+            requiretls = r.bool()?;
+            headers = r.str()?;
+            for recipient in &mut recipients {
+                recipient.next_attempt = r.u64()?;
+                recipient.last_error = r.opt_str()?;
+                recipient.sender = r.opt_str()?;
+                recipient.delay_warned = r.bool()?;
+            }
+        }
+        if !r.0.is_empty() {
+            return Err(format!("{} bytes after the envelope", r.0.len()));
+        }
+        Ok(Envelope {
+            from,
+            smtputf8,
+            body,
+            ret,
+            envid,
+            requiretls,
+            headers,
+            received_at,
+            trace: TraceRecord {
+                helo,
+                client,
+                esmtp,
+                tls,
+                authenticated,
+            },
+            size,
+            chunks,
+            recipients,
+        })
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Local { domain, user } => write!(f, "{user}@{domain}"),
+            Address::Remote(a) => f.write_str(a),
+            Address::Pipe { command, alias } => write!(f, "|{command}| ({alias})"),
+        }
+    }
+}
+
+/// The key of chunk `index` of `id`.
+fn chunk_key(id: &QueueId, index: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(id.as_str().as_bytes());
+    key[16..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// A queue id from a key.
+fn parse_id(bytes: &[u8]) -> Result<QueueId, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(QueueId::parse)
+        .ok_or_else(|| StoreError::Corrupt {
+            id: String::from_utf8_lossy(bytes).into_owned(),
+            why: "not a queue id".into(),
+        })
+}
+
+/// Appends encoded fields.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn bool(&mut self, v: bool) {
+        self.0.push(u8::from(v));
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+/// Takes encoded fields from the front.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        if self.0.len() < n {
+            return Err("truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn bool(&mut self) -> Result<bool, String> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(format!("bad boolean {b}")),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
+    }
+    fn opt_str(&mut self) -> Result<Option<String>, String> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.str().map(Some),
+            t => Err(format!("bad option tag {t}")),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Envelope {
+    /// An envelope without MAIL parameters or trace facts, for tests.
+    pub(crate) fn plain(
+        from: &str,
+        size: u64,
+        chunks: u32,
+        recipients: Vec<Recipient>,
+    ) -> Envelope {
+        Envelope {
+            from: from.into(),
+            smtputf8: false,
+            body: None,
+            ret: None,
+            envid: None,
+            requiretls: false,
+            headers: String::new(),
+            received_at: 0,
+            trace: TraceRecord::default(),
+            size,
+            chunks,
+            recipients,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Envelope {
+        Envelope {
+            from: "<bob@example.net>".into(),
+            smtputf8: true,
+            body: Some(Body::EightBitMime),
+            ret: Some(Ret::Headers),
+            envid: Some("env-1".into()),
+            requiretls: true,
+            headers: "Authentication-Results: mx.example.org; spf=pass\r\n".into(),
+            received_at: 1_780_000_000,
+            trace: TraceRecord {
+                helo: "client.test".into(),
+                client: "[127.0.0.1]".into(),
+                esmtp: true,
+                tls: Some(("TLSv1.3".into(), "TLS13_AES_256_GCM_SHA384".into())),
+                authenticated: false,
+            },
+            size: 12345,
+            chunks: 1,
+            recipients: vec![
+                Recipient {
+                    address: Address::Local {
+                        domain: "example.org".into(),
+                        user: "alice".into(),
+                    },
+                    orcpt: Some(("rfc822".into(), "Alice@example.org".into())),
+                    notify: Some(Notify::On {
+                        success: true,
+                        failure: false,
+                        delay: true,
+                    }),
+                    state: RecipientState::Pending,
+                    attempts: 0,
+                    next_attempt: 0,
+                    last_error: None,
+                    sender: None,
+                    delay_warned: false,
+                },
+                Recipient {
+                    address: Address::Pipe {
+                        command: "/usr/bin/procmail -d eve".into(),
+                        alias: "eve@example.org".into(),
+                    },
+                    orcpt: None,
+                    notify: None,
+                    state: RecipientState::Pending,
+                    attempts: 1,
+                    next_attempt: 1_780_000_600,
+                    last_error: Some("exit 75".into()),
+                    sender: None,
+                    delay_warned: false,
+                },
+                Recipient {
+                    address: Address::Remote("carol@elsewhere.test".into()),
+                    orcpt: None,
+                    notify: Some(Notify::Never),
+                    state: RecipientState::Delivered,
+                    attempts: 3,
+                    next_attempt: 1_780_000_600,
+                    last_error: Some("451 4.7.1 greylisted".into()),
+                    sender: Some("<SRS0=HHH=TT=example.net=bob@example.org>".into()),
+                    delay_warned: true,
+                },
+                Recipient {
+                    address: Address::Local {
+                        domain: "example.org".into(),
+                        user: "dave".into(),
+                    },
+                    orcpt: None,
+                    notify: None,
+                    state: RecipientState::Failed,
+                    attempts: 7,
+                    next_attempt: 1_780_000_600,
+                    last_error: Some("451 4.7.1 greylisted".into()),
+                    sender: None,
+                    delay_warned: false,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip() {
+        let plain = Envelope::plain("<>", 0, 0, vec![]);
+        for e in [sample(), plain] {
+            let bytes = e.encode();
+            assert_eq!(bytes[0], ENVELOPE_VERSION);
+            assert_eq!(Envelope::decode(&bytes).as_ref(), Ok(&e), "input {e:?}");
+        }
+    }
+
+    /// A queue written by a version-1 build is still read: the fields version 2 added take
+    /// their defaults.
+    #[test]
+    fn version_one_envelopes_still_decode() {
+        let mut e = sample();
+        let v2 = e.encode();
+        // Version 1 is version 2 without its tail: REQUIRETLS, then per recipient a u64 and
+        // an optional string.
+        let tail: usize = 1
+            + 4
+            + e.headers.len()
+            + e.recipients
+                .iter()
+                .map(|r| {
+                    8 + 1
+                        + r.last_error.as_ref().map_or(0, |t| 4 + t.len())
+                        + 1
+                        + r.sender.as_ref().map_or(0, |t| 4 + t.len())
+                        + 1
+                })
+                .sum::<usize>();
+        let mut v1 = v2[..v2.len() - tail].to_vec();
+        v1[0] = 1;
+        e.requiretls = false;
+        e.headers.clear();
+        for r in &mut e.recipients {
+            r.next_attempt = 0;
+            r.last_error = None;
+            r.sender = None;
+            r.delay_warned = false;
+        }
+        assert_eq!(Envelope::decode(&v1), Ok(e));
+    }
+
+    /// Two workers change different recipients of one message from the copies they read:
+    /// neither change is lost, and the message goes once nothing is pending.
+    #[test]
+    fn apply_merges_each_owners_recipients() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let id = QueueId::new();
+        store.put_chunk(&id, 0, b"body\r\n").expect("chunk");
+        let local = Recipient::new(Address::Local {
+            domain: "example.org".into(),
+            user: "alice".into(),
+        });
+        let remote = Recipient::new(Address::Remote("bob@elsewhere.test".into()));
+        let envelope = Envelope::plain("<s@example.org>", 6, 1, vec![local, remote]);
+        store.put_envelope(&id, &envelope).expect("put");
+
+        // Both read the same copy; the outbound worker defers bob, the local one delivers
+        // alice; the outbound change lands first.
+        let mut outbound = envelope.clone();
+        outbound.recipients[1].attempts = 1;
+        outbound.recipients[1].next_attempt = 500;
+        outbound.recipients[1].last_error = Some("451 try later".into());
+        // A worker's view of a recipient it does not own is ignored.
+        outbound.recipients[0].state = RecipientState::Failed;
+        let mut local_view = envelope.clone();
+        local_view.recipients[0].state = RecipientState::Delivered;
+
+        let applied = store
+            .apply(&[(id.clone(), outbound)], Owner::Remote, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Pending(Some(500))]);
+        let applied = store
+            .apply(&[(id.clone(), local_view)], Owner::Local, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Pending(None)]);
+        let stored = store.envelope(&id).expect("read").expect("queued");
+        assert_eq!(stored.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(stored.recipients[1].state, RecipientState::Pending);
+        assert_eq!(stored.recipients[1].next_attempt, 500);
+        assert_eq!(
+            stored.recipients[1].last_error.as_deref(),
+            Some("451 try later")
+        );
+
+        // bob fails for good and his bounce is queued in the same batch: the message goes.
+        let mut failed = stored.clone();
+        failed.recipients[1].state = RecipientState::Failed;
+        let bounce_id = QueueId::new();
+        let bounce = Envelope::plain(
+            "<>",
+            0,
+            0,
+            vec![Recipient::new(Address::Local {
+                domain: "example.org".into(),
+                user: "s".into(),
+            })],
+        );
+        let applied = store
+            .apply(
+                &[(id.clone(), failed.clone())],
+                Owner::Remote,
+                &[(bounce_id.clone(), bounce.clone())],
+            )
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Removed]);
+        assert_eq!(store.envelope(&id).expect("read"), None);
+        assert_eq!(store.envelope(&bounce_id).expect("read"), Some(bounce));
+        let mut rest = Vec::new();
+        store
+            .body(&id, 1)
+            .read_to_end(&mut rest)
+            .expect_err("body removed");
+        // Applying to a message that is gone changes nothing.
+        let applied = store
+            .apply(&[(id, failed)], Owner::Remote, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Gone]);
+    }
+
+    #[test]
+    fn bad_envelopes_are_refused() {
+        let good = sample().encode();
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 99;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let cases: [(&[u8], &str); 4] = [
+            (&[], "truncated"),
+            (&good[..good.len() - 1], "truncated"),
+            (&wrong_version, "version 99"),
+            (&trailing, "after the envelope"),
+        ];
+        for (bytes, want) in cases {
+            let e = Envelope::decode(bytes).expect_err("must fail");
+            assert!(e.contains(want), "input {bytes:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bodies_stream_back_and_orphans_are_swept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let kept = QueueId::new();
+        let orphan = QueueId::new();
+        let body: Vec<u8> = (0..(CHUNK_SIZE * 2 + 100))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let pieces: Vec<&[u8]> = body.chunks(CHUNK_SIZE).collect();
+        for (i, c) in pieces.iter().enumerate() {
+            store.put_chunk(&kept, i as u32, c).expect("chunk");
+            store.put_chunk(&orphan, i as u32, c).expect("chunk");
+        }
+        let mut e = sample();
+        e.chunks = pieces.len() as u32;
+        store.put_envelope(&kept, &e).expect("envelope");
+        store.sync().expect("sync");
+        assert_eq!(store.sweep().expect("sweep"), 1);
+        assert_eq!(store.ids().expect("ids"), vec![kept.clone()]);
+        let mut back = Vec::new();
+        store
+            .body(&kept, e.chunks)
+            .read_to_end(&mut back)
+            .expect("read");
+        assert_eq!(back, body);
+        let mut gone = Vec::new();
+        assert!(store.body(&orphan, 1).read_to_end(&mut gone).is_err());
+        store.remove(&kept, e.chunks).expect("remove");
+        assert!(store.ids().expect("ids").is_empty());
+        assert_eq!(store.bodies.iter().count(), 0);
+    }
+}

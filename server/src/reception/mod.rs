@@ -1,0 +1,751 @@
+//! Receiving mail: the [`Handler`] that answers a session's questions.
+//!
+//! One [`Reception`] per connection. MAIL opens a transaction with a fresh queue id; RCPT
+//! looks the recipient up ([`Recipients`]): a local mailbox is accepted, an unknown user in a
+//! local domain gets 550 5.1.1, any other domain 550 5.7.1 unless the client may relay. The
+//! body is streamed into the queue store ([`crate::queue::store`]) in chunks of at most
+//! [`CHUNK_SIZE`] bytes as it arrives, unsynced; at the end of data the envelope is written
+//! after the last chunk, the committer ([`crate::queue::commit`]) makes both durable with one group
+//! fsync, and only then is the message answered 250 and handed to the delivery workers
+//! ([`crate::deliver::local`]). A transaction that is abandoned (RSET, a dropped connection, a refused
+//! message) has its chunks removed; chunks a crash leaves behind are swept at startup.
+//!
+//! AUTH is checked by [`Authenticator`] (user database, brute-force limits). The relay policy
+//! is [`crate::directory::relay`]'s: without AUTH (or a trusted network) only local recipients; with it,
+//! MAIL FROM, and the header From at the end of data, must be the user's own; recipients
+//! elsewhere are then queued for outbound delivery ([`crate::deliver::smtp`]). Recipients of our
+//! domains go through the aliases ([`crate::directory::destinations`]): users, pipes, and forwarding
+//! with an SRS sender.
+//!
+//! Mail authentication ([`crate::mailauth`]): an authenticated user's message is DKIM-signed
+//! as it streams in; on the smtp listeners, other servers' mail gets SPF at MAIL and DKIM,
+//! ARC and DMARC at the end of data, and the results are added on top of the stored message
+//! (`Envelope::headers`). `Authentication-Results` fields claiming our hostname are dropped
+//! from every message before it is stored.
+
+pub mod trace;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto_core::{
+    Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath, Session, Verdict,
+};
+use runtime_smol::Handler;
+
+use crate::config::Role;
+use crate::directory::aliases::Aliases;
+use crate::directory::destinations::{self, Decision as RcptDecision};
+use crate::directory::header_from::{self, HeaderCollector};
+use crate::directory::logins::Authenticator;
+use crate::directory::recipients::Recipients;
+use crate::directory::relay::{self, HeaderFromCheck, Policy, Target};
+use crate::directory::users::Address;
+use crate::log;
+use crate::mailauth::forged::ForgedFilter;
+use crate::mailauth::sign::Signing;
+use crate::mailauth::verify::Verifier;
+use crate::mailauth::{Decision, Inbound, SpfResults, spf_word};
+use crate::queue::QueueId;
+use crate::queue::commit::Committer;
+use crate::queue::dispatch::Dispatch;
+use crate::queue::store::{
+    self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, TraceRecord,
+};
+use crate::reception::trace::{MAX_RECEIVED, ReceivedCounter};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Recipient lookups.
+    pub recipients: Recipients,
+    /// The alias tables of the local domains.
+    pub aliases: Arc<Aliases>,
+    /// SRS for forwarded mail and its bounces.
+    pub srs: Arc<proto_core::Srs>,
+    /// Checks logins.
+    pub auth: Arc<Authenticator>,
+    /// Who may relay and send as whom.
+    pub policy: Policy,
+    /// `[auth] allow_plaintext_on_loopback`.
+    pub allow_plaintext_on_loopback: bool,
+    /// The queue store.
+    pub store: Store,
+    /// Group commit.
+    pub committer: Committer,
+    /// Where queued messages go for delivery.
+    pub dispatch: Dispatch,
+    /// DKIM signing and the SPF, DKIM, ARC and DMARC checks ([`crate::mailauth`]).
+    pub inbound: Arc<Inbound>,
+}
+
+/// The handler of one connection.
+#[derive(Debug)]
+pub struct Reception {
+    shared: Arc<Shared>,
+    role: Role,
+    transaction: Option<Transaction>,
+    /// Who logged in, once AUTH succeeded (the session forgets it on STARTTLS; so do we, by
+    /// asking the session too: see [`Reception::user`]).
+    user: Option<Address>,
+}
+
+/// The open transaction.
+#[derive(Debug)]
+struct Transaction {
+    id: QueueId,
+    from: ReversePath,
+    params: MailParams,
+    /// Each recipient: where it goes, its own reverse path (SRS) if any, its parameters.
+    recipients: Vec<(store::Address, Option<String>, RcptParams)>,
+    received: ReceivedCounter,
+    /// The header section, for the header From check of authenticated users.
+    header: HeaderCollector,
+    /// Body bytes not yet written: less than [`CHUNK_SIZE`].
+    buffer: Vec<u8>,
+    /// Chunks written to the store so far.
+    chunks: u32,
+    /// Body bytes received so far.
+    size: u64,
+    /// Why the body could not be stored, once it could not.
+    failure: Option<String>,
+    /// The DKIM signing of an authenticated user's message.
+    signing: Option<Signing>,
+    /// The checks of a message from another server.
+    checks: Option<Checks>,
+    /// Drops `Authentication-Results` fields claiming our hostname from what is stored.
+    forged: ForgedFilter,
+    /// Header fields to add on top of the message (`Envelope::headers`).
+    headers: String,
+    /// The check results, for the log.
+    auth_summary: Option<String>,
+}
+
+/// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
+#[derive(Debug)]
+struct Checks {
+    spf: SpfResults,
+    verifier: Verifier,
+}
+
+impl Reception {
+    /// A handler for a connection on a listener with `role`.
+    pub fn new(shared: Arc<Shared>, role: Role) -> Reception {
+        Reception {
+            shared,
+            role,
+            transaction: None,
+            user: None,
+        }
+    }
+
+    /// The authenticated user, if the session is authenticated.
+    fn user(&self, session: &Session) -> Option<&Address> {
+        session.authenticated().and(self.user.as_ref())
+    }
+
+    /// Whether this client may send to other domains: authenticated, or in a trusted network.
+    fn may_relay(&self, session: &Session) -> bool {
+        self.user(session).is_some()
+            || session
+                .peer()
+                .remote
+                .is_some_and(|a| self.shared.policy.trusted_networks.contains(a.ip()))
+    }
+
+    /// Whether mail in this session is checked ([`crate::mailauth`]): on the smtp listeners,
+    /// without AUTH, from outside the trusted networks, when `[checks] enabled`.
+    fn checked_ip(&self, session: &Session) -> Option<IpAddr> {
+        let ip = session.peer().remote?.ip().to_canonical();
+        let checked = self.role == Role::Smtp
+            && self.shared.inbound.settings.enabled
+            && !self.may_relay(session);
+        checked.then_some(ip)
+    }
+
+    /// Signs and checks the finished message: the fields to add, or the refusal.
+    async fn authenticate(&self, session: &Session, t: &mut Transaction) -> Result<(), Verdict> {
+        // The end of a header section without an empty line, unless it is a forgery.
+        let forged = std::mem::replace(&mut t.forged, ForgedFilter::new(""));
+        let mut rest = Vec::new();
+        let removed = forged.finish(&mut rest);
+        if let Some(signing) = &mut t.signing {
+            signing.update(&rest);
+        }
+        t.size += rest.len() as u64;
+        t.buffer.extend_from_slice(&rest);
+        if removed > 0 {
+            // In the `received` log line, with the check results if any.
+            t.auth_summary = Some(format!("forged_results_removed={removed}"));
+        }
+        if let Some(signing) = t.signing.take() {
+            let keys = self.shared.inbound.keys.clone();
+            match signing
+                .finish(keys, t.header.header(), SystemTime::now())
+                .await
+            {
+                Ok(fields) => t.headers.extend(fields),
+                Err(e) => {
+                    log::event(
+                        "failed",
+                        format_args!("id={} reason=\"dkim signing: {e}\"", t.id),
+                    );
+                    return Err(Verdict::Reject(reply(
+                        451,
+                        (4, 3, 0),
+                        "Local error in processing (DKIM signing), try again later",
+                    )));
+                }
+            }
+        }
+        if let Some(checks) = t.checks.take() {
+            let seal = self.forwarding_keys(t).await;
+            let report = self
+                .shared
+                .inbound
+                .check_message(checks.verifier, &checks.spf, seal.as_deref())
+                .await;
+            let mut summary = report.summary;
+            if let Some(forged) = t.auth_summary.take() {
+                summary.push(' ');
+                summary.push_str(&forged);
+            }
+            if let Decision::Refuse(r) = report.decision {
+                let what = format!("from={} auth=\"{summary}\"", t.from);
+                return Err(self.refuse(session, t.id.as_str(), &what, r));
+            }
+            t.headers.push_str(&report.headers);
+            t.auth_summary = Some(summary);
+        }
+        Ok(())
+    }
+
+    /// The DKIM keys of the domain that forwards this message (the domain of the SRS sender
+    /// of its first forwarded recipient), to ARC-seal it with; `None` when nothing is
+    /// forwarded or the domain has no usable key.
+    async fn forwarding_keys(
+        &self,
+        t: &Transaction,
+    ) -> Option<std::sync::Arc<crate::mailauth::dkim::DkimKeys>> {
+        let sender = t
+            .recipients
+            .iter()
+            .find_map(|(_, sender, _)| sender.clone())?;
+        let domain = sender
+            .trim_matches(|c| c == '<' || c == '>')
+            .rsplit_once('@')?
+            .1
+            .to_string();
+        let keys = self.shared.inbound.keys.clone();
+        let id = t.id.clone();
+        smol::unblock(move || match keys.get(&domain) {
+            Ok(keys) if !keys.is_empty() => Some(keys),
+            Ok(_) => None,
+            Err(e) => {
+                log::event(
+                    "arc",
+                    format_args!("id={id} problem=\"no sealing key: {e}\""),
+                );
+                None
+            }
+        })
+        .await
+    }
+
+    /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
+    fn refuse(&self, session: &Session, id: &str, what: &str, reply: Reply) -> Verdict {
+        log::event(
+            "rejected",
+            format_args!(
+                "id={id} {what} client={} role={} reply=\"{}\"",
+                client_ip(session),
+                self.role.name(),
+                reply.to_string().trim_end()
+            ),
+        );
+        Verdict::Reject(reply)
+    }
+
+    /// For an authenticated user under `header_from = "reject"`: the refusal when the header
+    /// From is not one the user may send as ([`header_from::check`]).
+    fn check_header_from(&self, session: &Session, t: &Transaction) -> Option<Verdict> {
+        let user = self.user(session)?;
+        if self.shared.policy.header_from != HeaderFromCheck::Reject {
+            return None;
+        }
+        let problem = header_from::check(t.header.header(), |a| {
+            self.shared.policy.grants.owns(user, a)
+        })
+        .err()?;
+        let what = format!("from={} header_from=\"{problem}\"", t.from);
+        // RFC 3463 5.7.1: delivery not authorized, message refused.
+        Some(self.refuse(
+            session,
+            t.id.as_str(),
+            &what,
+            reply(550, (5, 7, 1), &format!("Message refused: {problem}")),
+        ))
+    }
+
+    /// Makes the finished transaction durable; the verdict for its end of data.
+    async fn queue(&self, session: &Session, mut t: Transaction) -> Verdict {
+        if let Some(why) = t.failure.take() {
+            log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return Verdict::Reject(reply(
+                451,
+                (4, 3, 0),
+                "Local error in processing, try again later",
+            ));
+        }
+        // The last piece of the body is written by the committer with the envelope (one trip
+        // to its thread for both).
+        let last = (!t.buffer.is_empty()).then(|| (t.chunks, std::mem::take(&mut t.buffer)));
+        t.chunks += u32::from(last.is_some());
+        let envelope = envelope(session, &t);
+        log::event(
+            "received",
+            format_args!(
+                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}{}",
+                t.id,
+                t.from,
+                t.size,
+                t.recipients.len(),
+                client_ip(session),
+                self.role.name(),
+                envelope.trace.helo,
+                session
+                    .tls()
+                    .map(|tls| format!(" tls={} cipher={}", tls.version, tls.cipher))
+                    .unwrap_or_default(),
+                t.auth_summary
+                    .as_ref()
+                    .map(|a| format!(" auth=\"{a}\""))
+                    .unwrap_or_default()
+            ),
+        );
+        // From here on the work runs as its own task: if this session's future is dropped
+        // (the connection goes away), a message that becomes durable still reaches the
+        // workers instead of waiting in the store for the next start.
+        let (done, outcome) = async_channel::bounded(1);
+        let shared = self.shared.clone();
+        let id = t.id.clone();
+        let (size, chunks) = (t.size, t.chunks);
+        let queued = envelope.clone();
+        smol::spawn(async move {
+            let result = commit(&shared, &id, last, envelope).await;
+            match &result {
+                Ok(()) => {
+                    log::event(
+                        "queued",
+                        format_args!("id={id} size={size} chunks={chunks}"),
+                    );
+                    shared.dispatch.queued(&id, &queued);
+                }
+                Err(why) => {
+                    log::event("failed", format_args!("id={id} reason=\"{why}\""));
+                    discard(&shared.store, &id, chunks, true).await;
+                }
+            }
+            let _ = done.try_send(result);
+        })
+        .detach();
+        if !matches!(outcome.recv().await, Ok(Ok(()))) {
+            return Verdict::Reject(reply(
+                451,
+                (4, 3, 0),
+                "Local error in processing, try again later",
+            ));
+        }
+        Verdict::AcceptWithText(format!("Ok: queued as {}", t.id))
+    }
+}
+
+impl Reception {
+    /// Adds a recipient to the open transaction, once. A recipient that an alias expanded
+    /// `to` into keeps `to` as its original recipient (ORCPT, for DSNs) unless the client
+    /// gave one.
+    fn add_recipient(
+        &mut self,
+        address: store::Address,
+        sender: Option<String>,
+        to: &ForwardPath,
+        params: &RcptParams,
+    ) {
+        let Some(t) = &mut self.transaction else {
+            return;
+        };
+        if t.recipients.iter().any(|(a, _, _)| *a == address) {
+            return;
+        }
+        let mut params = params.clone();
+        if params.orcpt.is_none()
+            && let ForwardPath::Mailbox(m) = to
+            && address != store::Address::Remote(m.to_string())
+            && m.is_ascii()
+        {
+            params.orcpt = Some(proto_core::OriginalRecipient {
+                addr_type: "rfc822".into(),
+                address: m.to_string(),
+            });
+        }
+        t.recipients.push((address, sender, params));
+    }
+}
+
+impl Handler for Reception {
+    async fn mail(
+        &mut self,
+        session: &Session,
+        from: &ReversePath,
+        params: &MailParams,
+    ) -> Verdict {
+        if let Some(user) = self.user(session)
+            && !self.shared.policy.grants.may_send_as(user, from)
+        {
+            // RFC 3463 5.7.1 "Delivery not authorized, message refused": not their address.
+            return self.refuse(
+                session,
+                "-",
+                &format!("from={from}"),
+                reply(
+                    553,
+                    (5, 7, 1),
+                    "Sender address not owned by the authenticated user",
+                ),
+            );
+        }
+        if let Some(old) = self.transaction.take() {
+            discard(&self.shared.store, &old.id, old.chunks, false).await;
+        }
+        let id = QueueId::new();
+        let mut checks = None;
+        if let Some(ip) = self.checked_ip(session) {
+            let helo = session.helo().unwrap_or_default();
+            let sender = match from {
+                ReversePath::Mailbox(m) => m.to_string(),
+                _ => String::new(),
+            };
+            let (spf, decision) = self.shared.inbound.spf(ip, helo, &sender).await;
+            if let Decision::Refuse(r) = decision {
+                let what = format!(
+                    "from={from} spf={} helo-spf={}",
+                    spf_word(spf.mail_from.result()),
+                    spf_word(spf.helo_result.result())
+                );
+                return self.refuse(session, id.as_str(), &what, r);
+            }
+            checks = Some(Checks {
+                spf,
+                verifier: Verifier::default(),
+            });
+        }
+        let signing = self.user(session).map(|_| Signing::default());
+        self.transaction = Some(Transaction {
+            id,
+            from: from.clone(),
+            params: params.clone(),
+            recipients: Vec::new(),
+            received: ReceivedCounter::default(),
+            header: HeaderCollector::default(),
+            buffer: Vec::new(),
+            chunks: 0,
+            size: 0,
+            failure: None,
+            signing,
+            checks,
+            forged: ForgedFilter::new(&self.shared.inbound.hostname),
+            headers: String::new(),
+            auth_summary: None,
+        });
+        Verdict::Accept
+    }
+
+    async fn rcpt(&mut self, session: &Session, to: &ForwardPath, params: &RcptParams) -> Verdict {
+        let (id, from, sender) = match &self.transaction {
+            Some(t) => (t.id.to_string(), t.from.to_string(), t.from.clone()),
+            None => ("-".to_string(), String::new(), ReversePath::Null),
+        };
+        let what = format!("from={from} to={to}");
+        let shared = self.shared.clone();
+        let path = to.clone();
+        let relay_ok = self.may_relay(session);
+        let (target, decision) = smol::unblock(move || {
+            let target = relay::route(&path, |d| shared.recipients.is_local_domain(d));
+            let destinations = destinations::Destinations {
+                recipients: &shared.recipients,
+                aliases: &shared.aliases,
+                srs: &shared.srs,
+            };
+            (
+                target,
+                destinations.decide(&path, &sender, SystemTime::now()),
+            )
+        })
+        .await;
+        if target == Target::RoutedLocalPart {
+            return self.refuse(
+                session,
+                &id,
+                &what,
+                reply(
+                    550,
+                    (5, 7, 1),
+                    "Routing in the local part is not accepted here",
+                ),
+            );
+        }
+        match decision {
+            RcptDecision::Accept(targets) => {
+                for t in targets {
+                    self.add_recipient(t.address, t.sender, to, params);
+                }
+                Verdict::Accept
+            }
+            RcptDecision::Refuse(code, status, text) => {
+                self.refuse(session, &id, &what, reply(code, status, &text))
+            }
+            // An authenticated user (or a trusted network) sending elsewhere: outbound.
+            RcptDecision::NotLocal if relay_ok => match to {
+                ForwardPath::Mailbox(m) => {
+                    self.add_recipient(store::Address::Remote(m.to_string()), None, to, params);
+                    Verdict::Accept
+                }
+                _ => self.refuse(
+                    session,
+                    &id,
+                    &what,
+                    reply(550, (5, 1, 1), "No such user here"),
+                ),
+            },
+            // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
+            RcptDecision::NotLocal => self.refuse(
+                session,
+                &id,
+                &what,
+                reply(550, (5, 7, 1), "Relaying denied"),
+            ),
+        }
+    }
+
+    async fn auth(&mut self, session: &Session, credentials: Credentials) -> Verdict {
+        let ip = session.peer().remote.map(|a| a.ip().to_canonical());
+        let plaintext_ok =
+            self.shared.allow_plaintext_on_loopback && ip.is_some_and(|ip| ip.is_loopback());
+        if session.tls().is_none() && !plaintext_ok {
+            // The session's policy already withholds AUTH here; this is a second lock.
+            // RFC 4954 section 6: 538 5.7.11 "Encryption required for requested authentication
+            // mechanism".
+            return Verdict::Reject(reply(538, (5, 7, 11), "Encryption required for AUTH"));
+        }
+        match self
+            .shared
+            .auth
+            .login(ip, credentials, self.role.name())
+            .await
+        {
+            Ok(user) => {
+                self.user = Some(user);
+                Verdict::Accept
+            }
+            Err(reply) => Verdict::Reject(reply),
+        }
+    }
+
+    async fn message_start(&mut self, _session: &Session) {}
+
+    async fn message_data(&mut self, _session: &Session, chunk: Vec<u8>) {
+        let Some(t) = &mut self.transaction else {
+            return;
+        };
+        t.received.feed(&chunk);
+        t.header.feed(&chunk);
+        // The checks see the message as received; what is stored (and signed) is the
+        // message less the Authentication-Results fields that claim our hostname.
+        if let Some(checks) = &mut t.checks {
+            checks.verifier.update(&chunk);
+        }
+        let mut kept = Vec::with_capacity(chunk.len());
+        t.forged.feed(&chunk, &mut kept);
+        let chunk = kept;
+        if let Some(signing) = &mut t.signing {
+            signing.update(&chunk);
+        }
+        t.size += chunk.len() as u64;
+        if t.failure.is_some() {
+            return;
+        }
+        t.buffer.extend_from_slice(&chunk);
+        while t.failure.is_none() && t.buffer.len() >= CHUNK_SIZE {
+            let rest = t.buffer.split_off(CHUNK_SIZE);
+            let full = std::mem::replace(&mut t.buffer, rest);
+            write_chunk(&self.shared.store, t, full).await;
+        }
+    }
+
+    async fn message_end(&mut self, session: &Session) -> Verdict {
+        let Some(mut t) = self.transaction.take() else {
+            return Verdict::Reject(reply(451, (4, 3, 0), "Local error: no transaction"));
+        };
+        if t.received.count() > MAX_RECEIVED {
+            let what = format!("from={} size={}", t.from, t.size);
+            let verdict = self.refuse(
+                session,
+                t.id.as_str(),
+                &what,
+                reply(
+                    554,
+                    (5, 4, 6),
+                    "Too many Received: header fields, mail loop suspected",
+                ),
+            );
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return verdict;
+        }
+        if let Some(verdict) = self.check_header_from(session, &t) {
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return verdict;
+        }
+        if let Err(verdict) = self.authenticate(session, &mut t).await {
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+            return verdict;
+        }
+        self.queue(session, t).await
+    }
+
+    async fn aborted(&mut self, _session: &Session) {
+        if let Some(t) = self.transaction.take() {
+            discard(&self.shared.store, &t.id, t.chunks, false).await;
+        }
+    }
+}
+
+/// Writes the `last` chunk of `id`'s body (index and bytes), if any, then its envelope, and
+/// waits for the group commit to make the message durable.
+async fn commit(
+    shared: &Shared,
+    id: &QueueId,
+    last: Option<(u32, Vec<u8>)>,
+    envelope: Envelope,
+) -> Result<(), String> {
+    let id = id.clone();
+    shared
+        .committer
+        .write_and_sync(move |store| {
+            if let Some((index, chunk)) = last {
+                store.put_chunk(&id, index, &chunk)?;
+            }
+            store.put_envelope(&id, &envelope)
+        })
+        .await
+}
+
+/// Writes one chunk of `t`'s body; a failure is remembered and ends the storing.
+async fn write_chunk(store: &Store, t: &mut Transaction, chunk: Vec<u8>) {
+    let store = store.clone();
+    let id = t.id.clone();
+    let index = t.chunks;
+    match smol::unblock(move || store.put_chunk(&id, index, &chunk)).await {
+        Ok(()) => t.chunks += 1,
+        Err(e) => t.failure = Some(e.to_string()),
+    }
+}
+
+/// Removes what an abandoned transaction stored: its chunks, and its envelope if `envelope`.
+/// A failure only leaves work for the startup sweep.
+async fn discard(store: &Store, id: &QueueId, chunks: u32, envelope: bool) {
+    if chunks == 0 && !envelope {
+        return;
+    }
+    let store = store.clone();
+    let id = id.clone();
+    let _ = smol::unblock(move || {
+        if envelope {
+            store.remove(&id, chunks)
+        } else {
+            store.discard_chunks(&id, chunks)
+        }
+    })
+    .await;
+}
+
+/// The envelope to store for a finished transaction.
+fn envelope(session: &Session, t: &Transaction) -> Envelope {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Envelope {
+        from: t.from.to_string(),
+        smtputf8: t.params.smtputf8,
+        body: t.params.body,
+        ret: t.params.ret,
+        envid: t.params.envid.clone(),
+        requiretls: t.params.requiretls,
+        headers: t.headers.clone(),
+        received_at: now,
+        trace: TraceRecord {
+            helo: session.helo().unwrap_or("unknown").to_string(),
+            client: client_literal(session),
+            esmtp: session.is_esmtp(),
+            tls: session
+                .tls()
+                .map(|tls| (tls.version.clone(), tls.cipher.clone())),
+            authenticated: session.authenticated().is_some(),
+        },
+        size: t.size,
+        chunks: t.chunks,
+        recipients: t
+            .recipients
+            .iter()
+            .map(|(address, sender, params)| Recipient {
+                address: address.clone(),
+                orcpt: params
+                    .orcpt
+                    .as_ref()
+                    .map(|o| (o.addr_type.clone(), o.address.clone())),
+                notify: params.notify,
+                state: RecipientState::Pending,
+                attempts: 0,
+                next_attempt: 0,
+                last_error: None,
+                sender: sender.clone(),
+                delay_warned: false,
+            })
+            .collect(),
+    }
+}
+
+impl Drop for Reception {
+    /// A connection that ends without `aborted` (an I/O error, shutdown) leaves no chunks.
+    fn drop(&mut self) {
+        if let Some(t) = self.transaction.take()
+            && t.chunks > 0
+        {
+            let store = self.shared.store.clone();
+            smol::unblock(move || store.discard_chunks(&t.id, t.chunks)).detach();
+        }
+    }
+}
+
+/// A reply from literal numbers (constants in this file, so never invalid).
+fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
+    Reply::of(code, enhanced, text)
+}
+
+/// The client's IP for logs.
+fn client_ip(session: &Session) -> String {
+    session.peer().remote.map_or_else(
+        || "unknown".to_string(),
+        |a| a.ip().to_canonical().to_string(),
+    )
+}
+
+/// The client's address as an RFC 5321 address literal, for `Received:`.
+fn client_literal(session: &Session) -> String {
+    match session.peer().remote.map(|a| a.ip().to_canonical()) {
+        Some(IpAddr::V4(ip)) => format!("[{ip}]"),
+        Some(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
+        None => "unknown".to_string(),
+    }
+}
