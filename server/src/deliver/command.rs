@@ -74,14 +74,19 @@ pub struct Substitutions {
 }
 
 impl Substitutions {
-    /// From the queued reverse path (`<a@b>` or `<>`) and the recipient's halves.
-    pub fn new(reverse_path: &str, to_user: &str, to_domain: &str) -> Substitutions {
-        let from = reverse_path
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>');
+    /// From the queued reverse path and the recipient's halves (`%from%` is the sender's
+    /// address without brackets, empty for `<>`).
+    pub fn new(
+        reverse_path: &proto_core::ReversePath,
+        to_user: &str,
+        to_domain: &str,
+    ) -> Substitutions {
+        let from = match reverse_path {
+            proto_core::ReversePath::Mailbox(m) => m.to_string(),
+            _ => String::new(),
+        };
         Substitutions {
-            from: from.to_string(),
+            from,
             to_user: to_user.to_string(),
             to_domain: to_domain.to_string(),
         }
@@ -502,24 +507,28 @@ mod tests {
         }
     }
 
+    fn path(text: &str) -> proto_core::ReversePath {
+        proto_core::ReversePath::parse(text).expect("a reverse path")
+    }
+
     #[test]
     fn substitutions_stay_inside_their_word() {
         let line = CommandLine::parse("/bin/x -f %from% --to=%to% %to_user% %to_domain% %other%")
             .expect("parses");
-        let s = Substitutions::new("<evil; rm -rf / @x.test>", "bob", "example.org");
+        let s = Substitutions::new(&path("<\"evil; rm -rf / \"@x.test>"), "bob", "example.org");
         assert_eq!(
             line.argv(&s),
             [
                 "/bin/x",
                 "-f",
-                "evil; rm -rf / @x.test",
+                "\"evil; rm -rf / \"@x.test",
                 "--to=bob@example.org",
                 "bob",
                 "example.org",
                 "%other%"
             ]
         );
-        let null = Substitutions::new("<>", "bob", "example.org");
+        let null = Substitutions::new(&path("<>"), "bob", "example.org");
         assert_eq!(line.argv(&null)[2], "MAILER-DAEMON");
     }
 
@@ -527,7 +536,7 @@ mod tests {
         let line = CommandLine {
             words: vec!["/bin/sh".into(), "-c".into(), script.into()],
         };
-        let subs = Substitutions::new("<s@client.test>", "bob", "example.org");
+        let subs = Substitutions::new(&path("<s@client.test>"), "bob", "example.org");
         smol::block_on(deliver(&line, &subs, message, timeout))
     }
 
@@ -609,7 +618,7 @@ mod tests {
         let out = tmp.path().join("out");
         let line = CommandLine::parse(&format!("sh -c 'cat > \"$1\"' sh {}", out.display()))
             .expect("parses");
-        let subs = Substitutions::new("<>", "bob", "example.org");
+        let subs = Substitutions::new(&path("<>"), "bob", "example.org");
         let got = smol::block_on(deliver(
             &line,
             &subs,
@@ -623,7 +632,7 @@ mod tests {
     #[test]
     fn a_program_that_cannot_start_defers() {
         let line = CommandLine::parse("/nonexistent/mda -x").expect("parses");
-        let subs = Substitutions::new("<>", "bob", "example.org");
+        let subs = Substitutions::new(&path("<>"), "bob", "example.org");
         match smol::block_on(deliver(&line, &subs, &b"x"[..], Duration::from_secs(5))) {
             Delivery::Deferred(why) => {
                 assert!(why.contains("cannot run /nonexistent/mda"), "{why}")
@@ -641,7 +650,7 @@ mod tests {
             out.display()
         ))
         .expect("parses");
-        let subs = Substitutions::new("<s@client.test>", "bob", "example.org");
+        let subs = Substitutions::new(&path("<s@client.test>"), "bob", "example.org");
         let got = smol::block_on(deliver(&line, &subs, &b"x"[..], Duration::from_secs(30)));
         assert_eq!(got, Delivery::Delivered("exit status 0".into()));
         assert_eq!(

@@ -359,7 +359,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                     return None;
                 }
                 let report = proto_core::RecipientReport::new(
-                    bounce::forward_path(&r.address)?,
+                    r.address.forward_path()?,
                     proto_core::DsnAction::Delivered,
                     proto_core::EnhancedStatus::new(2, 0, 0)?,
                 );
@@ -373,7 +373,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
             .into_iter()
             .chain(p.failed.iter().filter_map(|(i, why)| {
                 let r = &p.envelope.recipients[*i];
-                let to = bounce::forward_path(&r.address)?;
+                let to = r.address.forward_path()?;
                 let mut report = proto_core::RecipientReport::new(
                     to,
                     proto_core::DsnAction::Failed,
@@ -448,7 +448,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
 /// fields added on reception.
 fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> String {
     let mut header = Trace::of(envelope, id.as_str(), by).header(
-        &envelope.from,
+        &envelope.from.to_string(),
         &to.to_string(),
         envelope.received_time(),
     );
@@ -457,10 +457,10 @@ fn trace_header(envelope: &Envelope, id: &QueueId, to: &Address, by: &str) -> St
 }
 
 /// The reverse path a recipient's copy carries: its own (SRS) or the message's.
-fn sender_of(envelope: &Envelope, i: usize) -> &str {
+fn sender_of(envelope: &Envelope, i: usize) -> &proto_core::ReversePath {
     envelope.recipients[i]
         .sender
-        .as_deref()
+        .as_ref()
         .unwrap_or(&envelope.from)
 }
 
@@ -477,7 +477,7 @@ fn run_command(
     let to = format!("{user}@{domain}");
     let from = sender_of(&p.envelope, i);
     let mut header = Trace::of(&p.envelope, p.id.as_str(), &local.hostname).header(
-        from,
+        &from.to_string(),
         &to,
         p.envelope.received_time(),
     );
@@ -664,10 +664,10 @@ mod tests {
         let ids = store.ids().expect("ids");
         assert_eq!(ids.len(), 1, "one DSN queued");
         let dsn = store.envelope(&ids[0]).expect("read").expect("dsn");
-        assert_eq!(dsn.from, "<>");
+        assert_eq!(dsn.from, proto_core::ReversePath::Null);
         assert_eq!(
             dsn.recipients[0].address,
-            Address::Remote("s@client.test".into())
+            Address::Remote("s@client.test".parse().expect("mailbox"))
         );
         let mut text = String::new();
         std::io::Read::read_to_string(&mut store.body(&ids[0], dsn.chunks), &mut text)

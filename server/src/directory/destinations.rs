@@ -32,7 +32,7 @@ pub struct Target {
     /// Where it goes.
     pub address: Address,
     /// The reverse path for it, when not the message's own (SRS).
-    pub sender: Option<String>,
+    pub sender: Option<ReversePath>,
 }
 
 /// What RCPT should do with an address.
@@ -72,7 +72,7 @@ impl Destinations<'_> {
         if proto_core::is_srs(local) {
             return match self.srs.reverse(mailbox, now) {
                 Ok(original) => Decision::Accept(vec![Target {
-                    address: Address::Remote(original.to_string()),
+                    address: Address::Remote(original),
                     sender: None,
                 }]),
                 // RFC 3463 5.7.1: delivery not authorized.
@@ -113,7 +113,7 @@ impl Destinations<'_> {
                     }
                 }
                 Destination::Remote(address) | Destination::Forward { address, .. } => Target {
-                    address: Address::Remote(address.to_string()),
+                    address: Address::Remote(address),
                     sender: self.forward_sender(from, mailbox.domain(), now),
                 },
                 Destination::Pipe { command, alias } => Target {
@@ -140,12 +140,12 @@ impl Destinations<'_> {
         from: &ReversePath,
         domain: &Domain,
         now: SystemTime,
-    ) -> Option<String> {
+    ) -> Option<ReversePath> {
         let ReversePath::Mailbox(sender) = from else {
             return None;
         };
         match self.srs.forward(sender, domain, now) {
-            Ok(rewritten) if rewritten != *sender => Some(format!("<{rewritten}>")),
+            Ok(rewritten) if rewritten != *sender => Some(ReversePath::Mailbox(rewritten)),
             Ok(_) => None,
             Err(e) => {
                 crate::log::event(

@@ -42,10 +42,8 @@ impl Bouncer {
         reports: Vec<RecipientReport>,
         now: SystemTime,
     ) -> Result<Option<(QueueId, Envelope)>, String> {
-        let reverse_path = ReversePath::parse(&envelope.from)
-            .map_err(|e| format!("reverse path {}: {e}", envelope.from))?;
         let mut original = OriginalEnvelope::new(
-            reverse_path,
+            envelope.from.clone(),
             DsnDate::from_unix(envelope.received_at as i64),
         );
         original.envid.clone_from(&envelope.envid);
@@ -82,7 +80,7 @@ impl Bouncer {
                 domain: m.domain,
                 user: m.user,
             },
-            Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().to_string()),
+            Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().clone()),
             Ok(Lookup::UnknownUser) => {
                 log::event(
                     "dsn",
@@ -125,7 +123,7 @@ impl Bouncer {
         let mut recipient = Recipient::new(address);
         recipient.notify = Some(proto_core::Notify::Never);
         let bounce = Envelope {
-            from: "<>".into(),
+            from: ReversePath::Null,
             smtputf8: dsn.smtputf8(),
             body: Some(dsn.body()),
             ret: None,
@@ -163,14 +161,6 @@ pub fn report_for(recipient: &Recipient, mut report: RecipientReport) -> Recipie
         });
     report.notify = recipient.notify;
     report
-}
-
-/// The forward path of a queued recipient (for a pipe: the alias it came from).
-pub fn forward_path(address: &Address) -> Option<ForwardPath> {
-    match address {
-        Address::Pipe { alias, .. } => ForwardPath::parse(&format!("<{alias}>")).ok(),
-        _ => ForwardPath::parse(&format!("<{address}>")).ok(),
-    }
 }
 
 /// 16 random hex digits (unguessable boundaries and Message-IDs).

@@ -158,7 +158,11 @@ mod tests {
                             // thread; then the envelope through the committer.
                             let (s, i) = (store.clone(), id.clone());
                             smol::unblock(move || {
-                                s.put_chunk(&i, 0, format!("body {w} {m}").as_bytes())
+                                s.put_chunk(
+                                    &i,
+                                    0,
+                                    format!("body <w{w}.m{m}@example.test>").as_bytes(),
+                                )
                             })
                             .await
                             .expect("chunk");
@@ -221,6 +225,6 @@ mod tests {
 
     /// An envelope whose reverse path names its writer and message, to check bodies against.
     fn envelope(w: usize, m: usize) -> Envelope {
-        Envelope::plain(&format!("{w} {m}"), 0, 1, vec![])
+        Envelope::plain(&format!("<w{w}.m{m}@example.test>"), 0, 1, vec![])
     }
 }

@@ -27,7 +27,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
-use proto_core::{Body, Notify, Ret};
+use proto_core::{Body, ForwardPath, Mailbox, Notify, Ret, ReversePath};
 
 use crate::queue::QueueId;
 
@@ -81,8 +81,8 @@ pub struct Store {
 /// Everything about a queued message except its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// The reverse path as written in the protocol: `<a@b>` or `<>`.
-    pub from: String,
+    /// MAIL's reverse path (stored as written in the protocol: `<a@b>` or `<>`).
+    pub from: ReversePath,
     /// MAIL's `SMTPUTF8`.
     pub smtputf8: bool,
     /// MAIL's `BODY=`.
@@ -141,9 +141,9 @@ pub struct Recipient {
     pub next_attempt: u64,
     /// What the last failed attempt ran into, for the queue listing and the bounce.
     pub last_error: Option<String>,
-    /// The reverse path to use for this recipient instead of the message's (`<...>`): the
-    /// SRS address of a forwarded copy. `None`: the message's own.
-    pub sender: Option<String>,
+    /// The reverse path to use for this recipient instead of the message's: the SRS address
+    /// of a forwarded copy. `None`: the message's own.
+    pub sender: Option<ReversePath>,
     /// Whether the sender was told that delivery is late (a delay warning went out).
     pub delay_warned: bool,
 }
@@ -209,7 +209,7 @@ pub enum Address {
         user: String,
     },
     /// A mailbox elsewhere: outbound delivery.
-    Remote(String),
+    Remote(Mailbox),
     /// A command the message is piped to (a `| command` alias): local delivery.
     Pipe {
         /// The command line as the aliases file wrote it.
@@ -481,17 +481,19 @@ impl Envelope {
 
     /// The client job that delivers this message to its recipients `indexes`, which share a
     /// reverse path (the first one's own, if it has one, else the message's); MAIL
-    /// parameters as received. The error names a recipient that is no address.
+    /// parameters as received. The error names a local recipient that is no address.
     pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::MailJob, String> {
-        let sender = indexes
+        let from = indexes
             .first()
-            .and_then(|&i| self.recipients[i].sender.as_deref())
-            .unwrap_or(&self.from);
-        let from = proto_core::ReversePath::parse(sender).unwrap_or(proto_core::ReversePath::Null);
+            .and_then(|&i| self.recipients[i].sender.as_ref())
+            .unwrap_or(&self.from)
+            .clone();
         let mut job = proto_core::MailJob::new(from, std::iter::empty());
         for &i in indexes {
             let r = &self.recipients[i];
-            let to = crate::queue::bounce::forward_path(&r.address)
+            let to = r
+                .address
+                .forward_path()
                 .ok_or_else(|| format!("{} is not an address", r.address))?;
             let mut j = proto_core::JobRecipient::new(to);
             j.notify = r.notify;
@@ -538,7 +540,7 @@ impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(256));
         w.u8(ENVELOPE_VERSION);
-        w.str(&self.from);
+        w.str(&self.from.to_string());
         w.bool(self.smtputf8);
         w.u8(match self.body {
             None => 0,
@@ -579,7 +581,7 @@ impl Envelope {
                 }
                 Address::Remote(a) => {
                     w.u8(2);
-                    w.str(a);
+                    w.str(&a.to_string());
                 }
                 Address::Pipe { command, alias } => {
                     w.u8(3);
@@ -623,7 +625,7 @@ impl Envelope {
         for r in &self.recipients {
             w.u64(r.next_attempt);
             w.opt_str(r.last_error.as_deref());
-            w.opt_str(r.sender.as_deref());
+            w.opt_str(r.sender.as_ref().map(ToString::to_string).as_deref());
             w.bool(r.delay_warned);
         }
         w.0
@@ -636,7 +638,7 @@ impl Envelope {
         if !(1..=ENVELOPE_VERSION).contains(&version) {
             return Err(format!("unknown envelope version {version}"));
         }
-        let from = r.str()?;
+        let from = reverse_path(&r.str()?)?;
         let smtputf8 = r.bool()?;
         let body = match r.u8()? {
             0 => None,
@@ -672,7 +674,7 @@ impl Envelope {
                     domain: r.str()?,
                     user: r.str()?,
                 },
-                2 => Address::Remote(r.str()?),
+                2 => Address::Remote(mailbox(&r.str()?)?),
                 3 => Address::Pipe {
                     command: r.str()?,
                     alias: r.str()?,
@@ -721,7 +723,7 @@ impl Envelope {
             for recipient in &mut recipients {
                 recipient.next_attempt = r.u64()?;
                 recipient.last_error = r.opt_str()?;
-                recipient.sender = r.opt_str()?;
+                recipient.sender = r.opt_str()?.as_deref().map(reverse_path).transpose()?;
                 recipient.delay_warned = r.bool()?;
             }
         }
@@ -751,11 +753,36 @@ impl Envelope {
     }
 }
 
+impl Address {
+    /// The forward path this recipient was accepted as (for a pipe: the alias it came from).
+    /// `None` only for a local user or alias the store holds in a form that is no address.
+    pub fn forward_path(&self) -> Option<ForwardPath> {
+        match self {
+            Address::Remote(m) => Some(ForwardPath::Mailbox(m.clone())),
+            Address::Local { domain, user } => Mailbox::parse(&format!("{user}@{domain}"))
+                .ok()
+                .map(ForwardPath::Mailbox),
+            Address::Pipe { alias, .. } => Mailbox::parse(alias).ok().map(ForwardPath::Mailbox),
+        }
+    }
+}
+
+/// A stored reverse path: the decoder refuses one that does not parse (the message is then
+/// reported as damaged and kept), never reads it as `<>`.
+fn reverse_path(text: &str) -> Result<ReversePath, String> {
+    ReversePath::parse(text).map_err(|e| format!("bad reverse path {text:?}: {e}"))
+}
+
+/// A stored remote mailbox, refused like [`reverse_path`].
+fn mailbox(text: &str) -> Result<Mailbox, String> {
+    Mailbox::parse(text).map_err(|e| format!("bad recipient {text:?}: {e}"))
+}
+
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Address::Local { domain, user } => write!(f, "{user}@{domain}"),
-            Address::Remote(a) => f.write_str(a),
+            Address::Remote(a) => write!(f, "{a}"),
             Address::Pipe { command, alias } => write!(f, "|{command}| ({alias})"),
         }
     }
@@ -867,7 +894,7 @@ impl Envelope {
         recipients: Vec<Recipient>,
     ) -> Envelope {
         Envelope {
-            from: from.into(),
+            from: ReversePath::parse(from).expect("a reverse path"),
             smtputf8: false,
             body: None,
             ret: None,
@@ -889,7 +916,7 @@ mod tests {
 
     pub(crate) fn sample() -> Envelope {
         Envelope {
-            from: "<bob@example.net>".into(),
+            from: proto_core::ReversePath::parse("<bob@example.net>").expect("path"),
             smtputf8: true,
             body: Some(Body::EightBitMime),
             ret: Some(Ret::Headers),
@@ -940,14 +967,17 @@ mod tests {
                     delay_warned: false,
                 },
                 Recipient {
-                    address: Address::Remote("carol@elsewhere.test".into()),
+                    address: Address::Remote("carol@elsewhere.test".parse().expect("mailbox")),
                     orcpt: None,
                     notify: Some(Notify::Never),
                     state: RecipientState::Delivered,
                     attempts: 3,
                     next_attempt: 1_780_000_600,
                     last_error: Some("451 4.7.1 greylisted".into()),
-                    sender: Some("<SRS0=HHH=TT=example.net=bob@example.org>".into()),
+                    sender: Some(
+                        proto_core::ReversePath::parse("<SRS0=HHH=TT=example.net=bob@example.org>")
+                            .expect("path"),
+                    ),
                     delay_warned: true,
                 },
                 Recipient {
@@ -995,7 +1025,7 @@ mod tests {
                     8 + 1
                         + r.last_error.as_ref().map_or(0, |t| 4 + t.len())
                         + 1
-                        + r.sender.as_ref().map_or(0, |t| 4 + t.len())
+                        + r.sender.as_ref().map_or(0, |t| 4 + t.to_string().len())
                         + 1
                 })
                 .sum::<usize>();
@@ -1024,7 +1054,9 @@ mod tests {
             domain: "example.org".into(),
             user: "alice".into(),
         });
-        let remote = Recipient::new(Address::Remote("bob@elsewhere.test".into()));
+        let remote = Recipient::new(Address::Remote(
+            "bob@elsewhere.test".parse().expect("mailbox"),
+        ));
         let envelope = Envelope::plain("<s@example.org>", 6, 1, vec![local, remote]);
         store.put_envelope(&id, &envelope).expect("put");
 
@@ -1098,16 +1130,59 @@ mod tests {
         wrong_version[0] = 99;
         let mut trailing = good.clone();
         trailing.push(0);
-        let cases: [(&[u8], &str); 4] = [
+        // The reverse path and a remote recipient are stored as text: text that is no
+        // address is refused, never read as `<>` (which would send no bounce).
+        let bad_from = replace_once(&good, b"<bob@example.net>", b"<bob example.net>");
+        let bad_remote = replace_once(&good, b"carol@elsewhere.test", b"carol@elsewhere..tes");
+        let bad_sender = replace_once(&good, b"<SRS0=HHH", b"<SRS0 HHH");
+        let cases: [(&[u8], &str); 7] = [
             (&[], "truncated"),
             (&good[..good.len() - 1], "truncated"),
             (&wrong_version, "version 99"),
             (&trailing, "after the envelope"),
+            (&bad_from, "bad reverse path \"<bob example.net>\""),
+            (&bad_remote, "bad recipient \"carol@elsewhere..tes\""),
+            (&bad_sender, "bad reverse path \"<SRS0 HHH"),
         ];
         for (bytes, want) in cases {
             let e = Envelope::decode(bytes).expect_err("must fail");
             assert!(e.contains(want), "input {bytes:?}: {e}");
         }
+    }
+
+    /// `bytes` with the one occurrence of `from` replaced by `to` (same length).
+    fn replace_once(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let at = bytes
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("present");
+        let mut out = bytes.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    }
+
+    /// A stored envelope that no longer decodes is reported as damaged, with its id, and
+    /// stays in the store: nothing is dropped or rewritten.
+    #[test]
+    fn a_damaged_envelope_is_reported_and_kept() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let id = QueueId::new();
+        let good = sample().encode();
+        let damaged = replace_once(&good, b"<bob@example.net>", b"<bob example.net>");
+        store
+            .messages
+            .insert(id.as_str(), damaged.as_slice())
+            .expect("insert");
+        match store.envelope(&id) {
+            Err(StoreError::Corrupt { id: named, why }) => {
+                assert_eq!(named, id.to_string());
+                assert!(why.contains("bad reverse path"), "{why}");
+            }
+            other => panic!("want Corrupt, got {other:?}"),
+        }
+        assert_eq!(store.ids().expect("ids"), vec![id], "the record is kept");
     }
 
     #[test]

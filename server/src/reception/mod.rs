@@ -98,7 +98,7 @@ struct Transaction {
     from: ReversePath,
     params: MailParams,
     /// Each recipient: where it goes, its own reverse path (SRS) if any, its parameters.
-    recipients: Vec<(store::Address, Option<String>, RcptParams)>,
+    recipients: Vec<(store::Address, Option<ReversePath>, RcptParams)>,
     received: ReceivedCounter,
     /// The header section, for the header From check of authenticated users.
     header: HeaderCollector,
@@ -228,15 +228,13 @@ impl Reception {
         &self,
         t: &Transaction,
     ) -> Option<std::sync::Arc<crate::mailauth::dkim::DkimKeys>> {
-        let sender = t
+        let domain = t
             .recipients
             .iter()
-            .find_map(|(_, sender, _)| sender.clone())?;
-        let domain = sender
-            .trim_matches(|c| c == '<' || c == '>')
-            .rsplit_once('@')?
-            .1
-            .to_string();
+            .find_map(|(_, sender, _)| match sender {
+                Some(ReversePath::Mailbox(m)) => Some(m.domain().as_str().into_owned()),
+                _ => None,
+            })?;
         let keys = self.shared.inbound.keys.clone();
         let id = t.id.clone();
         smol::unblock(move || match keys.get(&domain) {
@@ -369,7 +367,7 @@ impl Reception {
     fn add_recipient(
         &mut self,
         address: store::Address,
-        sender: Option<String>,
+        sender: Option<ReversePath>,
         to: &ForwardPath,
         params: &RcptParams,
     ) {
@@ -382,7 +380,7 @@ impl Reception {
         let mut params = params.clone();
         if params.orcpt.is_none()
             && let ForwardPath::Mailbox(m) = to
-            && address != store::Address::Remote(m.to_string())
+            && address != store::Address::Remote(m.clone())
             && m.is_ascii()
         {
             params.orcpt = Some(proto_core::OriginalRecipient {
@@ -509,7 +507,7 @@ impl Handler for Reception {
             // An authenticated user (or a trusted network) sending elsewhere: outbound.
             RcptDecision::NotLocal if relay_ok => match to {
                 ForwardPath::Mailbox(m) => {
-                    self.add_recipient(store::Address::Remote(m.to_string()), None, to, params);
+                    self.add_recipient(store::Address::Remote(m.clone()), None, to, params);
                     Verdict::Accept
                 }
                 _ => self.refuse(
@@ -676,7 +674,7 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     Envelope {
-        from: t.from.to_string(),
+        from: t.from.clone(),
         smtputf8: t.params.smtputf8,
         body: t.params.body,
         ret: t.params.ret,

@@ -252,7 +252,10 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         }
         if let Address::Remote(address) = &r.address {
             groups
-                .entry((domain_of(address), r.sender.clone()))
+                .entry((
+                    domain_of(address),
+                    r.sender.as_ref().map(ToString::to_string),
+                ))
                 .or_default()
                 .push(i);
         }
@@ -468,10 +471,12 @@ fn human_duration(secs: u64) -> String {
     }
 }
 
-/// The domain of `local@domain`, lower case, A-labels.
-fn domain_of(address: &str) -> String {
-    let domain = address.rsplit_once('@').map_or(address, |(_, d)| d);
-    idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_ascii_lowercase())
+/// The domain of a mailbox, lower case, A-labels (an address literal as written).
+fn domain_of(mailbox: &proto_core::Mailbox) -> String {
+    let domain = mailbox.domain();
+    domain
+        .to_ascii()
+        .unwrap_or_else(|_| domain.as_str().to_ascii_lowercase())
 }
 
 /// What TLS a delivery must reach.
@@ -501,7 +506,9 @@ async fn deliver_group(
             return indexes
                 .iter()
                 .map(|&i| {
-                    let to = bounce::forward_path(&envelope.recipients[i].address)
+                    let to = envelope.recipients[i]
+                        .address
+                        .forward_path()
                         .unwrap_or(ForwardPath::Postmaster);
                     local_result(&to, DsnAction::Failed, (5, 1, 3), &why)
                 })
