@@ -3,7 +3,8 @@
 //! Each line is `<RFC 3339 time> <event> id=<queue id> key=value...`, so `grep <id>` follows a
 //! message. Events: `received` (end of data), `queued` (durable, answered 250), `delivered`
 //! (one per recipient), `deferred` (will be retried), `failed` (given up, or could not be
-//! queued), `removed` (left the queue), `rejected`; connection-level problems are `connection`,
+//! queued), `removed` (left the queue), `damaged` (a queued record that cannot be read: kept,
+//! looked at again later), `rejected`; connection-level problems are `connection`,
 //! startup work (swept partial bodies, resumed messages) is `startup`, and logins are `auth`
 //! (client IP and outcome only). AUTH data (user names, passwords) and message bodies are never
 //! logged.

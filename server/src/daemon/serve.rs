@@ -72,6 +72,7 @@ use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
 use crate::queue::store::Store;
+use crate::queue::timers::Timers;
 use crate::reception::{Reception, Shared};
 use crate::tls::certs::{self, Certificates, Snapshot};
 use crate::tls::client::ClientTlsFactory;
@@ -581,10 +582,11 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         committer: committer.clone(),
         mail_dir: settings.mail_dir(),
         hostname: settings.hostname.clone(),
-        queue: local_queue,
+        timers: Timers::new(local_queue),
         bouncer: bouncer.clone(),
         dispatch: dispatch.clone(),
         mailboxes: settings.mailboxes.clone(),
+        schedule: local::schedule(settings.delivery.retry.max_lifetime),
     });
     let resolver = ResolverConfig::for_server(settings).map_err(|e| ConfigError {
         file: settings.file.clone(),

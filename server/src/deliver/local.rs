@@ -4,26 +4,27 @@
 //! scan for everything a previous run left pending, and from retry timers. A fixed number of
 //! workers ([`WORKERS`]) take ids from it, so deliveries run concurrently with a bound. Each
 //! worker pass takes every id waiting (at most [`BATCH`]) and, on a blocking thread, reads the
-//! envelopes and, for each recipient still pending, streams the body from the store chunk by
-//! chunk into the Maildir ([`crate::deliver::maildir`]: `tmp/`, fsync, rename into `new/`); then it
-//! fsyncs each Maildir's `new/` once for the whole pass, and only then marks those recipients
-//! delivered, or removes the messages with no recipient left pending (envelope and body), in
-//! one store batch made durable by one group commit. A crash between a rename and that commit
-//! delivers the copy again after the restart: a duplicate, never a loss.
+//! envelopes and, for each recipient still pending and due, streams the body from the store
+//! chunk by chunk into the Maildir ([`crate::deliver::maildir`]: `tmp/`, fsync, rename into
+//! `new/`); then it fsyncs each Maildir's `new/` once for the whole pass, and only then hands
+//! every recipient's [`Fate`] to the queue's one tail ([`crate::queue::settle`]), which records
+//! them for the whole pass in one store batch made durable by one group commit. A crash
+//! between a rename and that commit delivers the copy again after the restart: a duplicate,
+//! never a loss.
 //!
-//! A Maildir write that fails defers the recipient: its attempt count goes up and the message
-//! comes back after [`backoff`] (a simple doubling from 15 s: a local problem, a full disk
-//! say, is usually fixed sooner than a remote one; outbound delivery has its own schedule). After [`MAX_ATTEMPTS`] the recipient is marked failed and bounces.
+//! A Maildir write that fails defers the recipient. Its next attempt comes from proto-core's
+//! schedule with [`schedule`]'s shorter delays (15 s, doubling, at most an hour: a local
+//! problem, a full disk say, is usually fixed sooner than a remote one), and the recipient
+//! fails and bounces once the message is older than `[delivery] give_up_after`, as outbound
+//! delivery does.
 //!
 //! Recipients whose `[mailboxes]` entry names another method ([`crate::deliver`]) leave the
 //! batched Maildir path: the recipients of one message for one LMTP server go in one LMTP
 //! transaction, a command runs once per recipient, and so does the command of a pipe alias
 //! ([`Address::Pipe`], where `%to%` is the alias). They run in the same pass, on the same
-//! blocking thread, and their results are recorded in the same batch as the Maildir marks:
+//! blocking thread, and their fates are recorded in the same batch as the Maildir ones:
 //! delivered, deferred (as a failed Maildir write), or failed at once for a permanent failure
-//! (an LMTP 5xx reply, a command's exit status other than 0 and 75), which bounces without
-//! waiting for [`MAX_ATTEMPTS`]. A crash before the marks are committed delivers again: a
-//! duplicate, never a loss.
+//! (an LMTP 5xx reply, a command's exit status other than 0 and 75), which bounces at once.
 //!
 //! For tests, the environment variable `POSTERN_DELIVERY_PAUSED=1` keeps the workers from
 //! starting: messages are accepted and queued but stay pending until a run without it.
@@ -32,18 +33,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_channel::{Receiver, Sender};
-use async_io::Timer;
+use async_channel::Receiver;
+use proto_core::{DsnAction, EnhancedStatus, ForwardPath, RecipientReport, RetryPolicy};
 
 use crate::deliver::command::{self, Substitutions};
 use crate::deliver::maildir;
 use crate::deliver::{self, CommandLine, Delivery, LmtpTarget, Mailboxes, Method};
 use crate::log;
 use crate::queue::QueueId;
-use crate::queue::bounce::{self, Bouncer};
+use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
+use crate::queue::settle::{self, Fate, Recorder, Schedule};
 use crate::queue::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
+use crate::queue::timers::{Timers, unix_now};
 use crate::reception::trace::Trace;
 
 /// How many messages are delivered at the same time.
@@ -53,11 +56,11 @@ pub const WORKERS: usize = 2;
 /// group commit for the marks).
 pub const BATCH: usize = 64;
 
-/// After this many failed attempts a recipient is marked failed.
-pub const MAX_ATTEMPTS: u32 = 20;
-
-/// The environment variable that pauses delivery (for tests).
+/// The environment variable that pauses delivery (tests): `1` pauses.
 pub const PAUSE_VARIABLE: &str = "POSTERN_DELIVERY_PAUSED";
+
+/// How long to wait before looking again at a message whose pass could not be recorded.
+const RECORD_RETRY: u64 = 60;
 
 /// What the workers share.
 #[derive(Debug)]
@@ -70,23 +73,30 @@ pub struct Local {
     pub mail_dir: std::path::PathBuf,
     /// Our host name (Maildir file names, `Received:`).
     pub hostname: String,
-    /// Where ids to deliver are sent (also used by retry timers).
-    pub queue: Sender<QueueId>,
+    /// Retry timers, sending on the local workers' channel.
+    pub timers: Timers,
     /// Bounces for recipients that fail for good.
     pub bouncer: Bouncer,
     /// Where bounces go for delivery.
     pub dispatch: Dispatch,
     /// `[mailboxes]`: the delivery method of each local recipient.
     pub mailboxes: Mailboxes,
+    /// When to retry, and when to give up ([`schedule`]).
+    pub schedule: Schedule,
 }
 
-/// What one pass over a message leaves to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Nothing: delivered, failed, or removed.
-    Done,
-    /// Try again after this long.
-    Retry(Duration),
+/// The local retry schedule: proto-core's, from 15 s doubling to at most an hour, giving up
+/// after `max_lifetime` seconds in the queue (`[delivery] give_up_after`). No delay warnings.
+pub fn schedule(max_lifetime: u64) -> Schedule {
+    let mut retry = RetryPolicy::default();
+    retry.initial_delay = 15;
+    retry.multiplier = 2;
+    retry.max_delay = 3600;
+    retry.max_lifetime = max_lifetime;
+    Schedule {
+        retry,
+        delay_warning: None,
+    }
 }
 
 /// Whether the environment asks for delivery to be paused.
@@ -115,115 +125,91 @@ async fn work(local: Arc<Local>, ids: Receiver<QueueId>) {
             }
         }
         let l = local.clone();
-        let outcomes = smol::unblock(move || {
-            let outcomes = deliver_batch(&l, &batch);
-            batch.into_iter().zip(outcomes).collect::<Vec<_>>()
+        let next = smol::unblock(move || {
+            let next = deliver_batch(&l, &batch, unix_now());
+            batch.into_iter().zip(next).collect::<Vec<_>>()
         })
         .await;
-        for (id, outcome) in outcomes {
-            if let Outcome::Retry(after) = outcome {
-                let queue = local.queue.clone();
-                smol::spawn(async move {
-                    Timer::after(after).await;
-                    let _ = queue.send(id).await;
-                })
-                .detach();
+        for (id, at) in next {
+            if let Some(at) = at {
+                local.timers.at(&id, at);
             }
         }
     }
-}
-
-/// The wait before the next attempt after `attempts` failures: 15 s, doubling, at most 1 h.
-pub fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs((15u64 << attempts.saturating_sub(1).min(10)).min(3600))
 }
 
 /// One message in a delivery pass.
 struct Pass {
     id: QueueId,
     envelope: Envelope,
-    /// The earliest retry a deferred recipient asks for.
-    retry: Option<Duration>,
     /// Copies written into `new/` (recipient index, file, Maildir), waiting for its fsync.
     written: Vec<(usize, PathBuf, PathBuf)>,
-    /// Copies delivered (recipient index, where: `path=...` or the LMTP server's reply),
-    /// logged once the mark is durable.
-    delivered: Vec<(usize, String)>,
-    /// Recipients that failed for good in this pass (index, why): they bounce.
-    failed: Vec<(usize, String)>,
+    /// What happened to each recipient tried.
+    fates: Vec<(usize, Fate)>,
 }
 
 impl Pass {
-    /// Records the result of a delivery by LMTP or a command for recipient `i`.
+    /// Records the result of a delivery for recipient `i`.
     fn record(&mut self, i: usize, result: Delivery) {
-        match result {
-            Delivery::Delivered(detail) => {
-                self.envelope.recipients[i].state = RecipientState::Delivered;
-                self.delivered.push((i, detail));
-            }
-            Delivery::Deferred(why) => self.attempt_failed(i, &why),
-            Delivery::Failed(why) => self.failed_for_good(i, &why),
-        }
-    }
-
-    /// Recipient `i` failed permanently: marked failed now, whatever its attempts.
-    fn failed_for_good(&mut self, i: usize, why: &str) {
-        let id = &self.id;
-        let r = &mut self.envelope.recipients[i];
-        r.attempts += 1;
-        r.last_error = Some(why.to_string());
-        r.state = RecipientState::Failed;
-        self.failed.push((i, why.to_string()));
-        log::event(
-            "failed",
-            format_args!(
-                "id={id} to=<{}> attempts={} reason=\"{why}\"",
-                r.address, r.attempts
-            ),
-        );
-    }
-
-    /// Records a failed attempt for recipient `i`: deferred, or failed after [`MAX_ATTEMPTS`].
-    fn attempt_failed(&mut self, i: usize, why: &str) {
-        let id = &self.id;
-        let r = &mut self.envelope.recipients[i];
-        let address = &r.address;
-        r.attempts += 1;
-        r.last_error = Some(why.to_string());
-        if r.attempts >= MAX_ATTEMPTS {
-            r.state = RecipientState::Failed;
-            self.failed.push((i, why.to_string()));
-            log::event(
-                "failed",
-                format_args!(
-                    "id={id} to=<{address}> attempts={} reason=\"{why}\"",
-                    r.attempts
-                ),
-            );
-        } else {
-            let after = backoff(r.attempts);
-            self.retry = Some(self.retry.map_or(after, |d| d.min(after)));
-            log::event(
-                "deferred",
-                format_args!(
-                    "id={id} to=<{address}> attempts={} retry_in={}s reason=\"{why}\"",
-                    r.attempts,
-                    after.as_secs()
-                ),
-            );
-        }
+        let to = self.envelope.recipients[i]
+            .address
+            .forward_path()
+            .unwrap_or(ForwardPath::Postmaster);
+        let fate = match result {
+            // RFC 3463 2.0.0, for a NOTIFY=SUCCESS report.
+            Delivery::Delivered(detail) => Fate::Delivered {
+                detail,
+                report: EnhancedStatus::new(2, 0, 0)
+                    .map(|s| RecipientReport::new(to, DsnAction::Delivered, s)),
+            },
+            // RFC 3463 4.2.0 / 5.2.0: other or undefined mailbox status.
+            Delivery::Deferred(why) => Fate::Deferred {
+                report: report(to, DsnAction::Delayed, TEMPORARY, &why),
+                why,
+            },
+            Delivery::Failed(why) => Fate::Failed {
+                report: report(to, DsnAction::Failed, PERMANENT, &why),
+                why,
+            },
+        };
+        self.fates.push((i, fate));
     }
 }
 
-/// Delivers every pending recipient of every message in `ids` (blocking); one outcome per id.
+/// A report on `to` with `status` and the problem `why`.
+fn report(
+    to: ForwardPath,
+    action: DsnAction,
+    status: EnhancedStatus,
+    why: &str,
+) -> RecipientReport {
+    let mut report = RecipientReport::new(to, action, status);
+    report.problem = Some(why.to_string());
+    report
+}
+
+/// 4.2.0: a temporary mailbox problem of no more precise kind.
+const TEMPORARY: EnhancedStatus = match EnhancedStatus::new(4, 2, 0) {
+    Some(s) => s,
+    None => panic!("4.2.0 is a valid status"),
+};
+
+/// 5.2.0: a permanent mailbox problem of no more precise kind.
+const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 2, 0) {
+    Some(s) => s,
+    None => panic!("5.2.0 is a valid status"),
+};
+
+/// Delivers every due pending recipient of every message in `ids` (blocking) at time `now`
+/// (Unix seconds). Returns, per id, when to look at it again (`None`: nothing left for us).
 ///
 /// The order keeps the guarantees: each copy is written to `tmp/`, fsynced and renamed into
 /// `new/`; then each Maildir's `new/` is fsynced once for all its copies; only then are the
-/// recipients marked delivered (or the finished messages removed), all in one store batch made
-/// durable by one group commit. A crash anywhere before that commit delivers the pass's copies
-/// again after the restart: duplicates, never a loss.
-fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
-    let mut outcomes = vec![Outcome::Done; ids.len()];
+/// fates recorded (the finished messages removed), all in one store batch made durable by one
+/// group commit. A crash anywhere before that commit delivers the pass's copies again after
+/// the restart: duplicates, never a loss.
+fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
+    let mut next = vec![None; ids.len()];
     let mut passes: Vec<(usize, Pass)> = Vec::new();
     for (slot, id) in ids.iter().enumerate() {
         match local.store.envelope(id) {
@@ -232,30 +218,33 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                 Pass {
                     id: id.clone(),
                     envelope,
-                    retry: None,
                     written: Vec::new(),
-                    delivered: Vec::new(),
-                    failed: Vec::new(),
+                    fates: Vec::new(),
                 },
             )),
             // Gone: delivered by an earlier pass.
             Ok(None) => {}
+            // Damaged: kept, reported, looked at again in an hour.
             Err(e) => {
-                log::event("failed", format_args!("id={id} reason=\"{e}\""));
-                outcomes[slot] = Outcome::Retry(backoff(MAX_ATTEMPTS));
+                log::event("damaged", format_args!("id={id} reason=\"{e}\""));
+                next[slot] = Some(now + 3600);
             }
         }
     }
 
-    // Write every pending copy into its Maildir's new/; deliver the others by their method.
+    // Write every due copy into its Maildir's new/; deliver the others by their method.
     let mut maildirs: Vec<PathBuf> = Vec::new();
-    for (_, p) in &mut passes {
+    for (slot, p) in &mut passes {
         // The recipients of this message for each LMTP server (and reverse path), delivered
         // together below.
         let mut lmtp: Vec<((LmtpTarget, String), Vec<usize>)> = Vec::new();
         for i in 0..p.envelope.recipients.len() {
             let r = &p.envelope.recipients[i];
             if r.state != RecipientState::Pending || !Owner::Local.owns(&r.address) {
+                continue;
+            }
+            if r.next_attempt > now {
+                next[*slot] = Some(next[*slot].map_or(r.next_attempt, |t| t.min(r.next_attempt)));
                 continue;
             }
             let address = p.envelope.recipients[i].address.clone();
@@ -315,7 +304,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
                     }
                     p.written.push((i, path, maildir));
                 }
-                Err(why) => p.attempt_failed(i, &why),
+                Err(why) => p.record(i, Delivery::Deferred(why)),
             }
         }
         for ((target, _), group) in lmtp {
@@ -336,112 +325,57 @@ fn deliver_batch(local: &Local, ids: &[QueueId]) -> Vec<Outcome> {
         .collect();
     for (_, p) in &mut passes {
         for (i, path, maildir) in std::mem::take(&mut p.written) {
-            match broken.iter().find(|(m, _)| *m == maildir) {
-                Some((_, why)) => p.attempt_failed(i, why),
-                None => {
-                    p.envelope.recipients[i].state = RecipientState::Delivered;
-                    p.delivered.push((i, format!("path={}", path.display())));
-                }
-            }
+            let result = match broken.iter().find(|(m, _)| *m == maildir) {
+                Some((_, why)) => Delivery::Deferred(why.clone()),
+                None => Delivery::Delivered(format!("path={}", path.display())),
+            };
+            p.record(i, result);
         }
     }
 
-    // Bounces for what failed for good, written before the marks that fail the recipients.
-    let mut bounces = Vec::new();
-    for (_, p) in &passes {
-        // RFC 3461 5.2.2: a recipient with NOTIFY=SUCCESS hears about the delivery too.
-        let successes: Vec<proto_core::RecipientReport> = p
-            .delivered
-            .iter()
-            .filter_map(|(i, _)| {
-                let r = &p.envelope.recipients[*i];
-                if !matches!(r.notify, Some(proto_core::Notify::On { success: true, .. })) {
-                    return None;
-                }
-                let report = proto_core::RecipientReport::new(
-                    r.address.forward_path()?,
-                    proto_core::DsnAction::Delivered,
-                    proto_core::EnhancedStatus::new(2, 0, 0)?,
-                );
-                Some(bounce::report_for(r, report))
-            })
-            .collect();
-        if p.failed.is_empty() && successes.is_empty() {
-            continue;
-        }
-        let reports = successes
-            .into_iter()
-            .chain(p.failed.iter().filter_map(|(i, why)| {
-                let r = &p.envelope.recipients[*i];
-                let to = r.address.forward_path()?;
-                let mut report = proto_core::RecipientReport::new(
-                    to,
-                    proto_core::DsnAction::Failed,
-                    // RFC 3463 5.2.0: other or undefined mailbox status.
-                    proto_core::EnhancedStatus::new(5, 2, 0)?,
-                );
-                report.problem = Some(why.clone());
-                Some(bounce::report_for(r, report))
-            }))
-            .collect();
-        match local
-            .bouncer
-            .bounce(&p.id, &p.envelope, reports, std::time::SystemTime::now())
-        {
-            Ok(Some(b)) => bounces.push(b),
-            Ok(None) => {}
-            Err(why) => log::event(
-                "failed",
-                format_args!("id={} reason=\"cannot write the bounce: {why}\"", p.id),
-            ),
-        }
-    }
-
-    // Record the new states (the finished messages go), with one durable commit.
-    let changes: Vec<(QueueId, Envelope)> = passes
-        .iter()
-        .map(|(_, p)| (p.id.clone(), p.envelope.clone()))
+    // The one tail: new states, bounces, one durable commit, then the log.
+    let tried: Vec<(usize, Pass)> = passes
+        .into_iter()
+        .filter(|(_, p)| !p.fates.is_empty())
         .collect();
-    let marked = local
-        .store
-        .apply(&changes, Owner::Local, &bounces)
-        .map_err(|e| e.to_string())
-        .and_then(|applied| local.committer.sync_blocking().map(|()| applied));
-    let applied = match marked {
-        Ok(a) => a,
-        Err(why) => {
-            for (slot, p) in &passes {
-                log::event(
-                    "deferred",
-                    format_args!("id={} reason=\"cannot record the delivery: {why}\"", p.id),
-                );
-                outcomes[*slot] = Outcome::Retry(backoff(1));
-            }
-            return outcomes;
-        }
+    let settled = tried
+        .iter()
+        .map(|(_, p)| {
+            settle::settle(
+                &p.id,
+                &p.envelope,
+                p.fates.clone(),
+                now,
+                &mut settle::random_fraction,
+                &local.schedule,
+            )
+        })
+        .collect();
+    let recorder = Recorder {
+        store: &local.store,
+        committer: &local.committer,
+        bouncer: &local.bouncer,
+        dispatch: &local.dispatch,
     };
-    for (bounce_id, bounce) in &bounces {
-        local.dispatch.queued(bounce_id, bounce);
-    }
-    for ((slot, p), applied) in passes.iter().zip(applied) {
-        for (i, detail) in &p.delivered {
-            log::event(
-                "delivered",
-                format_args!(
-                    "id={} to=<{}> {detail}",
-                    p.id, p.envelope.recipients[*i].address,
-                ),
-            );
-        }
-        match applied {
-            Applied::Removed => log::event("removed", format_args!("id={}", p.id)),
-            Applied::Pending(_) if p.envelope.pending_for(Owner::Local) => {
-                outcomes[*slot] = Outcome::Retry(p.retry.unwrap_or_else(|| backoff(1)));
+    match recorder.record(Owner::Local, settled) {
+        Ok(applied) => {
+            for ((slot, _), applied) in tried.iter().zip(applied) {
+                next[*slot] = match applied {
+                    Some(Applied::Pending(at)) => at,
+                    Some(Applied::Removed | Applied::Gone) => None,
+                    // Its bounce could not be written: tried again as stored.
+                    None => Some(now + RECORD_RETRY),
+                };
             }
-            Applied::Pending(_) | Applied::Gone => {}
+        }
+        Err(why) => {
+            for (slot, p) in &tried {
+                log::event("deferred", format_args!("id={} reason=\"{why}\"", p.id));
+                next[*slot] = Some(now + RECORD_RETRY);
+            }
         }
     }
-    outcomes
+    next
 }
 
 /// The `Return-Path:`, `Delivered-To:` and `Received:` fields for one recipient, then the
@@ -530,9 +464,12 @@ mod tests {
     use super::*;
     use crate::queue::store::{Recipient, TraceRecord};
 
-    /// One message through [`deliver_batch`].
-    fn deliver_message(local: &Local, id: &QueueId) -> Outcome {
-        deliver_batch(local, std::slice::from_ref(id))[0]
+    /// A fixed "now" for the passes (Unix seconds).
+    const NOW: u64 = 1_780_000_000;
+
+    /// One message through [`deliver_batch`] at `now`: when to look at it again.
+    fn deliver_message(local: &Local, id: &QueueId, now: u64) -> Option<u64> {
+        deliver_batch(local, std::slice::from_ref(id), now)[0]
     }
 
     /// A store under `dir`, with its committer and delivery workers writing to `dir/mail`.
@@ -558,13 +495,14 @@ mod tests {
             committer,
             mail_dir: mail_dir.clone(),
             hostname: "mx.example.org".into(),
-            queue: queue.clone(),
+            timers: Timers::new(queue.clone()),
             bouncer,
             dispatch: Dispatch {
                 local: queue,
                 remote,
             },
             mailboxes: Mailboxes::default(),
+            schedule: schedule(5 * 24 * 3600),
         };
         (store, local, mail_dir)
     }
@@ -596,19 +534,25 @@ mod tests {
             tls: None,
             authenticated: false,
         };
+        envelope.received_at = NOW;
         store.put_envelope(&id, &envelope).expect("envelope");
         // bob's Maildir cannot be created: a file is in the way.
         std::fs::create_dir_all(mail_dir.join("example.org")).expect("mkdir");
         std::fs::write(mail_dir.join("example.org/bob"), b"in the way").expect("write");
 
-        assert_eq!(deliver_message(&local, &id), Outcome::Retry(backoff(1)));
+        // The first retry: 15 s later, less at most a tenth of jitter.
+        let at = deliver_message(&local, &id, NOW).expect("bob is tried again");
+        assert!((NOW + 13..=NOW + 15).contains(&at), "{at}");
         let after = store.envelope(&id).expect("read").expect("still queued");
         assert_eq!(after.recipients[0].state, RecipientState::Delivered);
         assert_eq!(after.recipients[1].state, RecipientState::Pending);
         assert_eq!(after.recipients[1].attempts, 1);
+        assert_eq!(after.recipients[1].next_attempt, at);
 
         std::fs::remove_file(mail_dir.join("example.org/bob")).expect("unblock");
-        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        // Not due yet: nothing is tried, the same time comes back.
+        assert_eq!(deliver_message(&local, &id, at - 1), Some(at));
+        assert_eq!(deliver_message(&local, &id, at), None);
         assert_eq!(store.envelope(&id).expect("read"), None, "removed");
         for user in ["alice", "bob"] {
             let new = mail_dir.join("example.org").join(user).join("new");
@@ -630,7 +574,7 @@ mod tests {
             assert!(text.ends_with("Subject: t\r\n\r\nhello\r\n"), "{text}");
         }
         // A message that is gone (delivered by an earlier pass) is nothing to do.
-        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(deliver_message(&local, &id, at), None);
     }
 
     /// A recipient that fails for good and one that asked for NOTIFY=SUCCESS: the sender gets
@@ -648,14 +592,16 @@ mod tests {
             failure: true,
             delay: false,
         });
-        let mut bob = local_recipient("bob");
-        bob.attempts = MAX_ATTEMPTS - 1;
-        let envelope = Envelope::plain("<s@client.test>", body.len() as u64, 1, vec![alice, bob]);
+        let bob = local_recipient("bob");
+        let mut envelope =
+            Envelope::plain("<s@client.test>", body.len() as u64, 1, vec![alice, bob]);
+        // Queued longer than the lifetime: bob's failed write is the last attempt.
+        envelope.received_at = NOW - 5 * 24 * 3600;
         store.put_envelope(&id, &envelope).expect("envelope");
         std::fs::create_dir_all(mail_dir.join("example.org")).expect("mkdir");
         std::fs::write(mail_dir.join("example.org/bob"), b"in the way").expect("write");
 
-        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(deliver_message(&local, &id, NOW), None);
         assert_eq!(
             store.envelope(&id).expect("read"),
             None,
@@ -681,6 +627,12 @@ mod tests {
             text.contains("Final-Recipient: rfc822; bob@example.org\r\nAction: failed"),
             "{text}"
         );
+        // RFC 3463 5.4.7: delivery time expired, with what the last attempt ran into.
+        assert!(text.contains("Status: 5.4.7"), "{text}");
+        assert!(
+            text.contains("gave up after 1 attempts over 5 days"),
+            "{text}"
+        );
         assert!(text.contains("Subject: report me"), "{text}");
     }
 
@@ -703,7 +655,7 @@ mod tests {
             store.put_envelope(&id, &envelope).expect("envelope");
             ids.push(id);
         }
-        assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
+        assert_eq!(deliver_batch(&local, &ids, NOW), vec![None; 5]);
         assert!(store.ids().expect("ids").is_empty(), "all removed");
         for (user, want) in [("alice", 5), ("carol", 2)] {
             let new = mail_dir.join("example.org").join(user).join("new");
@@ -719,7 +671,7 @@ mod tests {
             }
         }
         // Delivered messages are gone: a second pass has nothing to do.
-        assert_eq!(deliver_batch(&local, &ids), vec![Outcome::Done; 5]);
+        assert_eq!(deliver_batch(&local, &ids, NOW), vec![None; 5]);
     }
 
     fn pipe_recipient(command: String) -> Recipient {
@@ -752,7 +704,7 @@ mod tests {
         envelope.headers = "Authentication-Results: mx.example.org; none\r\n".into();
         store.put_envelope(&id, &envelope).expect("envelope");
 
-        assert_eq!(deliver_message(&local, &id), Outcome::Done);
+        assert_eq!(deliver_message(&local, &id, NOW), None);
         assert_eq!(store.envelope(&id).expect("read"), None, "removed");
         let text = std::fs::read_to_string(&out).expect("the command wrote the message");
         assert!(
@@ -789,7 +741,7 @@ mod tests {
         let id = QueueId::new();
         let body = b"Subject: t\r\n\r\nhello\r\n";
         store.put_chunk(&id, 0, body).expect("chunk");
-        let envelope = Envelope::plain(
+        let mut envelope = Envelope::plain(
             "<s@client.test>",
             body.len() as u64,
             1,
@@ -799,9 +751,13 @@ mod tests {
                 local_recipient("alice"),
             ],
         );
+        envelope.received_at = NOW;
         store.put_envelope(&id, &envelope).expect("envelope");
 
-        assert_eq!(deliver_message(&local, &id), Outcome::Retry(backoff(1)));
+        assert!(
+            deliver_message(&local, &id, NOW).is_some(),
+            "carol is retried"
+        );
         let after = store
             .envelope(&id)
             .expect("read")
@@ -842,19 +798,22 @@ mod tests {
         assert!(text.contains("exit status 67: unknown user"), "{text}");
     }
 
+    /// The local schedule: 15 s doubling up to an hour, through proto-core's function.
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        let cases = [
-            (0, 15),
-            (1, 15),
-            (2, 30),
-            (3, 60),
-            (8, 1920),
-            (9, 3600),
-            (50, 3600),
-        ];
+    fn the_local_schedule_doubles_from_15_s_to_an_hour() {
+        let schedule = schedule(5 * 24 * 3600);
+        let cases = [(1, 15), (2, 30), (3, 60), (8, 1920), (9, 3600), (50, 3600)];
         for (attempts, secs) in cases {
-            assert_eq!(backoff(attempts).as_secs(), secs, "input {attempts}");
+            let at = proto_core::next_attempt(NOW, NOW, attempts, 0.0, &schedule.retry);
+            assert_eq!(
+                at,
+                proto_core::RetryDecision::RetryAt(NOW + secs),
+                "attempts {attempts}"
+            );
         }
+        assert_eq!(
+            proto_core::next_attempt(NOW, NOW - 5 * 24 * 3600, 3, 0.0, &schedule.retry),
+            proto_core::RetryDecision::GiveUp
+        );
     }
 }

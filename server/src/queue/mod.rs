@@ -5,6 +5,9 @@
 //! - [`commit`]: group commit, one fsync for every session waiting on one.
 //! - [`dispatch`]: which delivery workers get a queued message.
 //! - [`bounce`]: delivery status notifications, queued like any other message.
+//! - [`settle`]: the tail every delivery shares: per-recipient fates recorded, bounced,
+//!   scheduled (proto-core's retry schedule) and logged in one place.
+//! - [`timers`]: retry timers, one mechanism for every worker.
 //!
 //! May use: `proto-core`, `fjall`, [`crate::log`]. The delivery methods that take messages
 //! out of the queue are in [`crate::deliver`].
@@ -13,6 +16,8 @@ pub mod bounce;
 pub mod commit;
 pub mod dispatch;
 pub mod id;
+pub mod settle;
 pub mod store;
+pub mod timers;
 
 pub use id::QueueId;

@@ -9,13 +9,14 @@
 //! [`DeliverySettings::max_connections_per_domain`] for its domain, while it runs, so a slow
 //! remote only ever holds its own domain's permits.
 //!
-//! Each recipient's result goes into the store with [`Store::apply`]: delivered; failed for
-//! good (a 5xx, a null MX, a domain that does not exist), with a bounce queued in the same
-//! batch ([`crate::queue::bounce`]); or deferred, with its next attempt from
-//! [`proto_core::next_attempt`] (exponential backoff with jitter; once the message is older
-//! than `give_up_after`, it fails and bounces). Marks are made durable by the group commit
-//! before the id is scheduled again, so a crash repeats at most a delivery (a duplicate),
-//! never loses one.
+//! Each recipient's result is a [`Fate`], handed to the queue's one tail
+//! ([`crate::queue::settle`]), as local delivery's are: delivered; failed for good (a 5xx, a
+//! null MX, a domain that does not exist), bounced in the same batch; or deferred, with its
+//! next attempt from [`proto_core::next_attempt`] under `[delivery]`'s schedule (exponential
+//! backoff with jitter; once the message is older than `give_up_after`, it fails and bounces).
+//! Marks are made durable by the group commit before the id is scheduled again
+//! ([`crate::queue::timers`]), so a crash repeats at most a delivery (a duplicate), never
+//! loses one.
 //!
 //! TLS: STARTTLS whenever offered (see [`tls`]). What the connection must reach comes from
 //! the route (`tls = "required" | "verified"`), the message (REQUIRETLS, RFC 8689: verified
@@ -25,11 +26,11 @@
 pub mod route;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_channel::Receiver;
 use async_io::{Async, Timer};
@@ -37,8 +38,7 @@ use futures_lite::AsyncReadExt;
 use futures_lite::io::Cursor;
 use proto_core::{
     ClientConfig, ClientCredentials, ClientSession, DsnAction, EnhancedStatus, ForwardPath,
-    MailJob, RecipientReport, RecipientStatus, Reply, RetryDecision, TlsInfo, TlsPolicy,
-    next_attempt,
+    MailJob, RecipientReport, RecipientStatus, TlsInfo, TlsPolicy,
 };
 use runtime_smol::client::{ClientTls, deliver};
 use smol::lock::Semaphore;
@@ -46,10 +46,12 @@ use smol::lock::Semaphore;
 use crate::dns::Resolver;
 use crate::log;
 use crate::queue::QueueId;
-use crate::queue::bounce::{self, Bouncer};
+use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
+use crate::queue::settle::{self, Fate, Recorder, Schedule};
 use crate::queue::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
+use crate::queue::timers::{Timers, unix_now};
 use crate::reception::trace::Trace;
 use crate::tls::memory::{Level, TlsMemory};
 use crate::tls::mta_sts::{self, MtaSts};
@@ -90,31 +92,8 @@ pub struct Outbound {
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Messages being worked on, and whether they were asked for again meanwhile.
     busy: Mutex<HashMap<QueueId, bool>>,
-    /// Retry timers already set: (id, time); one per message and time.
-    timers: Mutex<HashSet<(QueueId, u64)>>,
-}
-
-/// What happened to one recipient in one delivery.
-#[derive(Debug, Clone)]
-enum Fate {
-    /// Accepted by the next hop; `dsn` when it announced DSN (so NOTIFY went on with the
-    /// message and success reports are its job).
-    Delivered {
-        reply: Reply,
-        hop: String,
-        dsn: bool,
-        report: RecipientReport,
-    },
-    /// Try again later.
-    Deferred {
-        why: String,
-        report: RecipientReport,
-    },
-    /// Failed for good.
-    Failed {
-        why: String,
-        report: RecipientReport,
-    },
+    /// Retry timers, sending on the outbound workers' channel.
+    timers: Timers,
 }
 
 impl Outbound {
@@ -133,6 +112,7 @@ impl Outbound {
         mta_sts: Option<MtaSts>,
     ) -> Outbound {
         let connections = Semaphore::new(settings.max_connections);
+        let dispatch_remote = dispatch.remote.clone();
         Outbound {
             store,
             committer,
@@ -147,12 +127,22 @@ impl Outbound {
             connections,
             per_domain: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
-            timers: Mutex::new(HashSet::new()),
+            timers: Timers::new(dispatch_remote),
         }
     }
 }
 
 impl Outbound {
+    /// The recorder of this worker's passes.
+    fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            store: &self.store,
+            committer: &self.committer,
+            bouncer: &self.bouncer,
+            dispatch: &self.dispatch,
+        }
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> Arc<DeliverySettings> {
         self.settings
@@ -220,13 +210,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// One look at a message: deliver its due remote recipients, record, schedule the rest.
 async fn process(o: &Arc<Outbound>, id: &QueueId) {
     let store = o.store.clone();
@@ -236,7 +219,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         Ok(None) => return,
         Err(e) => {
             log::event("failed", format_args!("id={id} reason=\"{e}\""));
-            schedule(o, id, unix_now() + 60);
+            o.timers.at(id, unix_now() + 60);
             return;
         }
     };
@@ -262,7 +245,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
     }
     if groups.is_empty() {
         if let Some(at) = envelope.next_attempt(Owner::Remote) {
-            schedule(o, id, at);
+            o.timers.at(id, at);
         }
         return;
     }
@@ -285,189 +268,32 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
     }
     let o2 = o.clone();
     let id2 = id.clone();
-    let applied = smol::unblock(move || record(&o2, &id2, &envelope, results)).await;
-    match applied {
-        Ok(Applied::Pending(Some(at))) => schedule(o, id, at),
-        Ok(_) => {}
-        Err(why) => {
-            log::event(
-                "deferred",
-                format_args!("id={id} reason=\"cannot record the delivery: {why}\""),
-            );
-            schedule(o, id, unix_now() + 60);
-        }
-    }
-}
-
-/// Sends `id` to the scheduler again at `at` (Unix seconds), once per (id, time).
-fn schedule(o: &Arc<Outbound>, id: &QueueId, at: u64) {
-    if !lock(&o.timers).insert((id.clone(), at)) {
-        return;
-    }
-    let o = o.clone();
-    let id = id.clone();
-    smol::spawn(async move {
-        let wait = at.saturating_sub(unix_now());
-        Timer::after(Duration::from_secs(wait)).await;
-        lock(&o.timers).remove(&(id.clone(), at));
-        let _ = o.dispatch.remote.send(id).await;
+    let applied = smol::unblock(move || {
+        let settings = o2.settings();
+        let schedule = Schedule {
+            retry: settings.retry,
+            delay_warning: settings.delay_warning,
+        };
+        let settled = settle::settle(
+            &id2,
+            &envelope,
+            results,
+            unix_now(),
+            &mut settle::random_fraction,
+            &schedule,
+        );
+        o2.recorder().record(Owner::Remote, vec![settled])
     })
-    .detach();
-}
-
-/// Applies a pass's results to the message (blocking): marks, retry times, the bounce.
-fn record(
-    o: &Outbound,
-    id: &QueueId,
-    envelope: &Envelope,
-    results: Vec<(usize, Fate)>,
-) -> Result<Applied, String> {
-    let now = unix_now();
-    let settings = o.settings();
-    let mut changed = envelope.clone();
-    // What the sender is told: failures, and successes they asked for.
-    let mut reports = Vec::new();
-    for (i, result) in results {
-        let r = &mut changed.recipients[i];
-        match result {
-            Fate::Delivered {
-                reply,
-                hop,
-                dsn,
-                report,
-            } => {
-                r.state = RecipientState::Delivered;
-                // RFC 3461 5.2.2: NOTIFY=SUCCESS to a next hop without DSN: "relayed".
-                let success =
-                    matches!(r.notify, Some(proto_core::Notify::On { success: true, .. }));
-                if success && !dsn {
-                    reports.push(bounce::report_for(r, report));
-                }
-                log::event(
-                    "delivered",
-                    format_args!(
-                        "id={id} to=<{}> relay={hop} reply=\"{}\"",
-                        r.address,
-                        log::quoted(&reply)
-                    ),
-                );
-            }
-            Fate::Failed { why, report } => {
-                r.state = RecipientState::Failed;
-                r.last_error = Some(why.clone());
-                log::event(
-                    "failed",
-                    format_args!(
-                        "id={id} to=<{}> reason=\"{}\"",
-                        r.address,
-                        log::quoted(&why)
-                    ),
-                );
-                reports.push(bounce::report_for(r, report));
-            }
-            Fate::Deferred { why, mut report } => {
-                r.attempts += 1;
-                r.last_error = Some(why.clone());
-                let jitter = random_fraction();
-                match next_attempt(
-                    now,
-                    envelope.received_at,
-                    r.attempts,
-                    jitter,
-                    &settings.retry,
-                ) {
-                    RetryDecision::RetryAt(at) => {
-                        r.next_attempt = at;
-                        // A delay warning, once, when the message has waited long enough.
-                        if let Some(after) = settings.delay_warning
-                            && !r.delay_warned
-                            && now >= envelope.received_at.saturating_add(after.as_secs())
-                        {
-                            r.delay_warned = true;
-                            report.action = DsnAction::Delayed;
-                            report.last_attempt = Some(proto_core::DsnDate::from_unix(now as i64));
-                            report.will_retry_until = Some(proto_core::DsnDate::from_unix(
-                                envelope
-                                    .received_at
-                                    .saturating_add(settings.retry.max_lifetime)
-                                    as i64,
-                            ));
-                            reports.push(bounce::report_for(r, report.clone()));
-                        }
-                        log::event(
-                            "deferred",
-                            format_args!(
-                                "id={id} to=<{}> attempts={} retry_in={}s reason=\"{}\"",
-                                r.address,
-                                r.attempts,
-                                at.saturating_sub(now),
-                                log::quoted(&why)
-                            ),
-                        );
-                    }
-                    _ => {
-                        r.state = RecipientState::Failed;
-                        log::event(
-                            "failed",
-                            format_args!(
-                                "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
-                                r.address,
-                                r.attempts,
-                                log::quoted(&why)
-                            ),
-                        );
-                        // RFC 3463 4.4.7: delivery time expired; reported as a failure.
-                        report.action = DsnAction::Failed;
-                        report.status = EnhancedStatus::new(5, 4, 7).unwrap_or(report.status);
-                        report.problem = Some(format!(
-                            "gave up after {} attempts over {}: {why}",
-                            r.attempts,
-                            human_duration(now.saturating_sub(envelope.received_at))
-                        ));
-                        reports.push(bounce::report_for(r, report));
-                    }
-                }
-            }
+    .await;
+    match applied.map(|a| a.into_iter().next().flatten()) {
+        Ok(Some(Applied::Pending(Some(at)))) => o.timers.at(id, at),
+        Ok(Some(_)) => {}
+        // The bounce could not be written: the recipients stay pending, tried again.
+        Ok(None) => o.timers.at(id, unix_now() + 60),
+        Err(why) => {
+            log::event("deferred", format_args!("id={id} reason=\"{why}\""));
+            o.timers.at(id, unix_now() + 60);
         }
-    }
-    let mut new = Vec::new();
-    if !reports.is_empty() {
-        match o.bouncer.bounce(id, envelope, reports, SystemTime::now()) {
-            Ok(Some(b)) => new.push(b),
-            Ok(None) => {}
-            // The bounce could not be written: keep the recipients pending (they are tried
-            // again, and bounce then) rather than fail them silently.
-            Err(why) => return Err(format!("cannot write the bounce: {why}")),
-        }
-    }
-    let applied = o
-        .store
-        .apply(&[(id.clone(), changed)], Owner::Remote, &new)
-        .map_err(|e| e.to_string())?;
-    o.committer.sync_blocking()?;
-    for (bounce_id, bounce) in &new {
-        o.dispatch.queued(bounce_id, bounce);
-    }
-    if matches!(applied.first(), Some(Applied::Removed)) {
-        log::event("removed", format_args!("id={id}"));
-    }
-    Ok(applied.into_iter().next().unwrap_or(Applied::Gone))
-}
-
-/// A random number in `0.0..1.0` (jitter).
-fn random_fraction() -> f64 {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
-}
-
-/// "2 days 3 h", "45 min", "12 s".
-fn human_duration(secs: u64) -> String {
-    match secs {
-        s if s >= 86_400 => format!("{} days {} h", s / 86_400, (s % 86_400) / 3600),
-        s if s >= 3600 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{} min", s / 60),
-        s => format!("{s} s"),
     }
 }
 
@@ -790,11 +616,11 @@ async fn attempt(
         .map(|r| {
             let report = RecipientReport::from_result(r, remote.clone());
             match &r.status {
+                // RFC 3461 5.2.2: a next hop with DSN takes NOTIFY=SUCCESS over; without
+                // it, the success is ours to report ("relayed").
                 RecipientStatus::Accepted(reply) => Fate::Delivered {
-                    reply: reply.clone(),
-                    hop: hop_text.clone(),
-                    dsn: remote_dsn,
-                    report,
+                    detail: format!("relay={hop_text} reply=\"{}\"", log::quoted(reply)),
+                    report: (!remote_dsn).then_some(report),
                 },
                 RecipientStatus::TemporaryFailure(reason) => Fate::Deferred {
                     why: format!("{hop_text}: {reason}"),

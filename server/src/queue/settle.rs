@@ -1,0 +1,472 @@
+//! The tail every delivery shares: what happened to each recipient ([`Fate`]) becomes the
+//! recipient's new state, its next attempt, the sender's DSN and the log lines, recorded in
+//! one place for every delivery method.
+//!
+//! A delivery method (Maildir, LMTP, a command, SMTP) only says, per recipient, delivered,
+//! deferred or failed. Then:
+//!
+//! 1. [`settle`] (pure: the time and the jitter are arguments) applies the fates to a copy of
+//!    the envelope: a deferred recipient gets its next attempt from proto-core's schedule
+//!    ([`proto_core::next_attempt`]), or fails for good (RFC 3463 4.4.7, reported as 5.4.7)
+//!    once the message is older than the policy's lifetime; a delay warning goes out once;
+//!    successes are reported when NOTIFY=SUCCESS asks for it (RFC 3461 section 5.2.2).
+//! 2. [`Recorder::record`] writes the DSNs, applies the new states in one store batch, makes
+//!    it durable with one group commit, hands the DSNs to their workers, and only then logs
+//!    what happened (`delivered`, `deferred`, `failed`, `removed`): a line never claims what
+//!    the queue does not hold.
+//!
+//! A message whose DSN cannot be written is left out of the batch: its recipients stay as
+//! stored and are tried again (at worst a copy is delivered twice, never lost or failed
+//! without its bounce).
+
+use std::time::{Duration, SystemTime};
+
+use proto_core::{DsnAction, DsnDate, EnhancedStatus, RecipientReport, RetryDecision, RetryPolicy};
+
+use crate::log;
+use crate::queue::QueueId;
+use crate::queue::bounce::{self, Bouncer};
+use crate::queue::commit::Committer;
+use crate::queue::dispatch::Dispatch;
+use crate::queue::store::{Applied, Envelope, Owner, RecipientState, Store};
+
+/// What happened to one recipient in one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum Fate {
+    /// Delivered. `detail` is the log's account of where (`path=...`, `relay=... reply=...`);
+    /// `report` is the success report to send when the recipient asked for one, `None` when
+    /// the next hop takes that job over (it announced DSN).
+    Delivered {
+        /// Where it went, as log fields.
+        detail: String,
+        /// The report for NOTIFY=SUCCESS, if it is ours to send.
+        report: Option<RecipientReport>,
+    },
+    /// Not now: tried again later, or failed once the message is too old.
+    Deferred {
+        /// What went wrong.
+        why: String,
+        /// The report, used if a delay warning or the final failure is sent.
+        report: RecipientReport,
+    },
+    /// Failed for good: bounced now.
+    Failed {
+        /// What went wrong.
+        why: String,
+        /// The report for the DSN.
+        report: RecipientReport,
+    },
+}
+
+/// When to try again and when to warn: one schedule per kind of delivery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// The retry schedule (proto-core's).
+    pub retry: RetryPolicy,
+    /// Warn the sender once a message has waited this long (`None`: never).
+    pub delay_warning: Option<Duration>,
+}
+
+/// One message's settled pass: its new envelope, the reports for the sender, and the log
+/// lines to write once it is recorded.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The message.
+    pub id: QueueId,
+    /// The envelope with the new recipient states.
+    pub envelope: Envelope,
+    /// The original envelope, which the DSN describes.
+    original: Envelope,
+    /// What the sender is told.
+    reports: Vec<RecipientReport>,
+    /// (event, fields) to log once durable.
+    events: Vec<(&'static str, String)>,
+}
+
+/// Applies `fates` (recipient index, fate) to a copy of `envelope`. `now` is in seconds
+/// since the Unix epoch; `jitter` gives a number in `0.0..1.0` for each retry.
+pub fn settle(
+    id: &QueueId,
+    envelope: &Envelope,
+    fates: Vec<(usize, Fate)>,
+    now: u64,
+    jitter: &mut dyn FnMut() -> f64,
+    schedule: &Schedule,
+) -> Settled {
+    let mut changed = envelope.clone();
+    let mut reports = Vec::new();
+    let mut events = Vec::new();
+    for (i, fate) in fates {
+        let r = &mut changed.recipients[i];
+        match fate {
+            Fate::Delivered { detail, report } => {
+                r.state = RecipientState::Delivered;
+                let asked = matches!(r.notify, Some(proto_core::Notify::On { success: true, .. }));
+                if let Some(report) = report.filter(|_| asked) {
+                    reports.push(bounce::report_for(r, report));
+                }
+                events.push(("delivered", format!("id={id} to=<{}> {detail}", r.address)));
+            }
+            Fate::Failed { why, report } => {
+                r.attempts += 1;
+                r.state = RecipientState::Failed;
+                r.last_error = Some(why.clone());
+                events.push((
+                    "failed",
+                    format!(
+                        "id={id} to=<{}> attempts={} reason=\"{}\"",
+                        r.address,
+                        r.attempts,
+                        log::quoted(&why)
+                    ),
+                ));
+                reports.push(bounce::report_for(r, report));
+            }
+            Fate::Deferred { why, mut report } => {
+                r.attempts += 1;
+                r.last_error = Some(why.clone());
+                let decision = proto_core::next_attempt(
+                    now,
+                    envelope.received_at,
+                    r.attempts,
+                    jitter(),
+                    &schedule.retry,
+                );
+                match decision {
+                    RetryDecision::RetryAt(at) => {
+                        r.next_attempt = at;
+                        // A delay warning, once, when the message has waited long enough.
+                        if let Some(after) = schedule.delay_warning
+                            && !r.delay_warned
+                            && now >= envelope.received_at.saturating_add(after.as_secs())
+                        {
+                            r.delay_warned = true;
+                            report.action = DsnAction::Delayed;
+                            report.last_attempt = Some(DsnDate::from_unix(now as i64));
+                            report.will_retry_until = Some(DsnDate::from_unix(
+                                envelope
+                                    .received_at
+                                    .saturating_add(schedule.retry.max_lifetime)
+                                    as i64,
+                            ));
+                            reports.push(bounce::report_for(r, report));
+                        }
+                        events.push((
+                            "deferred",
+                            format!(
+                                "id={id} to=<{}> attempts={} retry_in={}s reason=\"{}\"",
+                                r.address,
+                                r.attempts,
+                                at.saturating_sub(now),
+                                log::quoted(&why)
+                            ),
+                        ));
+                    }
+                    _ => {
+                        r.state = RecipientState::Failed;
+                        events.push((
+                            "failed",
+                            format!(
+                                "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
+                                r.address,
+                                r.attempts,
+                                log::quoted(&why)
+                            ),
+                        ));
+                        // RFC 3463 4.4.7: delivery time expired; reported as a failure.
+                        report.action = DsnAction::Failed;
+                        report.status = EnhancedStatus::new(5, 4, 7).unwrap_or(report.status);
+                        report.problem = Some(format!(
+                            "gave up after {} attempts over {}: {why}",
+                            r.attempts,
+                            human_duration(now.saturating_sub(envelope.received_at))
+                        ));
+                        reports.push(bounce::report_for(r, report));
+                    }
+                }
+            }
+        }
+    }
+    Settled {
+        id: id.clone(),
+        envelope: changed,
+        original: envelope.clone(),
+        reports,
+        events,
+    }
+}
+
+/// What recording needs: the store, its committer, the bouncer and the dispatcher.
+#[derive(Debug)]
+pub struct Recorder<'a> {
+    /// The queue store.
+    pub store: &'a Store,
+    /// Group commit.
+    pub committer: &'a Committer,
+    /// DSNs.
+    pub bouncer: &'a Bouncer,
+    /// Where DSNs go once durable.
+    pub dispatch: &'a Dispatch,
+}
+
+/// Why a pass could not be recorded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot record the delivery: {0}")]
+pub struct RecordError(String);
+
+impl Recorder<'_> {
+    /// Records settled passes of `owner`'s recipients (blocking): DSNs, one store batch, one
+    /// durable commit, then the DSNs dispatched and the log lines written. Returns, per pass
+    /// in order, what the store kept of the message (`None`: left out, because its DSN could
+    /// not be written; it is tried again as stored). On an error nothing is recorded.
+    pub fn record(
+        &self,
+        owner: Owner,
+        passes: Vec<Settled>,
+    ) -> Result<Vec<Option<Applied>>, RecordError> {
+        let mut bounces = Vec::new();
+        let mut kept = Vec::with_capacity(passes.len());
+        for p in passes {
+            if p.reports.is_empty() {
+                kept.push(Some(p));
+                continue;
+            }
+            let reports = p.reports.clone();
+            match self
+                .bouncer
+                .bounce(&p.id, &p.original, reports, SystemTime::now())
+            {
+                Ok(Some(b)) => bounces.push(b),
+                Ok(None) => {}
+                Err(why) => {
+                    log::event(
+                        "deferred",
+                        format_args!(
+                            "id={} reason=\"cannot write the bounce: {}\"; tried again",
+                            p.id,
+                            log::quoted(&why)
+                        ),
+                    );
+                    kept.push(None);
+                    continue;
+                }
+            }
+            kept.push(Some(p));
+        }
+        let changes: Vec<(QueueId, Envelope)> = kept
+            .iter()
+            .flatten()
+            .map(|p| (p.id.clone(), p.envelope.clone()))
+            .collect();
+        let applied = self
+            .store
+            .apply(&changes, owner, &bounces)
+            .map_err(|e| RecordError(e.to_string()))?;
+        self.committer.sync_blocking().map_err(RecordError)?;
+        for (bounce_id, bounce) in &bounces {
+            self.dispatch.queued(bounce_id, bounce);
+        }
+        let mut applied = applied.into_iter();
+        let mut out = Vec::with_capacity(kept.len());
+        for p in kept {
+            let Some(p) = p else {
+                out.push(None);
+                continue;
+            };
+            let a = applied.next().unwrap_or(Applied::Gone);
+            if a != Applied::Gone {
+                for (event, fields) in &p.events {
+                    log::event(event, format_args!("{fields}"));
+                }
+            }
+            if a == Applied::Removed {
+                log::event("removed", format_args!("id={}", p.id));
+            }
+            out.push(Some(a));
+        }
+        Ok(out)
+    }
+}
+
+/// A random number in `0.0..1.0`, for retry jitter.
+pub fn random_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+/// `secs` for a person: `2 days 3 h`, `4 h 5 min`, `6 min`, `7 s`.
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{} days {} h", s / 86_400, (s % 86_400) / 3600),
+        s if s >= 3600 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto_core::{ForwardPath, Notify};
+
+    use super::*;
+    use crate::queue::store::{Address, Recipient};
+
+    const NOW: u64 = 1_780_000_000;
+
+    fn envelope(recipients: usize) -> Envelope {
+        let rs = (0..recipients)
+            .map(|n| {
+                Recipient::new(Address::Remote(
+                    format!("r{n}@remote.test").parse().expect("mailbox"),
+                ))
+            })
+            .collect();
+        let mut e = Envelope::plain("<s@client.test>", 10, 1, rs);
+        e.received_at = NOW - 100;
+        e
+    }
+
+    fn report(
+        e: &Envelope,
+        i: usize,
+        action: DsnAction,
+        status: (u8, u16, u16),
+    ) -> RecipientReport {
+        let to = e.recipients[i]
+            .address
+            .forward_path()
+            .unwrap_or(ForwardPath::Postmaster);
+        let status = EnhancedStatus::new(status.0, status.1, status.2).expect("status");
+        RecipientReport::new(to, action, status)
+    }
+
+    fn schedule() -> Schedule {
+        let mut retry = RetryPolicy::default();
+        retry.max_lifetime = 1000;
+        Schedule {
+            retry,
+            delay_warning: Some(Duration::from_secs(50)),
+        }
+    }
+
+    #[test]
+    fn each_fate_sets_the_state_the_schedule_and_the_reports() {
+        let mut e = envelope(4);
+        e.recipients[0].notify = Some(Notify::On {
+            success: true,
+            failure: true,
+            delay: true,
+        });
+        let fates = vec![
+            (
+                0,
+                Fate::Delivered {
+                    detail: "path=/x".into(),
+                    report: Some(report(&e, 0, DsnAction::Delivered, (2, 0, 0))),
+                },
+            ),
+            (
+                1,
+                Fate::Delivered {
+                    detail: "path=/y".into(),
+                    report: Some(report(&e, 1, DsnAction::Delivered, (2, 0, 0))),
+                },
+            ),
+            (
+                2,
+                Fate::Failed {
+                    why: "550 no such user".into(),
+                    report: report(&e, 2, DsnAction::Failed, (5, 1, 1)),
+                },
+            ),
+            (
+                3,
+                Fate::Deferred {
+                    why: "451 try later".into(),
+                    report: report(&e, 3, DsnAction::Delayed, (4, 0, 0)),
+                },
+            ),
+        ];
+        let id = QueueId::new();
+        let s = settle(&id, &e, fates, NOW, &mut || 0.0, &schedule());
+        let states: Vec<_> = s.envelope.recipients.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states,
+            [
+                RecipientState::Delivered,
+                RecipientState::Delivered,
+                RecipientState::Failed,
+                RecipientState::Pending
+            ]
+        );
+        // The deferred one: 300 s (the default first delay), a delay warning (waited 100 s,
+        // more than the 50 s asked), its attempt counted.
+        let r3 = &s.envelope.recipients[3];
+        assert_eq!((r3.attempts, r3.next_attempt), (1, NOW + 300));
+        assert!(r3.delay_warned);
+        // Reported: r0's success (it asked), r2's failure, r3's delay; not r1's success.
+        let reported: Vec<_> = s
+            .reports
+            .iter()
+            .map(|r| (r.recipient.to_string(), r.action))
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                ("<r0@remote.test>".to_string(), DsnAction::Delivered),
+                ("<r2@remote.test>".to_string(), DsnAction::Failed),
+                ("<r3@remote.test>".to_string(), DsnAction::Delayed),
+            ]
+        );
+        let events: Vec<_> = s.events.iter().map(|(e, _)| *e).collect();
+        assert_eq!(events, ["delivered", "delivered", "failed", "deferred"]);
+        assert!(
+            s.events[3].1.contains("attempts=1 retry_in=300s"),
+            "{:?}",
+            s.events
+        );
+        // The original envelope is what the DSN describes.
+        assert_eq!(s.original, e);
+    }
+
+    #[test]
+    fn a_deferral_past_the_lifetime_fails_with_5_4_7() {
+        let mut e = envelope(1);
+        e.received_at = NOW - 1000;
+        e.recipients[0].delay_warned = true;
+        let fates = vec![(
+            0,
+            Fate::Deferred {
+                why: "451 try later".into(),
+                report: report(&e, 0, DsnAction::Delayed, (4, 0, 0)),
+            },
+        )];
+        let s = settle(&QueueId::new(), &e, fates, NOW, &mut || 0.5, &schedule());
+        assert_eq!(s.envelope.recipients[0].state, RecipientState::Failed);
+        assert_eq!(s.reports.len(), 1);
+        assert_eq!(s.reports[0].action, DsnAction::Failed);
+        assert_eq!(s.reports[0].status.to_string(), "5.4.7");
+        assert_eq!(
+            s.reports[0].problem.as_deref(),
+            Some("gave up after 1 attempts over 16 min: 451 try later")
+        );
+        assert!(s.events[0].1.contains("reason=\"gave up: 451 try later\""));
+    }
+
+    #[test]
+    fn a_delay_warning_goes_out_once() {
+        let mut e = envelope(1);
+        e.recipients[0].delay_warned = true;
+        let fates = vec![(
+            0,
+            Fate::Deferred {
+                why: "451".into(),
+                report: report(&e, 0, DsnAction::Delayed, (4, 0, 0)),
+            },
+        )];
+        let s = settle(&QueueId::new(), &e, fates, NOW, &mut || 0.0, &schedule());
+        assert!(s.reports.is_empty(), "already warned");
+        assert_eq!(s.envelope.recipients[0].state, RecipientState::Pending);
+    }
+}
