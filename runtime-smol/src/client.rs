@@ -6,7 +6,7 @@
 //! each job's body from a [`BodySource`] while the session wants it. Network failures are not
 //! errors here: a read or write that fails is the server's end of file for the session, which
 //! then finishes its jobs with temporary failures. What comes back is every job's
-//! [`Outcome`] and what TLS was negotiated; [`ClientError`] is only for a body that could not
+//! [`Outcome`] and what TLS was negotiated; [`DriveError`] is only for a body that could not
 //! be read (a local problem) and for misuse of the session API.
 
 use std::io;
@@ -85,7 +85,7 @@ pub struct Report {
 /// A problem that is not the server's doing.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum DriveError {
     /// A body could not be read: the connection was dropped without ending the data, so the
     /// server discards the transaction.
     #[error("cannot read the message body: {0}")]
@@ -115,7 +115,7 @@ pub async fn deliver<S, B>(
     session: &mut ClientSession,
     tls: Option<&ClientTls>,
     bodies: &mut B,
-) -> Result<Report, ClientError>
+) -> Result<Report, DriveError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: BodySource,
@@ -156,7 +156,7 @@ where
     match drive(&mut stream, session, bodies, &mut report).await? {
         Next::Closed => Ok(report),
         // The session asks for TLS once at most.
-        Next::StartTls => Err(ClientError::Usage(ClientUsageError::TlsNotRequested)),
+        Next::StartTls => Err(DriveError::Usage(ClientUsageError::TlsNotRequested)),
     }
 }
 
@@ -175,7 +175,7 @@ async fn drive<S, B>(
     session: &mut ClientSession,
     bodies: &mut B,
     report: &mut Report,
-) -> Result<Next, ClientError>
+) -> Result<Next, DriveError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: BodySource,
@@ -190,11 +190,7 @@ where
             match action {
                 ClientAction::Send(bytes) => out.extend_from_slice(&bytes),
                 ClientAction::Event(ClientEvent::BodyRequested) => {
-                    body = Some(
-                        bodies
-                            .open(session.job_index())
-                            .map_err(ClientError::Body)?,
-                    );
+                    body = Some(bodies.open(session.job_index()).map_err(DriveError::Body)?);
                 }
                 ClientAction::Event(ClientEvent::Finished(outcome)) => {
                     report.outcomes.push(outcome);
@@ -244,7 +240,7 @@ where
         {
             let n = read_full(reader, &mut chunk)
                 .await
-                .map_err(ClientError::Body)?;
+                .map_err(DriveError::Body)?;
             let last = n < chunk.len();
             session.handle_body(Instant::now(), &chunk[..n], last)?;
             if last {

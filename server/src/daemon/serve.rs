@@ -111,7 +111,13 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             settings.mail_dir().display()
         ))
     })?;
-    let (queue, workers, work, outbound, remote_work) = open_queue(&settings)?;
+    let Queue {
+        parts: queue,
+        local: workers,
+        local_ids: work,
+        outbound,
+        remote_ids: remote_work,
+    } = open_queue(&settings)?;
 
     let mut bound = Vec::new();
     let activated = match systemd::activated_sockets()? {
@@ -405,7 +411,7 @@ impl Live {
         shutdown: &Shutdown,
         queue: &QueueParts,
     ) -> Live {
-        let users = Arc::new(UserDb::new(settings.domains_dir()));
+        let users = queue.users.clone();
         let srs = proto_core::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
         let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
         for problem in aliases.reload() {
@@ -523,17 +529,22 @@ struct QueueParts {
     srs_key: Arc<Vec<u8>>,
     /// The DNS resolver, shared by outbound delivery and the checks on reception.
     resolver: Arc<Resolver>,
+    /// The users of the local domains (re-read when their files change): one for sessions,
+    /// logins and bounces alike.
+    users: Arc<UserDb>,
 }
 
-/// What [`open_queue`] sets up: the sessions' handles, the local workers' share and their
-/// ids, the outbound workers' share and their ids.
-type Queue = (
-    QueueParts,
-    Arc<Local>,
-    async_channel::Receiver<QueueId>,
-    Arc<Outbound>,
-    async_channel::Receiver<QueueId>,
-);
+/// What [`open_queue`] sets up.
+struct Queue {
+    /// The sessions' handles.
+    parts: QueueParts,
+    /// The local workers' share, and the ids they take.
+    local: Arc<Local>,
+    local_ids: async_channel::Receiver<QueueId>,
+    /// The outbound workers' share, and the ids they take.
+    outbound: Arc<Outbound>,
+    remote_ids: async_channel::Receiver<QueueId>,
+}
 
 /// Opens the queue store, removes what unacknowledged transactions left, starts the
 /// committer, sets up local and outbound delivery, and queues every message a previous run
@@ -568,11 +579,12 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
             format_args!("{} queued messages resume delivery", ids.len()),
         );
     }
+    let users = Arc::new(UserDb::new(settings.domains_dir()));
     let bouncer = Bouncer {
         store: store.clone(),
         hostname: settings.hostname.clone(),
         recipients: Recipients::new(
-            Arc::new(UserDb::new(settings.domains_dir())),
+            users.clone(),
             settings.mail_dir(),
             settings.hostname.clone(),
         ),
@@ -645,8 +657,15 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         dispatch,
         srs_key: Arc::new(srs_key),
         resolver,
+        users,
     };
-    Ok((parts, local, local_ids, outbound, remote_ids))
+    Ok(Queue {
+        parts,
+        local,
+        local_ids,
+        outbound,
+        remote_ids,
+    })
 }
 
 /// Binds one listener, or explains why not, pointing at its line.

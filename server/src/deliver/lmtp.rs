@@ -99,7 +99,7 @@ async fn run<S, F, R>(
     stream: S,
     mut session: ClientSession,
     bodies: &mut F,
-) -> Result<runtime_smol::client::Report, runtime_smol::client::ClientError>
+) -> Result<runtime_smol::client::Report, runtime_smol::client::DriveError>
 where
     S: futures_lite::io::AsyncRead + futures_lite::io::AsyncWrite + Unpin,
     F: FnMut(usize) -> io::Result<R>,

@@ -19,16 +19,17 @@ use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
-use proto_core::{AliasError, Destination, Domain, ForwardPath, ReversePath, Srs};
+use proto_core::{AliasError, Destination, Domain, ForwardPath, Reply, ReversePath, Srs};
 
 use crate::directory::aliases::Aliases;
 use crate::directory::recipients::Recipients;
+use crate::directory::relay::{Locality, locality};
 use crate::directory::users::Address as UserAddress;
 use crate::queue::store::Address;
 
 /// One queued recipient an address turns into.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct Queued {
     /// Where it goes.
     pub address: Address,
     /// The reverse path for it, when not the message's own (SRS).
@@ -37,13 +38,13 @@ pub struct Target {
 
 /// What RCPT should do with an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum Resolution {
     /// Accept: queue these recipients.
-    Accept(Vec<Target>),
+    Accept(Vec<Queued>),
     /// Not one of our domains: the relay policy decides.
     NotLocal,
-    /// Refuse with this code, enhanced status and text.
-    Refuse(u16, (u8, u16, u16), String),
+    /// Refuse with this reply.
+    Refuse(Reply),
 }
 
 /// What deciding needs.
@@ -59,28 +60,37 @@ pub struct Destinations<'a> {
 
 impl Destinations<'_> {
     /// Decides for `to`, in a transaction from `from`. Blocking (reads files).
-    pub fn decide(&self, to: &ForwardPath, from: &ReversePath, now: SystemTime) -> Decision {
+    pub fn decide(&self, to: &ForwardPath, from: &ReversePath, now: SystemTime) -> Resolution {
+        match locality(to, |d| self.recipients.is_local_domain(d)) {
+            Locality::Local => {}
+            Locality::Remote => return Resolution::NotLocal,
+            // RFC 3463 5.7.1: delivery not authorized.
+            Locality::RoutedLocalPart => {
+                return Resolution::Refuse(Reply::of(
+                    550,
+                    (5, 7, 1),
+                    "Routing in the local part is not accepted here",
+                ));
+            }
+        }
         let mailbox = match to {
             ForwardPath::Mailbox(m) => m,
             // <Postmaster> without a domain: the host's postmaster, always local.
             _ => return self.plain_lookup(to),
         };
-        if !self.recipients.is_local_domain(mailbox.domain()) {
-            return Decision::NotLocal;
-        }
         let local = mailbox.local_part().as_str();
         if proto_core::is_srs(local) {
             return match self.srs.reverse(mailbox, now) {
-                Ok(original) => Decision::Accept(vec![Target {
+                Ok(original) => Resolution::Accept(vec![Queued {
                     address: Address::Remote(original),
                     sender: None,
                 }]),
                 // RFC 3463 5.7.1: delivery not authorized.
-                Err(e) => Decision::Refuse(
+                Err(e) => Resolution::Refuse(Reply::of(
                     550,
                     (5, 7, 1),
                     format!("Not a valid bounce address here: {e}"),
-                ),
+                )),
             };
         }
         let exists = |domain: &str, user: &str| self.recipients.user_exists(domain, user);
@@ -88,21 +98,27 @@ impl Destinations<'_> {
             Ok(r) => r,
             Err(e @ AliasError::Lookup { .. }) => {
                 crate::log::event("failed", format_args!("to=<{mailbox}> reason=\"{e}\""));
-                return Decision::Refuse(
+                return Resolution::Refuse(Reply::of(
                     451,
                     (4, 3, 0),
-                    "Temporary local problem, try again later".into(),
-                );
+                    "Temporary local problem, try again later",
+                ));
             }
             // RFC 3463 5.4.6: routing loop detected.
-            Err(e) => return Decision::Refuse(550, (5, 4, 6), format!("Alias problem: {e}")),
+            Err(e) => {
+                return Resolution::Refuse(Reply::of(
+                    550,
+                    (5, 4, 6),
+                    format!("Alias problem: {e}"),
+                ));
+            }
         };
         let mut targets = Vec::new();
         for r in resolved {
             let target = match r.destination {
                 Destination::Local { user, domain } => {
                     match UserAddress::parse(&format!("{user}@{domain}")) {
-                        Ok(a) => Target {
+                        Ok(a) => Queued {
                             address: Address::Local {
                                 domain: a.ascii_domain().to_string(),
                                 user: a.local().to_string(),
@@ -112,11 +128,11 @@ impl Destinations<'_> {
                         Err(_) => continue,
                     }
                 }
-                Destination::Remote(address) | Destination::Forward { address, .. } => Target {
+                Destination::Remote(address) | Destination::Forward { address, .. } => Queued {
                     address: Address::Remote(address),
                     sender: self.forward_sender(from, mailbox.domain(), now),
                 },
-                Destination::Pipe { command, alias } => Target {
+                Destination::Pipe { command, alias } => Queued {
                     address: Address::Pipe { command, alias },
                     sender: None,
                 },
@@ -128,9 +144,9 @@ impl Destinations<'_> {
         }
         if targets.is_empty() {
             // RFC 5321 3.4.2 / RFC 3463 5.1.1: bad destination mailbox address.
-            return Decision::Refuse(550, (5, 1, 1), "No such user here".into());
+            return Resolution::Refuse(Reply::of(550, (5, 1, 1), "No such user here"));
         }
-        Decision::Accept(targets)
+        Resolution::Accept(targets)
     }
 
     /// The reverse path for a copy forwarded out of `domain`: `from` rewritten by SRS. Null
@@ -160,21 +176,23 @@ impl Destinations<'_> {
     }
 
     /// `<Postmaster>`: the plain recipient lookup.
-    fn plain_lookup(&self, to: &ForwardPath) -> Decision {
+    fn plain_lookup(&self, to: &ForwardPath) -> Resolution {
         match self.recipients.lookup(to) {
-            Ok(crate::directory::recipients::Lookup::Local(m)) => Decision::Accept(vec![Target {
-                address: Address::Local {
-                    domain: m.domain,
-                    user: m.user,
-                },
-                sender: None,
-            }]),
-            Ok(_) => Decision::Refuse(550, (5, 1, 1), "No such user here".into()),
-            Err(_) => Decision::Refuse(
+            Ok(crate::directory::recipients::Lookup::Local(m)) => {
+                Resolution::Accept(vec![Queued {
+                    address: Address::Local {
+                        domain: m.domain,
+                        user: m.user,
+                    },
+                    sender: None,
+                }])
+            }
+            Ok(_) => Resolution::Refuse(Reply::of(550, (5, 1, 1), "No such user here")),
+            Err(_) => Resolution::Refuse(Reply::of(
                 451,
                 (4, 3, 0),
-                "Temporary local problem, try again later".into(),
-            ),
+                "Temporary local problem, try again later",
+            )),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Relay policy: who may send where, and as whom. Pure functions, no I/O.
 //!
-//! # Recipients ([`route`])
+//! # Recipients ([`locality`])
 //!
 //! Without AUTH (and outside the trusted networks), mail is accepted only for local domains;
 //! everything else is "Relaying denied" (550 5.7.1). Forms that tried to trick servers into
@@ -19,8 +19,8 @@
 //! interprets it; we interpret `%`, `!` and `@` in it as "not a mailbox of ours".
 //!
 //! With AUTH (or from a trusted network) any recipient is acceptable as far as policy goes; a
-//! recipient elsewhere is a [`Target::Remote`], which the server answers (outbound delivery
-//! is not there yet: see `reception`).
+//! recipient elsewhere is a [`Locality::Remote`], queued for outbound delivery. The locality is
+//! decided once per RCPT, by [`crate::directory::destinations::Destinations::decide`].
 //!
 //! # Senders ([`Grants::may_send_as`])
 //!
@@ -39,7 +39,7 @@ use crate::directory::users::Address;
 
 /// Where a recipient is, for the relay decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub enum Locality {
     /// In a local domain (or `<Postmaster>`): look the user up.
     Local,
     /// Elsewhere: relaying.
@@ -90,19 +90,19 @@ pub struct Policy {
 
 /// Classifies a recipient. `is_local` tells whether a domain is ours (any case, either IDNA
 /// form; never an address literal).
-pub fn route(to: &ForwardPath, is_local: impl Fn(&proto_core::Domain) -> bool) -> Target {
+pub fn locality(to: &ForwardPath, is_local: impl Fn(&proto_core::Domain) -> bool) -> Locality {
     let mailbox = match to {
         ForwardPath::Mailbox(m) => m,
         // <Postmaster> and anything a future proto-core adds without a domain is ours.
-        _ => return Target::Local,
+        _ => return Locality::Local,
     };
     if !is_local(mailbox.domain()) {
-        return Target::Remote;
+        return Locality::Remote;
     }
     if has_route(mailbox) {
-        return Target::RoutedLocalPart;
+        return Locality::RoutedLocalPart;
     }
-    Target::Local
+    Locality::Local
 }
 
 /// Whether the local part holds a `%`, `!` or `@` route.
@@ -164,36 +164,42 @@ mod tests {
     }
 
     #[test]
-    fn recipients_route() {
+    fn recipients_locality() {
         let cases = [
-            ("<alice@example.org>", Target::Local),
-            ("<Alice@EXAMPLE.ORG>", Target::Local),
-            ("<alice@ｅｘａｍｐｌｅ.org>", Target::Local),
-            ("<alice@xn--bcher-kva.example>", Target::Local),
-            ("<alice@BÜCHER.example>", Target::Local),
-            ("<Postmaster>", Target::Local),
-            ("<user%other.example@example.org>", Target::RoutedLocalPart),
-            ("<other.example!user@example.org>", Target::RoutedLocalPart),
+            ("<alice@example.org>", Locality::Local),
+            ("<Alice@EXAMPLE.ORG>", Locality::Local),
+            ("<alice@ｅｘａｍｐｌｅ.org>", Locality::Local),
+            ("<alice@xn--bcher-kva.example>", Locality::Local),
+            ("<alice@BÜCHER.example>", Locality::Local),
+            ("<Postmaster>", Locality::Local),
+            (
+                "<user%other.example@example.org>",
+                Locality::RoutedLocalPart,
+            ),
+            (
+                "<other.example!user@example.org>",
+                Locality::RoutedLocalPart,
+            ),
             (
                 "<\"user@other.example\"@example.org>",
-                Target::RoutedLocalPart,
+                Locality::RoutedLocalPart,
             ),
-            ("<\"user%other\"@EXAMPLE.org>", Target::RoutedLocalPart),
-            ("<@example.org:user@other.example>", Target::Remote),
+            ("<\"user%other\"@EXAMPLE.org>", Locality::RoutedLocalPart),
+            ("<@example.org:user@other.example>", Locality::Remote),
             (
                 "<@example.org,@example.org:user@other.example>",
-                Target::Remote,
+                Locality::Remote,
             ),
-            ("<user@other.example>", Target::Remote),
-            ("<user%example.org@other.example>", Target::Remote),
-            ("<user@example.org.other.example>", Target::Remote),
-            ("<user@[127.0.0.1]>", Target::Remote),
-            ("<user@[IPv6:::1]>", Target::Remote),
-            ("<user@[ipv6:0:0:0:0:0:0:0:1]>", Target::Remote),
+            ("<user@other.example>", Locality::Remote),
+            ("<user%example.org@other.example>", Locality::Remote),
+            ("<user@example.org.other.example>", Locality::Remote),
+            ("<user@[127.0.0.1]>", Locality::Remote),
+            ("<user@[IPv6:::1]>", Locality::Remote),
+            ("<user@[ipv6:0:0:0:0:0:0:0:1]>", Locality::Remote),
         ];
         for (path, want) in cases {
             let to = ForwardPath::parse(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            assert_eq!(route(&to, is_local), want, "input {path}");
+            assert_eq!(locality(&to, is_local), want, "input {path}");
         }
         // These never get as far as the policy: the session refuses them as syntax errors.
         for bad in [

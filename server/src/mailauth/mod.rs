@@ -149,7 +149,7 @@ pub struct SpfResults {
 /// What a check says about the transaction or message.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum Decision {
+pub enum Disposition {
     /// Go on.
     Accept,
     /// Refuse with this reply (5xx or 4xx).
@@ -175,7 +175,7 @@ impl Inbound {
 
     /// SPF at MAIL (RFC 7208 2.3, 2.4): the HELO identity, then the MAIL FROM identity
     /// (`sender` is `local@domain`, or empty for the null reverse-path), and the decision.
-    pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> (SpfResults, Decision) {
+    pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> (SpfResults, Disposition) {
         let fetched = dns::Fetched::default();
         let helo_result = self
             .spf_identity(&fetched, ip, || {
@@ -194,7 +194,7 @@ impl Inbound {
             // RFC 7208 8.4: "the checking software can choose to mark the mail [...] or to
             // reject the mail outright"; RFC 7372 3.2: 5.7.23 "SPF validation failed".
             SpfResult::Fail if self.settings.spf_fail == OnFail::Reject => {
-                Decision::Refuse(Reply::of(
+                Disposition::Refuse(Reply::of(
                     550,
                     (5, 7, 23),
                     format!(
@@ -205,13 +205,13 @@ impl Inbound {
             }
             // RFC 7208 8.6: temperror "the SMTP server MAY return a 451 4.4.3 reply code".
             SpfResult::TempError if self.settings.temperror == OnTempError::Defer => {
-                Decision::Refuse(Reply::of(
+                Disposition::Refuse(Reply::of(
                     451,
                     (4, 4, 3),
                     "SPF: temporary DNS failure, try again later",
                 ))
             }
-            _ => Decision::Accept,
+            _ => Disposition::Accept,
         };
         let results = SpfResults {
             ip,

@@ -26,7 +26,7 @@ use proto_core::Reply;
 use proto_core::dkim::{BodyHasher, Canonicalization, HashAlgorithm, HeaderSection};
 
 use super::dns::{self, Fetched};
-use super::{Decision, Inbound, OnFail, OnTempError, SpfResults, spf_word};
+use super::{Disposition, Inbound, OnFail, OnTempError, SpfResults, spf_word};
 
 /// The longest header section kept for verifying.
 pub const MAX_HEADER: usize = crate::mailauth::dkim::MAX_HEADER_BLOCK;
@@ -65,7 +65,7 @@ pub struct Report {
     /// The fields to add (`Received-SPF`, `Authentication-Results`), each ending in CRLF.
     pub headers: String,
     /// Whether to take the message.
-    pub decision: Decision,
+    pub decision: Disposition,
     /// The results in one line, for the log.
     pub summary: String,
 }
@@ -187,7 +187,7 @@ impl Inbound {
         let Some((header, hashes)) = verifier.finish() else {
             return Report {
                 headers: String::new(),
-                decision: Decision::Refuse(Reply::of(
+                decision: Disposition::Refuse(Reply::of(
                     552,
                     (5, 6, 0),
                     "Header section too long to authenticate",
@@ -218,7 +218,7 @@ impl Inbound {
             let results = results.to_header();
             return Report {
                 headers: format!("{received_spf}{}", add_none(&results, "dkim=none")),
-                decision: Decision::Accept,
+                decision: Disposition::Accept,
                 summary: format!("{spf_part} dkim=none arc=none dmarc=none"),
             };
         };
@@ -309,7 +309,7 @@ impl Inbound {
     }
 
     /// What `[checks]` says about a DMARC result.
-    fn dmarc_decision(&self, result: &DmarcResult, policy: Policy, domain: &str) -> Decision {
+    fn dmarc_decision(&self, result: &DmarcResult, policy: Policy, domain: &str) -> Disposition {
         let s = &self.settings;
         match result {
             // RFC 7489 6.6.3/7.3 (and 10.3): a receiver rejecting for p=reject "SHOULD" use
@@ -318,7 +318,7 @@ impl Inbound {
                 if (policy == Policy::Reject && s.dmarc_reject == OnFail::Reject)
                     || (policy == Policy::Quarantine && s.dmarc_quarantine == OnFail::Reject) =>
             {
-                Decision::Refuse(Reply::of(
+                Disposition::Refuse(Reply::of(
                     550,
                     (5, 7, 1),
                     format!("Message rejected per the DMARC policy of {domain}"),
@@ -326,13 +326,13 @@ impl Inbound {
             }
             // RFC 7489 6.6.2: temporary failures to get a record "MAY" defer the message.
             DmarcResult::TempError(_) if s.temperror == OnTempError::Defer => {
-                Decision::Refuse(Reply::of(
+                Disposition::Refuse(Reply::of(
                     451,
                     (4, 4, 3),
                     "DMARC: temporary DNS failure, try again later",
                 ))
             }
-            _ => Decision::Accept,
+            _ => Disposition::Accept,
         }
     }
 }
@@ -504,7 +504,7 @@ mod tests {
                 report.summary
             );
             assert!(report.summary.contains("dmarc=pass"), "{}", report.summary);
-            assert_eq!(report.decision, Decision::Accept);
+            assert_eq!(report.decision, Disposition::Accept);
             assert!(
                 report
                     .headers
@@ -523,7 +523,7 @@ mod tests {
             );
             assert!(report.summary.contains("dmarc=fail"), "{}", report.summary);
             assert!(
-                matches!(&report.decision, Decision::Refuse(r) if r.to_string().starts_with("550 5.7.1")),
+                matches!(&report.decision, Disposition::Refuse(r) if r.to_string().starts_with("550 5.7.1")),
                 "{:?}",
                 report.decision
             );
@@ -607,8 +607,7 @@ mod tests {
                 "{ip} {sender:?}"
             );
             assert_eq!(spf_word(results.helo_result.result()), helo_want, "{ip}");
-            let refused =
-                matches!(&decision, Decision::Refuse(r) if r.to_string().starts_with("550 5.7.23"));
+            let refused = matches!(&decision, Disposition::Refuse(r) if r.to_string().starts_with("550 5.7.23"));
             assert_eq!(refused, want == "fail", "{ip} {sender:?}: {decision:?}");
         }
         assert!(server.queries() >= 5, "{}", server.queries());
@@ -627,7 +626,7 @@ mod tests {
         verifier.update(b"\r\n\r\nbody\r\n");
         let report = smol::block_on(inbound.check_message(verifier, &spf(&inbound), None));
         assert!(
-            matches!(&report.decision, Decision::Refuse(r) if r.to_string().starts_with("552 5.6.0")),
+            matches!(&report.decision, Disposition::Refuse(r) if r.to_string().starts_with("552 5.6.0")),
             "{:?}",
             report.decision
         );

@@ -36,17 +36,17 @@ use runtime_smol::Handler;
 
 use crate::config::Role;
 use crate::directory::aliases::Aliases;
-use crate::directory::destinations::{self, Decision as RcptDecision};
+use crate::directory::destinations::{self, Resolution};
 use crate::directory::header_from::{self, HeaderCollector};
 use crate::directory::logins::Authenticator;
 use crate::directory::recipients::Recipients;
-use crate::directory::relay::{self, HeaderFromCheck, Policy, Target};
+use crate::directory::relay::{HeaderFromCheck, Policy};
 use crate::directory::users::Address;
 use crate::log;
 use crate::mailauth::forged::ForgedFilter;
 use crate::mailauth::sign::Signing;
 use crate::mailauth::verify::Verifier;
-use crate::mailauth::{Decision, Inbound, SpfResults, spf_word};
+use crate::mailauth::{Disposition, Inbound, SpfResults, spf_word};
 use crate::queue::QueueId;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
@@ -165,7 +165,7 @@ impl Reception {
     }
 
     /// Signs and checks the finished message: the fields to add, or the refusal.
-    async fn authenticate(&self, session: &Session, t: &mut Transaction) -> Result<(), Verdict> {
+    async fn check_and_sign(&self, session: &Session, t: &mut Transaction) -> Result<(), Verdict> {
         // The end of a header section without an empty line, unless it is a forgery.
         let forged = std::mem::replace(&mut t.forged, ForgedFilter::new(""));
         let mut rest = Vec::new();
@@ -211,7 +211,7 @@ impl Reception {
                 summary.push(' ');
                 summary.push_str(&forged);
             }
-            if let Decision::Refuse(r) = report.decision {
+            if let Disposition::Refuse(r) = report.decision {
                 let what = format!("from={} auth=\"{summary}\"", t.from);
                 return Err(self.refuse(session, t.id.as_str(), &what, r));
             }
@@ -426,7 +426,7 @@ impl Handler for Reception {
                 _ => String::new(),
             };
             let (spf, decision) = self.shared.inbound.spf(ip, helo, &sender).await;
-            if let Decision::Refuse(r) = decision {
+            if let Disposition::Refuse(r) = decision {
                 let what = format!(
                     "from={from} spf={} helo-spf={}",
                     spf_word(spf.mail_from.result()),
@@ -469,43 +469,25 @@ impl Handler for Reception {
         let shared = self.shared.clone();
         let path = to.clone();
         let relay_ok = self.may_relay(session);
-        let (target, decision) = smol::unblock(move || {
-            let target = relay::route(&path, |d| shared.recipients.is_local_domain(d));
+        let resolution = smol::unblock(move || {
             let destinations = destinations::Destinations {
                 recipients: &shared.recipients,
                 aliases: &shared.aliases,
                 srs: &shared.srs,
             };
-            (
-                target,
-                destinations.decide(&path, &sender, SystemTime::now()),
-            )
+            destinations.decide(&path, &sender, SystemTime::now())
         })
         .await;
-        if target == Target::RoutedLocalPart {
-            return self.refuse(
-                session,
-                &id,
-                &what,
-                reply(
-                    550,
-                    (5, 7, 1),
-                    "Routing in the local part is not accepted here",
-                ),
-            );
-        }
-        match decision {
-            RcptDecision::Accept(targets) => {
-                for t in targets {
-                    self.add_recipient(t.address, t.sender, to, params);
+        match resolution {
+            Resolution::Accept(queued) => {
+                for q in queued {
+                    self.add_recipient(q.address, q.sender, to, params);
                 }
                 Verdict::Accept
             }
-            RcptDecision::Refuse(code, status, text) => {
-                self.refuse(session, &id, &what, reply(code, status, &text))
-            }
+            Resolution::Refuse(reply) => self.refuse(session, &id, &what, reply),
             // An authenticated user (or a trusted network) sending elsewhere: outbound.
-            RcptDecision::NotLocal if relay_ok => match to {
+            Resolution::NotLocal if relay_ok => match to {
                 ForwardPath::Mailbox(m) => {
                     self.add_recipient(store::Address::Remote(m.clone()), None, to, params);
                     Verdict::Accept
@@ -518,7 +500,7 @@ impl Handler for Reception {
                 ),
             },
             // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
-            RcptDecision::NotLocal => self.refuse(
+            Resolution::NotLocal => self.refuse(
                 session,
                 &id,
                 &what,
@@ -605,7 +587,7 @@ impl Handler for Reception {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
-        if let Err(verdict) = self.authenticate(session, &mut t).await {
+        if let Err(verdict) = self.check_and_sign(session, &mut t).await {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }

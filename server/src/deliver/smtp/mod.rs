@@ -429,18 +429,13 @@ async fn deliver_group(
                 break 'hops;
             }
             attempts += 1;
-            let mut result = attempt(
+            let group = Group {
                 o,
                 id,
                 envelope,
-                &route,
-                hop,
-                *addr,
-                need,
-                job.clone(),
-                false,
-            )
-            .await;
+                route: &route,
+            };
+            let mut result = attempt(&group, hop, *addr, need, job.clone(), false).await;
             if let Attempt::TlsFailed(why) = &result {
                 // Postfix and chasquid do the same: a broken STARTTLS is no reason to keep
                 // mail from a domain that never required TLS; try again without it.
@@ -454,8 +449,7 @@ async fn deliver_group(
                         log::quoted(why)
                     ),
                 );
-                result =
-                    attempt(o, id, envelope, &route, hop, *addr, need, job.clone(), true).await;
+                result = attempt(&group, hop, *addr, need, job.clone(), true).await;
             }
             match result {
                 Attempt::TlsFailed(why) | Attempt::Refused(why) => {
@@ -510,19 +504,29 @@ enum Attempt {
     Done(Vec<Fate>, Level),
 }
 
-/// One connection to `addr` of `hop`, delivering `job`.
-#[allow(clippy::too_many_arguments)]
+/// What stays the same across the connection attempts of one delivery.
+struct Group<'a> {
+    o: &'a Arc<Outbound>,
+    id: &'a QueueId,
+    envelope: &'a Arc<Envelope>,
+    route: &'a Route,
+}
+
+/// One connection to `addr` of `hop`, delivering `job`; in plaintext when `plaintext`.
 async fn attempt(
-    o: &Arc<Outbound>,
-    id: &QueueId,
-    envelope: &Arc<Envelope>,
-    route: &Route,
+    g: &Group<'_>,
     hop: &Hop,
     addr: SocketAddr,
     need: Need,
     job: MailJob,
     plaintext: bool,
 ) -> Attempt {
+    let Group {
+        o,
+        id,
+        envelope,
+        route,
+    } = *g;
     let stream = match connect(o, addr).await {
         Ok(s) => s,
         Err(e) => return Attempt::Refused(format!("connect: {e}")),
