@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use proto_core::{
-    AuthPolicy, Config, EnhancedStatus, Event, ForwardPath, PeerInfo, Reply, ReplyCode, Ticket,
-    TlsInfo, Verdict,
+    EnhancedStatus, ForwardPath, Reply, ReplyCode, TlsInfo, server::AuthPolicy, server::Config,
+    server::Event, server::PeerInfo, server::Ticket, server::Verdict,
 };
 
 /// A server configuration plus the data its application answers from.

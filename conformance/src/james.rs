@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use proto_core::AuthPolicy;
+use proto_core::server::AuthPolicy;
 
 use crate::dialogue::{CodeSpec, Expect, Scenario, Step, StepKind};
 use crate::fixture::Fixture;

@@ -1,5 +1,5 @@
 //! External conformance suites: SMTP dialogues run in memory against
-//! [`proto_core::Session`], and the mail-authentication suites (SPF, DKIM, ARC, DMARC) run
+//! [`proto_core::server::Session`], and the mail-authentication suites (SPF, DKIM, ARC, DMARC) run
 //! against mail-auth on a mock DNS.
 //!
 //! # What runs

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use proto_core::AuthPolicy;
+use proto_core::server::AuthPolicy;
 use serde::Deserialize;
 
 use crate::dialogue::{CodeSpec, Expect, Scenario, Step, StepKind};

@@ -1,4 +1,4 @@
-//! Runs one [`Scenario`] against `proto_core::Session`s in memory and records what differed.
+//! Runs one [`Scenario`] against `proto_core::server::Session`s in memory and records what differed.
 //!
 //! The runner plays both the client (the scenario's steps) and the server's driver: it feeds
 //! each send to [`Session::handle_input`] in one piece, drains [`Session::poll_action`]
@@ -18,7 +18,9 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
-use proto_core::{Action, Event, Reply, ReversePath, Session, Verdict};
+use proto_core::{
+    Reply, ReversePath, server::Action, server::Event, server::Session, server::Verdict,
+};
 
 use crate::dialogue::{Expect, Scenario, Step, StepKind};
 use crate::fixture::{Fixture, tls_info};
@@ -466,7 +468,7 @@ fn show_bytes(bytes: &[u8], max: usize) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use proto_core::AuthPolicy;
+    use proto_core::server::AuthPolicy;
 
     use super::*;
 

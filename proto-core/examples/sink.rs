@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use proto_core::{Action, Config, Event, PeerInfo, Session, Verdict};
+use proto_core::{
+    server::Action, server::Config, server::Event, server::PeerInfo, server::Session,
+    server::Verdict,
+};
 
 static COUNT: AtomicU64 = AtomicU64::new(0);
 

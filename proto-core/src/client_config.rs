@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::address::{ForwardPath, ReversePath};
 use crate::command::{Body, Notify, OriginalRecipient, Ret};
 
-/// The configuration of a [`ClientSession`](crate::ClientSession). Shared in an `Arc`.
+/// The configuration of a [`ClientSession`](crate::client::ClientSession). Shared in an `Arc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientConfig {

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-/// The configuration of a server [`Session`](crate::Session). Shared between sessions in an `Arc`.
+/// The configuration of a server [`Session`](crate::server::Session). Shared between sessions in an `Arc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
@@ -28,7 +28,7 @@ pub struct Config {
     pub require_auth: bool,
     /// Buffer and count limits.
     pub limits: Limits,
-    /// Timeouts, handed out through [`Session::poll_timeout`](crate::Session::poll_timeout).
+    /// Timeouts, handed out through [`Session::poll_timeout`](crate::server::Session::poll_timeout).
     pub timeouts: Timeouts,
 }
 
@@ -123,9 +123,9 @@ pub struct Limits {
     pub max_errors: u32,
     /// Input held while the session waits for a verdict (pipelined commands); past it the
     /// session answers 421 and closes. Drivers should stop reading while
-    /// [`Session::wants_input`](crate::Session::wants_input) is false.
+    /// [`Session::wants_input`](crate::server::Session::wants_input) is false.
     pub max_pending_input: usize,
-    /// Largest body chunk in one [`Event::MessageData`](crate::Event::MessageData).
+    /// Largest body chunk in one [`Event::MessageData`](crate::server::Event::MessageData).
     pub max_chunk: usize,
 }
 

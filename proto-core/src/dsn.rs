@@ -28,8 +28,8 @@
 //!
 //! ```
 //! use proto_core::{
-//!     compose, Boundary, DsnAction, DsnDate, DsnRequest, Domain, EnhancedStatus,
-//!     ForwardPath, MessageId, OriginalEnvelope, RecipientReport, Reply, ReversePath,
+//!     mail::compose, mail::Boundary, mail::DsnAction, mail::DsnDate, mail::DsnRequest, Domain, EnhancedStatus,
+//!     ForwardPath, mail::MessageId, mail::OriginalEnvelope, mail::RecipientReport, Reply, ReversePath,
 //! };
 //!
 //! let envelope = OriginalEnvelope::new(
@@ -71,7 +71,7 @@
 use std::fmt::Write as _;
 
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
-use crate::client::{ClientError, FailureReason, RecipientResult, RecipientStatus};
+use crate::client_session::{ClientError, FailureReason, RecipientResult, RecipientStatus};
 use crate::command::{Body, Notify, OriginalRecipient, Ret};
 use crate::reply::{EnhancedStatus, Reply, ReplyClass};
 
@@ -1752,7 +1752,7 @@ Subject: hello\r\n\
     /// status, diagnostic kept, problem text).
     #[test]
     fn reports_from_client_results() {
-        use crate::{ClientError, Stage};
+        use crate::{client::ClientError, client::Stage};
         let reply = |code, e: (u8, u16, u16), text: &str| Reply::of(code, e, text);
         type Case = (
             &'static str,

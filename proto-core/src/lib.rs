@@ -8,26 +8,37 @@
 //! That makes it usable from any runtime (postern's own uses smol; a blocking `std::net` loop
 //! is in `examples/sink.rs`) and testable on a virtual clock.
 //!
-//! A server [`Session`] is driven by four inputs and read through two outputs:
-//! - inputs: [`Session::handle_input`], [`Session::handle_eof`], [`Session::handle_timeout`],
-//!   [`Session::handle_tls_established`], and [`Session::resolve`] to answer an [`Event`];
-//! - outputs: [`Session::poll_action`] (drain it after every input) and
-//!   [`Session::poll_timeout`].
+//! The API comes in groups: [`server`] (the server [`Session`](server::Session) and what it
+//! asks of the application), [`client`] (the [`ClientSession`](client::ClientSession) that
+//! delivers to another server), [`mail`] (alias resolution, SRS, delivery status notifications,
+//! the retry schedule) and [`dkim`] (canonicalization); the vocabulary both sides share
+//! (addresses, replies, MAIL and RCPT parameters) is at the crate root.
+//!
+//! A server [`Session`](server::Session) is driven by six inputs and read through two outputs:
+//! - inputs: [`handle_input`](server::Session::handle_input) (bytes read),
+//!   [`handle_eof`](server::Session::handle_eof), [`handle_timeout`](server::Session::handle_timeout),
+//!   [`handle_shutdown`](server::Session::handle_shutdown) (the server is stopping),
+//!   [`handle_tls_established`](server::Session::handle_tls_established), and
+//!   [`resolve`](server::Session::resolve) to answer an [`Event`](server::Event);
+//! - outputs: [`poll_action`](server::Session::poll_action) (drain it after every input) and
+//!   [`poll_timeout`](server::Session::poll_timeout).
 //!
 //! Decisions that need I/O (is this recipient ours? is this password right? is the message
-//! safely stored?) leave the session as [`Event`]s carrying a [`Ticket`]. Until the application
-//! answers, the session reads no further command, so replies to pipelined commands always come
-//! out in order. Message bodies leave as a stream of [`Event::MessageData`] chunks: memory per
-//! session does not grow with the message.
+//! safely stored?) leave the session as [`Event`](server::Event)s carrying a
+//! [`Ticket`](server::Ticket). Until the application answers, the session reads no further
+//! command, so replies to pipelined commands always come out in order. Message bodies leave as
+//! a stream of [`Event::MessageData`](server::Event::MessageData) chunks: memory per session
+//! does not grow with the message.
 //!
-//! Errors caused by the peer become replies; errors in how the API is used are [`UsageError`]s.
+//! Errors caused by the peer become replies; errors in how the API is used are
+//! [`UsageError`](server::UsageError)s.
 //!
 //! # A complete drive loop
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Instant;
-//! use proto_core::{Action, Config, Event, PeerInfo, Session, Verdict};
+//! use proto_core::{server::Action, server::Config, server::Event, server::PeerInfo, server::Session, server::Verdict};
 //!
 //! let now = Instant::now();
 //! let mut session = Session::new(Arc::new(Config::new("mx.example.org")), PeerInfo::default(), now);
@@ -76,22 +87,28 @@
 //!
 //! # The client side
 //!
-//! A [`ClientSession`] delivers a [`MailJob`] (more with [`ClientSession::push_job`]) over one
-//! connection and mirrors the server's
-//! API: inputs [`ClientSession::handle_input`] (server replies), [`ClientSession::handle_eof`],
-//! [`ClientSession::handle_timeout`], [`ClientSession::handle_tls_established`] and
-//! [`ClientSession::handle_body`] (the body, in chunks, after [`ClientEvent::BodyRequested`]);
-//! outputs [`ClientSession::poll_action`] and [`ClientSession::poll_timeout`]. Each job ends
-//! with one [`ClientEvent::Finished`] carrying a result per recipient. [`next_attempt`] computes when to
-//! try again, and [`compose`] writes the delivery status notification (bounce or delay warning)
+//! A [`ClientSession`](client::ClientSession) delivers a [`MailJob`](client::MailJob) (more with
+//! [`push_job`](client::ClientSession::push_job)) over one connection and mirrors the server's
+//! API: inputs [`handle_input`](client::ClientSession::handle_input) (server replies),
+//! [`handle_eof`](client::ClientSession::handle_eof),
+//! [`handle_timeout`](client::ClientSession::handle_timeout),
+//! [`handle_tls_established`](client::ClientSession::handle_tls_established),
+//! [`handle_tls_failed`](client::ClientSession::handle_tls_failed) and
+//! [`handle_body`](client::ClientSession::handle_body) (the body, in chunks, after
+//! [`ClientEvent::BodyRequested`](client::ClientEvent::BodyRequested)); outputs
+//! [`poll_action`](client::ClientSession::poll_action) and
+//! [`poll_timeout`](client::ClientSession::poll_timeout). Each job ends with one
+//! [`ClientEvent::Finished`](client::ClientEvent::Finished) carrying a result per recipient.
+//! [`mail::next_attempt`] computes when to try again, and [`mail::compose`] writes the delivery
+//! status notification (bounce or delay warning)
 //! when a recipient fails for good or waits too long.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Instant;
 //! use proto_core::{
-//!     ClientAction, ClientConfig, ClientEvent, ClientSession, ForwardPath, MailJob,
-//!     RecipientStatus, ReversePath,
+//!     client::ClientAction, client::ClientConfig, client::ClientEvent, client::ClientSession, ForwardPath, client::MailJob,
+//!     client::RecipientStatus, ReversePath,
 //! };
 //!
 //! let now = Instant::now();
@@ -141,8 +158,8 @@
 
 mod address;
 mod alias;
-mod client;
 mod client_config;
+mod client_session;
 mod command;
 mod config;
 mod data;
@@ -154,31 +171,48 @@ mod sasl;
 mod session;
 mod srs;
 
+// The vocabulary both sides share: addresses, replies, MAIL and RCPT parameters, TLS facts.
 pub use address::{
     AddressError, AddressLiteral, Domain, ForwardPath, LocalPart, Mailbox, ReversePath,
 };
-pub use alias::{
-    AliasError, AliasOptions, AliasParseError, AliasTable, AliasTables, AliasWarning, Destination,
-    Resolved, Rule, Step, UserExists, resolve,
-};
-pub use client::{
-    Capabilities, ClientAction, ClientError, ClientEvent, ClientSession, ClientUsageError,
-    FailureReason, Outcome, RecipientResult, RecipientStatus, SizeLimit, Stage,
-};
-pub use client_config::{
-    ClientConfig, ClientCredentials, ClientTimeouts, JobRecipient, MailJob, TlsPolicy,
-};
 pub use command::{
-    Body, Command, CommandError, MailParams, Mechanism, Notify, OriginalRecipient, RcptParams, Ret,
-    looks_like_http, xtext_decode, xtext_encode,
-};
-pub use config::{AuthPolicy, Config, Extensions, Limits, Timeouts};
-pub use dsn::{
-    Boundary, DefaultNotify, Dsn, DsnAction, DsnDate, DsnRequest, MessageId, NoDsn,
-    OriginalEnvelope, RecipientReport, Returned, ReturnedContent, compose,
+    Body, MailParams, Notify, OriginalRecipient, RcptParams, Ret, xtext_decode, xtext_encode,
 };
 pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyParseError};
-pub use retry::{RetryDecision, RetryPolicy, next_attempt};
-pub use sasl::Credentials;
-pub use session::{Action, Event, PeerInfo, Session, Ticket, TlsInfo, UsageError, Verdict};
-pub use srs::{Srs, SrsError, SrsKind, is_srs};
+pub use session::TlsInfo;
+
+/// The server side: a [`Session`](server::Session) per connection, its configuration, the
+/// events it asks the application to decide and the verdicts that answer them.
+pub mod server {
+    pub use crate::command::{Command, CommandError, Mechanism, looks_like_http};
+    pub use crate::config::{AuthPolicy, Config, Extensions, Limits, Timeouts};
+    pub use crate::sasl::Credentials;
+    pub use crate::session::{Action, Event, PeerInfo, Session, Ticket, UsageError, Verdict};
+}
+
+/// The client side: a [`ClientSession`](client::ClientSession) delivers
+/// [`MailJob`](client::MailJob)s over one connection and reports a result per recipient.
+pub mod client {
+    pub use crate::client_config::{
+        ClientConfig, ClientCredentials, ClientTimeouts, JobRecipient, MailJob, TlsPolicy,
+    };
+    pub use crate::client_session::{
+        Capabilities, ClientAction, ClientError, ClientEvent, ClientSession, ClientUsageError,
+        FailureReason, Outcome, RecipientResult, RecipientStatus, SizeLimit, Stage,
+    };
+}
+
+/// What a mail server does with a message beyond the protocol: alias resolution, SRS,
+/// delivery status notifications and the retry schedule.
+pub mod mail {
+    pub use crate::alias::{
+        AliasError, AliasOptions, AliasParseError, AliasTable, AliasTables, AliasWarning,
+        Destination, Resolved, Rule, Step, UserExists, resolve,
+    };
+    pub use crate::dsn::{
+        Boundary, DefaultNotify, Dsn, DsnAction, DsnDate, DsnRequest, MessageId, NoDsn,
+        OriginalEnvelope, RecipientReport, Returned, ReturnedContent, compose,
+    };
+    pub use crate::retry::{RetryDecision, RetryPolicy, next_attempt};
+    pub use crate::srs::{Srs, SrsError, SrsKind, is_srs};
+}

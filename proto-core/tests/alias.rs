@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use proto_core::{
-    AliasError, AliasOptions, AliasTable, AliasTables, Destination, Mailbox, Rule, resolve,
+    Mailbox, mail::AliasError, mail::AliasOptions, mail::AliasTable, mail::AliasTables,
+    mail::Destination, mail::Rule, mail::resolve,
 };
 
 /// `<workspace>/conformance/suites/smtp/chasquid`.

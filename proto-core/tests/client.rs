@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proto_core::{
-    Body, ClientAction, ClientConfig, ClientCredentials, ClientError, ClientEvent, ClientSession,
-    FailureReason, ForwardPath, MailJob, Outcome, RecipientStatus, ReversePath, Stage, TlsInfo,
-    TlsPolicy,
+    Body, ForwardPath, ReversePath, TlsInfo, client::ClientAction, client::ClientConfig,
+    client::ClientCredentials, client::ClientError, client::ClientEvent, client::ClientSession,
+    client::FailureReason, client::MailJob, client::Outcome, client::RecipientStatus,
+    client::Stage, client::TlsPolicy,
 };
 
 /// What a run produced: the client's wire text (all sends, concatenated), driver actions and
@@ -914,7 +915,7 @@ fn overlong_reply_fails() {
     d.input(b"250 SIZE 10\r\n");
     assert_eq!(
         d.s.capabilities().and_then(|c| c.size),
-        Some(proto_core::SizeLimit::Max(10))
+        Some(proto_core::client::SizeLimit::Max(10))
     );
 }
 

@@ -13,9 +13,10 @@ use std::time::Duration;
 use harness::{Harness, Out};
 use proptest::prelude::*;
 use proto_core::{
-    Body, ClientAction, ClientConfig, ClientCredentials, ClientError, ClientEvent, ClientSession,
-    Config, FailureReason, ForwardPath, MailJob, Notify, OriginalRecipient, Outcome,
-    RecipientStatus, Ret, ReversePath, Stage, TlsInfo, TlsPolicy,
+    Body, ForwardPath, Notify, OriginalRecipient, Ret, ReversePath, TlsInfo, client::ClientAction,
+    client::ClientConfig, client::ClientCredentials, client::ClientError, client::ClientEvent,
+    client::ClientSession, client::FailureReason, client::MailJob, client::Outcome,
+    client::RecipientStatus, client::Stage, client::TlsPolicy, server::Config,
 };
 
 /// A client and a server connected in memory.
@@ -480,7 +481,7 @@ fn client_times_out_while_the_server_sits_on_the_message() {
     p.run();
     // The server waits for MAIL's verdict; the client for MAIL's reply (5 minutes).
     while !p.server.pending.is_empty() {
-        p.server.resolve_next(proto_core::Verdict::Accept);
+        p.server.resolve_next(proto_core::server::Verdict::Accept);
         p.run();
         if p.server
             .pending

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use harness::{Harness, Out, config, run_split};
 use proptest::prelude::*;
-use proto_core::{AuthPolicy, Config, Event, Reply, ReplyCode, Verdict};
+use proto_core::{
+    Reply, ReplyCode, server::AuthPolicy, server::Config, server::Event, server::Verdict,
+};
 
 /// Expected replies: each entry is a prefix of the reply's last line ("250", "250 2.1.5", ...).
 fn check(name: &str, cfg: Config, input: &str, want: &[&str]) -> Harness {
@@ -319,7 +321,7 @@ fn ehlo_advertises_by_config_and_state() {
 
     // Everything off: a bare greeting line.
     let mut c = config();
-    c.extensions = proto_core::Extensions::default();
+    c.extensions = proto_core::server::Extensions::default();
     c.extensions.pipelining = false;
     c.extensions.size = false;
     c.extensions.eight_bit_mime = false;
@@ -516,8 +518,8 @@ fn hundred_megabytes_stream_with_flat_memory() {
         max_buffered = max_buffered.max(h.session.buffered_len());
         while let Some(a) = h.session.poll_action() {
             match a {
-                proto_core::Action::Event(Event::MessageData(d)) => body_bytes += d.len(),
-                proto_core::Action::Event(Event::MessageStart) => {}
+                proto_core::server::Action::Event(Event::MessageData(d)) => body_bytes += d.len(),
+                proto_core::server::Action::Event(Event::MessageStart) => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -544,7 +546,7 @@ fn hundred_megabytes_accepted_under_a_larger_limit() {
         h.session.handle_input(h.now, &piece);
         total += piece.len();
         while let Some(a) = h.session.poll_action() {
-            if let proto_core::Action::Event(Event::MessageData(d)) = a {
+            if let proto_core::server::Action::Event(Event::MessageData(d)) = a {
                 max_chunk = max_chunk.max(d.len());
             }
         }
@@ -590,7 +592,7 @@ fn starttls_discards_pipelined_plaintext_and_resets() {
     assert_eq!(
         h.session
             .handle_tls_established(h.now, proto_core::TlsInfo::default()),
-        Err(proto_core::UsageError::TlsNotRequested)
+        Err(proto_core::server::UsageError::TlsNotRequested)
     );
 }
 
@@ -722,13 +724,13 @@ fn pipelined_replies_wait_for_verdicts_in_order() {
             ticket,
             Verdict::Reject(Reply::new(ReplyCode::OK, None, "x"))
         ),
-        Err(proto_core::UsageError::NotARejection(ReplyCode::OK))
+        Err(proto_core::server::UsageError::NotARejection(ReplyCode::OK))
     );
     h.resolve_next(Verdict::AcceptWithText("queued as X".into()));
     assert_eq!(h.replies().last().unwrap(), "250 2.0.0 queued as X");
     assert_eq!(
         h.session.resolve(h.now, ticket, Verdict::Accept),
-        Err(proto_core::UsageError::UnknownTicket)
+        Err(proto_core::server::UsageError::UnknownTicket)
     );
 }
 

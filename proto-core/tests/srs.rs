@@ -4,7 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
-use proto_core::{Domain, LocalPart, Mailbox, Srs, SrsError, SrsKind, is_srs};
+use proto_core::{
+    Domain, LocalPart, Mailbox, mail::Srs, mail::SrsError, mail::SrsKind, mail::is_srs,
+};
 
 const DAY: u64 = 86_400;
 

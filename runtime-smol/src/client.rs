@@ -1,4 +1,4 @@
-//! Drives a [`proto_core::ClientSession`] over a byte stream: the sending side of SMTP.
+//! Drives a [`proto_core::client::ClientSession`] over a byte stream: the sending side of SMTP.
 //!
 //! [`deliver`] carries out the session's actions in order, writes what it asks to send, feeds
 //! it replies, runs the STARTTLS handshake when it asks for one (the plain stream itself goes
@@ -17,7 +17,10 @@ use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsConnector;
 use futures_rustls::rustls::pki_types::ServerName;
-use proto_core::{ClientAction, ClientEvent, ClientSession, ClientUsageError, Outcome, TlsInfo};
+use proto_core::{
+    TlsInfo, client::ClientAction, client::ClientEvent, client::ClientSession,
+    client::ClientUsageError, client::Outcome,
+};
 use thiserror::Error;
 
 use crate::driver::flush_batch;

@@ -22,7 +22,10 @@ use async_io::{Async, Timer};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
-use proto_core::{Action, Config, Event, PeerInfo, Reply, Session, UsageError, Verdict};
+use proto_core::{
+    Reply, server::Action, server::Config, server::Event, server::PeerInfo, server::Session,
+    server::UsageError, server::Verdict,
+};
 use thiserror::Error;
 
 use crate::handler::Handler;

@@ -7,7 +7,10 @@
 
 use std::future::Future;
 
-use proto_core::{Credentials, ForwardPath, MailParams, RcptParams, ReversePath, Session, Verdict};
+use proto_core::{
+    ForwardPath, MailParams, RcptParams, ReversePath, server::Credentials, server::Session,
+    server::Verdict,
+};
 
 /// Answers one connection's questions and stores what it accepts. One value per connection.
 ///

@@ -1,11 +1,11 @@
-//! Drives [`proto_core::Session`]s over smol / async-io byte streams, with TLS from
+//! Drives [`proto_core::server::Session`]s over smol / async-io byte streams, with TLS from
 //! futures-rustls and timers from async-io.
 //!
 //! # The contract
 //!
 //! The core decides; this crate only moves bytes and time. For one connection,
 //! [`Connection::run`] creates the session, then repeats: carry out every
-//! [`Action`](proto_core::Action) in order (answering events through your [`Handler`]), write
+//! [`Action`](proto_core::server::Action) in order (answering events through your [`Handler`]), write
 //! the gathered replies in one batch and flush, then wait for input or the session's deadline.
 //! Reads are at most 64 KiB, and there are none while `Session::wants_input` is false.
 //! STARTTLS hands the plain stream itself to the TLS acceptor, so no plaintext read before the
@@ -24,7 +24,7 @@
 //!
 //! use async_io::Async;
 //! use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-//! use proto_core::{Config, Credentials, ForwardPath, MailParams, RcptParams, ReversePath, Session, Verdict};
+//! use proto_core::{server::Config, server::Credentials, ForwardPath, MailParams, RcptParams, ReversePath, server::Session, server::Verdict};
 //! use runtime_smol::{Connection, Handler, TlsMode};
 //!
 //! /// Accepts everything and keeps the body in memory (a real handler writes each chunk to

@@ -11,7 +11,8 @@ use async_io::Async;
 use futures_lite::io::Cursor;
 use futures_rustls::pki_types::ServerName;
 use proto_core::{
-    ClientConfig, Config, ForwardPath, MailJob, RecipientStatus, ReversePath, TlsPolicy,
+    ForwardPath, ReversePath, client::ClientConfig, client::MailJob, client::RecipientStatus,
+    client::TlsPolicy, server::Config,
 };
 use runtime_smol::client::{ClientTls, deliver};
 use runtime_smol::{Connection, TlsMode};
@@ -66,7 +67,7 @@ fn starttls_then_a_large_body_arrives_intact() {
 
         let data = body(1_000_000);
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
-        let mut session = proto_core::ClientSession::new(
+        let mut session = proto_core::client::ClientSession::new(
             client_config(TlsPolicy::Required),
             job(data.len()),
             Instant::now(),
@@ -118,7 +119,7 @@ fn an_untrusted_certificate_fails_the_delivery_temporarily() {
         let (addr, server) = serve_one(connection, recorder.clone(), false);
 
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
-        let mut session = proto_core::ClientSession::new(
+        let mut session = proto_core::client::ClientSession::new(
             client_config(TlsPolicy::Required),
             job(10),
             Instant::now(),
@@ -161,7 +162,7 @@ fn a_server_that_closes_at_once_is_a_temporary_failure() {
             drop(stream);
         });
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
-        let mut session = proto_core::ClientSession::new(
+        let mut session = proto_core::client::ClientSession::new(
             client_config(TlsPolicy::Opportunistic),
             job(10),
             Instant::now(),
@@ -187,7 +188,7 @@ fn a_body_that_cannot_be_read_is_a_local_error() {
         let connection = Connection::new(server_config(false), TlsMode::None);
         let (addr, server) = serve_one(connection, recorder.clone(), false);
         let stream = Async::<TcpStream>::connect(addr).await.expect("connect");
-        let mut session = proto_core::ClientSession::new(
+        let mut session = proto_core::client::ClientSession::new(
             client_config(TlsPolicy::Opportunistic),
             job(10),
             Instant::now(),

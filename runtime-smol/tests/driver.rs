@@ -10,7 +10,7 @@ use async_io::Async;
 use common::{Recorder, acceptor, certificate, connector, serve_one};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::pki_types::ServerName;
-use proto_core::Config;
+use proto_core::server::Config;
 use runtime_smol::{Connection, TlsMode};
 
 /// Reads until the received text contains `needle`; returns everything read.
@@ -259,7 +259,7 @@ fn a_shutdown_right_after_the_greeting_closes_the_idle_session() {
                 shutdown,
             };
             let mut handler = Recorder::default();
-            let peer = proto_core::PeerInfo::new(Some(peer), None);
+            let peer = proto_core::server::PeerInfo::new(Some(peer), None);
             connection
                 .run(stream, peer, &mut handler)
                 .await

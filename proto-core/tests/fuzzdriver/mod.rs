@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto_core::{
-    Action, AuthPolicy, Command, Config, Event, Mailbox, PeerInfo, Reply, ReplyCode, Session,
-    TlsInfo, Verdict,
+    Mailbox, Reply, ReplyCode, TlsInfo, server::Action, server::AuthPolicy, server::Command,
+    server::Config, server::Event, server::PeerInfo, server::Session, server::Verdict,
 };
 
 /// Tokens that random bytes are mapped onto, so the fuzzer reaches deep states quickly
@@ -141,7 +141,7 @@ pub fn run_session(data: &[u8]) {
 
 fn drain(
     session: &mut Session,
-    pending: &mut Vec<proto_core::Ticket>,
+    pending: &mut Vec<proto_core::server::Ticket>,
     now: Instant,
     was_closed: bool,
 ) -> bool {
@@ -194,7 +194,9 @@ pub fn run_parsers(data: &[u8]) {
 /// DKIM body canonicalization (the output does not depend on where the input is split).
 pub fn run_rules(data: &[u8]) {
     use proto_core::dkim::{BodyCanonicalizer, Canonicalization};
-    use proto_core::{AliasOptions, AliasTable, AliasTables, Domain, Srs, resolve};
+    use proto_core::{
+        Domain, mail::AliasOptions, mail::AliasTable, mail::AliasTables, mail::Srs, mail::resolve,
+    };
     use std::time::UNIX_EPOCH;
 
     let text = String::from_utf8_lossy(data);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto_core::{
-    Action, Config, Event, ForwardPath, PeerInfo, Reply, ReplyCode, ReversePath, Session, TlsInfo,
-    Verdict,
+    ForwardPath, Reply, ReplyCode, ReversePath, TlsInfo, server::Action, server::Config,
+    server::Event, server::PeerInfo, server::Session, server::Verdict,
 };
 
 /// What the harness records, in order: replies (as wire text), events (summarised), and
@@ -49,7 +49,7 @@ pub struct Harness {
     pub body: Vec<u8>,
     pub messages: Vec<Vec<u8>>,
     pub app: App,
-    pub pending: Vec<(proto_core::Ticket, String)>,
+    pub pending: Vec<(proto_core::server::Ticket, String)>,
 }
 
 pub fn config() -> Config {

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use futures_rustls::{TlsAcceptor, TlsConnector};
-use proto_core::{Credentials, ForwardPath, MailParams, RcptParams, ReversePath, Session, Verdict};
+use proto_core::{
+    ForwardPath, MailParams, RcptParams, ReversePath, server::Credentials, server::Session,
+    server::Verdict,
+};
 use runtime_smol::Handler;
 
 /// Records every call, with whether TLS was active.

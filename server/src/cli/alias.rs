@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use proto_core::{AliasError, AliasOptions, Mailbox, Rule};
+use proto_core::{Mailbox, mail::AliasError, mail::AliasOptions, mail::Rule};
 
 use crate::cli::AliasCommand;
 use crate::directory::aliases::{self, Aliases};

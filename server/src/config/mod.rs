@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto_core::{Domain, Timeouts};
+use proto_core::{Domain, server::Timeouts};
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
@@ -108,7 +108,7 @@ pub struct Settings {
     /// `[delivery]` and `[routes]`: outbound delivery.
     pub delivery: crate::deliver::smtp::settings::DeliverySettings,
     /// `[aliases]`: how alias lookups clean local parts.
-    pub alias_options: proto_core::AliasOptions,
+    pub alias_options: proto_core::mail::AliasOptions,
     /// `[aliases] srs_max_age_days`: how long a forwarded message's bounce address is valid.
     pub srs_max_age_days: u16,
     /// `[mailboxes]`: how local mailboxes are delivered to (Maildir, LMTP, a command).
@@ -499,7 +499,7 @@ impl Settings {
             }
         }
 
-        let mut alias_options = proto_core::AliasOptions::default();
+        let mut alias_options = proto_core::mail::AliasOptions::default();
         if let Some(d) = raw.aliases.drop_characters {
             alias_options.drop_characters = d;
         }

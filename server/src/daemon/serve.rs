@@ -49,7 +49,7 @@ use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
 use futures_lite::io::AsyncWriteExt;
 use futures_lite::{StreamExt, future};
-use proto_core::{AuthPolicy, Config};
+use proto_core::{server::AuthPolicy, server::Config};
 use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::config::init;
@@ -412,7 +412,8 @@ impl Live {
         queue: &QueueParts,
     ) -> Live {
         let users = queue.users.clone();
-        let srs = proto_core::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
+        let srs =
+            proto_core::mail::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
         let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
         for problem in aliases.reload() {
             log::event("config", format_args!("aliases: {problem}"));

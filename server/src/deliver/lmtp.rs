@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use async_io::{Async, Timer};
 use futures_lite::future;
 use futures_lite::io::AsyncRead;
-use proto_core::{ClientConfig, ClientSession, MailJob, RecipientStatus};
+use proto_core::{
+    client::ClientConfig, client::ClientSession, client::MailJob, client::RecipientStatus,
+};
 use runtime_smol::client::deliver as drive;
 
 use super::{Delivery, LmtpTarget};

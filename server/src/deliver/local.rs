@@ -34,7 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::Receiver;
-use proto_core::{DsnAction, EnhancedStatus, ForwardPath, RecipientReport, RetryPolicy};
+use proto_core::{
+    EnhancedStatus, ForwardPath, mail::DsnAction, mail::RecipientReport, mail::RetryPolicy,
+};
 
 use crate::deliver::command::{self, Substitutions};
 use crate::deliver::maildir;
@@ -804,16 +806,16 @@ mod tests {
         let schedule = schedule(5 * 24 * 3600);
         let cases = [(1, 15), (2, 30), (3, 60), (8, 1920), (9, 3600), (50, 3600)];
         for (attempts, secs) in cases {
-            let at = proto_core::next_attempt(NOW, NOW, attempts, 0.0, &schedule.retry);
+            let at = proto_core::mail::next_attempt(NOW, NOW, attempts, 0.0, &schedule.retry);
             assert_eq!(
                 at,
-                proto_core::RetryDecision::RetryAt(NOW + secs),
+                proto_core::mail::RetryDecision::RetryAt(NOW + secs),
                 "attempts {attempts}"
             );
         }
         assert_eq!(
-            proto_core::next_attempt(NOW, NOW - 5 * 24 * 3600, 3, 0.0, &schedule.retry),
-            proto_core::RetryDecision::GiveUp
+            proto_core::mail::next_attempt(NOW, NOW - 5 * 24 * 3600, 3, 0.0, &schedule.retry),
+            proto_core::mail::RetryDecision::GiveUp
         );
     }
 }

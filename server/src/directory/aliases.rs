@@ -1,7 +1,7 @@
 //! Aliases: `domains/<domain>/aliases`, read, watched and resolved.
 //!
 //! The file format and the resolution rules are documented in proto-core's alias module
-//! (`proto_core::AliasTable`, `proto_core::resolve`); this module only does the I/O around
+//! (`proto_core::mail::AliasTable`, `proto_core::mail::resolve`); this module only does the I/O around
 //! them:
 //!
 //! - Every directory under `domains/` is a local domain; its `aliases` file is optional (no
@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto_core::{
-    AliasError, AliasOptions, AliasTable, AliasTables, Mailbox, Resolved, UserExists,
+    Mailbox, mail::AliasError, mail::AliasOptions, mail::AliasTable, mail::AliasTables,
+    mail::Resolved, mail::UserExists,
 };
 
 use crate::directory::users::{Address, UserDb};
@@ -151,7 +152,7 @@ impl Aliases {
             .map(|f| f.path.clone())
     }
 
-    /// Where a message to `address` goes: see `proto_core::resolve`. `exists` says whether a
+    /// Where a message to `address` goes: see `proto_core::mail::resolve`. `exists` says whether a
     /// user exists (e.g. [`user_exists`], or the recipient lookup of the server).
     pub fn resolve(
         &self,
@@ -159,7 +160,7 @@ impl Aliases {
         exists: UserExists<'_>,
     ) -> Result<Vec<Resolved>, AliasError> {
         let tables = self.tables();
-        proto_core::resolve(address, &tables, exists, &self.options)
+        proto_core::mail::resolve(address, &tables, exists, &self.options)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -231,7 +232,7 @@ impl Aliases {
         domain: &str,
         path: &Path,
         exists: bool,
-    ) -> Result<(AliasTable, Vec<proto_core::AliasWarning>), Problem> {
+    ) -> Result<(AliasTable, Vec<proto_core::mail::AliasWarning>), Problem> {
         let refused = |line: Option<usize>, reason: String| Problem {
             path: path.to_path_buf(),
             line,

@@ -1,7 +1,7 @@
 //! Where a recipient of one of our domains goes: SRS bounces, aliases, users.
 //!
 //! At RCPT, for an address in a local domain:
-//! 1. An SRS address (`SRS0=...` / `SRS1=...`, see `proto_core::Srs`) is a bounce (or reply)
+//! 1. An SRS address (`SRS0=...` / `SRS1=...`, see `proto_core::mail::Srs`) is a bounce (or reply)
 //!    to mail we forwarded: its hash and age are checked and it goes back to the original
 //!    sender, through outbound delivery. A forged or expired one is refused (550 5.7.1): SRS
 //!    addresses are never looked up as aliases, so a catch-all cannot swallow them.
@@ -19,7 +19,9 @@ use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
-use proto_core::{AliasError, Destination, Domain, ForwardPath, Reply, ReversePath, Srs};
+use proto_core::{
+    Domain, ForwardPath, Reply, ReversePath, mail::AliasError, mail::Destination, mail::Srs,
+};
 
 use crate::directory::aliases::Aliases;
 use crate::directory::recipients::Recipients;
@@ -79,7 +81,7 @@ impl Destinations<'_> {
             _ => return self.plain_lookup(to),
         };
         let local = mailbox.local_part().as_str();
-        if proto_core::is_srs(local) {
+        if proto_core::mail::is_srs(local) {
             return match self.srs.reverse(mailbox, now) {
                 Ok(original) => Resolution::Accept(vec![Queued {
                     address: Address::Remote(original),

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use proto_core::{Credentials, Reply};
+use proto_core::{Reply, server::Credentials};
 use smol::lock::Semaphore;
 
 use crate::directory::users::{self, Address, UserDb};

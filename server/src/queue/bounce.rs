@@ -1,4 +1,4 @@
-//! Bounces: a delivery status notification (RFC 3464, composed by [`proto_core::compose`]) to the
+//! Bounces: a delivery status notification (RFC 3464, composed by [`proto_core::mail::compose`]) to the
 //! sender of a message whose recipients failed for good, queued like any other message.
 //!
 //! The DSN goes into the store (chunks now, envelope with the caller's [`Store::apply`]
@@ -10,8 +10,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto_core::{
-    Boundary, DsnDate, DsnRequest, ForwardPath, MessageId, OriginalEnvelope, OriginalRecipient,
-    RecipientReport, ReversePath, compose,
+    ForwardPath, OriginalRecipient, ReversePath, mail::Boundary, mail::DsnDate, mail::DsnRequest,
+    mail::MessageId, mail::OriginalEnvelope, mail::RecipientReport, mail::compose,
 };
 
 use crate::directory::recipients::{Lookup, Recipients};

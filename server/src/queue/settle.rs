@@ -7,7 +7,7 @@
 //!
 //! 1. [`settle`] (pure: the time and the jitter are arguments) applies the fates to a copy of
 //!    the envelope: a deferred recipient gets its next attempt from proto-core's schedule
-//!    ([`proto_core::next_attempt`]), or fails for good (RFC 3463 4.4.7, reported as 5.4.7)
+//!    ([`proto_core::mail::next_attempt`]), or fails for good (RFC 3463 4.4.7, reported as 5.4.7)
 //!    once the message is older than the policy's lifetime; a delay warning goes out once;
 //!    successes are reported when NOTIFY=SUCCESS asks for it (RFC 3461 section 5.2.2).
 //! 2. [`Recorder::record`] writes the DSNs, applies the new states in one store batch, makes
@@ -21,7 +21,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use proto_core::{DsnAction, DsnDate, EnhancedStatus, RecipientReport, RetryDecision, RetryPolicy};
+use proto_core::{
+    EnhancedStatus, mail::DsnAction, mail::DsnDate, mail::RecipientReport, mail::RetryDecision,
+    mail::RetryPolicy,
+};
 
 use crate::log;
 use crate::queue::QueueId;
@@ -125,7 +128,7 @@ pub fn settle(
             Fate::Deferred { why, mut report } => {
                 r.attempts += 1;
                 r.last_error = Some(why.clone());
-                let decision = proto_core::next_attempt(
+                let decision = proto_core::mail::next_attempt(
                     now,
                     envelope.received_at,
                     r.attempts,

@@ -482,20 +482,20 @@ impl Envelope {
     /// The client job that delivers this message to its recipients `indexes`, which share a
     /// reverse path (the first one's own, if it has one, else the message's); MAIL
     /// parameters as received. The error names a local recipient that is no address.
-    pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::MailJob, String> {
+    pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::client::MailJob, String> {
         let from = indexes
             .first()
             .and_then(|&i| self.recipients[i].sender.as_ref())
             .unwrap_or(&self.from)
             .clone();
-        let mut job = proto_core::MailJob::new(from, std::iter::empty());
+        let mut job = proto_core::client::MailJob::new(from, std::iter::empty());
         for &i in indexes {
             let r = &self.recipients[i];
             let to = r
                 .address
                 .forward_path()
                 .ok_or_else(|| format!("{} is not an address", r.address))?;
-            let mut j = proto_core::JobRecipient::new(to);
+            let mut j = proto_core::client::JobRecipient::new(to);
             j.notify = r.notify;
             j.orcpt = r
                 .orcpt

@@ -30,7 +30,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto_core::{
-    Credentials, ForwardPath, MailParams, RcptParams, Reply, ReversePath, Session, Verdict,
+    ForwardPath, MailParams, RcptParams, Reply, ReversePath, server::Credentials, server::Session,
+    server::Verdict,
 };
 use runtime_smol::Handler;
 
@@ -63,7 +64,7 @@ pub struct Shared {
     /// The alias tables of the local domains.
     pub aliases: Arc<Aliases>,
     /// SRS for forwarded mail and its bounces.
-    pub srs: Arc<proto_core::Srs>,
+    pub srs: Arc<proto_core::mail::Srs>,
     /// Checks logins.
     pub auth: Arc<Authenticator>,
     /// Who may relay and send as whom.

@@ -12,7 +12,7 @@
 //! Each recipient's result is a [`Fate`], handed to the queue's one tail
 //! ([`crate::queue::settle`]), as local delivery's are: delivered; failed for good (a 5xx, a
 //! null MX, a domain that does not exist), bounced in the same batch; or deferred, with its
-//! next attempt from [`proto_core::next_attempt`] under `[delivery]`'s schedule (exponential
+//! next attempt from [`proto_core::mail::next_attempt`] under `[delivery]`'s schedule (exponential
 //! backoff with jitter; once the message is older than `give_up_after`, it fails and bounces).
 //! Marks are made durable by the group commit before the id is scheduled again
 //! ([`crate::queue::timers`]), so a crash repeats at most a delivery (a duplicate), never
@@ -37,8 +37,9 @@ use async_io::{Async, Timer};
 use futures_lite::AsyncReadExt;
 use futures_lite::io::Cursor;
 use proto_core::{
-    ClientConfig, ClientCredentials, ClientSession, DsnAction, EnhancedStatus, ForwardPath,
-    MailJob, RecipientReport, RecipientStatus, TlsInfo, TlsPolicy,
+    EnhancedStatus, ForwardPath, TlsInfo, client::ClientConfig, client::ClientCredentials,
+    client::ClientSession, client::MailJob, client::RecipientStatus, client::TlsPolicy,
+    mail::DsnAction, mail::RecipientReport,
 };
 use runtime_smol::client::{ClientTls, deliver};
 use smol::lock::Semaphore;

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto_core::RetryPolicy;
+use proto_core::mail::RetryPolicy;
 use serde::Deserialize;
 use toml::Spanned;
 
