@@ -21,7 +21,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::address::{AddressError, ForwardPath, ReversePath, split_path};
-use crate::reply::Reply;
+use crate::reply::{Reply, ReplyCode};
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -570,22 +570,38 @@ impl CommandError {
     /// The reply for the peer.
     pub fn reply(&self) -> Reply {
         match self {
-            CommandError::Unknown => Reply::of(500, (5, 5, 1), "Unknown command"),
-            CommandError::NotUtf8 => Reply::of(500, (5, 5, 2), "Command is not valid UTF-8"),
-            CommandError::Syntax(what) => {
-                Reply::of(501, (5, 5, 4), format!("Syntax error: {what}"))
+            CommandError::Unknown => {
+                Reply::of(ReplyCode::SYNTAX_ERROR, (5, 5, 1), "Unknown command")
             }
+            CommandError::NotUtf8 => Reply::of(
+                ReplyCode::SYNTAX_ERROR,
+                (5, 5, 2),
+                "Command is not valid UTF-8",
+            ),
+            CommandError::Syntax(what) => Reply::of(
+                ReplyCode::PARAM_SYNTAX_ERROR,
+                (5, 5, 4),
+                format!("Syntax error: {what}"),
+            ),
             CommandError::Sender(e) => address_reply(e, true),
             CommandError::Recipient(e) => address_reply(e, false),
-            CommandError::UnknownParameter(k) => {
-                Reply::of(555, (5, 5, 4), format!("Parameter {k} not recognized"))
-            }
-            CommandError::DuplicateParameter(k) => {
-                Reply::of(501, (5, 5, 4), format!("Parameter {k} given twice"))
-            }
-            CommandError::BadValue(k) => Reply::of(501, (5, 5, 4), format!("Bad value for {k}")),
+            CommandError::UnknownParameter(k) => Reply::of(
+                ReplyCode::PARAMS_NOT_RECOGNIZED,
+                (5, 5, 4),
+                format!("Parameter {k} not recognized"),
+            ),
+            CommandError::DuplicateParameter(k) => Reply::of(
+                ReplyCode::PARAM_SYNTAX_ERROR,
+                (5, 5, 4),
+                format!("Parameter {k} given twice"),
+            ),
+            CommandError::BadValue(k) => Reply::of(
+                ReplyCode::PARAM_SYNTAX_ERROR,
+                (5, 5, 4),
+                format!("Bad value for {k}"),
+            ),
             CommandError::BadChunkSize => Reply::of(
-                501,
+                ReplyCode::PARAM_SYNTAX_ERROR,
                 (5, 5, 4),
                 "BDAT needs a chunk size; closing to stay in sync",
             ),
@@ -603,7 +619,11 @@ fn address_reply(e: &AddressError, sender: bool) -> Reply {
         (false, true) => 7,
         (false, false) => 3,
     };
-    Reply::of(501, (5, 1, detail), format!("Malformed {who} address: {e}"))
+    Reply::of(
+        ReplyCode::PARAM_SYNTAX_ERROR,
+        (5, 1, detail),
+        format!("Malformed {who} address: {e}"),
+    )
 }
 
 #[cfg(test)]

@@ -27,10 +27,11 @@
 //!    held in memory either way.
 //!
 //! ```
-//! use proto_core::{
-//!     mail::compose, mail::Boundary, mail::DsnAction, mail::DsnDate, mail::DsnRequest, Domain, EnhancedStatus,
-//!     ForwardPath, mail::MessageId, mail::OriginalEnvelope, mail::RecipientReport, Reply, ReversePath,
+//! use proto_core::mail::{
+//!     Boundary, DsnAction, DsnDate, DsnRequest, MessageId, OriginalEnvelope, RecipientReport,
+//!     compose,
 //! };
+//! use proto_core::{Domain, EnhancedStatus, ForwardPath, Reply, ReplyCode, ReversePath};
 //!
 //! let envelope = OriginalEnvelope::new(
 //!     ReversePath::parse("alice@example.com").unwrap(),
@@ -41,7 +42,7 @@
 //!     DsnAction::Failed,
 //!     EnhancedStatus::new(5, 1, 1).unwrap(),
 //! );
-//! bob.diagnostic = Some(Reply::of(550, (5, 1, 1), "No such user"));
+//! bob.diagnostic = Some(Reply::of(ReplyCode::MAILBOX_UNAVAILABLE, (5, 1, 1), "No such user"));
 //! let request = DsnRequest::new(
 //!     Domain::parse("mx.example.com").unwrap(),
 //!     envelope,
@@ -1064,6 +1065,7 @@ fn quoted_printable(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reply::ReplyCode;
 
     fn fp(s: &str) -> ForwardPath {
         ForwardPath::parse(s).expect("test address")
@@ -1101,7 +1103,11 @@ mod tests {
     fn failed(addr: &str) -> RecipientReport {
         let mut r = RecipientReport::new(fp(addr), DsnAction::Failed, st("5.1.1"));
         r.remote_mta = Some(Domain::parse("mx.example.org").expect("mta"));
-        r.diagnostic = Some(Reply::of(550, (5, 1, 1), "No such user"));
+        r.diagnostic = Some(Reply::of(
+            ReplyCode::MAILBOX_UNAVAILABLE,
+            (5, 1, 1),
+            "No such user",
+        ));
         r.last_attempt = Some(DsnDate::from_unix(1_700_003_500));
         r
     }
@@ -1516,7 +1522,7 @@ Subject: hello\r\n\
         let word = "x".repeat(1500);
         let long = format!("{} {word} end", "blah ".repeat(60));
         let mut r = failed("bob@example.org");
-        r.diagnostic = Some(Reply::of(550, (5, 7, 1), long));
+        r.diagnostic = Some(Reply::of(ReplyCode::MAILBOX_UNAVAILABLE, (5, 7, 1), long));
         let dsn = compose(&request("alice@example.com", vec![r])).expect("dsn");
         let out = dsn.to_bytes(ORIGINAL);
         check_lines("long diagnostic", &out);
@@ -1765,7 +1771,7 @@ Subject: hello\r\n\
         let cases: Vec<Case> = vec![
             (
                 "accepted",
-                RecipientStatus::Accepted(reply(250, (2, 0, 0), "ok")),
+                RecipientStatus::Accepted(reply(ReplyCode::OK, (2, 0, 0), "ok")),
                 DsnAction::Relayed,
                 "2.0.0",
                 true,
@@ -1774,7 +1780,7 @@ Subject: hello\r\n\
             (
                 "550 5.1.1",
                 RecipientStatus::PermanentFailure(FailureReason::Reply(reply(
-                    550,
+                    ReplyCode::MAILBOX_UNAVAILABLE,
                     (5, 1, 1),
                     "no",
                 ))),
@@ -1798,7 +1804,7 @@ Subject: hello\r\n\
             (
                 "451 4.3.0",
                 RecipientStatus::TemporaryFailure(FailureReason::Reply(reply(
-                    451,
+                    ReplyCode::LOCAL_ERROR,
                     (4, 3, 0),
                     "later",
                 ))),
@@ -1810,7 +1816,7 @@ Subject: hello\r\n\
             (
                 "451 with a mismatched 5.x.x",
                 RecipientStatus::TemporaryFailure(FailureReason::Reply(reply(
-                    451,
+                    ReplyCode::LOCAL_ERROR,
                     (5, 1, 1),
                     "odd",
                 ))),

@@ -38,7 +38,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Instant;
-//! use proto_core::{server::Action, server::Config, server::Event, server::PeerInfo, server::Session, server::Verdict};
+//! use proto_core::server::{Action, Config, Event, PeerInfo, Session, Verdict};
 //!
 //! let now = Instant::now();
 //! let mut session = Session::new(Arc::new(Config::new("mx.example.org")), PeerInfo::default(), now);
@@ -106,10 +106,10 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Instant;
-//! use proto_core::{
-//!     client::ClientAction, client::ClientConfig, client::ClientEvent, client::ClientSession, ForwardPath, client::MailJob,
-//!     client::RecipientStatus, ReversePath,
+//! use proto_core::client::{
+//!     ClientAction, ClientConfig, ClientEvent, ClientSession, MailJob, RecipientStatus,
 //! };
+//! use proto_core::{ForwardPath, ReversePath};
 //!
 //! let now = Instant::now();
 //! let job = MailJob::new(

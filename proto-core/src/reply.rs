@@ -227,17 +227,15 @@ impl Reply {
         }
     }
 
-    /// A reply from literal numbers, for replies written in code:
-    /// `Reply::of(550, (5, 1, 1), "No such user")`.
+    /// A reply written in code: a named code, the enhanced status as literal numbers (each
+    /// caller names its RFC 3463 meaning), and the text:
+    /// `Reply::of(ReplyCode::MAILBOX_UNAVAILABLE, (5, 1, 1), "No such user")`.
     ///
-    /// The numbers are meant to be constants. A code outside `200..=599` becomes 451 and an
-    /// invalid enhanced code is left out (debug builds panic instead, so tests catch it).
-    pub fn of(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
-        let checked = ReplyCode::new(code);
+    /// An invalid enhanced code is left out (debug builds panic instead, so tests catch it).
+    pub fn of(code: ReplyCode, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
         let status = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2);
-        debug_assert!(checked.is_some(), "reply code {code} out of range");
         debug_assert!(status.is_some(), "enhanced status {enhanced:?} invalid");
-        Reply::new(checked.unwrap_or(ReplyCode::LOCAL_ERROR), status, text)
+        Reply::new(code, status, text)
     }
 
     /// The reply code.
@@ -383,7 +381,10 @@ mod tests {
     #[test]
     fn encodes_single_and_multiline() {
         let cases: Vec<(Reply, &str)> = vec![
-            (Reply::of(250, (2, 0, 0), "OK"), "250 2.0.0 OK\r\n"),
+            (
+                Reply::of(ReplyCode::OK, (2, 0, 0), "OK"),
+                "250 2.0.0 OK\r\n",
+            ),
             (Reply::new(ReplyCode::OK, None, "a\r\nb"), "250 a  b\r\n"),
             (
                 Reply::multiline(ReplyCode::OK, None, ["x.example", "PIPELINING", "SIZE 10"]),

@@ -23,7 +23,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::command::Mechanism;
-use crate::reply::Reply;
+use crate::reply::{Reply, ReplyCode};
 
 /// Credentials a client presented with AUTH. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub(crate) fn start(mechanism: &Mechanism, initial: Option<&str>) -> SaslStep {
         }
         (Mechanism::Login, Some(resp)) => step(SaslState::LoginUser, resp.as_bytes()),
         (Mechanism::Other(_), _) => SaslStep::Fail(Reply::of(
-            504,
+            ReplyCode::PARAM_NOT_IMPLEMENTED,
             (5, 5, 4),
             "Unrecognized authentication type",
         )),
@@ -98,22 +98,38 @@ pub(crate) fn start(mechanism: &Mechanism, initial: Option<&str>) -> SaslStep {
 /// Feeds one response line (without CRLF) to the exchange.
 pub(crate) fn step(state: SaslState, line: &[u8]) -> SaslStep {
     if line == b"*" {
-        return SaslStep::Fail(Reply::of(501, (5, 0, 0), "Authentication cancelled"));
+        return SaslStep::Fail(Reply::of(
+            ReplyCode::PARAM_SYNTAX_ERROR,
+            (5, 0, 0),
+            "Authentication cancelled",
+        ));
     }
     let Some(decoded) = decode(line) else {
-        return SaslStep::Fail(Reply::of(501, (5, 5, 2), "Cannot decode base64 response"));
+        return SaslStep::Fail(Reply::of(
+            ReplyCode::PARAM_SYNTAX_ERROR,
+            (5, 5, 2),
+            "Cannot decode base64 response",
+        ));
     };
     match state {
         SaslState::PlainResponse => match parse_plain(&decoded) {
             Some(c) => SaslStep::Done(c),
-            None => SaslStep::Fail(Reply::of(501, (5, 5, 2), "Malformed PLAIN response")),
+            None => SaslStep::Fail(Reply::of(
+                ReplyCode::PARAM_SYNTAX_ERROR,
+                (5, 5, 2),
+                "Malformed PLAIN response",
+            )),
         },
         SaslState::LoginUser => match text(decoded) {
             Some(user) => SaslStep::Continue(
                 challenge(PASSWORD_CHALLENGE),
                 SaslState::LoginPassword { user },
             ),
-            None => SaslStep::Fail(Reply::of(501, (5, 5, 2), "Malformed user name")),
+            None => SaslStep::Fail(Reply::of(
+                ReplyCode::PARAM_SYNTAX_ERROR,
+                (5, 5, 2),
+                "Malformed user name",
+            )),
         },
         SaslState::LoginPassword { user } => match text(decoded) {
             Some(password) => SaslStep::Done(Credentials {
@@ -122,7 +138,11 @@ pub(crate) fn step(state: SaslState, line: &[u8]) -> SaslStep {
                 authcid: user,
                 password,
             }),
-            None => SaslStep::Fail(Reply::of(501, (5, 5, 2), "Malformed password")),
+            None => SaslStep::Fail(Reply::of(
+                ReplyCode::PARAM_SYNTAX_ERROR,
+                (5, 5, 2),
+                "Malformed password",
+            )),
         },
     }
 }

@@ -389,7 +389,7 @@ impl Session {
             {
                 self.input.clear();
                 self.fatal(Reply::of(
-                    421,
+                    ReplyCode::SERVICE_UNAVAILABLE,
                     (4, 5, 0),
                     format!("{} Too much pipelined input, closing", self.config.hostname),
                 ));
@@ -415,7 +415,7 @@ impl Session {
             Some(deadline) if now >= deadline => {
                 // RFC 5321 4.5.3.2: "the server [...] SHOULD [...] close the connection".
                 self.fatal(Reply::of(
-                    421,
+                    ReplyCode::SERVICE_UNAVAILABLE,
                     (4, 4, 2),
                     format!("{} Timeout, closing connection", self.config.hostname),
                 ));
@@ -506,21 +506,33 @@ impl Session {
                     recipients: 0,
                     body: BodyMode::NotStarted,
                 });
-                self.send(Reply::of(250, (2, 1, 0), text(&format!("Sender {who} OK"))));
+                self.send(Reply::of(
+                    ReplyCode::OK,
+                    (2, 1, 0),
+                    text(&format!("Sender {who} OK")),
+                ));
             }
             (Pending::Rcpt, _) => {
                 if let Some(t) = &mut self.transaction {
                     t.recipients += 1;
                 }
-                self.send(Reply::of(250, (2, 1, 5), text("Recipient OK")));
+                self.send(Reply::of(ReplyCode::OK, (2, 1, 5), text("Recipient OK")));
             }
             (Pending::Auth { user }, _) => {
                 self.authenticated = Some(user);
-                self.send(Reply::of(235, (2, 7, 0), text("Authentication successful")));
+                self.send(Reply::of(
+                    ReplyCode::AUTH_OK,
+                    (2, 7, 0),
+                    text("Authentication successful"),
+                ));
             }
             (Pending::Message, _) => {
                 self.transaction = None;
-                self.send(Reply::of(250, (2, 0, 0), text("Message accepted")));
+                self.send(Reply::of(
+                    ReplyCode::OK,
+                    (2, 0, 0),
+                    text("Message accepted"),
+                ));
             }
         }
         self.arm_idle(now);
@@ -559,7 +571,7 @@ impl Session {
                 State::Closed | State::Pending(..) | State::TlsHandshake => break,
                 State::Command if self.draining && self.transaction.is_none() => {
                     self.fatal(Reply::of(
-                        421,
+                        ReplyCode::SERVICE_UNAVAILABLE,
                         (4, 3, 2),
                         format!(
                             "{} Service shutting down, try again later",
@@ -574,7 +586,11 @@ impl Session {
                             let line = self.input[range].to_vec();
                             self.on_command_line(&line);
                         }
-                        LineRead::TooLong => self.fail(Reply::of(500, (5, 5, 2), "Line too long")),
+                        LineRead::TooLong => self.fail(Reply::of(
+                            ReplyCode::SYNTAX_ERROR,
+                            (5, 5, 2),
+                            "Line too long",
+                        )),
                         LineRead::Incomplete => break,
                     }
                 }
@@ -593,7 +609,11 @@ impl Session {
                         }
                         LineRead::TooLong => {
                             self.state = State::Command;
-                            self.fail(Reply::of(500, (5, 5, 6), "Authentication line too long"));
+                            self.fail(Reply::of(
+                                ReplyCode::SYNTAX_ERROR,
+                                (5, 5, 6),
+                                "Authentication line too long",
+                            ));
                         }
                         LineRead::Incomplete => break,
                     }
@@ -658,14 +678,18 @@ impl Session {
         self.lines_seen += 1;
         if self.lines_seen == 1 && looks_like_http(line) {
             self.fatal(Reply::of(
-                502,
+                ReplyCode::NOT_IMPLEMENTED,
                 (5, 7, 0),
                 "This is an SMTP server, not a web server; closing",
             ));
             return;
         }
         if line.contains(&b'\r') {
-            self.fail(Reply::of(500, (5, 5, 2), "Bare CR in command line"));
+            self.fail(Reply::of(
+                ReplyCode::SYNTAX_ERROR,
+                (5, 5, 2),
+                "Bare CR in command line",
+            ));
             return;
         }
         let command = match Command::parse(line) {
@@ -702,13 +726,13 @@ impl Session {
             Command::Bdat { size, last } => self.on_bdat(size, last),
             Command::Rset => {
                 self.abort_transaction();
-                self.send(Reply::of(250, (2, 0, 0), "Reset OK"));
+                self.send(Reply::of(ReplyCode::OK, (2, 0, 0), "Reset OK"));
             }
-            Command::Noop => self.send(Reply::of(250, (2, 0, 0), "OK")),
+            Command::Noop => self.send(Reply::of(ReplyCode::OK, (2, 0, 0), "OK")),
             Command::Quit => {
                 self.abort_transaction();
                 self.send(Reply::of(
-                    221,
+                    ReplyCode::CLOSING,
                     (2, 0, 0),
                     format!("{} closing connection", self.config.hostname),
                 ));
@@ -716,12 +740,12 @@ impl Session {
             }
             // RFC 5321 3.5.3: 252 when the server will not verify.
             Command::Vrfy(_) => self.send(Reply::of(
-                252,
+                ReplyCode::CANNOT_VRFY,
                 (2, 5, 0),
                 "Cannot VRFY user, but will accept message and attempt delivery",
             )),
             // RFC 5321 3.5.2 allows not implementing EXPN; mailing lists are not disclosed.
-            Command::Expn(_) => self.send(Reply::of(502, (5, 5, 1), "EXPN not available")),
+            Command::Expn(_) => self.send(Reply::of(ReplyCode::NOT_IMPLEMENTED, (5, 5, 1), "EXPN not available")),
             Command::Help(_) => self.send(Reply::multiline(
                 ReplyCode::HELP,
                 crate::reply::EnhancedStatus::new(2, 0, 0),
@@ -771,13 +795,25 @@ impl Session {
 
     fn on_mail(&mut self, from: ReversePath, params: MailParams) {
         if matches!(self.greeting, Greeting::None) {
-            return self.fail(Reply::of(503, (5, 5, 1), "Send EHLO or HELO first"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Send EHLO or HELO first",
+            ));
         }
         if self.transaction.is_some() {
-            return self.fail(Reply::of(503, (5, 5, 1), "Nested MAIL command"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Nested MAIL command",
+            ));
         }
         if self.config.require_auth && self.authenticated.is_none() {
-            return self.fail(Reply::of(530, (5, 7, 0), "Authentication required"));
+            return self.fail(Reply::of(
+                ReplyCode::AUTH_REQUIRED,
+                (5, 7, 0),
+                "Authentication required",
+            ));
         }
         let ext = self.config.extensions;
         let esmtp = self.is_esmtp();
@@ -806,7 +842,7 @@ impl Session {
             .find(|(_, used, ok)| *used && !(esmtp && *ok))
         {
             return self.fail(Reply::of(
-                555,
+                ReplyCode::PARAMS_NOT_RECOGNIZED,
                 (5, 5, 4),
                 format!("Parameter {name} not supported here"),
             ));
@@ -817,7 +853,7 @@ impl Session {
             .is_some_and(|s| s > self.config.limits.max_message_size)
         {
             return self.fail(Reply::of(
-                552,
+                ReplyCode::EXCEEDED_STORAGE,
                 (5, 3, 4),
                 "Message size exceeds fixed maximum message size",
             ));
@@ -828,7 +864,7 @@ impl Session {
             && !params.smtputf8
         {
             return self.fail(Reply::of(
-                553,
+                ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
                 (5, 6, 7),
                 "Non-ASCII address requires SMTPUTF8",
             ));
@@ -844,20 +880,32 @@ impl Session {
 
     fn on_rcpt(&mut self, to: ForwardPath, params: RcptParams) {
         let Some(t) = &self.transaction else {
-            return self.fail(Reply::of(503, (5, 5, 1), "Need MAIL before RCPT"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Need MAIL before RCPT",
+            ));
         };
         if self.body_started() {
-            return self.fail(Reply::of(503, (5, 5, 1), "RCPT not allowed during BDAT"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "RCPT not allowed during BDAT",
+            ));
         }
         // RFC 5321 4.5.3.1.10: "452 Too many recipients" (not counted as a client error).
         if t.recipients >= self.config.limits.max_recipients {
-            return self.send(Reply::of(452, (4, 5, 3), "Too many recipients"));
+            return self.send(Reply::of(
+                ReplyCode::INSUFFICIENT_STORAGE,
+                (4, 5, 3),
+                "Too many recipients",
+            ));
         }
         if (params.notify.is_some() || params.orcpt.is_some())
             && !(self.is_esmtp() && self.config.extensions.dsn)
         {
             return self.fail(Reply::of(
-                555,
+                ReplyCode::PARAMS_NOT_RECOGNIZED,
                 (5, 5, 4),
                 "DSN parameters not supported here",
             ));
@@ -867,7 +915,7 @@ impl Session {
             && !t.utf8
         {
             return self.fail(Reply::of(
-                553,
+                ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
                 (5, 6, 7),
                 "Non-ASCII address requires SMTPUTF8",
             ));
@@ -879,19 +927,35 @@ impl Session {
 
     fn on_data(&mut self) {
         let Some(t) = &self.transaction else {
-            return self.fail(Reply::of(503, (5, 5, 1), "Need MAIL and RCPT before DATA"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Need MAIL and RCPT before DATA",
+            ));
         };
         if self.body_started() {
             // RFC 3030 2: DATA after BDAT in the same transaction is a sequence error.
-            return self.fail(Reply::of(503, (5, 5, 1), "DATA not allowed after BDAT"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "DATA not allowed after BDAT",
+            ));
         }
         if t.params.body == Some(Body::BinaryMime) {
             // RFC 3030 3: BINARYMIME data can only be sent with BDAT.
-            return self.fail(Reply::of(503, (5, 5, 1), "BODY=BINARYMIME requires BDAT"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "BODY=BINARYMIME requires BDAT",
+            ));
         }
         if t.recipients == 0 {
             // RFC 5321 3.3: "no valid recipients" (554).
-            return self.fail(Reply::of(554, (5, 5, 1), "No valid recipients"));
+            return self.fail(Reply::of(
+                ReplyCode::TRANSACTION_FAILED,
+                (5, 5, 1),
+                "No valid recipients",
+            ));
         }
         self.emit(Event::MessageStart);
         self.send(Reply::new(
@@ -916,15 +980,17 @@ impl Session {
                 return;
             }
             Some(DataProblem::BareLineEnding) => Reply::of(
-                554,
+                ReplyCode::TRANSACTION_FAILED,
                 (5, 6, 0),
                 "Message refused: bare CR or LF in data (RFC 5321 2.3.8)",
             ),
-            Some(DataProblem::LineTooLong) => {
-                Reply::of(500, (5, 5, 2), "Message refused: line too long")
-            }
+            Some(DataProblem::LineTooLong) => Reply::of(
+                ReplyCode::SYNTAX_ERROR,
+                (5, 5, 2),
+                "Message refused: line too long",
+            ),
             Some(DataProblem::TooBig) => Reply::of(
-                552,
+                ReplyCode::EXCEEDED_STORAGE,
                 (5, 3, 4),
                 "Message size exceeds fixed maximum message size",
             ),
@@ -938,11 +1004,19 @@ impl Session {
         let refuse =
             |code, e: (u8, u16, u16), text: &str| ChunkEnd::Refuse(Reply::of(code, e, text));
         let end = if !(self.is_esmtp() && self.config.extensions.chunking) {
-            refuse(502, (5, 5, 1), "BDAT not available")
+            refuse(ReplyCode::NOT_IMPLEMENTED, (5, 5, 1), "BDAT not available")
         } else if self.transaction.is_none() {
-            refuse(503, (5, 5, 1), "Need MAIL and RCPT before BDAT")
+            refuse(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Need MAIL and RCPT before BDAT",
+            )
         } else if self.transaction.as_ref().is_some_and(|t| t.recipients == 0) {
-            refuse(554, (5, 5, 1), "No valid recipients")
+            refuse(
+                ReplyCode::TRANSACTION_FAILED,
+                (5, 5, 1),
+                "No valid recipients",
+            )
         } else {
             let received = match self.transaction.as_ref().map(|t| t.body) {
                 Some(BodyMode::Bdat { received }) => received,
@@ -959,7 +1033,7 @@ impl Session {
                 // RFC 3030 2: the transaction fails; the chunk's octets are still consumed.
                 self.abort_transaction();
                 refuse(
-                    552,
+                    ReplyCode::EXCEEDED_STORAGE,
                     (5, 3, 4),
                     "Message size exceeds fixed maximum message size",
                 )
@@ -978,9 +1052,11 @@ impl Session {
     fn end_of_chunk(&mut self, end: ChunkEnd) {
         self.flush_body();
         match end {
-            ChunkEnd::Ack(n) => {
-                self.send(Reply::of(250, (2, 0, 0), format!("{n} octets received")))
-            }
+            ChunkEnd::Ack(n) => self.send(Reply::of(
+                ReplyCode::OK,
+                (2, 0, 0),
+                format!("{n} octets received"),
+            )),
             ChunkEnd::Last => {
                 let ticket = self.ticket();
                 self.emit(Event::MessageEnd { ticket });
@@ -992,36 +1068,56 @@ impl Session {
 
     fn on_starttls(&mut self) {
         if !self.config.extensions.starttls {
-            return self.fail(Reply::of(502, (5, 5, 1), "STARTTLS not available"));
+            return self.fail(Reply::of(
+                ReplyCode::NOT_IMPLEMENTED,
+                (5, 5, 1),
+                "STARTTLS not available",
+            ));
         }
         if self.tls.is_some() {
-            return self.fail(Reply::of(503, (5, 5, 1), "TLS already active"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "TLS already active",
+            ));
         }
         if self.transaction.is_some() || self.authenticated.is_some() {
             return self.fail(Reply::of(
-                503,
+                ReplyCode::BAD_SEQUENCE,
                 (5, 5, 1),
                 "STARTTLS not allowed inside a transaction or after AUTH",
             ));
         }
-        self.send(Reply::of(220, (2, 0, 0), "Ready to start TLS"));
+        self.send(Reply::of(ReplyCode::READY, (2, 0, 0), "Ready to start TLS"));
         self.actions.push_back(Action::StartTls);
         self.state = State::TlsHandshake;
     }
 
     fn on_auth(&mut self, mechanism: crate::command::Mechanism, initial: Option<String>) {
         if self.config.auth == AuthPolicy::Never {
-            return self.fail(Reply::of(502, (5, 5, 1), "AUTH not available"));
+            return self.fail(Reply::of(
+                ReplyCode::NOT_IMPLEMENTED,
+                (5, 5, 1),
+                "AUTH not available",
+            ));
         }
         if !self.is_esmtp() {
-            return self.fail(Reply::of(503, (5, 5, 1), "Send EHLO first"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Send EHLO first",
+            ));
         }
         if self.authenticated.is_some() {
-            return self.fail(Reply::of(503, (5, 5, 1), "Already authenticated"));
+            return self.fail(Reply::of(
+                ReplyCode::BAD_SEQUENCE,
+                (5, 5, 1),
+                "Already authenticated",
+            ));
         }
         if self.transaction.is_some() {
             return self.fail(Reply::of(
-                503,
+                ReplyCode::BAD_SEQUENCE,
                 (5, 5, 1),
                 "AUTH not allowed inside a transaction",
             ));
@@ -1029,7 +1125,7 @@ impl Session {
         if !self.auth_offered() {
             // RFC 4954 6: 538 "Encryption required for requested authentication mechanism".
             return self.fail(Reply::of(
-                538,
+                ReplyCode::ENCRYPTION_REQUIRED,
                 (5, 7, 11),
                 "Encryption required for requested authentication mechanism",
             ));
@@ -1170,7 +1266,7 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.config.limits.max_errors {
             self.fatal(Reply::of(
-                421,
+                ReplyCode::SERVICE_UNAVAILABLE,
                 (4, 7, 0),
                 format!(
                     "{} Too many errors, closing connection",

@@ -379,7 +379,11 @@ async fn dispatch<H: Handler>(
         other => match other.ticket() {
             Some(ticket) => (
                 ticket,
-                Verdict::Reject(Reply::of(451, (4, 3, 0), "Not supported by this server")),
+                Verdict::Reject(Reply::of(
+                    proto_core::ReplyCode::LOCAL_ERROR,
+                    (4, 3, 0),
+                    "Not supported by this server",
+                )),
             ),
             None => return Ok(()),
         },

@@ -24,7 +24,8 @@
 //!
 //! use async_io::Async;
 //! use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-//! use proto_core::{server::Config, server::Credentials, ForwardPath, MailParams, RcptParams, ReversePath, server::Session, server::Verdict};
+//! use proto_core::server::{Config, Credentials, Session, Verdict};
+//! use proto_core::{ForwardPath, MailParams, RcptParams, ReversePath};
 //! use runtime_smol::{Connection, Handler, TlsMode};
 //!
 //! /// Accepts everything and keeps the body in memory (a real handler writes each chunk to

@@ -69,7 +69,7 @@ impl Destinations<'_> {
             // RFC 3463 5.7.1: delivery not authorized.
             Locality::RoutedLocalPart => {
                 return Resolution::Refuse(Reply::of(
-                    550,
+                    proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
                     (5, 7, 1),
                     "Routing in the local part is not accepted here",
                 ));
@@ -89,7 +89,7 @@ impl Destinations<'_> {
                 }]),
                 // RFC 3463 5.7.1: delivery not authorized.
                 Err(e) => Resolution::Refuse(Reply::of(
-                    550,
+                    proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
                     (5, 7, 1),
                     format!("Not a valid bounce address here: {e}"),
                 )),
@@ -101,7 +101,7 @@ impl Destinations<'_> {
             Err(e @ AliasError::Lookup { .. }) => {
                 crate::log::event("failed", format_args!("to=<{mailbox}> reason=\"{e}\""));
                 return Resolution::Refuse(Reply::of(
-                    451,
+                    proto_core::ReplyCode::LOCAL_ERROR,
                     (4, 3, 0),
                     "Temporary local problem, try again later",
                 ));
@@ -109,7 +109,7 @@ impl Destinations<'_> {
             // RFC 3463 5.4.6: routing loop detected.
             Err(e) => {
                 return Resolution::Refuse(Reply::of(
-                    550,
+                    proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
                     (5, 4, 6),
                     format!("Alias problem: {e}"),
                 ));
@@ -146,7 +146,11 @@ impl Destinations<'_> {
         }
         if targets.is_empty() {
             // RFC 5321 3.4.2 / RFC 3463 5.1.1: bad destination mailbox address.
-            return Resolution::Refuse(Reply::of(550, (5, 1, 1), "No such user here"));
+            return Resolution::Refuse(Reply::of(
+                proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
+                (5, 1, 1),
+                "No such user here",
+            ));
         }
         Resolution::Accept(targets)
     }
@@ -189,9 +193,13 @@ impl Destinations<'_> {
                     sender: None,
                 }])
             }
-            Ok(_) => Resolution::Refuse(Reply::of(550, (5, 1, 1), "No such user here")),
+            Ok(_) => Resolution::Refuse(Reply::of(
+                proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
+                (5, 1, 1),
+                "No such user here",
+            )),
             Err(_) => Resolution::Refuse(Reply::of(
-                451,
+                proto_core::ReplyCode::LOCAL_ERROR,
                 (4, 3, 0),
                 "Temporary local problem, try again later",
             )),

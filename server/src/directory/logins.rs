@@ -128,7 +128,7 @@ impl Authenticator {
                 ),
             );
             return Err(Reply::of(
-                454,
+                proto_core::ReplyCode::TEMP_AUTH_FAILURE,
                 (4, 7, 0),
                 "Too many failed logins, try again later",
             ));
@@ -160,7 +160,7 @@ impl Authenticator {
                     Timer::after(self.settings.delay).await;
                 }
                 Err(Reply::of(
-                    535,
+                    proto_core::ReplyCode::AUTH_INVALID,
                     (5, 7, 8),
                     "Authentication credentials invalid",
                 ))

@@ -195,7 +195,7 @@ impl Inbound {
             // reject the mail outright"; RFC 7372 3.2: 5.7.23 "SPF validation failed".
             SpfResult::Fail if self.settings.spf_fail == OnFail::Reject => {
                 Disposition::Refuse(Reply::of(
-                    550,
+                    proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
                     (5, 7, 23),
                     format!(
                         "SPF: {} does not designate {ip} as a permitted sender",
@@ -206,7 +206,7 @@ impl Inbound {
             // RFC 7208 8.6: temperror "the SMTP server MAY return a 451 4.4.3 reply code".
             SpfResult::TempError if self.settings.temperror == OnTempError::Defer => {
                 Disposition::Refuse(Reply::of(
-                    451,
+                    proto_core::ReplyCode::LOCAL_ERROR,
                     (4, 4, 3),
                     "SPF: temporary DNS failure, try again later",
                 ))

@@ -188,7 +188,7 @@ impl Inbound {
             return Report {
                 headers: String::new(),
                 decision: Disposition::Refuse(Reply::of(
-                    552,
+                    proto_core::ReplyCode::EXCEEDED_STORAGE,
                     (5, 6, 0),
                     "Header section too long to authenticate",
                 )),
@@ -319,7 +319,7 @@ impl Inbound {
                     || (policy == Policy::Quarantine && s.dmarc_quarantine == OnFail::Reject) =>
             {
                 Disposition::Refuse(Reply::of(
-                    550,
+                    proto_core::ReplyCode::MAILBOX_UNAVAILABLE,
                     (5, 7, 1),
                     format!("Message rejected per the DMARC policy of {domain}"),
                 ))
@@ -327,7 +327,7 @@ impl Inbound {
             // RFC 7489 6.6.2: temporary failures to get a record "MAY" defer the message.
             DmarcResult::TempError(_) if s.temperror == OnTempError::Defer => {
                 Disposition::Refuse(Reply::of(
-                    451,
+                    proto_core::ReplyCode::LOCAL_ERROR,
                     (4, 4, 3),
                     "DMARC: temporary DNS failure, try again later",
                 ))

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto_core::{
-    ForwardPath, MailParams, RcptParams, Reply, ReversePath, server::Credentials, server::Session,
-    server::Verdict,
+    ForwardPath, MailParams, RcptParams, Reply, ReplyCode, ReversePath, server::Credentials,
+    server::Session, server::Verdict,
 };
 use runtime_smol::Handler;
 
@@ -192,8 +192,8 @@ impl Reception {
                         "failed",
                         format_args!("id={} reason=\"dkim signing: {e}\"", t.id),
                     );
-                    return Err(Verdict::Reject(reply(
-                        451,
+                    return Err(Verdict::Reject(Reply::of(
+                        ReplyCode::LOCAL_ERROR,
                         (4, 3, 0),
                         "Local error in processing (DKIM signing), try again later",
                     )));
@@ -283,7 +283,11 @@ impl Reception {
             session,
             t.id.as_str(),
             &what,
-            reply(550, (5, 7, 1), &format!("Message refused: {problem}")),
+            Reply::of(
+                ReplyCode::MAILBOX_UNAVAILABLE,
+                (5, 7, 1),
+                format!("Message refused: {problem}"),
+            ),
         ))
     }
 
@@ -292,8 +296,8 @@ impl Reception {
         if let Some(why) = t.failure.take() {
             log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
             discard(&self.shared.store, &t.id, t.chunks, false).await;
-            return Verdict::Reject(reply(
-                451,
+            return Verdict::Reject(Reply::of(
+                ReplyCode::LOCAL_ERROR,
                 (4, 3, 0),
                 "Local error in processing, try again later",
             ));
@@ -351,8 +355,8 @@ impl Reception {
         })
         .detach();
         if !matches!(outcome.recv().await, Ok(Ok(()))) {
-            return Verdict::Reject(reply(
-                451,
+            return Verdict::Reject(Reply::of(
+                ReplyCode::LOCAL_ERROR,
                 (4, 3, 0),
                 "Local error in processing, try again later",
             ));
@@ -408,8 +412,8 @@ impl Handler for Reception {
                 session,
                 "-",
                 &format!("from={from}"),
-                reply(
-                    553,
+                Reply::of(
+                    ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
                     (5, 7, 1),
                     "Sender address not owned by the authenticated user",
                 ),
@@ -497,7 +501,11 @@ impl Handler for Reception {
                     session,
                     &id,
                     &what,
-                    reply(550, (5, 1, 1), "No such user here"),
+                    Reply::of(
+                        ReplyCode::MAILBOX_UNAVAILABLE,
+                        (5, 1, 1),
+                        "No such user here",
+                    ),
                 ),
             },
             // RFC 3463: 5.7.1 "Delivery not authorized"; relaying needs an authenticated user.
@@ -505,7 +513,7 @@ impl Handler for Reception {
                 session,
                 &id,
                 &what,
-                reply(550, (5, 7, 1), "Relaying denied"),
+                Reply::of(ReplyCode::MAILBOX_UNAVAILABLE, (5, 7, 1), "Relaying denied"),
             ),
         }
     }
@@ -518,7 +526,11 @@ impl Handler for Reception {
             // The session's policy already withholds AUTH here; this is a second lock.
             // RFC 4954 section 6: 538 5.7.11 "Encryption required for requested authentication
             // mechanism".
-            return Verdict::Reject(reply(538, (5, 7, 11), "Encryption required for AUTH"));
+            return Verdict::Reject(Reply::of(
+                ReplyCode::ENCRYPTION_REQUIRED,
+                (5, 7, 11),
+                "Encryption required for AUTH",
+            ));
         }
         match self
             .shared
@@ -567,7 +579,11 @@ impl Handler for Reception {
 
     async fn message_end(&mut self, session: &Session) -> Verdict {
         let Some(mut t) = self.transaction.take() else {
-            return Verdict::Reject(reply(451, (4, 3, 0), "Local error: no transaction"));
+            return Verdict::Reject(Reply::of(
+                ReplyCode::LOCAL_ERROR,
+                (4, 3, 0),
+                "Local error: no transaction",
+            ));
         };
         if t.received.count() > MAX_RECEIVED {
             let what = format!("from={} size={}", t.from, t.size);
@@ -575,8 +591,8 @@ impl Handler for Reception {
                 session,
                 t.id.as_str(),
                 &what,
-                reply(
-                    554,
+                Reply::of(
+                    ReplyCode::TRANSACTION_FAILED,
                     (5, 4, 6),
                     "Too many Received: header fields, mail loop suspected",
                 ),
@@ -707,11 +723,6 @@ impl Drop for Reception {
             smol::unblock(move || store.discard_chunks(&t.id, t.chunks)).detach();
         }
     }
-}
-
-/// A reply from literal numbers (constants in this file, so never invalid).
-fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
-    Reply::of(code, enhanced, text)
 }
 
 /// The client's IP for logs.
