@@ -15,7 +15,8 @@
 //! | [`cli`] | the command line, one module per command group |
 //! | [`daemon`] | `postern serve`: listeners, reloads, limits, systemd |
 //!
-//! Beside them, [`log`] (one line per mail event) and [`files`] (atomic file replacement).
+//! Beside them, [`log`] (one line per mail event) and [`files`] (atomic file replacement);
+//! with the `testkit` feature, `testkit` starts a whole server inside a test.
 //! This library exists for the binary and its tests; its API is not promised to anyone else
 //! (the embeddable, documented API is `proto-core`'s).
 
@@ -30,6 +31,8 @@ pub mod log;
 pub mod mailauth;
 pub mod queue;
 pub mod reception;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod tls;
 
 use std::process::ExitCode;

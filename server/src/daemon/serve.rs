@@ -90,8 +90,66 @@ pub enum ServeError {
     Signals(#[source] std::io::Error),
 }
 
+/// What steers a running server from outside.
+#[derive(Debug)]
+pub enum Control {
+    /// The process's signals: SIGHUP reloads, SIGTERM and SIGINT stop (what `postern serve`
+    /// uses).
+    Signals,
+    /// Commands on a channel, for a server run inside another program (tests): no signal
+    /// handler is installed. A closed channel stops the server.
+    Channel(async_channel::Receiver<Command>),
+}
+
+/// A command for a server steered by [`Control::Channel`].
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Read the configuration again, as SIGHUP does; then say so on the channel, if any.
+    Reload(Option<async_channel::Sender<()>>),
+    /// Stop, as SIGTERM does (a second one stops waiting for sessions).
+    Stop,
+}
+
+/// What the control source said.
+enum Told {
+    Reload(Option<async_channel::Sender<()>>),
+    Stop(&'static str),
+}
+
+/// The control source, once started.
+enum Controls {
+    Signals(Signals),
+    Channel(async_channel::Receiver<Command>),
+}
+
+impl Controls {
+    async fn next(&mut self) -> Told {
+        match self {
+            Controls::Signals(signals) => match signals.next().await {
+                Some(Ok(Signal::Hup)) => Told::Reload(None),
+                Some(Ok(Signal::Int)) => Told::Stop("SIGINT"),
+                _ => Told::Stop("SIGTERM"),
+            },
+            Controls::Channel(rx) => match rx.recv().await {
+                Ok(Command::Reload(done)) => Told::Reload(done),
+                Ok(Command::Stop) | Err(_) => Told::Stop("stop command"),
+            },
+        }
+    }
+}
+
 /// Runs the server from the configuration directory `dir` until SIGTERM or SIGINT.
 pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
+    serve_with(dir, Control::Signals, None)
+}
+
+/// Runs the server from `dir`, steered by `control`. Once every listener is bound, their
+/// roles and addresses go to `bound_to` (the kernel's port when the configuration says 0).
+pub fn serve_with(
+    dir: &std::path::Path,
+    control: Control,
+    bound_to: Option<async_channel::Sender<Vec<(Role, SocketAddr)>>>,
+) -> Result<(), ServeError> {
     if init::create_default(dir)? {
         log::status(format_args!(
             "postern: created the default configuration in {} (postern.toml, a self-signed certificate, domains/localhost/)",
@@ -148,8 +206,12 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         }
     };
     // Install the handlers before announcing, so a supervisor's early SIGTERM is handled.
-    let mut signals =
-        Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?;
+    let mut controls = match control {
+        Control::Signals => Controls::Signals(
+            Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?,
+        ),
+        Control::Channel(rx) => Controls::Channel(rx),
+    };
 
     log::status(format_args!(
         "postern: {} serving; configuration {}, data {}",
@@ -164,6 +226,14 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         ));
     }
     systemd::notify("READY=1");
+    if let Some(tx) = bound_to {
+        let _ = tx.try_send(
+            bound
+                .iter()
+                .map(|(role, local, _)| (*role, *local))
+                .collect(),
+        );
+    }
 
     let shutdown = Shutdown::new();
     let runtime = Arc::new(Runtime {
@@ -195,13 +265,15 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
             .map(|(role, _, socket)| smol::spawn(accept_loop(socket, role, runtime.clone())))
             .collect();
         let name = loop {
-            match signals.next().await {
-                Some(Ok(Signal::Hup)) => {
+            match controls.next().await {
+                Told::Reload(done) => {
                     log::event("reload", format_args!("SIGHUP received"));
                     runtime.reload();
+                    if let Some(done) = done {
+                        let _ = done.try_send(());
+                    }
                 }
-                Some(Ok(Signal::Int)) => break "SIGINT",
-                _ => break "SIGTERM",
+                Told::Stop(name) => break name,
             }
         };
         watcher.cancel().await;
@@ -215,8 +287,8 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
         runtime.shutdown.trigger();
         // A second SIGTERM or SIGINT ends the wait at once.
         let again = async {
-            while let Some(Ok(signal)) = signals.next().await {
-                if signal != Signal::Hup {
+            loop {
+                if let Told::Stop(_) = controls.next().await {
                     log::event(
                         "shutdown",
                         format_args!("second signal: not waiting any longer"),
@@ -224,7 +296,6 @@ pub fn serve(dir: &std::path::Path) -> Result<(), ServeError> {
                     return;
                 }
             }
-            future::pending::<()>().await;
         };
         future::or(
             drain(&runtime.counter, runtime.live().settings.shutdown_grace),
@@ -803,4 +874,61 @@ fn log_connection_error(peer: SocketAddr, role: Role, e: &runtime_smol::Error) {
             role.name()
         ),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Role;
+    use crate::testkit::{Client, TestServer};
+
+    /// The SIZE a fresh session's EHLO announces.
+    fn size(addr: std::net::SocketAddr) -> String {
+        let (mut c, _) = Client::connect(addr);
+        c.send("EHLO client.test");
+        c.transcript
+            .iter()
+            .find_map(|l| l.strip_prefix("250-SIZE ").or(l.strip_prefix("250 SIZE ")))
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    /// A reload takes new settings for new sessions and keeps the listeners; a file that does
+    /// not parse, or a host name without a certificate, leaves the running configuration.
+    #[test]
+    fn reload_takes_new_settings_and_keeps_the_old_on_errors() {
+        let server = TestServer::builder()
+            .config("max_message_size = 1048576")
+            .start();
+        let addr = server.addr(Role::Smtp);
+        assert_eq!(size(addr), "1048576");
+        let path = server.dir().join("postern.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let write = |t: &str| std::fs::write(&path, t).expect("write");
+        write(&text.replace("1048576", "2097152"));
+        server.reload();
+        assert_eq!(size(addr), "2097152");
+        for broken in [
+            "hostname = [\n".to_string(),
+            text.replace("hostname = \"localhost\"", "hostname = \"mx.test\"")
+                .replace("1048576", "3145728"),
+        ] {
+            write(&broken);
+            server.reload();
+            assert_eq!(size(addr), "2097152", "after {broken:?}");
+            let (_, greeting) = Client::connect(addr);
+            assert!(greeting.starts_with("220 localhost "), "{greeting}");
+        }
+    }
+
+    /// Stopping ends the server cleanly, and the port is closed afterwards.
+    #[test]
+    fn stop_closes_the_listeners() {
+        let server = TestServer::builder().start();
+        let addr = server.addr(Role::Submissions);
+        assert_eq!(server.stop(), Ok(()));
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "still listening"
+        );
+    }
 }

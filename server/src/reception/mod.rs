@@ -741,3 +741,75 @@ fn client_literal(session: &Session) -> String {
         None => "unknown".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Role;
+    use crate::testkit::{Client, TestServer};
+
+    /// What RCPT answers on port 25, decided once per recipient by the directory: users and
+    /// postmaster accepted, unknown users, routed local parts and other domains refused,
+    /// each with its enhanced code.
+    #[test]
+    fn rcpt_on_port_25() {
+        let server = TestServer::builder()
+            .user("alice@example.org", "pw")
+            .start();
+        let (mut c, greeting) = Client::connect(server.addr(Role::Smtp));
+        assert!(greeting.starts_with("220 localhost "), "{greeting}");
+        assert!(c.send("EHLO client.test").starts_with("250 "));
+        assert!(c.send("MAIL FROM:<s@client.test>").starts_with("250 "));
+        let cases = [
+            ("<alice@example.org>", "250 "),
+            ("<Alice@EXAMPLE.org>", "250 "),
+            ("<alice+news@example.org>", "250 "),
+            ("<Postmaster>", "250 "),
+            ("<bob@example.org>", "550 5.1.1 "),
+            ("<alice%elsewhere.test@example.org>", "550 5.7.1 Routing"),
+            ("<someone@elsewhere.test>", "550 5.7.1 Relaying denied"),
+        ];
+        for (to, want) in cases {
+            let got = c.send(&format!("RCPT TO:{to}"));
+            assert!(got.starts_with(want), "RCPT TO:{to}: {got}");
+        }
+    }
+
+    /// A message accepted on port 25 is in the Maildir with its trace fields, once per
+    /// recipient address even when two forms name the same user.
+    #[test]
+    fn an_accepted_message_reaches_the_maildir() {
+        let server = TestServer::builder()
+            .user("alice@example.org", "pw")
+            .start();
+        let (mut c, _) = Client::connect(server.addr(Role::Smtp));
+        c.send("EHLO client.test");
+        c.send("MAIL FROM:<s@client.test>");
+        assert!(c.send("RCPT TO:<alice@example.org>").starts_with("250 "));
+        assert!(c.send("DATA").starts_with("354 "));
+        let queued = c.send("Subject: hello\r\n\r\nbody line\r\n.");
+        assert!(queued.starts_with("250 2.0.0 "), "{queued}");
+        assert!(c.send("QUIT").starts_with("221 "));
+        let inbox = server.wait_inbox("example.org", "alice", 1, 20);
+        let text = &inbox[0];
+        assert!(
+            text.starts_with("Return-Path: <s@client.test>\r\nDelivered-To: alice@example.org\r\nReceived: from client.test"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Subject: hello\r\n\r\nbody line\r\n"),
+            "{text}"
+        );
+    }
+
+    /// Submission wants AUTH before MAIL (RFC 6409): 530 5.7.0 without it.
+    #[test]
+    fn submission_needs_a_login() {
+        let server = TestServer::builder()
+            .user("alice@example.org", "pw")
+            .start();
+        let (mut c, _) = Client::connect(server.addr(Role::Submission));
+        c.send("EHLO client.test");
+        let refused = c.send("MAIL FROM:<alice@example.org>");
+        assert!(refused.starts_with("530 5.7.0 "), "{refused}");
+    }
+}

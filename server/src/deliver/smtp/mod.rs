@@ -762,3 +762,63 @@ const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 0, 0) {
     Some(s) => s,
     None => panic!("5.0.0 is a valid status"),
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+    use crate::testkit::{Client, TestServer};
+
+    /// From a trusted network to another server by a static route: the next hop gets the
+    /// message with our Received field, and a recipient it refuses bounces back to the
+    /// sender's mailbox with its reply quoted.
+    #[test]
+    fn a_static_route_delivers_and_a_refusal_bounces() {
+        let b = TestServer::builder().user("bob@b.test", "pw").start();
+        let a = TestServer::builder()
+            .user("alice@a.test", "pw")
+            .config(&format!(
+                "[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+                 [routes]\n\"b.test\" = \"{}\"\n",
+                b.addr(Role::Smtp)
+            ))
+            .start();
+        let (mut c, _) = Client::connect(a.addr(Role::Smtp));
+        c.send("EHLO client.test");
+        assert!(c.send("MAIL FROM:<alice@a.test>").starts_with("250 "));
+        assert!(c.send("RCPT TO:<bob@b.test>").starts_with("250 "));
+        assert!(c.send("RCPT TO:<nobody@b.test>").starts_with("250 "));
+        c.send("DATA");
+        let queued = c.send("Subject: across\r\n\r\nover the route\r\n.");
+        assert!(queued.starts_with("250 "), "{queued}");
+        let got = b.wait_inbox("b.test", "bob", 1, 30);
+        assert!(got[0].contains("Received: from client.test"), "{}", got[0]);
+        assert!(got[0].contains("by localhost"), "{}", got[0]);
+        assert!(
+            got[0].ends_with("Subject: across\r\n\r\nover the route\r\n"),
+            "{}",
+            got[0]
+        );
+        let bounce = a.wait_inbox("a.test", "alice", 1, 30);
+        assert!(
+            bounce[0].contains("Final-Recipient: rfc822; nobody@b.test\r\nAction: failed"),
+            "{}",
+            bounce[0]
+        );
+        assert!(bounce[0].contains("550 5.1.1"), "{}", bounce[0]);
+    }
+
+    #[test]
+    fn domains_are_compared_in_a_label_form() {
+        let m: proto_core::Mailbox = "x@BÜCHER.example".parse().expect("mailbox");
+        assert_eq!(domain_of(&m), "xn--bcher-kva.example");
+        let literal: proto_core::Mailbox = "x@[127.0.0.1]".parse().expect("mailbox");
+        assert_eq!(domain_of(&literal), "[127.0.0.1]");
+    }
+
+    #[test]
+    fn the_log_names_the_tls_of_each_hop() {
+        assert_eq!(tls_text(None, false, false), " tls=none");
+        assert_eq!(tls_text(None, true, true), " tls=implicit");
+    }
+}
