@@ -15,9 +15,30 @@ use proto_core::{
 };
 
 use crate::directory::recipients::{Lookup, Recipients};
+use crate::directory::users::UserDbError;
 use crate::log;
 use crate::queue::QueueId;
-use crate::queue::store::{Address, CHUNK_SIZE, Envelope, Recipient, Store, TraceRecord};
+use crate::queue::store::{
+    Address, CHUNK_SIZE, Envelope, Recipient, Store, StoreError, TraceRecord,
+};
+
+/// Why a DSN could not be written (the recipients it is about stay pending).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BounceError {
+    /// The boundary or Message-ID could not be made.
+    #[error("cannot build the DSN's identifiers")]
+    Identifiers,
+    /// Whether the sender is one of our users could not be told.
+    #[error("looking up the sender {0}: {1}")]
+    Lookup(String, #[source] UserDbError),
+    /// The original message could not be read back.
+    #[error("reading the original: {0}")]
+    Original(#[source] std::io::Error),
+    /// The DSN's body could not be stored.
+    #[error("storing the DSN: {0}")]
+    Store(#[source] StoreError),
+}
 
 /// What bounces need: the store, our name, and the recipient lookup.
 #[derive(Debug, Clone)]
@@ -41,7 +62,7 @@ impl Bouncer {
         envelope: &Envelope,
         reports: Vec<RecipientReport>,
         now: SystemTime,
-    ) -> Result<Option<(QueueId, Envelope)>, String> {
+    ) -> Result<Option<(QueueId, Envelope)>, BounceError> {
         let mut original = OriginalEnvelope::new(
             envelope.from.clone(),
             DsnDate::from_unix(envelope.received_at as i64),
@@ -57,7 +78,7 @@ impl Bouncer {
             Boundary::new(&format!("=_postern_{token}")),
             proto_core::Domain::parse(&self.hostname).ok(),
         ) else {
-            return Err("cannot build the DSN's identifiers".into());
+            return Err(BounceError::Identifiers);
         };
         let request = DsnRequest::new(
             reporting,
@@ -88,7 +109,7 @@ impl Bouncer {
                 );
                 return Ok(None);
             }
-            Err(e) => return Err(format!("looking up the sender {to}: {e}")),
+            Err(e) => return Err(BounceError::Lookup(to.to_string(), e)),
         };
 
         // The DSN's body: prefix, the returned part of the original, suffix; in chunks.
@@ -106,8 +127,8 @@ impl Bouncer {
         let mut piece = vec![0u8; CHUNK_SIZE];
         let mut out = Vec::with_capacity(CHUNK_SIZE + 1024);
         while !content.is_done() {
-            let n = std::io::Read::read(&mut original, &mut piece)
-                .map_err(|e| format!("reading the original: {e}"))?;
+            let n =
+                std::io::Read::read(&mut original, &mut piece).map_err(BounceError::Original)?;
             if n == 0 {
                 break;
             }
@@ -181,7 +202,7 @@ struct ChunkWriter<'a> {
 }
 
 impl ChunkWriter<'_> {
-    fn write(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<(), BounceError> {
         self.size += bytes.len() as u64;
         while !bytes.is_empty() {
             let room = CHUNK_SIZE - self.buffer.len();
@@ -195,16 +216,16 @@ impl ChunkWriter<'_> {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), BounceError> {
         self.store
             .put_chunk(self.id, self.chunks, &self.buffer)
-            .map_err(|e| e.to_string())?;
+            .map_err(BounceError::Store)?;
         self.chunks += 1;
         self.buffer.clear();
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(u32, u64), String> {
+    fn finish(mut self) -> Result<(u32, u64), BounceError> {
         if !self.buffer.is_empty() {
             self.flush()?;
         }

@@ -26,6 +26,17 @@ use crate::queue::store::{Store, StoreError};
 /// The answer to one request: durable, or why not.
 type Outcome = Result<(), Arc<str>>;
 
+/// Why writes were not made durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The committer thread is gone (the server is stopping).
+    #[error("the committer has stopped")]
+    Stopped,
+    /// The store refused the writes or the fsync.
+    #[error("{0}")]
+    Store(Arc<str>),
+}
+
 /// Writes a request asks the committer to make before its fsync.
 type Writes = Box<dyn FnOnce(&Store) -> Result<(), StoreError> + Send>;
 
@@ -66,38 +77,38 @@ impl Committer {
     pub async fn write_and_sync(
         &self,
         writes: impl FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitError> {
         self.request(Some(Box::new(writes))).await
     }
 
     /// Sends one request and waits for its answer.
-    async fn request(&self, writes: Option<Writes>) -> Result<(), String> {
+    async fn request(&self, writes: Option<Writes>) -> Result<(), CommitError> {
         let (reply, rx) = async_channel::bounded(1);
         self.requests
             .send(Request { writes, reply })
             .await
-            .map_err(|_| "the committer has stopped".to_string())?;
+            .map_err(|_| CommitError::Stopped)?;
         match rx.recv().await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the committer has stopped".to_string()),
+            Ok(Err(e)) => Err(CommitError::Store(e)),
+            Err(_) => Err(CommitError::Stopped),
         }
     }
 
     /// Waits, on a blocking thread, until every write this thread made before the call is
     /// durable.
-    pub fn sync_blocking(&self) -> Result<(), String> {
+    pub fn sync_blocking(&self) -> Result<(), CommitError> {
         let (reply, rx) = async_channel::bounded(1);
         self.requests
             .send_blocking(Request {
                 writes: None,
                 reply,
             })
-            .map_err(|_| "the committer has stopped".to_string())?;
+            .map_err(|_| CommitError::Stopped)?;
         match rx.recv_blocking() {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the committer has stopped".to_string()),
+            Ok(Err(e)) => Err(CommitError::Store(e)),
+            Err(_) => Err(CommitError::Stopped),
         }
     }
 }

@@ -265,7 +265,9 @@ impl Recorder<'_> {
             .store
             .apply(&changes, owner, &bounces)
             .map_err(|e| RecordError(e.to_string()))?;
-        self.committer.sync_blocking().map_err(RecordError)?;
+        self.committer
+            .sync_blocking()
+            .map_err(|e| RecordError(e.to_string()))?;
         for (bounce_id, bounce) in &bounces {
             self.dispatch.queued(bounce_id, bounce);
         }

@@ -67,6 +67,11 @@ pub enum StoreError {
     },
 }
 
+/// Why a stored envelope could not be read: what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(String);
+
 /// The open store. Cheap to clone (handles are reference-counted).
 #[derive(Clone)]
 pub struct Store {
@@ -276,7 +281,7 @@ impl Store {
                 .map(Some)
                 .map_err(|why| StoreError::Corrupt {
                     id: id.to_string(),
-                    why,
+                    why: why.to_string(),
                 }),
             None => Ok(None),
         }
@@ -632,11 +637,11 @@ impl Envelope {
     }
 
     /// Decodes [`Envelope::encode`]'s output; the error says what is wrong.
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
         if !(1..=ENVELOPE_VERSION).contains(&version) {
-            return Err(format!("unknown envelope version {version}"));
+            return Err(DecodeError(format!("unknown envelope version {version}")));
         }
         let from = reverse_path(&r.str()?)?;
         let smtputf8 = r.bool()?;
@@ -645,13 +650,13 @@ impl Envelope {
             1 => Some(Body::SevenBit),
             2 => Some(Body::EightBitMime),
             3 => Some(Body::BinaryMime),
-            t => return Err(format!("bad BODY tag {t}")),
+            t => return Err(DecodeError(format!("bad BODY tag {t}"))),
         };
         let ret = match r.u8()? {
             0 => None,
             1 => Some(Ret::Full),
             2 => Some(Ret::Headers),
-            t => return Err(format!("bad RET tag {t}")),
+            t => return Err(DecodeError(format!("bad RET tag {t}"))),
         };
         let envid = r.opt_str()?;
         let received_at = r.u64()?;
@@ -661,7 +666,7 @@ impl Envelope {
         let tls = match r.u8()? {
             0 => None,
             1 => Some((r.str()?, r.str()?)),
-            t => return Err(format!("bad TLS tag {t}")),
+            t => return Err(DecodeError(format!("bad TLS tag {t}"))),
         };
         let authenticated = r.bool()?;
         let size = r.u64()?;
@@ -679,12 +684,12 @@ impl Envelope {
                     command: r.str()?,
                     alias: r.str()?,
                 },
-                t => return Err(format!("bad address tag {t}")),
+                t => return Err(DecodeError(format!("bad address tag {t}"))),
             };
             let orcpt = match r.u8()? {
                 0 => None,
                 1 => Some((r.str()?, r.str()?)),
-                t => return Err(format!("bad ORCPT tag {t}")),
+                t => return Err(DecodeError(format!("bad ORCPT tag {t}"))),
             };
             let notify = match r.u8()? {
                 0 => None,
@@ -694,13 +699,13 @@ impl Envelope {
                     failure: r.bool()?,
                     delay: r.bool()?,
                 }),
-                t => return Err(format!("bad NOTIFY tag {t}")),
+                t => return Err(DecodeError(format!("bad NOTIFY tag {t}"))),
             };
             let state = match r.u8()? {
                 0 => RecipientState::Pending,
                 1 => RecipientState::Delivered,
                 2 => RecipientState::Failed,
-                t => return Err(format!("bad state tag {t}")),
+                t => return Err(DecodeError(format!("bad state tag {t}"))),
             };
             let attempts = r.u32()?;
             recipients.push(Recipient {
@@ -728,7 +733,10 @@ impl Envelope {
             }
         }
         if !r.0.is_empty() {
-            return Err(format!("{} bytes after the envelope", r.0.len()));
+            return Err(DecodeError(format!(
+                "{} bytes after the envelope",
+                r.0.len()
+            )));
         }
         Ok(Envelope {
             from,
@@ -769,13 +777,13 @@ impl Address {
 
 /// A stored reverse path: the decoder refuses one that does not parse (the message is then
 /// reported as damaged and kept), never reads it as `<>`.
-fn reverse_path(text: &str) -> Result<ReversePath, String> {
-    ReversePath::parse(text).map_err(|e| format!("bad reverse path {text:?}: {e}"))
+fn reverse_path(text: &str) -> Result<ReversePath, DecodeError> {
+    ReversePath::parse(text).map_err(|e| DecodeError(format!("bad reverse path {text:?}: {e}")))
 }
 
 /// A stored remote mailbox, refused like [`reverse_path`].
-fn mailbox(text: &str) -> Result<Mailbox, String> {
-    Mailbox::parse(text).map_err(|e| format!("bad recipient {text:?}: {e}"))
+fn mailbox(text: &str) -> Result<Mailbox, DecodeError> {
+    Mailbox::parse(text).map_err(|e| DecodeError(format!("bad recipient {text:?}: {e}")))
 }
 
 impl std::fmt::Display for Address {
@@ -842,44 +850,44 @@ impl Writer {
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         if self.0.len() < n {
-            return Err("truncated".into());
+            return Err(DecodeError("truncated".into()));
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn bool(&mut self) -> Result<bool, String> {
+    fn bool(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            b => Err(format!("bad boolean {b}")),
+            b => Err(DecodeError(format!("bad boolean {b}"))),
         }
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
-    fn str(&mut self) -> Result<String, String> {
+    fn str(&mut self) -> Result<String, DecodeError> {
         let n = self.u32()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError("a string is not UTF-8".into()))
     }
-    fn opt_str(&mut self) -> Result<Option<String>, String> {
+    fn opt_str(&mut self) -> Result<Option<String>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
             1 => self.str().map(Some),
-            t => Err(format!("bad option tag {t}")),
+            t => Err(DecodeError(format!("bad option tag {t}"))),
         }
     }
 }
@@ -1146,7 +1154,7 @@ mod tests {
         ];
         for (bytes, want) in cases {
             let e = Envelope::decode(bytes).expect_err("must fail");
-            assert!(e.contains(want), "input {bytes:?}: {e}");
+            assert!(e.to_string().contains(want), "input {bytes:?}: {e}");
         }
     }
 

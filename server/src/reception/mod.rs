@@ -49,7 +49,7 @@ use crate::mailauth::sign::Signing;
 use crate::mailauth::verify::Verifier;
 use crate::mailauth::{Disposition, Inbound, SpfResults, spf_word};
 use crate::queue::QueueId;
-use crate::queue::commit::Committer;
+use crate::queue::commit::{CommitError, Committer};
 use crate::queue::dispatch::Dispatch;
 use crate::queue::store::{
     self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, TraceRecord,
@@ -625,7 +625,7 @@ async fn commit(
     id: &QueueId,
     last: Option<(u32, Vec<u8>)>,
     envelope: Envelope,
-) -> Result<(), String> {
+) -> Result<(), CommitError> {
     let id = id.clone();
     shared
         .committer
