@@ -20,9 +20,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::directory::logins::AuthSettings;
-use crate::directory::relay::{Grant, Grants, HeaderFromCheck, TrustedNetworks};
-use crate::directory::users::Address;
-use crate::mailauth::{CheckSettings, OnFail, OnTempError};
+use crate::directory::relay::{Grants, HeaderFromCheck, TrustedNetworks};
+use crate::mailauth::CheckSettings;
 
 /// The configuration file's name inside the configuration directory.
 pub const FILE_NAME: &str = "postern.toml";
@@ -130,6 +129,33 @@ pub struct ConfigError {
     pub fix: String,
 }
 
+/// Where a section of `postern.toml` came from: what its parser needs to name the file and
+/// line of a bad value.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The file.
+    pub file: &'a Path,
+    /// Its text.
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// The line of `span` (1-based).
+    pub fn line(&self, span: Range<usize>) -> usize {
+        line_of(self.text, &span)
+    }
+
+    /// An error at `span` (or about the whole file), with what to do about it.
+    pub fn error(&self, span: Option<Range<usize>>, message: String, fix: &str) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: span.map(|s| self.line(s)),
+            message,
+            fix: fix.to_string(),
+        }
+    }
+}
+
 /// The file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,15 +173,15 @@ struct RawFile {
     #[serde(default)]
     listeners: RawListeners,
     #[serde(default)]
-    auth: RawAuth,
+    auth: crate::directory::logins::RawAuth,
     #[serde(default)]
-    relay: RawRelay,
+    relay: crate::directory::relay::RawRelay,
     #[serde(default)]
     senders: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
-    aliases: RawAliases,
+    aliases: crate::directory::aliases::RawAliases,
     #[serde(default)]
     delivery: crate::deliver::smtp::settings::RawDelivery,
     #[serde(default)]
@@ -163,25 +189,7 @@ struct RawFile {
     #[serde(default)]
     mailboxes: BTreeMap<Spanned<String>, Spanned<crate::deliver::RawMailbox>>,
     #[serde(default)]
-    checks: RawChecks,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAliases {
-    drop_characters: Option<String>,
-    suffix_separators: Option<Spanned<String>>,
-    srs_max_age_days: Option<Spanned<u16>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawChecks {
-    enabled: Option<bool>,
-    spf_fail: Option<Spanned<String>>,
-    dmarc_reject: Option<Spanned<String>>,
-    dmarc_quarantine: Option<Spanned<String>>,
-    temperror: Option<Spanned<String>>,
+    checks: crate::mailauth::RawChecks,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,25 +197,6 @@ struct RawChecks {
 struct RawDns {
     #[serde(default)]
     nameservers: Vec<SocketAddr>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    smtp_listener: Option<bool>,
-    allow_plaintext_on_loopback: Option<bool>,
-    delay_after_failures: Option<u32>,
-    failure_delay_ms: Option<u64>,
-    lockout_after_failures: Option<Spanned<u32>>,
-    lockout_seconds: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRelay {
-    #[serde(default)]
-    trusted_networks: Vec<Spanned<String>>,
-    header_from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -406,177 +395,13 @@ impl Settings {
             ));
         }
 
-        let defaults = AuthSettings::default();
-        let lockout_after = match raw.auth.lockout_after_failures {
-            Some(n) if *n.get_ref() == 0 => {
-                return Err(error(
-                    at(n.span()),
-                    "lockout_after_failures = 0 would refuse every login".into(),
-                    "give a number of failures, e.g. lockout_after_failures = 10",
-                ));
-            }
-            Some(n) => n.into_inner(),
-            None => defaults.lockout_after,
-        };
-        let auth = AuthSettings {
-            smtp_listener: raw.auth.smtp_listener.unwrap_or(defaults.smtp_listener),
-            allow_plaintext_on_loopback: raw
-                .auth
-                .allow_plaintext_on_loopback
-                .unwrap_or(defaults.allow_plaintext_on_loopback),
-            delay_after: raw
-                .auth
-                .delay_after_failures
-                .unwrap_or(defaults.delay_after),
-            delay: raw
-                .auth
-                .failure_delay_ms
-                .map_or(defaults.delay, Duration::from_millis),
-            lockout_after,
-            lockout: raw
-                .auth
-                .lockout_seconds
-                .map_or(defaults.lockout, Duration::from_secs),
-        };
-
-        let mut trusted_networks = TrustedNetworks::default();
-        for net in raw.relay.trusted_networks {
-            let line = at(net.span());
-            let text = net.into_inner();
-            match text.parse() {
-                Ok(n) => trusted_networks.0.push(n),
-                Err(_) => {
-                    return Err(error(
-                        line,
-                        format!("{text:?} is not a network"),
-                        "write networks in CIDR notation, e.g. \"192.0.2.0/24\" or \"2001:db8::/32\"",
-                    ));
-                }
-            }
-        }
-        let header_from = match raw.relay.header_from {
-            None => HeaderFromCheck::default(),
-            Some(h) => match h.get_ref().as_str() {
-                "reject" => HeaderFromCheck::Reject,
-                "allow" => HeaderFromCheck::Allow,
-                other => {
-                    return Err(error(
-                        at(h.span()),
-                        format!("header_from = {other:?} is neither \"reject\" nor \"allow\""),
-                        "write header_from = \"reject\" or header_from = \"allow\"",
-                    ));
-                }
-            },
-        };
-        let mut grants = Grants::default();
-        for (user, granted) in raw.senders {
-            let line = at(user.span());
-            let user = Address::parse(user.get_ref()).map_err(|e| {
-                error(
-                    line,
-                    format!("[senders]: {e}"),
-                    "key each entry by a user's address, e.g. \"alice@example.org\" = [\"example.org\"]",
-                )
-            })?;
-            for g in granted {
-                let line = at(g.span());
-                let text = g.into_inner();
-                let grant = if text.contains('@') {
-                    Address::parse(&text).map(Grant::Address).ok()
-                } else {
-                    Address::parse(&format!("postmaster@{text}"))
-                        .map(|a| Grant::Domain(a.domain().to_string()))
-                        .ok()
-                };
-                let Some(grant) = grant else {
-                    return Err(error(
-                        line,
-                        format!("[senders]: {text:?} is neither an address nor a domain"),
-                        "grant addresses (\"bob@example.org\") or domains (\"example.org\")",
-                    ));
-                };
-                grants.grant(user.clone(), grant);
-            }
-        }
-
-        let mut alias_options = proto_core::mail::AliasOptions::default();
-        if let Some(d) = raw.aliases.drop_characters {
-            alias_options.drop_characters = d;
-        }
-        if let Some(sep) = raw.aliases.suffix_separators {
-            if sep
-                .get_ref()
-                .chars()
-                .any(|c| c.is_alphanumeric() || c == '@')
-            {
-                return Err(error(
-                    at(sep.span()),
-                    format!(
-                        "suffix_separators = {:?} holds letters, digits or @",
-                        sep.get_ref()
-                    ),
-                    "give punctuation only, e.g. suffix_separators = \"+\" or \"+-\"",
-                ));
-            }
-            alias_options.suffix_separators = sep.into_inner();
-        }
-        let srs_max_age_days = match raw.aliases.srs_max_age_days {
-            Some(d) if *d.get_ref() == 0 || *d.get_ref() > 1000 => {
-                return Err(error(
-                    at(d.span()),
-                    format!("srs_max_age_days = {} is out of range", d.get_ref()),
-                    "give a number of days from 1 to 1000, e.g. 21",
-                ));
-            }
-            Some(d) => d.into_inner(),
-            None => DEFAULT_SRS_MAX_AGE_DAYS,
-        };
-        let defaults = CheckSettings::default();
-        let on_fail = |value: Option<Spanned<String>>, key: &str, default: OnFail| {
-            let Some(v) = value else {
-                return Ok(default);
-            };
-            match v.get_ref().as_str() {
-                "reject" => Ok(OnFail::Reject),
-                "mark" => Ok(OnFail::Mark),
-                other => Err(error(
-                    at(v.span()),
-                    format!("[checks] {key} = {other:?} is neither \"reject\" nor \"mark\""),
-                    &format!("write {key} = \"reject\" or {key} = \"mark\""),
-                )),
-            }
-        };
-        let temperror = match raw.checks.temperror {
-            None => defaults.temperror,
-            Some(v) => match v.get_ref().as_str() {
-                "accept" => OnTempError::Accept,
-                "defer" => OnTempError::Defer,
-                other => {
-                    return Err(error(
-                        at(v.span()),
-                        format!(
-                            "[checks] temperror = {other:?} is neither \"accept\" nor \"defer\""
-                        ),
-                        "write temperror = \"accept\" or temperror = \"defer\"",
-                    ));
-                }
-            },
-        };
-        let checks = CheckSettings {
-            enabled: raw.checks.enabled.unwrap_or(defaults.enabled),
-            spf_fail: on_fail(raw.checks.spf_fail, "spf_fail", defaults.spf_fail)?,
-            dmarc_reject: on_fail(
-                raw.checks.dmarc_reject,
-                "dmarc_reject",
-                defaults.dmarc_reject,
-            )?,
-            dmarc_quarantine: on_fail(
-                raw.checks.dmarc_quarantine,
-                "dmarc_quarantine",
-                defaults.dmarc_quarantine,
-            )?,
-            temperror,
-        };
+        let source = Source { file, text };
+        let auth = crate::directory::logins::parse_settings(raw.auth, &source)?;
+        let (trusted_networks, header_from, grants) =
+            crate::directory::relay::parse_settings(raw.relay, raw.senders, &source)?;
+        let (alias_options, srs_max_age_days) =
+            crate::directory::aliases::parse_settings(raw.aliases, &source)?;
+        let checks = crate::mailauth::parse_settings(raw.checks, &source)?;
 
         let delivery =
             crate::deliver::smtp::settings::parse(raw.delivery, raw.routes, dir, file, &|span| {
@@ -681,6 +506,8 @@ fn fix_for(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::users::Address;
+    use crate::mailauth::{OnFail, OnTempError};
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         Settings::parse(Path::new("/c"), Path::new("/c/postern.toml"), text)

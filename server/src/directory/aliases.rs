@@ -19,6 +19,7 @@
 //! "Does this user exist" comes from the caller ([`Aliases::resolve`] takes the callback);
 //! [`user_exists`] answers it from the user database alone, as `postern alias resolve` does.
 
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -27,6 +28,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use toml::Spanned;
 
 use proto_core::{
     Mailbox, mail::AliasError, mail::AliasOptions, mail::AliasTable, mail::AliasTables,
@@ -338,6 +340,55 @@ fn clone_state(f: &FileState) -> FileState {
         stamp: f.stamp,
         table: f.table.clone(),
     }
+}
+
+/// `[aliases]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAliases {
+    pub(crate) drop_characters: Option<String>,
+    pub(crate) suffix_separators: Option<Spanned<String>>,
+    pub(crate) srs_max_age_days: Option<Spanned<u16>>,
+}
+
+/// `[aliases]` of postern.toml: the resolution options and the SRS age limit in days.
+pub(crate) fn parse_settings(
+    raw: RawAliases,
+    src: &crate::config::Source<'_>,
+) -> Result<(proto_core::mail::AliasOptions, u16), crate::config::ConfigError> {
+    let mut alias_options = proto_core::mail::AliasOptions::default();
+    if let Some(d) = raw.drop_characters {
+        alias_options.drop_characters = d;
+    }
+    if let Some(sep) = raw.suffix_separators {
+        if sep
+            .get_ref()
+            .chars()
+            .any(|c| c.is_alphanumeric() || c == '@')
+        {
+            return Err(src.error(
+                Some(sep.span()),
+                format!(
+                    "suffix_separators = {:?} holds letters, digits or @",
+                    sep.get_ref()
+                ),
+                "give punctuation only, e.g. suffix_separators = \"+\" or \"+-\"",
+            ));
+        }
+        alias_options.suffix_separators = sep.into_inner();
+    }
+    let srs_max_age_days = match raw.srs_max_age_days {
+        Some(d) if *d.get_ref() == 0 || *d.get_ref() > 1000 => {
+            return Err(src.error(
+                Some(d.span()),
+                format!("srs_max_age_days = {} is out of range", d.get_ref()),
+                "give a number of days from 1 to 1000, e.g. 21",
+            ));
+        }
+        Some(d) => d.into_inner(),
+        None => crate::config::DEFAULT_SRS_MAX_AGE_DAYS,
+    };
+    Ok((alias_options, srs_max_age_days))
 }
 
 #[cfg(test)]

@@ -23,10 +23,12 @@
 //!
 //! Log lines name the client IP and the outcome, never the user name or the password.
 
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use toml::Spanned;
 
 use async_io::Timer;
 use proto_core::{Reply, server::Credentials};
@@ -281,6 +283,51 @@ fn user_key(authcid: &str) -> String {
         Ok(a) => a.to_string(),
         Err(_) => authcid.to_lowercase().chars().take(255).collect(),
     }
+}
+
+/// `[auth]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub(crate) smtp_listener: Option<bool>,
+    pub(crate) allow_plaintext_on_loopback: Option<bool>,
+    pub(crate) delay_after_failures: Option<u32>,
+    pub(crate) failure_delay_ms: Option<u64>,
+    pub(crate) lockout_after_failures: Option<Spanned<u32>>,
+    pub(crate) lockout_seconds: Option<u64>,
+}
+
+/// `[auth]` of postern.toml.
+pub(crate) fn parse_settings(
+    raw: RawAuth,
+    src: &crate::config::Source<'_>,
+) -> Result<AuthSettings, crate::config::ConfigError> {
+    let defaults = AuthSettings::default();
+    let lockout_after = match raw.lockout_after_failures {
+        Some(n) if *n.get_ref() == 0 => {
+            return Err(src.error(
+                Some(n.span()),
+                "lockout_after_failures = 0 would refuse every login".into(),
+                "give a number of failures, e.g. lockout_after_failures = 10",
+            ));
+        }
+        Some(n) => n.into_inner(),
+        None => defaults.lockout_after,
+    };
+    Ok(AuthSettings {
+        smtp_listener: raw.smtp_listener.unwrap_or(defaults.smtp_listener),
+        allow_plaintext_on_loopback: raw
+            .allow_plaintext_on_loopback
+            .unwrap_or(defaults.allow_plaintext_on_loopback),
+        delay_after: raw.delay_after_failures.unwrap_or(defaults.delay_after),
+        delay: raw
+            .failure_delay_ms
+            .map_or(defaults.delay, Duration::from_millis),
+        lockout_after,
+        lockout: raw
+            .lockout_seconds
+            .map_or(defaults.lockout, Duration::from_secs),
+    })
 }
 
 #[cfg(test)]

@@ -29,8 +29,10 @@
 //! address or domain the configuration grants them in `[senders]`; and the null path `<>`
 //! (RFC 8098 asks MDNs to use it; it impersonates nobody). Anything else is 553 5.7.1.
 
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use toml::Spanned;
 
 use ipnet::IpNet;
 use proto_core::{ForwardPath, Mailbox, ReversePath};
@@ -150,6 +152,82 @@ impl TrustedNetworks {
         let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// `[relay]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    #[serde(default)]
+    pub(crate) trusted_networks: Vec<Spanned<String>>,
+    pub(crate) header_from: Option<Spanned<String>>,
+}
+
+/// `[relay]` and `[senders]` of postern.toml.
+pub(crate) fn parse_settings(
+    raw: RawRelay,
+    senders: std::collections::BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    src: &crate::config::Source<'_>,
+) -> Result<(TrustedNetworks, HeaderFromCheck, Grants), crate::config::ConfigError> {
+    let mut trusted_networks = TrustedNetworks::default();
+    for net in raw.trusted_networks {
+        let line = Some(net.span());
+        let text = net.into_inner();
+        match text.parse() {
+            Ok(n) => trusted_networks.0.push(n),
+            Err(_) => {
+                return Err(src.error(
+                    line,
+                    format!("{text:?} is not a network"),
+                    "write networks in CIDR notation, e.g. \"192.0.2.0/24\" or \"2001:db8::/32\"",
+                ));
+            }
+        }
+    }
+    let header_from = match raw.header_from {
+        None => HeaderFromCheck::default(),
+        Some(h) => match h.get_ref().as_str() {
+            "reject" => HeaderFromCheck::Reject,
+            "allow" => HeaderFromCheck::Allow,
+            other => {
+                return Err(src.error(
+                    Some(h.span()),
+                    format!("header_from = {other:?} is neither \"reject\" nor \"allow\""),
+                    "write header_from = \"reject\" or header_from = \"allow\"",
+                ));
+            }
+        },
+    };
+    let mut grants = Grants::default();
+    for (user, granted) in senders {
+        let line = Some(user.span());
+        let user = Address::parse(user.get_ref()).map_err(|e| {
+            src.error(line,
+                format!("[senders]: {e}"),
+                "key each entry by a user's address, e.g. \"alice@example.org\" = [\"example.org\"]",
+            )
+        })?;
+        for g in granted {
+            let line = Some(g.span());
+            let text = g.into_inner();
+            let grant = if text.contains('@') {
+                Address::parse(&text).map(Grant::Address).ok()
+            } else {
+                Address::parse(&format!("postmaster@{text}"))
+                    .map(|a| Grant::Domain(a.domain().to_string()))
+                    .ok()
+            };
+            let Some(grant) = grant else {
+                return Err(src.error(
+                    line,
+                    format!("[senders]: {text:?} is neither an address nor a domain"),
+                    "grant addresses (\"bob@example.org\") or domains (\"example.org\")",
+                ));
+            };
+            grants.grant(user.clone(), grant);
+        }
+    }
+    Ok((trusted_networks, header_from, grants))
 }
 
 #[cfg(test)]

@@ -49,9 +49,11 @@ pub mod forged;
 pub mod sign;
 pub mod verify;
 
+use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use toml::Spanned;
 
 pub use crate::mailauth::authdns::spf_word;
 use crate::mailauth::authdns::{AuthDns, TxtKind};
@@ -237,4 +239,62 @@ impl Inbound {
         })
         .await
     }
+}
+
+/// `[checks]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChecks {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) spf_fail: Option<Spanned<String>>,
+    pub(crate) dmarc_reject: Option<Spanned<String>>,
+    pub(crate) dmarc_quarantine: Option<Spanned<String>>,
+    pub(crate) temperror: Option<Spanned<String>>,
+}
+
+/// `[checks]` of postern.toml.
+pub(crate) fn parse_settings(
+    raw: RawChecks,
+    src: &crate::config::Source<'_>,
+) -> Result<CheckSettings, crate::config::ConfigError> {
+    let defaults = CheckSettings::default();
+    let on_fail = |value: Option<Spanned<String>>, key: &str, default: OnFail| {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        match v.get_ref().as_str() {
+            "reject" => Ok(OnFail::Reject),
+            "mark" => Ok(OnFail::Mark),
+            other => Err(src.error(
+                Some(v.span()),
+                format!("[checks] {key} = {other:?} is neither \"reject\" nor \"mark\""),
+                &format!("write {key} = \"reject\" or {key} = \"mark\""),
+            )),
+        }
+    };
+    let temperror = match raw.temperror {
+        None => defaults.temperror,
+        Some(v) => match v.get_ref().as_str() {
+            "accept" => OnTempError::Accept,
+            "defer" => OnTempError::Defer,
+            other => {
+                return Err(src.error(
+                    Some(v.span()),
+                    format!("[checks] temperror = {other:?} is neither \"accept\" nor \"defer\""),
+                    "write temperror = \"accept\" or temperror = \"defer\"",
+                ));
+            }
+        },
+    };
+    Ok(CheckSettings {
+        enabled: raw.enabled.unwrap_or(defaults.enabled),
+        spf_fail: on_fail(raw.spf_fail, "spf_fail", defaults.spf_fail)?,
+        dmarc_reject: on_fail(raw.dmarc_reject, "dmarc_reject", defaults.dmarc_reject)?,
+        dmarc_quarantine: on_fail(
+            raw.dmarc_quarantine,
+            "dmarc_quarantine",
+            defaults.dmarc_quarantine,
+        )?,
+        temperror,
+    })
 }
