@@ -65,7 +65,7 @@ use crate::directory::recipients::Recipients;
 use crate::directory::relay::Policy;
 use crate::directory::users::UserDb;
 use crate::dns::{Resolver, ResolverConfig};
-use crate::log;
+use crate::log::{self, Event};
 use crate::mailauth::Inbound;
 use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
@@ -159,7 +159,7 @@ pub fn serve_with(
     let settings = Settings::load(dir)?;
     let certs_snapshot = Snapshot::take(&settings.certs_dir());
     let store = certs::load(&settings)?;
-    log::event("tls", format_args!("loaded {}", store.summary()));
+    log::event(Event::Tls, format_args!("loaded {}", store.summary()));
     let certificates = Certificates::new(store);
     let acceptor = TlsAcceptor::from(certificates.server_config()?);
 
@@ -267,7 +267,7 @@ pub fn serve_with(
         let name = loop {
             match controls.next().await {
                 Told::Reload(done) => {
-                    log::event("reload", format_args!("SIGHUP received"));
+                    log::event(Event::Reload, format_args!("SIGHUP received"));
                     runtime.reload();
                     if let Some(done) = done {
                         let _ = done.try_send(());
@@ -290,7 +290,7 @@ pub fn serve_with(
             loop {
                 if let Told::Stop(_) = controls.next().await {
                     log::event(
-                        "shutdown",
+                        Event::Shutdown,
                         format_args!("second signal: not waiting any longer"),
                     );
                     return;
@@ -355,7 +355,7 @@ impl Runtime {
         let old = self.live();
         let refused = |e: ConfigError| {
             log::event(
-                "reload",
+                Event::Reload,
                 format_args!(
                     "refused, keeping the current configuration: {}",
                     e.to_string().replace("\n  fix: ", "; fix: ")
@@ -390,7 +390,7 @@ impl Runtime {
         };
         if !self.activated && addresses(&settings) != addresses(&old.settings) {
             log::event(
-                "reload",
+                Event::Reload,
                 format_args!(
                     "[listeners] changed in {}: needs restart; still listening on the old addresses",
                     settings.file.display()
@@ -399,7 +399,7 @@ impl Runtime {
         }
         if settings.mailboxes != old.settings.mailboxes {
             log::event(
-                "reload",
+                Event::Reload,
                 format_args!(
                     "[mailboxes] changed in {}: needs restart; local delivery keeps the old methods",
                     settings.file.display()
@@ -408,7 +408,7 @@ impl Runtime {
         }
         if settings.data_dir != old.settings.data_dir {
             log::event(
-                "reload",
+                Event::Reload,
                 format_args!(
                     "data_dir changed in {}: needs restart; still using {}",
                     settings.file.display(),
@@ -419,7 +419,7 @@ impl Runtime {
             settings.data_dir_line = old.settings.data_dir_line;
         }
         log_problems(&problems);
-        log::event("tls", format_args!("reloaded {}", store.summary()));
+        log::event(Event::Tls, format_args!("reloaded {}", store.summary()));
         self.certificates.replace(store);
         let live = Arc::new(Live::new(
             settings,
@@ -428,7 +428,7 @@ impl Runtime {
             &self.queue,
         ));
         log::event(
-            "reload",
+            Event::Reload,
             format_args!(
                 "configuration reloaded from {}; new connections use it",
                 live.settings.file.display()
@@ -446,11 +446,11 @@ impl Runtime {
         match certs::reload(&self.live().settings, &self.certificates.current()) {
             Ok((store, problems)) => {
                 log_problems(&problems);
-                log::event("tls", format_args!("reloaded {}", store.summary()));
+                log::event(Event::Tls, format_args!("reloaded {}", store.summary()));
                 self.certificates.replace(store);
             }
             Err(e) => log::event(
-                "tls",
+                Event::Tls,
                 format_args!(
                     "reload failed, keeping the current certificates: {}",
                     e.to_string().replace("\n  fix: ", "; fix: ")
@@ -464,7 +464,7 @@ impl Runtime {
 fn log_problems(problems: &[ConfigError]) {
     for e in problems {
         log::event(
-            "tls",
+            Event::Tls,
             format_args!(
                 "reload: {}: {}; keeping its previous certificate, if any",
                 e.file.display(),
@@ -487,7 +487,7 @@ impl Live {
             proto_core::mail::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
         let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
         for problem in aliases.reload() {
-            log::event("config", format_args!("aliases: {problem}"));
+            log::event(Event::Config, format_args!("aliases: {problem}"));
         }
         let shared = Arc::new(Shared {
             aliases: Arc::new(aliases),
@@ -548,7 +548,7 @@ async fn drain(counter: &ConnectionCounter, grace: Duration) {
     let open = counter.open();
     if open > 0 {
         log::event(
-            "shutdown",
+            Event::Shutdown,
             format_args!(
                 "waiting up to {} s for {open} open connections",
                 grace.as_secs()
@@ -558,12 +558,12 @@ async fn drain(counter: &ConnectionCounter, grace: Duration) {
     loop {
         let open = counter.open();
         if open == 0 {
-            log::event("shutdown", format_args!("all connections closed"));
+            log::event(Event::Shutdown, format_args!("all connections closed"));
             return;
         }
         if Instant::now() >= deadline {
             log::event(
-                "shutdown",
+                Event::Shutdown,
                 format_args!("shutdown_grace over; closing {open} connections"),
             );
             return;
@@ -630,7 +630,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let swept = store.sweep().map_err(|e| problem(&e))?;
     if swept > 0 {
         log::event(
-            "startup",
+            Event::Startup,
             format_args!("removed the partial bodies of {swept} unacknowledged messages"),
         );
     }
@@ -647,7 +647,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     }
     if !ids.is_empty() {
         log::event(
-            "startup",
+            Event::Startup,
             format_args!("{} queued messages resume delivery", ids.len()),
         );
     }
@@ -691,7 +691,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let (tls_memory, bad) = TlsMemory::open(&settings.data_dir.join(memory::FILE_NAME))
         .map_err(|e| settings.data_dir_error(format!("cannot read the TLS policy memory: {e}")))?;
     for line in bad {
-        log::event("config", format_args!("{line}; line skipped"));
+        log::event(Event::Config, format_args!("{line}; line skipped"));
     }
     let mta_sts = if settings.delivery.mta_sts {
         let (sts, bad) = MtaSts::new(
@@ -701,7 +701,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         )
         .map_err(|e| settings.data_dir_error(format!("cannot set up MTA-STS: {e}")))?;
         for line in bad {
-            log::event("config", format_args!("{line}; line skipped"));
+            log::event(Event::Config, format_args!("{line}; line skipped"));
         }
         Some(sts.with_port(settings.delivery.mta_sts_port))
     } else {
@@ -813,7 +813,7 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
                     Ok(permit) => permit,
                     Err(refusal) => {
                         log::event(
-                            "connection",
+                            Event::Connection,
                             format_args!(
                                 "refused client={} role={} limit={}",
                                 peer.ip().to_canonical(),
@@ -839,7 +839,7 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
                 log::event(
-                    "connection",
+                    Event::Connection,
                     format_args!("accept failed role={} error=\"{e}\"", role.name()),
                 );
                 Timer::after(Duration::from_millis(100)).await;
@@ -867,7 +867,7 @@ async fn too_many(mut stream: Async<TcpStream>, role: Role, hostname: String) {
 
 fn log_connection_error(peer: SocketAddr, role: Role, e: &runtime_smol::Error) {
     log::event(
-        "connection",
+        Event::Connection,
         format_args!(
             "client={} role={} error=\"{e}\"",
             peer.ip().to_canonical(),

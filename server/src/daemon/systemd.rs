@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use async_io::Async;
 
 use crate::config::{ConfigError, Role};
-use crate::log;
+use crate::log::{self, Event};
 
 /// A listening socket and its role.
 pub type RoleSocket = (Role, Async<TcpListener>);
@@ -97,7 +97,7 @@ pub fn notify(state: &str) {
     });
     if let Err(e) = result {
         log::event(
-            "systemd",
+            Event::Systemd,
             format_args!("cannot notify {}: {e}", target.to_string_lossy()),
         );
     }

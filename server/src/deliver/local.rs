@@ -41,7 +41,7 @@ use proto_core::{
 use crate::deliver::command::{self, Substitutions};
 use crate::deliver::maildir;
 use crate::deliver::{self, CommandLine, Delivery, LmtpTarget, Mailboxes, Method};
-use crate::log;
+use crate::log::{self, Event};
 use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
@@ -228,7 +228,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
             Ok(None) => {}
             // Damaged: kept, reported, looked at again in an hour.
             Err(e) => {
-                log::event("damaged", format_args!("id={id} reason=\"{e}\""));
+                log::event(Event::Damaged, format_args!("id={id} reason=\"{e}\""));
                 next[slot] = Some(now + 3600);
             }
         }
@@ -372,7 +372,10 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
         }
         Err(why) => {
             for (slot, p) in &tried {
-                log::event("deferred", format_args!("id={} reason=\"{why}\"", p.id));
+                log::event(
+                    Event::Deferred,
+                    format_args!("id={} reason=\"{why}\"", p.id),
+                );
                 next[*slot] = Some(now + RECORD_RETRY);
             }
         }

@@ -288,7 +288,10 @@ fn log_problem(p: &Problem) {
     } else {
         " (warning)"
     };
-    crate::log::event("config", format_args!("aliases: {p}{what}"));
+    crate::log::event(
+        crate::log::Event::Config,
+        format_args!("aliases: {p}{what}"),
+    );
 }
 
 /// The names of the directories under `domains_dir`, sorted. A missing `domains/` is empty.

@@ -99,7 +99,10 @@ impl Destinations<'_> {
         let resolved = match self.aliases.resolve(mailbox, &exists) {
             Ok(r) => r,
             Err(e @ AliasError::Lookup { .. }) => {
-                crate::log::event("failed", format_args!("to=<{mailbox}> reason=\"{e}\""));
+                crate::log::event(
+                    crate::log::Event::Failed,
+                    format_args!("to=<{mailbox}> reason=\"{e}\""),
+                );
                 return Resolution::Refuse(Reply::of(
                     proto_core::ReplyCode::LOCAL_ERROR,
                     (4, 3, 0),
@@ -171,7 +174,7 @@ impl Destinations<'_> {
             Ok(_) => None,
             Err(e) => {
                 crate::log::event(
-                    "srs",
+                    crate::log::Event::Srs,
                     format_args!(
                         "from=<{sender}> problem=\"{e}\"; forwarding with the original sender"
                     ),

@@ -35,7 +35,7 @@ use proto_core::{Reply, server::Credentials};
 use smol::lock::Semaphore;
 
 use crate::directory::users::{self, Address, UserDb};
-use crate::log;
+use crate::log::{self, Event};
 
 /// At most this many user names are tracked; beyond it, only client IPs are (so a flood of
 /// made-up names cannot grow memory without bound).
@@ -124,7 +124,7 @@ impl Authenticator {
         let ip_text = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         if let Some(which) = self.locked(client, &name, Instant::now()) {
             log::event(
-                "auth",
+                Event::Auth,
                 format_args!(
                     "client={ip_text} role={role} result=locked reason=\"too many failures for this {which}\""
                 ),
@@ -144,7 +144,7 @@ impl Authenticator {
             Ok(address) => {
                 self.succeeded(&name);
                 log::event(
-                    "auth",
+                    Event::Auth,
                     format_args!("client={ip_text} role={role} result=ok"),
                 );
                 Ok(address)
@@ -152,7 +152,7 @@ impl Authenticator {
             Err(why) => {
                 let (count, locked_now) = self.failed(client, name, Instant::now());
                 log::event(
-                    "auth",
+                    Event::Auth,
                     format_args!(
                         "client={ip_text} role={role} result=failed reason=\"{why}\" failures={count}{}",
                         if locked_now { " lockout=start" } else { "" }

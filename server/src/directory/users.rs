@@ -497,7 +497,7 @@ impl UsersFile {
         if strict {
             return Err(e);
         }
-        crate::log::event("config", format_args!("skipped: {e}"));
+        crate::log::event(crate::log::Event::Config, format_args!("skipped: {e}"));
         Ok(())
     }
 

@@ -377,7 +377,7 @@ fn seal_set(
         Ok(set) => set.to_header(),
         Err(e) => {
             crate::log::event(
-                "arc",
+                crate::log::Event::Arc,
                 format_args!("domain={} problem=\"sealing: {e}\"", keys.domain()),
             );
             String::new()

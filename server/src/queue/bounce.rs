@@ -16,7 +16,7 @@ use proto_core::{
 
 use crate::directory::recipients::{Lookup, Recipients};
 use crate::directory::users::UserDbError;
-use crate::log;
+use crate::log::{self, Event};
 use crate::queue::QueueId;
 use crate::queue::store::{
     Address, CHUNK_SIZE, Envelope, Recipient, Store, StoreError, TraceRecord,
@@ -91,7 +91,7 @@ impl Bouncer {
         let dsn = match compose(&request) {
             Ok(d) => d,
             Err(why) => {
-                log::event("dsn", format_args!("id={id} none=\"{why}\""));
+                log::event(Event::Dsn, format_args!("id={id} none=\"{why}\""));
                 return Ok(None);
             }
         };
@@ -104,7 +104,7 @@ impl Bouncer {
             Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().clone()),
             Ok(Lookup::UnknownUser) => {
                 log::event(
-                    "dsn",
+                    Event::Dsn,
                     format_args!("id={id} none=\"the sender {to} is not a user here\""),
                 );
                 return Ok(None);
@@ -164,7 +164,7 @@ impl Bouncer {
             recipients: vec![recipient],
         };
         log::event(
-            "dsn",
+            Event::Dsn,
             format_args!("id={id} dsn={bounce_id} to={to} size={size}"),
         );
         Ok(Some((bounce_id, bounce)))

@@ -26,7 +26,7 @@ use proto_core::{
     mail::RetryPolicy,
 };
 
-use crate::log;
+use crate::log::{self, Event};
 use crate::queue::QueueId;
 use crate::queue::bounce::{self, Bouncer};
 use crate::queue::commit::Committer;
@@ -83,7 +83,7 @@ pub struct Settled {
     /// What the sender is told.
     reports: Vec<RecipientReport>,
     /// (event, fields) to log once durable.
-    events: Vec<(&'static str, String)>,
+    events: Vec<(Event, String)>,
 }
 
 /// Applies `fates` (recipient index, fate) to a copy of `envelope`. `now` is in seconds
@@ -108,14 +108,17 @@ pub fn settle(
                 if let Some(report) = report.filter(|_| asked) {
                     reports.push(bounce::report_for(r, report));
                 }
-                events.push(("delivered", format!("id={id} to=<{}> {detail}", r.address)));
+                events.push((
+                    Event::Delivered,
+                    format!("id={id} to=<{}> {detail}", r.address),
+                ));
             }
             Fate::Failed { why, report } => {
                 r.attempts += 1;
                 r.state = RecipientState::Failed;
                 r.last_error = Some(why.clone());
                 events.push((
-                    "failed",
+                    Event::Failed,
                     format!(
                         "id={id} to=<{}> attempts={} reason=\"{}\"",
                         r.address,
@@ -155,7 +158,7 @@ pub fn settle(
                             reports.push(bounce::report_for(r, report));
                         }
                         events.push((
-                            "deferred",
+                            Event::Deferred,
                             format!(
                                 "id={id} to=<{}> attempts={} retry_in={}s reason=\"{}\"",
                                 r.address,
@@ -168,7 +171,7 @@ pub fn settle(
                     _ => {
                         r.state = RecipientState::Failed;
                         events.push((
-                            "failed",
+                            Event::Failed,
                             format!(
                                 "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
                                 r.address,
@@ -243,7 +246,7 @@ impl Recorder<'_> {
                 Ok(None) => {}
                 Err(why) => {
                     log::event(
-                        "deferred",
+                        Event::Deferred,
                         format_args!(
                             "id={} reason=\"cannot write the bounce: {}\"; tried again",
                             p.id,
@@ -281,11 +284,11 @@ impl Recorder<'_> {
             let a = applied.next().unwrap_or(Applied::Gone);
             if a != Applied::Gone {
                 for (event, fields) in &p.events {
-                    log::event(event, format_args!("{fields}"));
+                    log::event(*event, format_args!("{fields}"));
                 }
             }
             if a == Applied::Removed {
-                log::event("removed", format_args!("id={}", p.id));
+                log::event(Event::Removed, format_args!("id={}", p.id));
             }
             out.push(Some(a));
         }
@@ -424,7 +427,7 @@ mod tests {
                 ("<r3@remote.test>".to_string(), DsnAction::Delayed),
             ]
         );
-        let events: Vec<_> = s.events.iter().map(|(e, _)| *e).collect();
+        let events: Vec<_> = s.events.iter().map(|(e, _)| e.name()).collect();
         assert_eq!(events, ["delivered", "delivered", "failed", "deferred"]);
         assert!(
             s.events[3].1.contains("attempts=1 retry_in=300s"),

@@ -43,7 +43,7 @@ use crate::directory::logins::Authenticator;
 use crate::directory::recipients::Recipients;
 use crate::directory::relay::{HeaderFromCheck, Policy};
 use crate::directory::users::Address;
-use crate::log;
+use crate::log::{self, Event};
 use crate::mailauth::forged::ForgedFilter;
 use crate::mailauth::sign::Signing;
 use crate::mailauth::verify::Verifier;
@@ -189,7 +189,7 @@ impl Reception {
                 Ok(fields) => t.headers.extend(fields),
                 Err(e) => {
                     log::event(
-                        "failed",
+                        Event::Failed,
                         format_args!("id={} reason=\"dkim signing: {e}\"", t.id),
                     );
                     return Err(Verdict::Reject(Reply::of(
@@ -243,7 +243,7 @@ impl Reception {
             Ok(_) => None,
             Err(e) => {
                 log::event(
-                    "arc",
+                    Event::Arc,
                     format_args!("id={id} problem=\"no sealing key: {e}\""),
                 );
                 None
@@ -255,7 +255,7 @@ impl Reception {
     /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
     fn refuse(&self, session: &Session, id: &str, what: &str, reply: Reply) -> Verdict {
         log::event(
-            "rejected",
+            Event::Rejected,
             format_args!(
                 "id={id} {what} client={} role={} reply=\"{}\"",
                 client_ip(session),
@@ -294,7 +294,7 @@ impl Reception {
     /// Makes the finished transaction durable; the verdict for its end of data.
     async fn queue(&self, session: &Session, mut t: Transaction) -> Verdict {
         if let Some(why) = t.failure.take() {
-            log::event("failed", format_args!("id={} reason=\"{why}\"", t.id));
+            log::event(Event::Failed, format_args!("id={} reason=\"{why}\"", t.id));
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return Verdict::Reject(Reply::of(
                 ReplyCode::LOCAL_ERROR,
@@ -308,7 +308,7 @@ impl Reception {
         t.chunks += u32::from(last.is_some());
         let envelope = envelope(session, &t);
         log::event(
-            "received",
+            Event::Received,
             format_args!(
                 "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}{}",
                 t.id,
@@ -341,13 +341,13 @@ impl Reception {
             match &result {
                 Ok(()) => {
                     log::event(
-                        "queued",
+                        Event::Queued,
                         format_args!("id={id} size={size} chunks={chunks}"),
                     );
                     shared.dispatch.queued(&id, &queued);
                 }
                 Err(why) => {
-                    log::event("failed", format_args!("id={id} reason=\"{why}\""));
+                    log::event(Event::Failed, format_args!("id={id} reason=\"{why}\""));
                     discard(&shared.store, &id, chunks, true).await;
                 }
             }

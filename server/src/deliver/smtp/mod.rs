@@ -45,7 +45,7 @@ use runtime_smol::client::{ClientTls, deliver};
 use smol::lock::Semaphore;
 
 use crate::dns::Resolver;
-use crate::log;
+use crate::log::{self, Event};
 use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
@@ -219,7 +219,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         Ok(Some(e)) => e,
         Ok(None) => return,
         Err(e) => {
-            log::event("failed", format_args!("id={id} reason=\"{e}\""));
+            log::event(Event::Failed, format_args!("id={id} reason=\"{e}\""));
             o.timers.at(id, unix_now() + 60);
             return;
         }
@@ -292,7 +292,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         // The bounce could not be written: the recipients stay pending, tried again.
         Ok(None) => o.timers.at(id, unix_now() + 60),
         Err(why) => {
-            log::event("deferred", format_args!("id={id} reason=\"{why}\""));
+            log::event(Event::Deferred, format_args!("id={id} reason=\"{why}\""));
             o.timers.at(id, unix_now() + 60);
         }
     }
@@ -396,7 +396,7 @@ async fn deliver_group(
             let lookup = sts.lookup(domain, SystemTime::now()).await;
             if let Some(problem) = &lookup.problem {
                 log::event(
-                    "mta-sts",
+                    Event::MtaSts,
                     format_args!(
                         "id={id} domain={domain} problem=\"{}\"",
                         log::quoted(&problem)
@@ -441,7 +441,7 @@ async fn deliver_group(
                 // Postfix and chasquid do the same: a broken STARTTLS is no reason to keep
                 // mail from a domain that never required TLS; try again without it.
                 log::event(
-                    "tls-fallback",
+                    Event::TlsFallback,
                     format_args!(
                         "id={id} relay={}[{}]:{} reason=\"{}\"",
                         hop.host,
@@ -653,10 +653,13 @@ async fn remember(o: &Arc<Outbound>, domain: &str, level: Level) {
     let o2 = o.clone();
     let d = domain.to_string();
     match smol::unblock(move || o2.tls_memory.record(&d, level)).await {
-        Ok(true) => log::event("tls-policy", format_args!("domain={domain} level={level}")),
+        Ok(true) => log::event(
+            Event::TlsPolicy,
+            format_args!("domain={domain} level={level}"),
+        ),
         Ok(false) => {}
         Err(e) => log::event(
-            "tls-policy",
+            Event::TlsPolicy,
             format_args!("domain={domain} problem=\"{e}\""),
         ),
     }
