@@ -678,7 +678,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         message: format!("cannot read the DNS configuration: {e}"),
         fix: "set [dns] nameservers, or make /etc/resolv.conf readable".into(),
     })?;
-    let roots_error = |e: String| ConfigError {
+    let roots_error = |e: crate::tls::client::TlsSetupError| ConfigError {
         file: settings.file.clone(),
         line: None,
         message: format!("[delivery] tls_roots: {e}"),

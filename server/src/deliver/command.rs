@@ -105,9 +105,32 @@ impl Substitutions {
     }
 }
 
+/// Why a command line does not split into a program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandLineError {
+    /// A quote is not closed.
+    #[error("unclosed quote ({0})")]
+    UnclosedQuote(char),
+    /// A control character (a line break, say).
+    #[error("control character {0:?} in the command line")]
+    Control(char),
+    /// Nothing at all.
+    #[error("the command line is empty")]
+    Empty,
+    /// The program is `''`.
+    #[error("the program name is empty")]
+    EmptyProgram,
+    /// The program is a relative path.
+    #[error(
+        "the program {0:?} is a relative path (give an absolute path, or a bare name found in /usr/bin or /bin)"
+    )]
+    RelativePath(String),
+}
+
 impl CommandLine {
     /// Splits `text` into words (see the [module docs](self)).
-    pub fn parse(text: &str) -> Result<CommandLine, String> {
+    pub fn parse(text: &str) -> Result<CommandLine, CommandLineError> {
         let mut words = Vec::new();
         let mut word = String::new();
         let mut in_word = false;
@@ -126,7 +149,7 @@ impl CommandLine {
                         match chars.next() {
                             Some('\'') => break,
                             Some(c) => word.push(c),
-                            None => return Err("unclosed quote (')".into()),
+                            None => return Err(CommandLineError::UnclosedQuote('\'')),
                         }
                     }
                 }
@@ -141,15 +164,15 @@ impl CommandLine {
                                     word.push('\\');
                                     word.push(c);
                                 }
-                                None => return Err("unclosed quote (\")".into()),
+                                None => return Err(CommandLineError::UnclosedQuote('"')),
                             },
                             Some(c) => word.push(c),
-                            None => return Err("unclosed quote (\")".into()),
+                            None => return Err(CommandLineError::UnclosedQuote('"')),
                         }
                     }
                 }
                 c if c.is_control() => {
-                    return Err(format!("control character {c:?} in the command line"));
+                    return Err(CommandLineError::Control(c));
                 }
                 c => {
                     in_word = true;
@@ -161,11 +184,11 @@ impl CommandLine {
             words.push(word);
         }
         match words.first() {
-            None => Err("the command line is empty".into()),
-            Some(program) if !program.starts_with('/') && program.contains('/') => Err(format!(
-                "the program {program:?} is a relative path (give an absolute path, or a bare name found in /usr/bin or /bin)"
-            )),
-            Some(program) if program.is_empty() => Err("the program name is empty".into()),
+            None => Err(CommandLineError::Empty),
+            Some(program) if !program.starts_with('/') && program.contains('/') => {
+                Err(CommandLineError::RelativePath(program.clone()))
+            }
+            Some(program) if program.is_empty() => Err(CommandLineError::EmptyProgram),
             Some(_) => Ok(CommandLine { words }),
         }
     }
@@ -501,7 +524,9 @@ mod tests {
             let got = CommandLine::parse(input);
             match (want, &got) {
                 (Ok(words), Ok(line)) => assert_eq!(line.words(), *words, "input {input:?}"),
-                (Err(part), Err(why)) => assert!(why.contains(part), "input {input:?}: {why}"),
+                (Err(part), Err(why)) => {
+                    assert!(why.to_string().contains(part), "input {input:?}: {why}")
+                }
                 _ => panic!("input {input:?}: got {got:?}"),
             }
         }

@@ -441,7 +441,7 @@ fn deliver_lmtp(local: &Local, p: &Pass, target: &LmtpTarget, group: &[usize]) -
     let env = &p.envelope;
     let mut job = match env.mail_job(group) {
         Ok(job) => job,
-        Err(why) => return vec![Delivery::Failed(why); group.len()],
+        Err(why) => return vec![Delivery::Failed(why.to_string()); group.len()],
     };
     // REQUIRETLS (RFC 8689) governs relaying; handing the message to the mailbox server is
     // final delivery.

@@ -67,6 +67,12 @@ pub enum StoreError {
     },
 }
 
+/// A queued recipient that is no address (a local user or alias stored in a form that does
+/// not parse): it cannot be put in an SMTP or LMTP transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not an address")]
+pub struct NotAnAddress(pub String);
+
 /// Why a stored envelope could not be read: what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -487,7 +493,7 @@ impl Envelope {
     /// The client job that delivers this message to its recipients `indexes`, which share a
     /// reverse path (the first one's own, if it has one, else the message's); MAIL
     /// parameters as received. The error names a local recipient that is no address.
-    pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::client::MailJob, String> {
+    pub fn mail_job(&self, indexes: &[usize]) -> Result<proto_core::client::MailJob, NotAnAddress> {
         let from = indexes
             .first()
             .and_then(|&i| self.recipients[i].sender.as_ref())
@@ -499,7 +505,7 @@ impl Envelope {
             let to = r
                 .address
                 .forward_path()
-                .ok_or_else(|| format!("{} is not an address", r.address))?;
+                .ok_or_else(|| NotAnAddress(r.address.to_string()))?;
             let mut j = proto_core::client::JobRecipient::new(to);
             j.notify = r.notify;
             j.orcpt = r

@@ -42,22 +42,29 @@ pub struct Connector {
     pub strict: bool,
 }
 
+/// Why the client TLS configuration could not be built (a roots file, or rustls itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsSetupError(String);
+
 impl ClientTlsFactory {
     /// The web PKI roots plus `extra` ones (from [`load_roots`]).
-    pub fn new(extra: &[CertificateDer<'static>]) -> Result<ClientTlsFactory, String> {
+    pub fn new(extra: &[CertificateDer<'static>]) -> Result<ClientTlsFactory, TlsSetupError> {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in extra {
-            roots.add(cert.clone()).map_err(|e| e.to_string())?;
+            roots
+                .add(cert.clone())
+                .map_err(|e| TlsSetupError(e.to_string()))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| TlsSetupError(e.to_string()))?;
         let strict = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| TlsSetupError(e.to_string()))?
             .with_webpki_verifier(verifier.clone())
             .with_no_client_auth();
         Ok(ClientTlsFactory {
@@ -167,15 +174,18 @@ impl ServerCertVerifier for Recording {
 }
 
 /// The certificates in PEM files (`[delivery] tls_roots`); each file must hold at least one.
-pub fn load_roots(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn load_roots(paths: &[PathBuf]) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let mut all = Vec::new();
     for path in paths {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| TlsSetupError(format!("{}: {e}", path.display())))?
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| TlsSetupError(format!("{}: {e}", path.display())))?;
         if certs.is_empty() {
-            return Err(format!("{}: no certificate in it", path.display()));
+            return Err(TlsSetupError(format!(
+                "{}: no certificate in it",
+                path.display()
+            )));
         }
         all.extend(certs);
     }

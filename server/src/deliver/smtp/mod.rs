@@ -337,7 +337,7 @@ async fn deliver_group(
                         .address
                         .forward_path()
                         .unwrap_or(ForwardPath::Postmaster);
-                    local_result(&to, DsnAction::Failed, (5, 1, 3), &why)
+                    local_result(&to, DsnAction::Failed, (5, 1, 3), &why.to_string())
                 })
                 .collect();
         }
