@@ -246,6 +246,7 @@ pub fn serve_with(
         counter: ConnectionCounter::new(),
         activated,
         outbound: outbound.clone(),
+        local: workers.clone(),
     });
     let paused = local::paused();
     if paused {
@@ -328,6 +329,8 @@ struct Runtime {
     activated: bool,
     /// Outbound delivery, which takes `[delivery]` and `[routes]` again on reload.
     outbound: Arc<Outbound>,
+    /// Local delivery, which takes `[delivery] give_up_after` again on reload.
+    local: Arc<Local>,
 }
 
 /// The configuration new connections get.
@@ -385,6 +388,8 @@ impl Runtime {
         };
         self.outbound
             .reload(settings.delivery.clone(), outbound_tls);
+        self.local
+            .set_schedule(local::schedule(settings.delivery.retry.max_lifetime));
         let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };
@@ -670,7 +675,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         bouncer: bouncer.clone(),
         dispatch: dispatch.clone(),
         mailboxes: settings.mailboxes.clone(),
-        schedule: local::schedule(settings.delivery.retry.max_lifetime),
+        schedule: std::sync::RwLock::new(local::schedule(settings.delivery.retry.max_lifetime)),
     });
     let resolver = ResolverConfig::for_server(settings).map_err(|e| ConfigError {
         file: settings.file.clone(),

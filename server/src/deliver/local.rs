@@ -83,8 +83,26 @@ pub struct Local {
     pub dispatch: Dispatch,
     /// `[mailboxes]`: the delivery method of each local recipient.
     pub mailboxes: Mailboxes,
-    /// When to retry, and when to give up ([`schedule`]).
-    pub schedule: Schedule,
+    /// When to retry, and when to give up ([`schedule`]); replaced by a reload.
+    pub schedule: std::sync::RwLock<Schedule>,
+}
+
+impl Local {
+    /// The schedule in force.
+    fn schedule(&self) -> Schedule {
+        *self
+            .schedule
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a new schedule (a reload of `[delivery] give_up_after`).
+    pub fn set_schedule(&self, schedule: Schedule) {
+        *self
+            .schedule
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = schedule;
+    }
 }
 
 /// The local retry schedule: proto-core's, from 15 s doubling to at most an hour, giving up
@@ -340,6 +358,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
         .into_iter()
         .filter(|(_, p)| !p.fates.is_empty())
         .collect();
+    let schedule = local.schedule();
     let settled = tried
         .iter()
         .map(|(_, p)| {
@@ -349,7 +368,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
                 p.fates.clone(),
                 now,
                 &mut settle::random_fraction,
-                &local.schedule,
+                &schedule,
             )
         })
         .collect();
@@ -507,7 +526,7 @@ mod tests {
                 remote,
             },
             mailboxes: Mailboxes::default(),
-            schedule: schedule(5 * 24 * 3600),
+            schedule: std::sync::RwLock::new(schedule(5 * 24 * 3600)),
         };
         (store, local, mail_dir)
     }
