@@ -404,12 +404,8 @@ impl Settings {
         let checks = crate::mailauth::parse_settings(raw.checks, &source)?;
 
         let delivery =
-            crate::deliver::smtp::settings::parse(raw.delivery, raw.routes, dir, file, &|span| {
-                line_of(text, &span)
-            })?;
-
-        let mailboxes =
-            crate::deliver::parse(raw.mailboxes, dir, file, &|span| line_of(text, &span))?;
+            crate::deliver::smtp::settings::parse(raw.delivery, raw.routes, dir, &source)?;
+        let mailboxes = crate::deliver::parse(raw.mailboxes, dir, &source)?;
 
         Ok(Settings {
             dir: dir.to_path_buf(),

@@ -123,20 +123,15 @@ pub(crate) struct RawMailbox {
     maildir: Option<Spanned<bool>>,
 }
 
-/// Checks `[mailboxes]`. `line` maps a span of the file to its line; `dir` is the
+/// Checks `[mailboxes]`. `src` names the file and its lines; `dir` is the
 /// configuration directory (relative socket paths are resolved against it).
 pub(crate) fn parse(
     raw: BTreeMap<Spanned<String>, Spanned<RawMailbox>>,
     dir: &Path,
-    file: &Path,
-    line: &dyn Fn(Range<usize>) -> usize,
+    src: &crate::config::Source<'_>,
 ) -> Result<Mailboxes, ConfigError> {
-    let error = |span: Range<usize>, message: String, fix: &str| ConfigError {
-        file: file.to_path_buf(),
-        line: Some(line(span)),
-        message,
-        fix: fix.to_string(),
-    };
+    let error =
+        |span: Range<usize>, message: String, fix: &str| src.error(Some(span), message, fix);
     let mut mailboxes = Mailboxes::default();
     for (key, value) in raw {
         let key_span = key.span();

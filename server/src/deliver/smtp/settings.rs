@@ -156,21 +156,16 @@ pub(crate) struct RawRouteTable {
     password_file: Option<PathBuf>,
 }
 
-/// Checks `[delivery]` and `[routes]`. `line` maps a span of the file to its line; `dir` is
+/// Checks `[delivery]` and `[routes]`. `src` names the file and its lines; `dir` is
 /// the configuration directory (for relative paths).
 pub(crate) fn parse(
     raw: RawDelivery,
     routes: BTreeMap<Spanned<String>, Spanned<RawRoute>>,
     dir: &Path,
-    file: &Path,
-    line: &dyn Fn(Range<usize>) -> usize,
+    src: &crate::config::Source<'_>,
 ) -> Result<DeliverySettings, ConfigError> {
-    let error = |span: Range<usize>, message: String, fix: &str| ConfigError {
-        file: file.to_path_buf(),
-        line: Some(line(span)),
-        message,
-        fix: fix.to_string(),
-    };
+    let error =
+        |span: Range<usize>, message: String, fix: &str| src.error(Some(span), message, fix);
     let mut s = DeliverySettings::default();
     if let Some(p) = raw.ip_preference {
         s.ip_preference = match p.get_ref().as_str() {
