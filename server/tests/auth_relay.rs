@@ -50,24 +50,18 @@ impl Server {
                 "hostname = \"localhost\"\n\
                  data_dir = \"data\"\n\
                  {extra}\
-                 [dns]\n\
-                 nameservers = [\"127.0.0.1:9\"]\n\
+                 {dns}\
                  [listeners]\n\
                  smtp = [\"127.0.0.1:0\"]\n\
                  submission = [\"127.0.0.1:0\"]\n\
-                 submissions = [\"127.0.0.1:0\"]\n"
+                 submissions = [\"127.0.0.1:0\"]\n",
+                dns = common::OFFLINE_DNS
             ),
         )
         .expect("write config");
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-        let cert_pem = ck.cert.pem();
-        fs::create_dir_all(root.join("certs/localhost")).expect("mkdir certs");
-        fs::write(root.join("certs/localhost/fullchain.pem"), &cert_pem).expect("cert");
-        fs::write(
-            root.join("certs/localhost/privkey.pem"),
-            ck.signing_key.serialize_pem(),
-        )
-        .expect("key");
+        let pair = common::cert(&["localhost"]);
+        common::write_certbot(&root.join("certs/localhost"), &pair);
+        let cert_pem = pair.0;
         fs::create_dir_all(root.join("domains/localhost")).expect("mkdir domain");
         fs::create_dir_all(root.join("domains/bücher.example")).expect("mkdir domain");
         for (addr, pw) in [

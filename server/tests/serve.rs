@@ -51,15 +51,9 @@ impl Server {
             ),
         )
         .expect("write config");
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
-        let cert_pem = ck.cert.pem();
-        fs::create_dir_all(root.join("certs/localhost")).expect("mkdir certs");
-        fs::write(root.join("certs/localhost/fullchain.pem"), &cert_pem).expect("write cert");
-        fs::write(
-            root.join("certs/localhost/privkey.pem"),
-            ck.signing_key.serialize_pem(),
-        )
-        .expect("write key");
+        let pair = common::cert(&["localhost"]);
+        common::write_certbot(&root.join("certs/localhost"), &pair);
+        let cert_pem = pair.0;
         fs::create_dir_all(root.join("domains/localhost")).expect("mkdir domain");
         fs::write(
             root.join("domains/localhost/users"),
