@@ -1,5 +1,5 @@
 //! The DATA reader: finds the end of message data, removes dot-stuffing, and refuses every
-//! line ending that is not CRLF.
+//! line ending that is not CRLF, and any NUL octet.
 //!
 //! [RFC 5321 section 4.1.1.4](https://www.rfc-editor.org/rfc/rfc5321#section-4.1.1.4):
 //! > "The mail data are terminated by a line containing only a period, that is, the character
@@ -31,6 +31,9 @@ pub(crate) enum DataProblem {
     TooBig,
     /// A line longer than the text line limit.
     LineTooLong,
+    /// A NUL octet: not text (RFC 5322 section 2.3 and RFC 2045 section 2.8 keep it out of
+    /// 7bit and 8bit data), and a next hop that drops NULs could read the data differently.
+    Nul,
     /// A CR not followed by LF, or an LF not preceded by CR.
     BareLineEnding,
 }
@@ -91,6 +94,9 @@ impl DotReader {
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
+        if bytes.contains(&0) {
+            self.flag(DataProblem::Nul);
+        }
         if self.problem.is_some() {
             return;
         }
@@ -231,6 +237,13 @@ mod tests {
             (b"x\n.\nNOOP\r\n.\r\n", b"", Some(13), Some(BareLineEnding)),
             (b"a\rb\r\n.\r\n", b"", Some(8), Some(BareLineEnding)),
             (b"\n.\r\n", b"", None, Some(BareLineEnding)),
+            // A NUL anywhere refuses the message, the terminator after it still ends the data:
+            // `<CR><LF><NUL>.<CR><LF>` is data, not an end, here and for a hop that drops NULs.
+            (b"a\r\n\0.\r\nMAIL\r\n.\r\n", b"", Some(16), Some(Nul)),
+            (b"a\0b\r\n.\r\n", b"", Some(8), Some(Nul)),
+            (b".\0\r\n.\r\n", b"", Some(7), Some(Nul)),
+            // A bare line ending is reported over a NUL.
+            (b"\0\n\r\n.\r\n", b"", Some(7), Some(BareLineEnding)),
         ];
         for (input, body, end, problem) in cases {
             for split in [1, 2, 3, input.len().max(1)] {

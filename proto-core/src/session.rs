@@ -989,6 +989,11 @@ impl Session {
                 (5, 5, 2),
                 "Message refused: line too long",
             ),
+            Some(DataProblem::Nul) => Reply::of(
+                ReplyCode::TRANSACTION_FAILED,
+                (5, 6, 0),
+                "Message refused: NUL character in data",
+            ),
             Some(DataProblem::TooBig) => Reply::of(
                 ReplyCode::EXCEEDED_STORAGE,
                 (5, 3, 4),

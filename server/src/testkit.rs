@@ -255,6 +255,12 @@ impl Client {
         self.reply()
     }
 
+    /// Sends `bytes` as they are (no CRLF added, no reply read).
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.writer.write_all(bytes).expect("write");
+    }
+
     /// Reads one reply (every line of a multi-line one); returns its last line.
     pub fn reply(&mut self) -> String {
         use std::io::BufRead;

@@ -801,6 +801,34 @@ mod tests {
         );
     }
 
+    /// A NUL in DATA refuses the message (554 5.6.0): `<CRLF><NUL>.<CRLF>` is neither an end
+    /// of data here nor a way to smuggle a second message past a next hop that drops NULs.
+    #[test]
+    fn a_nul_in_data_refuses_the_message() {
+        let server = TestServer::builder()
+            .user("alice@example.org", "pw")
+            .start();
+        let (mut c, _) = Client::connect(server.addr(Role::Smtp));
+        c.send("EHLO client.test");
+        c.send("MAIL FROM:<s@client.test>");
+        c.send("RCPT TO:<alice@example.org>");
+        assert!(c.send("DATA").starts_with("354 "));
+        c.write_raw(b"Subject: one\r\n\r\nhello\r\n\0.\r\nMAIL FROM:<x@evil.test>\r\n");
+        let refused = c.send(".");
+        assert!(refused.starts_with("554 5.6.0 "), "{refused}");
+        // The session is in sync: the smuggled MAIL was data, the next command is a command.
+        assert!(c.send("NOOP").starts_with("250 "));
+        // A clean message afterwards is delivered; the refused one never is.
+        c.send("MAIL FROM:<s@client.test>");
+        c.send("RCPT TO:<alice@example.org>");
+        c.send("DATA");
+        assert!(c.send("Subject: two\r\n\r\nclean\r\n.").starts_with("250 "));
+        // The refused message was never queued, so the first to arrive is the clean one.
+        let inbox = server.wait_inbox("example.org", "alice", 1, 20);
+        assert_eq!(inbox.len(), 1, "{inbox:?}");
+        assert!(inbox[0].contains("Subject: two"), "{}", inbox[0]);
+    }
+
     /// Submission wants AUTH before MAIL (RFC 6409): 530 5.7.0 without it.
     #[test]
     fn submission_needs_a_login() {
