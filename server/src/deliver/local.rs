@@ -61,9 +61,6 @@ pub const BATCH: usize = 64;
 /// The environment variable that pauses delivery (tests): `1` pauses.
 pub const PAUSE_VARIABLE: &str = "POSTERN_DELIVERY_PAUSED";
 
-/// How long to wait before looking again at a message whose pass could not be recorded.
-const RECORD_RETRY: u64 = 60;
-
 /// What the workers share.
 #[derive(Debug)]
 pub struct Local {
@@ -88,6 +85,16 @@ pub struct Local {
 }
 
 impl Local {
+    /// The recorder of this worker's passes.
+    fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            store: &self.store,
+            committer: &self.committer,
+            bouncer: &self.bouncer,
+            dispatch: &self.dispatch,
+        }
+    }
+
     /// The schedule in force.
     fn schedule(&self) -> Schedule {
         *self
@@ -183,42 +190,12 @@ impl Pass {
                     .map(|s| RecipientReport::new(to, DsnAction::Delivered, s)),
             },
             // RFC 3463 4.2.0 / 5.2.0: other or undefined mailbox status.
-            Delivery::Deferred(why) => Fate::Deferred {
-                report: report(to, DsnAction::Delayed, TEMPORARY, &why),
-                why,
-            },
-            Delivery::Failed(why) => Fate::Failed {
-                report: report(to, DsnAction::Failed, PERMANENT, &why),
-                why,
-            },
+            Delivery::Deferred(why) => Fate::found(to, DsnAction::Delayed, (4, 2, 0), &why),
+            Delivery::Failed(why) => Fate::found(to, DsnAction::Failed, (5, 2, 0), &why),
         };
         self.fates.push((i, fate));
     }
 }
-
-/// A report on `to` with `status` and the problem `why`.
-fn report(
-    to: ForwardPath,
-    action: DsnAction,
-    status: EnhancedStatus,
-    why: &str,
-) -> RecipientReport {
-    let mut report = RecipientReport::new(to, action, status);
-    report.problem = Some(why.to_string());
-    report
-}
-
-/// 4.2.0: a temporary mailbox problem of no more precise kind.
-const TEMPORARY: EnhancedStatus = match EnhancedStatus::new(4, 2, 0) {
-    Some(s) => s,
-    None => panic!("4.2.0 is a valid status"),
-};
-
-/// 5.2.0: a permanent mailbox problem of no more precise kind.
-const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 2, 0) {
-    Some(s) => s,
-    None => panic!("5.2.0 is a valid status"),
-};
 
 /// Delivers every due pending recipient of every message in `ids` (blocking) at time `now`
 /// (Unix seconds). Returns, per id, when to look at it again (`None`: nothing left for us).
@@ -244,27 +221,21 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
             )),
             // Gone: delivered by an earlier pass.
             Ok(None) => {}
-            // Damaged: kept, reported, looked at again in an hour.
-            Err(e) => {
-                log::event(Event::Damaged, format_args!("id={id} reason=\"{e}\""));
-                next[slot] = Some(now + 3600);
-            }
+            // Damaged (kept) or unreadable for now: looked at again later.
+            Err(e) => next[slot] = Some(settle::unreadable(id, &e, now)),
         }
     }
 
     // Write every due copy into its Maildir's new/; deliver the others by their method.
     let mut maildirs: Vec<PathBuf> = Vec::new();
-    for (slot, p) in &mut passes {
+    for (_, p) in &mut passes {
         // The recipients of this message for each LMTP server (and reverse path), delivered
         // together below.
         let mut lmtp: Vec<((LmtpTarget, String), Vec<usize>)> = Vec::new();
         for i in 0..p.envelope.recipients.len() {
             let r = &p.envelope.recipients[i];
-            if r.state != RecipientState::Pending || !Owner::Local.owns(&r.address) {
-                continue;
-            }
-            if r.next_attempt > now {
-                next[*slot] = Some(next[*slot].map_or(r.next_attempt, |t| t.min(r.next_attempt)));
+            let due = r.state == RecipientState::Pending && r.next_attempt <= now;
+            if !due || !Owner::Local.owns(&r.address) {
                 continue;
             }
             let address = p.envelope.recipients[i].address.clone();
@@ -353,39 +324,38 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
         }
     }
 
-    // The one tail: new states, bounces, one durable commit, then the log.
-    let tried: Vec<(usize, Pass)> = passes
-        .into_iter()
-        .filter(|(_, p)| !p.fates.is_empty())
-        .collect();
+    // The one tail: new states, bounces, one durable commit, then the log. A message with
+    // nothing due comes back when its earliest recipient is.
+    let mut tried: Vec<(usize, Pass)> = Vec::new();
+    for (slot, p) in passes {
+        if p.fates.is_empty() {
+            next[slot] = p.envelope.next_attempt(Owner::Local);
+        } else {
+            tried.push((slot, p));
+        }
+    }
     let schedule = local.schedule();
     let settled = tried
-        .iter()
+        .iter_mut()
         .map(|(_, p)| {
             settle::settle(
                 &p.id,
                 &p.envelope,
-                p.fates.clone(),
+                std::mem::take(&mut p.fates),
                 now,
                 &mut settle::random_fraction,
                 &schedule,
             )
         })
         .collect();
-    let recorder = Recorder {
-        store: &local.store,
-        committer: &local.committer,
-        bouncer: &local.bouncer,
-        dispatch: &local.dispatch,
-    };
-    match recorder.record(Owner::Local, settled) {
+    match local.recorder().record(Owner::Local, settled) {
         Ok(applied) => {
             for ((slot, _), applied) in tried.iter().zip(applied) {
                 next[*slot] = match applied {
                     Some(Applied::Pending(at)) => at,
                     Some(Applied::Removed | Applied::Gone) => None,
                     // Its bounce could not be written: tried again as stored.
-                    None => Some(now + RECORD_RETRY),
+                    None => Some(now + settle::RECORD_RETRY),
                 };
             }
         }
@@ -395,7 +365,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
                     Event::Deferred,
                     format_args!("id={} reason=\"{why}\"", p.id),
                 );
-                next[*slot] = Some(now + RECORD_RETRY);
+                next[*slot] = Some(now + settle::RECORD_RETRY);
             }
         }
     }

@@ -22,8 +22,8 @@
 use std::time::{Duration, SystemTime};
 
 use proto_core::{
-    EnhancedStatus, mail::DsnAction, mail::DsnDate, mail::RecipientReport, mail::RetryDecision,
-    mail::RetryPolicy,
+    EnhancedStatus, ForwardPath, mail::DsnAction, mail::DsnDate, mail::RecipientReport,
+    mail::RetryDecision, mail::RetryPolicy,
 };
 
 use crate::log::{self, Event};
@@ -31,7 +31,7 @@ use crate::queue::QueueId;
 use crate::queue::bounce::{self, Bouncer};
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
-use crate::queue::store::{Applied, Envelope, Owner, RecipientState, Store};
+use crate::queue::store::{Applied, Envelope, Owner, RecipientState, Store, StoreError};
 
 /// What happened to one recipient in one delivery attempt.
 #[derive(Debug, Clone)]
@@ -61,6 +61,62 @@ pub enum Fate {
     },
 }
 
+impl Fate {
+    /// A result found on our side, with no reply to quote (no route, a local mailbox that
+    /// cannot be written, a command's exit status): `Failed` for [`DsnAction::Failed`], else
+    /// `Deferred`. `status` is its RFC 3463 code (4.0.0 or 5.0.0 if it is not a valid one).
+    pub fn found(to: ForwardPath, action: DsnAction, status: (u8, u16, u16), why: &str) -> Fate {
+        let failed = action == DsnAction::Failed;
+        let status = EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(if failed {
+            PERMANENT
+        } else {
+            TEMPORARY
+        });
+        let mut report = RecipientReport::new(to, action, status);
+        report.problem = Some(why.to_string());
+        let why = why.to_string();
+        if failed {
+            Fate::Failed { why, report }
+        } else {
+            Fate::Deferred { why, report }
+        }
+    }
+}
+
+/// 4.0.0: a temporary failure of no more precise kind.
+const TEMPORARY: EnhancedStatus = match EnhancedStatus::new(4, 0, 0) {
+    Some(s) => s,
+    None => panic!("4.0.0 is a valid status"),
+};
+
+/// 5.0.0: a permanent failure of no more precise kind.
+const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 0, 0) {
+    Some(s) => s,
+    None => panic!("5.0.0 is a valid status"),
+};
+
+/// How long a worker waits before looking again at a message whose pass could not be
+/// recorded, or whose envelope could not be read for a passing reason (I/O).
+pub const RECORD_RETRY: u64 = 60;
+
+/// How long a worker waits before looking again at a damaged envelope (kept as it is).
+pub const DAMAGED_RETRY: u64 = 3600;
+
+/// A message whose envelope could not be read at `now`: logged (`damaged` for a record that
+/// does not decode, `deferred` for a store error), and when to look at it again.
+pub fn unreadable(id: &QueueId, error: &StoreError, now: u64) -> u64 {
+    match error {
+        StoreError::Corrupt { .. } => {
+            log::event(Event::Damaged, format_args!("id={id} reason=\"{error}\""));
+            now + DAMAGED_RETRY
+        }
+        _ => {
+            log::event(Event::Deferred, format_args!("id={id} reason=\"{error}\""));
+            now + RECORD_RETRY
+        }
+    }
+}
+
 /// When to try again and when to warn: one schedule per kind of delivery.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
@@ -76,10 +132,9 @@ pub struct Schedule {
 pub struct Settled {
     /// The message.
     pub id: QueueId,
-    /// The envelope with the new recipient states.
+    /// The envelope with the new recipient states (the message-level fields a DSN describes
+    /// are never changed here).
     pub envelope: Envelope,
-    /// The original envelope, which the DSN describes.
-    original: Envelope,
     /// What the sender is told.
     reports: Vec<RecipientReport>,
     /// (event, fields) to log once durable.
@@ -196,7 +251,6 @@ pub fn settle(
     Settled {
         id: id.clone(),
         envelope: changed,
-        original: envelope.clone(),
         reports,
         events,
     }
@@ -232,15 +286,15 @@ impl Recorder<'_> {
     ) -> Result<Vec<Option<Applied>>, RecordError> {
         let mut bounces = Vec::new();
         let mut kept = Vec::with_capacity(passes.len());
-        for p in passes {
+        for mut p in passes {
             if p.reports.is_empty() {
                 kept.push(Some(p));
                 continue;
             }
-            let reports = p.reports.clone();
+            let reports = std::mem::take(&mut p.reports);
             match self
                 .bouncer
-                .bounce(&p.id, &p.original, reports, SystemTime::now())
+                .bounce(&p.id, &p.envelope, reports, SystemTime::now())
             {
                 Ok(Some(b)) => bounces.push(b),
                 Ok(None) => {}
@@ -434,8 +488,10 @@ mod tests {
             "{:?}",
             s.events
         );
-        // The original envelope is what the DSN describes.
-        assert_eq!(s.original, e);
+        // Only recipients change: the message-level fields the DSN describes are the original's.
+        let mut rest = s.envelope.clone();
+        rest.recipients.clone_from(&e.recipients);
+        assert_eq!(rest, e);
     }
 
     #[test]

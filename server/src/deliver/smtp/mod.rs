@@ -37,9 +37,9 @@ use async_io::{Async, Timer};
 use futures_lite::AsyncReadExt;
 use futures_lite::io::Cursor;
 use proto_core::{
-    EnhancedStatus, ForwardPath, TlsInfo, client::ClientConfig, client::ClientCredentials,
-    client::ClientSession, client::MailJob, client::RecipientStatus, client::TlsPolicy,
-    mail::DsnAction, mail::RecipientReport,
+    ForwardPath, TlsInfo, client::ClientConfig, client::ClientCredentials, client::ClientSession,
+    client::MailJob, client::RecipientStatus, client::TlsPolicy, mail::DsnAction,
+    mail::RecipientReport,
 };
 use runtime_smol::client::{ClientTls, deliver};
 use smol::lock::Semaphore;
@@ -50,7 +50,7 @@ use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
-use crate::queue::settle::{self, Fate, Recorder, Schedule};
+use crate::queue::settle::{self, Fate, Recorder};
 use crate::queue::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
 use crate::queue::timers::{Timers, unix_now};
 use crate::reception::trace::Trace;
@@ -219,8 +219,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         Ok(Some(e)) => e,
         Ok(None) => return,
         Err(e) => {
-            log::event(Event::Failed, format_args!("id={id} reason=\"{e}\""));
-            o.timers.at(id, unix_now() + 60);
+            o.timers.at(id, settle::unreadable(id, &e, unix_now()));
             return;
         }
     };
@@ -270,11 +269,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
     let o2 = o.clone();
     let id2 = id.clone();
     let applied = smol::unblock(move || {
-        let settings = o2.settings();
-        let schedule = Schedule {
-            retry: settings.retry,
-            delay_warning: settings.delay_warning,
-        };
+        let schedule = o2.settings().schedule();
         let settled = settle::settle(
             &id2,
             &envelope,
@@ -290,10 +285,10 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         Ok(Some(Applied::Pending(Some(at)))) => o.timers.at(id, at),
         Ok(Some(_)) => {}
         // The bounce could not be written: the recipients stay pending, tried again.
-        Ok(None) => o.timers.at(id, unix_now() + 60),
+        Ok(None) => o.timers.at(id, unix_now() + settle::RECORD_RETRY),
         Err(why) => {
             log::event(Event::Deferred, format_args!("id={id} reason=\"{why}\""));
-            o.timers.at(id, unix_now() + 60);
+            o.timers.at(id, unix_now() + settle::RECORD_RETRY);
         }
     }
 }
@@ -337,7 +332,7 @@ async fn deliver_group(
                         .address
                         .forward_path()
                         .unwrap_or(ForwardPath::Postmaster);
-                    local_result(&to, DsnAction::Failed, (5, 1, 3), &why.to_string())
+                    Fate::found(to, DsnAction::Failed, (5, 1, 3), &why.to_string())
                 })
                 .collect();
         }
@@ -345,7 +340,7 @@ async fn deliver_group(
     let all = |action: DsnAction, status: (u8, u16, u16), why: &str| -> Vec<Fate> {
         job.recipients
             .iter()
-            .map(|r| local_result(&r.to, action, status, why))
+            .map(|r| Fate::found(r.to.clone(), action, status, why))
             .collect()
     };
 
@@ -731,40 +726,6 @@ fn shuffle(items: &mut [String]) {
         items.swap(i, j);
     }
 }
-
-/// A result found on our side (no reply to quote): `Failed` for [`DsnAction::Failed`],
-/// else `Deferred`; `status` is its RFC 3463 code.
-fn local_result(to: &ForwardPath, action: DsnAction, status: (u8, u16, u16), why: &str) -> Fate {
-    let fallback = if action == DsnAction::Failed {
-        PERMANENT
-    } else {
-        TEMPORARY
-    };
-    let mut report = RecipientReport::new(
-        to.clone(),
-        action,
-        EnhancedStatus::new(status.0, status.1, status.2).unwrap_or(fallback),
-    );
-    report.problem = Some(why.to_string());
-    let why = why.to_string();
-    if action == DsnAction::Failed {
-        Fate::Failed { why, report }
-    } else {
-        Fate::Deferred { why, report }
-    }
-}
-
-/// 4.0.0: a temporary failure of no more precise kind.
-const TEMPORARY: EnhancedStatus = match EnhancedStatus::new(4, 0, 0) {
-    Some(s) => s,
-    None => panic!("4.0.0 is a valid status"),
-};
-
-/// 5.0.0: a permanent failure of no more precise kind.
-const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 0, 0) {
-    Some(s) => s,
-    None => panic!("5.0.0 is a valid status"),
-};
 
 #[cfg(test)]
 mod tests {

@@ -91,6 +91,16 @@ pub struct DeliverySettings {
     pub routes: BTreeMap<String, StaticRoute>,
 }
 
+impl DeliverySettings {
+    /// Outbound delivery's retry schedule and delay warning.
+    pub fn schedule(&self) -> crate::queue::settle::Schedule {
+        crate::queue::settle::Schedule {
+            retry: self.retry,
+            delay_warning: self.delay_warning,
+        }
+    }
+}
+
 impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
