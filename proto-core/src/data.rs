@@ -94,9 +94,6 @@ impl DotReader {
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        if bytes.contains(&0) {
-            self.flag(DataProblem::Nul);
-        }
         if self.problem.is_some() {
             return;
         }
@@ -127,10 +124,10 @@ impl DotReader {
                 };
             }
             if self.pos == Pos::Mid {
-                // Fast path: copy the run up to the next CR or LF in one go.
+                // Fast path: copy the run up to the next CR, LF or NUL in one go.
                 let run = input[i..]
                     .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
+                    .position(|&b| b == b'\r' || b == b'\n' || b == 0)
                     .unwrap_or(input.len() - i);
                 let run = run.min(out_limit.saturating_sub(out.len()).max(1));
                 if run > 0 {
@@ -148,6 +145,10 @@ impl DotReader {
                 (Pos::LineStart | Pos::Mid, b'\r') => self.pos = Pos::Cr,
                 (Pos::LineStart | Pos::Mid | Pos::Dot, b'\n') => {
                     self.flag(DataProblem::BareLineEnding);
+                    self.pos = Pos::Mid;
+                }
+                (Pos::LineStart | Pos::Mid | Pos::Dot, 0) => {
+                    self.flag(DataProblem::Nul);
                     self.pos = Pos::Mid;
                 }
                 (Pos::LineStart | Pos::Mid, _) => {
