@@ -110,12 +110,6 @@ pub enum Command {
     Stop,
 }
 
-/// What the control source said.
-enum Told {
-    Reload(Option<async_channel::Sender<()>>),
-    Stop(&'static str),
-}
-
 /// The control source, once started.
 enum Controls {
     Signals(Signals),
@@ -123,16 +117,17 @@ enum Controls {
 }
 
 impl Controls {
-    async fn next(&mut self) -> Told {
+    /// The next command, and what it came from (for the log).
+    async fn next(&mut self) -> (Command, &'static str) {
         match self {
             Controls::Signals(signals) => match signals.next().await {
-                Some(Ok(Signal::Hup)) => Told::Reload(None),
-                Some(Ok(Signal::Int)) => Told::Stop("SIGINT"),
-                _ => Told::Stop("SIGTERM"),
+                Some(Ok(Signal::Hup)) => (Command::Reload(None), "SIGHUP"),
+                Some(Ok(Signal::Int)) => (Command::Stop, "SIGINT"),
+                _ => (Command::Stop, "SIGTERM"),
             },
             Controls::Channel(rx) => match rx.recv().await {
-                Ok(Command::Reload(done)) => Told::Reload(done),
-                Ok(Command::Stop) | Err(_) => Told::Stop("stop command"),
+                Ok(command) => (command, "control command"),
+                Err(_) => (Command::Stop, "closed control channel"),
             },
         }
     }
@@ -267,14 +262,14 @@ pub fn serve_with(
             .collect();
         let name = loop {
             match controls.next().await {
-                Told::Reload(done) => {
-                    log::event(Event::Reload, format_args!("SIGHUP received"));
+                (Command::Reload(done), from) => {
+                    log::event(Event::Reload, format_args!("{from} received"));
                     runtime.reload();
                     if let Some(done) = done {
                         let _ = done.try_send(());
                     }
                 }
-                Told::Stop(name) => break name,
+                (Command::Stop, from) => break from,
             }
         };
         watcher.cancel().await;
@@ -289,7 +284,7 @@ pub fn serve_with(
         // A second SIGTERM or SIGINT ends the wait at once.
         let again = async {
             loop {
-                if let Told::Stop(_) = controls.next().await {
+                if let (Command::Stop, _) = controls.next().await {
                     log::event(
                         Event::Shutdown,
                         format_args!("second signal: not waiting any longer"),
