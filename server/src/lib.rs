@@ -7,7 +7,7 @@
 //! | [`reception`] | the session handler on the listeners: transactions, trace fields |
 //! | [`mailauth`] | SPF, DKIM, ARC and DMARC checks, DKIM signing and keys, forged-result removal, the mail-auth DNS adapter |
 //! | [`directory`] | users, local recipients, aliases and their destinations, relay and sender rules, logins |
-//! | [`queue`] | queue ids, the store and its envelope, group commit, dispatch, bounces |
+//! | [`queue`] | queue ids, the store and its envelope, group commit, dispatch, bounces, the one tail every delivery ends in (`settle`), retry timers |
 //! | [`deliver`] | the delivery methods: Maildir, LMTP, command (local workers) and SMTP to other servers |
 //! | [`tls`] | server certificates, client TLS, the TLS memory, MTA-STS |
 //! | [`dns`] | the stub resolver |

@@ -31,8 +31,32 @@ use crate::daemon::serve::{Command, Control, serve_with};
 use crate::directory::users::{Address, User, UserDb, hash_password};
 
 /// A `[dns]` table whose name server is a closed loopback port: every lookup fails at once as
-/// a temporary error, and nothing reaches the system's resolver.
+/// a temporary error, and nothing reaches the system's resolver (the checks on the smtp
+/// listeners look up SPF and DMARC records).
 pub const OFFLINE_DNS: &str = "[dns]\nnameservers = [\"127.0.0.1:9\"]\n";
+
+/// `config` with [`OFFLINE_DNS`] added when it has no `[dns]` table.
+pub fn with_offline_dns(config: &str) -> String {
+    if config.contains("[dns]") {
+        config.to_string()
+    } else {
+        format!("{config}\n{OFFLINE_DNS}")
+    }
+}
+
+/// The messages in the Maildir `new/` of `user@domain` under the configuration directory
+/// `root` (with `data_dir = "data"`), oldest name first.
+pub fn maildir_messages(root: &Path, domain: &str, user: &str) -> Vec<String> {
+    let new = root.join("data/mail").join(domain).join(user).join("new");
+    let mut names: Vec<PathBuf> = fs::read_dir(&new)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|p| fs::read_to_string(p).expect("read a delivered message"))
+        .collect()
+}
 
 /// How to set a [`TestServer`] up.
 #[derive(Debug, Default)]
@@ -60,18 +84,13 @@ impl Builder {
     pub fn start(self) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let root = dir.path();
-        let dns = if self.config.contains("[dns]") {
-            ""
-        } else {
-            OFFLINE_DNS
-        };
         fs::write(
             root.join("postern.toml"),
             format!(
-                "hostname = \"localhost\"\ndata_dir = \"data\"\n{}\n{dns}\
+                "hostname = \"localhost\"\ndata_dir = \"data\"\n{}\n\
                  [listeners]\nsmtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]\n\
                  submissions = [\"127.0.0.1:0\"]\n",
-                self.config
+                with_offline_dns(&self.config)
             ),
         )
         .expect("write postern.toml");
@@ -164,20 +183,7 @@ impl TestServer {
 
     /// The messages in `user@domain`'s Maildir `new/`, oldest name first.
     pub fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
-        let new = self
-            .dir()
-            .join("data/mail")
-            .join(domain)
-            .join(user)
-            .join("new");
-        let mut names: Vec<PathBuf> = fs::read_dir(&new)
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
-            .iter()
-            .filter_map(|p| fs::read_to_string(p).ok())
-            .collect()
+        maildir_messages(self.dir(), domain, user)
     }
 
     /// Waits (at most `secs`) until `user@domain` has `n` messages, and returns them.

@@ -4,6 +4,13 @@
 //! reference: every key appears there with a comment. Unknown keys are errors, so a typo never
 //! silently falls back to a default. Every problem found at startup is a [`ConfigError`] that
 //! names the file, the line when there is one, and the fix.
+//!
+//! [`Settings::parse`] reads the top-level keys and `[listeners]` itself and hands every other
+//! section, with a [`Source`] to name file and line, to the subsystem that owns it: `[auth]`
+//! to [`crate::directory::logins`], `[relay]` and `[senders]` to [`crate::directory::relay`],
+//! `[aliases]` to [`crate::directory::aliases`], `[checks]` to [`crate::mailauth`],
+//! `[delivery]` and `[routes]` to [`crate::deliver::smtp::settings`], `[mailboxes]` to
+//! [`crate::deliver`].
 
 pub mod init;
 
@@ -147,9 +154,14 @@ impl Source<'_> {
 
     /// An error at `span` (or about the whole file), with what to do about it.
     pub fn error(&self, span: Option<Range<usize>>, message: String, fix: &str) -> ConfigError {
+        self.error_on(span.map(|s| self.line(s)), message, fix)
+    }
+
+    /// An error on `line` (or about the whole file), with what to do about it.
+    pub fn error_on(&self, line: Option<usize>, message: String, fix: &str) -> ConfigError {
         ConfigError {
             file: self.file.to_path_buf(),
-            line: span.map(|s| self.line(s)),
+            line,
             message,
             fix: fix.to_string(),
         }
@@ -251,13 +263,9 @@ impl Settings {
                 fix: fix_for(e.message()),
             }
         })?;
-        let at = |span: Range<usize>| Some(line_of(text, &span));
-        let error = |line, message: String, fix: &str| ConfigError {
-            file: file.to_path_buf(),
-            line,
-            message,
-            fix: fix.to_string(),
-        };
+        let source = Source { file, text };
+        let at = |span: Range<usize>| Some(source.line(span));
+        let error = |line, message: String, fix: &str| source.error_on(line, message, fix);
 
         let hostname = match raw.hostname {
             Some(h) => {
@@ -395,7 +403,6 @@ impl Settings {
             ));
         }
 
-        let source = Source { file, text };
         let auth = crate::directory::logins::parse_settings(raw.auth, &source)?;
         let (trusted_networks, header_from, grants) =
             crate::directory::relay::parse_settings(raw.relay, raw.senders, &source)?;

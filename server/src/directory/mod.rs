@@ -8,8 +8,12 @@
 //! - [`header_from`]: the check of an authenticated user's header From.
 //! - [`logins`]: SMTP AUTH credentials and the brute-force limits.
 //!
-//! May use: `proto-core`, [`crate::config`], [`crate::files`], [`crate::log`]. Nothing here
-//! touches the network or the queue.
+//! `[auth]`, `[relay]`, `[senders]` and `[aliases]` of postern.toml are parsed by the modules
+//! they configure.
+//!
+//! May use: `proto-core`, [`crate::config`], [`crate::files`], [`crate::log`], and the queue's
+//! recipient type ([`crate::queue::store::Address`]), which [`destinations`] produces. Nothing
+//! here touches the network or the stored messages.
 
 pub mod aliases;
 pub mod destinations;

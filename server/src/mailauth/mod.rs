@@ -41,6 +41,8 @@
 //!
 //! DNS comes from our own resolver through mail-auth's caches ([`dns`]); mail-auth's own
 //! resolver has no servers and never touches the network, and no tokio runtime is started.
+//!
+//! The `[checks]` section of postern.toml is read here too ([`RawChecks`]).
 
 pub mod authdns;
 pub mod dkim;

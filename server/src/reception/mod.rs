@@ -27,7 +27,7 @@ pub mod trace;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use proto_core::{
     ForwardPath, MailParams, RcptParams, Reply, ReplyCode, ReversePath, server::Credentials,
@@ -669,9 +669,8 @@ async fn discard(store: &Store, id: &QueueId, chunks: u32, envelope: bool) {
 
 /// The envelope to store for a finished transaction.
 fn envelope(session: &Session, t: &Transaction) -> Envelope {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    // On the queue's clock, which the retry schedule compares against.
+    let now = crate::queue::timers::unix_now();
     Envelope {
         from: t.from.clone(),
         smtputf8: t.params.smtputf8,
@@ -747,11 +746,9 @@ mod tests {
     use crate::config::Role;
     use crate::testkit::{Client, TestServer};
 
-    /// What RCPT answers on port 25, decided once per recipient by the directory: users and
-    /// postmaster accepted, unknown users, routed local parts and other domains refused,
-    /// each with its enhanced code.
-    #[test]
-    fn rcpt_on_port_25() {
+    /// A server with the user alice@example.org, and a client on its port 25 that has sent
+    /// EHLO and `MAIL FROM:<s@client.test>` (both accepted).
+    fn alice_and_a_transaction() -> (TestServer, Client) {
         let server = TestServer::builder()
             .user("alice@example.org", "pw")
             .start();
@@ -759,6 +756,15 @@ mod tests {
         assert!(greeting.starts_with("220 localhost "), "{greeting}");
         assert!(c.send("EHLO client.test").starts_with("250 "));
         assert!(c.send("MAIL FROM:<s@client.test>").starts_with("250 "));
+        (server, c)
+    }
+
+    /// What RCPT answers on port 25, decided once per recipient by the directory: users and
+    /// postmaster accepted, unknown users, routed local parts and other domains refused,
+    /// each with its enhanced code.
+    #[test]
+    fn rcpt_on_port_25() {
+        let (_server, mut c) = alice_and_a_transaction();
         let cases = [
             ("<alice@example.org>", "250 "),
             ("<Alice@EXAMPLE.org>", "250 "),
@@ -774,16 +780,10 @@ mod tests {
         }
     }
 
-    /// A message accepted on port 25 is in the Maildir with its trace fields, once per
-    /// recipient address even when two forms name the same user.
+    /// A message accepted on port 25 is in the Maildir with its trace fields.
     #[test]
     fn an_accepted_message_reaches_the_maildir() {
-        let server = TestServer::builder()
-            .user("alice@example.org", "pw")
-            .start();
-        let (mut c, _) = Client::connect(server.addr(Role::Smtp));
-        c.send("EHLO client.test");
-        c.send("MAIL FROM:<s@client.test>");
+        let (server, mut c) = alice_and_a_transaction();
         assert!(c.send("RCPT TO:<alice@example.org>").starts_with("250 "));
         assert!(c.send("DATA").starts_with("354 "));
         let queued = c.send("Subject: hello\r\n\r\nbody line\r\n.");
@@ -805,12 +805,7 @@ mod tests {
     /// of data here nor a way to smuggle a second message past a next hop that drops NULs.
     #[test]
     fn a_nul_in_data_refuses_the_message() {
-        let server = TestServer::builder()
-            .user("alice@example.org", "pw")
-            .start();
-        let (mut c, _) = Client::connect(server.addr(Role::Smtp));
-        c.send("EHLO client.test");
-        c.send("MAIL FROM:<s@client.test>");
+        let (server, mut c) = alice_and_a_transaction();
         c.send("RCPT TO:<alice@example.org>");
         assert!(c.send("DATA").starts_with("354 "));
         c.write_raw(b"Subject: one\r\n\r\nhello\r\n\0.\r\nMAIL FROM:<x@evil.test>\r\n");

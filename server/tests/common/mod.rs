@@ -42,19 +42,9 @@ pub fn write_config(root: &Path, extra: &str) {
     .expect("write config");
 }
 
-/// A `[dns]` table whose nameserver is a closed loopback port: every lookup fails at once
-/// as a temporary error, and nothing reaches the system's resolver (the checks on the smtp
-/// listeners look up SPF and DMARC records).
-pub const OFFLINE_DNS: &str = "[dns]\nnameservers = [\"127.0.0.1:9\"]\n";
-
-/// `config` with [`OFFLINE_DNS`] added when it has no `[dns]` table.
-pub fn with_offline_dns(config: &str) -> String {
-    if config.contains("[dns]") {
-        config.to_string()
-    } else {
-        format!("{config}\n{OFFLINE_DNS}")
-    }
-}
+// Each test binary uses part of this module; the offline DNS table is the test kit's.
+#[allow(unused_imports)]
+pub use postern::testkit::{OFFLINE_DNS, with_offline_dns};
 
 /// A self-signed certificate for `names`: (certificate PEM, key PEM, certificate DER in hex).
 pub fn cert(names: &[&str]) -> (String, String, String) {
@@ -189,21 +179,7 @@ impl Server {
 
     /// Messages delivered to `<data>/mail/<domain>/<user>/new`, oldest name first.
     pub fn inbox(&self, domain: &str, user: &str) -> Vec<String> {
-        let new = self
-            .root
-            .join("data/mail")
-            .join(domain)
-            .join(user)
-            .join("new");
-        let Ok(entries) = fs::read_dir(&new) else {
-            return Vec::new();
-        };
-        let mut names: Vec<PathBuf> = entries.map(|e| e.expect("entry").path()).collect();
-        names.sort();
-        names
-            .iter()
-            .map(|p| fs::read_to_string(p).expect("read message"))
-            .collect()
+        postern::testkit::maildir_messages(&self.root, domain, user)
     }
 }
 
