@@ -1,6 +1,6 @@
 //! Replacing a file atomically, for the files postern writes itself (users files, the TLS
 //! policy memory, the MTA-STS cache, the SRS key): readers see the old file or the new one,
-//! never a part, and a crash leaves one of the two.
+//! never a part, and a crash leaves one of the two. And how much room a file system has left.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -45,6 +45,13 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) 
     result
 }
 
+/// The bytes an unprivileged process may still write on the file system that holds `path`
+/// (statvfs: available blocks times the fragment size).
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +67,27 @@ mod tests {
         assert_eq!(mode, 0o640);
         let names: Vec<_> = fs::read_dir(tmp.path()).expect("dir").collect();
         assert_eq!(names.len(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn free_space_is_what_df_reports() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let free = free_space(tmp.path()).expect("statvfs");
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(tmp.path())
+            .output()
+            .expect("df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let df: u64 = text
+            .lines()
+            .nth(1)
+            .expect("a line")
+            .trim()
+            .parse()
+            .expect("number");
+        // Other processes write meanwhile: within 64 MiB.
+        assert!(free.abs_diff(df) < 64 << 20, "statvfs {free}, df {df}");
+        assert!(free_space(&tmp.path().join("missing")).is_err());
     }
 }

@@ -5,7 +5,8 @@
 //! (one per recipient), `deferred` (will be retried), `failed` (given up, or could not be
 //! queued), `removed` (left the queue), `damaged` (a queued record that cannot be read: kept,
 //! looked at again later), `rejected`; connection-level problems are `connection`,
-//! startup work (swept partial bodies, resumed messages) is `startup`, and logins are `auth`
+//! startup work (swept partial bodies, resumed messages) is `startup`, the queue store's
+//! health (a failed write, a full disk, delivery stopped and resumed) is `store`, and logins are `auth`
 //! (client IP and outcome only); [`Event`] lists every event. AUTH data (user names, passwords)
 //! and message bodies are never logged.
 
@@ -62,6 +63,9 @@ pub enum Event {
     Config,
     /// systemd integration.
     Systemd,
+    /// The queue store: a failed write, the store opened again, a full disk, delivery
+    /// stopped or resumed while outcomes cannot be recorded.
+    Store,
 }
 
 impl Event {
@@ -90,6 +94,7 @@ impl Event {
             Event::Shutdown => "shutdown",
             Event::Config => "config",
             Event::Systemd => "systemd",
+            Event::Store => "store",
         }
     }
 }

@@ -41,13 +41,19 @@ pub const DEFAULT_CONFIG: &str = r#"# postern.toml: the configuration of the pos
 hostname = "localhost"
 
 # Where mail and the queue live. Mail for alice@example.org is delivered to the Maildir
-# <data_dir>/mail/example.org/alice/; bodies being received are written to
-# <data_dir>/queue/tmp/. "." is this directory.
+# <data_dir>/mail/example.org/alice/; the queue (messages accepted and not yet delivered)
+# is the database in <data_dir>/queue/. "." is this directory.
 data_dir = "."
 
 # The largest message accepted, in bytes; advertised with SIZE (RFC 1870).
 # 52428800 bytes = 50 MiB.
 max_message_size = 52428800
+
+# Bytes to keep free on the file system of data_dir: below this, new mail is refused with
+# "452 4.3.1 Insufficient system storage" (and the log says so) until space is freed, so the
+# queue never fills the disk and deliveries still have room. A message's SIZE= counts too.
+# Without this key: twice max_message_size. 0: no reserve.
+# min_free_space = 104857600
 
 # Timeouts, in seconds: waiting for the next command, waiting for more message data, and
 # a whole session however active. RFC 5321 (4.5.3.2) asks for at least 5 minutes for the

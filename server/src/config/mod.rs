@@ -88,6 +88,8 @@ pub struct Settings {
     pub data_dir_line: Option<usize>,
     /// The largest message accepted.
     pub max_message_size: u64,
+    /// Bytes to keep free on the data directory's file system ([`crate::queue::space`]).
+    pub min_free_space: u64,
     /// Where to listen.
     pub listeners: Vec<Listener>,
     /// The most connections open at once; more get 421.
@@ -175,6 +177,7 @@ struct RawFile {
     hostname: Option<Spanned<String>>,
     data_dir: Option<Spanned<PathBuf>>,
     max_message_size: Option<Spanned<u64>>,
+    min_free_space: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     max_connections_per_ip: Option<Spanned<u64>>,
     shutdown_grace: Option<Spanned<u64>>,
@@ -309,6 +312,9 @@ impl Settings {
             Some(m) => m.into_inner(),
             None => DEFAULT_MAX_MESSAGE_SIZE,
         };
+        let min_free_space = raw
+            .min_free_space
+            .map_or(max_message_size.saturating_mul(2), Spanned::into_inner);
 
         let mut counts = [DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP];
         for (i, (key, value)) in [
@@ -421,6 +427,7 @@ impl Settings {
             data_dir,
             data_dir_line,
             max_message_size,
+            min_free_space,
             listeners,
             max_connections,
             max_connections_per_ip,
@@ -522,6 +529,7 @@ mod tests {
         assert_eq!(s.hostname, "localhost");
         assert_eq!(s.data_dir, Path::new("/c"));
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(s.min_free_space, 2 * DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(s.timeouts, Timeouts::default());
         assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(s.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);

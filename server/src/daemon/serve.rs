@@ -71,6 +71,7 @@ use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
+use crate::queue::space::Reserve;
 use crate::queue::store::Store;
 use crate::queue::timers::Timers;
 use crate::reception::{Reception, Shared};
@@ -501,6 +502,7 @@ impl Live {
             allow_plaintext_on_loopback: settings.auth.allow_plaintext_on_loopback,
             recipients: Recipients::new(users, settings.mail_dir(), settings.hostname.clone()),
             store: queue.store.clone(),
+            reserve: Reserve::new(settings.data_dir.clone(), settings.min_free_space),
             committer: queue.committer.clone(),
             dispatch: queue.dispatch.clone(),
             inbound: Arc::new(Inbound::new(
@@ -671,6 +673,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         dispatch: dispatch.clone(),
         mailboxes: settings.mailboxes.clone(),
         schedule: std::sync::RwLock::new(local::schedule(settings.delivery.retry.max_lifetime)),
+        backlog: Default::default(),
     });
     let resolver = ResolverConfig::for_server(settings).map_err(|e| ConfigError {
         file: settings.file.clone(),

@@ -82,6 +82,8 @@ pub struct Local {
     pub mailboxes: Mailboxes,
     /// When to retry, and when to give up ([`schedule`]); replaced by a reload.
     pub schedule: std::sync::RwLock<Schedule>,
+    /// Passes whose outcome could not be recorded yet: while any wait, nothing is delivered.
+    pub backlog: settle::Backlog,
 }
 
 impl Local {
@@ -92,6 +94,7 @@ impl Local {
             committer: &self.committer,
             bouncer: &self.bouncer,
             dispatch: &self.dispatch,
+            backlog: &self.backlog,
         }
     }
 
@@ -206,6 +209,11 @@ impl Pass {
 /// group commit. A crash anywhere before that commit delivers the pass's copies again after
 /// the restart: duplicates, never a loss.
 fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
+    // Earlier outcomes not recorded yet: record them first, or deliver nothing (a copy
+    // delivered now could not be recorded either).
+    if local.recorder().flush(Owner::Local).is_err() {
+        return vec![Some(now + settle::BACKLOG_RETRY); ids.len()];
+    }
     let mut next = vec![None; ids.len()];
     let mut passes: Vec<(usize, Pass)> = Vec::new();
     for (slot, id) in ids.iter().enumerate() {
@@ -359,13 +367,14 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
                 };
             }
         }
+        // Kept in the backlog, recorded before anything else is delivered.
         Err(why) => {
             for (slot, p) in &tried {
                 log::event(
                     Event::Deferred,
                     format_args!("id={} reason=\"{why}\"", p.id),
                 );
-                next[*slot] = Some(now + settle::RECORD_RETRY);
+                next[*slot] = Some(now + settle::BACKLOG_RETRY);
             }
         }
     }
@@ -497,6 +506,7 @@ mod tests {
             },
             mailboxes: Mailboxes::default(),
             schedule: std::sync::RwLock::new(schedule(5 * 24 * 3600)),
+            backlog: settle::Backlog::default(),
         };
         (store, local, mail_dir)
     }
@@ -569,6 +579,66 @@ mod tests {
         }
         // A message that is gone (delivered by an earlier pass) is nothing to do.
         assert_eq!(deliver_message(&local, &id, at), None);
+    }
+
+    /// The copies of alice's Maildir.
+    fn copies(mail_dir: &std::path::Path, user: &str) -> usize {
+        std::fs::read_dir(mail_dir.join("example.org").join(user).join("new"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// While the store cannot record (every write fails as on a full disk), copies written
+    /// once are never written again: the outcomes wait in memory, nothing more is delivered,
+    /// and once the store takes writes the outcomes are recorded and the messages leave.
+    #[test]
+    fn deliveries_that_cannot_be_recorded_are_not_made_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (store, local, mail_dir) = workers_in(tmp.path());
+        let body = b"Subject: once\r\n\r\nhello\r\n";
+        let ids: Vec<QueueId> = (0..3)
+            .map(|_| {
+                let id = QueueId::new();
+                store.put_chunk(&id, 0, body).expect("chunk");
+                let mut e = Envelope::plain(
+                    "<s@client.test>",
+                    body.len() as u64,
+                    1,
+                    vec![local_recipient("alice")],
+                );
+                e.received_at = NOW;
+                store.put_envelope(&id, &e).expect("envelope");
+                id
+            })
+            .collect();
+        store.sync().expect("sync");
+
+        store.fail_writes(true);
+        let next = deliver_batch(&local, &ids, NOW);
+        assert_eq!(copies(&mail_dir, "alice"), 3, "delivered once each");
+        assert!(local.backlog.is_waiting());
+        assert_eq!(next, vec![Some(NOW + settle::BACKLOG_RETRY); 3]);
+        // The retries while the store still fails: nothing is delivered again, and a new
+        // message waits too.
+        let late = QueueId::new();
+        for at in [NOW + 5, NOW + 10, NOW + 60, NOW + 3600] {
+            let mut all = ids.clone();
+            all.push(late.clone());
+            let next = deliver_batch(&local, &all, at);
+            assert_eq!(next, vec![Some(at + settle::BACKLOG_RETRY); 4]);
+            assert_eq!(copies(&mail_dir, "alice"), 3, "at {at}");
+        }
+        for id in &ids {
+            let stored = store.envelope(id).expect("read").expect("still stored");
+            assert_eq!(stored.recipients[0].state, RecipientState::Pending);
+        }
+
+        store.fail_writes(false);
+        let next = deliver_batch(&local, &ids, NOW + 3605);
+        assert_eq!(next, vec![None; 3]);
+        assert!(!local.backlog.is_waiting());
+        assert!(store.ids().expect("ids").is_empty(), "recorded and removed");
+        assert_eq!(copies(&mail_dir, "alice"), 3, "no copy more");
     }
 
     /// A recipient that fails for good and one that asked for NOTIFY=SUCCESS: the sender gets

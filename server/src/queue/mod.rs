@@ -8,6 +8,7 @@
 //! - [`settle`]: the tail every delivery shares: per-recipient fates recorded, bounced,
 //!   scheduled (proto-core's retry schedule) and logged in one place.
 //! - [`timers`]: retry timers, one mechanism for every worker.
+//! - [`space`]: the free-space reserve below which new mail is refused.
 //!
 //! May use: `proto-core`, `fjall`, [`crate::log`]. The delivery methods that take messages
 //! out of the queue are in [`crate::deliver`].
@@ -17,6 +18,7 @@ pub mod commit;
 pub mod dispatch;
 pub mod id;
 pub mod settle;
+pub mod space;
 pub mod store;
 pub mod timers;
 

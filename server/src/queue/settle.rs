@@ -18,7 +18,15 @@
 //! A message whose DSN cannot be written is left out of the batch: its recipients stay as
 //! stored and are tried again (at worst a copy is delivered twice, never lost or failed
 //! without its bounce).
+//!
+//! When the store cannot record at all (a full disk, a failed fsync), the settled passes are
+//! kept in memory ([`Backlog`]) and recorded before anything else, and no delivery starts
+//! while any wait: a copy delivered now could not be recorded either, and every retry of the
+//! stored envelope would deliver it once more. The `store` log line says when delivery stops
+//! and when it resumes. (A crash while passes wait delivers their copies again after the
+//! restart: duplicates, never a loss.)
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use proto_core::{
@@ -98,6 +106,10 @@ const PERMANENT: EnhancedStatus = match EnhancedStatus::new(5, 0, 0) {
 /// How long a worker waits before looking again at a message whose pass could not be
 /// recorded, or whose envelope could not be read for a passing reason (I/O).
 pub const RECORD_RETRY: u64 = 60;
+
+/// How often a worker tries again to record the passes waiting in its [`Backlog`] (nothing
+/// is delivered meanwhile, so trying costs one store write).
+pub const BACKLOG_RETRY: u64 = 5;
 
 /// How long a worker waits before looking again at a damaged envelope (kept as it is).
 pub const DAMAGED_RETRY: u64 = 3600;
@@ -256,6 +268,24 @@ pub fn settle(
     }
 }
 
+/// Settled passes that could not be recorded yet, oldest first (see the module doc). One per
+/// kind of worker.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    passes: Mutex<Vec<Settled>>,
+}
+
+impl Backlog {
+    /// Whether any pass waits to be recorded.
+    pub fn is_waiting(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Settled>> {
+        self.passes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// What recording needs: the store, its committer, the bouncer and the dispatcher.
 #[derive(Debug)]
 pub struct Recorder<'a> {
@@ -267,6 +297,8 @@ pub struct Recorder<'a> {
     pub bouncer: &'a Bouncer,
     /// Where DSNs go once durable.
     pub dispatch: &'a Dispatch,
+    /// This worker kind's passes not recorded yet.
+    pub backlog: &'a Backlog,
 }
 
 /// Why a pass could not be recorded.
@@ -275,26 +307,79 @@ pub struct Recorder<'a> {
 pub struct RecordError(String);
 
 impl Recorder<'_> {
-    /// Records settled passes of `owner`'s recipients (blocking): DSNs, one store batch, one
-    /// durable commit, then the DSNs dispatched and the log lines written. Returns, per pass
-    /// in order, what the store kept of the message (`None`: left out, because its DSN could
-    /// not be written; it is tried again as stored). On an error nothing is recorded.
+    /// Records settled passes of `owner`'s recipients (blocking): first those waiting in the
+    /// backlog, then `passes`: DSNs, one store batch, one durable commit, then the DSNs
+    /// dispatched and the log lines written. Returns, per pass of `passes` in order, what the
+    /// store kept of the message (`None`: left out, because its DSN could not be written; it
+    /// is tried again as stored). On an error nothing is recorded and every pass waits in the
+    /// backlog: the caller must not deliver its messages again before [`Recorder::flush`]
+    /// succeeds.
     pub fn record(
         &self,
         owner: Owner,
         passes: Vec<Settled>,
     ) -> Result<Vec<Option<Applied>>, RecordError> {
+        let mut waiting = self.backlog.lock();
+        let earlier = waiting.len();
+        let mut all = std::mem::take(&mut *waiting);
+        all.extend(passes);
+        match self.record_all(owner, &all) {
+            Ok(mut applied) => {
+                if earlier > 0 {
+                    log::event(
+                        Event::Store,
+                        format_args!(
+                            "delivery resumed: the outcomes of {earlier} earlier deliveries \
+                             are recorded"
+                        ),
+                    );
+                }
+                Ok(applied.split_off(earlier))
+            }
+            Err(why) => {
+                if earlier == 0 {
+                    log::event(
+                        Event::Store,
+                        format_args!(
+                            "problem=\"delivery stopped: {}; {} outcomes are kept in memory \
+                             and recorded once the store takes writes again\"",
+                            log::quoted(&why),
+                            all.len()
+                        ),
+                    );
+                }
+                *waiting = all;
+                Err(why)
+            }
+        }
+    }
+
+    /// Records what waits in the backlog, if anything: `Ok` when nothing waits any more and
+    /// deliveries may start.
+    pub fn flush(&self, owner: Owner) -> Result<(), RecordError> {
+        if !self.backlog.is_waiting() {
+            return Ok(());
+        }
+        self.record(owner, Vec::new()).map(drop)
+    }
+
+    /// [`Recorder::record`] without the backlog.
+    fn record_all(
+        &self,
+        owner: Owner,
+        passes: &[Settled],
+    ) -> Result<Vec<Option<Applied>>, RecordError> {
+        let generation = self.store.generation();
         let mut bounces = Vec::new();
         let mut kept = Vec::with_capacity(passes.len());
-        for mut p in passes {
+        for p in passes {
             if p.reports.is_empty() {
                 kept.push(Some(p));
                 continue;
             }
-            let reports = std::mem::take(&mut p.reports);
             match self
                 .bouncer
-                .bounce(&p.id, &p.envelope, reports, SystemTime::now())
+                .bounce(&p.id, &p.envelope, p.reports.clone(), SystemTime::now())
             {
                 Ok(Some(b)) => bounces.push(b),
                 Ok(None) => {}
@@ -318,13 +403,30 @@ impl Recorder<'_> {
             .flatten()
             .map(|p| (p.id.clone(), p.envelope.clone()))
             .collect();
-        let applied = self
+        let durable = self
             .store
             .apply(&changes, owner, &bounces)
-            .map_err(|e| RecordError(e.to_string()))?;
-        self.committer
-            .sync_blocking()
-            .map_err(|e| RecordError(e.to_string()))?;
+            .map_err(|e| RecordError(e.to_string()))
+            .and_then(|applied| {
+                self.committer
+                    .sync_blocking()
+                    .map_err(|e| RecordError(e.to_string()))?;
+                // Applied to an opening of the store that a failed write has since closed.
+                if self.store.generation() != generation {
+                    return Err(RecordError(StoreError::Reopened.to_string()));
+                }
+                Ok(applied)
+            });
+        let applied = match durable {
+            Ok(applied) => applied,
+            Err(why) => {
+                // The bounces' bodies are written again with the next try.
+                for (bounce_id, bounce) in &bounces {
+                    let _ = self.store.discard_chunks(bounce_id, bounce.chunks);
+                }
+                return Err(why);
+            }
+        };
         for (bounce_id, bounce) in &bounces {
             self.dispatch.queued(bounce_id, bounce);
         }

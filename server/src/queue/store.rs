@@ -17,6 +17,17 @@
 //! Every method blocks; call them from a blocking thread (`smol::unblock`), never from the
 //! executor.
 //!
+//! # A failed write
+//! fjall poisons its database when a journal write or fsync fails (a full disk, an I/O
+//! error): every later write fails until it is opened again. The store notices the poisoning
+//! on the write that failed, closes the database (once nobody holds its handles any more) and
+//! opens it again on the next use, at most once a second: fjall's recovery keeps the journal's
+//! valid prefix, so what was made durable stays, and the server takes mail again by itself
+//! once the cause (say, the full disk) is gone. Each opening has a [`Store::generation`]:
+//! writes made under one generation and made durable under another may be lost, so whoever
+//! makes writes durable compares the generation before and after (the committer and
+//! [`crate::queue::settle::Recorder`] do).
+//!
 //! # The envelope encoding
 //! A version byte ([`ENVELOPE_VERSION`]), then the fields in a fixed order: integers
 //! big-endian, strings as a `u32` length and UTF-8 bytes, options as a `0`/`1` tag then the
@@ -24,7 +35,10 @@
 //! adds fields at the end and keeps decoding the old ones.
 
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 use proto_core::{Body, ForwardPath, Mailbox, Notify, Ret, ReversePath};
@@ -55,8 +69,15 @@ const CACHE_SIZE: u64 = 2 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// fjall failed (I/O, or a poisoned database after a failed fsync).
-    #[error("queue store: {0}")]
+    #[error("queue store: {}", fjall_text(.0))]
     Fjall(#[from] fjall::Error),
+    /// The database is closed after a failed write and could not be opened again yet.
+    #[error("queue store unavailable after a failed write: {0}")]
+    Unavailable(Arc<str>),
+    /// The database was opened again between some writes and the fsync meant to make them
+    /// durable: those writes may be lost, so they are not acknowledged.
+    #[error("queue store was reopened after a failed write; the writes are not durable")]
+    Reopened,
     /// A record could not be decoded.
     #[error("queue store: bad record for {id}: {why}")]
     Corrupt {
@@ -78,16 +99,72 @@ pub struct NotAnAddress(pub String);
 #[error("{0}")]
 pub struct DecodeError(String);
 
+/// fjall's error in words: an I/O error as the system says it ("No space left on device (os
+/// error 28)"), not fjall's debug form.
+fn fjall_text(e: &fjall::Error) -> String {
+    match e {
+        fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => io.to_string(),
+        fjall::Error::Poisoned => "poisoned by an earlier failed write".into(),
+        other => other.to_string(),
+    }
+}
+
+impl StoreError {
+    /// Whether the cause is a full disk or an exhausted quota (ENOSPC, EDQUOT), as far as
+    /// the error says: fjall reports the I/O error on the write that fails, and only
+    /// "poisoned" afterwards (see [`crate::files::free_space`] for the check that does not
+    /// depend on it).
+    pub fn is_disk_full(&self) -> bool {
+        fn full(e: &io::Error) -> bool {
+            matches!(e.raw_os_error(), Some(28 | 122)) || e.kind() == io::ErrorKind::StorageFull
+        }
+        match self {
+            StoreError::Fjall(fjall::Error::Io(e)) => full(e),
+            StoreError::Fjall(fjall::Error::Storage(fjall::LsmError::Io(e))) => full(e),
+            _ => false,
+        }
+    }
+}
+
 /// The open store. Cheap to clone (handles are reference-counted).
 #[derive(Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a [`Store`] shares.
+struct Shared {
+    /// The database directory.
+    dir: PathBuf,
+    /// The open database, `None` once closed after a failed write (until opened again).
+    open: RwLock<Option<Handles>>,
+    /// Bumped each time the database is opened again.
+    generation: AtomicU64,
+    /// When the database was last opened, or an opening last tried: at most one try a second.
+    last_try: Mutex<Option<Instant>>,
+    /// Why the last opening failed.
+    last_error: Mutex<Option<Arc<str>>>,
+    /// Whether the last write that failed ran into a full disk (cleared by one that works).
+    disk_full: std::sync::atomic::AtomicBool,
+    /// Tests: every write fails as on a full disk ([`Store::fail_writes`]).
+    fail_writes: std::sync::atomic::AtomicBool,
+    /// Held while an envelope is read, changed and written back ([`Store::apply`]), so two
+    /// workers changing different recipients of one message never lose each other's change.
+    update: Mutex<()>,
+}
+
+/// One opening of the database.
+#[derive(Clone)]
+struct Handles {
     db: Database,
     messages: Keyspace,
     bodies: Keyspace,
-    /// Held while an envelope is read, changed and written back ([`Store::apply`]), so two
-    /// workers changing different recipients of one message never lose each other's change.
-    update: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The generation this opening is.
+    generation: u64,
 }
+
+/// How long after a failed opening the next one may be tried.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything about a queued message except its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +321,165 @@ pub enum RecipientState {
 impl Store {
     /// Opens (or creates) the store in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let handles = Handles::open(dir, 0)?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                open: RwLock::new(Some(handles)),
+                generation: AtomicU64::new(0),
+                last_try: Mutex::new(None),
+                last_error: Mutex::new(None),
+                disk_full: std::sync::atomic::AtomicBool::new(false),
+                fail_writes: std::sync::atomic::AtomicBool::new(false),
+                update: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Which opening of the database is in use: it changes when the store is opened again
+    /// after a failed write (see the module doc).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// Tests: from now on every write fails as on a full disk (`on`), or works again. The
+    /// store layer that fails on demand, for the fault tests.
+    #[doc(hidden)]
+    pub fn fail_writes(&self, on: bool) {
+        self.shared.fail_writes.store(on, Ordering::Release);
+    }
+
+    /// The handles for a write: [`Store::handles`], or the full disk [`Store::fail_writes`]
+    /// asks for.
+    fn for_write(&self) -> Result<Handles, StoreError> {
+        if self.shared.fail_writes.load(Ordering::Acquire) {
+            self.shared.disk_full.store(true, Ordering::Release);
+            return Err(StoreError::Fjall(fjall::Error::Io(
+                io::Error::from_raw_os_error(28),
+            )));
+        }
+        self.handles()
+    }
+
+    /// Whether the last write that failed found the disk full, and no write has worked since.
+    pub fn disk_full(&self) -> bool {
+        self.shared.disk_full.load(Ordering::Acquire)
+    }
+
+    /// Whether the database is closed after a failed write, waiting to be opened again.
+    pub fn is_closed(&self) -> bool {
+        self.shared
+            .open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    /// The open database's handles, opening it again if it was closed after a failed write.
+    fn handles(&self) -> Result<Handles, StoreError> {
+        if let Some(h) = &*self
+            .shared
+            .open
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            return Ok(h.clone());
+        }
+        let mut open = self
+            .shared
+            .open
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = &*open {
+            return Ok(h.clone());
+        }
+        let mut last_try = self
+            .shared
+            .last_try
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut last_error = self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last_try.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
+            let why = last_error.clone().unwrap_or_else(|| "closed".into());
+            return Err(StoreError::Unavailable(why));
+        }
+        *last_try = Some(Instant::now());
+        let generation = self.generation() + 1;
+        match Handles::open(&self.shared.dir, generation) {
+            Ok(h) => {
+                self.shared.generation.store(generation, Ordering::Release);
+                *last_error = None;
+                crate::log::event(
+                    crate::log::Event::Store,
+                    format_args!("reopened the queue store after a failed write"),
+                );
+                *open = Some(h.clone());
+                Ok(h)
+            }
+            Err(e) => {
+                // Locked: a reader still holds the old opening; anything else is logged.
+                let why: Arc<str> = e.to_string().into();
+                if !matches!(e, StoreError::Fjall(fjall::Error::Locked)) {
+                    crate::log::event(
+                        crate::log::Event::Store,
+                        format_args!(
+                            "problem=\"cannot open the queue store again: {}\"",
+                            crate::log::quoted(&why)
+                        ),
+                    );
+                }
+                *last_error = Some(why.clone());
+                Err(StoreError::Unavailable(why))
+            }
+        }
+    }
+
+    /// Passes on `result` of a write made with `h`; when the write failed and left the
+    /// database poisoned, closes it so that the next use opens it again.
+    fn wrote<T>(&self, h: &Handles, result: Result<T, fjall::Error>) -> Result<T, StoreError> {
+        let e = match result {
+            Ok(v) => {
+                self.shared.disk_full.store(false, Ordering::Release);
+                return Ok(v);
+            }
+            Err(e) => StoreError::from(e),
+        };
+        if e.is_disk_full() {
+            self.shared.disk_full.store(true, Ordering::Release);
+        }
+        let poisoned = matches!(e, StoreError::Fjall(fjall::Error::Poisoned))
+            || matches!(
+                h.db.persist(PersistMode::Buffer),
+                Err(fjall::Error::Poisoned)
+            );
+        if poisoned {
+            let mut open = self
+                .shared
+                .open
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if open.as_ref().is_some_and(|o| o.generation == h.generation) {
+                *open = None;
+                crate::log::event(
+                    crate::log::Event::Store,
+                    format_args!(
+                        "problem=\"a write failed ({}); the queue store is closed and opened again\"",
+                        crate::log::quoted(&e)
+                    ),
+                );
+            }
+        }
+        Err(e)
+    }
+}
+
+impl Handles {
+    /// Opens the database in `dir`.
+    fn open(dir: &Path, generation: u64) -> Result<Handles, StoreError> {
         // Four background workers (fjall's default here is one per core, two): memtable
         // rotations wait in the same queue as flushes and compactions, and while they wait
         // the active memtable grows past its limit. With two workers busy compacting after a
@@ -260,43 +496,38 @@ impl Store {
                 .max_memtable_size(BODIES_MEMTABLE)
                 .with_kv_separation(Some(KvSeparationOptions::default()))
         })?;
-        Ok(Store {
+        Ok(Handles {
             db,
             messages,
             bodies,
-            update: std::sync::Arc::default(),
+            generation,
         })
     }
+}
 
+impl Store {
     /// Writes chunk `index` of `id`'s body (not synced).
     pub fn put_chunk(&self, id: &QueueId, index: u32, chunk: &[u8]) -> Result<(), StoreError> {
-        self.bodies.insert(chunk_key(id, index), chunk)?;
-        Ok(())
+        let h = self.for_write()?;
+        self.wrote(&h, h.bodies.insert(chunk_key(id, index), chunk))
     }
 
     /// Writes `id`'s envelope (not synced: ask the committer).
     pub fn put_envelope(&self, id: &QueueId, envelope: &Envelope) -> Result<(), StoreError> {
-        self.messages.insert(id.as_str(), envelope.encode())?;
-        Ok(())
+        let h = self.for_write()?;
+        self.wrote(&h, h.messages.insert(id.as_str(), envelope.encode()))
     }
 
     /// `id`'s envelope, if it is queued.
     pub fn envelope(&self, id: &QueueId) -> Result<Option<Envelope>, StoreError> {
-        match self.messages.get(id.as_str())? {
-            Some(bytes) => Envelope::decode(&bytes)
-                .map(Some)
-                .map_err(|why| StoreError::Corrupt {
-                    id: id.to_string(),
-                    why: why.to_string(),
-                }),
-            None => Ok(None),
-        }
+        let h = self.handles()?;
+        h.envelope(id)
     }
 
     /// A reader over `id`'s body, fetching one chunk at a time.
     pub fn body(&self, id: &QueueId, chunks: u32) -> BodyReader {
         BodyReader {
-            bodies: self.bodies.clone(),
+            handles: self.handles(),
             id: id.clone(),
             chunks,
             next: 0,
@@ -307,25 +538,25 @@ impl Store {
 
     /// Removes the first `chunks` chunks of `id` (an abandoned transaction; not synced).
     pub fn discard_chunks(&self, id: &QueueId, chunks: u32) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
+        let h = self.for_write()?;
+        let mut batch = h.db.batch();
         for i in 0..chunks {
-            batch.remove(&self.bodies, chunk_key(id, i));
+            batch.remove(&h.bodies, chunk_key(id, i));
         }
-        batch.commit()?;
-        Ok(())
+        self.wrote(&h, batch.commit())
     }
 
     /// Removes a message, envelope and body, in one atomic batch (not synced: if the removal
     /// is lost in a crash, the message comes back with no pending recipient and is removed
     /// again).
     pub fn remove(&self, id: &QueueId, chunks: u32) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        batch.remove(&self.messages, id.as_str());
+        let h = self.for_write()?;
+        let mut batch = h.db.batch();
+        batch.remove(&h.messages, id.as_str());
         for i in 0..chunks {
-            batch.remove(&self.bodies, chunk_key(id, i));
+            batch.remove(&h.bodies, chunk_key(id, i));
         }
-        batch.commit()?;
-        Ok(())
+        self.wrote(&h, batch.commit())
     }
 
     /// Records what a worker did, in one atomic batch (not synced: ask the committer).
@@ -343,13 +574,15 @@ impl Store {
         new: &[(QueueId, Envelope)],
     ) -> Result<Vec<Applied>, StoreError> {
         let _guard = self
+            .shared
             .update
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut batch = self.db.batch();
+            .unwrap_or_else(PoisonError::into_inner);
+        let h = self.for_write()?;
+        let mut batch = h.db.batch();
         let mut applied = Vec::with_capacity(changes.len());
         for (id, changed) in changes {
-            let Some(mut stored) = self.envelope(id)? else {
+            let Some(mut stored) = h.envelope(id)? else {
                 applied.push(Applied::Gone);
                 continue;
             };
@@ -363,33 +596,34 @@ impl Store {
                 }
             }
             if stored.pending() {
-                batch.insert(&self.messages, id.as_str(), stored.encode());
+                batch.insert(&h.messages, id.as_str(), stored.encode());
                 applied.push(Applied::Pending(stored.next_attempt(owner)));
             } else {
-                batch.remove(&self.messages, id.as_str());
+                batch.remove(&h.messages, id.as_str());
                 for i in 0..stored.chunks {
-                    batch.remove(&self.bodies, chunk_key(id, i));
+                    batch.remove(&h.bodies, chunk_key(id, i));
                 }
                 applied.push(Applied::Removed);
             }
         }
         for (id, envelope) in new {
-            batch.insert(&self.messages, id.as_str(), envelope.encode());
+            batch.insert(&h.messages, id.as_str(), envelope.encode());
         }
-        batch.commit()?;
+        self.wrote(&h, batch.commit())?;
         Ok(applied)
     }
 
     /// Makes every write so far durable: one fsync of the journal.
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncAll)?;
-        Ok(())
+        let h = self.for_write()?;
+        self.wrote(&h, h.db.persist(PersistMode::SyncAll))
     }
 
     /// Every queued message's id, in id (= time) order.
     pub fn ids(&self) -> Result<Vec<QueueId>, StoreError> {
+        let h = self.handles()?;
         let mut ids = Vec::new();
-        for guard in self.messages.iter() {
+        for guard in h.messages.iter() {
             let key = guard.key()?;
             ids.push(parse_id(&key)?);
         }
@@ -399,8 +633,9 @@ impl Store {
     /// Removes body chunks that have no envelope (transactions that were never acknowledged).
     /// Run at startup, before sessions write. Returns how many messages' chunks went.
     pub fn sweep(&self) -> Result<usize, StoreError> {
+        let h = self.for_write()?;
         let mut orphans: Vec<(QueueId, u32)> = Vec::new();
-        for guard in self.bodies.iter() {
+        for guard in h.bodies.iter() {
             let key = guard.key()?;
             if key.len() != 20 {
                 return Err(StoreError::Corrupt {
@@ -415,21 +650,36 @@ impl Store {
                 *n += 1;
                 continue;
             }
-            if !self.messages.contains_key(id.as_str())? {
+            if !h.messages.contains_key(id.as_str())? {
                 orphans.push((id, 1));
             }
         }
         let count = orphans.len();
-        let mut batch = self.db.batch();
+        let mut batch = h.db.batch();
         for (id, _) in &orphans {
             // Chunk indexes are dense from 0, but a crash may have lost some: remove by prefix.
-            for guard in self.bodies.prefix(id.as_str()) {
-                batch.remove(&self.bodies, guard.key()?);
+            for guard in h.bodies.prefix(id.as_str()) {
+                batch.remove(&h.bodies, guard.key()?);
             }
         }
-        batch.commit()?;
+        self.wrote(&h, batch.commit())?;
         self.sync()?;
         Ok(count)
+    }
+}
+
+impl Handles {
+    /// `id`'s envelope in this opening, if it is queued.
+    fn envelope(&self, id: &QueueId) -> Result<Option<Envelope>, StoreError> {
+        match self.messages.get(id.as_str())? {
+            Some(bytes) => Envelope::decode(&bytes)
+                .map(Some)
+                .map_err(|why| StoreError::Corrupt {
+                    id: id.to_string(),
+                    why: why.to_string(),
+                }),
+            None => Ok(None),
+        }
     }
 }
 
@@ -441,7 +691,8 @@ impl std::fmt::Debug for Store {
 
 /// Reads a stored body chunk by chunk: at most one chunk in memory.
 pub struct BodyReader {
-    bodies: Keyspace,
+    /// The opening the body is read from (it keeps that opening alive while reading).
+    handles: Result<Handles, StoreError>,
     id: QueueId,
     chunks: u32,
     next: u32,
@@ -465,13 +716,13 @@ impl Read for BodyReader {
                 return Ok(0);
             }
             let key = chunk_key(&self.id, self.next);
-            self.current = self
-                .bodies
-                .get(key)
-                .map_err(io::Error::other)?
-                .ok_or_else(|| {
-                    io::Error::other(format!("chunk {} of {} is missing", self.next, self.id))
-                })?;
+            let bodies = match &self.handles {
+                Ok(h) => &h.bodies,
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            };
+            self.current = bodies.get(key).map_err(io::Error::other)?.ok_or_else(|| {
+                io::Error::other(format!("chunk {} of {} is missing", self.next, self.id))
+            })?;
             self.offset = 0;
             self.next += 1;
         }
@@ -1186,6 +1437,8 @@ mod tests {
         let good = sample().encode();
         let damaged = replace_once(&good, b"<bob@example.net>", b"<bob example.net>");
         store
+            .handles()
+            .expect("open")
             .messages
             .insert(id.as_str(), damaged.as_slice())
             .expect("insert");
@@ -1229,6 +1482,6 @@ mod tests {
         assert!(store.body(&orphan, 1).read_to_end(&mut gone).is_err());
         store.remove(&kept, e.chunks).expect("remove");
         assert!(store.ids().expect("ids").is_empty());
-        assert_eq!(store.bodies.iter().count(), 0);
+        assert_eq!(store.handles().expect("open").bodies.iter().count(), 0);
     }
 }

@@ -51,8 +51,9 @@ use crate::mailauth::{Disposition, Inbound, SpfResults, spf_word};
 use crate::queue::QueueId;
 use crate::queue::commit::{CommitError, Committer};
 use crate::queue::dispatch::Dispatch;
+use crate::queue::space::Reserve;
 use crate::queue::store::{
-    self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, TraceRecord,
+    self, CHUNK_SIZE, Envelope, Recipient, RecipientState, Store, StoreError, TraceRecord,
 };
 use crate::reception::trace::{MAX_RECEIVED, ReceivedCounter};
 
@@ -73,6 +74,8 @@ pub struct Shared {
     pub allow_plaintext_on_loopback: bool,
     /// The queue store.
     pub store: Store,
+    /// The free-space reserve of the data directory: below it, new mail is refused.
+    pub reserve: Reserve,
     /// Group commit.
     pub committer: Committer,
     /// Where queued messages go for delivery.
@@ -109,8 +112,8 @@ struct Transaction {
     chunks: u32,
     /// Body bytes received so far.
     size: u64,
-    /// Why the body could not be stored, once it could not.
-    failure: Option<String>,
+    /// Why the body could not be stored, once it could not, and whether the disk was full.
+    failure: Option<(String, bool)>,
     /// The DKIM signing of an authenticated user's message.
     signing: Option<Signing>,
     /// The checks of a message from another server.
@@ -121,6 +124,9 @@ struct Transaction {
     headers: String,
     /// The check results, for the log.
     auth_summary: Option<String>,
+    /// The store's generation when the transaction began: if the store is opened again
+    /// before the commit, the chunks written so far may be lost, and the message is refused.
+    generation: u64,
 }
 
 /// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
@@ -293,14 +299,10 @@ impl Reception {
 
     /// Makes the finished transaction durable; the verdict for its end of data.
     async fn queue(&self, session: &Session, mut t: Transaction) -> Verdict {
-        if let Some(why) = t.failure.take() {
+        if let Some((why, disk_full)) = t.failure.take() {
             log::event(Event::Failed, format_args!("id={} reason=\"{why}\"", t.id));
             discard(&self.shared.store, &t.id, t.chunks, false).await;
-            return Verdict::Reject(Reply::of(
-                ReplyCode::LOCAL_ERROR,
-                (4, 3, 0),
-                "Local error in processing, try again later",
-            ));
+            return Verdict::Reject(self.store_failure_reply(disk_full));
         }
         // The last piece of the body is written by the committer with the envelope (one trip
         // to its thread for both).
@@ -336,8 +338,9 @@ impl Reception {
         let id = t.id.clone();
         let (size, chunks) = (t.size, t.chunks);
         let queued = envelope.clone();
+        let generation = t.generation;
         smol::spawn(async move {
-            let result = commit(&shared, &id, last, envelope).await;
+            let result = commit(&shared, &id, last, envelope, generation).await;
             match &result {
                 Ok(()) => {
                     log::event(
@@ -354,12 +357,10 @@ impl Reception {
             let _ = done.try_send(result);
         })
         .detach();
-        if !matches!(outcome.recv().await, Ok(Ok(()))) {
-            return Verdict::Reject(Reply::of(
-                ReplyCode::LOCAL_ERROR,
-                (4, 3, 0),
-                "Local error in processing, try again later",
-            ));
+        match outcome.recv().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Verdict::Reject(self.store_failure_reply(e.is_disk_full())),
+            Err(_) => return Verdict::Reject(self.store_failure_reply(false)),
         }
         Verdict::AcceptWithText(format!("Ok: queued as {}", t.id))
     }
@@ -422,6 +423,14 @@ impl Handler for Reception {
         if let Some(old) = self.transaction.take() {
             discard(&self.shared.store, &old.id, old.chunks, false).await;
         }
+        if let Err(short) = self.shared.reserve.check(params.size.unwrap_or(0)) {
+            return self.refuse(
+                session,
+                "-",
+                &format!("from={from} reason=\"{short}\""),
+                full_reply(),
+            );
+        }
         let id = QueueId::new();
         let mut checks = None;
         if let Some(ip) = self.checked_ip(session) {
@@ -461,6 +470,7 @@ impl Handler for Reception {
             forged: ForgedFilter::new(&self.shared.inbound.hostname),
             headers: String::new(),
             auth_summary: None,
+            generation: self.shared.store.generation(),
         });
         Verdict::Accept
     }
@@ -618,18 +628,49 @@ impl Handler for Reception {
     }
 }
 
+impl Reception {
+    /// The reply when the store could not take a message: 452 4.3.1 (RFC 3463 "mail system
+    /// full") when the write found the disk full or the disk is short of space, else 451
+    /// 4.3.0.
+    fn store_failure_reply(&self, disk_full: bool) -> Reply {
+        if disk_full || self.shared.store.disk_full() || self.shared.reserve.check(0).is_err() {
+            full_reply()
+        } else {
+            Reply::of(
+                ReplyCode::LOCAL_ERROR,
+                (4, 3, 0),
+                "Local error in processing, try again later",
+            )
+        }
+    }
+}
+
+/// 452 4.3.1: no room for the message now.
+fn full_reply() -> Reply {
+    Reply::of(
+        ReplyCode::INSUFFICIENT_STORAGE,
+        (4, 3, 1),
+        "Insufficient system storage, try again later",
+    )
+}
+
 /// Writes the `last` chunk of `id`'s body (index and bytes), if any, then its envelope, and
-/// waits for the group commit to make the message durable.
+/// waits for the group commit to make the message durable. `generation`: the store's when
+/// the first chunk was written; a store opened again since then refuses the commit.
 async fn commit(
     shared: &Shared,
     id: &QueueId,
     last: Option<(u32, Vec<u8>)>,
     envelope: Envelope,
+    generation: u64,
 ) -> Result<(), CommitError> {
     let id = id.clone();
     shared
         .committer
         .write_and_sync(move |store| {
+            if store.generation() != generation {
+                return Err(StoreError::Reopened);
+            }
             if let Some((index, chunk)) = last {
                 store.put_chunk(&id, index, &chunk)?;
             }
@@ -645,7 +686,7 @@ async fn write_chunk(store: &Store, t: &mut Transaction, chunk: Vec<u8>) {
     let index = t.chunks;
     match smol::unblock(move || store.put_chunk(&id, index, &chunk)).await {
         Ok(()) => t.chunks += 1,
-        Err(e) => t.failure = Some(e.to_string()),
+        Err(e) => t.failure = Some((e.to_string(), e.is_disk_full())),
     }
 }
 

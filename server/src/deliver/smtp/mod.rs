@@ -95,6 +95,8 @@ pub struct Outbound {
     busy: Mutex<HashMap<QueueId, bool>>,
     /// Retry timers, sending on the outbound workers' channel.
     timers: Timers,
+    /// Passes whose outcome could not be recorded yet: while any wait, nothing is delivered.
+    backlog: settle::Backlog,
 }
 
 impl Outbound {
@@ -129,6 +131,7 @@ impl Outbound {
             per_domain: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             timers: Timers::new(dispatch_remote),
+            backlog: settle::Backlog::default(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl Outbound {
             committer: &self.committer,
             bouncer: &self.bouncer,
             dispatch: &self.dispatch,
+            backlog: &self.backlog,
         }
     }
 
@@ -213,6 +217,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One look at a message: deliver its due remote recipients, record, schedule the rest.
 async fn process(o: &Arc<Outbound>, id: &QueueId) {
+    // Earlier outcomes not recorded yet: record them first, or deliver nothing (a copy
+    // delivered now could not be recorded either).
+    if o.backlog.is_waiting() {
+        let o2 = o.clone();
+        if smol::unblock(move || o2.recorder().flush(Owner::Remote))
+            .await
+            .is_err()
+        {
+            o.timers.at(id, unix_now() + settle::BACKLOG_RETRY);
+            return;
+        }
+    }
     let store = o.store.clone();
     let lookup_id = id.clone();
     let envelope = match smol::unblock(move || store.envelope(&lookup_id)).await {
@@ -286,9 +302,10 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         Ok(Some(_)) => {}
         // The bounce could not be written: the recipients stay pending, tried again.
         Ok(None) => o.timers.at(id, unix_now() + settle::RECORD_RETRY),
+        // Kept in the backlog, recorded before anything else is delivered.
         Err(why) => {
             log::event(Event::Deferred, format_args!("id={id} reason=\"{why}\""));
-            o.timers.at(id, unix_now() + settle::RECORD_RETRY);
+            o.timers.at(id, unix_now() + settle::BACKLOG_RETRY);
         }
     }
 }
