@@ -99,12 +99,14 @@ smtp_listener = false
 # Allow AUTH without TLS on listeners bound to a loopback address (127.0.0.1, ::1). For tests
 # only: never turn this on for a server others use.
 allow_plaintext_on_loopback = false
-# Brute-force defence: failed logins are counted per client IP and per user name. From this
-# many failures on, each failed reply is delayed by failure_delay_ms milliseconds...
+# Brute-force defence: failed logins are counted per client network (an IPv4 address, an
+# IPv6 /64) and per user name. From this many failures of either on, each failed reply is
+# delayed by failure_delay_ms milliseconds...
 delay_after_failures = 3
 failure_delay_ms = 2000
-# ...and at this many, logins from that IP or for that user are refused (454 4.7.0) until
-# lockout_seconds have passed since the last failure. Failures older than that are forgotten.
+# ...and at this many from one network, logins from that network are refused (454 4.7.0)
+# until lockout_seconds have passed since its last failure. A user is never locked out for
+# everyone: guesses from elsewhere only slow them down. Failures older than that are forgotten.
 lockout_after_failures = 10
 lockout_seconds = 900
 

@@ -12,14 +12,21 @@
 //!   as someone else; [RFC 4616 section 2](https://www.rfc-editor.org/rfc/rfc4616#section-2):
 //!   the server "MUST verify that the authentication identity ... is allowed to act as the
 //!   authorization identity");
-//! - failures are counted per client IP and per user name. From `delay_after` failures on,
-//!   each failed reply is delayed by `delay` (on a timer, not a thread); at `lockout_after`
-//!   failures, logins for that IP or user are refused with 454 4.7.0 without checking the
-//!   password, until `lockout` has passed since the last failure. Failures older than
-//!   `lockout` are forgotten. A success clears the user's count (not the IP's).
+//! - failures are counted per client network (an IPv4 address, an IPv6 /64) and per user
+//!   name. From `delay_after` failures of either on, each failed reply is delayed by `delay`
+//!   (on a timer, not a thread). At `lockout_after` failures from one network, logins from
+//!   that network are refused with 454 4.7.0 without checking the password, until `lockout`
+//!   has passed since its last failure. A user name is never locked: guesses from elsewhere
+//!   cannot lock the real user out, they only slow every guess for that name down. Attempts
+//!   in flight count against the lockout, so concurrent connections get no more tries than
+//!   sequential ones. Failures older than `lockout` are forgotten. A success clears the
+//!   user's count (not the network's).
 //!
-//! Each hash costs about 19 MiB and some CPU time; at most one per CPU (and at least two) run
-//! at once, so a flood of logins queues up instead of exhausting memory or threads.
+//! Each hash costs about 19 MiB and some CPU time. They run on a few threads of their own
+//! (one per CPU, at least two) that keep their hash memory from one login to the next: a
+//! flood of logins queues up instead of exhausting memory or threads, and the memory the
+//! hashes hold stays the same however many logins came (hashing on a general blocking pool
+//! left ~19 MiB in the allocator of every thread that ever hashed).
 //!
 //! Log lines name the client IP and the outcome, never the user name or the password.
 
@@ -32,7 +39,6 @@ use toml::Spanned;
 
 use async_io::Timer;
 use proto_core::{Reply, server::Credentials};
-use smol::lock::Semaphore;
 
 use crate::directory::users::{self, Address, UserDb};
 use crate::log::{self, Event};
@@ -68,22 +74,96 @@ pub struct Authenticator {
     users: Arc<UserDb>,
     settings: AuthSettings,
     failures: Mutex<Failures>,
-    /// Bounds the password checks running at once.
-    hashing: Semaphore,
+    /// The password checks, on their own threads.
+    hashing: Hashers,
 }
 
-/// Failure counts, by client IP and by user name.
+/// Failure counts, by client network and by user name.
 #[derive(Debug, Default)]
 struct Failures {
     by_ip: HashMap<IpAddr, Count>,
     by_user: HashMap<String, Count>,
 }
 
-/// Failures of one key, and when the last one happened.
+/// Failures of one key, when the last one happened, and the attempts being checked now.
 #[derive(Debug, Clone, Copy)]
 struct Count {
     failures: u32,
     last: Instant,
+    in_flight: u32,
+}
+
+/// The network a client's failures are counted under: an IPv4 address, or the /64 of an
+/// IPv6 address (one host usually has a whole /64).
+fn network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
+}
+
+/// A login being checked: counted against its network's lockout until dropped.
+struct Attempt<'a> {
+    auth: &'a Authenticator,
+    network: Option<IpAddr>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(net) = self.network {
+            let mut f = self.auth.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = f.by_ip.get_mut(&net) {
+                c.in_flight = c.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The threads that hash passwords, and the queue of checks waiting for one.
+#[derive(Debug)]
+struct Hashers {
+    jobs: async_channel::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Hashers {
+    /// `n` threads (at least one); they stop when the handle is dropped.
+    fn start(n: usize) -> Hashers {
+        let (jobs, queue) = async_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        for i in 0..n.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("postern-hash-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = queue.recv_blocking() {
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                log::event(
+                    Event::Auth,
+                    format_args!("problem=\"cannot start a hashing thread: {e}\""),
+                );
+            }
+        }
+        Hashers { jobs }
+    }
+
+    /// Runs `check` on a hashing thread and waits for its answer (`None`: no thread took it).
+    async fn run<T: Send + 'static>(
+        &self,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (answer, rx) = async_channel::bounded(1);
+        let job = Box::new(move || {
+            let _ = answer.try_send(check());
+        });
+        self.jobs.send(job).await.ok()?;
+        rx.recv().await.ok()
+    }
 }
 
 impl Default for AuthSettings {
@@ -107,7 +187,7 @@ impl Authenticator {
             users,
             settings,
             failures: Mutex::new(Failures::default()),
-            hashing: Semaphore::new(cpus.max(2)),
+            hashing: Hashers::start(cpus.max(2)),
         }
     }
 
@@ -122,11 +202,11 @@ impl Authenticator {
         let client = client.map(|ip| ip.to_canonical());
         let name = user_key(&credentials.authcid);
         let ip_text = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-        if let Some(which) = self.locked(client, &name, Instant::now()) {
+        let Some(attempt) = self.begin(client, Instant::now()) else {
             log::event(
                 Event::Auth,
                 format_args!(
-                    "client={ip_text} role={role} result=locked reason=\"too many failures for this {which}\""
+                    "client={ip_text} role={role} result=locked reason=\"too many failures from this client\""
                 ),
             );
             return Err(Reply::of(
@@ -134,14 +214,17 @@ impl Authenticator {
                 (4, 7, 0),
                 "Too many failed logins, try again later",
             ));
-        }
+        };
 
         let this = self.clone();
-        let permit = self.hashing.acquire().await;
-        let verified = smol::unblock(move || this.verify(&credentials)).await;
-        drop(permit);
+        let verified = self
+            .hashing
+            .run(move || this.verify(&credentials))
+            .await
+            .unwrap_or(Err("no hashing thread"));
         match verified {
             Ok(address) => {
+                drop(attempt);
                 self.succeeded(&name);
                 log::event(
                     Event::Auth,
@@ -151,6 +234,7 @@ impl Authenticator {
             }
             Err(why) => {
                 let (count, locked_now) = self.failed(client, name, Instant::now());
+                drop(attempt);
                 log::event(
                     Event::Auth,
                     format_args!(
@@ -198,39 +282,55 @@ impl Authenticator {
         }
     }
 
-    /// Whether `client` or `name` is locked out: which of the two.
-    fn locked(&self, client: Option<IpAddr>, name: &str, now: Instant) -> Option<&'static str> {
+    /// Starts checking a login from `client`: `None` when its network is locked out (its
+    /// failures and the attempts in flight reach the lockout), else the attempt, counted as
+    /// in flight until dropped.
+    fn begin(&self, client: Option<IpAddr>, now: Instant) -> Option<Attempt<'_>> {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let s = &self.settings;
-        let is_locked = |c: Option<&Count>| {
-            c.is_some_and(|c| c.failures >= s.lockout_after && now - c.last < s.lockout)
-        };
         // Sweeping is O(n): only when the tables have grown; stale counts are ignored anyway.
         if f.by_ip.len() + f.by_user.len() > SWEEP_ABOVE {
             f.expire(now, s.lockout);
         }
-        if is_locked(client.and_then(|ip| f.by_ip.get(&ip))) {
-            return Some("client");
+        let Some(net) = client.map(network) else {
+            return Some(Attempt {
+                auth: self,
+                network: None,
+            });
+        };
+        if f.by_ip.len() >= MAX_TRACKED_IPS && !f.by_ip.contains_key(&net) {
+            return Some(Attempt {
+                auth: self,
+                network: None,
+            });
         }
-        if is_locked(f.by_user.get(name)) {
-            return Some("user");
+        let c = f.by_ip.entry(net).or_insert(Count::new(now));
+        if now - c.last >= s.lockout {
+            c.failures = 0;
         }
-        None
+        if c.failures.saturating_add(c.in_flight) >= s.lockout_after {
+            return None;
+        }
+        c.in_flight += 1;
+        Some(Attempt {
+            auth: self,
+            network: Some(net),
+        })
     }
 
-    /// Counts a failure; returns the larger count and whether it just reached the lockout.
+    /// Counts a failure; returns the larger count and whether the client's network just
+    /// reached the lockout.
     fn failed(&self, client: Option<IpAddr>, name: String, now: Instant) -> (u32, bool) {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let keep = self.settings.lockout;
         let mut count = 0;
-        if let Some(ip) = client
-            && (f.by_ip.len() < MAX_TRACKED_IPS || f.by_ip.contains_key(&ip))
+        let mut locked_now = false;
+        if let Some(net) = client.map(network)
+            && (f.by_ip.len() < MAX_TRACKED_IPS || f.by_ip.contains_key(&net))
         {
-            count = count.max(bump(
-                f.by_ip.entry(ip).or_insert(Count::new(now)),
-                now,
-                keep,
-            ));
+            let n = bump(f.by_ip.entry(net).or_insert(Count::new(now)), now, keep);
+            locked_now = n == self.settings.lockout_after;
+            count = n;
         }
         if f.by_user.len() < MAX_TRACKED_USERS || f.by_user.contains_key(&name) {
             count = count.max(bump(
@@ -239,7 +339,7 @@ impl Authenticator {
                 keep,
             ));
         }
-        (count, count == self.settings.lockout_after)
+        (count, locked_now)
     }
 
     /// Forgets the user's failures after a successful login.
@@ -252,7 +352,8 @@ impl Authenticator {
 impl Failures {
     /// Drops counts whose last failure is older than `keep`.
     fn expire(&mut self, now: Instant, keep: Duration) {
-        self.by_ip.retain(|_, c| now - c.last < keep);
+        self.by_ip
+            .retain(|_, c| c.in_flight > 0 || now - c.last < keep);
         self.by_user.retain(|_, c| now - c.last < keep);
     }
 }
@@ -262,6 +363,7 @@ impl Count {
         Count {
             failures: 0,
             last: now,
+            in_flight: 0,
         }
     }
 }
@@ -346,30 +448,60 @@ mod tests {
         )
     }
 
+    /// Whether a login from `ip` would be checked now (and forgets the attempt).
+    fn may_try(a: &Authenticator, ip: &str, now: Instant) -> bool {
+        a.begin(Some(ip.parse().expect("ip")), now).is_some()
+    }
+
     #[test]
-    fn lockout_by_ip_and_by_user_then_expiry() {
+    fn a_client_network_is_locked_out_and_never_the_user() {
         let a = authenticator(3);
         let t0 = Instant::now();
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let other: IpAddr = "192.0.2.2".parse().expect("ip");
         for i in 1..=3 {
-            assert_eq!(a.locked(Some(ip), "alice@x", t0), None, "attempt {i}");
-            let (count, now_locked) = a.failed(Some(ip), format!("u{i}@x"), t0);
+            assert!(may_try(&a, "192.0.2.1", t0), "attempt {i}");
+            let (count, now_locked) = a.failed(Some(ip), "alice@x".into(), t0);
             assert_eq!((count, now_locked), (i, i == 3));
         }
-        assert_eq!(a.locked(Some(ip), "alice@x", t0), Some("client"));
-        assert_eq!(a.locked(Some(other), "alice@x", t0), None);
-        // Spread over IPs, one user name still locks.
-        for i in 0..3 {
-            let ip = IpAddr::from([198, 51, 100, i]);
-            a.failed(Some(ip), "bob@x".into(), t0);
+        // That client is locked out, for every user; alice from elsewhere is not.
+        assert!(!may_try(&a, "192.0.2.1", t0));
+        assert!(may_try(&a, "192.0.2.2", t0));
+        // Guesses for one user from many networks lock none of them, nor the user.
+        for i in 0..20 {
+            let other = IpAddr::from([198, 51, 100, i]);
+            a.failed(Some(other), "bob@x".into(), t0);
         }
-        assert_eq!(a.locked(Some(other), "bob@x", t0), Some("user"));
-        // The lockout ends `lockout` after the last failure.
+        assert!(may_try(&a, "198.51.100.1", t0));
+        assert!(may_try(&a, "203.0.113.9", t0));
+        // An IPv6 client's whole /64 counts as one.
+        for _ in 0..3 {
+            a.failed(
+                Some("2001:db8::1".parse().expect("ip")),
+                "carol@x".into(),
+                t0,
+            );
+        }
+        assert!(!may_try(&a, "2001:db8::ffff:1", t0));
+        assert!(may_try(&a, "2001:db8:0:1::1", t0));
+        // The lockout ends `lockout` after the last failure, and old failures are forgotten.
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(a.locked(Some(ip), "bob@x", later), None);
-        // ...and old failures no longer count.
-        assert_eq!(a.failed(Some(ip), "bob@x".into(), later), (1, false));
+        assert!(may_try(&a, "192.0.2.1", later));
+        assert_eq!(a.failed(Some(ip), "alice@x".into(), later), (1, false));
+    }
+
+    /// Attempts being checked count: concurrent connections get no more tries than
+    /// sequential ones.
+    #[test]
+    fn attempts_in_flight_count_against_the_lockout() {
+        let a = authenticator(3);
+        let t0 = Instant::now();
+        let ip = Some("192.0.2.7".parse().expect("ip"));
+        let started: Vec<_> = (0..5).filter_map(|_| a.begin(ip, t0)).collect();
+        assert_eq!(started.len(), 3, "three checks at once, no more");
+        drop(started);
+        // Finished without failing (say, right passwords): the slots are free again.
+        let again: Vec<_> = (0..5).filter_map(|_| a.begin(ip, t0)).collect();
+        assert_eq!(again.len(), 3);
     }
 
     #[test]
@@ -379,9 +511,9 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         a.failed(Some(ip), "alice@x".into(), t0);
         a.succeeded("alice@x");
+        assert_eq!(a.failed(None, "alice@x".into(), t0), (1, false));
         a.failed(Some(ip), "alice@x".into(), t0);
-        assert_eq!(a.locked(None, "alice@x", t0), None);
-        assert_eq!(a.locked(Some(ip), "carol@x", t0), Some("client"));
+        assert!(!may_try(&a, "192.0.2.1", t0));
     }
 
     #[test]

@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use proto_core::{Domain, Mailbox};
 use unicode_normalization::UnicodeNormalization;
 
@@ -543,10 +543,57 @@ pub fn verify_password(phc: Option<&str>, password: &str) -> bool {
             Err(_) => return false,
         },
     };
-    let ok = Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok();
-    ok && real
+    verify_with_reused_memory(&hash, password.as_bytes()) && real
+}
+
+thread_local! {
+    /// The Argon2 working memory of this thread, kept from one check to the next: a hash
+    /// costs ~19 MiB, and memory freed by a thread tends to stay in its allocator's arena, so
+    /// reusing one buffer keeps what a thread holds at one hash's worth.
+    static HASH_MEMORY: std::cell::RefCell<Vec<argon2::Block>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `password` hashes to `hash` (constant-time comparison), with this thread's
+/// reused working memory.
+fn verify_with_reused_memory(hash: &PasswordHash<'_>, password: &[u8]) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let Ok(version) = hash
+        .version
+        .map(argon2::Version::try_from)
+        .transpose()
+        .map(Option::unwrap_or_default)
+    else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    let hashed = HASH_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() != blocks {
+            memory.clear();
+            memory.shrink_to_fit();
+            memory.resize(blocks, argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
+            .is_ok()
+    });
+    // `Output`'s equality is constant-time.
+    hashed && argon2::password_hash::Output::new(&out).is_ok_and(|o| o == *expected)
 }
 
 /// The hash unknown users are checked against: a random password, hashed once per process.
@@ -725,6 +772,28 @@ mod tests {
         assert!(!verify_password(None, "guess"));
         assert!(!verify_password(Some("not a PHC string"), "guess"));
         assert!(verify_password(Some(&real_phc), "pw"));
+    }
+
+    /// Hashes made elsewhere, with other costs and algorithms, verify with the reused memory
+    /// (it is resized to each hash's cost), and only for the right password.
+    #[test]
+    fn hashes_of_other_costs_verify_on_one_thread() {
+        use argon2::{Algorithm, Params, Version};
+        let salt = SaltString::encode_b64(b"sixteen byte slt").expect("salt");
+        for (algorithm, m_cost, t_cost) in [
+            (Algorithm::Argon2id, 8, 1),
+            (Algorithm::Argon2i, 64, 2),
+            (Algorithm::Argon2d, 4096, 1),
+            (Algorithm::Argon2id, 8, 1),
+        ] {
+            let params = Params::new(m_cost, t_cost, 1, None).expect("params");
+            let phc = Argon2::new(algorithm, Version::V0x13, params)
+                .hash_password(b"right", &salt)
+                .expect("hash")
+                .to_string();
+            assert!(verify_password(Some(&phc), "right"), "{phc}");
+            assert!(!verify_password(Some(&phc), "wrong"), "{phc}");
+        }
     }
 
     #[test]
