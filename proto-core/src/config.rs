@@ -148,12 +148,17 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Timeouts {
-    /// Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    /// A whole command line, from the moment the session is ready to read it (RFC 5321
+    /// 4.5.3.2.7: at least 5 minutes). Bytes of a line that has not ended do not extend it.
     pub command: Duration,
-    /// Waiting for more message data inside DATA or BDAT.
+    /// Inside DATA or BDAT, the longest wait for more octets (see `min_data_rate`).
     pub data: Duration,
     /// The whole session, however active.
     pub session: Duration,
+    /// Inside DATA or BDAT, the slowest the client may send, in octets per second: each
+    /// octet earns `1 / min_data_rate` s more, up to `data` from now (see Postfix's
+    /// `smtpd_min_data_rate`). 0: none, and `data` restarts on every read.
+    pub min_data_rate: u32,
 }
 
 impl Default for Timeouts {
@@ -162,6 +167,7 @@ impl Default for Timeouts {
             command: Duration::from_secs(5 * 60),
             data: Duration::from_secs(5 * 60),
             session: Duration::from_secs(60 * 60),
+            min_data_rate: 500,
         }
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use core::net::SocketAddr;
 
@@ -398,7 +398,6 @@ impl Session {
             _ => {}
         }
         self.input.extend_from_slice(bytes);
-        self.arm_idle(now);
         self.process(now);
     }
 
@@ -566,6 +565,10 @@ impl Session {
     /// reading states.
     fn process(&mut self, now: Instant) {
         let mut at = 0;
+        let waiting_before = self.waiting_for();
+        // Complete lines taken, and message octets taken: what moves the read deadline.
+        let mut lines = false;
+        let mut octets: u64 = 0;
         loop {
             match &mut self.state {
                 State::Closed | State::Pending(..) | State::TlsHandshake => break,
@@ -583,14 +586,22 @@ impl Session {
                     let limit = self.command_limit(at);
                     match self.take_line(&mut at, limit) {
                         LineRead::Line(range) => {
+                            lines = true;
                             let line = self.input[range].to_vec();
                             self.on_command_line(&line);
                         }
-                        LineRead::TooLong => self.fail(Reply::of(
-                            ReplyCode::SYNTAX_ERROR,
-                            (5, 5, 2),
-                            "Line too long",
-                        )),
+                        LineRead::BareLf => {
+                            lines = true;
+                            self.fail(bare_lf());
+                        }
+                        LineRead::TooLong => {
+                            lines = true;
+                            self.fail(Reply::of(
+                                ReplyCode::SYNTAX_ERROR,
+                                (5, 5, 2),
+                                "Line too long",
+                            ));
+                        }
                         LineRead::Incomplete => break,
                     }
                 }
@@ -598,6 +609,7 @@ impl Session {
                     let limit = self.config.limits.max_auth_line;
                     match self.take_line(&mut at, limit) {
                         LineRead::Line(range) => {
+                            lines = true;
                             let line = self.input[range].to_vec();
                             let State::Auth(st) =
                                 std::mem::replace(&mut self.state, State::Command)
@@ -607,7 +619,13 @@ impl Session {
                             let step = sasl::step(st, &line);
                             self.on_sasl_step(step);
                         }
+                        LineRead::BareLf => {
+                            lines = true;
+                            self.state = State::Command;
+                            self.fail(bare_lf());
+                        }
                         LineRead::TooLong => {
+                            lines = true;
                             self.state = State::Command;
                             self.fail(Reply::of(
                                 ReplyCode::SYNTAX_ERROR,
@@ -623,6 +641,7 @@ impl Session {
                     let fed = reader.feed(&self.input[at..], &mut self.body, limit);
                     let problem = reader.problem();
                     at += fed.consumed;
+                    octets += fed.consumed as u64;
                     if self.body.len() >= limit {
                         self.flush_body();
                     }
@@ -638,6 +657,7 @@ impl Session {
                         .min(available)
                         .min(self.config.limits.max_chunk as u64);
                     *remaining -= take;
+                    octets += take;
                     let done = *remaining == 0;
                     let take = take as usize; // at most max_chunk
                     if self.transaction_accepts_chunk_bytes() {
@@ -668,8 +688,12 @@ impl Session {
         }
         if matches!(self.state, State::Pending(..)) {
             self.idle_deadline = None;
-        } else if !self.is_closed() {
+        } else if self.is_closed() {
+            // Nothing more is read.
+        } else if lines || self.idle_deadline.is_none() || self.waiting_for() != waiting_before {
             self.arm_idle(now);
+        } else if octets > 0 {
+            self.credit_octets(now, octets);
         }
     }
 
@@ -1006,6 +1030,19 @@ impl Session {
     }
 
     fn on_bdat(&mut self, size: u64, last: bool) {
+        if size > self.config.limits.max_message_size {
+            // A chunk larger than any message we take. RFC 3030 2 has the server read a
+            // refused chunk's octets anyway, to stay in step with the client; reading up to
+            // 2^64 octets for nothing is a flood, so the chunk is refused before any of them
+            // is read and the session closes (what follows could not be read as commands).
+            self.abort_transaction();
+            self.fatal(Reply::of(
+                ReplyCode::EXCEEDED_STORAGE,
+                (5, 3, 4),
+                "Chunk exceeds fixed maximum message size; closing",
+            ));
+            return;
+        }
         let refuse =
             |code, e: (u8, u16, u16), text: &str| ChunkEnd::Refuse(Reply::of(code, e, text));
         let end = if !(self.is_esmtp() && self.config.extensions.chunking) {
@@ -1180,9 +1217,10 @@ impl Session {
         }
     }
 
-    /// Takes one line ending in LF (an optional CR before it is removed) starting at `*at`.
-    /// A line longer than `limit` (its line end included) is skipped to its LF and reported
-    /// once as too long; its bytes are never interpreted.
+    /// Takes one line ending in CRLF (removed) starting at `*at`. A line ending in LF alone
+    /// is reported as [`LineRead::BareLf`]. A line longer than `limit` (its line end
+    /// included) is skipped to its LF and reported once as too long. The bytes of either are
+    /// never interpreted.
     fn take_line(&mut self, at: &mut usize, limit: usize) -> LineRead {
         let start = *at;
         let from = start
@@ -1202,12 +1240,11 @@ impl Session {
                 if lf + 1 - start > limit {
                     return LineRead::TooLong;
                 }
-                let end = if lf > start && self.input[lf - 1] == b'\r' {
-                    lf - 1
+                if lf > start && self.input[lf - 1] == b'\r' {
+                    LineRead::Line(start..lf - 1)
                 } else {
-                    lf
-                };
-                LineRead::Line(start..end)
+                    LineRead::BareLf
+                }
             }
             None => {
                 if self.skipping_line || self.input.len() - start > limit {
@@ -1309,13 +1346,42 @@ impl Session {
         self.actions.push_back(Action::Close);
     }
 
+    /// Starts a fresh wait for what the state reads next: a command line gets
+    /// `timeouts.command` in all (bytes of a line that does not end do not extend it), message
+    /// data gets `timeouts.data` and then what [`Session::credit_octets`] adds.
     fn arm_idle(&mut self, now: Instant) {
         let t = &self.config.timeouts;
-        self.idle_deadline = match self.state {
-            State::Data(_) | State::Chunk { .. } => Some(now + t.data),
-            State::Pending(..) | State::Closed => None,
-            _ => Some(now + t.command),
+        self.idle_deadline = match self.waiting_for() {
+            Waiting::Octets => Some(now + t.data),
+            Waiting::Nothing => None,
+            Waiting::Line => Some(now + t.command),
         };
+    }
+
+    /// Message octets arrived: each earns `1 / min_data_rate` seconds more, up to
+    /// `timeouts.data` from now. A client sending slower than the rate runs out of time
+    /// however often it sends a byte; one faster never does unless it stalls for
+    /// `timeouts.data`. A rate of 0 restarts the full data timeout on every read.
+    fn credit_octets(&mut self, now: Instant, octets: u64) {
+        let t = &self.config.timeouts;
+        let cap = now + t.data;
+        let rate = u64::from(t.min_data_rate);
+        self.idle_deadline = Some(match self.idle_deadline {
+            Some(deadline) if rate > 0 => {
+                let earned = Duration::from_nanos(octets.saturating_mul(1_000_000_000) / rate);
+                (deadline + earned).min(cap)
+            }
+            _ => cap,
+        });
+    }
+
+    /// What the state is reading, for the read deadline.
+    fn waiting_for(&self) -> Waiting {
+        match self.state {
+            State::Data(_) | State::Chunk { .. } => Waiting::Octets,
+            State::Pending(..) | State::Closed => Waiting::Nothing,
+            State::Command | State::Auth(_) | State::TlsHandshake => Waiting::Line,
+        }
     }
 }
 
@@ -1327,6 +1393,26 @@ const _: () = {
 
 enum LineRead {
     Line(std::ops::Range<usize>),
+    /// A line ended by LF alone; its bytes are never interpreted.
+    BareLf,
     TooLong,
     Incomplete,
+}
+
+/// What a read deadline is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Line,
+    Octets,
+    Nothing,
+}
+
+/// RFC 5321 2.3.8: lines end with CRLF. A bare LF is refused rather than read as a line end,
+/// so that client and server never disagree about where a command ends.
+fn bare_lf() -> Reply {
+    Reply::of(
+        ReplyCode::SYNTAX_ERROR,
+        (5, 5, 2),
+        "Line ends with a bare LF; SMTP lines end with CRLF",
+    )
 }

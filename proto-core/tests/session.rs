@@ -266,9 +266,14 @@ fn dialogue_table() {
             vec!["220", "250", "500 5.5.2"],
         ),
         (
-            "lf-only command lines",
-            "EHLO c\nNOOP\n",
-            vec!["220", "250", "250"],
+            "lf-only command lines are refused, never read",
+            "EHLO c\nNOOP\nMAIL FROM:<a@b.test>\r\nNOOP\r\n",
+            vec!["220", "500 5.5.2", "500 5.5.2", "503 5.5.1", "250"],
+        ),
+        (
+            "a bare LF inside a line ends nothing",
+            "NOOP\nQUIT\r\n",
+            vec!["220", "500 5.5.2", "221"],
         ),
     ];
     for (name, input, want) in cases {
@@ -801,6 +806,139 @@ fn timeouts_follow_rfc_5321() {
     h.advance(Duration::from_secs(10));
     assert!(h.closed());
     assert!(h.out.contains(&Out::Event("aborted".into())));
+}
+
+#[test]
+fn a_command_line_has_one_deadline_however_slowly_it_arrives() {
+    // One byte every 5 s never ends the line: the command deadline is not moved by it.
+    let mut h = Harness::new(config());
+    h.input(b"EHLO c\r\n");
+    let deadline = h.session.poll_timeout().unwrap();
+    for b in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP "
+        .iter()
+        .cycle()
+        .take(59)
+    {
+        h.advance(Duration::from_secs(5));
+        h.input(&[*b]);
+        assert_eq!(
+            h.session.poll_timeout(),
+            Some(deadline),
+            "a partial line moved it"
+        );
+    }
+    assert!(!h.closed());
+    h.advance(Duration::from_secs(5));
+    assert!(
+        h.closed(),
+        "295 s of dribble plus 5: the line's 300 s are up"
+    );
+    assert!(h.replies().last().unwrap().starts_with("421 4.4.2"));
+
+    // A line that ends starts the next one's full time.
+    let mut h = Harness::new(config());
+    h.advance(Duration::from_secs(200));
+    h.input(b"NO");
+    h.advance(Duration::from_secs(99));
+    h.input(b"OP\r\n");
+    assert_eq!(h.codes(), ["220", "250"]);
+    assert_eq!(
+        h.session.poll_timeout(),
+        Some(h.now + Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn message_data_must_keep_the_minimum_rate() {
+    let data = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n";
+    // Defaults: 300 s, 500 octets/s. One octet every 5 s earns 2 ms each: cut after ~300 s.
+    let mut h = Harness::new(config());
+    h.input(data);
+    let mut rounds = 0;
+    while !h.closed() && rounds < 100 {
+        h.advance(Duration::from_secs(5));
+        h.input(b"x");
+        rounds += 1;
+    }
+    assert!(
+        h.closed(),
+        "a drip of 0.2 octets/s held DATA for {rounds} rounds"
+    );
+    assert!((60..=61).contains(&rounds), "{rounds}");
+    assert!(h.out.contains(&Out::Event("aborted".into())));
+    assert!(h.replies().last().unwrap().starts_with("421 4.4.2"));
+
+    // Faster than the rate, with pauses shorter than the data timeout: never cut, and the
+    // deadline never runs more than the data timeout ahead.
+    let mut h = Harness::new(config());
+    h.input(data);
+    let lines = [&[b'y'; 98][..], b"\r\n"].concat().repeat(200);
+    for _ in 0..50 {
+        h.advance(Duration::from_secs(20));
+        h.input(&lines);
+        assert!(h.session.poll_timeout().unwrap() <= h.now + Duration::from_secs(300));
+    }
+    h.input(b".\r\n");
+    assert_eq!(h.codes().last().map(String::as_str), Some("250"));
+    assert!(!h.closed());
+
+    // BDAT chunks too.
+    let mut h = Harness::new(config());
+    h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 1000 LAST\r\n");
+    let mut rounds = 0;
+    while !h.closed() && rounds < 100 {
+        h.advance(Duration::from_secs(5));
+        h.input(b"x");
+        rounds += 1;
+    }
+    assert!((60..=61).contains(&rounds), "{rounds}");
+
+    // A rate of 0: every read restarts the data timeout (the drip is only bounded by the
+    // session timeout).
+    let mut c = config();
+    c.timeouts.min_data_rate = 0;
+    let mut h = Harness::new(c);
+    h.input(data);
+    for _ in 0..100 {
+        h.advance(Duration::from_secs(5));
+        h.input(b"x");
+    }
+    assert!(!h.closed());
+}
+
+#[test]
+fn a_chunk_larger_than_any_message_is_refused_before_it_is_read() {
+    let mut c = config();
+    c.limits.max_message_size = 1000;
+    for script in [
+        &b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 99999999999 LAST\r\n"[..],
+        b"EHLO c\r\nBDAT 1001\r\n",
+    ] {
+        let mut h = Harness::new(c.clone());
+        h.input(script);
+        assert!(
+            h.replies().last().unwrap().starts_with("552 5.3.4"),
+            "{:?}",
+            h.replies()
+        );
+        assert!(h.closed(), "the session would otherwise read the octets");
+    }
+    // Within the limit, a chunk that makes the message too large is still read, and the
+    // session goes on.
+    let mut h = Harness::new(c);
+    h.input(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<u@mx.test>\r\nBDAT 600\r\n");
+    h.input(&[b'x'; 600]);
+    h.input(b"BDAT 600 LAST\r\n");
+    h.input(&[b'x'; 600]);
+    h.input(b"NOOP\r\n");
+    let codes = h.codes();
+    assert_eq!(
+        codes[codes.len() - 3..],
+        ["250", "552", "250"],
+        "{:?}",
+        h.replies()
+    );
+    assert!(!h.closed());
 }
 
 #[test]

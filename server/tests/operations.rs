@@ -23,7 +23,10 @@ for source in sys.argv[2:]:
 
 #[test]
 fn connection_limits_answer_421() {
-    let dir = config_dir("max_connections = 3\nmax_connections_per_ip = 2");
+    // Loopback is exempt from the per-address limit by default; this test needs it counted.
+    let dir = config_dir(
+        "max_connections = 3\nmax_connections_per_ip = 2\nmax_connections_per_ip_exempt = []",
+    );
     write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
     let server = Server::start(dir.path(), 2);
     let out = python(
@@ -62,6 +65,139 @@ fn connection_limits_answer_421() {
         assert!(std::time::Instant::now() < deadline, "{again}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Opens one connection per `port:source:mode` argument (mode `tls`: implicit TLS, any
+/// certificate; `plain`), in order, and prints each greeting's
+/// first line, keeping every connection open until all greetings are read.
+const GREETINGS_ON: &str = r#"
+import socket, ssl, sys
+tls = ssl.create_default_context()
+tls.check_hostname = False
+tls.verify_mode = ssl.CERT_NONE
+socks = []
+for arg in sys.argv[1:]:
+    port, source, mode = arg.split(":")
+    s = socket.create_connection(("127.0.0.1", int(port)), timeout=10, source_address=(source, 0))
+    if mode == "tls":
+        s = tls.wrap_socket(s)
+    socks.append(s)
+    print(port, source, s.makefile("rb").readline().decode().strip())
+"#;
+
+#[test]
+fn a_full_port_25_leaves_submissions_its_slots_and_loopback_is_exempt_per_address() {
+    let dir = config_dir("max_connections = 3\nmax_connections_per_ip = 1");
+    write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
+    let server = Server::start(dir.path(), 2);
+    let (smtp, submissions) = (server.port("smtp"), server.port("submissions"));
+    let args: Vec<String> = [
+        (smtp, "127.0.0.1:plain"),
+        (smtp, "127.0.0.1:plain"),
+        (smtp, "127.0.0.1:plain"),
+        (smtp, "127.0.0.2:plain"),
+        (submissions, "127.0.0.1:tls"),
+        (submissions, "127.0.0.2:tls"),
+    ]
+    .iter()
+    .map(|(port, source)| format!("{port}:{source}"))
+    .collect();
+    let out = python(GREETINGS_ON, &args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    for line in &lines[..3] {
+        assert!(
+            line.contains(" 220 localhost"),
+            "loopback is not held to max_connections_per_ip = 1: {out}"
+        );
+    }
+    assert!(
+        lines[3].ends_with("421 4.7.0 localhost Too many connections, try later"),
+        "port 25's own 3 slots are taken: {out}"
+    );
+    assert!(
+        lines[4].contains(" 220 localhost"),
+        "submissions has its own slots: {out}"
+    );
+    assert!(lines[5].contains(" 220 localhost"), "{out}");
+    let log = server.log();
+    assert!(
+        log.contains("refused client=127.0.0.2 role=smtp limit=max_connections\n"),
+        "{log}"
+    );
+    assert!(!log.contains("role=submissions limit="), "{log}");
+}
+
+/// Dribbles a command line, then message data, one byte every 0.2 s, and holds a TLS port
+/// without a handshake; prints what each got and after how long (bounded at 15 s each).
+const DRIBBLE: &str = r#"
+import socket, sys, time
+smtp, submissions = int(sys.argv[1]), int(sys.argv[2])
+def dribble(s, data):
+    start = time.monotonic()
+    s.settimeout(0.2)
+    for b in data:
+        try:
+            s.send(bytes([b]))
+        except OSError:
+            break
+        try:
+            got = s.recv(1000)
+            return got.decode().strip(), time.monotonic() - start
+        except socket.timeout:
+            pass
+        if time.monotonic() - start > 15:
+            break
+    return "held", time.monotonic() - start
+s = socket.create_connection(("127.0.0.1", smtp), timeout=10)
+f = s.makefile("rb")
+f.readline()
+got, took = dribble(s, b"NOOP " * 100)
+print("command", got.splitlines()[-1] if got else "closed", round(took))
+s = socket.create_connection(("127.0.0.1", smtp), timeout=10)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+for _ in range(4):
+    line = f.readline()
+    while line[3:4] == b"-":
+        line = f.readline()
+got, took = dribble(s, b"x" * 100)
+print("data", got.splitlines()[-1] if got else "closed", round(took))
+s = socket.create_connection(("127.0.0.1", submissions), timeout=15)
+start = time.monotonic()
+got = s.recv(100)
+print("handshake", "closed" if got == b"" else got, round(time.monotonic() - start))
+"#;
+
+#[test]
+fn slow_clients_lose_their_slot() {
+    let dir = config_dir("command_timeout = 2\ndata_timeout = 2\ntls_handshake_timeout = 1");
+    write_certbot(&dir.path().join("certs/localhost"), &cert(&["localhost"]));
+    let server = Server::start(dir.path(), 2);
+    let out = python(
+        DRIBBLE,
+        &[
+            server.port("smtp").to_string(),
+            server.port("submissions").to_string(),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    // Each gets its 2 s (1 s for the handshake) however often it sends a byte: not the
+    // 15 s the script would keep dribbling.
+    for (line, what) in lines.iter().zip(["command", "data"]) {
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(words[0], what, "{out}");
+        assert!(line.contains(" 421 4.4.2 localhost Timeout"), "{out}");
+        let took: u64 = words.last().expect("a time").parse().expect("seconds");
+        assert!((2..=8).contains(&took), "{what} held {took} s: {out}");
+    }
+    let handshake: Vec<&str> = lines[2].split(' ').collect();
+    assert_eq!(handshake[..2], ["handshake", "closed"], "{out}");
+    let took: u64 = handshake[2].parse().expect("seconds");
+    assert!((1..=6).contains(&took), "{out}");
+    server.wait_log("error=\"TLS handshake timed out\"", 10);
 }
 
 /// Starts a transaction and sends half a body; on a line from stdin sends the rest and QUIT.

@@ -55,17 +55,29 @@ max_message_size = 52428800
 # Without this key: twice max_message_size. 0: no reserve.
 # min_free_space = 104857600
 
-# Timeouts, in seconds: waiting for the next command, waiting for more message data, and
-# a whole session however active. RFC 5321 (4.5.3.2) asks for at least 5 minutes for the
-# first two. A session that times out gets "421 4.4.2 <hostname> Timeout".
+# Timeouts, in seconds: for a whole command line (a client that sends it a byte at a time
+# does not get more), for the next piece of message data, and for a whole session however
+# active. RFC 5321 (4.5.3.2) asks for at least 5 minutes for the first two. Inside DATA and
+# BDAT the client must also keep up min_data_rate (octets per second; each octet earns
+# 1/min_data_rate s more, up to data_timeout; 0: no minimum). A session that runs out of
+# time gets "421 4.4.2 <hostname> Timeout". A TLS handshake (port 465, or after STARTTLS)
+# gets tls_handshake_timeout.
 command_timeout = 300
 data_timeout = 300
+min_data_rate = 500
 session_timeout = 3600
+tls_handshake_timeout = 20
 
-# The most connections open at once, and from one client IP address. Connections over a
-# limit are answered "421 4.7.0 <hostname> Too many connections, try later" and closed.
+# The most connections open at once on each kind of listener (smtp, submission and
+# submissions each have their own: a flood on port 25 never takes the submission ports'
+# slots; [listeners] max_connections = { smtp = 2000 } sets one kind apart), and from one
+# client IP address on one kind of listener. Loopback, the networks listed in
+# max_connections_per_ip_exempt (default: loopback) and [relay] trusted_networks are not
+# held to the per-address limit. Connections over a limit are answered
+# "421 4.7.0 <hostname> Too many connections, try later" and closed.
 max_connections = 1000
-max_connections_per_ip = 20
+max_connections_per_ip = 50
+# max_connections_per_ip_exempt = ["127.0.0.0/8", "::1/128"]
 
 # After SIGTERM, postern stops accepting and gives the connections already open this many
 # seconds to finish before it exits. A message is only acknowledged (250) once it is on disk.

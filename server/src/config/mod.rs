@@ -36,11 +36,20 @@ pub const FILE_NAME: &str = "postern.toml";
 /// The default largest message: 50 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
 
-/// The default limit on connections open at once.
+/// The default limit on connections open at once, on each kind of listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 
-/// The default limit on connections open at once from one client IP address.
-pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+/// The default limit on connections open at once from one client IP address, on each kind
+/// of listener (Postfix's `smtpd_client_connection_count_limit` is 50 too: a big sender's
+/// several connections fit in it).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 50;
+
+/// The default slowest rate of message data, in octets per second (Postfix's
+/// `smtpd_min_data_rate`).
+pub const DEFAULT_MIN_DATA_RATE: u32 = 500;
+
+/// The default time a TLS handshake may take, in seconds.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: u64 = 20;
 
 /// The default time sessions in flight get to finish after SIGTERM, in seconds.
 pub const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
@@ -92,10 +101,16 @@ pub struct Settings {
     pub min_free_space: u64,
     /// Where to listen.
     pub listeners: Vec<Listener>,
-    /// The most connections open at once; more get 421.
-    pub max_connections: usize,
-    /// The most connections open at once from one IP address; more get 421.
+    /// The most connections open at once on each kind of listener ([`Role::index`]); more
+    /// get 421.
+    pub max_connections: [usize; 3],
+    /// The most connections open at once from one IP address on one kind of listener; more
+    /// get 421.
     pub max_connections_per_ip: usize,
+    /// Addresses `max_connections_per_ip` does not apply to (beside `trusted_networks`).
+    pub per_ip_exempt: Vec<ipnet::IpNet>,
+    /// How long a TLS handshake (port 465, or after STARTTLS) may take.
+    pub tls_handshake_timeout: Duration,
     /// How long sessions in flight may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// Session timeouts: waiting for a command, for message data, and the whole session.
@@ -180,6 +195,9 @@ struct RawFile {
     min_free_space: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
     max_connections_per_ip: Option<Spanned<u64>>,
+    max_connections_per_ip_exempt: Option<Vec<Spanned<String>>>,
+    min_data_rate: Option<Spanned<u64>>,
+    tls_handshake_timeout: Option<Spanned<u64>>,
     shutdown_grace: Option<Spanned<u64>>,
     tls_reload_interval: Option<Spanned<u64>>,
     command_timeout: Option<Spanned<u64>>,
@@ -223,6 +241,17 @@ struct RawListeners {
     submission: Vec<Spanned<SocketAddr>>,
     #[serde(default)]
     submissions: Vec<Spanned<SocketAddr>>,
+    /// Per kind of listener, in place of the top-level `max_connections`.
+    #[serde(default)]
+    max_connections: RawRoleCounts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoleCounts {
+    smtp: Option<Spanned<u64>>,
+    submission: Option<Spanned<u64>>,
+    submissions: Option<Spanned<u64>>,
 }
 
 impl Role {
@@ -232,6 +261,15 @@ impl Role {
             Role::Smtp => "smtp",
             Role::Submission => "submission",
             Role::Submissions => "submissions",
+        }
+    }
+
+    /// The role's place in per-role tables (`smtp` 0, `submission` 1, `submissions` 2).
+    pub fn index(self) -> usize {
+        match self {
+            Role::Smtp => 0,
+            Role::Submission => 1,
+            Role::Submissions => 2,
         }
     }
 
@@ -316,29 +354,80 @@ impl Settings {
             .min_free_space
             .map_or(max_message_size.saturating_mul(2), Spanned::into_inner);
 
-        let mut counts = [DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP];
-        for (i, (key, value)) in [
-            ("max_connections", raw.max_connections),
-            ("max_connections_per_ip", raw.max_connections_per_ip),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if let Some(v) = value {
-                let line = at(v.span());
-                match usize::try_from(*v.get_ref()) {
-                    Ok(n) if n >= 1 => counts[i] = n,
-                    _ => {
-                        return Err(error(
-                            line,
-                            format!("{key} = {} is out of range", v.get_ref()),
-                            "give a number of connections of at least 1, e.g. 100",
-                        ));
+        let count = |key: &str, value: Option<Spanned<u64>>, default: usize| match value {
+            None => Ok(default),
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(error(
+                    at(v.span()),
+                    format!("{key} = {} is out of range", v.get_ref()),
+                    "give a number of connections of at least 1, e.g. 100",
+                )),
+            },
+        };
+        let every_listener = count(
+            "max_connections",
+            raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        )?;
+        let per_role = raw.listeners.max_connections;
+        let max_connections = [
+            count(
+                "[listeners] max_connections.smtp",
+                per_role.smtp,
+                every_listener,
+            )?,
+            count(
+                "[listeners] max_connections.submission",
+                per_role.submission,
+                every_listener,
+            )?,
+            count(
+                "[listeners] max_connections.submissions",
+                per_role.submissions,
+                every_listener,
+            )?,
+        ];
+        let max_connections_per_ip = count(
+            "max_connections_per_ip",
+            raw.max_connections_per_ip,
+            DEFAULT_MAX_CONNECTIONS_PER_IP,
+        )?;
+        let per_ip_exempt = match raw.max_connections_per_ip_exempt {
+            None => vec![
+                "127.0.0.0/8".parse().expect("a network"),
+                "::1/128".parse().expect("a network"),
+            ],
+            Some(nets) => {
+                let mut parsed = Vec::with_capacity(nets.len());
+                for net in nets {
+                    let line = at(net.span());
+                    let text = net.into_inner();
+                    match text.parse() {
+                        Ok(n) => parsed.push(n),
+                        Err(_) => {
+                            return Err(error(
+                                line,
+                                format!("max_connections_per_ip_exempt: {text:?} is not a network"),
+                                "write networks in CIDR notation, e.g. \"127.0.0.0/8\" or \"::1/128\"",
+                            ));
+                        }
                     }
                 }
+                parsed
             }
-        }
-        let [max_connections, max_connections_per_ip] = counts;
+        };
+        let tls_handshake_timeout = match raw.tls_handshake_timeout {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(error(
+                    at(v.span()),
+                    "tls_handshake_timeout = 0 would fail every TLS handshake".into(),
+                    "give the timeout in seconds, e.g. 20",
+                ));
+            }
+            Some(v) => Duration::from_secs(v.into_inner()),
+            None => Duration::from_secs(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+        };
         let shutdown_grace = Duration::from_secs(
             raw.shutdown_grace
                 .map_or(DEFAULT_SHUTDOWN_GRACE, Spanned::into_inner),
@@ -374,6 +463,16 @@ impl Settings {
                 *slot = Duration::from_secs(v.into_inner());
             }
         }
+        timeouts.min_data_rate = match raw.min_data_rate {
+            None => DEFAULT_MIN_DATA_RATE,
+            Some(v) => u32::try_from(*v.get_ref()).map_err(|_| {
+                error(
+                    at(v.span()),
+                    format!("min_data_rate = {} is out of range", v.get_ref()),
+                    "give octets per second, e.g. 500 (0: no minimum)",
+                )
+            })?,
+        };
 
         let mut listeners = Vec::new();
         for (role, addrs) in [
@@ -431,6 +530,8 @@ impl Settings {
             listeners,
             max_connections,
             max_connections_per_ip,
+            per_ip_exempt,
+            tls_handshake_timeout,
             shutdown_grace,
             tls_reload_interval,
             timeouts,
@@ -465,6 +566,13 @@ impl Settings {
     /// Where certificates are: `<dir>/certs`.
     pub fn certs_dir(&self) -> PathBuf {
         self.dir.join("certs")
+    }
+
+    /// Whether `max_connections_per_ip` leaves `ip` alone: one of ours (loopback by default,
+    /// `max_connections_per_ip_exempt`, `[relay] trusted_networks`).
+    pub fn exempt_from_per_ip(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.per_ip_exempt.iter().any(|n| n.contains(&ip)) || self.trusted_networks.contains(ip)
     }
 
     /// A problem with the data directory, pointing at the `data_dir` line.
@@ -531,7 +639,15 @@ mod tests {
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(s.min_free_space, 2 * DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(s.timeouts, Timeouts::default());
-        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.max_connections, [DEFAULT_MAX_CONNECTIONS; 3]);
+        assert!(s.exempt_from_per_ip("127.0.0.9".parse().expect("ip")));
+        assert!(s.exempt_from_per_ip("::1".parse().expect("ip")));
+        assert!(!s.exempt_from_per_ip("192.0.2.1".parse().expect("ip")));
+        assert_eq!(s.timeouts.min_data_rate, DEFAULT_MIN_DATA_RATE);
+        assert_eq!(
+            s.tls_handshake_timeout,
+            Duration::from_secs(DEFAULT_TLS_HANDSHAKE_TIMEOUT)
+        );
         assert_eq!(s.max_connections_per_ip, DEFAULT_MAX_CONNECTIONS_PER_IP);
         assert_eq!(
             s.shutdown_grace,
@@ -554,6 +670,34 @@ mod tests {
                 (Role::Submissions, "127.0.0.1:2465".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn connection_limits_per_listener() {
+        let s = parse(
+            "max_connections = 300\nmax_connections_per_ip = 7\nmin_data_rate = 0\n\
+             max_connections_per_ip_exempt = [\"192.0.2.0/24\"]\ntls_handshake_timeout = 5\n\
+             [relay]\ntrusted_networks = [\"2001:db8::/32\"]\n\
+             [listeners]\nsmtp = [\"[::1]:25\"]\nmax_connections = { smtp = 900, submissions = 40 }\n",
+        )
+        .expect("parses");
+        assert_eq!(s.max_connections, [900, 300, 40]);
+        assert_eq!(s.max_connections_per_ip, 7);
+        assert_eq!(s.timeouts.min_data_rate, 0);
+        assert_eq!(s.tls_handshake_timeout, Duration::from_secs(5));
+        for (ip, exempt) in [
+            ("192.0.2.200", true),
+            ("::ffff:192.0.2.1", true),
+            ("2001:db8::5", true),
+            ("127.0.0.1", false),
+            ("198.51.100.1", false),
+        ] {
+            assert_eq!(
+                s.exempt_from_per_ip(ip.parse().expect("ip")),
+                exempt,
+                "{ip}"
+            );
+        }
     }
 
     #[test]
@@ -626,6 +770,30 @@ mod tests {
                 2,
                 "out of range",
                 "at least 1",
+            ),
+            (
+                "[listeners]\nsmtp = [\"[::1]:25\"]\nmax_connections = { submission = 0 }\n",
+                3,
+                "max_connections.submission = 0 is out of range",
+                "at least 1",
+            ),
+            (
+                "hostname = \"a.b\"\nmax_connections_per_ip_exempt = [\"127.0.0.1/40\"]\n",
+                2,
+                "not a network",
+                "CIDR",
+            ),
+            (
+                "hostname = \"a.b\"\n\n\ntls_handshake_timeout = 0\n",
+                4,
+                "every TLS handshake",
+                "in seconds",
+            ),
+            (
+                "hostname = \"a.b\"\nmin_data_rate = 99999999999\n",
+                2,
+                "out of range",
+                "octets per second",
             ),
             (
                 "[delivery]\nip_preference = \"ipv5\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n",

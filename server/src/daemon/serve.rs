@@ -27,8 +27,10 @@
 //! the new certificates; established connections keep theirs. A broken new file keeps its
 //! previous certificate and the log names the file and the reason (see [`crate::tls::certs`]).
 //!
-//! Connections are limited in total (`max_connections`) and per client IP address
-//! (`max_connections_per_ip`); one over a limit is answered `421 4.7.0 <host> Too many
+//! Connections are limited per kind of listener (`max_connections`, or `[listeners]
+//! max_connections` per role: port 25 never takes the submission ports' slots) and per client
+//! IP address (`max_connections_per_ip`, which loopback and trusted networks are exempt from;
+//! see [`crate::daemon::limits`]); one over a limit is answered `421 4.7.0 <host> Too many
 //! connections, try later` and closed (on the implicit-TLS port, closed: a plaintext reply
 //! would be noise to a TLS client).
 //!
@@ -54,7 +56,7 @@ use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::config::init;
 use crate::config::{ConfigError, Listener, Role, Settings};
-use crate::daemon::limits::{ConnectionCounter, Permit};
+use crate::daemon::limits::{ConnectionCounter, PerIp, Permit};
 use crate::daemon::systemd;
 use crate::deliver::local::{self, Local};
 use crate::deliver::smtp::{self, Outbound};
@@ -334,7 +336,7 @@ struct Runtime {
 struct Live {
     settings: Settings,
     shared: Arc<Shared>,
-    /// One per role, in [`role_index`] order, for listeners off and on loopback (AUTH over
+    /// One per role, in [`Role::index`] order, for listeners off and on loopback (AUTH over
     /// plaintext may be allowed on loopback only).
     connections: [[Arc<Connection>; 2]; 3],
 }
@@ -519,7 +521,8 @@ impl Live {
                         Arc::new(session_config(&settings, role, loopback)),
                         tls_mode(role, acceptor),
                     )
-                    .with_shutdown(shutdown.clone()),
+                    .with_shutdown(shutdown.clone())
+                    .with_handshake_timeout(settings.tls_handshake_timeout),
                 )
             })
         });
@@ -531,16 +534,7 @@ impl Live {
     }
 
     fn connection(&self, role: Role, local: SocketAddr) -> Arc<Connection> {
-        self.connections[role_index(role)][usize::from(local.ip().is_loopback())].clone()
-    }
-}
-
-/// A role's place in [`Live::connections`].
-fn role_index(role: Role) -> usize {
-    match role {
-        Role::Smtp => 0,
-        Role::Submission => 1,
-        Role::Submissions => 2,
+        self.connections[role.index()][usize::from(local.ip().is_loopback())].clone()
     }
 }
 
@@ -808,10 +802,16 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
         match socket.accept().await {
             Ok((stream, peer)) => {
                 let live = runtime.live();
+                let per_ip = if live.settings.exempt_from_per_ip(peer.ip()) {
+                    PerIp::Exempt
+                } else {
+                    PerIp::AtMost(live.settings.max_connections_per_ip)
+                };
                 let permit = match runtime.counter.admit(
+                    role,
                     peer.ip(),
-                    live.settings.max_connections,
-                    live.settings.max_connections_per_ip,
+                    live.settings.max_connections[role.index()],
+                    per_ip,
                 ) {
                     Ok(permit) => permit,
                     Err(refusal) => {
