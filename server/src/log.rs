@@ -6,7 +6,8 @@
 //! queued), `removed` (left the queue), `damaged` (a queued record that cannot be read: kept,
 //! looked at again later), `rejected`; connection-level problems are `connection`,
 //! startup work (swept partial bodies, resumed messages) is `startup`, the queue store's
-//! health (a failed write, a full disk, delivery stopped and resumed) is `store`, and logins are `auth`
+//! health (a failed write, a full disk, delivery stopped and resumed) is `store`, a queue
+//! recovered at startup (damaged or with lost messages) is `recovery`, and logins are `auth`
 //! (client IP and outcome only); [`Event`] lists every event. AUTH data (user names, passwords)
 //! and message bodies are never logged.
 
@@ -66,6 +67,8 @@ pub enum Event {
     /// The queue store: a failed write, the store opened again, a full disk, delivery
     /// stopped or resumed while outcomes cannot be recorded.
     Store,
+    /// A queue recovery at startup: recovered and lost messages, where a damaged store went.
+    Recovery,
 }
 
 impl Event {
@@ -95,6 +98,7 @@ impl Event {
             Event::Config => "config",
             Event::Systemd => "systemd",
             Event::Store => "store",
+            Event::Recovery => "recovery",
         }
     }
 }

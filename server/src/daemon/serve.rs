@@ -73,8 +73,9 @@ use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
+use crate::queue::recovery::{self, OpenError};
 use crate::queue::space::Reserve;
-use crate::queue::store::Store;
+use crate::queue::store::{Store, StoreError};
 use crate::queue::timers::Timers;
 use crate::reception::{Reception, Shared};
 use crate::tls::certs::{self, Certificates, Snapshot};
@@ -622,8 +623,33 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let problem = |e: &dyn std::fmt::Display| {
         settings.data_dir_error(format!("cannot open the queue in {}: {e}", dir.display()))
     };
-    let store = Store::open(&dir).map_err(|e| problem(&e))?;
-    let swept = store.sweep().map_err(|e| problem(&e))?;
+    let opened = recovery::open(&settings.data_dir).map_err(|e| {
+        let mut error = problem(&e);
+        // The hint that fits the cause: only a permission problem is about writability.
+        match &e {
+            OpenError::Store(s) if s.is_locked() => {
+                error.fix = "another postern is running on this data_dir: stop it first, \
+                    or give this one another data_dir"
+                    .into();
+            }
+            OpenError::Store(s) if s.is_disk_full() => {
+                error.fix = "free space on the file system holding data_dir".into();
+            }
+            OpenError::Store(s) if s.is_not_permitted() => {}
+            OpenError::Store(StoreError::Fjall(fjall::Error::InvalidVersion(_)))
+            | OpenError::Store(StoreError::Fjall(fjall::Error::Storage(
+                fjall::LsmError::InvalidVersion(_),
+            ))) => {
+                error.fix = "the queue was written by another version of postern or fjall: \
+                    run that version to empty it"
+                    .into();
+            }
+            _ => {}
+        }
+        error
+    })?;
+    let store = opened.store;
+    let swept = opened.swept;
     if swept > 0 {
         log::event(
             Event::Startup,

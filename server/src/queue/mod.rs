@@ -9,6 +9,9 @@
 //!   scheduled (proto-core's retry schedule) and logged in one place.
 //! - [`timers`]: retry timers, one mechanism for every worker.
 //! - [`space`]: the free-space reserve below which new mail is refused.
+//! - [`recovery`]: opening the queue at startup; a damaged store moved aside and salvaged,
+//!   losses reported; [`journal`] reads fjall's journal for it, [`ledger`] records what was
+//!   acknowledged so that silent losses are noticed.
 //!
 //! May use: `proto-core`, `fjall`, [`crate::log`]. The delivery methods that take messages
 //! out of the queue are in [`crate::deliver`].
@@ -17,6 +20,9 @@ pub mod bounce;
 pub mod commit;
 pub mod dispatch;
 pub mod id;
+pub mod journal;
+pub mod ledger;
+pub mod recovery;
 pub mod settle;
 pub mod space;
 pub mod store;

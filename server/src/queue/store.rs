@@ -44,6 +44,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Pers
 use proto_core::{Body, ForwardPath, Mailbox, Notify, Ret, ReversePath};
 
 use crate::queue::QueueId;
+use crate::queue::ledger::Ledger;
 
 /// The largest body chunk stored under one key.
 pub const CHUNK_SIZE: usize = 64 * 1024;
@@ -78,6 +79,9 @@ pub enum StoreError {
     /// durable: those writes may be lost, so they are not acknowledged.
     #[error("queue store was reopened after a failed write; the writes are not durable")]
     Reopened,
+    /// fjall panicked while opening the database (it asserts on some damaged files).
+    #[error("queue store: fjall stopped on a damaged file: {0}")]
+    Panicked(String),
     /// A record could not be decoded.
     #[error("queue store: bad record for {id}: {why}")]
     Corrupt {
@@ -110,6 +114,62 @@ fn fjall_text(e: &fjall::Error) -> String {
 }
 
 impl StoreError {
+    /// Whether the error says that the store's files are damaged (checksums that do not
+    /// match, a truncated, missing or unreadable file, a journal that does not replay), as
+    /// opposed to a store that cannot be used for now (locked by another process, a full
+    /// disk, no permission, a read-only file system) or written by another version.
+    /// Only damage is worth moving the store aside for ([`crate::queue::recovery`]).
+    pub fn is_damage(&self) -> bool {
+        /// I/O errors that mean a file is shorter or other than it should be.
+        fn io_damage(e: &io::Error) -> bool {
+            matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::NotFound
+            )
+        }
+        fn lsm_damage(e: &fjall::LsmError) -> bool {
+            match e {
+                fjall::LsmError::Io(e) => io_damage(e),
+                fjall::LsmError::InvalidVersion(_) => false,
+                // Unrecoverable (a table or blob file missing or truncated), checksum
+                // mismatches, bad tags, trailers, headers, UTF-8, decompression.
+                _ => true,
+            }
+        }
+        match self {
+            StoreError::Fjall(e) => match e {
+                fjall::Error::Io(e) => io_damage(e),
+                fjall::Error::Storage(e) => lsm_damage(e),
+                fjall::Error::JournalRecovery(_)
+                | fjall::Error::Decompress(_)
+                | fjall::Error::InvalidTrailer
+                | fjall::Error::InvalidTag(_)
+                | fjall::Error::Unrecoverable => true,
+                _ => false,
+            },
+            StoreError::Panicked(_) | StoreError::Corrupt { .. } => true,
+            StoreError::Unavailable(_) | StoreError::Reopened => false,
+        }
+    }
+
+    /// Whether another process holds the database open.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Fjall(fjall::Error::Locked))
+    }
+
+    /// Whether the cause is a missing permission or a read-only file system.
+    pub fn is_not_permitted(&self) -> bool {
+        fn denied(e: &io::Error) -> bool {
+            e.kind() == io::ErrorKind::PermissionDenied
+                || e.kind() == io::ErrorKind::ReadOnlyFilesystem
+        }
+        match self {
+            StoreError::Fjall(fjall::Error::Io(e)) => denied(e),
+            StoreError::Fjall(fjall::Error::Storage(fjall::LsmError::Io(e))) => denied(e),
+            _ => false,
+        }
+    }
+
     /// Whether the cause is a full disk or an exhausted quota (ENOSPC, EDQUOT), as far as
     /// the error says: fjall reports the I/O error on the write that fails, and only
     /// "poisoned" afterwards (see [`crate::files::free_space`] for the check that does not
@@ -151,6 +211,11 @@ struct Shared {
     /// Held while an envelope is read, changed and written back ([`Store::apply`]), so two
     /// workers changing different recipients of one message never lose each other's change.
     update: Mutex<()>,
+    /// Where acknowledgements and removals are recorded, once attached.
+    ledger: std::sync::OnceLock<Ledger>,
+    /// New envelopes written since the last fsync, with the generation they were written in:
+    /// the next [`Store::sync`] of that generation records them in the ledger.
+    fresh: Mutex<Vec<(u64, QueueId)>>,
 }
 
 /// One opening of the database.
@@ -332,8 +397,34 @@ impl Store {
                 disk_full: std::sync::atomic::AtomicBool::new(false),
                 fail_writes: std::sync::atomic::AtomicBool::new(false),
                 update: Mutex::new(()),
+                ledger: std::sync::OnceLock::new(),
+                fresh: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// From now on, records durable envelopes and removals in `ledger`
+    /// ([`crate::queue::ledger`]). A second ledger is ignored.
+    pub fn attach_ledger(&self, ledger: Ledger) {
+        let _ = self.shared.ledger.set(ledger);
+    }
+
+    /// Notes new envelopes written under `generation`, for the ledger.
+    fn note_fresh(&self, generation: u64, ids: impl IntoIterator<Item = QueueId>) {
+        if self.shared.ledger.get().is_some() {
+            self.shared
+                .fresh
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(ids.into_iter().map(|id| (generation, id)));
+        }
+    }
+
+    /// Records in the ledger that `ids` left the queue.
+    fn note_removed(&self, ids: &[QueueId]) {
+        if let Some(ledger) = self.shared.ledger.get() {
+            ledger.record('-', ids);
+        }
     }
 
     /// Which opening of the database is in use: it changes when the store is opened again
@@ -515,7 +606,9 @@ impl Store {
     /// Writes `id`'s envelope (not synced: ask the committer).
     pub fn put_envelope(&self, id: &QueueId, envelope: &Envelope) -> Result<(), StoreError> {
         let h = self.for_write()?;
-        self.wrote(&h, h.messages.insert(id.as_str(), envelope.encode()))
+        self.wrote(&h, h.messages.insert(id.as_str(), envelope.encode()))?;
+        self.note_fresh(h.generation, [id.clone()]);
+        Ok(())
     }
 
     /// `id`'s envelope, if it is queued.
@@ -556,7 +649,9 @@ impl Store {
         for i in 0..chunks {
             batch.remove(&h.bodies, chunk_key(id, i));
         }
-        self.wrote(&h, batch.commit())
+        self.wrote(&h, batch.commit())?;
+        self.note_removed(std::slice::from_ref(id));
+        Ok(())
     }
 
     /// Records what a worker did, in one atomic batch (not synced: ask the committer).
@@ -581,6 +676,7 @@ impl Store {
         let h = self.for_write()?;
         let mut batch = h.db.batch();
         let mut applied = Vec::with_capacity(changes.len());
+        let mut removed = Vec::new();
         for (id, changed) in changes {
             let Some(mut stored) = h.envelope(id)? else {
                 applied.push(Applied::Gone);
@@ -603,6 +699,7 @@ impl Store {
                 for i in 0..stored.chunks {
                     batch.remove(&h.bodies, chunk_key(id, i));
                 }
+                removed.push(id.clone());
                 applied.push(Applied::Removed);
             }
         }
@@ -610,13 +707,36 @@ impl Store {
             batch.insert(&h.messages, id.as_str(), envelope.encode());
         }
         self.wrote(&h, batch.commit())?;
+        self.note_removed(&removed);
+        self.note_fresh(h.generation, new.iter().map(|(id, _)| id.clone()));
         Ok(applied)
     }
 
-    /// Makes every write so far durable: one fsync of the journal.
+    /// Makes every write so far durable: one fsync of the journal. The new envelopes written
+    /// before it (in this opening of the database) are then recorded in the ledger.
     pub fn sync(&self) -> Result<(), StoreError> {
         let h = self.for_write()?;
-        self.wrote(&h, h.db.persist(PersistMode::SyncAll))
+        let fresh = match self.shared.ledger.get() {
+            Some(_) => std::mem::take(
+                &mut *self
+                    .shared
+                    .fresh
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ),
+            None => Vec::new(),
+        };
+        self.wrote(&h, h.db.persist(PersistMode::SyncAll))?;
+        if let Some(ledger) = self.shared.ledger.get() {
+            // Writes of an earlier opening may be lost: never claim them.
+            let durable: Vec<QueueId> = fresh
+                .into_iter()
+                .filter(|(g, _)| *g == h.generation)
+                .map(|(_, id)| id)
+                .collect();
+            ledger.record('+', &durable);
+        }
+        Ok(())
     }
 
     /// Every queued message's id, in id (= time) order.
@@ -680,6 +800,66 @@ impl Handles {
                 }),
             None => Ok(None),
         }
+    }
+}
+
+/// Raw access for the salvage of a damaged store ([`crate::queue::recovery`]): keys as
+/// stored, routed by their shape (16 bytes: an envelope; 20: a body chunk).
+impl Store {
+    /// Every key of the envelopes (`bodies` false) or of the body chunks, in order; and why
+    /// the listing stopped early, if it did (a damaged table).
+    pub(crate) fn salvage_keys(&self, bodies: bool) -> (Vec<Vec<u8>>, Option<StoreError>) {
+        let h = match self.handles() {
+            Ok(h) => h,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let ks = if bodies { &h.bodies } else { &h.messages };
+        let mut keys = Vec::new();
+        for guard in ks.iter() {
+            match guard.key() {
+                Ok(k) => keys.push(k.to_vec()),
+                Err(e) => return (keys, Some(e.into())),
+            }
+        }
+        (keys, None)
+    }
+
+    /// The value stored under `key` (see [`Store::salvage_keys`]).
+    pub(crate) fn salvage_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let h = self.handles()?;
+        let ks = if key.len() == 20 {
+            &h.bodies
+        } else {
+            &h.messages
+        };
+        Ok(ks.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes `value` under `key`, or removes the key (`None`); keys of another shape are
+    /// ignored. Not synced.
+    pub(crate) fn salvage_put(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        let h = self.for_write()?;
+        let ks = match key.len() {
+            16 => &h.messages,
+            20 => &h.bodies,
+            _ => return Ok(()),
+        };
+        let result = match value {
+            Some(v) => ks.insert(key, v),
+            None => ks.remove(key),
+        };
+        self.wrote(&h, result)
+    }
+
+    /// Removes `id`'s envelope and every body chunk it has. Not synced.
+    pub(crate) fn purge(&self, id: &QueueId) -> Result<(), StoreError> {
+        let h = self.for_write()?;
+        let mut batch = h.db.batch();
+        batch.remove(&h.messages, id.as_str());
+        for guard in h.bodies.prefix(id.as_str()) {
+            batch.remove(&h.bodies, guard.key()?);
+        }
+        self.wrote(&h, batch.commit())
     }
 }
 
@@ -1450,6 +1630,69 @@ mod tests {
             other => panic!("want Corrupt, got {other:?}"),
         }
         assert_eq!(store.ids().expect("ids"), vec![id], "the record is kept");
+    }
+
+    /// Damage is told apart from a store that cannot be used for now: only damage makes the
+    /// startup move the store aside.
+    #[test]
+    fn damage_is_told_from_other_open_failures() {
+        use fjall::{Error as F, LsmError as L};
+        let io = |kind: io::ErrorKind| io::Error::from(kind);
+        let cases: Vec<(StoreError, bool)> = vec![
+            (
+                F::JournalRecovery(fjall::JournalRecoveryError::ChecksumMismatch).into(),
+                true,
+            ),
+            (F::Storage(L::Unrecoverable).into(), true),
+            (F::Storage(L::InvalidHeader("Block")).into(), true),
+            (
+                F::Storage(L::Io(io(io::ErrorKind::UnexpectedEof))).into(),
+                true,
+            ),
+            (F::Io(io(io::ErrorKind::NotFound)).into(), true),
+            (F::InvalidTrailer.into(), true),
+            (StoreError::Panicked("assertion failed".into()), true),
+            (F::Locked.into(), false),
+            (F::Io(io(io::ErrorKind::PermissionDenied)).into(), false),
+            (F::Io(io::Error::from_raw_os_error(28)).into(), false),
+            (
+                F::Storage(L::Io(io(io::ErrorKind::ReadOnlyFilesystem))).into(),
+                false,
+            ),
+            (F::Storage(L::InvalidVersion(9)).into(), false),
+            (F::Poisoned.into(), false),
+            (StoreError::Reopened, false),
+        ];
+        for (e, damage) in cases {
+            assert_eq!(e.is_damage(), damage, "input {e:?}");
+        }
+        assert!(StoreError::from(F::Locked).is_locked());
+        assert!(StoreError::from(F::Io(io(io::ErrorKind::PermissionDenied))).is_not_permitted());
+    }
+
+    /// With a ledger attached, a synced envelope is recorded as acknowledged and a removal as
+    /// finished; an envelope not synced yet is not claimed.
+    #[test]
+    fn the_ledger_records_durable_envelopes_and_removals() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(crate::queue::ledger::FILE_NAME);
+        let store = Store::open(&tmp.path().join("queue")).expect("open");
+        store.attach_ledger(Ledger::open(&path).expect("ledger"));
+        let (a, b) = (QueueId::new(), QueueId::new());
+        store.put_chunk(&a, 0, b"x").expect("chunk");
+        store
+            .put_envelope(&a, &Envelope::plain("<>", 1, 1, vec![]))
+            .expect("put");
+        let unfinished = || Ledger::unfinished(&path).expect("read");
+        assert!(unfinished().is_empty(), "not durable yet");
+        store.sync().expect("sync");
+        assert_eq!(unfinished(), [a.clone()].into());
+        store
+            .put_envelope(&b, &Envelope::plain("<>", 0, 0, vec![]))
+            .expect("put");
+        store.remove(&a, 1).expect("remove");
+        store.sync().expect("sync");
+        assert_eq!(unfinished(), [b].into());
     }
 
     #[test]
