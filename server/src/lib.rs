@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::User(user) => cli::user::run(&dir, user.command).map_err(|e| e.to_string()),
         Command::Alias(alias) => cli::alias::run(&dir, alias.command).map_err(|e| e.to_string()),
         Command::Dkim(dkim) => cli::dkim::run(&dir, dkim.command),
+        Command::Queue(queue) => cli::queue::run(&dir, queue.command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 
 pub mod alias;
 pub mod dkim;
+pub mod queue;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub enum Command {
     Alias(Alias),
     /// DKIM keys, records and signatures.
     Dkim(Dkim),
+    /// The queue: what startup recovered from a damaged store.
+    Queue(Queue),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -165,6 +168,28 @@ pub struct AliasResolve {
     #[argh(option)]
     pub suffix_separators: Option<String>,
 }
+
+/// the queue: list what startup recovered from a damaged queue store (recovery)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "queue")]
+pub struct Queue {
+    #[argh(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// A queue command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum QueueCommand {
+    /// Past recoveries of the queue store.
+    Recovery(QueueRecovery),
+}
+
+/// list the queue recoveries: when, how many messages were recovered and lost (with their
+/// ids), where the damaged store was moved; reads the reports in data_dir, never the store
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "recovery")]
+pub struct QueueRecovery {}
 
 /// DKIM: make keys (keygen), print their DNS records (dns), sign or verify a message by hand
 #[derive(Debug, FromArgs)]

@@ -1,0 +1,74 @@
+//! `postern queue ...`: the queue from the command line.
+//!
+//! `postern queue recovery` lists what startup did with a damaged queue store
+//! ([`crate::queue::recovery`]), oldest first, from the report files in `data_dir` (it never
+//! opens the store, so it runs beside the server):
+//!
+//! ```text
+//! 2026-12-03T07:25:21Z recovered 39, lost 1, damaged store moved to /var/lib/postern/queue.damaged-1796282721
+//!   cause: journal /var/lib/postern/queue/0.jnl does not read from byte 10740 to 11107 (1 damaged ranges)
+//!   lost 0661B5A978C566FC: chunk 0 of its body is missing
+//!   report: /var/lib/postern/queue.damaged-1796282721.report
+//! ```
+//!
+//! The exit status is 0 (also when there was never a recovery: `no queue recoveries`), 1 when
+//! the configuration or a report cannot be read.
+
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::cli::QueueCommand;
+use crate::config::Settings;
+use crate::queue::recovery::Report;
+
+/// Runs a queue command against the configuration directory `dir`.
+pub fn run(dir: &Path, command: QueueCommand) -> Result<(), String> {
+    match command {
+        QueueCommand::Recovery(_) => {
+            let settings = Settings::load(dir).map_err(|e| e.to_string())?;
+            let reports = Report::all(&settings.data_dir).map_err(|e| {
+                format!(
+                    "cannot read the reports in {}: {e}",
+                    settings.data_dir.display()
+                )
+            })?;
+            let mut out = String::new();
+            if reports.is_empty() {
+                out.push_str("no queue recoveries\n");
+            }
+            for (path, report) in &reports {
+                out.push_str(&describe(path, report));
+            }
+            crate::log::status(format_args!("{}", out.trim_end()));
+            Ok(())
+        }
+    }
+}
+
+/// One recovery, as listed.
+fn describe(path: &Path, r: &Report) -> String {
+    use std::fmt::Write as _;
+    let when = crate::reception::trace::rfc3339(UNIX_EPOCH + Duration::from_secs(r.at));
+    let mut t = format!("{when} recovered {}, lost {}", r.recovered, r.lost.len());
+    match &r.moved_to {
+        Some(p) => {
+            let _ = writeln!(t, ", damaged store moved to {}", p.display());
+        }
+        None => t.push_str(", store kept in place\n"),
+    }
+    let _ = writeln!(t, "  cause: {}", r.cause);
+    for (id, why) in &r.lost {
+        let _ = writeln!(t, "  lost {id}: {why}");
+    }
+    for id in &r.possibly_lost {
+        let _ = writeln!(
+            t,
+            "  possibly lost {id}: seen in damaged data, fate unknown"
+        );
+    }
+    for note in &r.notes {
+        let _ = writeln!(t, "  note: {note}");
+    }
+    let _ = writeln!(t, "  report: {}", path.display());
+    t
+}
