@@ -129,7 +129,7 @@ pub fn open(data_dir: &Path) -> Result<Opened, OpenError> {
     }
     let cause = match check(&dir)? {
         Some(cause) => cause,
-        None => match open_store(&dir).and_then(|s| usable(s, &dir)) {
+        None => match open_store(&dir).and_then(usable) {
             Ok((store, swept, ids)) => {
                 let lost: Vec<(QueueId, String)> = unfinished
                     .iter()
@@ -137,7 +137,7 @@ pub fn open(data_dir: &Path) -> Result<Opened, OpenError> {
                     .map(|id| {
                         (
                             id.clone(),
-                            "acknowledged, not in the store (its journal lost the end?)".into(),
+                            "acknowledged, not in the store: its journal lost the end (after a power loss, a message delivered just before it may be named too: look for its delivered line in the log)".into(),
                         )
                     })
                     .collect();
@@ -223,7 +223,7 @@ fn open_store(dir: &Path) -> Result<Store, StoreError> {
 
 /// The open store after its startup work (orphaned partial bodies swept), and the ids it
 /// holds: listing them reads every table of the envelopes, which finds damage there.
-fn usable(store: Store, _dir: &Path) -> Result<(Store, usize, Vec<QueueId>), StoreError> {
+fn usable(store: Store) -> Result<(Store, usize, Vec<QueueId>), StoreError> {
     let swept = store.sweep()?;
     let ids = store.ids()?;
     Ok((store, swept, ids))

@@ -649,9 +649,11 @@ impl Store {
         for i in 0..chunks {
             batch.remove(&h.bodies, chunk_key(id, i));
         }
-        self.wrote(&h, batch.commit())?;
+        // Recorded before the removal is written: a crash in between leaves a message the
+        // ledger calls finished (a loss of it would go unnoticed), never a delivered message
+        // reported lost.
         self.note_removed(std::slice::from_ref(id));
-        Ok(())
+        self.wrote(&h, batch.commit())
     }
 
     /// Records what a worker did, in one atomic batch (not synced: ask the committer).
@@ -706,8 +708,9 @@ impl Store {
         for (id, envelope) in new {
             batch.insert(&h.messages, id.as_str(), envelope.encode());
         }
-        self.wrote(&h, batch.commit())?;
+        // Before the removals are written, as in [`Store::remove`].
         self.note_removed(&removed);
+        self.wrote(&h, batch.commit())?;
         self.note_fresh(h.generation, new.iter().map(|(id, _)| id.clone()));
         Ok(applied)
     }
