@@ -1,7 +1,10 @@
 //! Log lines: one per mail event, to standard error.
 //!
 //! Each line is `<RFC 3339 time> <event> id=<queue id> key=value...`, so `grep <id>` follows a
-//! message. Events: `received` (end of data), `queued` (durable, answered 250), `delivered`
+//! message; a line about no message has no `id`, and one that only says something has its
+//! words in `msg="..."`. Values are bare tokens, or quoted (`key="free text"`) when they could
+//! hold a space; [`line`] builds every line and quotes what needs it, so a value from the
+//! network never breaks the format (see [`Fields`]). Events are `received` (end of data), `queued` (durable, answered 250), `delivered`
 //! (one per recipient), `deferred` (will be retried), `failed` (given up, or could not be
 //! queued), `removed` (left the queue), `damaged` (a queued record that cannot be read: kept,
 //! looked at again later), `rejected`; connection-level problems are `connection`,
@@ -103,13 +106,157 @@ impl Event {
     }
 }
 
-/// Writes one log line: the time, `event`'s name, then `fields`. The line is formatted first
-/// and written in one call, so lines from concurrent sessions never interleave; a closed or
-/// full standard error loses the line instead of stopping the server (`eprintln!` would panic).
-pub fn event(event: Event, fields: fmt::Arguments<'_>) {
-    let event = event.name();
-    let line = format!("{} {event} {fields}\n", rfc3339(SystemTime::now()));
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+/// The fields of a log line, `key=value` separated by spaces, built in order. A value is
+/// written bare when it is one token ([`Fields::field`]) and quoted when it is free text
+/// ([`Fields::text`]) or holds a space, a quote or a control character, so that every line
+/// splits back into its fields whatever the values hold (many come from the network).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields(String);
+
+impl Fields {
+    /// No fields yet.
+    pub fn new() -> Fields {
+        Fields(String::new())
+    }
+
+    /// Adds `key=value`, `value` bare if it is a token (not empty, no space, quote or control
+    /// character), quoted as by [`Fields::text`] otherwise.
+    pub fn field(mut self, key: &'static str, value: impl fmt::Display) -> Fields {
+        let value = value.to_string();
+        if is_token(&value) {
+            self.key(key);
+            self.0.push_str(&value);
+        } else {
+            self.quoted(key, &value);
+        }
+        self
+    }
+
+    /// Adds `key="value"` for free text (a reason, a reply, an error): see [`quoted`].
+    pub fn text(mut self, key: &'static str, value: impl fmt::Display) -> Fields {
+        self.quoted(key, &value.to_string());
+        self
+    }
+
+    /// Adds `key=value` if there is a value.
+    pub fn field_opt(self, key: &'static str, value: Option<impl fmt::Display>) -> Fields {
+        match value {
+            Some(v) => self.field(key, v),
+            None => self,
+        }
+    }
+
+    /// Adds the fields of `more` after these.
+    pub fn and(mut self, more: &Fields) -> Fields {
+        if !more.0.is_empty() {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            self.0.push_str(&more.0);
+        }
+        self
+    }
+
+    /// The fields as they are written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn key(&mut self, key: &'static str) {
+        debug_assert!(
+            !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "log field key {key:?}"
+        );
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        self.0.push_str(key);
+        self.0.push('=');
+    }
+
+    fn quoted(&mut self, key: &'static str, value: &str) {
+        self.key(key);
+        self.0.push('"');
+        self.0.push_str(&quoted(&value));
+        self.0.push('"');
+    }
+}
+
+/// Whether `value` can be written without quotes.
+fn is_token(value: &str) -> bool {
+    !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c == '"' || c.is_whitespace() || c.is_control())
+}
+
+/// One log line: an event and its fields; written by [`Line::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a log line is written by `write`"]
+pub struct Line {
+    event: Event,
+    fields: Fields,
+}
+
+/// Starts a log line about `event`.
+pub fn line(event: Event) -> Line {
+    Line {
+        event,
+        fields: Fields::new(),
+    }
+}
+
+impl Line {
+    /// Adds a token field: see [`Fields::field`].
+    pub fn field(mut self, key: &'static str, value: impl fmt::Display) -> Line {
+        self.fields = self.fields.field(key, value);
+        self
+    }
+
+    /// Adds a free-text field: see [`Fields::text`].
+    pub fn text(mut self, key: &'static str, value: impl fmt::Display) -> Line {
+        self.fields = self.fields.text(key, value);
+        self
+    }
+
+    /// Adds a token field if there is a value.
+    pub fn field_opt(mut self, key: &'static str, value: Option<impl fmt::Display>) -> Line {
+        self.fields = self.fields.field_opt(key, value);
+        self
+    }
+
+    /// Adds fields built elsewhere.
+    pub fn and(mut self, more: &Fields) -> Line {
+        self.fields = self.fields.and(more);
+        self
+    }
+
+    /// The event.
+    pub fn event(&self) -> Event {
+        self.event
+    }
+
+    /// The line as written, without its time: `<event> <fields>`.
+    pub fn text_without_time(&self) -> String {
+        if self.fields.0.is_empty() {
+            self.event.name().to_string()
+        } else {
+            format!("{} {}", self.event.name(), self.fields.0)
+        }
+    }
+
+    /// Writes the line: the time, then the event and its fields. The line is formatted first
+    /// and written in one call, so lines from concurrent sessions never interleave; a closed
+    /// or full standard error loses the line instead of stopping the server (`eprintln!`
+    /// would panic).
+    pub fn write(self) {
+        let line = format!(
+            "{} {}\n",
+            rfc3339(SystemTime::now()),
+            self.text_without_time()
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
 }
 
 /// Prints a status line for the operator on standard output (what `serve` listens on, that
@@ -123,12 +270,99 @@ pub fn status(args: fmt::Arguments<'_>) {
 }
 
 /// `text` as the value of a quoted field: its lines joined by ` / `, double quotes turned
-/// into single ones, so a reply or an error never breaks the line format.
+/// into single ones, other control characters escaped (`\t`, `\u{1b}`), so a reply or an
+/// error never breaks the line format.
 pub fn quoted(text: &impl fmt::Display) -> String {
-    text.to_string()
+    let joined = text
+        .to_string()
         .split(['\r', '\n'])
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join(" / ")
-        .replace('"', "'")
+        .join(" / ");
+    let mut out = String::with_capacity(joined.len());
+    for c in joined.chars() {
+        match c {
+            '"' => out.push('\''),
+            // A terminal escape or a tab from the network is shown, never obeyed.
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `event key=value key="text"...` back into the event and its fields, the way a
+    /// reader of the log (or a script) would: a value is a token up to the next space, or
+    /// what lies between a `="` and the next `"`.
+    fn split(line: &str) -> (String, Vec<(String, String)>) {
+        let (event, mut rest) = line.split_once(' ').unwrap_or((line, ""));
+        let mut fields = Vec::new();
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=').expect("a key=");
+            let (value, next) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let end = quoted.find('"').expect("a closing quote");
+                    let next = &quoted[end + 1..];
+                    assert!(next.is_empty() || next.starts_with(' '), "{line:?}");
+                    (&quoted[..end], next)
+                }
+                None => after.split_once(' ').map_or((after, ""), |(v, n)| (v, n)),
+            };
+            fields.push((key.to_string(), value.to_string()));
+            rest = next.strip_prefix(' ').unwrap_or(next);
+        }
+        (event.to_string(), fields)
+    }
+
+    #[test]
+    fn tokens_stay_bare_and_text_is_quoted() {
+        let line = line(Event::Delivered)
+            .field("id", "0000000000000001")
+            .field("to", "<a@b.test>")
+            .field("empty", "")
+            .field("spaced", "a b")
+            .text("reply", "250 2.0.0 \"ok\"\r\n250 more")
+            .field_opt("absent", None::<&str>)
+            .and(&Fields::new().field("tls", "none"));
+        assert_eq!(
+            line.text_without_time(),
+            "delivered id=0000000000000001 to=<a@b.test> empty=\"\" spaced=\"a b\" \
+             reply=\"250 2.0.0 'ok' / 250 more\" tls=none"
+        );
+        assert_eq!(quoted(&"a\tb\u{1b}[31m"), "a\\tb\\u{1b}[31m");
+    }
+
+    proptest! {
+        /// Whatever a value holds (it often comes from the network), the line splits back
+        /// into the same keys, in order, and a token value comes back unchanged; text comes
+        /// back as `quoted` made it.
+        #[test]
+        fn every_line_splits_back_into_its_fields(
+            values in proptest::collection::vec((any::<bool>(), any::<String>()), 0..6)
+        ) {
+            const KEYS: [&str; 6] = ["id", "to", "reason", "reply", "client", "msg"];
+            let mut l = line(Event::Rejected);
+            for (i, (as_text, v)) in values.iter().enumerate() {
+                l = if *as_text { l.text(KEYS[i], v) } else { l.field(KEYS[i], v) };
+            }
+            let text = l.text_without_time();
+            prop_assert!(!text.contains(['\n', '\r']), "{text:?}");
+            let (event, fields) = split(&text);
+            prop_assert_eq!(event, "rejected");
+            prop_assert_eq!(fields.len(), values.len());
+            for (i, ((key, got), (as_text, v))) in fields.iter().zip(&values).enumerate() {
+                prop_assert_eq!(key, KEYS[i]);
+                if !*as_text && is_token(v) {
+                    prop_assert_eq!(got, v);
+                } else {
+                    prop_assert_eq!(got, &quoted(v));
+                }
+            }
+        }
+    }
 }

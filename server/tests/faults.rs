@@ -193,7 +193,7 @@ fn the_reserve_refuses_new_mail_until_space_is_freed() {
         after.last().expect("reply").starts_with("250 "),
         "{after:?}"
     );
-    server.wait_log("store disk space is back: ", 5);
+    server.wait_log("store msg=\"disk space is back: ", 5);
     let mail = wait_mail(&dir.path().join("data/mail"), 2, 30, &server);
     assert_eq!(subjects(&mail), ["after", "before"]);
 }
@@ -240,7 +240,10 @@ fn a_write_that_finds_the_disk_full_answers_452_and_the_store_recovers_by_itself
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    server.wait_log("store reopened the queue store after a failed write", 5);
+    server.wait_log(
+        "store msg=\"reopened the queue store after a failed write",
+        5,
+    );
     let mail = wait_mail(&dir.path().join("data/mail"), 2, 30, &server);
     assert_eq!(subjects(&mail), ["after", "before"]);
 }

@@ -281,7 +281,9 @@ fn command_delivery_writes_a_file() {
         "not in the Maildir"
     );
     assert!(
-        server.log().contains("to=<alice@localhost> exit status 0"),
+        server
+            .log()
+            .contains("to=<alice@localhost> command=\"exit status 0"),
         "{}",
         server.log()
     );

@@ -122,7 +122,7 @@ fn a_full_port_25_leaves_submissions_its_slots_and_loopback_is_exempt_per_addres
     assert!(lines[5].contains(" 220 localhost"), "{out}");
     let log = server.log();
     assert!(
-        log.contains("refused client=127.0.0.2 role=smtp limit=max_connections\n"),
+        log.contains("result=refused client=127.0.0.2 role=smtp limit=max_connections\n"),
         "{log}"
     );
     assert!(!log.contains("role=submissions limit="), "{log}");

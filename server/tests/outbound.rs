@@ -158,7 +158,7 @@ nullmx.test. 300 MX 0 .
     // A logs a delivery once the remote's 250 has arrived, which can be after B has written
     // the message: wait for the line rather than reading the log once.
     a.wait_log("to=<carol@v6.test> relay=mx6.v6.test[::1]:", 10);
-    a.wait_log("tls=TLSv1.3 unverified", 10);
+    a.wait_log("tls=TLSv1.3 cert=unverified", 10);
 
     // A null MX fails at once and bounces to alice, on A.
     submit(&a, &["nobody@nullmx.test"], "nullmx");
@@ -630,7 +630,7 @@ mta-sts.other.test. 300 A 127.0.0.1
     // bob's delivery is logged after B has his copy: wait for the line.
     a.wait_log("to=<bob@remote.test> relay=mx.remote.test[127.0.0.1]", 10);
     let log = a.log();
-    assert!(log.contains(" tls=TLSv1.3 verified "), "{log}");
+    assert!(log.contains(" tls=TLSv1.3 cert=verified "), "{log}");
     assert!(
         log.contains("MTA-STS: none of the 1 MX hosts of other.test"),
         "{log}"

@@ -183,7 +183,7 @@ fn replaced_certificates_are_served_without_dropping_connections() {
     let new = cert(&["localhost"]);
     write_certbot(&root.join("certs/localhost"), &new);
     wait_for_cert(&server, port, &new.2);
-    server.wait_log("tls reloaded", 5);
+    server.wait_log("tls msg=\"reloaded", 5);
 
     // The connection opened before keeps its certificate and still carries a message.
     held.send("go");

@@ -158,7 +158,9 @@ pub fn serve_with(
     let settings = Settings::load(dir)?;
     let certs_snapshot = Snapshot::take(&settings.certs_dir());
     let store = certs::load(&settings)?;
-    log::event(Event::Tls, format_args!("loaded {}", store.summary()));
+    log::line(Event::Tls)
+        .text("msg", format_args!("loaded {}", store.summary()))
+        .write();
     let certificates = Certificates::new(store);
     let acceptor = TlsAcceptor::from(certificates.server_config()?);
 
@@ -267,7 +269,9 @@ pub fn serve_with(
         let name = loop {
             match controls.next().await {
                 (Command::Reload(done), from) => {
-                    log::event(Event::Reload, format_args!("{from} received"));
+                    log::line(Event::Reload)
+                        .text("msg", format_args!("{from} received"))
+                        .write();
                     runtime.reload();
                     if let Some(done) = done {
                         let _ = done.try_send(());
@@ -289,10 +293,9 @@ pub fn serve_with(
         let again = async {
             loop {
                 if let (Command::Stop, _) = controls.next().await {
-                    log::event(
-                        Event::Shutdown,
-                        format_args!("second signal: not waiting any longer"),
-                    );
+                    log::line(Event::Shutdown)
+                        .text("msg", format_args!("second signal: not waiting any longer"))
+                        .write();
                     return;
                 }
             }
@@ -356,13 +359,15 @@ impl Runtime {
     fn reload(&self) {
         let old = self.live();
         let refused = |e: ConfigError| {
-            log::event(
-                Event::Reload,
-                format_args!(
-                    "refused, keeping the current configuration: {}",
-                    e.to_string().replace("\n  fix: ", "; fix: ")
-                ),
-            );
+            log::line(Event::Reload)
+                .text(
+                    "msg",
+                    format_args!(
+                        "refused, keeping the current configuration: {}",
+                        e.to_string().replace("\n  fix: ", "; fix: ")
+                    ),
+                )
+                .write();
         };
         let mut settings = match Settings::load(&self.dir) {
             Ok(settings) => settings,
@@ -393,37 +398,35 @@ impl Runtime {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };
         if !self.activated && addresses(&settings) != addresses(&old.settings) {
-            log::event(
-                Event::Reload,
-                format_args!(
+            log::line(Event::Reload).text("msg", format_args!(
                     "[listeners] changed in {}: needs restart; still listening on the old addresses",
                     settings.file.display()
-                ),
-            );
+                )).write();
         }
         if settings.mailboxes != old.settings.mailboxes {
-            log::event(
-                Event::Reload,
-                format_args!(
+            log::line(Event::Reload).text("msg", format_args!(
                     "[mailboxes] changed in {}: needs restart; local delivery keeps the old methods",
                     settings.file.display()
-                ),
-            );
+                )).write();
         }
         if settings.data_dir != old.settings.data_dir {
-            log::event(
-                Event::Reload,
-                format_args!(
-                    "data_dir changed in {}: needs restart; still using {}",
-                    settings.file.display(),
-                    old.settings.data_dir.display()
-                ),
-            );
+            log::line(Event::Reload)
+                .text(
+                    "msg",
+                    format_args!(
+                        "data_dir changed in {}: needs restart; still using {}",
+                        settings.file.display(),
+                        old.settings.data_dir.display()
+                    ),
+                )
+                .write();
             settings.data_dir = old.settings.data_dir.clone();
             settings.data_dir_line = old.settings.data_dir_line;
         }
         log_problems(&problems);
-        log::event(Event::Tls, format_args!("reloaded {}", store.summary()));
+        log::line(Event::Tls)
+            .text("msg", format_args!("reloaded {}", store.summary()))
+            .write();
         self.certificates.replace(store);
         let live = Arc::new(Live::new(
             settings,
@@ -431,13 +434,15 @@ impl Runtime {
             &self.shutdown,
             &self.queue,
         ));
-        log::event(
-            Event::Reload,
-            format_args!(
-                "configuration reloaded from {}; new connections use it",
-                live.settings.file.display()
-            ),
-        );
+        log::line(Event::Reload)
+            .text(
+                "msg",
+                format_args!(
+                    "configuration reloaded from {}; new connections use it",
+                    live.settings.file.display()
+                ),
+            )
+            .write();
         match self.live.write() {
             Ok(mut current) => *current = live,
             Err(poisoned) => *poisoned.into_inner() = live,
@@ -450,16 +455,20 @@ impl Runtime {
         match certs::reload(&self.live().settings, &self.certificates.current()) {
             Ok((store, problems)) => {
                 log_problems(&problems);
-                log::event(Event::Tls, format_args!("reloaded {}", store.summary()));
+                log::line(Event::Tls)
+                    .text("msg", format_args!("reloaded {}", store.summary()))
+                    .write();
                 self.certificates.replace(store);
             }
-            Err(e) => log::event(
-                Event::Tls,
-                format_args!(
-                    "reload failed, keeping the current certificates: {}",
-                    e.to_string().replace("\n  fix: ", "; fix: ")
-                ),
-            ),
+            Err(e) => log::line(Event::Tls)
+                .text(
+                    "msg",
+                    format_args!(
+                        "reload failed, keeping the current certificates: {}",
+                        e.to_string().replace("\n  fix: ", "; fix: ")
+                    ),
+                )
+                .write(),
         }
     }
 }
@@ -467,14 +476,16 @@ impl Runtime {
 /// Logs the certificate files that failed to load on a reload.
 fn log_problems(problems: &[ConfigError]) {
     for e in problems {
-        log::event(
-            Event::Tls,
-            format_args!(
-                "reload: {}: {}; keeping its previous certificate, if any",
-                e.file.display(),
-                e.message
-            ),
-        );
+        log::line(Event::Tls)
+            .text(
+                "msg",
+                format_args!(
+                    "reload: {}: {}; keeping its previous certificate, if any",
+                    e.file.display(),
+                    e.message
+                ),
+            )
+            .write();
     }
 }
 
@@ -491,7 +502,9 @@ impl Live {
             proto_core::mail::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
         let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
         for problem in aliases.reload() {
-            log::event(Event::Config, format_args!("aliases: {problem}"));
+            log::line(Event::Config)
+                .text("msg", format_args!("aliases: {problem}"))
+                .write();
         }
         let shared = Arc::new(Shared {
             aliases: Arc::new(aliases),
@@ -544,25 +557,31 @@ async fn drain(counter: &ConnectionCounter, grace: Duration) {
     let deadline = Instant::now() + grace;
     let open = counter.open();
     if open > 0 {
-        log::event(
-            Event::Shutdown,
-            format_args!(
-                "waiting up to {} s for {open} open connections",
-                grace.as_secs()
-            ),
-        );
+        log::line(Event::Shutdown)
+            .text(
+                "msg",
+                format_args!(
+                    "waiting up to {} s for {open} open connections",
+                    grace.as_secs()
+                ),
+            )
+            .write();
     }
     loop {
         let open = counter.open();
         if open == 0 {
-            log::event(Event::Shutdown, format_args!("all connections closed"));
+            log::line(Event::Shutdown)
+                .text("msg", format_args!("all connections closed"))
+                .write();
             return;
         }
         if Instant::now() >= deadline {
-            log::event(
-                Event::Shutdown,
-                format_args!("shutdown_grace over; closing {open} connections"),
-            );
+            log::line(Event::Shutdown)
+                .text(
+                    "msg",
+                    format_args!("shutdown_grace over; closing {open} connections"),
+                )
+                .write();
             return;
         }
         Timer::after(Duration::from_millis(50)).await;
@@ -651,10 +670,12 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let store = opened.store;
     let swept = opened.swept;
     if swept > 0 {
-        log::event(
-            Event::Startup,
-            format_args!("removed the partial bodies of {swept} unacknowledged messages"),
-        );
+        log::line(Event::Startup)
+            .text(
+                "msg",
+                format_args!("removed the partial bodies of {swept} unacknowledged messages"),
+            )
+            .write();
     }
     let committer = Committer::start(store.clone()).map_err(|e| problem(&e))?;
     let (local_queue, local_ids) = async_channel::unbounded();
@@ -668,10 +689,12 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         dispatch.both(id);
     }
     if !ids.is_empty() {
-        log::event(
-            Event::Startup,
-            format_args!("{} queued messages resume delivery", ids.len()),
-        );
+        log::line(Event::Startup)
+            .text(
+                "msg",
+                format_args!("{} queued messages resume delivery", ids.len()),
+            )
+            .write();
     }
     let users = Arc::new(UserDb::new(settings.domains_dir()));
     let bouncer = Bouncer {
@@ -714,7 +737,9 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let (tls_memory, bad) = TlsMemory::open(&settings.data_dir.join(memory::FILE_NAME))
         .map_err(|e| settings.data_dir_error(format!("cannot read the TLS policy memory: {e}")))?;
     for line in bad {
-        log::event(Event::Config, format_args!("{line}; line skipped"));
+        log::line(Event::Config)
+            .text("msg", format_args!("{line}; line skipped"))
+            .write();
     }
     let mta_sts = if settings.delivery.mta_sts {
         let (sts, bad) = MtaSts::new(
@@ -724,7 +749,9 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         )
         .map_err(|e| settings.data_dir_error(format!("cannot set up MTA-STS: {e}")))?;
         for line in bad {
-            log::event(Event::Config, format_args!("{line}; line skipped"));
+            log::line(Event::Config)
+                .text("msg", format_args!("{line}; line skipped"))
+                .write();
         }
         Some(sts.with_port(settings.delivery.mta_sts_port))
     } else {
@@ -841,15 +868,12 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
                 ) {
                     Ok(permit) => permit,
                     Err(refusal) => {
-                        log::event(
-                            Event::Connection,
-                            format_args!(
-                                "refused client={} role={} limit={}",
-                                peer.ip().to_canonical(),
-                                role.name(),
-                                refusal.key()
-                            ),
-                        );
+                        log::line(Event::Connection)
+                            .field("result", "refused")
+                            .field("client", peer.ip().to_canonical())
+                            .field("role", role.name())
+                            .field("limit", refusal.key())
+                            .write();
                         smol::spawn(too_many(stream, role, live.settings.hostname.clone()))
                             .detach();
                         continue;
@@ -867,10 +891,10 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
-                log::event(
-                    Event::Connection,
-                    format_args!("accept failed role={} error=\"{e}\"", role.name()),
-                );
+                log::line(Event::Connection)
+                    .field("role", role.name())
+                    .text("error", format_args!("accept failed: {e}"))
+                    .write();
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
@@ -895,14 +919,11 @@ async fn too_many(mut stream: Async<TcpStream>, role: Role, hostname: String) {
 }
 
 fn log_connection_error(peer: SocketAddr, role: Role, e: &runtime_smol::Error) {
-    log::event(
-        Event::Connection,
-        format_args!(
-            "client={} role={} error=\"{e}\"",
-            peer.ip().to_canonical(),
-            role.name()
-        ),
-    );
+    log::line(Event::Connection)
+        .field("client", peer.ip().to_canonical())
+        .field("role", role.name())
+        .text("error", e)
+        .write();
 }
 
 #[cfg(test)]

@@ -96,10 +96,12 @@ pub fn notify(state: &str) {
         }
     });
     if let Err(e) = result {
-        log::event(
-            Event::Systemd,
-            format_args!("cannot notify {}: {e}", target.to_string_lossy()),
-        );
+        log::line(Event::Systemd)
+            .text(
+                "problem",
+                format_args!("cannot notify {}: {e}", target.to_string_lossy()),
+            )
+            .write();
     }
 }
 

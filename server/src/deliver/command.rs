@@ -368,7 +368,9 @@ fn result_of(status: std::process::ExitStatus, output: &[u8]) -> Delivery {
         }
     };
     match (status.code(), status.signal()) {
-        (Some(0), _) => Delivery::Delivered(with_output("exit status 0".into())),
+        (Some(0), _) => Delivery::Delivered(
+            crate::log::Fields::new().text("command", with_output("exit status 0".into())),
+        ),
         (Some(EX_TEMPFAIL), _) => {
             Delivery::Deferred(with_output("exit status 75 (temporary failure)".into()))
         }
@@ -573,7 +575,7 @@ mod tests {
         let message = b"Subject: t\r\n\r\nhello\r\n";
         assert_eq!(
             run_sh(&script, message, Duration::from_secs(30)),
-            Delivery::Delivered("exit status 0".into())
+            Delivery::Delivered(crate::log::Fields::new().text("command", "exit status 0"))
         );
         assert_eq!(std::fs::read(&out).expect("written"), message);
         assert_eq!(
@@ -600,7 +602,7 @@ mod tests {
         let big = vec![b'x'; 1 << 20];
         assert_eq!(
             run_sh("exit 0", &big, Duration::from_secs(30)),
-            Delivery::Delivered("exit status 0".into())
+            Delivery::Delivered(crate::log::Fields::new().text("command", "exit status 0"))
         );
     }
 
@@ -650,7 +652,10 @@ mod tests {
             &b"a\r\nb\r\n"[..],
             Duration::from_secs(30),
         ));
-        assert_eq!(got, Delivery::Delivered("exit status 0".into()));
+        assert_eq!(
+            got,
+            Delivery::Delivered(crate::log::Fields::new().text("command", "exit status 0"))
+        );
         assert_eq!(std::fs::read(&out).expect("written"), b"a\r\nb\r\n");
     }
 
@@ -677,7 +682,10 @@ mod tests {
         .expect("parses");
         let subs = Substitutions::new(&path("<s@client.test>"), "bob", "example.org");
         let got = smol::block_on(deliver(&line, &subs, &b"x"[..], Duration::from_secs(30)));
-        assert_eq!(got, Delivery::Delivered("exit status 0".into()));
+        assert_eq!(
+            got,
+            Delivery::Delivered(crate::log::Fields::new().text("command", "exit status 0"))
+        );
         assert_eq!(
             std::fs::read_to_string(&out).expect("args"),
             "s@client.test|bob@example.org|bob|example.org|s@client.test|bob@example.org||"

@@ -82,10 +82,11 @@ where
         .recipients
         .iter()
         .map(|r| match &r.status {
-            RecipientStatus::Accepted(reply) => Delivery::Delivered(format!(
-                "lmtp={target} reply=\"{}\"",
-                crate::log::quoted(reply)
-            )),
+            RecipientStatus::Accepted(reply) => Delivery::Delivered(
+                crate::log::Fields::new()
+                    .field("lmtp", target)
+                    .text("reply", reply),
+            ),
             RecipientStatus::PermanentFailure(why) => {
                 Delivery::Failed(format!("lmtp={target}: {}", crate::log::quoted(why)))
             }
@@ -209,9 +210,11 @@ mod tests {
         let seen = server.join().expect("server");
         assert_eq!(
             got,
-            vec![Delivery::Delivered(format!(
-                "lmtp={addr} reply=\"250 2.0.0 ok\""
-            ))]
+            vec![Delivery::Delivered(
+                crate::log::Fields::new()
+                    .field("lmtp", addr)
+                    .text("reply", "250 2.0.0 ok")
+            )]
         );
         assert!(seen.contains("MAIL FROM:<>\r\n"), "{seen}");
     }
@@ -242,7 +245,11 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Delivery::Delivered(format!("{target} reply=\"250 2.0.0 saved\"")),
+                Delivery::Delivered(
+                    crate::log::Fields::new()
+                        .field("lmtp", format_args!("unix:{}", socket.display()))
+                        .text("reply", "250 2.0.0 saved")
+                ),
                 Delivery::Failed(format!("{target}: 550 5.1.1 unknown")),
                 Delivery::Failed(format!("{target}: 552 5.2.2 over quota")),
                 Delivery::Deferred(format!("{target}: 451 4.3.0 later")),

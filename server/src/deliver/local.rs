@@ -326,7 +326,7 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
         for (i, path, maildir) in std::mem::take(&mut p.written) {
             let result = match broken.iter().find(|(m, _)| *m == maildir) {
                 Some((_, why)) => Delivery::Deferred(why.clone()),
-                None => Delivery::Delivered(format!("path={}", path.display())),
+                None => Delivery::Delivered(log::Fields::new().field("path", path.display())),
             };
             p.record(i, result);
         }
@@ -370,10 +370,10 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
         // Kept in the backlog, recorded before anything else is delivered.
         Err(why) => {
             for (slot, p) in &tried {
-                log::event(
-                    Event::Deferred,
-                    format_args!("id={} reason=\"{why}\"", p.id),
-                );
+                log::line(Event::Deferred)
+                    .field("id", &p.id)
+                    .text("reason", &why)
+                    .write();
                 next[*slot] = Some(now + settle::BACKLOG_RETRY);
             }
         }

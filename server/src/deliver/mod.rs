@@ -86,8 +86,8 @@ impl std::fmt::Display for LmtpTarget {
 /// What became of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// In the mailbox; the text says where or what the server answered (for the log).
-    Delivered(String),
+    /// In the mailbox; the log fields say where, or what the server answered.
+    Delivered(crate::log::Fields),
     /// Not now: try again later.
     Deferred(String),
     /// Never: bounce.

@@ -288,10 +288,9 @@ fn log_problem(p: &Problem) {
     } else {
         " (warning)"
     };
-    crate::log::event(
-        crate::log::Event::Config,
-        format_args!("aliases: {p}{what}"),
-    );
+    crate::log::line(crate::log::Event::Config)
+        .text("msg", format_args!("aliases: {p}{what}"))
+        .write();
 }
 
 /// The names of the directories under `domains_dir`, sorted. A missing `domains/` is empty.

@@ -99,10 +99,10 @@ impl Destinations<'_> {
         let resolved = match self.aliases.resolve(mailbox, &exists) {
             Ok(r) => r,
             Err(e @ AliasError::Lookup { .. }) => {
-                crate::log::event(
-                    crate::log::Event::Failed,
-                    format_args!("to=<{mailbox}> reason=\"{e}\""),
-                );
+                crate::log::line(crate::log::Event::Failed)
+                    .field("to", format_args!("<{mailbox}>"))
+                    .text("reason", &e)
+                    .write();
                 return Resolution::Refuse(Reply::of(
                     proto_core::ReplyCode::LOCAL_ERROR,
                     (4, 3, 0),
@@ -173,12 +173,13 @@ impl Destinations<'_> {
             Ok(rewritten) if rewritten != *sender => Some(ReversePath::Mailbox(rewritten)),
             Ok(_) => None,
             Err(e) => {
-                crate::log::event(
-                    crate::log::Event::Srs,
-                    format_args!(
-                        "from=<{sender}> problem=\"{e}\"; forwarding with the original sender"
-                    ),
-                );
+                crate::log::line(crate::log::Event::Srs)
+                    .field("from", format_args!("<{sender}>"))
+                    .text(
+                        "problem",
+                        format_args!("{e}; forwarding with the original sender"),
+                    )
+                    .write();
                 None
             }
         }

@@ -143,10 +143,12 @@ impl Hashers {
                     }
                 });
             if let Err(e) = spawned {
-                log::event(
-                    Event::Auth,
-                    format_args!("problem=\"cannot start a hashing thread: {e}\""),
-                );
+                log::line(Event::Auth)
+                    .text(
+                        "problem",
+                        format_args!("cannot start a hashing thread: {e}"),
+                    )
+                    .write();
             }
         }
         Hashers { jobs }
@@ -203,12 +205,12 @@ impl Authenticator {
         let name = user_key(&credentials.authcid);
         let ip_text = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         let Some(attempt) = self.begin(client, Instant::now()) else {
-            log::event(
-                Event::Auth,
-                format_args!(
-                    "client={ip_text} role={role} result=locked reason=\"too many failures from this client\""
-                ),
-            );
+            log::line(Event::Auth)
+                .field("client", &ip_text)
+                .field("role", role)
+                .field("result", "locked")
+                .text("reason", "too many failures from this client")
+                .write();
             return Err(Reply::of(
                 proto_core::ReplyCode::TEMP_AUTH_FAILURE,
                 (4, 7, 0),
@@ -226,22 +228,24 @@ impl Authenticator {
             Ok(address) => {
                 drop(attempt);
                 self.succeeded(&name);
-                log::event(
-                    Event::Auth,
-                    format_args!("client={ip_text} role={role} result=ok"),
-                );
+                log::line(Event::Auth)
+                    .field("client", &ip_text)
+                    .field("role", role)
+                    .field("result", "ok")
+                    .write();
                 Ok(address)
             }
             Err(why) => {
                 let (count, locked_now) = self.failed(client, name, Instant::now());
                 drop(attempt);
-                log::event(
-                    Event::Auth,
-                    format_args!(
-                        "client={ip_text} role={role} result=failed reason=\"{why}\" failures={count}{}",
-                        if locked_now { " lockout=start" } else { "" }
-                    ),
-                );
+                log::line(Event::Auth)
+                    .field("client", &ip_text)
+                    .field("role", role)
+                    .field("result", "failed")
+                    .text("reason", why)
+                    .field("failures", count)
+                    .field_opt("lockout", locked_now.then_some("start"))
+                    .write();
                 if count >= self.settings.delay_after {
                     Timer::after(self.settings.delay).await;
                 }

@@ -497,7 +497,9 @@ impl UsersFile {
         if strict {
             return Err(e);
         }
-        crate::log::event(crate::log::Event::Config, format_args!("skipped: {e}"));
+        crate::log::line(crate::log::Event::Config)
+            .text("msg", format_args!("skipped: {e}"))
+            .write();
         Ok(())
     }
 

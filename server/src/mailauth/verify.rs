@@ -376,10 +376,10 @@ fn seal_set(
     match sealer.seal(parsed, results, arc) {
         Ok(set) => set.to_header(),
         Err(e) => {
-            crate::log::event(
-                crate::log::Event::Arc,
-                format_args!("domain={} problem=\"sealing: {e}\"", keys.domain()),
-            );
+            crate::log::line(crate::log::Event::Arc)
+                .field("domain", keys.domain())
+                .text("problem", format_args!("sealing: {e}"))
+                .write();
             String::new()
         }
     }

@@ -91,7 +91,10 @@ impl Bouncer {
         let dsn = match compose(&request) {
             Ok(d) => d,
             Err(why) => {
-                log::event(Event::Dsn, format_args!("id={id} none=\"{why}\""));
+                log::line(Event::Dsn)
+                    .field("id", id)
+                    .text("none", why)
+                    .write();
                 return Ok(None);
             }
         };
@@ -103,10 +106,10 @@ impl Bouncer {
             },
             Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().clone()),
             Ok(Lookup::UnknownUser) => {
-                log::event(
-                    Event::Dsn,
-                    format_args!("id={id} none=\"the sender {to} is not a user here\""),
-                );
+                log::line(Event::Dsn)
+                    .field("id", id)
+                    .text("none", format_args!("the sender {to} is not a user here"))
+                    .write();
                 return Ok(None);
             }
             Err(e) => return Err(BounceError::Lookup(to.to_string(), e)),
@@ -163,10 +166,12 @@ impl Bouncer {
             chunks,
             recipients: vec![recipient],
         };
-        log::event(
-            Event::Dsn,
-            format_args!("id={id} dsn={bounce_id} to={to} size={size}"),
-        );
+        log::line(Event::Dsn)
+            .field("id", id)
+            .field("dsn", &bounce_id)
+            .field("to", &to)
+            .field("size", size)
+            .write();
         Ok(Some((bounce_id, bounce)))
     }
 }

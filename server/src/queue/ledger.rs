@@ -140,14 +140,15 @@ fn parse(text: &[u8]) -> BTreeSet<QueueId> {
 
 /// Logs a ledger problem.
 fn problem(path: &Path, e: &io::Error) {
-    crate::log::event(
-        crate::log::Event::Store,
-        format_args!(
-            "problem=\"cannot write the acknowledgement ledger {}: {}\"",
-            path.display(),
-            crate::log::quoted(e)
-        ),
-    );
+    crate::log::line(crate::log::Event::Store)
+        .text(
+            "problem",
+            format_args!(
+                "cannot write the acknowledgement ledger {}: {e}",
+                path.display()
+            ),
+        )
+        .write();
 }
 
 #[cfg(test)]

@@ -353,13 +353,10 @@ fn publish(report: &Report, path: &Path) -> Result<(), OpenError> {
         }
     })?;
     for (id, why) in &report.lost {
-        log::event(
-            Event::Damaged,
-            format_args!(
-                "id={id} reason=\"lost from the queue store: {}\"",
-                log::quoted(why)
-            ),
-        );
+        log::line(Event::Damaged)
+            .field("id", id)
+            .text("reason", format_args!("lost from the queue store: {why}"))
+            .write();
     }
     const SHOWN: usize = 50;
     let mut ids: Vec<&str> = report
@@ -377,23 +374,22 @@ fn publish(report: &Report, path: &Path) -> Result<(), OpenError> {
         Some(p) => p.display().to_string(),
         None => "none".into(),
     };
-    log::event(
-        Event::Recovery,
-        format_args!(
-            "recovered={} lost={} lost_ids={} possibly_lost={} moved_to=\"{}\" report=\"{}\" cause=\"{}\"",
-            report.recovered,
-            report.lost.len(),
+    log::line(Event::Recovery)
+        .field("recovered", report.recovered)
+        .field("lost", report.lost.len())
+        .field(
+            "lost_ids",
             if ids.is_empty() {
                 "-".to_string()
             } else {
                 ids.join(",")
             },
-            report.possibly_lost.len(),
-            moved,
-            path.display(),
-            log::quoted(&report.cause)
-        ),
-    );
+        )
+        .field("possibly_lost", report.possibly_lost.len())
+        .text("moved_to", moved)
+        .text("report", path.display())
+        .text("cause", &report.cause)
+        .write();
     Ok(())
 }
 

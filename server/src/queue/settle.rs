@@ -49,7 +49,7 @@ pub enum Fate {
     /// the next hop takes that job over (it announced DSN).
     Delivered {
         /// Where it went, as log fields.
-        detail: String,
+        detail: log::Fields,
         /// The report for NOTIFY=SUCCESS, if it is ours to send.
         report: Option<RecipientReport>,
     },
@@ -119,11 +119,17 @@ pub const DAMAGED_RETRY: u64 = 3600;
 pub fn unreadable(id: &QueueId, error: &StoreError, now: u64) -> u64 {
     match error {
         StoreError::Corrupt { .. } => {
-            log::event(Event::Damaged, format_args!("id={id} reason=\"{error}\""));
+            log::line(Event::Damaged)
+                .field("id", id)
+                .text("reason", error)
+                .write();
             now + DAMAGED_RETRY
         }
         _ => {
-            log::event(Event::Deferred, format_args!("id={id} reason=\"{error}\""));
+            log::line(Event::Deferred)
+                .field("id", id)
+                .text("reason", error)
+                .write();
             now + RECORD_RETRY
         }
     }
@@ -149,8 +155,8 @@ pub struct Settled {
     pub envelope: Envelope,
     /// What the sender is told.
     reports: Vec<RecipientReport>,
-    /// (event, fields) to log once durable.
-    events: Vec<(Event, String)>,
+    /// The lines to log once durable.
+    events: Vec<log::Line>,
 }
 
 /// Applies `fates` (recipient index, fate) to a copy of `envelope`. `now` is in seconds
@@ -175,24 +181,24 @@ pub fn settle(
                 if let Some(report) = report.filter(|_| asked) {
                     reports.push(bounce::report_for(r, report));
                 }
-                events.push((
-                    Event::Delivered,
-                    format!("id={id} to=<{}> {detail}", r.address),
-                ));
+                events.push(
+                    log::line(Event::Delivered)
+                        .field("id", id)
+                        .field("to", format_args!("<{}>", r.address))
+                        .and(&detail),
+                );
             }
             Fate::Failed { why, report } => {
                 r.attempts += 1;
                 r.state = RecipientState::Failed;
                 r.last_error = Some(why.clone());
-                events.push((
-                    Event::Failed,
-                    format!(
-                        "id={id} to=<{}> attempts={} reason=\"{}\"",
-                        r.address,
-                        r.attempts,
-                        log::quoted(&why)
-                    ),
-                ));
+                events.push(
+                    log::line(Event::Failed)
+                        .field("id", id)
+                        .field("to", format_args!("<{}>", r.address))
+                        .field("attempts", r.attempts)
+                        .text("reason", &why),
+                );
                 reports.push(bounce::report_for(r, report));
             }
             Fate::Deferred { why, mut report } => {
@@ -224,28 +230,24 @@ pub fn settle(
                             ));
                             reports.push(bounce::report_for(r, report));
                         }
-                        events.push((
-                            Event::Deferred,
-                            format!(
-                                "id={id} to=<{}> attempts={} retry_in={}s reason=\"{}\"",
-                                r.address,
-                                r.attempts,
-                                at.saturating_sub(now),
-                                log::quoted(&why)
-                            ),
-                        ));
+                        events.push(
+                            log::line(Event::Deferred)
+                                .field("id", id)
+                                .field("to", format_args!("<{}>", r.address))
+                                .field("attempts", r.attempts)
+                                .field("retry_in", format_args!("{}s", at.saturating_sub(now)))
+                                .text("reason", &why),
+                        );
                     }
                     _ => {
                         r.state = RecipientState::Failed;
-                        events.push((
-                            Event::Failed,
-                            format!(
-                                "id={id} to=<{}> attempts={} reason=\"gave up: {}\"",
-                                r.address,
-                                r.attempts,
-                                log::quoted(&why)
-                            ),
-                        ));
+                        events.push(
+                            log::line(Event::Failed)
+                                .field("id", id)
+                                .field("to", format_args!("<{}>", r.address))
+                                .field("attempts", r.attempts)
+                                .text("reason", format_args!("gave up: {why}")),
+                        );
                         // RFC 3463 4.4.7: delivery time expired; reported as a failure.
                         report.action = DsnAction::Failed;
                         report.status = EnhancedStatus::new(5, 4, 7).unwrap_or(report.status);
@@ -326,27 +328,30 @@ impl Recorder<'_> {
         match self.record_all(owner, &all) {
             Ok(mut applied) => {
                 if earlier > 0 {
-                    log::event(
-                        Event::Store,
-                        format_args!(
-                            "delivery resumed: the outcomes of {earlier} earlier deliveries \
+                    log::line(Event::Store)
+                        .text(
+                            "msg",
+                            format_args!(
+                                "delivery resumed: the outcomes of {earlier} earlier deliveries \
                              are recorded"
-                        ),
-                    );
+                            ),
+                        )
+                        .write();
                 }
                 Ok(applied.split_off(earlier))
             }
             Err(why) => {
                 if earlier == 0 {
-                    log::event(
-                        Event::Store,
-                        format_args!(
-                            "problem=\"delivery stopped: {}; {} outcomes are kept in memory \
-                             and recorded once the store takes writes again\"",
-                            log::quoted(&why),
-                            all.len()
-                        ),
-                    );
+                    log::line(Event::Store)
+                        .text(
+                            "problem",
+                            format_args!(
+                                "delivery stopped: {why}; {} outcomes are kept in memory \
+                                 and recorded once the store takes writes again",
+                                all.len()
+                            ),
+                        )
+                        .write();
                 }
                 *waiting = all;
                 Err(why)
@@ -384,14 +389,13 @@ impl Recorder<'_> {
                 Ok(Some(b)) => bounces.push(b),
                 Ok(None) => {}
                 Err(why) => {
-                    log::event(
-                        Event::Deferred,
-                        format_args!(
-                            "id={} reason=\"cannot write the bounce: {}\"; tried again",
-                            p.id,
-                            log::quoted(&why)
-                        ),
-                    );
+                    log::line(Event::Deferred)
+                        .field("id", &p.id)
+                        .text(
+                            "reason",
+                            format_args!("cannot write the bounce: {why}; tried again"),
+                        )
+                        .write();
                     kept.push(None);
                     continue;
                 }
@@ -439,12 +443,12 @@ impl Recorder<'_> {
             };
             let a = applied.next().unwrap_or(Applied::Gone);
             if a != Applied::Gone {
-                for (event, fields) in &p.events {
-                    log::event(*event, format_args!("{fields}"));
+                for line in &p.events {
+                    line.clone().write();
                 }
             }
             if a == Applied::Removed {
-                log::event(Event::Removed, format_args!("id={}", p.id));
+                log::line(Event::Removed).field("id", &p.id).write();
             }
             out.push(Some(a));
         }
@@ -526,14 +530,14 @@ mod tests {
             (
                 0,
                 Fate::Delivered {
-                    detail: "path=/x".into(),
+                    detail: log::Fields::new().field("path", "/x"),
                     report: Some(report(&e, 0, DsnAction::Delivered, (2, 0, 0))),
                 },
             ),
             (
                 1,
                 Fate::Delivered {
-                    detail: "path=/y".into(),
+                    detail: log::Fields::new().field("path", "/y"),
                     report: Some(report(&e, 1, DsnAction::Delivered, (2, 0, 0))),
                 },
             ),
@@ -583,10 +587,12 @@ mod tests {
                 ("<r3@remote.test>".to_string(), DsnAction::Delayed),
             ]
         );
-        let events: Vec<_> = s.events.iter().map(|(e, _)| e.name()).collect();
+        let events: Vec<_> = s.events.iter().map(|l| l.event().name()).collect();
         assert_eq!(events, ["delivered", "delivered", "failed", "deferred"]);
         assert!(
-            s.events[3].1.contains("attempts=1 retry_in=300s"),
+            s.events[3]
+                .text_without_time()
+                .contains("attempts=1 retry_in=300s"),
             "{:?}",
             s.events
         );
@@ -617,7 +623,11 @@ mod tests {
             s.reports[0].problem.as_deref(),
             Some("gave up after 1 attempts over 16 min: 451 try later")
         );
-        assert!(s.events[0].1.contains("reason=\"gave up: 451 try later\""));
+        assert!(
+            s.events[0]
+                .text_without_time()
+                .contains("reason=\"gave up: 451 try later\"")
+        );
     }
 
     #[test]

@@ -54,24 +54,28 @@ impl Reserve {
         let short = free < min_free || free == 0;
         let was = self.short.swap(short, Ordering::AcqRel);
         match (was, short) {
-            (false, true) => log::event(
-                Event::Store,
-                format_args!(
-                    "problem=\"disk nearly full: {} free on {}, below the reserve of {} \
-                     (min_free_space); new mail is refused with 452 4.3.1 until there is room\"",
-                    mib(free),
-                    self.dir.display(),
-                    mib(self.min_free)
-                ),
-            ),
-            (true, false) => log::event(
-                Event::Store,
-                format_args!(
-                    "disk space is back: {} free on {}; mail is accepted again",
-                    mib(free),
-                    self.dir.display()
-                ),
-            ),
+            (false, true) => log::line(Event::Store)
+                .text(
+                    "problem",
+                    format_args!(
+                        "disk nearly full: {} free on {}, below the reserve of {} \
+                         (min_free_space); new mail is refused with 452 4.3.1 until there is room",
+                        mib(free),
+                        self.dir.display(),
+                        mib(self.min_free)
+                    ),
+                )
+                .write(),
+            (true, false) => log::line(Event::Store)
+                .text(
+                    "msg",
+                    format_args!(
+                        "disk space is back: {} free on {}; mail is accepted again",
+                        mib(free),
+                        self.dir.display()
+                    ),
+                )
+                .write(),
             _ => {}
         }
         if short {

@@ -504,10 +504,12 @@ impl Store {
             Ok(h) => {
                 self.shared.generation.store(generation, Ordering::Release);
                 *last_error = None;
-                crate::log::event(
-                    crate::log::Event::Store,
-                    format_args!("reopened the queue store after a failed write"),
-                );
+                crate::log::line(crate::log::Event::Store)
+                    .text(
+                        "msg",
+                        format_args!("reopened the queue store after a failed write"),
+                    )
+                    .write();
                 *open = Some(h.clone());
                 Ok(h)
             }
@@ -515,13 +517,12 @@ impl Store {
                 // Locked: a reader still holds the old opening; anything else is logged.
                 let why: Arc<str> = e.to_string().into();
                 if !matches!(e, StoreError::Fjall(fjall::Error::Locked)) {
-                    crate::log::event(
-                        crate::log::Event::Store,
-                        format_args!(
-                            "problem=\"cannot open the queue store again: {}\"",
-                            crate::log::quoted(&why)
-                        ),
-                    );
+                    crate::log::line(crate::log::Event::Store)
+                        .text(
+                            "problem",
+                            format_args!("cannot open the queue store again: {why}"),
+                        )
+                        .write();
                 }
                 *last_error = Some(why.clone());
                 Err(StoreError::Unavailable(why))
@@ -555,13 +556,14 @@ impl Store {
                 .unwrap_or_else(PoisonError::into_inner);
             if open.as_ref().is_some_and(|o| o.generation == h.generation) {
                 *open = None;
-                crate::log::event(
-                    crate::log::Event::Store,
-                    format_args!(
-                        "problem=\"a write failed ({}); the queue store is closed and opened again\"",
-                        crate::log::quoted(&e)
-                    ),
-                );
+                crate::log::line(crate::log::Event::Store)
+                    .text(
+                        "problem",
+                        format_args!(
+                            "a write failed ({e}); the queue store is closed and opened again"
+                        ),
+                    )
+                    .write();
             }
         }
         Err(e)

@@ -43,7 +43,7 @@ use crate::directory::logins::Authenticator;
 use crate::directory::recipients::Recipients;
 use crate::directory::relay::{HeaderFromCheck, Policy};
 use crate::directory::users::Address;
-use crate::log::{self, Event};
+use crate::log::{self, Event, Fields};
 use crate::mailauth::forged::ForgedFilter;
 use crate::mailauth::sign::Signing;
 use crate::mailauth::verify::Verifier;
@@ -194,10 +194,10 @@ impl Reception {
             {
                 Ok(fields) => t.headers.extend(fields),
                 Err(e) => {
-                    log::event(
-                        Event::Failed,
-                        format_args!("id={} reason=\"dkim signing: {e}\"", t.id),
-                    );
+                    log::line(Event::Failed)
+                        .field("id", &t.id)
+                        .text("reason", format_args!("dkim signing: {e}"))
+                        .write();
                     return Err(Verdict::Reject(Reply::of(
                         ReplyCode::LOCAL_ERROR,
                         (4, 3, 0),
@@ -219,8 +219,8 @@ impl Reception {
                 summary.push_str(&forged);
             }
             if let Disposition::Refuse(r) = report.decision {
-                let what = format!("from={} auth=\"{summary}\"", t.from);
-                return Err(self.refuse(session, t.id.as_str(), &what, r));
+                let what = Fields::new().field("from", &t.from).text("auth", &summary);
+                return Err(self.refuse(session, t.id.as_str(), what, r));
             }
             t.headers.push_str(&report.headers);
             t.auth_summary = Some(summary);
@@ -248,10 +248,10 @@ impl Reception {
             Ok(keys) if !keys.is_empty() => Some(keys),
             Ok(_) => None,
             Err(e) => {
-                log::event(
-                    Event::Arc,
-                    format_args!("id={id} problem=\"no sealing key: {e}\""),
-                );
+                log::line(Event::Arc)
+                    .field("id", &id)
+                    .text("problem", format_args!("no sealing key: {e}"))
+                    .write();
                 None
             }
         })
@@ -259,16 +259,14 @@ impl Reception {
     }
 
     /// Logs a refusal of `what` in transaction `id` and returns it as a verdict.
-    fn refuse(&self, session: &Session, id: &str, what: &str, reply: Reply) -> Verdict {
-        log::event(
-            Event::Rejected,
-            format_args!(
-                "id={id} {what} client={} role={} reply=\"{}\"",
-                client_ip(session),
-                self.role.name(),
-                reply.to_string().trim_end()
-            ),
-        );
+    fn refuse(&self, session: &Session, id: &str, what: Fields, reply: Reply) -> Verdict {
+        log::line(Event::Rejected)
+            .field("id", id)
+            .and(&what)
+            .field("client", client_ip(session))
+            .field("role", self.role.name())
+            .text("reply", reply.to_string().trim_end())
+            .write();
         Verdict::Reject(reply)
     }
 
@@ -283,12 +281,14 @@ impl Reception {
             self.shared.policy.grants.owns(user, a)
         })
         .err()?;
-        let what = format!("from={} header_from=\"{problem}\"", t.from);
+        let what = Fields::new()
+            .field("from", &t.from)
+            .text("header_from", &problem);
         // RFC 3463 5.7.1: delivery not authorized, message refused.
         Some(self.refuse(
             session,
             t.id.as_str(),
-            &what,
+            what,
             Reply::of(
                 ReplyCode::MAILBOX_UNAVAILABLE,
                 (5, 7, 1),
@@ -300,7 +300,10 @@ impl Reception {
     /// Makes the finished transaction durable; the verdict for its end of data.
     async fn queue(&self, session: &Session, mut t: Transaction) -> Verdict {
         if let Some((why, disk_full)) = t.failure.take() {
-            log::event(Event::Failed, format_args!("id={} reason=\"{why}\"", t.id));
+            log::line(Event::Failed)
+                .field("id", &t.id)
+                .text("reason", &why)
+                .write();
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return Verdict::Reject(self.store_failure_reply(disk_full));
         }
@@ -309,27 +312,21 @@ impl Reception {
         let last = (!t.buffer.is_empty()).then(|| (t.chunks, std::mem::take(&mut t.buffer)));
         t.chunks += u32::from(last.is_some());
         let envelope = envelope(session, &t);
-        log::event(
-            Event::Received,
-            format_args!(
-                "id={} from={} size={} rcpts={} client={} role={} helo={:?}{}{}",
-                t.id,
-                t.from,
-                t.size,
-                t.recipients.len(),
-                client_ip(session),
-                self.role.name(),
-                envelope.trace.helo,
-                session
-                    .tls()
-                    .map(|tls| format!(" tls={} cipher={}", tls.version, tls.cipher))
-                    .unwrap_or_default(),
-                t.auth_summary
-                    .as_ref()
-                    .map(|a| format!(" auth=\"{a}\""))
-                    .unwrap_or_default()
-            ),
-        );
+        let tls = session.tls();
+        let mut line = log::line(Event::Received)
+            .field("id", &t.id)
+            .field("from", &t.from)
+            .field("size", t.size)
+            .field("rcpts", t.recipients.len())
+            .field("client", client_ip(session))
+            .field("role", self.role.name())
+            .text("helo", &envelope.trace.helo)
+            .field_opt("tls", tls.map(|tls| &tls.version))
+            .field_opt("cipher", tls.map(|tls| &tls.cipher));
+        if let Some(a) = &t.auth_summary {
+            line = line.text("auth", a);
+        }
+        line.write();
         // From here on the work runs as its own task: if this session's future is dropped
         // (the connection goes away), a message that becomes durable still reaches the
         // workers instead of waiting in the store for the next start.
@@ -343,14 +340,18 @@ impl Reception {
             let result = commit(&shared, &id, last, envelope, generation).await;
             match &result {
                 Ok(()) => {
-                    log::event(
-                        Event::Queued,
-                        format_args!("id={id} size={size} chunks={chunks}"),
-                    );
+                    log::line(Event::Queued)
+                        .field("id", &id)
+                        .field("size", size)
+                        .field("chunks", chunks)
+                        .write();
                     shared.dispatch.queued(&id, &queued);
                 }
                 Err(why) => {
-                    log::event(Event::Failed, format_args!("id={id} reason=\"{why}\""));
+                    log::line(Event::Failed)
+                        .field("id", &id)
+                        .text("reason", why)
+                        .write();
                     discard(&shared.store, &id, chunks, true).await;
                 }
             }
@@ -412,7 +413,7 @@ impl Handler for Reception {
             return self.refuse(
                 session,
                 "-",
-                &format!("from={from}"),
+                Fields::new().field("from", from),
                 Reply::of(
                     ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
                     (5, 7, 1),
@@ -427,7 +428,7 @@ impl Handler for Reception {
             return self.refuse(
                 session,
                 "-",
-                &format!("from={from} reason=\"{short}\""),
+                Fields::new().field("from", from).text("reason", short),
                 full_reply(),
             );
         }
@@ -441,12 +442,11 @@ impl Handler for Reception {
             };
             let (spf, decision) = self.shared.inbound.spf(ip, helo, &sender).await;
             if let Disposition::Refuse(r) = decision {
-                let what = format!(
-                    "from={from} spf={} helo-spf={}",
-                    spf_word(spf.mail_from.result()),
-                    spf_word(spf.helo_result.result())
-                );
-                return self.refuse(session, id.as_str(), &what, r);
+                let what = Fields::new()
+                    .field("from", from)
+                    .field("spf", spf_word(spf.mail_from.result()))
+                    .field("helo_spf", spf_word(spf.helo_result.result()));
+                return self.refuse(session, id.as_str(), what, r);
             }
             checks = Some(Checks {
                 spf,
@@ -480,7 +480,7 @@ impl Handler for Reception {
             Some(t) => (t.id.to_string(), t.from.to_string(), t.from.clone()),
             None => ("-".to_string(), String::new(), ReversePath::Null),
         };
-        let what = format!("from={from} to={to}");
+        let what = Fields::new().field("from", &from).field("to", to);
         let shared = self.shared.clone();
         let path = to.clone();
         let relay_ok = self.may_relay(session);
@@ -500,7 +500,7 @@ impl Handler for Reception {
                 }
                 Verdict::Accept
             }
-            Resolution::Refuse(reply) => self.refuse(session, &id, &what, reply),
+            Resolution::Refuse(reply) => self.refuse(session, &id, what, reply),
             // An authenticated user (or a trusted network) sending elsewhere: outbound.
             Resolution::NotLocal if relay_ok => match to {
                 ForwardPath::Mailbox(m) => {
@@ -510,7 +510,7 @@ impl Handler for Reception {
                 _ => self.refuse(
                     session,
                     &id,
-                    &what,
+                    what,
                     Reply::of(
                         ReplyCode::MAILBOX_UNAVAILABLE,
                         (5, 1, 1),
@@ -522,7 +522,7 @@ impl Handler for Reception {
             Resolution::NotLocal => self.refuse(
                 session,
                 &id,
-                &what,
+                what,
                 Reply::of(ReplyCode::MAILBOX_UNAVAILABLE, (5, 7, 1), "Relaying denied"),
             ),
         }
@@ -596,11 +596,11 @@ impl Handler for Reception {
             ));
         };
         if t.received.count() > MAX_RECEIVED {
-            let what = format!("from={} size={}", t.from, t.size);
+            let what = Fields::new().field("from", &t.from).field("size", t.size);
             let verdict = self.refuse(
                 session,
                 t.id.as_str(),
-                &what,
+                what,
                 Reply::of(
                     ReplyCode::TRANSACTION_FAILED,
                     (5, 4, 6),

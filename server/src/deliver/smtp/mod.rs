@@ -304,7 +304,10 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         Ok(None) => o.timers.at(id, unix_now() + settle::RECORD_RETRY),
         // Kept in the backlog, recorded before anything else is delivered.
         Err(why) => {
-            log::event(Event::Deferred, format_args!("id={id} reason=\"{why}\""));
+            log::line(Event::Deferred)
+                .field("id", id)
+                .text("reason", &why)
+                .write();
             o.timers.at(id, unix_now() + settle::BACKLOG_RETRY);
         }
     }
@@ -407,13 +410,11 @@ async fn deliver_group(
         if let Some(sts) = &o.mta_sts {
             let lookup = sts.lookup(domain, SystemTime::now()).await;
             if let Some(problem) = &lookup.problem {
-                log::event(
-                    Event::MtaSts,
-                    format_args!(
-                        "id={id} domain={domain} problem=\"{}\"",
-                        log::quoted(&problem)
-                    ),
-                );
+                log::line(Event::MtaSts)
+                    .field("id", id)
+                    .field("domain", domain)
+                    .text("problem", problem)
+                    .write();
             }
             if let Some(policy) = lookup.policy
                 && policy.mode == mta_sts::Mode::Enforce
@@ -452,16 +453,14 @@ async fn deliver_group(
             if let Attempt::TlsFailed(why) = &result {
                 // Postfix and chasquid do the same: a broken STARTTLS is no reason to keep
                 // mail from a domain that never required TLS; try again without it.
-                log::event(
-                    Event::TlsFallback,
-                    format_args!(
-                        "id={id} relay={}[{}]:{} reason=\"{}\"",
-                        hop.host,
-                        addr.ip(),
-                        addr.port(),
-                        log::quoted(why)
-                    ),
-                );
+                log::line(Event::TlsFallback)
+                    .field("id", id)
+                    .field(
+                        "relay",
+                        format_args!("{}[{}]:{}", hop.host, addr.ip(), addr.port()),
+                    )
+                    .text("reason", why)
+                    .write();
                 result = attempt(&group, hop, *addr, need, job.clone(), true).await;
             }
             match result {
@@ -606,17 +605,13 @@ async fn attempt(
         // Opportunistic TLS that failed: the caller may try this address in plaintext.
         return Attempt::TlsFailed(why.clone());
     }
-    let hop_text = format!(
-        "{}[{}]:{}{}",
-        hop.host,
-        addr.ip(),
-        addr.port(),
-        tls_text(
-            report.tls.as_ref(),
-            implicit || report.tls.is_some(),
-            connector.verified()
-        )
+    let relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
+    let tls = tls_fields(
+        report.tls.as_ref(),
+        implicit || report.tls.is_some(),
+        connector.verified(),
     );
+    let hop_text = format!("{relay} {}", tls.as_str());
     // Implicit TLS always uses the strict connector.
     let level = match (report.tls.is_some() || implicit, connector.verified()) {
         (true, true) => Level::Verified,
@@ -636,7 +631,10 @@ async fn attempt(
                 // RFC 3461 5.2.2: a next hop with DSN takes NOTIFY=SUCCESS over; without
                 // it, the success is ours to report ("relayed").
                 RecipientStatus::Accepted(reply) => Fate::Delivered {
-                    detail: format!("relay={hop_text} reply=\"{}\"", log::quoted(reply)),
+                    detail: log::Fields::new()
+                        .field("relay", &relay)
+                        .and(&tls)
+                        .text("reply", reply),
                     report: (!remote_dsn).then_some(report),
                 },
                 RecipientStatus::TemporaryFailure(reason) => Fate::Deferred {
@@ -665,28 +663,28 @@ async fn remember(o: &Arc<Outbound>, domain: &str, level: Level) {
     let o2 = o.clone();
     let d = domain.to_string();
     match smol::unblock(move || o2.tls_memory.record(&d, level)).await {
-        Ok(true) => log::event(
-            Event::TlsPolicy,
-            format_args!("domain={domain} level={level}"),
-        ),
+        Ok(true) => log::line(Event::TlsPolicy)
+            .field("domain", domain)
+            .field("level", level)
+            .write(),
         Ok(false) => {}
-        Err(e) => log::event(
-            Event::TlsPolicy,
-            format_args!("domain={domain} problem=\"{e}\""),
-        ),
+        Err(e) => log::line(Event::TlsPolicy)
+            .field("domain", domain)
+            .text("problem", e)
+            .write(),
     }
 }
 
-/// " tls=TLSv1.3 verified" style suffix for logs.
-fn tls_text(info: Option<&TlsInfo>, tls: bool, verified: bool) -> String {
+/// The TLS of a hop as log fields: `tls=TLSv1.3 cert=verified` (or `unverified`),
+/// `tls=implicit` (no details), `tls=none`.
+fn tls_fields(info: Option<&TlsInfo>, tls: bool, verified: bool) -> log::Fields {
+    let fields = log::Fields::new();
     match info {
-        Some(i) => format!(
-            " tls={}{}",
-            i.version,
-            if verified { " verified" } else { " unverified" }
-        ),
-        None if tls => " tls=implicit".to_string(),
-        None => " tls=none".to_string(),
+        Some(i) => fields
+            .field("tls", &i.version)
+            .field("cert", if verified { "verified" } else { "unverified" }),
+        None if tls => fields.field("tls", "implicit"),
+        None => fields.field("tls", "none"),
     }
 }
 
@@ -799,7 +797,7 @@ mod tests {
 
     #[test]
     fn the_log_names_the_tls_of_each_hop() {
-        assert_eq!(tls_text(None, false, false), " tls=none");
-        assert_eq!(tls_text(None, true, true), " tls=implicit");
+        assert_eq!(tls_fields(None, false, false).as_str(), "tls=none");
+        assert_eq!(tls_fields(None, true, true).as_str(), "tls=implicit");
     }
 }
