@@ -47,8 +47,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(_) => daemon::serve::serve(&dir).map_err(|e| format!("cannot start: {e}")),
         Command::User(user) => cli::user::run(&dir, user.command).map_err(|e| e.to_string()),
         Command::Alias(alias) => cli::alias::run(&dir, alias.command).map_err(|e| e.to_string()),
-        Command::Dkim(dkim) => cli::dkim::run(&dir, dkim.command),
-        Command::Queue(queue) => cli::queue::run(&dir, queue.command),
+        Command::Dkim(dkim) => cli::dkim::run(&dir, dkim.command).map_err(|e| e.to_string()),
+        Command::Queue(queue) => cli::queue::run(&dir, queue.command).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,30 +11,96 @@
 //! Records are printed as zone-file lines, `name. IN TXT "..." "..."`, each string at most 255
 //! octets, after a `;` comment naming the key. Errors name the file or the domain at fault.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::cli::DkimCommand;
-use crate::config::{FILE_NAME, Settings};
+use crate::config::{ConfigError, FILE_NAME, Settings};
 use crate::directory::header_from::from_addresses;
 use crate::directory::users::Address;
 use crate::dns::{Resolver, ResolverConfig};
-use crate::mailauth::dkim::{self, DkimKey, DkimKeys, Signer};
+use crate::mailauth::dkim::{self, DkimError, DkimKey, DkimKeys, Signer};
+
+/// What a DKIM command can fail with; each names the file or the domain at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimCmdError {
+    /// A key that cannot be made, read or written (the error names its file).
+    #[error("{0}")]
+    Key(#[from] DkimError),
+    /// A domain without a key.
+    #[error(
+        "{domain} has no DKIM key in {}: make one with postern dkim keygen {domain}",
+        dir.display()
+    )]
+    NoKeys {
+        /// The domain.
+        domain: String,
+        /// Where its keys would be.
+        dir: PathBuf,
+    },
+    /// A message file that cannot be read.
+    #[error("{}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// `sign` without `--domain` on a message without a From address.
+    #[error("{}: no From address to take the domain from; give --domain", file.display())]
+    NoFrom {
+        /// The message file.
+        file: PathBuf,
+    },
+    /// Signing or verifying the message failed.
+    #[error("{}: {source}", file.display())]
+    Message {
+        /// The message file.
+        file: PathBuf,
+        /// Why.
+        source: DkimError,
+    },
+    /// `verify` on a message without a signature.
+    #[error("{}: no DKIM signature", file.display())]
+    NoSignature {
+        /// The message file.
+        file: PathBuf,
+    },
+    /// `verify` found signatures that do not verify (each is printed above).
+    #[error("{}: {failed} of {total} signatures did not verify", file.display())]
+    NotVerified {
+        /// The message file.
+        file: PathBuf,
+        /// How many did not verify.
+        failed: usize,
+        /// How many there are.
+        total: usize,
+    },
+    /// postern.toml does not load.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// No name servers to ask.
+    #[error("/etc/resolv.conf: {0}")]
+    Resolver(io::Error),
+    /// Standard output closed.
+    #[error("cannot write the message: {0}")]
+    Write(io::Error),
+}
 
 /// Runs a DKIM command against the configuration directory `dir`.
-pub fn run(dir: &Path, command: DkimCommand) -> Result<(), String> {
+pub fn run(dir: &Path, command: DkimCommand) -> Result<(), DkimCmdError> {
     match command {
         DkimCommand::Keygen(c) => {
             let now = SystemTime::now();
             let selector = c
                 .selector
                 .unwrap_or_else(|| dkim::default_selector(c.algo, now));
-            let (key, domain) =
-                dkim::generate(dir, &c.domain, &selector, c.algo).map_err(|e| e.to_string())?;
+            let (key, domain) = dkim::generate(dir, &c.domain, &selector, c.algo)?;
             print_record(&key, &domain);
         }
         DkimCommand::Dns(c) => {
-            let keys = DkimKeys::load(dir, &c.domain).map_err(|e| e.to_string())?;
+            let keys = DkimKeys::load(dir, &c.domain)?;
             if keys.is_empty() {
                 return Err(no_keys(dir, &c.domain));
             }
@@ -48,22 +114,25 @@ pub fn run(dir: &Path, command: DkimCommand) -> Result<(), String> {
             // come in at the end.
             let mut signer = Signer::new();
             signer.update(&message);
-            let domain = match c.domain {
-                Some(domain) => domain,
-                None => signer.header().and_then(from_domain).ok_or_else(|| {
-                    format!(
-                        "{}: no From address to take the domain from; give --domain",
-                        c.file.display()
-                    )
-                })?,
-            };
-            let keys = DkimKeys::load(dir, &domain).map_err(|e| e.to_string())?;
+            let domain =
+                match c.domain {
+                    Some(domain) => domain,
+                    None => signer.header().and_then(from_domain).ok_or_else(|| {
+                        DkimCmdError::NoFrom {
+                            file: c.file.clone(),
+                        }
+                    })?,
+                };
+            let keys = DkimKeys::load(dir, &domain)?;
             if keys.is_empty() {
                 return Err(no_keys(dir, &domain));
             }
-            let fields = signer
-                .finish(&keys, SystemTime::now())
-                .map_err(|e| format!("{}: {e}", c.file.display()))?;
+            let fields = signer.finish(&keys, SystemTime::now()).map_err(|source| {
+                DkimCmdError::Message {
+                    file: c.file.clone(),
+                    source,
+                }
+            })?;
             let mut out = fields.concat().into_bytes();
             out.extend_from_slice(&message);
             write_stdout(&out)?;
@@ -72,21 +141,25 @@ pub fn run(dir: &Path, command: DkimCommand) -> Result<(), String> {
             let message = read_message(&c.file)?;
             let config = resolver_config(dir)?;
             let resolver = Resolver::new(config);
-            let verdicts = smol::block_on(dkim::verify(&message, &resolver))
-                .map_err(|e| format!("{}: {e}", c.file.display()))?;
+            let verdicts = smol::block_on(dkim::verify(&message, &resolver)).map_err(|source| {
+                DkimCmdError::Message {
+                    file: c.file.clone(),
+                    source,
+                }
+            })?;
             if verdicts.is_empty() {
-                return Err(format!("{}: no DKIM signature", c.file.display()));
+                return Err(DkimCmdError::NoSignature { file: c.file });
             }
             for v in &verdicts {
                 println!("d={} s={}: {}", v.domain, v.selector, v.result);
             }
             let failed = verdicts.iter().filter(|v| !v.pass).count();
             if failed > 0 {
-                return Err(format!(
-                    "{}: {failed} of {} signatures did not verify",
-                    c.file.display(),
-                    verdicts.len()
-                ));
+                return Err(DkimCmdError::NotVerified {
+                    file: c.file,
+                    failed,
+                    total: verdicts.len(),
+                });
             }
         }
     }
@@ -106,19 +179,19 @@ fn print_record(key: &DkimKey, domain: &str) {
     println!("{}", record.zone_line());
 }
 
-fn no_keys(dir: &Path, domain: &str) -> String {
-    format!(
-        "{domain} has no DKIM key in {}: make one with postern dkim keygen {domain}",
-        dir.join("domains")
-            .join(domain)
-            .join(dkim::KEY_DIR)
-            .display()
-    )
+fn no_keys(dir: &Path, domain: &str) -> DkimCmdError {
+    DkimCmdError::NoKeys {
+        domain: domain.to_string(),
+        dir: dir.join("domains").join(domain).join(dkim::KEY_DIR),
+    }
 }
 
 /// The message in a file, with every bare LF read as CRLF (files saved on Unix).
-fn read_message(path: &Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_message(path: &Path) -> Result<Vec<u8>, DkimCmdError> {
+    let bytes = std::fs::read(path).map_err(|source| DkimCmdError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
     let mut previous = 0u8;
     for &b in &bytes {
@@ -142,19 +215,19 @@ fn from_domain(header: &[u8]) -> Option<String> {
 }
 
 /// `[dns] nameservers` of postern.toml when it exists, else /etc/resolv.conf.
-fn resolver_config(dir: &Path) -> Result<ResolverConfig, String> {
+fn resolver_config(dir: &Path) -> Result<ResolverConfig, DkimCmdError> {
     if dir.join(FILE_NAME).exists() {
-        let settings = Settings::load(dir).map_err(|e| e.to_string())?;
-        ResolverConfig::for_server(&settings).map_err(|e| format!("/etc/resolv.conf: {e}"))
+        let settings = Settings::load(dir)?;
+        ResolverConfig::for_server(&settings).map_err(DkimCmdError::Resolver)
     } else {
-        ResolverConfig::system().map_err(|e| format!("/etc/resolv.conf: {e}"))
+        ResolverConfig::system().map_err(DkimCmdError::Resolver)
     }
 }
 
-fn write_stdout(bytes: &[u8]) -> Result<(), String> {
+fn write_stdout(bytes: &[u8]) -> Result<(), DkimCmdError> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|()| out.flush())
-        .map_err(|e| format!("cannot write the message: {e}"))
+        .map_err(DkimCmdError::Write)
 }

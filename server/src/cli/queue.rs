@@ -14,24 +14,39 @@
 //! The exit status is 0 (also when there was never a recovery: `no queue recoveries`), 1 when
 //! the configuration or a report cannot be read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cli::QueueCommand;
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::queue::recovery::Report;
 
+/// What a queue command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueCmdError {
+    /// postern.toml does not load.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The reports cannot be listed or read.
+    #[error("cannot read the reports in {}: {source}", data_dir.display())]
+    Reports {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Runs a queue command against the configuration directory `dir`.
-pub fn run(dir: &Path, command: QueueCommand) -> Result<(), String> {
+pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
     match command {
         QueueCommand::Recovery(_) => {
-            let settings = Settings::load(dir).map_err(|e| e.to_string())?;
-            let reports = Report::all(&settings.data_dir).map_err(|e| {
-                format!(
-                    "cannot read the reports in {}: {e}",
-                    settings.data_dir.display()
-                )
-            })?;
+            let settings = Settings::load(dir)?;
+            let reports =
+                Report::all(&settings.data_dir).map_err(|source| QueueCmdError::Reports {
+                    data_dir: settings.data_dir.clone(),
+                    source,
+                })?;
             let mut out = String::new();
             if reports.is_empty() {
                 out.push_str("no queue recoveries\n");
