@@ -442,18 +442,25 @@ impl Recorder<'_> {
                 continue;
             };
             let a = applied.next().unwrap_or(Applied::Gone);
-            if a != Applied::Gone {
-                for line in &p.events {
-                    line.clone().write();
-                }
-            }
-            if a == Applied::Removed {
-                log::line(Event::Removed).field("id", &p.id).write();
+            for line in recorded_lines(p, &a) {
+                line.write();
             }
             out.push(Some(a));
         }
         Ok(out)
     }
+}
+
+/// The log lines of a pass once recorded: its events whatever the store kept, since they
+/// happened (a message already gone was recorded by an earlier write that reached the
+/// journal although it reported a failure, before the store was opened again), and `removed`
+/// when this write removed it.
+fn recorded_lines(p: &Settled, applied: &Applied) -> Vec<log::Line> {
+    let mut lines = p.events.clone();
+    if *applied == Applied::Removed {
+        lines.push(log::line(Event::Removed).field("id", &p.id));
+    }
+    lines
 }
 
 /// A random number in `0.0..1.0`, for retry jitter.
@@ -600,6 +607,35 @@ mod tests {
         let mut rest = s.envelope.clone();
         rest.recipients.clone_from(&e.recipients);
         assert_eq!(rest, e);
+    }
+
+    /// A pass whose message the store no longer holds (its earlier write reached the journal
+    /// before a reopening) is still logged as delivered; only a removal by this write adds
+    /// `removed`.
+    #[test]
+    fn a_recorded_pass_logs_its_deliveries_even_when_the_message_is_gone() {
+        let e = envelope(1);
+        let id = QueueId::new();
+        let fates = vec![(
+            0,
+            Fate::Delivered {
+                detail: log::Fields::new().field("path", "/x"),
+                report: None,
+            },
+        )];
+        let s = settle(&id, &e, fates, NOW, &mut || 0.5, &schedule());
+        let names = |a: Applied| -> Vec<String> {
+            recorded_lines(&s, &a)
+                .iter()
+                .map(|l| l.text_without_time())
+                .collect()
+        };
+        let delivered = format!("delivered id={id} to=<{}> path=/x", e.recipients[0].address);
+        assert_eq!(names(Applied::Gone), [delivered.clone()]);
+        assert_eq!(
+            names(Applied::Removed),
+            [delivered, format!("removed id={id}")]
+        );
     }
 
     #[test]
