@@ -418,6 +418,15 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     let after = python(EHLO, std::slice::from_ref(&port));
     assert!(after.starts_with("220 mx.test "), "{after}");
     assert!(after.contains("250-SIZE 2097152\n"), "{after}");
+    // Delivery, which runs across reloads, names the host as new sessions do.
+    let sent = python(SEND, std::slice::from_ref(&port));
+    assert_eq!(sent.trim(), "refused {}", "{sent}");
+    server.wait_log(" removed id=", 10);
+    let delivered = server.inbox("localhost", "alice");
+    assert!(
+        delivered.len() == 1 && delivered[0].contains("by mx.test (postern)"),
+        "{delivered:?}"
+    );
     held.send("go");
     assert!(
         held.line().starts_with("250-localhost"),

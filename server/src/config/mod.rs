@@ -82,6 +82,35 @@ pub struct Listener {
     pub line: usize,
 }
 
+/// `hostname` for the parts that outlive a reload (local and outbound delivery, bounces):
+/// one shared cell that a reload sets and every use reads, so that after SIGHUP a delivered
+/// message's `Received` field, an EHLO and a DSN name the host as new sessions do.
+#[derive(Debug, Clone)]
+pub struct HostName(std::sync::Arc<std::sync::RwLock<std::sync::Arc<str>>>);
+
+impl HostName {
+    /// A cell holding `name`.
+    pub fn new(name: &str) -> HostName {
+        HostName(std::sync::Arc::new(std::sync::RwLock::new(name.into())))
+    }
+
+    /// The current name.
+    pub fn get(&self) -> std::sync::Arc<str> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sets the name every later [`HostName::get`] of any clone returns.
+    pub fn set(&self, name: &str) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = name.into();
+    }
+}
+
 /// Everything `serve` needs, resolved: paths are absolute or relative to the working directory.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -55,7 +55,7 @@ use proto_core::{server::AuthPolicy, server::Config};
 use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::config::init;
-use crate::config::{ConfigError, Listener, Role, Settings};
+use crate::config::{ConfigError, HostName, Listener, Role, Settings};
 use crate::daemon::limits::{ConnectionCounter, PerIp, Permit};
 use crate::daemon::systemd;
 use crate::deliver::local::{self, Local};
@@ -394,6 +394,8 @@ impl Runtime {
             .reload(settings.delivery.clone(), outbound_tls);
         self.local
             .set_schedule(local::schedule(settings.delivery.retry.max_lifetime));
+        // Shared with outbound delivery and the bouncer.
+        self.local.hostname.set(&settings.hostname);
         let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };
@@ -697,9 +699,10 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
             .write();
     }
     let users = Arc::new(UserDb::new(settings.domains_dir()));
+    let hostname = HostName::new(&settings.hostname);
     let bouncer = Bouncer {
         store: store.clone(),
-        hostname: settings.hostname.clone(),
+        hostname: hostname.clone(),
         recipients: Recipients::new(
             users.clone(),
             settings.mail_dir(),
@@ -710,7 +713,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         store: store.clone(),
         committer: committer.clone(),
         mail_dir: settings.mail_dir(),
-        hostname: settings.hostname.clone(),
+        hostname: hostname.clone(),
         timers: Timers::new(local_queue),
         bouncer: bouncer.clone(),
         dispatch: dispatch.clone(),
@@ -762,7 +765,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         committer.clone(),
         resolver.clone(),
         settings.delivery.clone(),
-        settings.hostname.clone(),
+        hostname,
         tls,
         bouncer,
         dispatch.clone(),

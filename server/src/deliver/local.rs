@@ -71,7 +71,7 @@ pub struct Local {
     /// `<data_dir>/mail`.
     pub mail_dir: std::path::PathBuf,
     /// Our host name (Maildir file names, `Received:`).
-    pub hostname: String,
+    pub hostname: crate::config::HostName,
     /// Retry timers, sending on the local workers' channel.
     pub timers: Timers,
     /// Bounces for recipients that fail for good.
@@ -250,12 +250,13 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
             let result = match &address {
                 Address::Local { domain, user } => match local.mailboxes.method_for(user, domain) {
                     Method::Maildir => {
-                        let header = trace_header(&p.envelope, &p.id, &address, &local.hostname);
+                        let header =
+                            trace_header(&p.envelope, &p.id, &address, &local.hostname.get());
                         let mut body = local.store.body(&p.id, p.envelope.chunks);
                         let maildir = local.mail_dir.join(domain).join(user);
                         maildir::deliver_unsynced(
                             &maildir,
-                            &local.hostname,
+                            &local.hostname.get(),
                             header.as_bytes(),
                             &mut body,
                         )
@@ -413,7 +414,7 @@ fn run_command(
 ) -> Delivery {
     let to = format!("{user}@{domain}");
     let from = sender_of(&p.envelope, i);
-    let mut header = Trace::of(&p.envelope, p.id.as_str(), &local.hostname).header(
+    let mut header = Trace::of(&p.envelope, p.id.as_str(), &local.hostname.get()).header(
         &from.to_string(),
         &to,
         p.envelope.received_time(),
@@ -447,7 +448,7 @@ fn deliver_lmtp(local: &Local, p: &Pass, target: &LmtpTarget, group: &[usize]) -
     // One copy for all: our Received: (with a `for` clause when it is for one recipient) and
     // the reception fields; the LMTP server adds Return-Path: and Delivered-To:.
     let one = (group.len() == 1).then(|| env.recipients[group[0]].address.to_string());
-    let mut header = Trace::of(env, p.id.as_str(), &local.hostname)
+    let mut header = Trace::of(env, p.id.as_str(), &local.hostname.get())
         .received(one.as_deref(), env.received_time());
     header.push_str(&env.headers);
     let message = std::io::Read::chain(
@@ -456,7 +457,7 @@ fn deliver_lmtp(local: &Local, p: &Pass, target: &LmtpTarget, group: &[usize]) -
     );
     smol::block_on(deliver::lmtp::deliver(
         target,
-        &local.hostname,
+        &local.hostname.get(),
         job,
         futures_lite::io::AssertAsync::new(message),
     ))
@@ -486,7 +487,7 @@ mod tests {
         std::fs::create_dir_all(domains.join("example.org")).expect("domains");
         let bouncer = Bouncer {
             store: store.clone(),
-            hostname: "mx.example.org".into(),
+            hostname: crate::config::HostName::new("mx.example.org"),
             recipients: crate::directory::recipients::Recipients::new(
                 std::sync::Arc::new(crate::directory::users::UserDb::new(domains)),
                 mail_dir.clone(),
@@ -497,7 +498,7 @@ mod tests {
             store: store.clone(),
             committer,
             mail_dir: mail_dir.clone(),
-            hostname: "mx.example.org".into(),
+            hostname: crate::config::HostName::new("mx.example.org"),
             timers: Timers::new(queue.clone()),
             bouncer,
             dispatch: Dispatch {

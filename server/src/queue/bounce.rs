@@ -46,7 +46,7 @@ pub struct Bouncer {
     /// The queue store.
     pub store: Store,
     /// Our host name (Reporting-MTA, MAILER-DAEMON's domain).
-    pub hostname: String,
+    pub hostname: crate::config::HostName,
     /// Decides whether the sender is one of our mailboxes.
     pub recipients: Recipients,
 }
@@ -74,9 +74,9 @@ impl Bouncer {
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let token = random_token();
         let (Some(message_id), Some(boundary), Some(reporting)) = (
-            MessageId::new(&format!("{token}.{id}@{}", self.hostname)),
+            MessageId::new(&format!("{token}.{id}@{}", self.hostname.get())),
             Boundary::new(&format!("=_postern_{token}")),
-            proto_core::Domain::parse(&self.hostname).ok(),
+            proto_core::Domain::parse(&self.hostname.get()).ok(),
         ) else {
             return Err(BounceError::Identifiers);
         };
@@ -156,7 +156,7 @@ impl Bouncer {
             headers: String::new(),
             received_at: secs,
             trace: TraceRecord {
-                helo: self.hostname.clone(),
+                helo: self.hostname.get().to_string(),
                 client: "localhost".into(),
                 esmtp: true,
                 tls: None,

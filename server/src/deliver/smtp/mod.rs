@@ -76,7 +76,7 @@ pub struct Outbound {
     /// `[delivery]` and `[routes]`; replaced by a reload ([`Outbound::reload`]).
     settings: RwLock<Arc<DeliverySettings>>,
     /// Our host name (EHLO, `Received:`).
-    pub hostname: String,
+    pub hostname: crate::config::HostName,
     /// TLS client configurations; replaced by a reload.
     tls: RwLock<ClientTlsFactory>,
     /// Bounces.
@@ -107,7 +107,7 @@ impl Outbound {
         committer: Committer,
         resolver: Arc<Resolver>,
         settings: DeliverySettings,
-        hostname: String,
+        hostname: crate::config::HostName,
         tls: ClientTlsFactory,
         bouncer: Bouncer,
         dispatch: Dispatch,
@@ -543,7 +543,7 @@ async fn attempt(
         Ok(s) => s,
         Err(e) => return Attempt::Refused(format!("connect: {e}")),
     };
-    let mut config = ClientConfig::new(o.hostname.clone());
+    let mut config = ClientConfig::new(o.hostname.get().to_string());
     config.tls = match need {
         Need::Nothing if plaintext => TlsPolicy::Never,
         Need::Nothing => TlsPolicy::Opportunistic,
@@ -726,8 +726,8 @@ async fn connect(o: &Outbound, addr: SocketAddr) -> io::Result<Async<TcpStream>>
 /// Our `Received:` field for the hop from the client to us, then the fields added on
 /// reception.
 fn received_header(o: &Outbound, id: &QueueId, envelope: &Envelope) -> String {
-    let mut h =
-        Trace::of(envelope, id.as_str(), &o.hostname).received(None, envelope.received_time());
+    let mut h = Trace::of(envelope, id.as_str(), &o.hostname.get())
+        .received(None, envelope.received_time());
     h.push_str(&envelope.headers);
     h
 }
