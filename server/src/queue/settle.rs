@@ -631,7 +631,7 @@ mod tests {
                 .collect()
         };
         let delivered = format!("delivered id={id} to=<{}> path=/x", e.recipients[0].address);
-        assert_eq!(names(Applied::Gone), [delivered.clone()]);
+        assert_eq!(names(Applied::Gone), std::slice::from_ref(&delivered));
         assert_eq!(
             names(Applied::Removed),
             [delivered, format!("removed id={id}")]
