@@ -7,7 +7,7 @@
 # This starts the release binary on loopback (submission on 127.0.0.1:$PORT, STARTTLS with a
 # throw-away certificate), makes user u@example.test, then CLIENTS threads, each from its own
 # loopback address (127.0.0.2...: the lockout is per client network), try ROUNDS logins each,
-# a wrong password every other time. It prints VmRSS and VmHWM: idle, after the burst, and 5 s later.
+# a wrong password every other time. It prints VmRSS and VmHWM: idle, after the burst, 5 s and 35 s later.
 #
 # Usage (from the repository root): bash bench/auth-burst.sh
 # Environment: CLIENTS [60]  ROUNDS [8]  PORT [2587]  BIN [target/release/postern, built if
@@ -62,4 +62,6 @@ PY
 echo "after burst:  $(mem)"
 sleep 5
 echo "5 s later:    $(mem)"
+sleep 30
+echo "35 s later:   $(mem)   (the hashing threads give their memory back after 30 s idle)"
 echo "hashing threads: $(ls /proc/$PID/task | while read t; do cat /proc/$PID/task/$t/comm; done | grep -c postern-hash)"

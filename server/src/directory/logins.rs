@@ -23,10 +23,11 @@
 //!   user's count (not the network's).
 //!
 //! Each hash costs about 19 MiB and some CPU time. They run on a few threads of their own
-//! (one per CPU, at least two) that keep their hash memory from one login to the next: a
-//! flood of logins queues up instead of exhausting memory or threads, and the memory the
-//! hashes hold stays the same however many logins came (hashing on a general blocking pool
-//! left ~19 MiB in the allocator of every thread that ever hashed).
+//! (one per CPU, at least two) that keep their hash memory from one login to the next and
+//! give it back after 30 s without one: a flood of logins queues up instead of exhausting
+//! memory or threads, the memory the hashes hold stays the same however many logins came
+//! (hashing on a general blocking pool left ~19 MiB in the allocator of every thread that
+//! ever hashed), and it is returned once the flood is over.
 //!
 //! Log lines name the client IP and the outcome, never the user name or the password.
 
@@ -123,6 +124,9 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// How long a hashing thread keeps its working memory without a check to run.
+const IDLE_RELEASE: Duration = Duration::from_secs(30);
+
 /// The threads that hash passwords, and the queue of checks waiting for one.
 #[derive(Debug)]
 struct Hashers {
@@ -138,8 +142,20 @@ impl Hashers {
             let spawned = std::thread::Builder::new()
                 .name(format!("postern-hash-{i}"))
                 .spawn(move || {
-                    while let Ok(job) = queue.recv_blocking() {
-                        job();
+                    loop {
+                        let next = smol::block_on(smol::future::or(
+                            async { Some(queue.recv().await) },
+                            async {
+                                Timer::after(IDLE_RELEASE).await;
+                                None
+                            },
+                        ));
+                        match next {
+                            Some(Ok(job)) => job(),
+                            Some(Err(_)) => break,
+                            // Idle: a burst of logins is over; its memory goes back.
+                            None => users::release_hash_memory(),
+                        }
                     }
                 });
             if let Err(e) = spawned {

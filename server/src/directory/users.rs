@@ -556,6 +556,15 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A reservation this large is always mapped on its own by the system allocator.
+const OWN_MAPPING: usize = 33 << 20;
+
+/// Gives this thread's hash working memory back (to the allocator, and so to the system: a
+/// block this large is mapped on its own). The next check allocates it again.
+pub fn release_hash_memory() {
+    HASH_MEMORY.with(|memory| drop(memory.take()));
+}
+
 /// Whether `password` hashes to `hash` (constant-time comparison), with this thread's
 /// reused working memory.
 fn verify_with_reused_memory(hash: &PasswordHash<'_>, password: &[u8]) -> bool {
@@ -586,8 +595,12 @@ fn verify_with_reused_memory(hash: &PasswordHash<'_>, password: &[u8]) -> bool {
     let hashed = HASH_MEMORY.with(|memory| {
         let mut memory = memory.borrow_mut();
         if memory.len() != blocks {
-            memory.clear();
-            memory.shrink_to_fit();
+            *memory = Vec::new();
+            // Reserved larger than glibc's largest mmap threshold (32 MiB), so the buffer is
+            // a mapping of its own that freeing gives back to the system (a smaller one can
+            // land in the thread's arena and stay resident there); only the blocks the hash
+            // touches (~19 MiB) are ever resident.
+            memory.reserve_exact(blocks.max(OWN_MAPPING / std::mem::size_of::<argon2::Block>()));
             memory.resize(blocks, argon2::Block::default());
         }
         argon
