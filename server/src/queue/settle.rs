@@ -155,7 +155,7 @@ pub struct Settled {
     pub envelope: Envelope,
     /// What the sender is told.
     reports: Vec<RecipientReport>,
-    /// The lines to log once durable.
+    /// Its log lines, written when it is first recorded ([`first_lines`]).
     events: Vec<log::Line>,
 }
 
@@ -310,8 +310,8 @@ pub struct RecordError(String);
 
 impl Recorder<'_> {
     /// Records settled passes of `owner`'s recipients (blocking): first those waiting in the
-    /// backlog, then `passes`: DSNs, one store batch, one durable commit, then the DSNs
-    /// dispatched and the log lines written. Returns, per pass of `passes` in order, what the
+    /// backlog, then `passes`: their log lines (the first time), DSNs, one store batch, one
+    /// durable commit, then the DSNs dispatched and the `removed` lines written. Returns, per pass of `passes` in order, what the
     /// store kept of the message (`None`: left out, because its DSN could not be written; it
     /// is tried again as stored). On an error nothing is recorded and every pass waits in the
     /// backlog: the caller must not deliver its messages again before [`Recorder::flush`]
@@ -325,6 +325,11 @@ impl Recorder<'_> {
         let earlier = waiting.len();
         let mut all = std::mem::take(&mut *waiting);
         all.extend(passes);
+        for p in &mut all {
+            for line in first_lines(p) {
+                line.write();
+            }
+        }
         match self.record_all(owner, &all) {
             Ok(mut applied) => {
                 if earlier > 0 {
@@ -442,7 +447,7 @@ impl Recorder<'_> {
                 continue;
             };
             let a = applied.next().unwrap_or(Applied::Gone);
-            for line in recorded_lines(p, &a) {
+            if let Some(line) = removed_line(p, &a) {
                 line.write();
             }
             out.push(Some(a));
@@ -451,16 +456,19 @@ impl Recorder<'_> {
     }
 }
 
-/// The log lines of a pass once recorded: its events whatever the store kept, since they
-/// happened (a message already gone was recorded by an earlier write that reached the
-/// journal although it reported a failure, before the store was opened again), and `removed`
-/// when this write removed it.
-fn recorded_lines(p: &Settled, applied: &Applied) -> Vec<log::Line> {
-    let mut lines = p.events.clone();
-    if *applied == Applied::Removed {
-        lines.push(log::line(Event::Removed).field("id", &p.id));
-    }
-    lines
+/// A pass's log lines (`delivered`, `deferred`, `failed`), the first time only. They tell
+/// what the delivery did, so they are written before the pass's store write, whatever becomes
+/// of it: a crash during the write (the fsync is the long part) leaves lines for a delivery
+/// that happened rather than a delivery without lines, a message the store already lost
+/// (an earlier write that reported a failure reached the journal before the store was opened
+/// again) still has its lines, and a pass recorded again from the backlog is not logged twice.
+fn first_lines(p: &mut Settled) -> Vec<log::Line> {
+    std::mem::take(&mut p.events)
+}
+
+/// The `removed` line, once the store write that removed the message is durable.
+fn removed_line(p: &Settled, applied: &Applied) -> Option<log::Line> {
+    (*applied == Applied::Removed).then(|| log::line(Event::Removed).field("id", &p.id))
 }
 
 /// A random number in `0.0..1.0`, for retry jitter.
@@ -609,11 +617,11 @@ mod tests {
         assert_eq!(rest, e);
     }
 
-    /// A pass whose message the store no longer holds (its earlier write reached the journal
-    /// before a reopening) is still logged as delivered; only a removal by this write adds
-    /// `removed`.
+    /// A pass's lines come once, whatever the store write does (a pass recorded again from
+    /// the backlog, or whose message is already gone, is not logged twice or skipped); only
+    /// a removal adds `removed`.
     #[test]
-    fn a_recorded_pass_logs_its_deliveries_even_when_the_message_is_gone() {
+    fn a_pass_is_logged_once_and_removed_only_when_removed() {
         let e = envelope(1);
         let id = QueueId::new();
         let fates = vec![(
@@ -623,18 +631,17 @@ mod tests {
                 report: None,
             },
         )];
-        let s = settle(&id, &e, fates, NOW, &mut || 0.5, &schedule());
-        let names = |a: Applied| -> Vec<String> {
-            recorded_lines(&s, &a)
-                .iter()
-                .map(|l| l.text_without_time())
-                .collect()
+        let mut s = settle(&id, &e, fates, NOW, &mut || 0.5, &schedule());
+        let text = |lines: Vec<log::Line>| -> Vec<String> {
+            lines.iter().map(|l| l.text_without_time()).collect()
         };
         let delivered = format!("delivered id={id} to=<{}> path=/x", e.recipients[0].address);
-        assert_eq!(names(Applied::Gone), std::slice::from_ref(&delivered));
+        assert_eq!(text(first_lines(&mut s)), [delivered]);
+        assert!(first_lines(&mut s).is_empty(), "logged once");
+        assert!(removed_line(&s, &Applied::Gone).is_none());
         assert_eq!(
-            names(Applied::Removed),
-            [delivered, format!("removed id={id}")]
+            removed_line(&s, &Applied::Removed).map(|l| l.text_without_time()),
+            Some(format!("removed id={id}"))
         );
     }
 
