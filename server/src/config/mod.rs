@@ -5,12 +5,12 @@
 //! silently falls back to a default. Every problem found at startup is a [`ConfigError`] that
 //! names the file, the line when there is one, and the fix.
 //!
-//! [`Settings::parse`] reads the top-level keys and `[listeners]` itself and hands every other
-//! section, with a [`Source`] to name file and line, to the subsystem that owns it: `[auth]`
-//! to [`crate::directory::logins`], `[relay]` and `[senders]` to [`crate::directory::relay`],
-//! `[aliases]` to [`crate::directory::aliases`], `[checks]` to [`crate::mailauth`],
-//! `[delivery]` and `[routes]` to [`crate::deliver::smtp::settings`], `[mailboxes]` to
-//! [`crate::deliver`].
+//! [`Settings::parse`] reads the top-level keys itself and hands every section, with a
+//! [`Source`] to name file and line, to the subsystem that owns it: `[listeners]` to
+//! [`crate::daemon::listeners`], `[auth]` to [`crate::directory::logins`], `[relay]` and
+//! `[senders]` to [`crate::directory::relay`], `[aliases]` to [`crate::directory::aliases`],
+//! `[checks]` to [`crate::mailauth`], `[delivery]` and `[routes]` to
+//! [`crate::deliver::smtp::settings`], `[mailboxes]` to [`crate::deliver`].
 
 pub mod init;
 
@@ -60,27 +60,7 @@ pub const DEFAULT_TLS_RELOAD_INTERVAL: u64 = 5;
 /// How long the bounce address of a forwarded message (SRS) stays valid, in days.
 pub const DEFAULT_SRS_MAX_AGE_DAYS: u16 = 21;
 
-/// What a listener is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Port 25: mail for local domains from anyone; STARTTLS offered, AUTH only under TLS.
-    Smtp,
-    /// Port 587 (RFC 6409): STARTTLS, AUTH required before MAIL.
-    Submission,
-    /// Port 465 (RFC 8314): implicit TLS, AUTH required before MAIL.
-    Submissions,
-}
-
-/// A listener: an address and its role, with the line it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    /// What it is for.
-    pub role: Role,
-    /// Where to listen.
-    pub addr: SocketAddr,
-    /// The line of `postern.toml` that asked for it.
-    pub line: usize,
-}
+pub use crate::daemon::listeners::{Listener, Role};
 
 /// `hostname` for the parts that outlive a reload (local and outbound delivery, bounces):
 /// one shared cell that a reload sets and every use reads, so that after SIGHUP a delivered
@@ -233,7 +213,7 @@ struct RawFile {
     data_timeout: Option<Spanned<u64>>,
     session_timeout: Option<Spanned<u64>>,
     #[serde(default)]
-    listeners: RawListeners,
+    listeners: crate::daemon::listeners::RawListeners,
     #[serde(default)]
     auth: crate::directory::logins::RawAuth,
     #[serde(default)]
@@ -259,53 +239,6 @@ struct RawFile {
 struct RawDns {
     #[serde(default)]
     nameservers: Vec<SocketAddr>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListeners {
-    #[serde(default)]
-    smtp: Vec<Spanned<SocketAddr>>,
-    #[serde(default)]
-    submission: Vec<Spanned<SocketAddr>>,
-    #[serde(default)]
-    submissions: Vec<Spanned<SocketAddr>>,
-    /// Per kind of listener, in place of the top-level `max_connections`.
-    #[serde(default)]
-    max_connections: RawRoleCounts,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoleCounts {
-    smtp: Option<Spanned<u64>>,
-    submission: Option<Spanned<u64>>,
-    submissions: Option<Spanned<u64>>,
-}
-
-impl Role {
-    /// The role's name, as in `[listeners]`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Smtp => "smtp",
-            Role::Submission => "submission",
-            Role::Submissions => "submissions",
-        }
-    }
-
-    /// The role's place in per-role tables (`smtp` 0, `submission` 1, `submissions` 2).
-    pub fn index(self) -> usize {
-        match self {
-            Role::Smtp => 0,
-            Role::Submission => 1,
-            Role::Submissions => 2,
-        }
-    }
-
-    /// Whether MAIL needs a successful AUTH first.
-    pub fn requires_auth(self) -> bool {
-        matches!(self, Role::Submission | Role::Submissions)
-    }
 }
 
 impl Settings {
@@ -399,24 +332,6 @@ impl Settings {
             raw.max_connections,
             DEFAULT_MAX_CONNECTIONS,
         )?;
-        let per_role = raw.listeners.max_connections;
-        let max_connections = [
-            count(
-                "[listeners] max_connections.smtp",
-                per_role.smtp,
-                every_listener,
-            )?,
-            count(
-                "[listeners] max_connections.submission",
-                per_role.submission,
-                every_listener,
-            )?,
-            count(
-                "[listeners] max_connections.submissions",
-                per_role.submissions,
-                every_listener,
-            )?,
-        ];
         let max_connections_per_ip = count(
             "max_connections_per_ip",
             raw.max_connections_per_ip,
@@ -503,40 +418,8 @@ impl Settings {
             })?,
         };
 
-        let mut listeners = Vec::new();
-        for (role, addrs) in [
-            (Role::Smtp, raw.listeners.smtp),
-            (Role::Submission, raw.listeners.submission),
-            (Role::Submissions, raw.listeners.submissions),
-        ] {
-            for a in addrs {
-                let line = line_of(text, &a.span());
-                listeners.push(Listener {
-                    role,
-                    addr: a.into_inner(),
-                    line,
-                });
-            }
-        }
-        for (i, l) in listeners.iter().enumerate() {
-            if l.addr.port() != 0
-                && let Some(first) = listeners[..i].iter().find(|o| o.addr == l.addr)
-            {
-                return Err(error(
-                    Some(l.line),
-                    format!("{} is listed twice (also on line {})", l.addr, first.line),
-                    "give each address to one role only",
-                ));
-            }
-        }
-        if listeners.is_empty() {
-            return Err(error(
-                None,
-                "no listeners: there is nothing to serve".into(),
-                "add addresses under [listeners], e.g. smtp = [\"0.0.0.0:25\"]",
-            ));
-        }
-
+        let (listeners, max_connections) =
+            crate::daemon::listeners::parse_settings(raw.listeners, every_listener, &source)?;
         let auth = crate::directory::logins::parse_settings(raw.auth, &source)?;
         let (trusted_networks, header_from, grants) =
             crate::directory::relay::parse_settings(raw.relay, raw.senders, &source)?;

@@ -2,11 +2,13 @@
 //!
 //! - [`serve`]: startup checks, listeners, the workers, SIGHUP reloads, and the stop on
 //!   SIGTERM or SIGINT.
+//! - [`listeners`]: `[listeners]`, the addresses and roles to serve.
 //! - [`limits`]: connection limits, in total and per client address.
 //! - [`systemd`]: socket activation and readiness notification.
 //!
 //! May use everything else: this is where the parts are put together.
 
 pub mod limits;
+pub mod listeners;
 pub mod serve;
 pub mod systemd;
