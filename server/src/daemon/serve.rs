@@ -400,16 +400,26 @@ impl Runtime {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };
         if !self.activated && addresses(&settings) != addresses(&old.settings) {
-            log::line(Event::Reload).text("msg", format_args!(
-                    "[listeners] changed in {}: needs restart; still listening on the old addresses",
-                    settings.file.display()
-                )).write();
+            log::line(Event::Reload)
+                .text(
+                    "msg",
+                    format_args!(
+                        "[listeners] changed in {}: needs restart; still listening on the old addresses",
+                        settings.file.display()
+                    ),
+                )
+                .write();
         }
         if settings.mailboxes != old.settings.mailboxes {
-            log::line(Event::Reload).text("msg", format_args!(
-                    "[mailboxes] changed in {}: needs restart; local delivery keeps the old methods",
-                    settings.file.display()
-                )).write();
+            log::line(Event::Reload)
+                .text(
+                    "msg",
+                    format_args!(
+                        "[mailboxes] changed in {}: needs restart; local delivery keeps the old methods",
+                        settings.file.display()
+                    ),
+                )
+                .write();
         }
         if settings.data_dir != old.settings.data_dir {
             log::line(Event::Reload)
