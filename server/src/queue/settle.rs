@@ -338,7 +338,7 @@ impl Recorder<'_> {
                             "msg",
                             format_args!(
                                 "delivery resumed: the outcomes of {earlier} earlier deliveries \
-                             are recorded"
+                                 are recorded"
                             ),
                         )
                         .write();
