@@ -65,26 +65,29 @@ make_dir() {
 faults() { python3 "$ROOT/bench/faults.py" "$@" --bin "$BIN" --port "$PORT"; }
 
 status=0
+n=0
 for s in $SCENARIOS; do
-  echo "== $s" >&2
+  # Each run its own directory, so a scenario named twice starts afresh.
+  n=$((n + 1)); W=$RUN/$n-$s
+  echo "== $s ($W)" >&2
   case $s in
     kill9)
-      make_dir "$RUN/kill9/conf"
-      faults kill9 --dir "$RUN/kill9/conf" --threads "$THREADS" --messages "${MESSAGES:-3000}" \
+      make_dir "$W/conf"
+      faults kill9 --dir "$W/conf" --threads "$THREADS" --messages "${MESSAGES:-3000}" \
         --size "${SIZE:-2000}" --deadline "${DEADLINE:-180}" || status=1 ;;
     diskfull)
-      mkdir -p "$RUN/diskfull/conf"
-      mount -t tmpfs -o "size=${FULL_SIZE:-16m}" tmpfs "$RUN/diskfull/conf"
-      MOUNTED=$RUN/diskfull/conf
-      make_dir "$RUN/diskfull/conf" "min_free_space = ${MIN_FREE:-1048576}
+      mkdir -p "$W/conf"
+      mount -t tmpfs -o "size=${FULL_SIZE:-16m}" tmpfs "$W/conf"
+      MOUNTED=$W/conf
+      make_dir "$W/conf" "min_free_space = ${MIN_FREE:-1048576}
 max_message_size = 1048576"
-      faults diskfull --dir "$RUN/diskfull/conf" --threads "$THREADS" \
+      faults diskfull --dir "$W/conf" --threads "$THREADS" \
         --messages "${FULL_MESSAGES:-1500}" --size "${SIZE:-2000}" --deadline "${DEADLINE:-180}" \
         --full-secs "${FULL_SECS:-5}" || status=1
       umount "$MOUNTED"; MOUNTED= ;;
     journalcut)
-      make_dir "$RUN/journalcut/conf"
-      faults journalcut --dir "$RUN/journalcut/conf" --threads "${CUT_THREADS:-4}" \
+      make_dir "$W/conf"
+      faults journalcut --dir "$W/conf" --threads "${CUT_THREADS:-4}" \
         --messages "${CUT_MESSAGES:-200}" --size "${SIZE:-2000}" --deadline "${DEADLINE:-180}" \
         --cut-fraction "${CUT_FRACTION:-4}" ${CUT_BYTES:+--cut-bytes "$CUT_BYTES"} || status=1 ;;
     *) echo "bench/faults.sh: unknown scenario $s (kill9, diskfull, journalcut)" >&2; status=1 ;;
