@@ -253,7 +253,9 @@ fn a_pipe_alias_gets_the_message() {
 
 /// The issue's forwarding proof: a stranger's DKIM-signed message (its SPF and key in the
 /// test DNS) to a catch-all of ours.test forwarded to me@outside.test arrives there with an
-/// SRS sender that passes SPF, the stranger's signature intact, and our ARC set verifying.
+/// SRS sender that passes SPF, the stranger's signature intact, and our ARC set verifying,
+/// at postern B and at an outside verifier (dkimpy's arc_verify). ours.test has an Ed25519
+/// key that sorts before its RSA key: ARC must seal with the RSA one.
 #[test]
 fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -281,15 +283,17 @@ fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
         "smtp = [\"127.0.0.1:0\"]",
     );
     let ours_key = common::keygen(a_dir.path(), "ours.test", "rsa2048", "arc1");
+    let ours_ed_key = common::keygen(a_dir.path(), "ours.test", "ed25519", "aed1");
     let zone = format!(
         "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
          outside.test. 300 MX 10 mx.outside.test.\n\
          mx.outside.test. 300 A 127.0.0.1\n\
          stranger.test. 300 TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
          ours.test. 300 TXT \"v=spf1 ip4:127.0.0.1 -all\"\n\
-         {}\n{}\n",
+         {}\n{}\n{}\n",
         common::zone_line(&stranger_key),
-        common::zone_line(&ours_key)
+        common::zone_line(&ours_key),
+        common::zone_line(&ours_ed_key)
     );
     fs::write(&zone_path, zone).expect("zone");
     let dns =
@@ -384,4 +388,36 @@ fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
     assert!(field.contains("arc=pass"), "{field}\n{copy}");
     assert!(copy.contains("ARC-Seal: i=1; a=rsa-sha256"), "{copy}");
     assert!(copy.contains("This body must stay as it is.\r\n"), "{copy}");
+
+    // The outside verifier: dkimpy (Debian's python3-dkim), with the test zone as its DNS.
+    let copy_path = tmp.path().join("copy.eml");
+    fs::write(&copy_path, copy).expect("copy");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(ARC_VERIFY)
+        .arg(&zone_path)
+        .arg(&copy_path)
+        .output()
+        .expect("run /usr/bin/python3 (python3-dkim)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.starts_with("pass"),
+        "dkimpy arc_verify: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
+
+/// dkimpy's ARC verification of the message in argv[2], TXT records from the zone file in
+/// argv[1]; prints the chain validation result and dkimpy's reason.
+const ARC_VERIFY: &str = r#"
+import re, sys, dkim
+records = {}
+for line in open(sys.argv[1]):
+    parts = line.split(None, 3)
+    if len(parts) == 4 and parts[2] == "TXT":
+        records[parts[0].rstrip(".").lower()] = "".join(re.findall(r'"([^"]*)"', parts[3])).encode()
+def dnsfunc(name, timeout=5):
+    return records.get(name.decode().rstrip(".").lower())
+cv, results, reason = dkim.arc_verify(open(sys.argv[2], "rb").read(), dnsfunc=dnsfunc)
+print(cv.decode(), reason)
+"#;

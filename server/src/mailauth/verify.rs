@@ -354,21 +354,41 @@ const SEALED_FIELDS: [&str; 13] = [
     "DKIM-Signature",
 ];
 
-/// A new ARC set over `parsed` with `results`, signed with the first key of `keys`; empty
-/// when the chain cannot be continued (a failed chain is not sealed again, RFC 8617 5.1.2)
-/// or signing fails (the message still goes, unsealed; logged).
+/// The key that seals a domain's ARC sets: its first RSA key by selector. RFC 8617 allows
+/// only rsa-sha256 for ARC, and verifiers refuse an Ed25519 seal (dkimpy: "unknown signature
+/// algorithm"), so an Ed25519 key never seals.
+pub(crate) fn arc_key(
+    keys: &crate::mailauth::dkim::DkimKeys,
+) -> Option<&crate::mailauth::dkim::DkimKey> {
+    keys.keys().iter().find(|k| k.algorithm() == "rsa-sha256")
+}
+
+/// A new ARC set over `parsed` with `results`, signed with [`arc_key`]; empty when the
+/// domain has no RSA key (logged), the chain cannot be continued (a failed chain is not sealed
+/// again, RFC 8617 5.1.2) or signing fails (the message still goes, unsealed; logged).
 fn seal_set(
     keys: &crate::mailauth::dkim::DkimKeys,
     parsed: &AuthenticatedMessage<'_>,
     results: &AuthenticationResults<'_>,
     arc: &ArcOutput<'_>,
 ) -> String {
-    let Some(key) = keys.keys().first() else {
-        return String::new();
-    };
-    if !arc.can_be_sealed() {
+    if keys.is_empty() || !arc.can_be_sealed() {
         return String::new();
     }
+    let Some(key) = arc_key(keys) else {
+        crate::log::line(crate::log::Event::Arc)
+            .field("domain", keys.domain())
+            .text(
+                "problem",
+                format_args!(
+                    "not sealed: ARC signs with RSA only and {0} has no RSA key; \
+                     make one with postern dkim keygen {0} --algo rsa2048",
+                    keys.domain()
+                ),
+            )
+            .write();
+        return String::new();
+    };
     let sealer = ArcSealer::from_key(crate::mailauth::dkim::SealingKey(key))
         .domain(keys.domain())
         .selector(key.selector())
@@ -442,6 +462,25 @@ mod tests {
         Hello,   world.\r\n\
         \r\n\
         A second  paragraph, long enough to cross chunks.\r\n\r\n\r\n";
+
+    /// ARC seals with the first RSA key by selector, even when an Ed25519 key sorts first;
+    /// a domain with Ed25519 keys only has no sealing key.
+    #[test]
+    fn arc_seals_with_an_rsa_key_never_ed25519() {
+        use crate::mailauth::dkim::{KeyAlgorithm, generate};
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("domains/example.org")).expect("domain");
+        generate(tmp.path(), "example.org", "aaa-ed", KeyAlgorithm::Ed25519).expect("ed");
+        generate(tmp.path(), "example.org", "zzz-rsa", KeyAlgorithm::Rsa2048).expect("rsa");
+        let keys = DkimKeys::load(tmp.path(), "example.org").expect("load");
+        assert_eq!(keys.keys()[0].selector(), "aaa-ed", "Ed25519 sorts first");
+        assert_eq!(arc_key(&keys).map(DkimKey::selector), Some("zzz-rsa"));
+        let ed_only = DkimKeys::new(
+            "example.org",
+            vec![DkimKey::ed25519_from_seed("s1", &[7; 32]).expect("key")],
+        );
+        assert!(arc_key(&ed_only).is_none());
+    }
 
     /// A checker whose resolver asks a test server publishing `zone` (SOA added).
     fn inbound(dir: &std::path::Path, zone: &str) -> (Inbound, TestServer) {
