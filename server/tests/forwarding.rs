@@ -390,34 +390,6 @@ fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
     assert!(copy.contains("This body must stay as it is.\r\n"), "{copy}");
 
     // The outside verifier: dkimpy (Debian's python3-dkim), with the test zone as its DNS.
-    let copy_path = tmp.path().join("copy.eml");
-    fs::write(&copy_path, copy).expect("copy");
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(ARC_VERIFY)
-        .arg(&zone_path)
-        .arg(&copy_path)
-        .output()
-        .expect("run /usr/bin/python3 (python3-dkim)");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && said.starts_with("pass"),
-        "dkimpy arc_verify: {said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::dkimpy("arc", &zone_path, copy);
+    assert!(said.starts_with("pass"), "dkimpy arc_verify: {said}");
 }
-
-/// dkimpy's ARC verification of the message in argv[2], TXT records from the zone file in
-/// argv[1]; prints the chain validation result and dkimpy's reason.
-const ARC_VERIFY: &str = r#"
-import re, sys, dkim
-records = {}
-for line in open(sys.argv[1]):
-    parts = line.split(None, 3)
-    if len(parts) == 4 and parts[2] == "TXT":
-        records[parts[0].rstrip(".").lower()] = "".join(re.findall(r'"([^"]*)"', parts[3])).encode()
-def dnsfunc(name, timeout=5):
-    return records.get(name.decode().rstrip(".").lower())
-cv, results, reason = dkim.arc_verify(open(sys.argv[2], "rb").read(), dnsfunc=dnsfunc)
-print(cv.decode(), reason)
-"#;

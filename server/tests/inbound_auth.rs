@@ -55,14 +55,19 @@ fn send(b: &Server, helo: &str, sender: &str, header: &str) -> String {
     .to_string()
 }
 
-/// Submits from alice@a.test to bob@b.test through A's submission port (STARTTLS, AUTH).
+/// Submits from alice@a.test to bob@b.test through A's submission port (STARTTLS, AUTH);
+/// with a second argument `bare`, a message without Date and Message-ID.
 const SUBMIT: &str = r#"
 import smtplib, ssl, sys
 port = int(sys.argv[1])
-msg = ("Authentication-Results: A.TEST; dkim=pass (claimed by the sender)\r\n"
-       "From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: signed  mail\r\n"
-       "Message-ID: <1@a.test>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
-       "\r\nHello from A,  with a signature.\r\n.leading dot\r\n")
+if sys.argv[2:] == ["bare"]:
+    msg = ("From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: bare\r\n"
+           "\r\nNo Date, no Message-ID.\r\n")
+else:
+    msg = ("Authentication-Results: A.TEST; dkim=pass (claimed by the sender)\r\n"
+           "From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nSubject: signed  mail\r\n"
+           "Message-ID: <1@a.test>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+           "\r\nHello from A,  with a signature.\r\n.leading dot\r\n")
 s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
 s.starttls(context=ssl._create_unverified_context())
 s.ehlo()
@@ -186,6 +191,39 @@ fn signed_mail_passes_and_forgeries_are_refused() {
         "auth=\"spf=pass helo-spf=pass dkim=pass:a.test,pass:a.test arc=none dmarc=pass",
         10,
     );
+    assert_eq!(common::dkimpy("dkim", &zone_file, text), "pass\npass\n");
+
+    // 1b. A message without Date and Message-ID gets both from A (an MSA), before signing:
+    //     B and dkimpy verify signatures that cover them.
+    let out = common::python(
+        SUBMIT,
+        &[a.port("submission").to_string(), "bare".to_string()],
+    );
+    assert_eq!(out.trim(), "sent");
+    let got = wait_messages(&b, "b.test", "bob", 2, 30);
+    let bare = got
+        .iter()
+        .find(|m| m.contains("Subject: bare"))
+        .expect("the bare message");
+    let id = field(bare, "Message-ID");
+    assert!(
+        id.starts_with('<') && id.ends_with("@a.test>"),
+        "{id}\n{bare}"
+    );
+    assert!(field(bare, "Date").ends_with(" +0000"), "{bare}");
+    let signature = field(bare, "DKIM-Signature").to_ascii_lowercase();
+    assert!(
+        signature.contains("date") && signature.contains("message-id"),
+        "h= covers them: {signature}"
+    );
+    assert_eq!(
+        field(bare, "Authentication-Results")
+            .matches("dkim=pass")
+            .count(),
+        2,
+        "{bare}"
+    );
+    assert_eq!(common::dkimpy("dkim", &zone_file, bare), "pass\npass\n");
 
     // 2. A forged copy from a stranger's address (SPF passes for stranger.test, but nothing
     //    aligns with a.test): refused per a.test's p=reject.

@@ -217,6 +217,8 @@ pub struct DkimKeys {
 pub struct Signer {
     state: SignerState,
     body: BodyHasher,
+    /// Header fields that go on top of the message, signed with its own ([`Signer::prepend`]).
+    prefix: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -586,7 +588,17 @@ impl Signer {
         Signer {
             state: SignerState::Header(HeaderSection::new(MAX_HEADER_BLOCK)),
             body: BodyHasher::new(Canonicalization::Relaxed, HashAlgorithm::Sha256),
+            prefix: Vec::new(),
         }
+    }
+
+    /// Signs `fields` (complete header fields, each ending in CRLF) as part of the header
+    /// block, above the message's own fields: for fields added on top before it goes out
+    /// (the `Date` and `Message-ID` an MSA supplies).
+    pub fn prepend(&mut self, fields: &str) {
+        let mut prefix = fields.as_bytes().to_vec();
+        prefix.append(&mut self.prefix);
+        self.prefix = prefix;
     }
 
     /// The header block (its final CRLF included, not the empty line), once the empty line
@@ -626,6 +638,13 @@ impl Signer {
             // No empty line: all header, no body.
             SignerState::Header(mut section) => section.take(),
             SignerState::Failed => return Err(DkimError::HeaderTooLong),
+        };
+        let header = if self.prefix.is_empty() {
+            header
+        } else {
+            let mut whole = self.prefix;
+            whole.extend_from_slice(&header);
+            whole
         };
         let body_hash = self.body.finish().to_base64();
         let names = signed_names(&header)?;

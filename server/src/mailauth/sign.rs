@@ -22,6 +22,11 @@ impl Signing {
         self.signer.update(chunk);
     }
 
+    /// Signs `fields` too, as fields put on top of the message (see [`Signer::prepend`]).
+    pub fn prepend(&mut self, fields: &str) {
+        self.signer.prepend(fields);
+    }
+
     /// The `DKIM-Signature` fields (each ending in CRLF) for the message whose header section
     /// (at least its From field) is `header`: one per key of the From domain in
     /// `keys`, none when that domain is not local or has no keys. An error means the

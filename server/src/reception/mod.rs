@@ -186,6 +186,22 @@ impl Reception {
             // In the `received` log line, with the check results if any.
             t.auth_summary = Some(format!("forged_results_removed={removed}"));
         }
+        // As an MSA (RFC 6409 8.2, 8.3): the Date and Message-ID a user's message lacks, added
+        // before signing, so that the signature covers them and no later hop adds its own.
+        if self.user(session).is_some() {
+            let added = msa_fields(
+                t.header.header(),
+                &t.id,
+                &self.shared.inbound.hostname,
+                SystemTime::now(),
+            );
+            if !added.is_empty() {
+                if let Some(signing) = &mut t.signing {
+                    signing.prepend(&added);
+                }
+                t.headers.push_str(&added);
+            }
+        }
         if let Some(signing) = t.signing.take() {
             let keys = self.shared.inbound.keys.clone();
             match signing
@@ -646,6 +662,23 @@ impl Reception {
 }
 
 /// 452 4.3.1: no room for the message now.
+/// The `Date` and `Message-ID` fields (each ending in CRLF) that the header section `header`
+/// lacks: the date is `now`, the id `<queue id@hostname>`, unique to this server.
+fn msa_fields(header: &[u8], id: &QueueId, hostname: &str, now: SystemTime) -> String {
+    let has = |name: &str| {
+        proto_core::dkim::HeaderFields::new(header)
+            .any(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let mut fields = String::new();
+    if !has("Date") {
+        fields.push_str(&format!("Date: {}\r\n", trace::rfc5322_date(now)));
+    }
+    if !has("Message-ID") {
+        fields.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
+    }
+    fields
+}
+
 fn full_reply() -> Reply {
     Reply::of(
         ReplyCode::INSUFFICIENT_STORAGE,
@@ -784,6 +817,41 @@ fn client_literal(session: &Session) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_missing_date_and_message_id_are_added() {
+        let id = QueueId::parse("0661B74C39181402").expect("id");
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86_400);
+        let date = "Date: Fri, 2 Jan 1970 00:00:00 +0000\r\n";
+        let mid = "Message-ID: <0661B74C39181402@mx.example.org>\r\n";
+        let cases: [(&[u8], String); 4] = [
+            (
+                b"From: a@example.org\r\nSubject: s\r\n",
+                format!("{date}{mid}"),
+            ),
+            (
+                b"From: a@example.org\r\ndate: Thu, 1 Jan 1970 +0000\r\n",
+                mid.to_string(),
+            ),
+            (
+                b"MESSAGE-ID: <x@y>\r\nFrom: a@example.org\r\n",
+                date.to_string(),
+            ),
+            (
+                b"Date: Thu, 1 Jan 1970 +0000\r\nMessage-Id: <x@y>\r\n",
+                String::new(),
+            ),
+        ];
+        for (header, want) in cases {
+            assert_eq!(
+                msa_fields(header, &id, "mx.example.org", now),
+                want,
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
+    }
+
+    use super::{QueueId, SystemTime, msa_fields};
     use crate::config::Role;
     use crate::testkit::{Client, TestServer};
 

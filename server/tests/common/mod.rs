@@ -409,3 +409,46 @@ pub fn zone_line(record: &str) -> String {
     let (name, strings) = record.split_once(" IN TXT ").expect("record");
     format!("{name} 300 TXT {strings}")
 }
+
+/// What dkimpy (Debian's python3-dkim, run as /usr/bin/python3), the outside verifier, says
+/// of `message` with the TXT records of the zone file `zone` as its DNS: for `check` "arc",
+/// the chain's validation and dkimpy's reason (`pass ...`); for "dkim", one `pass` or `fail`
+/// line per DKIM-Signature, top first.
+pub fn dkimpy(check: &str, zone: &Path, message: &str) -> String {
+    let file = zone.with_file_name(format!("dkimpy-{check}.eml"));
+    fs::write(&file, message).expect("write the message");
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(DKIMPY)
+        .arg(check)
+        .arg(zone)
+        .arg(&file)
+        .output()
+        .expect("run /usr/bin/python3 (python3-dkim)");
+    assert!(
+        out.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const DKIMPY: &str = r#"
+import re, sys, dkim
+records = {}
+for line in open(sys.argv[2]):
+    parts = line.split(None, 3)
+    if len(parts) == 4 and parts[2] == "TXT":
+        records[parts[0].rstrip(".").lower()] = "".join(re.findall(r'"([^"]*)"', parts[3])).encode()
+def dnsfunc(name, timeout=5):
+    return records.get(name.decode().rstrip(".").lower())
+message = open(sys.argv[3], "rb").read()
+if sys.argv[1] == "arc":
+    cv, results, reason = dkim.arc_verify(message, dnsfunc=dnsfunc)
+    print(cv.decode(), reason)
+else:
+    d = dkim.DKIM(message)
+    count = len([l for l in message.split(b"\n") if l.lower().startswith(b"dkim-signature:")])
+    for i in range(count):
+        print("pass" if d.verify(idx=i, dnsfunc=dnsfunc) else "fail")
+"#;
