@@ -426,6 +426,47 @@ fn a_bad_config_names_file_line_and_fix() {
     assert!(stderr.contains("fix: "), "{stderr}");
 }
 
+/// A broken users or aliases file stops the start with its file, line and reason: running
+/// without it would refuse its users' or aliases' mail for good.
+#[test]
+fn a_broken_users_or_aliases_file_refuses_to_start() {
+    for (file, text, want) in [
+        (
+            "users",
+            "alice\nbob:secret\n",
+            "users, line 2: malformed user",
+        ),
+        (
+            "aliases",
+            "postmaster: alice\nthis line has no colon\n",
+            "aliases, line 2: ",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join("postern.toml"),
+            "hostname = \"localhost\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+        )
+        .expect("write");
+        fs::create_dir_all(dir.path().join("domains/localhost")).expect("domain");
+        fs::write(dir.path().join("domains/localhost").join(file), text).expect("file");
+        let out = Command::new(BINARY)
+            .arg("-C")
+            .arg(dir.path())
+            .arg("serve")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file}: {stderr}");
+        assert!(
+            stderr.contains(&format!("domains/localhost/{want}")),
+            "{file}: {stderr}"
+        );
+        assert!(stderr.contains("fix: correct the line"), "{stderr}");
+    }
+}
+
 #[test]
 fn a_missing_certificate_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -65,7 +65,7 @@ use crate::directory::destinations;
 use crate::directory::logins::Authenticator;
 use crate::directory::recipients::Recipients;
 use crate::directory::relay::Policy;
-use crate::directory::users::UserDb;
+use crate::directory::users::{UserDb, UserDbError};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::log::{self, Event};
 use crate::mailauth::Inbound;
@@ -156,6 +156,7 @@ pub fn serve_with(
         ));
     }
     let settings = Settings::load(dir)?;
+    check_directory(&settings)?;
     let certs_snapshot = Snapshot::take(&settings.certs_dir());
     let store = certs::load(&settings)?;
     log::line(Event::Tls)
@@ -483,6 +484,58 @@ impl Runtime {
                 .write(),
         }
     }
+}
+
+/// At startup, every users and aliases file must read: a broken one stops the start with its
+/// file, line and reason, as postern.toml does (while running, a broken file is logged and
+/// its last good version kept; starting without it would refuse its mail for good).
+fn check_directory(settings: &Settings) -> Result<(), ConfigError> {
+    let fix = |what: &str| {
+        format!(
+            "correct the line or remove it, then start again (while the server runs, a broken \
+             {what} file is only logged and its last good version kept)"
+        )
+    };
+    match UserDb::new(settings.domains_dir()).list(None) {
+        Ok(_) => {}
+        Err(UserDbError::Malformed { path, line, reason }) => {
+            return Err(ConfigError {
+                file: path,
+                line: Some(line),
+                message: reason,
+                fix: fix("users"),
+            });
+        }
+        Err(UserDbError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && !settings.domains_dir().exists() => {}
+        Err(UserDbError::Io { path, source }) => {
+            return Err(ConfigError {
+                file: path,
+                line: None,
+                message: format!("cannot read it: {source}"),
+                fix: "make it readable by the user running postern".into(),
+            });
+        }
+        Err(e) => {
+            return Err(ConfigError {
+                file: settings.domains_dir(),
+                line: None,
+                message: e.to_string(),
+                fix: "check the users files under domains/".into(),
+            });
+        }
+    }
+    let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
+    if let Some(p) = aliases.load_quietly().into_iter().find(|p| p.refused) {
+        return Err(ConfigError {
+            file: p.path,
+            line: p.line.filter(|&l| l > 0),
+            message: p.reason,
+            fix: fix("aliases"),
+        });
+    }
+    Ok(())
 }
 
 /// Logs the certificate files that failed to load on a reload.
