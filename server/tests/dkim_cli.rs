@@ -629,3 +629,43 @@ fn idn_domains_use_a_labels() {
     let signed = String::from_utf8_lossy(&out.stdout);
     assert!(signed.contains(" d=xn--bcher-kva.example;"), "{signed}");
 }
+
+/// `keygen` run as root for a server that runs as another user: the new `dkim/` directory
+/// and key get the owner of the directory they go into, so that server can read them (a
+/// root-owned 0600 key answered every submission 451). Needs root, as CI runs the tests.
+#[test]
+fn keygen_as_root_leaves_keys_owned_like_their_directory() {
+    use std::os::unix::fs::MetadataExt as _;
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root (CI runs the tests as root)"
+    );
+    let dir = config_dir();
+    let domain = dir.path().join("domains/example.org");
+    // 65534: nobody/nogroup, standing for the service user.
+    std::os::unix::fs::chown(&domain, Some(65534), Some(65534)).expect("chown");
+    let out = dkim(
+        dir.path(),
+        &[
+            "keygen",
+            "example.org",
+            "--algo",
+            "ed25519",
+            "--selector",
+            "s1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for (path, mode) in [
+        (domain.join("dkim"), 0o700),
+        (domain.join("dkim/s1.pem"), 0o600),
+    ] {
+        let meta = fs::metadata(&path).expect("stat");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (65534, 65534, mode),
+            "{}",
+            path.display()
+        );
+    }
+}

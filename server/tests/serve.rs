@@ -426,20 +426,29 @@ fn a_bad_config_names_file_line_and_fix() {
     assert!(stderr.contains("fix: "), "{stderr}");
 }
 
-/// A broken users or aliases file stops the start with its file, line and reason: running
-/// without it would refuse its users' or aliases' mail for good.
+/// A broken users or aliases file, or a DKIM key the server cannot use, stops the start with
+/// its file (and line) and the reason: running without it would refuse its users' or
+/// aliases' mail for good, or answer every submission of the domain 451.
 #[test]
-fn a_broken_users_or_aliases_file_refuses_to_start() {
-    for (file, text, want) in [
+fn a_broken_users_aliases_or_key_file_refuses_to_start() {
+    for (file, text, want, fix) in [
         (
             "users",
             "alice\nbob:secret\n",
             "users, line 2: malformed user",
+            "fix: correct the line",
         ),
         (
             "aliases",
             "postmaster: alice\nthis line has no colon\n",
             "aliases, line 2: ",
+            "fix: correct the line",
+        ),
+        (
+            "dkim/s1.pem",
+            "not a key\n",
+            "dkim/s1.pem: ",
+            "fix: make it readable by the user running postern",
         ),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -448,7 +457,7 @@ fn a_broken_users_or_aliases_file_refuses_to_start() {
             "hostname = \"localhost\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
         )
         .expect("write");
-        fs::create_dir_all(dir.path().join("domains/localhost")).expect("domain");
+        fs::create_dir_all(dir.path().join("domains/localhost/dkim")).expect("domain");
         fs::write(dir.path().join("domains/localhost").join(file), text).expect("file");
         let out = Command::new(BINARY)
             .arg("-C")
@@ -463,7 +472,7 @@ fn a_broken_users_or_aliases_file_refuses_to_start() {
             stderr.contains(&format!("domains/localhost/{want}")),
             "{file}: {stderr}"
         );
-        assert!(stderr.contains("fix: correct the line"), "{stderr}");
+        assert!(stderr.contains(fix), "{stderr}");
     }
 }
 

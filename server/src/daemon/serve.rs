@@ -69,6 +69,7 @@ use crate::directory::users::{UserDb, UserDbError};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::log::{self, Event};
 use crate::mailauth::Inbound;
+use crate::mailauth::dkim::{DkimError, DkimKeys};
 use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
@@ -486,9 +487,11 @@ impl Runtime {
     }
 }
 
-/// At startup, every users and aliases file must read: a broken one stops the start with its
-/// file, line and reason, as postern.toml does (while running, a broken file is logged and
-/// its last good version kept; starting without it would refuse its mail for good).
+/// At startup, every users, aliases and DKIM key file must read: a broken or unreadable one
+/// stops the start with its file (and line) and the reason, as postern.toml does. While
+/// running, a broken users or aliases file is logged and its last good version kept; starting
+/// without it would refuse its mail for good, and a key the server cannot read answers every
+/// submission of its domain 451.
 fn check_directory(settings: &Settings) -> Result<(), ConfigError> {
     let fix = |what: &str| {
         format!(
@@ -524,6 +527,30 @@ fn check_directory(settings: &Settings) -> Result<(), ConfigError> {
                 message: e.to_string(),
                 fix: "check the users files under domains/".into(),
             });
+        }
+    }
+    let domains = std::fs::read_dir(settings.domains_dir())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok());
+    for domain in domains {
+        let unreadable = |file: std::path::PathBuf, message: String| ConfigError {
+            file,
+            line: None,
+            message,
+            fix: "make it readable by the user running postern (see README, systemd: files \
+                  the CLI writes as root get the owner of their directory), or move it away"
+                .into(),
+        };
+        match DkimKeys::load(&settings.dir, &domain) {
+            Err(DkimError::Io { path, source }) => {
+                return Err(unreadable(path, format!("cannot read it: {source}")));
+            }
+            Err(DkimError::BadKey { path, reason }) => return Err(unreadable(path, reason)),
+            // Not a domain name, or fine.
+            _ => {}
         }
     }
     let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());

@@ -45,7 +45,7 @@
 use std::fmt;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -878,11 +878,19 @@ pub fn generate(
                 .to_string()
         }
     };
+    let new_dir = !key_dir.exists();
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&key_dir)
         .map_err(io(&key_dir))?;
+    // New files get the owner of the directory they go into: `keygen` run as root for a
+    // server that runs as another user must leave keys that server can read. Only root may
+    // give files away; for anyone else this changes nothing.
+    let owner_of = |p: &Path| fs::metadata(p).ok().map(|m| (m.uid(), m.gid()));
+    if new_dir && let Some((uid, gid)) = owner_of(&dir) {
+        let _ = std::os::unix::fs::chown(&key_dir, Some(uid), Some(gid));
+    }
     // Written under a temporary name, then linked into place: the link fails if the name was
     // taken meanwhile, and a crash never leaves a half-written key under the real name.
     let tmp = key_dir.join(format!(".{selector}.pem.tmp"));
@@ -893,6 +901,9 @@ pub fn generate(
         .mode(0o600)
         .open(&tmp)
         .map_err(io(&tmp))?;
+    if let Some((uid, gid)) = owner_of(&key_dir) {
+        let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+    }
     file.write_all(pem.as_bytes()).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
