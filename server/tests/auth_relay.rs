@@ -25,7 +25,8 @@ const AUTH_CONFIG: &str = "[auth]\n\
      lockout_after_failures = 4\n\
      lockout_seconds = 2\n\
      [senders]\n\
-     \"alice@localhost\" = [\"granted.example\", \"team@localhost\"]\n";
+     \"alice@localhost\" = [\"granted.example\", \"team@localhost\"]\n\
+     \"bob@localhost\" = [\"<>\"]\n";
 
 mod common;
 
@@ -442,7 +443,7 @@ fn mail_from_must_be_owned() {
         ("<team@localhost>", "250"),
         ("<anyone@granted.example>", "250"),
         ("<anyone@GRANTED.example>", "250"),
-        ("<>", "250"),
+        ("<>", "553 5.7.1 Null sender not allowed"),
         ("<bob@localhost>", "553 5.7.1"),
         ("<bob+alice@localhost>", "553 5.7.1"),
         ("<alice@other.example>", "553 5.7.1"),
@@ -622,14 +623,27 @@ fn header_from_is_checked() {
             "550 5.7.1 Message refused: more than one",
         ),
         ("", "550 5.7.1 Message refused: no From"),
+        // Sender names the agent that sent it: it is checked like From.
+        (
+            "From: Alice <alice@localhost>\r\nSender: alice+lists@localhost\r\n",
+            "250",
+        ),
+        (
+            "From: Alice <alice@localhost>\r\nSender: Bob <bob@localhost>\r\n",
+            "550 5.7.1 Message refused: Sender bob@localhost",
+        ),
+        (
+            "From: Team <team@localhost>\r\nSender: a@localhost\r\nSender: b@localhost\r\n",
+            "550 5.7.1 Message refused: more than one Sender",
+        ),
     ];
     for (header, want) in cases {
         let r = send(&server, header);
         expect(&r, &["235", "250", "250", "354", want], header);
     }
     assert_eq!(
-        server.wait_inbox("localhost", "bob", 3).len(),
-        3,
+        server.wait_inbox("localhost", "bob", 4).len(),
+        4,
         "{}",
         server.log()
     );
@@ -660,6 +674,33 @@ fn header_from_is_checked() {
         ],
     );
     expect(&r, &["250", "250", "354", "250"], "port 25");
+}
+
+/// `MAIL FROM:<>` from an authenticated user (bounces, auto-replies) is refused unless
+/// `[senders]` grants the user `"<>"`; here bob has it, alice does not.
+#[test]
+fn a_null_sender_needs_a_grant() {
+    let server = Server::start(AUTH_CONFIG);
+    let r = dialogue(
+        &server.port("submission"),
+        "plain",
+        &[PLAIN_OK, "MAIL FROM:<>"],
+    );
+    expect(
+        &r,
+        &["235", "553 5.7.1 Null sender not allowed"],
+        "alice, no grant",
+    );
+    let r = dialogue(
+        &server.port("submission"),
+        "plain",
+        &[
+            "AUTH PLAIN b64:\\0bob@localhost\\0bob-pw",
+            "MAIL FROM:<>",
+            "RCPT TO:<alice@localhost>",
+        ],
+    );
+    expect(&r, &["235", "250", "250"], "bob, granted");
 }
 
 /// Clients from a trusted network may address other domains without AUTH; everyone else gets

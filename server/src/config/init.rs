@@ -228,9 +228,10 @@ dmarc_quarantine = "mark"
 # temperror) or "defer" it (451 4.4.3, the sender retries). Never a permanent refusal.
 temperror = "accept"
 
-# What authenticated users may send as, besides their own address (and its +suffix forms):
-# "user" = [domains or addresses]. Example:
-#   "alice@example.org" = ["example.net", "bob@example.org"]
+# What authenticated users may send as, besides their own address (and its +suffix forms),
+# in MAIL FROM and in the header From and Sender: "user" = [domains or addresses, or "<>"
+# for the null sender of bounces and auto-replies, which nobody has unless granted]. Example:
+#   "alice@example.org" = ["example.net", "bob@example.org", "<>"]
 [senders]
 "#;
 

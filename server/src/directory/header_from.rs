@@ -40,6 +40,10 @@ pub enum FromProblem {
     Unreadable,
     /// An address the user may not send as.
     NotOwned(String),
+    /// More than one Sender field.
+    SenderRepeated,
+    /// A Sender address the user may not send as (or none that reads).
+    SenderNotOwned(String),
 }
 
 impl HeaderCollector {
@@ -78,12 +82,36 @@ impl fmt::Display for FromProblem {
             FromProblem::Repeated => f.write_str("more than one From header field"),
             FromProblem::Unreadable => f.write_str("no readable address in the From header field"),
             FromProblem::NotOwned(a) => write!(f, "From {a} is not the sender's"),
+            FromProblem::SenderRepeated => f.write_str("more than one Sender header field"),
+            FromProblem::SenderNotOwned(a) => write!(f, "Sender {a} is not the sender's"),
         }
     }
 }
 
-/// Checks the header From against `owns` (is this normalised address the user's?).
+/// Checks the header From, and the Sender if there is one (RFC 5322 3.6.2: the mailbox of
+/// the agent that sent the message), against `owns` (is this normalised address the
+/// user's?).
 pub fn check(header: &[u8], owns: impl Fn(&Address) -> bool) -> Result<(), FromProblem> {
+    let owned = |a: &str| {
+        Mailbox::parse(a)
+            .ok()
+            .and_then(|m| Address::from_mailbox(&m).ok())
+            .is_some_and(|addr| owns(&addr))
+    };
+    // Bounded: it goes into the reply and the log.
+    let shown = |a: &str| a.chars().take(100).collect::<String>();
+    match fields_named(header, "sender").as_slice() {
+        [] => {}
+        [one] => {
+            let addresses = from_addresses(one);
+            match addresses.as_slice() {
+                [a] if owned(a) => {}
+                [a, ..] => return Err(FromProblem::SenderNotOwned(shown(a))),
+                [] => return Err(FromProblem::SenderNotOwned(shown(one.trim()))),
+            }
+        }
+        _ => return Err(FromProblem::SenderRepeated),
+    }
     let fields = from_fields(header);
     let value = match fields.as_slice() {
         [] => return Err(FromProblem::Missing),
@@ -95,13 +123,8 @@ pub fn check(header: &[u8], owns: impl Fn(&Address) -> bool) -> Result<(), FromP
         return Err(FromProblem::Unreadable);
     }
     for a in addresses {
-        let ok = Mailbox::parse(&a)
-            .ok()
-            .and_then(|m| Address::from_mailbox(&m).ok())
-            .is_some_and(|addr| owns(&addr));
-        if !ok {
-            // Bounded: it goes into the reply and the log.
-            return Err(FromProblem::NotOwned(a.chars().take(100).collect()));
+        if !owned(&a) {
+            return Err(FromProblem::NotOwned(shown(&a)));
         }
     }
     Ok(())
@@ -109,6 +132,11 @@ pub fn check(header: &[u8], owns: impl Fn(&Address) -> bool) -> Result<(), FromP
 
 /// The unfolded values of every `From:` field.
 pub fn from_fields(header: &[u8]) -> Vec<String> {
+    fields_named(header, "from")
+}
+
+/// The unfolded values of every field called `wanted` (lower case).
+fn fields_named(header: &[u8], wanted: &str) -> Vec<String> {
     let text = String::from_utf8_lossy(header);
     let mut fields: Vec<String> = Vec::new();
     let mut current: Option<String> = None;
@@ -124,7 +152,7 @@ pub fn from_fields(header: &[u8]) -> Vec<String> {
             fields.push(c);
         }
         if let Some((name, value)) = line.split_once(':')
-            && name.trim_end().eq_ignore_ascii_case("from")
+            && name.trim_end().eq_ignore_ascii_case(wanted)
         {
             current = Some(value.to_string());
         }

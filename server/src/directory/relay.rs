@@ -63,6 +63,9 @@ pub enum Grant {
     Domain(String),
     /// This address.
     Address(Address),
+    /// The null reverse path, `MAIL FROM:<>` (written `"<>"`): for a user whose software sends
+    /// bounces or auto-replies. Nobody has it unless granted.
+    NullSender,
 }
 
 /// What to do when the header From of an authenticated user's message is not theirs.
@@ -121,7 +124,10 @@ impl Grants {
     /// Whether `user` may send as `from`.
     pub fn may_send_as(&self, user: &Address, from: &ReversePath) -> bool {
         match from {
-            ReversePath::Null => true,
+            ReversePath::Null => self
+                .by_user
+                .get(user)
+                .is_some_and(|grants| grants.contains(&Grant::NullSender)),
             ReversePath::Mailbox(m) => match Address::from_mailbox(m) {
                 Ok(a) => self.owns(user, &a),
                 // Not an address a user of ours can have (a literal, a route...): only a domain
@@ -141,6 +147,7 @@ impl Grants {
             grants.iter().any(|g| match g {
                 Grant::Domain(d) => a.domain() == d,
                 Grant::Address(g) => g == a,
+                Grant::NullSender => false,
             })
         })
     }
@@ -210,7 +217,9 @@ pub(crate) fn parse_settings(
         for g in granted {
             let line = Some(g.span());
             let text = g.into_inner();
-            let grant = if text.contains('@') {
+            let grant = if text == "<>" {
+                Some(Grant::NullSender)
+            } else if text.contains('@') {
                 Address::parse(&text).map(Grant::Address).ok()
             } else {
                 Address::parse(&format!("postmaster@{text}"))
@@ -221,7 +230,8 @@ pub(crate) fn parse_settings(
                 return Err(src.error(
                     line,
                     format!("[senders]: {text:?} is neither an address nor a domain"),
-                    "grant addresses (\"bob@example.org\") or domains (\"example.org\")",
+                    "grant addresses (\"bob@example.org\"), domains (\"example.org\") or the \
+                     null sender (\"<>\")",
                 ));
             };
             grants.grant(user.clone(), grant);

@@ -426,15 +426,17 @@ impl Handler for Reception {
             && !self.shared.policy.grants.may_send_as(user, from)
         {
             // RFC 3463 5.7.1 "Delivery not authorized, message refused": not their address.
+            let text = match from {
+                ReversePath::Null => {
+                    "Null sender not allowed for this user ([senders] grants \"<>\")"
+                }
+                _ => "Sender address not owned by the authenticated user",
+            };
             return self.refuse(
                 session,
                 "-",
                 Fields::new().field("from", from),
-                Reply::of(
-                    ReplyCode::MAILBOX_NAME_NOT_ALLOWED,
-                    (5, 7, 1),
-                    "Sender address not owned by the authenticated user",
-                ),
+                Reply::of(ReplyCode::MAILBOX_NAME_NOT_ALLOWED, (5, 7, 1), text),
             );
         }
         if let Some(old) = self.transaction.take() {
