@@ -402,6 +402,20 @@ fn sigterm_stops_the_server() {
     }
 }
 
+/// Runs `postern -C dir serve`, which must fail; its standard error.
+fn failed_start(dir: &std::path::Path) -> String {
+    let out = Command::new(BINARY)
+        .arg("-C")
+        .arg(dir)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_bad_config_names_file_line_and_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -410,15 +424,7 @@ fn a_bad_config_names_file_line_and_fix() {
         "hostname = \"localhost\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\nsmpt = [\"127.0.0.1:0\"]\n",
     )
     .expect("write");
-    let out = Command::new(BINARY)
-        .arg("-C")
-        .arg(dir.path())
-        .arg("serve")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = failed_start(dir.path());
     assert!(
         stderr.contains("postern.toml, line 4: unknown field `smpt`"),
         "{stderr}"
@@ -459,15 +465,7 @@ fn a_broken_users_aliases_or_key_file_refuses_to_start() {
         .expect("write");
         fs::create_dir_all(dir.path().join("domains/localhost/dkim")).expect("domain");
         fs::write(dir.path().join("domains/localhost").join(file), text).expect("file");
-        let out = Command::new(BINARY)
-            .arg("-C")
-            .arg(dir.path())
-            .arg("serve")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{file}: {stderr}");
+        let stderr = failed_start(dir.path());
         assert!(
             stderr.contains(&format!("domains/localhost/{want}")),
             "{file}: {stderr}"
@@ -484,15 +482,7 @@ fn a_missing_certificate_refuses_to_start() {
         "hostname = \"mx.example.org\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
     )
     .expect("write");
-    let out = Command::new(BINARY)
-        .arg("-C")
-        .arg(dir.path())
-        .arg("serve")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = failed_start(dir.path());
     assert!(
         stderr.contains("no certificate for the host name mx.example.org"),
         "{stderr}"
