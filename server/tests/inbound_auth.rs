@@ -306,8 +306,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A key that cannot be used (here: not a key at all) fails the signing, and the submission
-/// is answered 451: the message never goes out unsigned.
+/// A key that cannot be used (here: not a key at all), put in place while the server runs
+/// (at startup it would refuse to start), fails the signing, and the submission is answered
+/// 451: the message never goes out unsigned.
 #[test]
 fn a_signing_failure_defers_the_submission() {
     let a_dir = instance(
@@ -316,10 +317,10 @@ fn a_signing_failure_defers_the_submission() {
         "[auth]\nallow_plaintext_on_loopback = true\n",
         "submission = [\"127.0.0.1:0\"]",
     );
+    let a = Server::start(a_dir.path(), 1);
     let keys = a_dir.path().join("domains/a.test/dkim");
     fs::create_dir_all(&keys).expect("mkdir");
     fs::write(keys.join("broken.pem"), "not a key\n").expect("write");
-    let a = Server::start(a_dir.path(), 1);
     let script = SUBMIT.replace(
         "s.sendmail(\"alice@a.test\", [\"bob@b.test\"], msg)\ns.quit()\nprint(\"sent\")",
         "try:\n    s.sendmail(\"alice@a.test\", [\"bob@b.test\"], msg)\n    print(\"sent\")\n\

@@ -309,7 +309,7 @@ mod tests {
             Grant::Address(Address::parse("bob@example.org").expect("bob")),
         );
         let cases = [
-            ("<>", true),
+            ("<>", false),
             ("<alice@example.org>", true),
             ("<ALICE@Example.Org>", true),
             ("<alice+news@example.org>", true),
@@ -332,6 +332,10 @@ mod tests {
         let bob = Address::parse("bob@example.org").expect("bob");
         let from = ReversePath::parse("<alice@example.org>").expect("path");
         assert!(!grants.may_send_as(&bob, &from), "grants are one-way");
+        // The null sender is one more grant, given by name.
+        grants.grant(alice.clone(), Grant::NullSender);
+        assert!(grants.may_send_as(&alice, &ReversePath::Null));
+        assert!(!grants.may_send_as(&bob, &ReversePath::Null));
     }
 
     #[test]
