@@ -53,7 +53,13 @@
 //!    its suffix, or clean, tried in that order), the destination is that
 //!    [`Destination::Local`] user.
 //! 5. Else the catch-all `*`, when the domain has one.
-//! 6. Else the address is a [`Destination::Unknown`]: the caller rejects or bounces it. Other
+//! 6. Else, for `postmaster` (clean key), the [`Destination::Local`] postmaster of the domain:
+//!    every domain has one ([RFC 5321 section 4.5.1](https://www.rfc-editor.org/rfc/rfc5321#section-4.5.1)),
+//!    but an alias, a user or the catch-all of that name comes first, so an operator who
+//!    forwards everything (`*: me@elsewhere.example`) reads postmaster's mail there too.
+//!    Postmaster reached through the domain's own catch-all (`*: postmaster`) is that
+//!    mailbox too, not a loop.
+//! 7. Else the address is a [`Destination::Unknown`]: the caller rejects or bounces it. Other
 //!    targets of the same alias are still delivered.
 //!
 //! Every destination comes with the trail of [`Step`]s that led to it, so `postern alias
@@ -87,6 +93,9 @@ use crate::address::{Domain, LocalPart, Mailbox};
 
 /// The catch-all key.
 const CATCH_ALL: &str = "*";
+
+/// The reserved mailbox every domain has (RFC 5321 section 4.5.1), as a clean key.
+const POSTMASTER: &str = "postmaster";
 
 /// How addresses are cleaned before lookup, and the limits of a resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +234,8 @@ pub enum Rule {
     Forward,
     /// A pipe target.
     Pipe,
+    /// `postmaster`, with no alias, user or catch-all to take it: the domain's own mailbox.
+    Postmaster,
     /// Neither alias nor user, and no catch-all.
     Unknown,
 }
@@ -488,6 +499,9 @@ impl Step {
             Rule::User { user } => format!("{a}: existing user {user:?}"),
             Rule::Forward => format!("{a}: forwarded through the named servers"),
             Rule::Pipe => format!("{a}: piped to a command"),
+            Rule::Postmaster => format!(
+                "{a}: the reserved postmaster mailbox (no user, alias or catch-all takes it)"
+            ),
             Rule::Unknown => format!("{a}: no such user, no alias, no catch-all"),
         }
     }
@@ -605,9 +619,24 @@ impl Resolver<'_> {
                     return self.finish(shown, rule, dest);
                 }
             }
+            // The catch-all once; postmaster reached through it (`*: postmaster`) is the
+            // domain's own mailbox, not a loop.
+            let caught = self
+                .path
+                .iter()
+                .any(|(d, k, _)| *d == domain && k == CATCH_ALL);
             match table.entries.get(CATCH_ALL) {
-                Some(e) => (CATCH_ALL.to_string(), Rule::CatchAll { line: e.line }),
-                None => {
+                Some(e) if !(caught && clean == POSTMASTER) => {
+                    (CATCH_ALL.to_string(), Rule::CatchAll { line: e.line })
+                }
+                _ if clean == POSTMASTER => {
+                    let dest = Destination::Local {
+                        user: clean,
+                        domain: domain.clone(),
+                    };
+                    return self.finish(shown, Rule::Postmaster, dest);
+                }
+                _ => {
                     let dest = Destination::Unknown {
                         user: clean,
                         domain: domain.clone(),

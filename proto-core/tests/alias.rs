@@ -340,6 +340,69 @@ fn catch_all_and_right_side_star() {
     );
 }
 
+/// postmaster: an alias, a user or the catch-all of the domain takes it; only when none does
+/// is it the domain's own mailbox (RFC 5321 section 4.5.1), never unknown.
+#[test]
+fn postmaster_follows_aliases_then_stands_on_its_own() {
+    let o = options(".", "+");
+    let t = tables(
+        &[
+            ("plain", "a: b\n"),
+            ("caught", "*: me@elsewhere\n"),
+            ("named", "postmaster: ops@elsewhere\n*: me@elsewhere\n"),
+            ("user", "*: me@elsewhere\n"),
+            ("classic", "*: postmaster\n"),
+        ],
+        &o,
+    );
+    let exists = |domain: &str, user: &str| -> Result<bool, String> {
+        Ok(domain == "user" && user == "postmaster")
+    };
+    // (address, destination, the rule of the last step)
+    let cases = [
+        // `*: postmaster`: everything, postmaster too, in postmaster's own mailbox.
+        (
+            "postmaster@classic",
+            "local postmaster@classic",
+            "postmaster",
+        ),
+        ("nobody@classic", "local postmaster@classic", "postmaster"),
+        ("postmaster@plain", "local postmaster@plain", "postmaster"),
+        ("PostMaster@plain", "local postmaster@plain", "postmaster"),
+        (
+            "post.master+x@plain",
+            "local postmaster@plain",
+            "postmaster",
+        ),
+        ("postmaster@caught", "remote me@elsewhere", "not local"),
+        ("postmaster@named", "remote ops@elsewhere", "not local"),
+        ("postmaster@user", "local postmaster@user", "user"),
+        ("postmasters@plain", "unknown postmasters@plain", "unknown"),
+    ];
+    let kind = |rule: &Rule| match rule {
+        Rule::Postmaster => "postmaster",
+        Rule::NotLocal => "not local",
+        Rule::User { .. } => "user",
+        Rule::Unknown => "unknown",
+        _ => "other",
+    };
+    for (address, want, last_rule) in cases {
+        let mailbox = Mailbox::parse(address).expect("address");
+        let got = resolve(&mailbox, &t, &exists, &o).unwrap_or_else(|e| panic!("{address}: {e}"));
+        assert_eq!(got.len(), 1, "{address}: {got:?}");
+        assert_eq!(got[0].destination.to_string(), want, "{address}");
+        let rule = &got[0].trail.last().expect("a step").rule;
+        assert_eq!(kind(rule), last_rule, "{address}: ended on {rule:?}");
+    }
+    // The catch-all's step names it, so `postern alias resolve` says why.
+    let mailbox = Mailbox::parse("postmaster@caught").expect("address");
+    let got = resolve(&mailbox, &t, &exists, &o).expect("resolves");
+    assert!(
+        matches!(got[0].trail[0].rule, Rule::CatchAll { line: 1 }),
+        "{got:?}"
+    );
+}
+
 /// chasquid's TestAddrRewrite: several drop characters and suffix separators.
 #[test]
 fn drop_characters_and_suffixes() {

@@ -393,3 +393,120 @@ fn forwarded_mail_passes_spf_dkim_and_arc_at_the_next_hop() {
     let said = common::dkimpy("arc", &zone_path, copy);
     assert!(said.starts_with("pass"), "dkimpy arc_verify: {said}");
 }
+
+/// The issue's setup: user i@wac.test, who reads mail elsewhere (`i: i.wac@gmail.test`,
+/// `*: i.wac@gmail.test`). The bounce of a message i sent goes where mail to i goes (to
+/// gmail.test, not into a Maildir no one reads), and so does mail to postmaster@wac.test;
+/// `postern alias resolve` says the same as the server.
+#[test]
+fn bounces_and_postmaster_follow_the_aliases() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone = "\
+test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300
+gmail.test. 300 MX 10 mx.gmail.test.
+far.test. 300 MX 10 mx.gmail.test.
+mx.gmail.test. 300 A 127.0.0.1
+";
+    fs::write(tmp.path().join("zone"), zone).expect("zone");
+    let dns =
+        test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &tmp.path().join("zone"))
+            .expect("dns");
+    // B: gmail.test (i's outside mailbox) and far.test, where nobody exists (550 5.1.1).
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let b_dir = instance(
+        "mx.gmail.test",
+        &[("gmail.test", &["i.wac"]), ("far.test", &[])],
+        "",
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
+    );
+    let b = Server::start(b_dir.path(), 1);
+    let a_config = format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\n[delivery]\nmx_port = {port}\nmta_sts = false\n\
+         [auth]\nallow_plaintext_on_loopback = true\n",
+        dns.addr.port()
+    );
+    let a_dir = instance(
+        "mx.wac.test",
+        &[("wac.test", &["i"])],
+        &a_config,
+        "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
+    );
+    fs::write(
+        a_dir.path().join("domains/wac.test/aliases"),
+        "i: i.wac@gmail.test\n*: i.wac@gmail.test\n",
+    )
+    .expect("aliases");
+    let a = Server::start(a_dir.path(), 2);
+
+    // What the CLI says: both go to gmail.test.
+    for (address, why) in [
+        ("i@wac.test", "i@wac.test: alias \"i\""),
+        (
+            "postmaster@wac.test",
+            "postmaster@wac.test: neither alias nor user, caught by \"*\"",
+        ),
+    ] {
+        let out = std::process::Command::new(common::BINARY)
+            .arg("-C")
+            .arg(a_dir.path())
+            .args(["alias", "resolve", address])
+            .output()
+            .expect("run postern");
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{address}: {shown}");
+        assert_eq!(
+            shown.lines().next(),
+            Some("remote i.wac@gmail.test"),
+            "{shown}"
+        );
+        assert!(shown.contains(why), "{address}: {shown}");
+    }
+
+    // i sends to an address that does not exist; B refuses it, A bounces to i.
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="laptop.test", timeout=30)
+s.login("i@wac.test", "pw")
+s.sendmail("i@wac.test", ["nobody@far.test"],
+           "From: i@wac.test\r\nTo: nobody@far.test\r\nSubject: lost\r\n\r\nwill bounce\r\n")
+s.quit()
+print("sent")
+"#;
+    let out = common::python(script, &[a.port("submission").to_string()]);
+    assert_eq!(out.trim(), "sent");
+    let got = common::wait_messages(&b, "gmail.test", "i.wac", 1, 30);
+    let dsn = &got[0];
+    assert!(dsn.starts_with("Return-Path: <>\r\n"), "{dsn}");
+    assert!(dsn.contains("multipart/report"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; nobody@far.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Subject: lost"), "{dsn}");
+    // Nothing went into a local Maildir for i.
+    assert!(a.inbox("wac.test", "i").is_empty(), "{}", a.log());
+    assert!(
+        a.log().contains("dsn=") && a.log().contains("to=<i@wac.test>"),
+        "{}",
+        a.log()
+    );
+
+    // A stranger's mail to postmaster@wac.test goes the same way.
+    let r = transaction(
+        a.port("smtp"),
+        "someone@stranger.test",
+        &["postmaster@wac.test"],
+        "Subject: abuse report\r\n\r\nfor the postmaster\r\n",
+    );
+    assert_eq!(r.last().map(String::as_str), Some("250"), "{r:?}");
+    let got = common::wait_messages(&b, "gmail.test", "i.wac", 2, 30);
+    assert!(
+        got.iter().any(|m| m.contains("Subject: abuse report")),
+        "{got:?}"
+    );
+    assert!(a.inbox("wac.test", "postmaster").is_empty(), "{}", a.log());
+}

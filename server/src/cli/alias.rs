@@ -11,17 +11,22 @@
 //!   alice@example.org: existing user "alice"
 //! ```
 //!
-//! Users are those of the users files (and `postmaster`). The exit status is 0 when the
+//! Users are those the server knows: listed in a users file, or with a Maildir under
+//! `<data_dir>/mail` (postern.toml's `data_dir`). `postmaster` goes to an alias, a user or
+//! the catch-all of that name first, and to its own mailbox only when none takes it. The exit status is 0 when the
 //! message can go somewhere, 1 when it cannot (every destination unknown), when resolution
 //! fails (a loop, too deep), or when an aliases file cannot be parsed: the error names the
 //! file and the line, since the server would ignore that version of the file.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use proto_core::{Mailbox, mail::AliasError, mail::AliasOptions, mail::Rule};
 
 use crate::cli::AliasCommand;
-use crate::directory::aliases::{self, Aliases};
+use crate::config::{self, ConfigError, Settings};
+use crate::directory::aliases::Aliases;
+use crate::directory::recipients::Recipients;
 use crate::directory::users::UserDb;
 
 /// What an alias command can fail with.
@@ -35,6 +40,9 @@ pub enum AliasCmdError {
         /// Why it is refused.
         reason: String,
     },
+    /// postern.toml cannot be read or is wrong (the server would not start either).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Aliases files that cannot be parsed, one per line.
     #[error("{0}\n(the server keeps the previous version of a broken file until it is fixed)")]
     BrokenFiles(String),
@@ -65,10 +73,16 @@ pub fn run(dir: &Path, command: AliasCommand) -> Result<(), AliasCmdError> {
                 input: c.address.clone(),
                 reason: e.to_string(),
             })?;
-            // The flags, else `[aliases]` of postern.toml (when it reads), else the defaults.
-            let configured = crate::config::Settings::load(dir)
-                .map(|s| s.alias_options)
-                .unwrap_or_default();
+            // postern.toml as the server reads it (no file: the defaults); the flags win.
+            let file = dir.join(config::FILE_NAME);
+            let settings = match Settings::load(dir) {
+                // The defaults (a listener only because a configuration must have one).
+                Err(_) if !file.exists() => {
+                    Settings::parse(dir, &file, "[listeners]\nsmtp = [\"127.0.0.1:25\"]\n")?
+                }
+                read => read?,
+            };
+            let configured = settings.alias_options.clone();
             let options = AliasOptions {
                 drop_characters: c.drop_characters.unwrap_or(configured.drop_characters),
                 suffix_separators: c.suffix_separators.unwrap_or(configured.suffix_separators),
@@ -87,8 +101,13 @@ pub fn run(dir: &Path, command: AliasCommand) -> Result<(), AliasCmdError> {
             if !broken.is_empty() {
                 return Err(AliasCmdError::BrokenFiles(broken.join("\n")));
             }
-            let users = UserDb::new(domains);
-            let exists = aliases::user_exists(&users);
+            // Users as the server knows them: the users files and the Maildirs.
+            let recipients = Recipients::new(
+                Arc::new(UserDb::new(domains)),
+                settings.mail_dir(),
+                settings.hostname.clone(),
+            );
+            let exists = |domain: &str, user: &str| recipients.user_exists(domain, user);
             let resolved =
                 aliases
                     .resolve(&address, &exists)

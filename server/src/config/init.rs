@@ -34,7 +34,8 @@ pub const DEFAULT_CONFIG: &str = r#"# postern.toml: the configuration of the pos
 #                                starting with # are comments. Edit it with `postern user`
 #                                (add, remove, list, passwd, check); changes apply at once.
 #                                A user also exists when <data_dir>/mail/<domain>/<user>/ does.
-#                                postmaster@<domain> always exists (RFC 5321 4.5.1).
+#                                postmaster@<domain> always takes mail (RFC 5321 4.5.1):
+#                                its alias, user or the catch-all first, else its Maildir.
 
 # This server's name: used in the greeting, the EHLO reply and Received: headers.
 # certs/<hostname>/ holds the default certificate.

@@ -62,6 +62,7 @@ use crate::deliver::local::{self, Local};
 use crate::deliver::smtp::{self, Outbound};
 use crate::directory::aliases::Aliases;
 use crate::directory::destinations;
+use crate::directory::destinations::AliasCell;
 use crate::directory::logins::Authenticator;
 use crate::directory::recipients::Recipients;
 use crate::directory::relay::Policy;
@@ -590,17 +591,24 @@ impl Live {
         queue: &QueueParts,
     ) -> Live {
         let users = queue.users.clone();
-        let srs =
-            proto_core::mail::Srs::new(&queue.srs_key).with_max_age_days(settings.srs_max_age_days);
-        let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
-        for problem in aliases.reload() {
-            log::line(Event::Config)
-                .text("msg", format_args!("aliases: {problem}"))
-                .write();
-        }
+        let srs = Arc::new(srs(&queue.srs_key, &settings));
+        // The same tables while the options stay (a file broken since keeps its last good
+        // version); new options read the files again.
+        let (current, _) = queue.aliases.get();
+        let aliases = if *current.options() == settings.alias_options {
+            current
+        } else {
+            Arc::new(Aliases::new(
+                settings.domains_dir(),
+                settings.alias_options.clone(),
+            ))
+        };
+        // Reload logs what it finds.
+        let _ = aliases.reload();
+        queue.aliases.set(aliases.clone(), srs.clone());
         let shared = Arc::new(Shared {
-            aliases: Arc::new(aliases),
-            srs: Arc::new(srs),
+            aliases,
+            srs,
             auth: Arc::new(Authenticator::new(users.clone(), settings.auth.clone())),
             policy: Policy {
                 grants: settings.grants.clone(),
@@ -712,6 +720,13 @@ struct QueueParts {
     /// The users of the local domains (re-read when their files change): one for sessions,
     /// logins and bounces alike.
     users: Arc<UserDb>,
+    /// The aliases and SRS in force, for sessions and bounces alike.
+    aliases: AliasCell,
+}
+
+/// SRS with the server's key and `settings`' maximum age.
+fn srs(key: &[u8], settings: &Settings) -> proto_core::mail::Srs {
+    proto_core::mail::Srs::new(key).with_max_age_days(settings.srs_max_age_days)
 }
 
 /// What [`open_queue`] sets up.
@@ -790,6 +805,19 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     }
     let users = Arc::new(UserDb::new(settings.domains_dir()));
     let hostname = HostName::new(&settings.hostname);
+    let key_path = settings.data_dir.join(destinations::SRS_KEY_FILE);
+    let srs_key = destinations::load_or_create_key(&key_path).map_err(|e| {
+        settings.data_dir_error(format!("cannot read or create {}: {e}", key_path.display()))
+    })?;
+    // Read by the first Live::new (which logs the problems); the sessions and the bouncer
+    // share it from there.
+    let aliases = AliasCell::new(
+        Arc::new(Aliases::new(
+            settings.domains_dir(),
+            settings.alias_options.clone(),
+        )),
+        Arc::new(srs(&srs_key, settings)),
+    );
     let bouncer = Bouncer {
         store: store.clone(),
         hostname: hostname.clone(),
@@ -798,6 +826,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
             settings.mail_dir(),
             settings.hostname.clone(),
         ),
+        aliases: aliases.clone(),
     };
     let local = Arc::new(Local {
         store: store.clone(),
@@ -862,10 +891,6 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         tls_memory,
         mta_sts,
     ));
-    let key_path = settings.data_dir.join(destinations::SRS_KEY_FILE);
-    let srs_key = destinations::load_or_create_key(&key_path).map_err(|e| {
-        settings.data_dir_error(format!("cannot read or create {}: {e}", key_path.display()))
-    })?;
     let parts = QueueParts {
         store,
         committer,
@@ -873,6 +898,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
         srs_key: Arc::new(srs_key),
         resolver,
         users,
+        aliases,
     };
     Ok(Queue {
         parts,

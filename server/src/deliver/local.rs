@@ -485,6 +485,13 @@ mod tests {
         let (remote, _remote_ids) = async_channel::unbounded();
         let domains = dir.join("domains");
         std::fs::create_dir_all(domains.join("example.org")).expect("domains");
+        let aliases = crate::directory::destinations::AliasCell::new(
+            std::sync::Arc::new(crate::directory::aliases::Aliases::new(
+                domains.clone(),
+                Default::default(),
+            )),
+            std::sync::Arc::new(proto_core::mail::Srs::new(&[7; 32])),
+        );
         let bouncer = Bouncer {
             store: store.clone(),
             hostname: crate::config::HostName::new("mx.example.org"),
@@ -493,6 +500,7 @@ mod tests {
                 mail_dir.clone(),
                 "mx.example.org".into(),
             ),
+            aliases,
         };
         let local = Local {
             store: store.clone(),

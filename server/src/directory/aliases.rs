@@ -16,8 +16,9 @@
 //!   reason: `config aliases: /etc/postern/domains/example.org/aliases, line 3: missing ':'
 //!   ...; keeping the previous table`. Duplicate keys are logged as warnings.
 //!
-//! "Does this user exist" comes from the caller ([`Aliases::resolve`] takes the callback);
-//! [`user_exists`] answers it from the user database alone, as `postern alias resolve` does.
+//! "Does this user exist" comes from the caller ([`Aliases::resolve`] takes the callback): the
+//! server and `postern alias resolve` both ask
+//! [`crate::directory::recipients::Recipients::user_exists`], so they agree.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -35,8 +36,6 @@ use proto_core::{
     mail::Resolved, mail::UserExists,
 };
 
-use crate::directory::users::{Address, UserDb};
-
 /// The aliases file's name inside a domain directory.
 pub const ALIASES_FILE: &str = "aliases";
 
@@ -45,9 +44,6 @@ pub const MAX_FILE_SIZE: u64 = 4 * 1024 * 1024;
 
 /// How often the files are looked at, at most.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The reserved mailbox every local domain has (RFC 5321 section 4.5.1).
-const POSTMASTER: &str = "postmaster";
 
 /// The alias tables of every local domain, kept up to date with the files.
 #[derive(Debug)]
@@ -93,6 +89,11 @@ pub struct Problem {
 }
 
 impl Aliases {
+    /// How addresses are cleaned, and the limits of a resolution.
+    pub fn options(&self) -> &AliasOptions {
+        &self.options
+    }
+
     /// The aliases of the domains under `domains_dir` (`<config>/domains`), cleaned with
     /// `options`. Nothing is read until the first lookup or [`Aliases::reload`].
     pub fn new(domains_dir: PathBuf, options: AliasOptions) -> Aliases {
@@ -155,7 +156,8 @@ impl Aliases {
     }
 
     /// Where a message to `address` goes: see `proto_core::mail::resolve`. `exists` says whether a
-    /// user exists (e.g. [`user_exists`], or the recipient lookup of the server).
+    /// user exists: [`crate::directory::recipients::Recipients::user_exists`], for the server
+    /// and the command line alike.
     pub fn resolve(
         &self,
         address: &Mailbox,
@@ -261,23 +263,6 @@ impl fmt::Display for Problem {
             write!(f, ", line {line}")?;
         }
         write!(f, ": {}", self.reason)
-    }
-}
-
-/// "Does this user exist", from the user database: listed in `domains/<domain>/users`, or
-/// `postmaster`. (The server also counts users with a Maildir; the lead's wiring decides.)
-pub fn user_exists(users: &UserDb) -> impl Fn(&str, &str) -> Result<bool, String> + '_ {
-    move |domain, user| {
-        if user == POSTMASTER {
-            return Ok(true);
-        }
-        let Ok(address) = Address::parse(&format!("{user}@{domain}")) else {
-            return Ok(false);
-        };
-        users
-            .get(&address)
-            .map(|u| u.is_some())
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -506,19 +491,5 @@ mod tests {
             resolve(&aliases, "bb@example.org"),
             Ok(vec!["local alice@example.org".to_string()])
         );
-    }
-
-    #[test]
-    fn users_from_the_user_database() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let domains = tmp.path().join("domains");
-        fs::create_dir_all(domains.join("example.org")).expect("mkdir");
-        fs::write(domains.join("example.org/users"), "alice\n").expect("write");
-        let db = UserDb::new(domains);
-        let exists = user_exists(&db);
-        assert_eq!(exists("example.org", "alice"), Ok(true));
-        assert_eq!(exists("example.org", "postmaster"), Ok(true));
-        assert_eq!(exists("example.org", "bob"), Ok(false));
-        assert_eq!(exists("example.org", "a b"), Ok(false));
     }
 }

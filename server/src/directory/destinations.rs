@@ -17,6 +17,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use proto_core::{
@@ -49,6 +50,28 @@ pub enum Resolution {
     Refuse(Reply),
 }
 
+/// The alias tables and the SRS in force, shared by the sessions and the bouncer (so that a
+/// DSN goes where a message to its recipient would); replaced on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct AliasCell(Arc<RwLock<(Arc<Aliases>, Arc<Srs>)>>);
+
+impl AliasCell {
+    /// A cell holding `aliases` and `srs`.
+    pub fn new(aliases: Arc<Aliases>, srs: Arc<Srs>) -> AliasCell {
+        AliasCell(Arc::new(RwLock::new((aliases, srs))))
+    }
+
+    /// What is in force now.
+    pub fn get(&self) -> (Arc<Aliases>, Arc<Srs>) {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `aliases` and `srs` in force.
+    pub fn set(&self, aliases: Arc<Aliases>, srs: Arc<Srs>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = (aliases, srs);
+    }
+}
+
 /// What deciding needs.
 #[derive(Debug)]
 pub struct Destinations<'a> {
@@ -75,10 +98,18 @@ impl Destinations<'_> {
                 ));
             }
         }
+        let host_postmaster;
         let mailbox = match to {
             ForwardPath::Mailbox(m) => m,
-            // <Postmaster> without a domain: the host's postmaster, always local.
-            _ => return self.plain_lookup(to),
+            // <Postmaster> without a domain: postmaster@<hostname>, through its aliases when
+            // the hostname is one of our domains; else the host's own postmaster mailbox.
+            _ => match self.recipients.host_postmaster() {
+                Some(m) if self.recipients.is_local_domain(m.domain()) => {
+                    host_postmaster = m;
+                    &host_postmaster
+                }
+                _ => return self.plain_lookup(to),
+            },
         };
         let local = mailbox.local_part().as_str();
         if proto_core::mail::is_srs(local) {

@@ -65,6 +65,11 @@ impl Recipients {
         }
     }
 
+    /// `postmaster@<hostname>`: where `<Postmaster>` without a domain goes.
+    pub fn host_postmaster(&self) -> Option<proto_core::Mailbox> {
+        proto_core::Mailbox::parse(&format!("{POSTMASTER}@{}", self.hostname)).ok()
+    }
+
     /// Whether `domain` is one of ours.
     pub fn is_local_domain(&self, domain: &proto_core::Domain) -> bool {
         self.users.is_local_domain(domain)
@@ -108,12 +113,12 @@ impl Recipients {
 
 impl Recipients {
     /// Whether `user` (normalised: lower case, NFC) exists in the local `domain` (Unicode or
-    /// A-label): postmaster, a user of the users file, or a user with a Maildir. No suffix
-    /// handling: the alias resolution tries the forms it wants.
+    /// A-label): a user of the users file, or a user with a Maildir. No suffix handling: the
+    /// alias resolution tries the forms it wants. `postmaster` is no exception here: the alias
+    /// resolution gives it to an alias or the catch-all first, and to its own mailbox only
+    /// when neither takes it (see `proto_core::mail::resolve`). The server and
+    /// `postern alias resolve` both ask this, so they agree.
     pub fn user_exists(&self, domain: &str, user: &str) -> Result<bool, String> {
-        if user == POSTMASTER {
-            return Ok(true);
-        }
         let Ok(address) = Address::parse(&format!("{user}@{domain}")) else {
             return Ok(false);
         };
@@ -205,5 +210,28 @@ mod tests {
             let to = ForwardPath::parse(path).expect(path);
             assert_eq!(r.lookup(&to).expect("lookup"), want, "input {path}");
         }
+    }
+
+    #[test]
+    fn users_exist_in_the_users_file_or_with_a_maildir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let domains = tmp.path().join("domains");
+        let mail = tmp.path().join("mail");
+        fs::create_dir_all(domains.join("example.org")).expect("mkdir");
+        fs::create_dir_all(mail.join("example.org/carol")).expect("mkdir");
+        fs::write(domains.join("example.org/users"), "alice\n").expect("write");
+        let r = Recipients::new(
+            Arc::new(UserDb::new(domains)),
+            mail,
+            "mx.example.org".into(),
+        );
+        assert_eq!(r.user_exists("example.org", "alice"), Ok(true));
+        assert_eq!(r.user_exists("EXAMPLE.org", "alice"), Ok(true));
+        assert_eq!(r.user_exists("example.org", "carol"), Ok(true));
+        // postmaster is the alias resolution's to place (aliases and catch-all first).
+        assert_eq!(r.user_exists("example.org", "postmaster"), Ok(false));
+        assert_eq!(r.user_exists("example.org", "bob"), Ok(false));
+        assert_eq!(r.user_exists("example.org", "a b"), Ok(false));
+        assert_eq!(r.user_exists("example.org", "../carol"), Ok(false));
     }
 }

@@ -3,9 +3,12 @@
 //!
 //! The DSN goes into the store (chunks now, envelope with the caller's [`Store::apply`]
 //! batch), so a recipient is never marked failed without its bounce being durable at the
-//! same moment. Where the bounce goes is decided like RCPT decides: a sender of one of our
-//! domains gets it in their mailbox (an unknown local sender gets none: logged), anyone else
-//! through outbound delivery. A null reverse path never gets one (`compose` refuses).
+//! same moment. Where the bounce goes is decided as RCPT decides for a message from `<>`
+//! ([`Destinations::decide`]): a sender of one of our domains gets it wherever mail to them
+//! goes (their mailbox, or the aliases and the catch-all: forwarded elsewhere, piped), with
+//! the sender's address as its ORCPT; an address RCPT would refuse gets none (logged); anyone
+//! else gets it through outbound delivery. A null reverse path never gets one (`compose`
+//! refuses).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,8 +17,8 @@ use proto_core::{
     mail::MessageId, mail::OriginalEnvelope, mail::RecipientReport, mail::compose,
 };
 
-use crate::directory::recipients::{Lookup, Recipients};
-use crate::directory::users::UserDbError;
+use crate::directory::destinations::{AliasCell, Destinations, Queued, Resolution};
+use crate::directory::recipients::Recipients;
 use crate::log::{self, Event};
 use crate::queue::QueueId;
 use crate::queue::store::{
@@ -29,9 +32,10 @@ pub enum BounceError {
     /// The boundary or Message-ID could not be made.
     #[error("cannot build the DSN's identifiers")]
     Identifiers,
-    /// Whether the sender is one of our users could not be told.
+    /// Where the sender's mail goes could not be told now (the users or aliases could not be
+    /// read): the reply RCPT would give.
     #[error("looking up the sender {0}: {1}")]
-    Lookup(String, #[source] UserDbError),
+    Lookup(String, String),
     /// The original message could not be read back.
     #[error("reading the original: {0}")]
     Original(#[source] std::io::Error),
@@ -49,6 +53,8 @@ pub struct Bouncer {
     pub hostname: crate::config::HostName,
     /// Decides whether the sender is one of our mailboxes.
     pub recipients: Recipients,
+    /// The aliases and SRS the sessions use: a DSN follows them as incoming mail does.
+    pub aliases: AliasCell,
 }
 
 impl Bouncer {
@@ -99,20 +105,8 @@ impl Bouncer {
             }
         };
         let to = ForwardPath::Mailbox(dsn.envelope_to().clone());
-        let address = match self.recipients.lookup(&to) {
-            Ok(Lookup::Local(m)) => Address::Local {
-                domain: m.domain,
-                user: m.user,
-            },
-            Ok(Lookup::NotLocal) => Address::Remote(dsn.envelope_to().clone()),
-            Ok(Lookup::UnknownUser) => {
-                log::line(Event::Dsn)
-                    .field("id", id)
-                    .text("none", format_args!("the sender {to} is not a user here"))
-                    .write();
-                return Ok(None);
-            }
-            Err(e) => return Err(BounceError::Lookup(to.to_string(), e)),
+        let Some(recipients) = self.recipients_of(id, &to, now)? else {
+            return Ok(None);
         };
 
         // The DSN's body: prefix, the returned part of the original, suffix; in chunks.
@@ -144,8 +138,6 @@ impl Bouncer {
         writer.write(dsn.suffix())?;
         let (chunks, size) = writer.finish()?;
 
-        let mut recipient = Recipient::new(address);
-        recipient.notify = Some(proto_core::Notify::Never);
         let bounce = Envelope {
             from: ReversePath::Null,
             smtputf8: dsn.smtputf8(),
@@ -164,7 +156,7 @@ impl Bouncer {
             },
             size,
             chunks,
-            recipients: vec![recipient],
+            recipients,
         };
         log::line(Event::Dsn)
             .field("id", id)
@@ -173,6 +165,67 @@ impl Bouncer {
             .field("size", size)
             .write();
         Ok(Some((bounce_id, bounce)))
+    }
+
+    /// Where a DSN to `to` goes: where a message to `to` from `<>` would go, through the
+    /// aliases, the catch-all and the users (a local sender forwarding everything to another
+    /// mailbox gets the bounce there), or outbound for an address elsewhere. `None` (logged)
+    /// when RCPT would refuse it for good.
+    fn recipients_of(
+        &self,
+        id: &QueueId,
+        to: &ForwardPath,
+        now: SystemTime,
+    ) -> Result<Option<Vec<Recipient>>, BounceError> {
+        let (aliases, srs) = self.aliases.get();
+        let destinations = Destinations {
+            recipients: &self.recipients,
+            aliases: &aliases,
+            srs: &srs,
+        };
+        let queued = match destinations.decide(to, &ReversePath::Null, now) {
+            Resolution::Accept(queued) => queued,
+            Resolution::NotLocal => match to {
+                ForwardPath::Mailbox(m) => vec![Queued {
+                    address: Address::Remote(m.clone()),
+                    sender: None,
+                }],
+                _ => Vec::new(),
+            },
+            Resolution::Refuse(reply)
+                if reply.code().class() == proto_core::ReplyClass::TransientNegative =>
+            {
+                return Err(BounceError::Lookup(to.to_string(), reply.to_string()));
+            }
+            Resolution::Refuse(reply) => {
+                log::line(Event::Dsn)
+                    .field("id", id)
+                    .text(
+                        "none",
+                        format_args!("the sender {to} is refused here: {reply}"),
+                    )
+                    .write();
+                return Ok(None);
+            }
+        };
+        let orcpt = match to {
+            ForwardPath::Mailbox(m) if m.is_ascii() => Some(m),
+            _ => None,
+        };
+        let recipients = queued
+            .into_iter()
+            .map(|q| {
+                let mut recipient = Recipient::new(q.address);
+                recipient.notify = Some(proto_core::Notify::Never);
+                recipient.sender = q.sender;
+                // The sender's own address, when the DSN goes elsewhere (an alias).
+                recipient.orcpt = orcpt
+                    .filter(|m| recipient.address != Address::Remote((*m).clone()))
+                    .map(|m| ("rfc822".to_string(), m.to_string()));
+                recipient
+            })
+            .collect();
+        Ok(Some(recipients))
     }
 }
 
