@@ -309,9 +309,19 @@ pub enum ClientError {
     /// The message needs SMTPUTF8 and the server does not offer it.
     #[error("the message needs SMTPUTF8, which the server does not offer")]
     SmtpUtf8NotOffered,
-    /// The message is BINARYMIME and the server lacks BINARYMIME or CHUNKING.
-    #[error("the message needs BINARYMIME and CHUNKING, which the server does not offer")]
-    BinaryMimeNotOffered,
+    /// The message is BINARYMIME and the server lacks BINARYMIME or CHUNKING (conversion is
+    /// not implemented). The fields say which of the two the server does offer.
+    #[error(
+        "the message is binary (BODY=BINARYMIME) and the server does not offer {}; binary \
+         bodies are not converted",
+        binary_missing(*binary_mime, *chunking)
+    )]
+    BinaryMimeNotOffered {
+        /// Whether the server offers BINARYMIME.
+        binary_mime: bool,
+        /// Whether the server offers CHUNKING.
+        chunking: bool,
+    },
     /// The message asks for REQUIRETLS and the connection is not TLS or the server does not
     /// offer REQUIRETLS (RFC 8689 4.2.1).
     #[error("the message requires TLS (REQUIRETLS), which this connection cannot honour")]
@@ -339,6 +349,15 @@ pub enum ClientError {
     /// The server sent a reply nothing asked for.
     #[error("unexpected reply: {0}")]
     UnexpectedReply(Reply),
+}
+
+/// What a server lacks for a BINARYMIME message, given what it offers.
+fn binary_missing(binary_mime: bool, chunking: bool) -> &'static str {
+    match (binary_mime, chunking) {
+        (false, false) => "BINARYMIME or CHUNKING",
+        (false, true) => "BINARYMIME (it offers CHUNKING)",
+        (true, _) => "CHUNKING (it offers BINARYMIME)",
+    }
 }
 
 /// What the client was waiting for, for timeout and connection-loss reports.
@@ -1086,7 +1105,10 @@ impl ClientSession {
                 return Some(ClientError::EightBitMimeNotOffered);
             }
             Some(Body::BinaryMime) if !(caps.binary_mime && caps.chunking) => {
-                return Some(ClientError::BinaryMimeNotOffered);
+                return Some(ClientError::BinaryMimeNotOffered {
+                    binary_mime: caps.binary_mime,
+                    chunking: caps.chunking,
+                });
             }
             _ => {}
         }
@@ -1568,6 +1590,20 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn binary_mime_errors_name_what_is_missing() {
+        let text = |binary_mime, chunking| {
+            ClientError::BinaryMimeNotOffered {
+                binary_mime,
+                chunking,
+            }
+            .to_string()
+        };
+        assert!(text(false, true).contains("does not offer BINARYMIME (it offers CHUNKING)"));
+        assert!(text(true, false).contains("does not offer CHUNKING (it offers BINARYMIME)"));
+        assert!(text(false, false).contains("does not offer BINARYMIME or CHUNKING"));
     }
 
     #[test]

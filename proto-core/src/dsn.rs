@@ -596,7 +596,7 @@ fn status_of_problem(problem: &ClientError, class: u8) -> Option<EnhancedStatus>
         // X.3.4 "Message too big for system".
         ClientError::MessageTooBig { .. } => (3, 4),
         // X.6.3 "Conversion required but not supported".
-        ClientError::EightBitMimeNotOffered | ClientError::BinaryMimeNotOffered => (6, 3),
+        ClientError::EightBitMimeNotOffered | ClientError::BinaryMimeNotOffered { .. } => (6, 3),
         // X.6.7 (RFC 6531): non-ASCII addresses not permitted for that recipient.
         ClientError::SmtpUtf8NotOffered => (6, 7),
         // X.7.30 (RFC 8689 5): "REQUIRETLS support required".

@@ -345,6 +345,22 @@ fn cases() -> Vec<Case> {
         results: vec!["perm EightBitMimeNotOffered"],
         closes: true,
     });
+    let mut binary = job(&["b@y.test"]);
+    binary.body = Some(Body::BinaryMime);
+    v.push(Case {
+        name: "BINARYMIME needed, only CHUNKING offered (as Postfix): permanent, nothing sent",
+        cfg: cfg(),
+        job: binary,
+        turns: vec![
+            GREET,
+            "250-mx.test\r\n250-8BITMIME\r\n250 CHUNKING\r\n",
+            "221 bye\r\n",
+        ],
+        body: vec![],
+        wire: "EHLO c.test\r\nQUIT\r\n",
+        results: vec!["perm BinaryMimeNotOffered { binary_mime: false, chunking: true }"],
+        closes: true,
+    });
     let mut big = eight.clone();
     big.size = Some(1001);
     v.push(Case {

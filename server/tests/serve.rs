@@ -237,6 +237,45 @@ fn postmaster_always_exists() {
     assert_trace(&m, "postmaster@localhost", "ESMTP");
 }
 
+/// BINARYMIME is offered nowhere (its mail may go on to a server that cannot take binary
+/// bodies; postern does not convert them), so a client sends 8BITMIME instead; CHUNKING and
+/// 8BITMIME stay. A client that sends BODY=BINARYMIME anyway is told the parameter is not
+/// offered, before any data.
+#[test]
+fn binary_bodies_are_not_offered() {
+    let server = Server::start();
+    let script = r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=20)
+s.ehlo()
+if s.has_extn("starttls"):
+    s.starttls(context=ssl._create_unverified_context())
+    s.ehlo()
+print(" ".join(sorted(s.esmtp_features)))
+code, text = s.docmd("MAIL FROM:<sender@client.test> BODY=BINARYMIME")
+print(code, text.decode())
+code, text = s.docmd("MAIL FROM:<sender@client.test> BODY=8BITMIME")
+print(code, text.decode())
+s.quit()
+"#;
+    for role in ["smtp", "submission"] {
+        let out = python(script, &[server.port(role).to_string()]);
+        let lines: Vec<&str> = out.lines().collect();
+        let features: Vec<&str> = lines[0].split(' ').collect();
+        assert!(features.contains(&"chunking"), "{role}: {out}");
+        assert!(features.contains(&"8bitmime"), "{role}: {out}");
+        assert!(!features.contains(&"binarymime"), "{role}: {out}");
+        // Submission wants AUTH before any MAIL; smtp answers the parameters.
+        let (binary, eight) = if role == "smtp" {
+            ("555 5.5.4", "250")
+        } else {
+            ("530", "530")
+        };
+        assert!(lines[1].starts_with(binary), "{role}: {out}");
+        assert!(lines[2].starts_with(eight), "{role}: {out}");
+    }
+}
+
 /// Refused recipients: replies as smtplib sees them.
 const SMTPLIB_REFUSED: &str = r#"
 import smtplib, sys

@@ -946,6 +946,10 @@ fn session_config(settings: &Settings, role: Role, loopback: bool) -> Config {
     config.limits.max_message_size = settings.max_message_size;
     config.timeouts = settings.timeouts;
     config.extensions.starttls = role != Role::Submissions;
+    // BINARYMIME is not offered: a message to any address may go on to another server
+    // (relayed, or forwarded by an alias), most of which (Postfix among them) do not take
+    // binary bodies, and postern does not convert them. Without it, clients send 8BITMIME.
+    config.extensions.binary_mime = false;
     config.auth = if role == Role::Smtp && !settings.auth.smtp_listener {
         AuthPolicy::Never
     } else if settings.auth.allow_plaintext_on_loopback && loopback {
