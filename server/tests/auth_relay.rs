@@ -317,14 +317,39 @@ fn plain_and_login_good_and_bad_passwords() {
         let replies = dialogue(&sub, "plain", lines);
         expect(&replies, want, name);
     }
+    // Each auth line names the user (ours only: an unknown name is not written down) and
+    // the session.
     let log = server.log();
+    let auth_lines: Vec<&str> = log.lines().filter(|l| l.contains(" auth user=")).collect();
+    let ok = auth_lines
+        .iter()
+        .find(|l| l.contains("user=alice@localhost") && l.contains("result=ok"))
+        .unwrap_or_else(|| panic!("no auth line for alice:\n{log}"));
     assert!(
-        log.contains("auth client=127.0.0.1 role=submission result=ok"),
+        ok.contains(" client=127.0.0.1 role=submission result=ok"),
+        "{ok}"
+    );
+    let session = ok
+        .split(" session=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("a session id");
+    assert_eq!(session.len(), 16, "{ok}");
+    assert!(
+        auth_lines.iter().any(|l| l.contains("user=alice@localhost")
+            && l.contains("result=failed reason=\"bad credentials\"")),
         "{log}"
     );
     assert!(
-        log.contains("result=failed reason=\"bad credentials\""),
+        auth_lines.iter().any(|l| l.contains("user=unknown")
+            && l.contains("result=failed reason=\"bad credentials\"")),
         "{log}"
+    );
+    assert!(
+        auth_lines
+            .iter()
+            .any(|l| l.contains("user=info@localhost") && l.contains("result=failed")),
+        "receive-only users are ours: {log}"
     );
     for secret in [
         "alice-pw", "bob-pw", "wrong", "anything", "YWxpY2", "nobody@",

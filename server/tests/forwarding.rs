@@ -120,6 +120,15 @@ mx.outside.test. 300 A 127.0.0.1
             && return_path.ends_with("=stranger.test=someone@ours.test"),
         "{return_path}"
     );
+    // The log says where the copy went, for which address, and with which sender.
+    a.wait_log("to=<me@outside.test>", 10);
+    let log = a.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(" delivered ") && l.contains("to=<me@outside.test>"))
+        .unwrap_or_else(|| panic!("no delivered line:\n{log}"));
+    assert!(line.contains(" orig_to=<anything@ours.test>"), "{line}");
+    assert!(line.contains(&format!(" sender=<{return_path}>")), "{line}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         b.inbox("outside.test", "me").len(),

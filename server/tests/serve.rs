@@ -194,6 +194,11 @@ fn smtplib_plain_delivers_with_trace_headers() {
         .and_then(|rest| rest.split(' ').next())
         .unwrap_or_else(|| panic!("no received line in:\n{log}"))
         .to_string();
+    let received = log
+        .lines()
+        .find(|l| l.contains(" received id="))
+        .expect("line");
+    assert!(received.contains(" session="), "{received}");
     // The copy shows in new/ a moment before its delivery is recorded and logged.
     let want = format!("delivered id={id} to=<alice@localhost>");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -1007,7 +1007,7 @@ async fn accept_loop(socket: Async<TcpListener>, role: Role, runtime: Arc<Runtim
                     let connection = live.connection(role, local);
                     let mut reception = Reception::new(live.shared.clone(), role);
                     if let Err(e) = connection.run_tcp(stream, &mut reception).await {
-                        log_connection_error(peer, role, &e);
+                        log_connection_error(peer, role, reception.session_id(), &e);
                     }
                 })
                 .detach();
@@ -1041,8 +1041,14 @@ async fn too_many(mut stream: Async<TcpStream>, role: Role, hostname: String) {
     }
 }
 
-fn log_connection_error(peer: SocketAddr, role: Role, e: &runtime_smol::Error) {
+fn log_connection_error(
+    peer: SocketAddr,
+    role: Role,
+    session: &crate::queue::QueueId,
+    e: &runtime_smol::Error,
+) {
     log::line(Event::Connection)
+        .field("session", session)
         .field("client", peer.ip().to_canonical())
         .field("role", role.name())
         .text("error", e)

@@ -210,20 +210,19 @@ impl Authenticator {
     }
 
     /// Checks `credentials` from `client`: the user's address, or the reply to refuse with.
-    /// `role` is for the log line.
+    /// `context` (the session, client and role) goes into the log line, after the user name
+    /// tried.
     pub async fn login(
         self: &Arc<Self>,
         client: Option<IpAddr>,
         credentials: Credentials,
-        role: &str,
+        context: &log::Fields,
     ) -> Result<Address, Reply> {
         let client = client.map(|ip| ip.to_canonical());
         let name = user_key(&credentials.authcid);
-        let ip_text = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
         let Some(attempt) = self.begin(client, Instant::now()) else {
             log::line(Event::Auth)
-                .field("client", &ip_text)
-                .field("role", role)
+                .and(context)
                 .field("result", "locked")
                 .text("reason", "too many failures from this client")
                 .write();
@@ -239,24 +238,27 @@ impl Authenticator {
             .hashing
             .run(move || this.verify(&credentials))
             .await
-            .unwrap_or(Err("no hashing thread"));
+            .unwrap_or(Err(("no hashing thread", None)));
         match verified {
             Ok(address) => {
                 drop(attempt);
                 self.succeeded(&name);
                 log::line(Event::Auth)
-                    .field("client", &ip_text)
-                    .field("role", role)
+                    .field("user", &address)
+                    .and(context)
                     .field("result", "ok")
                     .write();
                 Ok(address)
             }
-            Err(why) => {
+            Err((why, known)) => {
                 let (count, locked_now) = self.failed(client, name, Instant::now());
                 drop(attempt);
+                // A user of ours is named; any other name is not written down (it may be a
+                // password typed in the wrong field).
+                let user = known.map_or_else(|| "unknown".to_string(), |a| a.to_string());
                 log::line(Event::Auth)
-                    .field("client", &ip_text)
-                    .field("role", role)
+                    .field("user", &user)
+                    .and(context)
                     .field("result", "failed")
                     .text("reason", why)
                     .field("failures", count)
@@ -276,7 +278,11 @@ impl Authenticator {
 
     /// Checks the credentials (blocking: reads the users file, hashes). The error is a reason
     /// for the log, which must not reveal whether the user exists.
-    fn verify(&self, credentials: &Credentials) -> Result<Address, &'static str> {
+    /// The user's address, or why not and, when the name is one of our users, which.
+    fn verify(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<Address, (&'static str, Option<Address>)> {
         // The dummy hash (argon2: ~19 MiB while it runs) is made on the first login, whoever
         // logs in, not at startup: idle memory stays small, and the first attempt costs the
         // same for a known and an unknown user.
@@ -295,10 +301,11 @@ impl Authenticator {
             (Some(z), Some(a)) => Address::parse(z).is_ok_and(|z| z == *a),
             (Some(_), None) => false,
         };
+        let known = user.and(address.clone());
         match address {
             Some(a) if right && authzid_ok => Ok(a),
-            _ if right => Err("authorization identity is not the user"),
-            _ => Err("bad credentials"),
+            _ if right => Err(("authorization identity is not the user", known)),
+            _ => Err(("bad credentials", known)),
         }
     }
 

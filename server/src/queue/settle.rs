@@ -39,7 +39,7 @@ use crate::queue::QueueId;
 use crate::queue::bounce::{self, Bouncer};
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
-use crate::queue::store::{Applied, Envelope, Owner, RecipientState, Store, StoreError};
+use crate::queue::store::{Applied, Envelope, Owner, Recipient, RecipientState, Store, StoreError};
 
 /// What happened to one recipient in one delivery attempt.
 #[derive(Debug, Clone)]
@@ -159,6 +159,21 @@ pub struct Settled {
     events: Vec<log::Line>,
 }
 
+/// Who a log line is about: `to=<address>`; `orig_to=` the address the message was sent to
+/// when an alias or the catch-all led here (its ORCPT); `sender=` the reverse path used for
+/// this recipient when it is not the message's own (the SRS address of a forwarded copy).
+fn recipient_fields(r: &Recipient) -> log::Fields {
+    let orig = r
+        .orcpt
+        .as_ref()
+        .map(|(_, address)| address)
+        .filter(|address| !address.eq_ignore_ascii_case(&r.address.to_string()));
+    log::Fields::new()
+        .field("to", format_args!("<{}>", r.address))
+        .field_opt("orig_to", orig.map(|a| format!("<{a}>")))
+        .field_opt("sender", r.sender.as_ref())
+}
+
 /// Applies `fates` (recipient index, fate) to a copy of `envelope`. `now` is in seconds
 /// since the Unix epoch; `jitter` gives a number in `0.0..1.0` for each retry.
 pub fn settle(
@@ -184,7 +199,7 @@ pub fn settle(
                 events.push(
                     log::line(Event::Delivered)
                         .field("id", id)
-                        .field("to", format_args!("<{}>", r.address))
+                        .and(&recipient_fields(r))
                         .and(&detail),
                 );
             }
@@ -195,7 +210,7 @@ pub fn settle(
                 events.push(
                     log::line(Event::Failed)
                         .field("id", id)
-                        .field("to", format_args!("<{}>", r.address))
+                        .and(&recipient_fields(r))
                         .field("attempts", r.attempts)
                         .text("reason", &why),
                 );
@@ -233,7 +248,7 @@ pub fn settle(
                         events.push(
                             log::line(Event::Deferred)
                                 .field("id", id)
-                                .field("to", format_args!("<{}>", r.address))
+                                .and(&recipient_fields(r))
                                 .field("attempts", r.attempts)
                                 .field("retry_in", format_args!("{}s", at.saturating_sub(now)))
                                 .text("reason", &why),
@@ -244,7 +259,7 @@ pub fn settle(
                         events.push(
                             log::line(Event::Failed)
                                 .field("id", id)
-                                .field("to", format_args!("<{}>", r.address))
+                                .and(&recipient_fields(r))
                                 .field("attempts", r.attempts)
                                 .text("reason", format_args!("gave up: {why}")),
                         );

@@ -93,6 +93,9 @@ pub struct Reception {
     /// Who logged in, once AUTH succeeded (the session forgets it on STARTTLS; so do we, by
     /// asking the session too: see [`Reception::user`]).
     user: Option<Address>,
+    /// Names the session in the log (`session=`): its logins, messages and refusals. Made
+    /// like a queue id, so it does not repeat across restarts.
+    session_id: QueueId,
 }
 
 /// The open transaction.
@@ -144,7 +147,13 @@ impl Reception {
             role,
             transaction: None,
             user: None,
+            session_id: QueueId::new(),
         }
+    }
+
+    /// The session's id in the log.
+    pub fn session_id(&self) -> &QueueId {
+        &self.session_id
     }
 
     /// The authenticated user, if the session is authenticated.
@@ -278,6 +287,7 @@ impl Reception {
     fn refuse(&self, session: &Session, id: &str, what: Fields, reply: Reply) -> Verdict {
         log::line(Event::Rejected)
             .field("id", id)
+            .field("session", &self.session_id)
             .and(&what)
             .field("client", client_ip(session))
             .field("role", self.role.name())
@@ -331,6 +341,8 @@ impl Reception {
         let tls = session.tls();
         let mut line = log::line(Event::Received)
             .field("id", &t.id)
+            .field("session", &self.session_id)
+            .field_opt("user", self.user(session))
             .field("from", &t.from)
             .field("size", t.size)
             .field("rcpts", t.recipients.len())
@@ -563,7 +575,14 @@ impl Handler for Reception {
         match self
             .shared
             .auth
-            .login(ip, credentials, self.role.name())
+            .login(
+                ip,
+                credentials,
+                &Fields::new()
+                    .field("session", &self.session_id)
+                    .field("client", client_ip(session))
+                    .field("role", self.role.name()),
+            )
             .await
         {
             Ok(user) => {
