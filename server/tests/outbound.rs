@@ -487,6 +487,13 @@ mx.plain.test. 300 A 127.0.0.1
     a.wait_log("to=<y@fresh.test> relay=mx.plain.test[127.0.0.1]", 30);
     let log = a.log();
     assert!(log.contains("does not offer STARTTLS"), "{log}");
+    // The deferral says why TLS was required.
+    assert!(
+        log.contains(
+            "(TLS required: plain.test has offered TLS before, so tls-domains requires it"
+        ),
+        "{log}"
+    );
     // One message reached the server: fresh.test's. plain.test's never did.
     let deadline = Instant::now() + Duration::from_secs(10);
     while plain.messages().is_empty() {
@@ -698,6 +705,18 @@ mx.remote.test. 300 A 127.0.0.1
     submit_with(&a, &["bob@remote.test"], "secret", "REQUIRETLS", "");
     a.wait_log("to=<bob@remote.test> attempts=1", 30);
     assert!(b.inbox("remote.test", "bob").is_empty());
+    // The deferral gives the handshake's error and why verified TLS was required.
+    let log = a.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(" deferred ") && l.contains("to=<bob@remote.test>"))
+        .unwrap_or_else(|| panic!("no deferred line:\n{log}"));
+    assert!(line.contains("TLS handshake failed: "), "{line}");
+    assert!(line.contains("certificate"), "{line}");
+    assert!(
+        line.contains("(TLS required: the message asks for REQUIRETLS (verified TLS))"),
+        "{line}"
+    );
     // Without REQUIRETLS the same remote (self-signed certificate) gets mail.
     submit(&a, &["bob@remote.test"], "plain");
     let got = wait_messages(&b, "remote.test", "bob", 1, 30);

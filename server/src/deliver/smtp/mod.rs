@@ -37,9 +37,9 @@ use async_io::{Async, Timer};
 use futures_lite::AsyncReadExt;
 use futures_lite::io::Cursor;
 use proto_core::{
-    ForwardPath, TlsInfo, client::ClientConfig, client::ClientCredentials, client::ClientSession,
-    client::MailJob, client::RecipientStatus, client::TlsPolicy, mail::DsnAction,
-    mail::RecipientReport,
+    ForwardPath, TlsInfo, client::ClientConfig, client::ClientCredentials, client::ClientError,
+    client::ClientSession, client::FailureReason, client::MailJob, client::RecipientStatus,
+    client::TlsPolicy, mail::DsnAction, mail::RecipientReport,
 };
 use runtime_smol::client::{ClientTls, deliver};
 use smol::lock::Semaphore;
@@ -389,22 +389,38 @@ async fn deliver_group(
             return all(DsnAction::Delayed, (4, 4, 3), &e.to_string());
         }
     };
-    let mut need = match route.tls() {
-        RouteTls::Opportunistic => Need::Nothing,
-        RouteTls::Required => Need::Tls,
-        RouteTls::Verified | RouteTls::Implicit => Need::Verified,
+    // What TLS the delivery needs, and why (for the log and the DSN when it is not met).
+    let (mut need, mut because) = match route.tls() {
+        RouteTls::Opportunistic => (Need::Nothing, String::new()),
+        RouteTls::Required => (Need::Tls, format!("[routes] requires TLS for {domain}")),
+        RouteTls::Verified | RouteTls::Implicit => (
+            Need::Verified,
+            format!("[routes] requires verified TLS for {domain}"),
+        ),
     };
-    if envelope.requiretls {
+    if envelope.requiretls && need < Need::Verified {
         need = Need::Verified;
+        because = "the message asks for REQUIRETLS (verified TLS)".into();
     }
     let mut route = route;
     if route.static_route.is_none() {
         // Never below what the domain has shown before.
-        need = need.max(match o.tls_memory.required(domain) {
+        let shown = match o.tls_memory.required(domain) {
             Level::Verified => Need::Verified,
             Level::Tls => Need::Tls,
             _ => Need::Nothing,
-        });
+        };
+        if shown > need {
+            need = shown;
+            let level = if shown == Need::Verified {
+                "verified TLS"
+            } else {
+                "TLS"
+            };
+            because = format!(
+                "{domain} has offered {level} before, so tls-domains requires it (never lowered)"
+            );
+        }
         // MTA-STS (RFC 8461 5): in enforce mode, only the MX hosts the policy lists, and
         // only over TLS that verifies for them.
         if let Some(sts) = &o.mta_sts {
@@ -419,6 +435,12 @@ async fn deliver_group(
             if let Some(policy) = lookup.policy
                 && policy.mode == mta_sts::Mode::Enforce
             {
+                if need < Need::Verified {
+                    because = format!(
+                        "the MTA-STS policy of {domain} (enforce, id {}) requires verified TLS",
+                        policy.id
+                    );
+                }
                 need = Need::Verified;
                 let before = route.hops.len();
                 route.hops.retain(|h| policy.allows_mx(&h.host));
@@ -448,6 +470,7 @@ async fn deliver_group(
                 id,
                 envelope,
                 route: &route,
+                because: &because,
             };
             let mut result = attempt(&group, hop, *addr, need, job.clone(), false).await;
             if let Attempt::TlsFailed(why) = &result {
@@ -522,6 +545,8 @@ struct Group<'a> {
     id: &'a QueueId,
     envelope: &'a Arc<Envelope>,
     route: &'a Route,
+    /// Why TLS is required, when it is.
+    because: &'a str,
 }
 
 /// One connection to `addr` of `hop`, delivering `job`; in plaintext when `plaintext`.
@@ -538,6 +563,7 @@ async fn attempt(
         id,
         envelope,
         route,
+        because,
     } = *g;
     let stream = match connect(o, addr).await {
         Ok(s) => s,
@@ -618,6 +644,7 @@ async fn attempt(
         (true, false) => Level::Tls,
         (false, _) => Level::Plaintext,
     };
+    let report_tls_error = report.tls_error.clone();
     let Some(outcome) = report.outcomes.into_iter().next() else {
         return Attempt::Refused("the session ended without a result".into());
     };
@@ -638,11 +665,11 @@ async fn attempt(
                     report: (!remote_dsn).then_some(report),
                 },
                 RecipientStatus::TemporaryFailure(reason) => Fate::Deferred {
-                    why: format!("{hop_text}: {reason}"),
+                    why: failure_text(&hop_text, reason, report_tls_error.as_deref(), because),
                     report,
                 },
                 RecipientStatus::PermanentFailure(reason) => Fate::Failed {
-                    why: format!("{hop_text}: {reason}"),
+                    why: failure_text(&hop_text, reason, report_tls_error.as_deref(), because),
                     report,
                 },
                 _ => Fate::Deferred {
@@ -653,6 +680,34 @@ async fn attempt(
         })
         .collect();
     Attempt::Done(results, level)
+}
+
+/// Why a recipient failed at `hop_text`: the reason, and for a TLS problem the handshake's
+/// error (`tls_error`) and why TLS was required (`because`).
+fn failure_text(
+    hop_text: &str,
+    reason: &FailureReason,
+    tls_error: Option<&str>,
+    because: &str,
+) -> String {
+    let tls_problem = matches!(
+        reason,
+        FailureReason::Local(
+            ClientError::StartTlsNotOffered
+                | ClientError::StartTlsRefused(_)
+                | ClientError::TlsHandshakeFailed
+        )
+    );
+    let mut why = format!("{hop_text}: {reason}");
+    if tls_problem {
+        if let Some(e) = tls_error {
+            why.push_str(&format!(": {e}"));
+        }
+        if !because.is_empty() {
+            why.push_str(&format!(" (TLS required: {because})"));
+        }
+    }
+    why
 }
 
 /// Records the TLS level a domain has shown (it only ever rises).
