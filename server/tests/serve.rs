@@ -446,6 +446,50 @@ fn sigterm_stops_the_server() {
     }
 }
 
+/// SIGUSR1, SIGUSR2 and SIGALRM are logged and ignored (their default would end the daemon
+/// without a word); a SIGHUP with [listeners] changed says it needs a restart, and one that
+/// puts them back says nothing about listeners; the server keeps serving on the addresses it
+/// started with throughout.
+#[test]
+fn stray_signals_and_listener_changes_are_explained() {
+    let mut server = Server::start();
+    for signal in ["USR1", "USR2", "ALRM"] {
+        server.inner.signal(signal);
+        server
+            .inner
+            .wait_log(&format!("SIG{signal} received and ignored"), 10);
+    }
+    assert!(server.inner.child.try_wait().expect("try_wait").is_none());
+    let config = server.dir.path().join("postern.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    let moved = text.replacen("smtp = [\"127.0.0.1:0\"]", "smtp = [\"127.0.0.1:1\"]", 1);
+    assert_ne!(moved, text);
+    fs::write(&config, &moved).expect("write");
+    server.inner.signal("HUP");
+    server.inner.wait_log("[listeners] changed in", 10);
+    fs::write(&config, &text).expect("write");
+    server.inner.signal("HUP");
+    let reloaded = |log: &str| log.matches("configuration reloaded from").count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloaded(&server.inner.log()) < 2 {
+        assert!(Instant::now() < deadline, "{}", server.inner.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = server.inner.log();
+    assert_eq!(log.matches("[listeners] changed in").count(), 1, "{log}");
+    // Still serving where it started.
+    python(
+        SMTPLIB_SEND,
+        &[
+            server.port("smtp").to_string(),
+            "plain".into(),
+            "alice@localhost".into(),
+            "after the signals".into(),
+        ],
+    );
+    server.only_message("localhost", "alice", "after the signals");
+}
+
 /// Runs `postern -C dir serve`, which must fail; its standard error.
 fn failed_start(dir: &std::path::Path) -> String {
     let out = Command::new(BINARY)

@@ -40,6 +40,9 @@
 //! every copy is fsynced, and a transaction cut off by the exit was never acknowledged (the
 //! client retries). Sessions are told to finish (`Session::handle_shutdown`): an idle one is
 //! answered `421 4.3.2` and closed at once, one inside a transaction finishes it first.
+//!
+//! SIGUSR1, SIGUSR2 and SIGALRM, whose default would end the process without a word, are
+//! logged and ignored.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -126,10 +129,25 @@ impl Controls {
     /// The next command, and what it came from (for the log).
     async fn next(&mut self) -> (Command, &'static str) {
         match self {
-            Controls::Signals(signals) => match signals.next().await {
-                Some(Ok(Signal::Hup)) => (Command::Reload(None), "SIGHUP"),
-                Some(Ok(Signal::Int)) => (Command::Stop, "SIGINT"),
-                _ => (Command::Stop, "SIGTERM"),
+            Controls::Signals(signals) => loop {
+                // The signals whose default would end the process without a word are caught
+                // and ignored, with a line saying so (SIGQUIT keeps its core dump).
+                let ignored = match signals.next().await {
+                    Some(Ok(Signal::Hup)) => return (Command::Reload(None), "SIGHUP"),
+                    Some(Ok(Signal::Int)) => return (Command::Stop, "SIGINT"),
+                    Some(Ok(Signal::Usr1)) => "SIGUSR1",
+                    Some(Ok(Signal::Usr2)) => "SIGUSR2",
+                    Some(Ok(Signal::Alarm)) => "SIGALRM",
+                    _ => return (Command::Stop, "SIGTERM"),
+                };
+                log::line(Event::Reload)
+                    .text(
+                        "msg",
+                        format_args!(
+                            "{ignored} received and ignored: SIGHUP reloads, SIGTERM stops"
+                        ),
+                    )
+                    .write();
             },
             Controls::Channel(rx) => match rx.recv().await {
                 Ok(command) => (command, "control command"),
@@ -212,7 +230,15 @@ pub fn serve_with(
     // Install the handlers before announcing, so a supervisor's early SIGTERM is handled.
     let mut controls = match control {
         Control::Signals => Controls::Signals(
-            Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(ServeError::Signals)?,
+            Signals::new([
+                Signal::Term,
+                Signal::Int,
+                Signal::Hup,
+                Signal::Usr1,
+                Signal::Usr2,
+                Signal::Alarm,
+            ])
+            .map_err(ServeError::Signals)?,
         ),
         Control::Channel(rx) => Controls::Channel(rx),
     };
@@ -402,6 +428,8 @@ impl Runtime {
         let addresses = |s: &Settings| -> Vec<(Role, SocketAddr)> {
             s.listeners.iter().map(|l| (l.role, l.addr)).collect()
         };
+        // The live settings keep the addresses actually listened on, so a later reload that
+        // restores them is no change.
         if !self.activated && addresses(&settings) != addresses(&old.settings) {
             log::line(Event::Reload)
                 .text(
@@ -412,6 +440,7 @@ impl Runtime {
                     ),
                 )
                 .write();
+            settings.listeners = old.settings.listeners.clone();
         }
         if settings.mailboxes != old.settings.mailboxes {
             log::line(Event::Reload)
@@ -438,10 +467,7 @@ impl Runtime {
             settings.data_dir = old.settings.data_dir.clone();
             settings.data_dir_line = old.settings.data_dir_line;
         }
-        log_problems(&problems);
-        log::line(Event::Tls)
-            .text("msg", format_args!("reloaded {}", store.summary()))
-            .write();
+        log_certs_reloaded(&store, &problems);
         self.certificates.replace(store);
         let live = Arc::new(Live::new(
             settings,
@@ -469,10 +495,7 @@ impl Runtime {
     fn reload_certs(&self) {
         match certs::reload(&self.live().settings, &self.certificates.current()) {
             Ok((store, problems)) => {
-                log_problems(&problems);
-                log::line(Event::Tls)
-                    .text("msg", format_args!("reloaded {}", store.summary()))
-                    .write();
+                log_certs_reloaded(&store, &problems);
                 self.certificates.replace(store);
             }
             Err(e) => log::line(Event::Tls)
@@ -567,6 +590,22 @@ fn check_directory(settings: &Settings) -> Result<(), ConfigError> {
 }
 
 /// Logs the certificate files that failed to load on a reload.
+/// Logs a certificate reload: its problems (each file kept its previous certificate), then
+/// `reloaded` only when there were none, else what is served now.
+fn log_certs_reloaded(store: &certs::CertStore, problems: &[ConfigError]) {
+    log_problems(problems);
+    let msg = if problems.is_empty() {
+        format!("reloaded {}", store.summary())
+    } else {
+        format!(
+            "reload incomplete ({} kept the previous certificate); serving {}",
+            problems.len(),
+            store.summary()
+        )
+    };
+    log::line(Event::Tls).text("msg", msg).write();
+}
+
 fn log_problems(problems: &[ConfigError]) {
     for e in problems {
         log::line(Event::Tls)
