@@ -54,7 +54,7 @@ impl PeerInfo {
 pub struct TlsInfo {
     /// Protocol version, e.g. `TLSv1.3`.
     pub version: String,
-    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    /// Cipher suite, e.g. `TLS_AES_256_GCM_SHA384` (the IANA name).
     pub cipher: String,
     /// The server name the client asked for (SNI).
     pub sni: Option<String>,

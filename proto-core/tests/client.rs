@@ -74,7 +74,7 @@ impl Driver {
                         self.s
                             .handle_tls_established(
                                 self.now,
-                                TlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256", None),
+                                TlsInfo::new("TLSv1.3", "TLS_AES_128_GCM_SHA256", None),
                             )
                             .unwrap();
                     }

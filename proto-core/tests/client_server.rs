@@ -121,7 +121,7 @@ impl Pair {
                 self.client
                     .handle_tls_established(
                         self.server.now,
-                        TlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256", None),
+                        TlsInfo::new("TLSv1.3", "TLS_AES_128_GCM_SHA256", None),
                     )
                     .unwrap();
                 progress = true;

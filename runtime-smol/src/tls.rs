@@ -64,9 +64,42 @@ fn negotiated<D>(conn: &futures_rustls::rustls::ConnectionCommon<D>) -> (String,
             let suite = suite.suite();
             suite
                 .as_str()
-                .map_or_else(|| format!("{suite:?}"), str::to_string)
+                .map_or_else(|| format!("{suite:?}"), iana_name)
         }
         None => "unknown".to_string(),
     };
     (version, cipher)
+}
+
+/// The IANA name of a cipher suite from rustls's: the same for TLS 1.2 suites
+/// (`TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384`); rustls writes TLS 1.3 ones `TLS13_...`, IANA
+/// (RFC 8446 appendix B.4) `TLS_AES_256_GCM_SHA384`.
+fn iana_name(rustls: &str) -> String {
+    match rustls.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => rustls.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iana_name;
+    use futures_rustls::rustls::CipherSuite;
+
+    #[test]
+    fn cipher_suites_get_their_iana_names() {
+        let name = |suite: CipherSuite| iana_name(suite.as_str().expect("a known suite"));
+        assert_eq!(
+            name(CipherSuite::TLS13_AES_256_GCM_SHA384),
+            "TLS_AES_256_GCM_SHA384"
+        );
+        assert_eq!(
+            name(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+            "TLS_CHACHA20_POLY1305_SHA256"
+        );
+        assert_eq!(
+            name(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+        );
+    }
 }

@@ -376,3 +376,64 @@ fn dns_failures_are_accepted_or_deferred_never_refused() {
     assert!(reply.starts_with("451 4.4.3 "), "{reply}");
     assert!(deferring.inbox("b.test", "bob").is_empty());
 }
+
+/// A client on port 25 whose reverse name is forward-confirmed (its PTR name has its
+/// address) is named in `Received:` and in the log, as `name [address]`; one whose PTR name
+/// does not point back is shown by its address alone.
+#[test]
+fn received_names_a_client_only_by_a_confirmed_reverse_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone_file = tmp.path().join("zone");
+    fs::write(
+        &zone_file,
+        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+         1.0.0.127.in-addr.arpa. 300 PTR mta.client.test.\n\
+         2.0.0.127.in-addr.arpa. 300 PTR mta.client.test.\n\
+         mta.client.test. 300 A 127.0.0.1\n",
+    )
+    .expect("zone");
+    let dns =
+        test_server::TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone_file).expect("dns");
+    let dir = instance(
+        "mx.b.test",
+        &[("b.test", &["bob"])],
+        &format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr),
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    let b = Server::start(dir.path(), 1);
+    let script = r#"
+import smtplib, sys
+port, source, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = smtplib.SMTP("127.0.0.1", port, local_hostname="helo.client.test", timeout=30,
+                 source_address=(source, 0))
+s.sendmail("x@client.test", ["bob@b.test"], "Subject: " + subject + "\r\n\r\nhi\r\n")
+s.quit()
+print("sent")
+"#;
+    let port = b.port("smtp").to_string();
+    for (source, subject) in [("127.0.0.1", "confirmed"), ("127.0.0.2", "unconfirmed")] {
+        let out = common::python(script, &[port.clone(), source.into(), subject.into()]);
+        assert_eq!(out.trim(), "sent");
+    }
+    let got = wait_messages(&b, "b.test", "bob", 2, 30);
+    let of = |subject: &str| {
+        got.iter()
+            .find(|m| m.contains(&format!("Subject: {subject}\r\n")))
+            .unwrap_or_else(|| panic!("no {subject} in {got:?}"))
+    };
+    let confirmed = field(of("confirmed"), "Received");
+    assert!(
+        confirmed.starts_with("from helo.client.test (mta.client.test [127.0.0.1])"),
+        "{confirmed}"
+    );
+    let unconfirmed = field(of("unconfirmed"), "Received");
+    assert!(
+        unconfirmed.starts_with("from helo.client.test ([127.0.0.2])"),
+        "{unconfirmed}"
+    );
+    assert!(
+        b.log().contains(" client_name=mta.client.test "),
+        "{}",
+        b.log()
+    );
+}

@@ -66,7 +66,8 @@ impl Postfix {
         // remote client (no header rewriting: `local_header_rewrite_clients` is empty) but
         // still adds Date, Message-Id, From and To when a message lacks them
         // (`always_add_missing_headers`). No DNS at all: no peer name lookup, no client or
-        // HELO checks, and nothing is sent out.
+        // HELO checks, and nothing is sent out. `debug_peer_list` logs the dialogue with
+        // loopback clients (`< unknown[127.0.0.1]: MAIL FROM:...`).
         let main_cf = format!(
             "compatibility_level = 3.6\n\
              queue_directory = {b}/queue\n\
@@ -99,6 +100,7 @@ impl Postfix {
              default_transport = error:this test sends nothing out\n\
              relay_transport = error:this test sends nothing out\n\
              debug_peer_list = 127.0.0.1\n\
+             debug_peer_level = 1\n\
              smtpd_peername_lookup = no\n\
              smtpd_client_restrictions =\n\
              smtpd_helo_restrictions =\n\
@@ -501,6 +503,15 @@ fn postern_adds_date_and_message_id_before_signing_so_postfix_adds_none() {
         "pass\n",
         "dkimpy on Postfix's copy:\n{text}"
     );
+    // What a Message-Id added at the end of the header section, as Postfix adds it, would
+    // have done: the over-signed field fails the signature.
+    let end = text.find("\n\n").expect("end of the header section");
+    let added = format!(
+        "{}\nMessage-Id: <added@mx.b.test>{}",
+        &text[..end],
+        &text[end..]
+    );
+    assert_eq!(common::dkimpy("dkim", &lab.zone, &added), "fail\n");
 
     // The control: the same kind of message straight from another MTA gets Postfix's own
     // Date and Message-Id, so the copy above would have had them (and failed) had postern
@@ -567,8 +578,8 @@ fn eight_bit_body_reaches_postfix_unchanged_and_binarymime_is_offered_nowhere() 
         "MAIL FROM with BODY=BINARYMIME: {binary}"
     );
 
-    // The message: UTF-8 in the header and the body, a line that must be dot-stuffed on each
-    // hop, trailing white space, a tab.
+    // The message: UTF-8 in the header and the body, a line that smtplib's DATA dot-stuffs,
+    // trailing white space, a tab.
     let header = "From: Alice <alice@a.test>\r\n\
                   To: bob@b.test\r\n\
                   Subject: 8bit\r\n\
@@ -586,10 +597,16 @@ fn eight_bit_body_reaches_postfix_unchanged_and_binarymime_is_offered_nowhere() 
     let message = format!("{header}\r\n{body}");
     lab.submit(message.as_bytes(), true);
     let got = lab.wait_delivered(1);
+    // postern declared the 8-bit body to Postfix (RFC 6152), and sent it as it was.
+    let maillog = lab.postfix.maillog();
+    let mail = maillog
+        .lines()
+        .find(|l| l.contains(": MAIL FROM:<alice@a.test>"))
+        .unwrap_or_else(|| panic!("postern's MAIL command not logged\n{}", lab.logs()));
+    assert!(mail.contains(" BODY=8BITMIME"), "{mail}");
     let copy = by_subject(&got, "8bit", &lab);
     let text = String::from_utf8_lossy(copy);
     let (fields, delivered) = split(copy);
-    eprintln!("{}", lab.logs());
     // virtual(8) writes Maildir files with LF line endings; nothing else may differ.
     let sent = body.replace("\r\n", "\n");
     assert_eq!(

@@ -60,6 +60,9 @@ pub use resolv_conf::ResolverConfig;
 /// The longest CNAME chain followed before giving up (BIND and Unbound use similar bounds).
 pub const MAX_CNAME_CHAIN: usize = 8;
 
+/// The most PTR names [`Resolver::verified_name`] looks at (RFC 7208 5.5 stops at 10 too).
+pub const MAX_PTR_NAMES: usize = 10;
+
 /// A stub resolver: sends queries to the configured recursive nameservers and caches answers.
 ///
 /// Cheap to share behind an `Arc`; lookups may run concurrently.
@@ -255,6 +258,25 @@ impl Resolver {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The verified reverse name of `ip` (forward-confirmed reverse DNS, RFC 8601 3's
+    /// "iprev"): the first of its PTR names (at most [`MAX_PTR_NAMES`] looked at) whose own
+    /// A or AAAA records hold `ip`, lower case and without the final dot. `None` when there
+    /// is none or DNS fails: a name is only shown when it is confirmed.
+    pub async fn verified_name(&self, ip: IpAddr) -> Option<String> {
+        let names = self.ptr(ip).await.ok()?;
+        for name in names.iter().take(MAX_PTR_NAMES) {
+            let text = name.to_ascii().to_ascii_lowercase();
+            let confirmed = match ip {
+                IpAddr::V4(v4) => self.a(&text).await.is_ok_and(|a| a.contains(&v4)),
+                IpAddr::V6(v6) => self.aaaa(&text).await.is_ok_and(|a| a.contains(&v6)),
+            };
+            if confirmed {
+                return Some(text.trim_end_matches('.').to_string());
+            }
+        }
+        None
     }
 
     /// The records of type `rtype` at `name` (a fully qualified name), CNAMEs followed, from

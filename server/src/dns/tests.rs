@@ -235,6 +235,18 @@ fn ptr_lookup() {
 }
 
 #[test]
+fn verified_names_are_forward_confirmed() {
+    let s = server();
+    let (r, _) = resolver(&s);
+    let name_of = |ip: [u8; 4]| smol::block_on(r.verified_name(IpAddr::V4(Ipv4Addr::from(ip))));
+    assert_eq!(name_of([192, 0, 2, 1]), Some("mx1.example".to_string()));
+    // Its PTR names mx1.example, which does not have this address.
+    assert_eq!(name_of([192, 0, 2, 66]), None);
+    // No PTR at all.
+    assert_eq!(name_of([192, 0, 2, 77]), None);
+}
+
+#[test]
 fn answers_with_the_wrong_id_or_question_are_ignored() {
     let s = server();
     let (r, _) = resolver(&s);

@@ -1378,7 +1378,7 @@ mod tests {
                 helo: "client.test".into(),
                 client: "[127.0.0.1]".into(),
                 esmtp: true,
-                tls: Some(("TLSv1.3".into(), "TLS13_AES_256_GCM_SHA384".into())),
+                tls: Some(("TLSv1.3".into(), "TLS_AES_256_GCM_SHA384".into())),
                 authenticated: false,
             },
             size: 12345,

@@ -96,6 +96,9 @@ pub struct Reception {
     /// Names the session in the log (`session=`): its logins, messages and refusals. Made
     /// like a queue id, so it does not repeat across restarts.
     session_id: QueueId,
+    /// The client's forward-confirmed reverse name, once looked up (checked sessions only:
+    /// the first MAIL asks, alongside SPF).
+    client_name: Option<Option<String>>,
 }
 
 /// The open transaction.
@@ -130,6 +133,8 @@ struct Transaction {
     /// The store's generation when the transaction began: if the store is opened again
     /// before the commit, the chunks written so far may be lost, and the message is refused.
     generation: u64,
+    /// The client's verified reverse name, for the `Received:` field.
+    client_name: Option<String>,
 }
 
 /// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
@@ -148,6 +153,7 @@ impl Reception {
             transaction: None,
             user: None,
             session_id: QueueId::new(),
+            client_name: None,
         }
     }
 
@@ -347,6 +353,7 @@ impl Reception {
             .field("size", t.size)
             .field("rcpts", t.recipients.len())
             .field("client", client_ip(session))
+            .field_opt("client_name", t.client_name.as_ref())
             .field("role", self.role.name())
             .text("helo", &envelope.trace.helo)
             .field_opt("tls", tls.map(|tls| &tls.version))
@@ -470,7 +477,25 @@ impl Handler for Reception {
                 ReversePath::Mailbox(m) => m.to_string(),
                 _ => String::new(),
             };
-            let (spf, decision) = self.shared.inbound.spf(ip, helo, &sender).await;
+            let known = self.client_name.clone();
+            let name = async {
+                match known {
+                    Some(name) => name,
+                    None => {
+                        let lookup = self.shared.inbound.resolver.verified_name(ip);
+                        let limit = async {
+                            async_io::Timer::after(REVERSE_NAME_TIMEOUT).await;
+                            None
+                        };
+                        futures_lite::future::or(lookup, limit)
+                            .await
+                            .filter(|n| is_plain_name(n))
+                    }
+                }
+            };
+            let ((spf, decision), name) =
+                futures_lite::future::zip(self.shared.inbound.spf(ip, helo, &sender), name).await;
+            self.client_name = Some(name);
             if let Disposition::Refuse(r) = decision {
                 let what = Fields::new()
                     .field("from", from)
@@ -484,6 +509,7 @@ impl Handler for Reception {
             });
         }
         let signing = self.user(session).map(|_| Signing::default());
+        let client_name = self.client_name.clone().flatten();
         self.transaction = Some(Transaction {
             id,
             from: from.clone(),
@@ -501,6 +527,7 @@ impl Handler for Reception {
             headers: String::new(),
             auth_summary: None,
             generation: self.shared.store.generation(),
+            client_name,
         });
         Verdict::Accept
     }
@@ -777,7 +804,11 @@ fn envelope(session: &Session, t: &Transaction) -> Envelope {
         received_at: now,
         trace: TraceRecord {
             helo: session.helo().unwrap_or("unknown").to_string(),
-            client: client_literal(session),
+            // "name [address]" when the name is confirmed, as Postfix writes it.
+            client: match &t.client_name {
+                Some(name) => format!("{name} {}", client_literal(session)),
+                None => client_literal(session),
+            },
             esmtp: session.is_esmtp(),
             tls: session
                 .tls()
@@ -828,6 +859,18 @@ fn client_ip(session: &Session) -> String {
 }
 
 /// The client's address as an RFC 5321 address literal, for `Received:`.
+/// How long the reverse name of a client may take to look up and confirm.
+const REVERSE_NAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a name from DNS can go into a header as it is: letters, digits, `-`, `_`, `.`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn client_literal(session: &Session) -> String {
     match session.peer().remote.map(|a| a.ip().to_canonical()) {
         Some(IpAddr::V4(ip)) => format!("[{ip}]"),

@@ -254,13 +254,13 @@ mod tests {
             client: "[192.0.2.1]".into(),
             by: "mx.example.org".into(),
             esmtp: true,
-            tls: Some(TlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256", None)),
+            tls: Some(TlsInfo::new("TLSv1.3", "TLS_AES_128_GCM_SHA256", None)),
             authenticated: true,
             id: "ID1".into(),
         };
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let head = "Received: from client.test ([192.0.2.1])\r\n\
-                    \t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\
+                    \t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n\
                     \tby mx.example.org (postern) with ESMTPSA id ID1";
         assert_eq!(
             trace.received(Some("a@example.org"), t),
@@ -291,7 +291,7 @@ mod tests {
             client: "[127.0.0.1]".into(),
             by: "mx.test".into(),
             esmtp: true,
-            tls: Some(TlsInfo::new("TLSv1.3", "TLS13_AES_256_GCM_SHA384", None)),
+            tls: Some(TlsInfo::new("TLSv1.3", "TLS_AES_256_GCM_SHA384", None)),
             authenticated: false,
             id: "0123456789ABCDEF".into(),
         };
@@ -302,7 +302,7 @@ mod tests {
             "Return-Path: <a@client.test>\r\n\
              Delivered-To: bob@mx.test\r\n\
              Received: from client.test  X-Injected: 1 ([127.0.0.1])\r\n\
-             \t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\
+             \t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n\
              \tby mx.test (postern) with ESMTPS id 0123456789ABCDEF\r\n\
              \tfor <bob@mx.test>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
