@@ -40,7 +40,7 @@ struct Server {
 
 impl Server {
     /// A server for `localhost` and `bücher.example` with users alice@localhost (password
-    /// `alice-pw`), bob@localhost (`bob-pw`), josé@bücher.example (`jose-pw`) and the
+    /// `alice-pw`), bob@localhost (`bob-password`), josé@bücher.example (`jose-password`) and the
     /// receive-only info@localhost; `extra` is appended to postern.toml.
     fn start(extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -67,8 +67,8 @@ impl Server {
         fs::create_dir_all(root.join("domains/bücher.example")).expect("mkdir domain");
         for (addr, pw) in [
             ("alice@localhost", "alice-pw"),
-            ("bob@localhost", "bob-pw"),
-            ("josé@bücher.example", "jose-pw"),
+            ("bob@localhost", "bob-password"),
+            ("josé@bücher.example", "jose-password"),
         ] {
             user_cli(root, &["add", addr, "--password-stdin"], pw);
         }
@@ -251,14 +251,14 @@ fn plain_and_login_good_and_bad_passwords() {
         ),
         (
             "LOGIN",
-            &["AUTH LOGIN", "b64:bob@localhost", "b64:bob-pw"],
+            &["AUTH LOGIN", "b64:bob@localhost", "b64:bob-password"],
             &["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6", "235 2.7.0"],
         ),
         (
             "LOGIN with the user as initial response, IDNA and NFC",
             &[
                 "AUTH LOGIN b64:jose\u{301}@xn--bcher-kva.example",
-                "b64:jose-pw",
+                "b64:jose-password",
             ],
             &["334 UGFzc3dvcmQ6", "235 2.7.0"],
         ),
@@ -269,7 +269,7 @@ fn plain_and_login_good_and_bad_passwords() {
         ),
         (
             "LOGIN, wrong password",
-            &["AUTH LOGIN", "b64:alice@localhost", "b64:bob-pw"],
+            &["AUTH LOGIN", "b64:alice@localhost", "b64:bob-password"],
             &["334", "334", "535 5.7.8"],
         ),
         (
@@ -352,7 +352,12 @@ fn plain_and_login_good_and_bad_passwords() {
         "receive-only users are ours: {log}"
     );
     for secret in [
-        "alice-pw", "bob-pw", "wrong", "anything", "YWxpY2", "nobody@",
+        "alice-pw",
+        "bob-password",
+        "wrong",
+        "anything",
+        "YWxpY2",
+        "nobody@",
     ] {
         assert!(
             !log.contains(secret),
@@ -400,7 +405,11 @@ fn brute_force_delays_then_locks_out_then_expires() {
     // Locked: even the right password is refused, for the user and for this IP.
     let r = dialogue(&sub, "plain", &[PLAIN_OK]);
     expect(&r, &["454 4.7.0"], "locked out");
-    let r = dialogue(&sub, "plain", &["AUTH PLAIN b64:\\0bob@localhost\\0bob-pw"]);
+    let r = dialogue(
+        &sub,
+        "plain",
+        &["AUTH PLAIN b64:\\0bob@localhost\\0bob-password"],
+    );
     expect(&r, &["454 4.7.0"], "the IP is locked out too");
     let log = server.log();
     assert!(log.contains("failures=4 lockout=start"), "{log}");
@@ -446,7 +455,7 @@ fn lettre_logs_in_with_plain_and_login_and_sends() {
     );
     // Envelope sender from the message's From: not hers.
     let err = server
-        .lettre(Mechanism::Plain, "bob@localhost", "bob-pw")
+        .lettre(Mechanism::Plain, "bob@localhost", "bob-password")
         .send(&message("Alice <alice@localhost>", "impersonation"))
         .expect_err("bob sending as alice");
     assert_eq!(
@@ -720,7 +729,7 @@ fn a_null_sender_needs_a_grant() {
         &server.port("submission"),
         "plain",
         &[
-            "AUTH PLAIN b64:\\0bob@localhost\\0bob-pw",
+            "AUTH PLAIN b64:\\0bob@localhost\\0bob-password",
             "MAIL FROM:<>",
             "RCPT TO:<alice@localhost>",
         ],

@@ -479,7 +479,7 @@ mx.gmail.test. 300 A 127.0.0.1
     let script = r#"
 import smtplib, sys
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="laptop.test", timeout=30)
-s.login("i@wac.test", "pw")
+s.login("i@wac.test", "pw-for-tests")
 s.sendmail("i@wac.test", ["nobody@far.test"],
            "From: i@wac.test\r\nTo: nobody@far.test\r\nSubject: lost\r\n\r\nwill bounce\r\n")
 s.quit()

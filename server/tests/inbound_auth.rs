@@ -71,7 +71,7 @@ else:
 s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
 s.starttls(context=ssl._create_unverified_context())
 s.ehlo()
-s.login("alice@a.test", "pw")
+s.login("alice@a.test", "pw-for-tests")
 s.sendmail("alice@a.test", ["bob@b.test"], msg)
 s.quit()
 print("sent")

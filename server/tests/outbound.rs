@@ -62,7 +62,7 @@ msg = ("From: Alice <alice@a.test>\r\nTo: " + ", ".join(to) + "\r\nSubject: " + 
 s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
 s.starttls(context=ssl._create_unverified_context())
 s.ehlo()
-s.login("alice@a.test", "pw")
+s.login("alice@a.test", "pw-for-tests")
 s.sendmail("alice@a.test", to, msg, mail_options, rcpt_options)
 s.quit()
 print("sent")

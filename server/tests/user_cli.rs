@@ -81,7 +81,7 @@ fn add_list_check_passwd_remove() {
             "jose\u{301}@XN--BCHER-KVA.example",
             "--password-stdin",
         ],
-        "pw\n",
+        "password-1\n",
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(users_file(root, "bücher.example").starts_with("josé@bücher.example $argon2id$"));
@@ -125,14 +125,14 @@ fn add_list_check_passwd_remove() {
     let out = user(
         root,
         &["check", "josé@bücher.example", "--password-stdin"],
-        "pw\n",
+        "password-1\n",
     );
     assert!(out.status.success(), "NFC lookups: {}", text(&out));
 
     let out = user(
         root,
         &["passwd", "alice@example.org", "--password-stdin"],
-        "new one\n",
+        "a new one\n",
     );
     assert!(out.status.success(), "{}", text(&out));
     let out = user(
@@ -144,7 +144,7 @@ fn add_list_check_passwd_remove() {
     let out = user(
         root,
         &["check", "alice@example.org", "--password-stdin"],
-        "new one\n",
+        "a new one\n",
     );
     assert!(out.status.success(), "{}", text(&out));
 
@@ -163,7 +163,7 @@ fn bad_input_names_the_problem_and_changes_nothing() {
     let out = user(
         root,
         &["add", "alice@example.org", "--password-stdin"],
-        "pw\n",
+        "password-1\n",
     );
     assert!(out.status.success(), "{}", text(&out));
     let before = users_file(root, "example.org");
@@ -171,17 +171,17 @@ fn bad_input_names_the_problem_and_changes_nothing() {
     let cases: &[(&[&str], &str, &str)] = &[
         (
             &["add", "bob@nowhere.example", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "unknown domain nowhere.example",
         ),
         (
             &["add", "alice@example.org", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "user alice@example.org already exists",
         ),
         (
             &["add", "ALICE@EXAMPLE.ORG", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "already exists",
         ),
         (
@@ -196,32 +196,32 @@ fn bad_input_names_the_problem_and_changes_nothing() {
         ),
         (
             &["add", "bob", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "malformed address \"bob\"",
         ),
         (
             &["add", "bob@", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "malformed address",
         ),
         (
             &["add", "bob%evil@example.org", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "malformed address",
         ),
         (
             &["add", "a@b@example.org", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "malformed address",
         ),
         (
             &["add", "bob@[127.0.0.1]", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "address literal",
         ),
         (
             &["add", "../x@example.org", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "malformed address",
         ),
         (
@@ -232,7 +232,7 @@ fn bad_input_names_the_problem_and_changes_nothing() {
         (&["remove", "bob@nowhere.example"], "", "unknown domain"),
         (
             &["passwd", "bob@example.org", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "no user bob@example.org",
         ),
         (
@@ -242,7 +242,7 @@ fn bad_input_names_the_problem_and_changes_nothing() {
         ),
         (
             &["check", "bob@example.org", "--password-stdin"],
-            "pw\n",
+            "password-1\n",
             "no user bob@example.org",
         ),
         (
@@ -274,7 +274,7 @@ fn bad_input_names_the_problem_and_changes_nothing() {
     let out = user(
         root,
         &["add", "bob@example.org", "--password-stdin"],
-        "pw\n",
+        "password-1\n",
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("users, line 2"), "{}", text(&out));
@@ -312,17 +312,17 @@ fn passwords_from_the_terminal() {
         }
         child.wait_with_output().expect("wait")
     };
-    let out = in_pty("add carol@example.org", "tty-pw\ntty-pw\n");
+    let out = in_pty("add carol@example.org", "tty-password\ntty-password\n");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("New password: "), "{}", text(&out));
     let out = user(
         root,
         &["check", "carol@example.org", "--password-stdin"],
-        "tty-pw\n",
+        "tty-password\n",
     );
     assert!(out.status.success(), "{}", text(&out));
     let before = users_file(root, "example.org");
-    let out = in_pty("passwd carol@example.org", "one\ntwo\n");
+    let out = in_pty("passwd carol@example.org", "first-one\nsecond-one\n");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("the passwords do not match"),
@@ -330,4 +330,89 @@ fn passwords_from_the_terminal() {
         text(&out)
     );
     assert_eq!(users_file(root, "example.org"), before);
+}
+
+/// Too short a password is refused, with the minimum ([auth] min_password_length, 8 unless
+/// postern.toml says otherwise); without a terminal and without --password-stdin the error
+/// says how to give it; `passwd` on a receive-only user makes it a user that can log in, and
+/// says so.
+#[test]
+fn short_passwords_no_terminal_and_receive_only_passwd() {
+    let dir = config_dir();
+    let root = dir.path();
+    let out = user(
+        root,
+        &["add", "bob@example.org", "--password-stdin"],
+        "7-chars\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("shorter than 8 characters ([auth] min_password_length"),
+        "{}",
+        text(&out)
+    );
+    fs::write(
+        root.join("postern.toml"),
+        "[auth]\nmin_password_length = 12\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("config");
+    let out = user(
+        root,
+        &["add", "bob@example.org", "--password-stdin"],
+        "ten-chars!\n",
+    );
+    assert!(
+        text(&out).contains("shorter than 12 characters"),
+        "{}",
+        text(&out)
+    );
+    let out = user(
+        root,
+        &["add", "bob@example.org", "--password-stdin"],
+        "twelve-chars\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // No controlling terminal (a new session), no --password-stdin.
+    let out = Command::new("setsid")
+        .arg("--wait")
+        .arg(BINARY)
+        .arg("-C")
+        .arg(root)
+        .args(["user", "add", "carol@example.org"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setsid");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no terminal to ask for the password on: give it on standard input with --password-stdin"),
+        "{}",
+        text(&out)
+    );
+
+    let out = user(root, &["add", "--receive-only", "info@example.org"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = user(
+        root,
+        &["passwd", "info@example.org", "--password-stdin"],
+        "info-password\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("it was receive-only and can now log in and send"),
+        "{}",
+        text(&out)
+    );
+    let out = user(
+        root,
+        &["check", "info@example.org", "--password-stdin"],
+        "info-password\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = user(root, &["list"], "");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("receive-only"),
+        "{}",
+        text(&out)
+    );
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use proto_core::{Mailbox, mail::AliasError, mail::AliasOptions, mail::Rule};
 
 use crate::cli::AliasCommand;
-use crate::config::{self, ConfigError, Settings};
+use crate::config::ConfigError;
 use crate::directory::aliases::Aliases;
 use crate::directory::recipients::Recipients;
 use crate::directory::users::UserDb;
@@ -74,14 +74,7 @@ pub fn run(dir: &Path, command: AliasCommand) -> Result<(), AliasCmdError> {
                 reason: e.to_string(),
             })?;
             // postern.toml as the server reads it (no file: the defaults); the flags win.
-            let file = dir.join(config::FILE_NAME);
-            let settings = match Settings::load(dir) {
-                // The defaults (a listener only because a configuration must have one).
-                Err(_) if !file.exists() => {
-                    Settings::parse(dir, &file, "[listeners]\nsmtp = [\"127.0.0.1:25\"]\n")?
-                }
-                read => read?,
-            };
+            let settings = crate::cli::settings_or_defaults(dir)?;
             let configured = settings.alias_options.clone();
             let options = AliasOptions {
                 drop_characters: c.drop_characters.unwrap_or(configured.drop_characters),

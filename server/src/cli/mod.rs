@@ -272,3 +272,19 @@ impl Cli {
         }
     }
 }
+
+/// postern.toml of `dir` as the server reads it, or the defaults when there is no file (a
+/// command such as `user add` works in a directory that has only `domains/`).
+pub fn settings_or_defaults(
+    dir: &Path,
+) -> Result<crate::config::Settings, crate::config::ConfigError> {
+    use crate::config::{FILE_NAME, Settings};
+    let file = dir.join(FILE_NAME);
+    match Settings::load(dir) {
+        // The defaults (a listener only because a configuration must have one).
+        Err(_) if !file.exists() => {
+            Settings::parse(dir, &file, "[listeners]\nsmtp = [\"127.0.0.1:25\"]\n")
+        }
+        read => read,
+    }
+}

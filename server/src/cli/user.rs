@@ -29,11 +29,37 @@ pub enum UserCmdError {
     /// `check` on a receive-only user.
     #[error("{0} is receive-only: it cannot log in")]
     ReceiveOnly(Address),
+    /// Shorter than `[auth] min_password_length`.
+    #[error(
+        "the password is shorter than {min} characters ([auth] min_password_length in postern.toml)"
+    )]
+    TooShort {
+        /// The minimum.
+        min: usize,
+    },
+    /// No terminal to ask on, and no `--password-stdin`.
+    #[error(
+        "no terminal to ask for the password on: give it on standard input with \
+         --password-stdin, e.g. printf '%s\\n' \"$PASSWORD\" | postern user {command} ADDRESS \
+         --password-stdin"
+    )]
+    NoTerminal {
+        /// The command (add, passwd, check).
+        command: &'static str,
+    },
+    /// postern.toml cannot be read or is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Runs a user command against the configuration directory `dir`.
 pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
     let db = UserDb::new(dir.join("domains"));
+    let min = || -> Result<usize, UserCmdError> {
+        Ok(crate::cli::settings_or_defaults(dir)?
+            .auth
+            .min_password_length)
+    };
     match command {
         UserCommand::Add(c) => {
             let address = Address::parse(&c.address)?;
@@ -49,7 +75,7 @@ pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
             let password = if c.receive_only && !c.password_stdin {
                 None
             } else {
-                let pw = new_password(c.password_stdin)?;
+                let pw = new_password(c.password_stdin, min()?, "add")?;
                 Some(users::hash_password(&pw)?)
             };
             db.add(User {
@@ -95,16 +121,21 @@ pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
                 }
                 return Err(UserDbError::NoSuchUser(address).into());
             }
-            let pw = new_password(c.password_stdin)?;
-            db.set_password(&address, users::hash_password(&pw)?)?;
-            println!("password of {address} changed");
+            let pw = new_password(c.password_stdin, min()?, "passwd")?;
+            if db.set_password(&address, users::hash_password(&pw)?)? {
+                println!(
+                    "password of {address} set; it was receive-only and can now log in and send"
+                );
+            } else {
+                println!("password of {address} changed");
+            }
         }
         UserCommand::Check(c) => {
             let address = Address::parse(&c.address)?;
             let user = db
                 .get(&address)?
                 .ok_or_else(|| UserDbError::NoSuchUser(address.clone()))?;
-            let pw = read_password(c.password_stdin, "Password: ")?;
+            let pw = read_password(c.password_stdin, "Password: ", "check")?;
             if !users::verify_password(user.password.as_deref(), &pw) {
                 return Err(UserCmdError::WrongPassword(address));
             }
@@ -117,20 +148,34 @@ pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
     Ok(())
 }
 
-/// A new password: from stdin, or asked twice on the terminal. Never empty.
-fn new_password(stdin: bool) -> Result<String, UserCmdError> {
-    let pw = read_password(stdin, "New password: ")?;
+/// A new password: from stdin, or asked twice on the terminal. Never empty, at least `min`
+/// characters.
+fn new_password(stdin: bool, min: usize, command: &'static str) -> Result<String, UserCmdError> {
+    let pw = read_password(stdin, "New password: ", command)?;
     if pw.is_empty() {
         return Err(UserDbError::EmptyPassword.into());
     }
-    if !stdin && read_password(false, "Again: ")? != pw {
+    if pw.chars().count() < min {
+        return Err(UserCmdError::TooShort { min });
+    }
+    if !stdin && read_password(false, "Again: ", command)? != pw {
         return Err(UserCmdError::Mismatch);
     }
     Ok(pw)
 }
 
-/// One password: the first line of stdin (without its line end), or from the terminal.
-fn read_password(stdin: bool, prompt: &str) -> Result<String, UserCmdError> {
+/// One password: the first line of stdin (without its line end), or from the terminal (for
+/// `command`, named when there is none).
+fn read_password(stdin: bool, prompt: &str, command: &'static str) -> Result<String, UserCmdError> {
+    if !stdin
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .is_err()
+    {
+        return Err(UserCmdError::NoTerminal { command });
+    }
     if stdin {
         let mut line = String::new();
         io::stdin()

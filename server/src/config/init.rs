@@ -122,6 +122,8 @@ failure_delay_ms = 2000
 # everyone: guesses from elsewhere only slow them down. Failures older than that are forgotten.
 lockout_after_failures = 10
 lockout_seconds = 900
+# The shortest password `postern user add` and `postern user passwd` accept, in characters.
+min_password_length = 8
 
 # Relaying. Without AUTH, mail is accepted only for the local domains (domains/<domain>/).
 [relay]

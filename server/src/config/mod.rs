@@ -684,6 +684,12 @@ mod tests {
                 "at least 1",
             ),
             (
+                "[listeners]\nsmtp = [\"[::1]:25\"]\n[auth]\n\nmin_password_length = 0\n",
+                5,
+                "min_password_length = 0 is not a length",
+                "in characters",
+            ),
+            (
                 "[listeners]\nsmtp = [\"[::1]:25\"]\nmax_connections = { submission = 0 }\n",
                 3,
                 "max_connections.submission = 0 is out of range",

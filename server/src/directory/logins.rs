@@ -67,7 +67,12 @@ pub struct AuthSettings {
     pub lockout_after: u32,
     /// How long a lockout lasts, and how long a failure is remembered.
     pub lockout: Duration,
+    /// The shortest password `postern user add` and `user passwd` accept, in characters.
+    pub min_password_length: usize,
 }
+
+/// The default [`AuthSettings::min_password_length`] (NIST SP 800-63B 5.1.1.2 asks for 8).
+pub const MIN_PASSWORD_LENGTH: usize = 8;
 
 /// Checks credentials and counts failures. One per server, shared by every connection.
 #[derive(Debug)]
@@ -193,6 +198,7 @@ impl Default for AuthSettings {
             delay: Duration::from_secs(2),
             lockout_after: 10,
             lockout: Duration::from_secs(15 * 60),
+            min_password_length: MIN_PASSWORD_LENGTH,
         }
     }
 }
@@ -424,6 +430,7 @@ pub struct RawAuth {
     pub(crate) failure_delay_ms: Option<u64>,
     pub(crate) lockout_after_failures: Option<Spanned<u32>>,
     pub(crate) lockout_seconds: Option<u64>,
+    pub(crate) min_password_length: Option<Spanned<usize>>,
 }
 
 /// `[auth]` of postern.toml.
@@ -443,7 +450,22 @@ pub(crate) fn parse_settings(
         Some(n) => n.into_inner(),
         None => defaults.lockout_after,
     };
+    let min_password_length = match raw.min_password_length {
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+            return Err(src.error(
+                Some(n.span()),
+                format!(
+                    "min_password_length = {} is not a length from 1 to 1024",
+                    n.get_ref()
+                ),
+                "give a length in characters, e.g. min_password_length = 12",
+            ));
+        }
+        Some(n) => n.into_inner(),
+        None => defaults.min_password_length,
+    };
     Ok(AuthSettings {
+        min_password_length,
         smtp_listener: raw.smtp_listener.unwrap_or(defaults.smtp_listener),
         allow_plaintext_on_loopback: raw
             .allow_plaintext_on_loopback

@@ -372,8 +372,10 @@ impl UserDb {
         })
     }
 
-    /// Replaces a user's password hash (the flags stay).
-    pub fn set_password(&self, address: &Address, phc: String) -> Result<(), UserDbError> {
+    /// Replaces a user's password hash. A receive-only user becomes a sending user: a password
+    /// is for logging in. Returns whether the user was receive-only.
+    pub fn set_password(&self, address: &Address, phc: String) -> Result<bool, UserDbError> {
+        let mut was_receive_only = false;
         self.edit(address, |file| {
             let i = file
                 .find(address)
@@ -385,9 +387,11 @@ impl UserDb {
                 .map(|(_, u)| u.clone())
                 .ok_or_else(|| UserDbError::NoSuchUser(address.clone()))?;
             user.password = Some(phc);
+            was_receive_only = std::mem::take(&mut user.receive_only);
             file.lines[i] = user.line();
             Ok(())
-        })
+        })?;
+        Ok(was_receive_only)
     }
 
     /// The domain's directory, or [`UserDbError::UnknownDomain`].

@@ -321,8 +321,11 @@ pub fn add_user(root: &Path, address: &str, password: &str) {
     );
 }
 
+/// The password of the users [`instance`] makes.
+pub const PASSWORD: &str = "pw-for-tests";
+
 /// A configuration directory for `hostname` with `domains` (each with `users`, password
-/// "pw"), a self-signed certificate, and `config` (tables) before `listeners` ([`OFFLINE_DNS`]
+/// [`PASSWORD`]), a self-signed certificate, and `config` (tables) before `listeners` ([`OFFLINE_DNS`]
 /// unless it has a `[dns]` table).
 pub fn instance(
     hostname: &str,
@@ -344,7 +347,7 @@ pub fn instance(
     for (domain, users) in domains {
         fs::create_dir_all(root.join("domains").join(domain)).expect("domain");
         for user in *users {
-            add_user(root, &format!("{user}@{domain}"), "pw");
+            add_user(root, &format!("{user}@{domain}"), PASSWORD);
         }
     }
     dir
