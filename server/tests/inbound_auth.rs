@@ -249,7 +249,7 @@ fn signed_mail_passes_and_forgeries_are_refused() {
                   From: q@quarantined.test\nSubject: marked\n";
     let reply = send(&b, "stranger.test", "mallory@stranger.test", header);
     assert_eq!(reply, "sent");
-    let got = wait_messages(&b, "b.test", "bob", 2, 30);
+    let got = wait_messages(&b, "b.test", "bob", 3, 30);
     let text = got
         .iter()
         .find(|m| m.contains("Subject: marked"))

@@ -9,6 +9,7 @@ use std::io::{self, BufRead};
 use std::path::Path;
 
 use crate::cli::{UserCommand, UserList};
+use crate::directory::logins::MIN_PASSWORD_LENGTH;
 use crate::directory::users::{self, Address, User, UserDb, UserDbError};
 
 /// What a user command can fail with.
@@ -47,18 +48,24 @@ pub enum UserCmdError {
         /// The command (add, passwd, check).
         command: &'static str,
     },
-    /// postern.toml cannot be read or is wrong.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
 }
 
 /// Runs a user command against the configuration directory `dir`.
 pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
     let db = UserDb::new(dir.join("domains"));
-    let min = || -> Result<usize, UserCmdError> {
-        Ok(crate::cli::settings_or_defaults(dir)?
-            .auth
-            .min_password_length)
+    // A postern.toml with a problem elsewhere (one the server would refuse to start with)
+    // does not keep users from being managed: warn, and use the default minimum.
+    let min = || -> usize {
+        match crate::cli::settings_or_defaults(dir) {
+            Ok(settings) => settings.auth.min_password_length,
+            Err(e) => {
+                eprintln!(
+                    "postern: warning: {}; passwords need at least the default {MIN_PASSWORD_LENGTH} characters",
+                    e.to_string().replace("\n  fix: ", "; fix: ")
+                );
+                MIN_PASSWORD_LENGTH
+            }
+        }
     };
     match command {
         UserCommand::Add(c) => {
@@ -75,7 +82,7 @@ pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
             let password = if c.receive_only && !c.password_stdin {
                 None
             } else {
-                let pw = new_password(c.password_stdin, min()?, "add")?;
+                let pw = new_password(c.password_stdin, min(), "add")?;
                 Some(users::hash_password(&pw)?)
             };
             db.add(User {
@@ -121,7 +128,7 @@ pub fn run(dir: &Path, command: UserCommand) -> Result<(), UserCmdError> {
                 }
                 return Err(UserDbError::NoSuchUser(address).into());
             }
-            let pw = new_password(c.password_stdin, min()?, "passwd")?;
+            let pw = new_password(c.password_stdin, min(), "passwd")?;
             if db.set_password(&address, users::hash_password(&pw)?)? {
                 println!(
                     "password of {address} set; it was receive-only and can now log in and send"
