@@ -340,6 +340,7 @@ impl Lab {
     fn submit(&self, message: &[u8], eight_bit: bool) {
         let mut args = vec![
             self.postern.port("submission").to_string(),
+            common::PASSWORD.to_string(),
             common::hex(message),
         ];
         if eight_bit {
@@ -354,13 +355,15 @@ impl Lab {
     }
 }
 
-/// Logs in as alice on `argv[1]` (no TLS: loopback) and sends the message hex-encoded in
-/// `argv[2]` to bob@b.test, with the MAIL parameters that follow. Prints "sent".
+/// Logs in as alice with password `argv[2]` on `argv[1]` (no TLS: loopback) and sends the
+/// message hex-encoded in `argv[3]` to bob@b.test, with the MAIL parameters that follow.
+/// Prints "sent".
 const SUBMIT: &str = r#"
 import smtplib, sys
-port, message, options = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3:]
+port, password, message = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3])
+options = sys.argv[4:]
 s = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30)
-s.login("alice@a.test", "pw")
+s.login("alice@a.test", password)
 s.sendmail("alice@a.test", ["bob@b.test"], message, mail_options=options)
 s.quit()
 print("sent")
@@ -378,15 +381,15 @@ print("sent")
 "#;
 
 /// The EHLO keywords of the server on `argv[1]` (upper case, sorted, one line); with
-/// `argv[2]` = "binary", then logs in as alice and prints the reply to
-/// `MAIL FROM:<alice@a.test> BODY=BINARYMIME`.
+/// `argv[2]` = "binary", then logs in as alice with password `argv[3]` and prints the reply
+/// to `MAIL FROM:<alice@a.test> BODY=BINARYMIME`.
 const EHLO: &str = r#"
 import smtplib, sys
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=30)
 s.ehlo()
 print(" ".join(sorted(k.upper() for k in s.esmtp_features)))
-if sys.argv[2:] == ["binary"]:
-    s.login("alice@a.test", "pw")
+if sys.argv[2:3] == ["binary"]:
+    s.login("alice@a.test", sys.argv[3])
     code, text = s.mail("alice@a.test", ["BODY=BINARYMIME"])
     print(code, text.decode())
 s.quit()
@@ -554,6 +557,7 @@ fn eight_bit_body_reaches_postfix_unchanged_and_binarymime_is_offered_nowhere() 
         &[
             lab.postern.port("submission").to_string(),
             "binary".to_string(),
+            common::PASSWORD.to_string(),
         ],
     );
     let mut lines = postern_ehlo.lines();
@@ -604,6 +608,21 @@ fn eight_bit_body_reaches_postfix_unchanged_and_binarymime_is_offered_nowhere() 
         .find(|l| l.contains(": MAIL FROM:<alice@a.test>"))
         .unwrap_or_else(|| panic!("postern's MAIL command not logged\n{}", lab.logs()));
     assert!(mail.contains(" BODY=8BITMIME"), "{mail}");
+    // The SIZE declared is at least what was then sent (RFC 1870: the stored body plus the
+    // fields postern adds: signature, Received).
+    let declared: u64 = mail
+        .split(" SIZE=")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', '>']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no SIZE in {mail}"));
+    let sent: u64 = maillog
+        .lines()
+        .find_map(|l| l.split(": BDAT ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no BDAT in the maillog\n{}", lab.logs()));
+    assert!(declared >= sent, "SIZE={declared}, BDAT {sent}");
     let copy = by_subject(&got, "8bit", &lab);
     let text = String::from_utf8_lossy(copy);
     let (fields, delivered) = split(copy);

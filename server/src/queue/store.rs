@@ -231,6 +231,9 @@ struct Handles {
 /// How long after a failed opening the next one may be tried.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a delivery's `Received:` field may add to a message, at most: the SIZE declared to a
+/// next hop counts it.
+pub const RECEIVED_ALLOWANCE: u64 = 512;
 /// Everything about a queued message except its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -953,7 +956,9 @@ impl Envelope {
                 });
             job.recipients.push(j);
         }
-        job.size = Some(self.size);
+        // RFC 1870: the size as sent, which adds to the stored body the fields added at
+        // reception (signatures, results) and the Received field of the delivery.
+        job.size = Some(self.size + self.headers.len() as u64 + RECEIVED_ALLOWANCE);
         job.body = self.body;
         job.smtputf8 = self.smtputf8;
         job.requiretls = self.requiretls;
