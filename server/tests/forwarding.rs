@@ -502,6 +502,13 @@ print("sent")
         "{dsn}"
     );
     assert!(dsn.contains("Subject: lost"), "{dsn}");
+    // The returned headers are the message as it left: with the Message-ID postern added.
+    let returned = dsn
+        .split("Content-Type: text/rfc822-headers")
+        .nth(1)
+        .expect("returned headers");
+    assert!(returned.contains("Message-ID: <"), "{dsn}");
+    assert!(returned.contains("@mx.wac.test>"), "{dsn}");
     // Nothing went into a local Maildir for i.
     assert!(a.inbox("wac.test", "i").is_empty(), "{}", a.log());
     assert!(

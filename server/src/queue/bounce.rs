@@ -123,6 +123,11 @@ impl Bouncer {
         let mut original = self.store.body(id, envelope.chunks);
         let mut piece = vec![0u8; CHUNK_SIZE];
         let mut out = Vec::with_capacity(CHUNK_SIZE + 1024);
+        // The original as it went out: the fields added at reception (the MSA's Date and
+        // Message-ID, signatures, results) on top of the stored body.
+        content.feed(envelope.headers.as_bytes(), &mut out);
+        writer.write(&out)?;
+        out.clear();
         while !content.is_done() {
             let n =
                 std::io::Read::read(&mut original, &mut piece).map_err(BounceError::Original)?;
