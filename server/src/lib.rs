@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Alias(alias) => cli::alias::run(&dir, alias.command).map_err(|e| e.to_string()),
         Command::Dkim(dkim) => cli::dkim::run(&dir, dkim.command).map_err(|e| e.to_string()),
         Command::Queue(queue) => cli::queue::run(&dir, queue.command).map_err(|e| e.to_string()),
+        Command::Tls(tls) => cli::tls::run(&dir, tls.command).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -511,6 +511,46 @@ mx.plain.test. 300 A 127.0.0.1
             .collect::<Vec<_>>(),
         ["plain.test tls"]
     );
+
+    // The operator decides plain.test really lost its TLS: `postern tls list` shows the level,
+    // `postern tls forget` drops it, and the running server's next retry goes in plaintext.
+    let tls = |args: &[&str]| {
+        Command::new(common::BINARY)
+            .arg("-C")
+            .arg(a_dir.path())
+            .arg("tls")
+            .args(args)
+            .output()
+            .expect("run postern tls")
+    };
+    let listed = tls(&["list"]);
+    assert!(listed.status.success());
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "plain.test tls\n");
+    let forgot = tls(&["forget", "Plain.Test"]);
+    assert!(forgot.status.success(), "{forgot:?}");
+    assert!(
+        String::from_utf8_lossy(&forgot.stdout).starts_with("forgot Plain.Test (was tls)"),
+        "{forgot:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while plain.messages().len() < 2 {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.wait_log("to=<x@plain.test> relay=mx.plain.test[127.0.0.1]", 10);
+    let again = tls(&["forget", "plain.test"]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("plain.test is not remembered"),
+        "{again:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&tls(&["list"]).stdout),
+        format!(
+            "no domain remembered ({})\n",
+            a_dir.path().join("data/tls-domains").display()
+        )
+    );
 }
 
 /// A test CA and a certificate for `names` signed by it: (CA PEM, chain PEM, key PEM).

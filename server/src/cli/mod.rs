@@ -7,6 +7,7 @@
 pub mod alias;
 pub mod dkim;
 pub mod queue;
+pub mod tls;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub enum Command {
     Dkim(Dkim),
     /// The queue: what startup recovered from a damaged store.
     Queue(Queue),
+    /// The TLS levels remembered per recipient domain.
+    Tls(Tls),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -190,6 +193,40 @@ pub enum QueueCommand {
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "recovery")]
 pub struct QueueRecovery {}
+
+/// the TLS level each recipient domain has shown (data_dir/tls-domains), which outbound
+/// delivery never goes below: list it, or forget a domain that really lost its TLS
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "tls")]
+pub struct Tls {
+    #[argh(subcommand)]
+    pub command: TlsCommand,
+}
+
+/// A tls command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum TlsCommand {
+    /// List the remembered levels.
+    List(TlsList),
+    /// Forget a domain's level.
+    Forget(TlsForget),
+}
+
+/// list each remembered domain and its level (plaintext, tls, verified)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "list")]
+pub struct TlsList {}
+
+/// forget DOMAIN's level: the next delivery uses whatever TLS the domain offers (the running
+/// server follows within a second)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "forget")]
+pub struct TlsForget {
+    /// the recipient domain
+    #[argh(positional)]
+    pub domain: String,
+}
 
 /// DKIM: make keys (keygen), print their DNS records (dns), sign or verify a message by hand
 #[derive(Debug, FromArgs)]

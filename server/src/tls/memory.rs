@@ -9,8 +9,11 @@
 //! (the message is deferred, not sent in a weaker way): an attacker who strips STARTTLS or
 //! swaps the certificate delays mail instead of reading it.
 //!
-//! Levels only ever rise. To let a domain go back (it really lost its certificate), the
-//! operator stops postern and deletes or edits its line.
+//! Levels only ever rise on their own. To let a domain go back (it really lost its
+//! certificate), the operator runs `postern tls forget DOMAIN` ([`forget`]), which removes its
+//! line; `postern tls list` shows what is remembered. The running server sees the file change
+//! within a second ([`CHECK_INTERVAL`]) and takes it as it is; the server and the command
+//! line take turns on a lock of the data directory, so neither overwrites the other's change.
 //!
 //! # The file
 //!
@@ -31,9 +34,17 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often the server looks whether the file was changed by someone else, at most.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What tells two versions of the file apart: (inode, size, mtime in ns); `None`: no file.
+type Stamp = Option<(u64, u64, i128)>;
 
 /// The name of the file in the data directory.
 pub const FILE_NAME: &str = "tls-domains";
@@ -62,15 +73,19 @@ pub enum Level {
 pub struct TlsMemory {
     path: PathBuf,
     state: Mutex<State>,
-    /// Serialises file writes; holds the version last written.
-    written: Mutex<u64>,
+    /// Serialises reading and writing the file; what it was when last read or written.
+    file: Mutex<FileState>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     levels: HashMap<String, Level>,
-    /// Bumped on each raise, so a writer can tell whether the file is behind.
-    version: u64,
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    checked: Instant,
 }
 
 /// A line of a state file that could not be read, skipped at load.
@@ -117,47 +132,76 @@ impl TlsMemory {
     /// Loads `path` (a missing file is an empty memory). Bad lines are skipped and returned,
     /// for the caller to log; an unreadable file is an error.
     pub fn open(path: &Path) -> io::Result<(TlsMemory, Vec<BadLine>)> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e),
-        };
-        let mut levels: HashMap<String, Level> = HashMap::new();
-        let mut bad = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match parse_line(line) {
-                Ok((domain, level)) => {
-                    let known = levels.entry(domain).or_insert(level);
-                    *known = (*known).max(level);
-                }
-                Err(reason) => bad.push(BadLine {
-                    file: path.to_path_buf(),
-                    line: i + 1,
-                    reason,
-                }),
-            }
-        }
+        let stamp = stamp(path)?;
+        let (levels, bad) = read(path)?;
         let memory = TlsMemory {
             path: path.to_path_buf(),
-            state: Mutex::new(State { levels, version: 0 }),
-            written: Mutex::new(0),
+            state: Mutex::new(State { levels }),
+            file: Mutex::new(FileState {
+                stamp,
+                checked: Instant::now(),
+            }),
         };
         Ok((memory, bad))
     }
 
     /// The level the next delivery to `domain` must reach: the best one it has shown
-    /// ([`Level::Plaintext`] for a domain never seen).
+    /// ([`Level::Plaintext`] for a domain never seen). Looks at the file first when
+    /// [`CHECK_INTERVAL`] has passed (a `postern tls forget` since).
     pub fn required(&self, domain: &str) -> Level {
+        if let Ok(mut file) = self.file.try_lock()
+            && file.checked.elapsed() >= CHECK_INTERVAL
+        {
+            self.refresh(&mut file);
+        }
         let domain = normalise(domain);
         self.lock_state()
             .levels
             .get(&domain)
             .copied()
             .unwrap_or(Level::Plaintext)
+    }
+
+    /// Every remembered domain and its level, in name order.
+    pub fn levels(&self) -> Vec<(String, Level)> {
+        let mut all: Vec<(String, Level)> = self
+            .lock_state()
+            .levels
+            .iter()
+            .map(|(d, l)| (d.clone(), *l))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Takes the file as it is now if someone else changed it. Problems are logged; the
+    /// levels in memory stay when the file cannot be read.
+    fn refresh(&self, file: &mut FileState) {
+        file.checked = Instant::now();
+        let now = match stamp(&self.path) {
+            Ok(now) => now,
+            Err(_) => return,
+        };
+        if now == file.stamp {
+            return;
+        }
+        match read(&self.path) {
+            Ok((levels, bad)) => {
+                for line in bad {
+                    crate::log::line(crate::log::Event::Config)
+                        .text("msg", format_args!("{line}; line skipped"))
+                        .write();
+                }
+                self.lock_state().levels = levels;
+                file.stamp = now;
+            }
+            Err(e) => crate::log::line(crate::log::Event::Config)
+                .text(
+                    "msg",
+                    format_args!("{}: {e}; keeping the levels known", self.path.display()),
+                )
+                .write(),
+        }
     }
 
     /// Notes that a delivery to `domain` reached `level`. Raises the remembered level when
@@ -168,38 +212,34 @@ impl TlsMemory {
         if !valid_domain(&domain) {
             return Err(RecordError::InvalidDomain(domain));
         }
-        {
+        let known = self.lock_state().levels.get(&domain).copied();
+        if known.is_some_and(|k| k >= level) || (known.is_none() && level == Level::Plaintext) {
+            return Ok(false);
+        }
+        // A raise: under the file's turn and the directory's lock, take in any change made
+        // meanwhile (a forget), raise, write.
+        let save_error = |source| RecordError::Save {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = lock_dir(&self.path);
+        self.refresh(&mut file);
+        let text = {
             let mut state = self.lock_state();
             let known = state.levels.get(&domain).copied();
-            if known.is_some_and(|k| k >= level) || (known.is_none() && level == Level::Plaintext) {
+            if known.is_some_and(|k| k >= level) {
                 return Ok(false);
             }
             state.levels.insert(domain, level);
-            state.version += 1;
-        }
-        self.save().map_err(|source| RecordError::Save {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(true)
-    }
-
-    /// Writes the current levels unless a write since the last raise already did.
-    ///
-    /// Writers take turns on `written`; each snapshots the state when its turn comes, so
-    /// the last write always holds every raise made before it, whatever order threads ran in.
-    fn save(&self) -> io::Result<()> {
-        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
-        let (version, text) = {
-            let state = self.lock_state();
-            if state.version <= *written {
-                return Ok(());
-            }
-            (state.version, render(&state.levels))
+            render(&state.levels)
         };
-        crate::files::replace(&self.path, text.as_bytes(), 0o600, None)?;
-        *written = version;
-        Ok(())
+        let written =
+            lock.and_then(|_held| crate::files::replace(&self.path, text.as_bytes(), 0o600, None));
+        // Our own write is no change to take in later, whether it landed or not.
+        file.stamp = stamp(&self.path).unwrap_or(file.stamp);
+        written.map_err(save_error)?;
+        Ok(true)
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -232,6 +272,73 @@ impl fmt::Display for BadLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
     }
+}
+
+/// Removes `domain` from the file at `path` (the running server follows within a second).
+/// Returns the level it had, `None` when it was not remembered (the file is then left alone).
+pub fn forget(path: &Path, domain: &str) -> io::Result<Option<Level>> {
+    let domain = normalise(domain);
+    let _held = lock_dir(path)?;
+    let (mut levels, _) = read(path)?;
+    let Some(level) = levels.remove(&domain) else {
+        return Ok(None);
+    };
+    crate::files::replace(path, render(&levels).as_bytes(), 0o600, None)?;
+    Ok(Some(level))
+}
+
+/// The levels in the file at `path` (missing: none), and its bad lines.
+fn read(path: &Path) -> io::Result<(HashMap<String, Level>, Vec<BadLine>)> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut levels: HashMap<String, Level> = HashMap::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match parse_line(line) {
+            Ok((domain, level)) => {
+                let known = levels.entry(domain).or_insert(level);
+                *known = (*known).max(level);
+            }
+            Err(reason) => bad.push(BadLine {
+                file: path.to_path_buf(),
+                line: i + 1,
+                reason,
+            }),
+        }
+    }
+    Ok((levels, bad))
+}
+
+/// The file's [`Stamp`].
+fn stamp(path: &Path) -> io::Result<Stamp> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some((
+            m.ino(),
+            m.size(),
+            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// An exclusive lock of the directory holding `path`, held while the returned file is open:
+/// the server and `postern tls forget` take turns.
+fn lock_dir(path: &Path) -> io::Result<fs::File> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let handle = fs::File::open(dir)?;
+    handle.lock()?;
+    Ok(handle)
 }
 
 /// A domain as stored: lower case, no trailing dot.
@@ -411,6 +518,50 @@ mod tests {
             Err(RecordError::Save { .. })
         ));
         assert_eq!(memory.required("example.org"), Level::Verified);
+    }
+
+    #[test]
+    fn a_forgotten_domain_is_dropped_by_the_running_memory_too() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(FILE_NAME);
+        let (memory, _) = open(&path);
+        memory.record("a.example", Level::Verified).expect("a");
+        memory.record("b.example", Level::Tls).expect("b");
+        assert_eq!(
+            forget(&path, "A.Example.").expect("forget"),
+            Some(Level::Verified)
+        );
+        assert_eq!(forget(&path, "never.example").expect("forget"), None);
+        // The running memory takes the file in at its next look (a second at most)...
+        std::thread::sleep(CHECK_INTERVAL);
+        assert_eq!(memory.required("a.example"), Level::Plaintext);
+        assert_eq!(memory.required("b.example"), Level::Tls);
+        // ...and a later raise of another domain does not bring it back.
+        memory.record("c.example", Level::Tls).expect("c");
+        let text = fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("a.example"), "{text}");
+        assert!(text.contains("b.example tls\nc.example tls\n"), "{text}");
+        assert_eq!(
+            memory.levels(),
+            vec![
+                ("b.example".into(), Level::Tls),
+                ("c.example".into(), Level::Tls)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_raise_takes_in_a_forget_made_just_before() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(FILE_NAME);
+        let (memory, _) = open(&path);
+        memory.record("a.example", Level::Tls).expect("a");
+        forget(&path, "a.example").expect("forget");
+        // No wait: the raise itself looks at the file first.
+        memory.record("b.example", Level::Tls).expect("b");
+        let text = fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("a.example"), "{text}");
+        assert_eq!(memory.required("a.example"), Level::Plaintext);
     }
 
     #[test]

@@ -418,7 +418,8 @@ async fn deliver_group(
                 "TLS"
             };
             because = format!(
-                "{domain} has offered {level} before, so tls-domains requires it (never lowered)"
+                "{domain} has offered {level} before, so tls-domains requires it (if it \
+                 really lost it: postern tls forget {domain})"
             );
         }
         // MTA-STS (RFC 8461 5): in enforce mode, only the MX hosts the policy lists, and
