@@ -257,8 +257,32 @@ impl Settings {
 
     /// Checks the text of a configuration file read from `file` in `dir`.
     pub fn parse(dir: &Path, file: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let misplaced = |line: usize, key: String, table: String| ConfigError {
+            file: file.to_path_buf(),
+            line: Some(line),
+            message: format!(
+                "`{key}` is a top-level key, but this line is inside [{table}]: a key belongs \
+                 to the table whose header is above it"
+            ),
+            fix: "move the line above the first [table] header".into(),
+        };
+        // In the tables whose keys are names (addresses, domains), a top-level key parses
+        // as one of them: say so instead of taking it.
+        if let Some((line, key, table)) = misplaced_keys(text)
+            .into_iter()
+            .find(|(_, _, table)| MAP_TABLES.contains(&table.as_str()))
+        {
+            return Err(misplaced(line, key, table));
+        }
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, &s));
+            if let Some(line) = line
+                && let Some((_, key, table)) = misplaced_keys(text)
+                    .into_iter()
+                    .find(|(l, _, _)| *l == line)
+            {
+                return misplaced(line, key, table);
+            }
             ConfigError {
                 file: file.to_path_buf(),
                 line,
@@ -511,6 +535,52 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The 1-based line holding the start of `span`.
+/// The keys of the file's top level (before any table header).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "hostname",
+    "data_dir",
+    "max_message_size",
+    "min_free_space",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_per_ip_exempt",
+    "min_data_rate",
+    "tls_handshake_timeout",
+    "shutdown_grace",
+    "tls_reload_interval",
+    "command_timeout",
+    "data_timeout",
+    "session_timeout",
+];
+
+/// The tables whose keys are names chosen by the operator.
+const MAP_TABLES: &[&str] = &["senders", "routes", "mailboxes"];
+
+/// The lines below a table header whose key is a top-level key: (line, key, table). A
+/// top-level key that the table also has (`max_connections` of `[listeners]`) is listed too;
+/// callers decide.
+fn misplaced_keys(text: &str) -> Vec<(usize, String, String)> {
+    let mut table: Option<String> = None;
+    let mut found = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.trim_start_matches('[');
+            let name = name.split(']').next().unwrap_or("").trim();
+            table = Some(name.to_string());
+            continue;
+        }
+        let (Some(t), Some((key, _))) = (&table, line.split_once('=')) else {
+            continue;
+        };
+        let key = key.trim().trim_matches('"');
+        if TOP_LEVEL_KEYS.contains(&key) {
+            found.push((i + 1, key.to_string(), t.clone()));
+        }
+    }
+    found
+}
+
 fn line_of(text: &str, span: &Range<usize>) -> usize {
     let end = span.start.min(text.len());
     text.as_bytes()[..end]
@@ -541,6 +611,21 @@ mod tests {
 
     fn parse(text: &str) -> Result<Settings, ConfigError> {
         Settings::parse(Path::new("/c"), Path::new("/c/postern.toml"), text)
+    }
+
+    /// The list used to explain misplaced keys names the top level's keys, each accepted.
+    #[test]
+    fn top_level_keys_are_top_level() {
+        for key in TOP_LEVEL_KEYS {
+            let value = match *key {
+                "hostname" | "data_dir" => "\"x\"",
+                "max_connections_per_ip_exempt" => "[]",
+                _ => "10",
+            };
+            let text = format!("{key} = {value}\n");
+            let raw: Result<RawFile, _> = toml::from_str(&text);
+            assert!(raw.is_ok(), "{key}: {raw:?}");
+        }
     }
 
     #[test]
@@ -682,6 +767,18 @@ mod tests {
                 2,
                 "out of range",
                 "at least 1",
+            ),
+            (
+                "[listeners]\nsmtp = [\"[::1]:25\"]\n[auth]\nsmtp_listener = false\nhostname = \"mx.b\"\n",
+                5,
+                "`hostname` is a top-level key, but this line is inside [auth]",
+                "above the first [table]",
+            ),
+            (
+                "[listeners]\nsmtp = [\"[::1]:25\"]\n[routes]\n\"b.example\" = \"mx.b\"\ndata_dir = \"/x\"\n",
+                5,
+                "`data_dir` is a top-level key, but this line is inside [routes]",
+                "above the first [table]",
             ),
             (
                 "[listeners]\nsmtp = [\"[::1]:25\"]\n[auth]\n\nmin_password_length = 0\n",
