@@ -563,6 +563,69 @@ fn a_broken_users_aliases_or_key_file_refuses_to_start() {
     }
 }
 
+/// `postern config check` reads what serve reads and reports every problem at once (file,
+/// line, fix), warnings after; exit 1. Once they are fixed: exit 0, and serve starts.
+#[test]
+fn config_check_reports_every_problem_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::write(
+        root.join("postern.toml"),
+        "hostname = \"localhost\"\ndata_dir = \"data\"\n[listeners]\nsmtp = [\"127.0.0.1:0\"]\n",
+    )
+    .expect("write");
+    for domain in ["localhost", "other.example"] {
+        fs::create_dir_all(root.join("domains").join(domain).join("dkim")).expect("domain");
+    }
+    let local = root.join("domains/localhost");
+    fs::write(local.join("users"), "alice\nbob:secret\n").expect("users");
+    fs::write(local.join("aliases"), "a: alice\na: bob\n").expect("aliases");
+    let other = root.join("domains/other.example");
+    fs::write(other.join("aliases"), "no colon here\n").expect("aliases");
+    fs::write(other.join("dkim/s1.pem"), "not a key\n").expect("key");
+    let check = || {
+        Command::new(BINARY)
+            .arg("-C")
+            .arg(root)
+            .args(["config", "check"])
+            .output()
+            .expect("run postern")
+    };
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for want in [
+        "domains/localhost/users, line 2: malformed user",
+        "domains/other.example/aliases, line 1: ",
+        "domains/other.example/dkim/s1.pem: ",
+        "certs/localhost",
+        "fix: correct the line",
+        "warning: ",
+        "postern: 4 problems: serve would not start",
+    ] {
+        assert!(stderr.contains(want), "{want:?} in\n{stderr}");
+    }
+    // Nothing was started or created.
+    assert!(!root.join("data").exists());
+
+    fs::write(local.join("users"), "alice\n").expect("users");
+    fs::write(other.join("aliases"), "postmaster: alice@localhost\n").expect("aliases");
+    fs::remove_file(other.join("dkim/s1.pem")).expect("key");
+    common::write_certbot(&root.join("certs/localhost"), &common::cert(&["localhost"]));
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("postern.toml: ok (hostname localhost"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("certificates: "), "{stdout}");
+}
+
 #[test]
 fn a_missing_certificate_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,6 +5,7 @@
 //! `/etc/postern` if it exists, else `./postern-data`.
 
 pub mod alias;
+pub mod config;
 pub mod dkim;
 pub mod queue;
 pub mod tls;
@@ -48,6 +49,8 @@ pub enum Command {
     Queue(Queue),
     /// The TLS levels remembered per recipient domain.
     Tls(Tls),
+    /// Check the configuration directory.
+    Config(Config),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -193,6 +196,29 @@ pub enum QueueCommand {
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "recovery")]
 pub struct QueueRecovery {}
+
+/// the configuration directory: check it (postern.toml, every domain's users, aliases and
+/// DKIM keys, the certificates) without starting anything
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "config")]
+pub struct Config {
+    #[argh(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// A config command.
+#[derive(Debug, FromArgs)]
+#[argh(subcommand)]
+pub enum ConfigCommand {
+    /// Check everything serve reads.
+    Check(ConfigCheck),
+}
+
+/// read everything `serve` reads at startup and report every problem with its file and line;
+/// exit status 0 when serve would start, 1 when not
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "check")]
+pub struct ConfigCheck {}
 
 /// the TLS level each recipient domain has shown (data_dir/tls-domains), which outbound
 /// delivery never goes below: list it, or forget a domain that really lost its TLS

@@ -12,6 +12,7 @@
 //! `[checks]` to [`crate::mailauth`], `[delivery]` and `[routes]` to
 //! [`crate::deliver::smtp::settings`], `[mailboxes]` to [`crate::deliver`].
 
+pub mod check;
 pub mod init;
 
 use std::fmt;

@@ -69,11 +69,10 @@ use crate::directory::destinations::AliasCell;
 use crate::directory::logins::Authenticator;
 use crate::directory::recipients::Recipients;
 use crate::directory::relay::Policy;
-use crate::directory::users::{UserDb, UserDbError};
+use crate::directory::users::UserDb;
 use crate::dns::{Resolver, ResolverConfig};
 use crate::log::{self, Event};
 use crate::mailauth::Inbound;
-use crate::mailauth::dkim::{DkimError, DkimKeys};
 use crate::queue::QueueId;
 use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
@@ -517,79 +516,16 @@ impl Runtime {
 /// without it would refuse its mail for good, and a key the server cannot read answers every
 /// submission of its domain 451.
 fn check_directory(settings: &Settings) -> Result<(), ConfigError> {
-    let fix = |what: &str| {
-        format!(
-            "correct the line or remove it, then start again (while the server runs, a broken \
-             {what} file is only logged and its last good version kept)"
-        )
-    };
-    match UserDb::new(settings.domains_dir()).list(None) {
-        Ok(_) => {}
-        Err(UserDbError::Malformed { path, line, reason }) => {
-            return Err(ConfigError {
-                file: path,
-                line: Some(line),
-                message: reason,
-                fix: fix("users"),
-            });
-        }
-        Err(UserDbError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound
-                && !settings.domains_dir().exists() => {}
-        Err(UserDbError::Io { path, source }) => {
-            return Err(ConfigError {
-                file: path,
-                line: None,
-                message: format!("cannot read it: {source}"),
-                fix: "make it readable by the user running postern".into(),
-            });
-        }
-        Err(e) => {
-            return Err(ConfigError {
-                file: settings.domains_dir(),
-                line: None,
-                message: e.to_string(),
-                fix: "check the users files under domains/".into(),
-            });
-        }
-    }
-    let domains = std::fs::read_dir(settings.domains_dir())
+    match crate::config::check::problems(settings)
+        .errors
         .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok());
-    for domain in domains {
-        let unreadable = |file: std::path::PathBuf, message: String| ConfigError {
-            file,
-            line: None,
-            message,
-            fix: "make it readable by the user running postern (see README, systemd: files \
-                  the CLI writes as root get the owner of their directory), or move it away"
-                .into(),
-        };
-        match DkimKeys::load(&settings.dir, &domain) {
-            Err(DkimError::Io { path, source }) => {
-                return Err(unreadable(path, format!("cannot read it: {source}")));
-            }
-            Err(DkimError::BadKey { path, reason }) => return Err(unreadable(path, reason)),
-            // Not a domain name, or fine.
-            _ => {}
-        }
+        .next()
+    {
+        Some(first) => Err(first),
+        None => Ok(()),
     }
-    let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
-    if let Some(p) = aliases.load_quietly().into_iter().find(|p| p.refused) {
-        return Err(ConfigError {
-            file: p.path,
-            line: p.line.filter(|&l| l > 0),
-            message: p.reason,
-            fix: fix("aliases"),
-        });
-    }
-    Ok(())
 }
 
-/// Logs the certificate files that failed to load on a reload.
 /// Logs a certificate reload: its problems (each file kept its previous certificate), then
 /// `reloaded` only when there were none, else what is served now.
 fn log_certs_reloaded(store: &certs::CertStore, problems: &[ConfigError]) {

@@ -1,0 +1,100 @@
+//! The configuration directory beyond postern.toml: every users, aliases and DKIM key file of
+//! every domain, read as `serve` would read them. [`problems`] finds them all (for
+//! `postern config check`); `serve` refuses to start on the first.
+
+use std::path::PathBuf;
+
+use crate::config::{ConfigError, Settings};
+use crate::directory::aliases::Aliases;
+use crate::directory::users::{UserDb, UserDbError};
+use crate::mailauth::dkim::{DkimError, DkimKeys};
+
+/// What the check found: errors (the server would not start) and warnings (it would, and
+/// log them).
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Problems `serve` refuses to start with.
+    pub errors: Vec<ConfigError>,
+    /// Problems it logs and lives with (an aliases key given twice...).
+    pub warnings: Vec<String>,
+}
+
+/// The domain directories under `domains/`, sorted by name.
+fn domain_names(settings: &Settings) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(settings.domains_dir())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Reads every users, aliases and DKIM key file under `settings`' `domains/`.
+pub fn problems(settings: &Settings) -> Findings {
+    let mut found = Findings::default();
+    let fix = |what: &str| {
+        format!(
+            "correct the line or remove it, then start again (while the server runs, a broken \
+             {what} file is only logged and its last good version kept)"
+        )
+    };
+    let unreadable_fix = "make it readable by the user running postern (see README, systemd: \
+        files the CLI writes as root get the owner of their directory), or move it away";
+    let users = UserDb::new(settings.domains_dir());
+    for domain in domain_names(settings) {
+        match users.list(Some(&domain)) {
+            Ok(_) => {}
+            Err(UserDbError::Malformed { path, line, reason }) => {
+                found.errors.push(ConfigError {
+                    file: path,
+                    line: Some(line),
+                    message: reason,
+                    fix: fix("users"),
+                });
+            }
+            Err(UserDbError::Io { path, source }) => found.errors.push(ConfigError {
+                file: path,
+                line: None,
+                message: format!("cannot read it: {source}"),
+                fix: unreadable_fix.into(),
+            }),
+            // Not a domain name: the server ignores the directory.
+            Err(e) => found.warnings.push(format!(
+                "{}: {e}; not a local domain",
+                settings.domains_dir().join(&domain).display()
+            )),
+        }
+        let key_problem = |file: PathBuf, message: String| ConfigError {
+            file,
+            line: None,
+            message,
+            fix: unreadable_fix.into(),
+        };
+        match DkimKeys::load(&settings.dir, &domain) {
+            Err(DkimError::Io { path, source }) => found
+                .errors
+                .push(key_problem(path, format!("cannot read it: {source}"))),
+            Err(DkimError::BadKey { path, reason }) => {
+                found.errors.push(key_problem(path, reason));
+            }
+            _ => {}
+        }
+    }
+    let aliases = Aliases::new(settings.domains_dir(), settings.alias_options.clone());
+    for p in aliases.load_quietly() {
+        if p.refused {
+            found.errors.push(ConfigError {
+                file: p.path,
+                line: p.line.filter(|&l| l > 0),
+                message: p.reason,
+                fix: fix("aliases"),
+            });
+        } else {
+            found.warnings.push(p.to_string());
+        }
+    }
+    found
+}
