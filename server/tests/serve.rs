@@ -624,6 +624,38 @@ fn config_check_reports_every_problem_at_once() {
         "{stdout}"
     );
     assert!(stdout.contains("certificates: "), "{stdout}");
+    // Files written 0644 (as a git clone leaves them): warned about, and fixed on request.
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("domains/localhost/users is readable by every user of this machine (mode 0644); it should be 0640"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("certs/localhost/privkey.pem is readable"),
+        "{stderr}"
+    );
+    let fix = Command::new(BINARY)
+        .arg("-C")
+        .arg(root)
+        .args(["config", "check", "--fix-modes"])
+        .output()
+        .expect("run postern");
+    assert!(fix.status.success(), "{fix:?}");
+    assert!(
+        String::from_utf8_lossy(&fix.stdout).contains("fixed the mode of "),
+        "{fix:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(local.join("users"))
+        .expect("users")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+    let again = check();
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("readable by every user"),
+        "{again:?}"
+    );
 }
 
 #[test]
@@ -658,6 +690,13 @@ fn first_run_creates_the_embedded_default() {
         first.contains("created the default configuration"),
         "{first}"
     );
+    // The state directory beside the configuration, made before the listeners are bound.
+    let state = tmp.path().join("postern-data-state");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.join("mail").is_dir() {
+        assert!(Instant::now() < deadline, "no {}", state.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = child.0.kill();
     let config = fs::read_to_string(dir.join("postern.toml")).expect("postern.toml");
     for key in [
@@ -673,6 +712,16 @@ fn first_run_creates_the_embedded_default() {
     assert!(dir.join("certs/localhost/fullchain.pem").is_file());
     assert!(dir.join("certs/localhost/privkey.pem").is_file());
     assert!(dir.join("domains/localhost").is_dir());
+    // Ready for git: a .gitignore for the secrets, and the state beside, not inside.
+    let ignore = fs::read_to_string(dir.join(".gitignore")).expect(".gitignore");
+    for line in ["certs/", "domains/*/dkim/*.pem", "srs.key"] {
+        assert!(ignore.lines().any(|l| l == line), "{line} in\n{ignore}");
+    }
+    assert!(
+        !config.lines().any(|l| l.starts_with("data_dir")),
+        "{config}"
+    );
+    assert!(!dir.join("mail").exists() && !dir.join("queue").exists());
 }
 
 struct KillOnDrop(Child);

@@ -21,6 +21,14 @@ pub enum ConfigCmdError {
     /// the rest is).
     #[error(transparent)]
     File(#[from] ConfigError),
+    /// A mode could not be changed.
+    #[error("cannot fix the modes under {}: {source}", dir.display())]
+    FixModes {
+        /// The configuration directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Problems in the other files (printed already).
     #[error(
         "{count} problem{}: serve would not start",
@@ -35,9 +43,29 @@ pub enum ConfigCmdError {
 /// Runs a config command against the configuration directory `dir`.
 pub fn run(dir: &Path, command: ConfigCommand) -> Result<(), ConfigCmdError> {
     match command {
-        ConfigCommand::Check(_) => {
+        ConfigCommand::Check(c) => {
             let settings = Settings::load(dir)?;
             let mut found = crate::config::check::problems(&settings);
+            let loose = crate::config::check::loose_modes(&settings);
+            if c.fix_modes {
+                let fixed = crate::config::check::fix_modes(&loose).map_err(|source| {
+                    ConfigCmdError::FixModes {
+                        dir: settings.dir.clone(),
+                        source,
+                    }
+                })?;
+                for path in &fixed {
+                    println!("fixed the mode of {}", path.display());
+                }
+                found.warnings.extend(
+                    loose
+                        .iter()
+                        .filter(|l| !fixed.contains(&l.path))
+                        .map(|l| format!("{l} (a symbolic link: fix its target)")),
+                );
+            } else {
+                found.warnings.extend(loose.iter().map(|l| l.to_string()));
+            }
             let certificates = match crate::tls::certs::load(&settings) {
                 Ok(store) => Some(store.summary()),
                 Err(e) => {

@@ -18,7 +18,7 @@ use argh::FromArgs;
 use crate::mailauth::dkim::KeyAlgorithm;
 
 /// The system-wide configuration directory, used when it exists.
-const SYSTEM_DIR: &str = "/etc/postern";
+const SYSTEM_DIR: &str = crate::config::SYSTEM_CONFIG_DIR;
 /// The directory used when neither `-C` nor the system directory is there.
 const LOCAL_DIR: &str = "postern-data";
 
@@ -218,7 +218,12 @@ pub enum ConfigCommand {
 /// exit status 0 when serve would start, 1 when not
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "check")]
-pub struct ConfigCheck {}
+pub struct ConfigCheck {
+    /// take the read and write rights of other users off the secret files (users files,
+    /// DKIM and TLS private keys), as after a git clone
+    #[argh(switch)]
+    pub fix_modes: bool,
+}
 
 /// the TLS level each recipient domain has shown (data_dir/tls-domains), which outbound
 /// delivery never goes below: list it, or forget a domain that really lost its TLS

@@ -98,3 +98,83 @@ pub fn problems(settings: &Settings) -> Findings {
     }
     found
 }
+
+/// A secret file that others (not its owner or group) may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LooseMode {
+    /// The file.
+    pub path: PathBuf,
+    /// Its permission bits now.
+    pub mode: u32,
+}
+
+impl LooseMode {
+    /// The bits it should have: the same, less everything for others.
+    pub fn wanted(&self) -> u32 {
+        self.mode & 0o770
+    }
+}
+
+impl std::fmt::Display for LooseMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is readable by every user of this machine (mode {:04o}); it should be {:04o}: \
+             postern config check --fix-modes",
+            self.path.display(),
+            self.mode,
+            self.wanted()
+        )
+    }
+}
+
+/// The secret files others may read or write: each domain's users file and DKIM private
+/// keys, and the private keys under `certs/` (`privkey.pem`, `*.key`). A fresh `git clone`
+/// leaves them 0644. Symbolic links (to /etc/letsencrypt) are followed for the check.
+pub fn loose_modes(settings: &Settings) -> Vec<LooseMode> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secrets = Vec::new();
+    for domain in domain_names(settings) {
+        let dir = settings.domains_dir().join(&domain);
+        secrets.push(dir.join(crate::directory::users::USERS_FILE));
+        let keys = std::fs::read_dir(dir.join("dkim")).into_iter().flatten();
+        secrets.extend(
+            keys.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pem")),
+        );
+    }
+    let certs = std::fs::read_dir(settings.certs_dir())
+        .into_iter()
+        .flatten();
+    for entry in certs.filter_map(Result::ok) {
+        let files = std::fs::read_dir(entry.path()).into_iter().flatten();
+        secrets.extend(files.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
+            p.file_name().is_some_and(|n| n == "privkey.pem")
+                || p.extension().is_some_and(|x| x == "key")
+        }));
+    }
+    secrets.sort();
+    secrets
+        .into_iter()
+        .filter_map(|path| {
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o007 != 0).then_some(LooseMode { path, mode })
+        })
+        .collect()
+}
+
+/// Takes the others' bits off each file of `loose` that is not a symbolic link (a link's
+/// target belongs to whoever made it: certbot, acme.sh). Returns what was changed.
+pub fn fix_modes(loose: &[LooseMode]) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixed = Vec::new();
+    for l in loose {
+        if std::fs::symlink_metadata(&l.path)?.file_type().is_symlink() {
+            continue;
+        }
+        std::fs::set_permissions(&l.path, std::fs::Permissions::from_mode(l.wanted()))?;
+        fixed.push(l.path.clone());
+    }
+    Ok(fixed)
+}

@@ -3,7 +3,9 @@
 //! A directory without `postern.toml` gets [`DEFAULT_CONFIG`] (hostname `localhost`, loopback
 //! listeners only), a self-signed certificate for `localhost` in the certbot layout
 //! (`certs/localhost/fullchain.pem` and `privkey.pem`), and `domains/localhost/`, so that
-//! `postern serve` works out of the box and cannot be reached from the network until edited.
+//! `postern serve` works out of the box and cannot be reached from the network until edited,
+//! and a `.gitignore` for what a repository of the directory must not hold ([`GITIGNORE`]).
+//! State goes to the sibling `<name>-state` directory (`config::default_data_dir`).
 //! Existing files are never overwritten.
 
 use std::fs::{self, OpenOptions};
@@ -43,8 +45,12 @@ hostname = "localhost"
 
 # Where mail and the queue live. Mail for alice@example.org is delivered to the Maildir
 # <data_dir>/mail/example.org/alice/; the queue (messages accepted and not yet delivered)
-# is the database in <data_dir>/queue/. "." is this directory.
-data_dir = "."
+# is the database in <data_dir>/queue/; the SRS key, the TLS memory and the MTA-STS cache
+# are there too. Without this key: /var/lib/postern for /etc/postern, else the directory
+# beside this one named "<this directory's name>-state" (postern-data-state), so that this
+# directory can be kept in git without any of it (see .gitignore). A relative path is
+# relative to this directory.
+# data_dir = "/var/lib/postern"
 
 # The largest message accepted, in bytes; advertised with SIZE (RFC 1870).
 # 52428800 bytes = 50 MiB.
@@ -238,6 +244,26 @@ temperror = "accept"
 [senders]
 "#;
 
+/// The `.gitignore` of a new configuration directory: what a repository of it must not
+/// hold (README, "Keep the configuration in git").
+pub const GITIGNORE: &str = "\
+# postern: what a git repository of this directory must not hold.
+# TLS certificates and their private keys: certbot or acme.sh makes them again.
+certs/
+# DKIM private keys: secret. Copy them by hand to a new server (their public halves are in
+# DNS, and a new key needs a new record).
+domains/*/dkim/*.pem
+# Passwords, such as a smarthost's password_file.
+*.secret
+# State, when data_dir points inside this directory.
+queue/
+queue.damaged-*
+mail/
+srs.key
+tls-domains
+mta-sts
+";
+
 /// The host name of the embedded default.
 const DEFAULT_HOSTNAME: &str = "localhost";
 
@@ -272,6 +298,12 @@ pub fn create_default(dir: &Path) -> Result<bool, ConfigError> {
             .map_err(|e| fail(&certs, "private key", e))?;
         write_new(&certs.join("fullchain.pem"), cert.as_bytes(), 0o644)
             .map_err(|e| fail(&certs, "certificate", e))?;
+    }
+
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        write_new(&ignore, GITIGNORE.as_bytes(), 0o644)
+            .map_err(|e| fail(&ignore, ".gitignore", e))?;
     }
 
     // The configuration file last: its presence marks the directory as set up.

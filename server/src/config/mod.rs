@@ -314,14 +314,13 @@ impl Settings {
         };
 
         let (data_dir, data_dir_line) = match raw.data_dir {
+            // Joined, with `.` components dropped (`postern-data/.` is `postern-data`).
             Some(d) => {
                 let line = at(d.span());
-                (d.into_inner(), line)
+                (dir.join(d.into_inner()).components().collect(), line)
             }
-            None => (PathBuf::from("."), None),
+            None => (default_data_dir(dir), None),
         };
-        // Joined, with `.` components dropped (`postern-data/.` is `postern-data`).
-        let data_dir: PathBuf = dir.join(data_dir).components().collect();
 
         let max_message_size = match raw.max_message_size {
             Some(m) if *m.get_ref() < 1024 => {
@@ -536,6 +535,30 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The 1-based line holding the start of `span`.
+/// Where state lives without a `data_dir` key: outside the configuration directory `dir`, so
+/// that it can be kept in git without the queue, the Maildirs and the secrets the server
+/// makes. `/var/lib/postern` for `/etc/postern`, else the sibling `<name>-state`
+/// (`postern-data` → `postern-data-state`). A directory that already holds a queue (`queue/`,
+/// from when state lived beside the configuration) keeps it there: moving it silently would
+/// strand the mail in it.
+pub fn default_data_dir(dir: &Path) -> PathBuf {
+    if dir.join("queue").is_dir() {
+        return dir.components().collect();
+    }
+    if dir == Path::new(SYSTEM_CONFIG_DIR) {
+        return PathBuf::from(SYSTEM_STATE_DIR);
+    }
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => parent.join(format!("{}-state", name.to_string_lossy())),
+        _ => dir.join("postern-state"),
+    }
+}
+
+/// The system configuration directory.
+pub const SYSTEM_CONFIG_DIR: &str = "/etc/postern";
+/// The state directory of the system configuration.
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/postern";
+
 /// The keys of the file's top level (before any table header).
 const TOP_LEVEL_KEYS: &[&str] = &[
     "hostname",
@@ -630,10 +653,30 @@ mod tests {
     }
 
     #[test]
+    fn state_lives_beside_the_configuration_unless_a_queue_is_already_inside() {
+        assert_eq!(
+            default_data_dir(Path::new("/etc/postern")),
+            Path::new("/var/lib/postern")
+        );
+        assert_eq!(
+            default_data_dir(Path::new("/srv/mail/conf")),
+            Path::new("/srv/mail/conf-state")
+        );
+        assert_eq!(
+            default_data_dir(Path::new("postern-data")),
+            Path::new("postern-data-state")
+        );
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(tmp.path().join("queue")).expect("queue");
+        assert_eq!(default_data_dir(tmp.path()), tmp.path());
+    }
+
+    #[test]
     fn the_default_file_parses() {
         let s = parse(crate::config::init::DEFAULT_CONFIG).expect("default parses");
         assert_eq!(s.hostname, "localhost");
-        assert_eq!(s.data_dir, Path::new("/c"));
+        // No data_dir in the default: the state directory beside the configuration.
+        assert_eq!(s.data_dir, Path::new("/c-state"));
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(s.min_free_space, 2 * DEFAULT_MAX_MESSAGE_SIZE);
         assert_eq!(s.timeouts, Timeouts::default());

@@ -175,7 +175,24 @@ pub fn serve_with(
         ));
     }
     let settings = Settings::load(dir)?;
+    if settings.data_dir_line.is_none() && settings.data_dir == settings.dir {
+        log::line(Event::Startup)
+            .text(
+                "msg",
+                format!(
+                    "state stays in the configuration directory {}, which holds a queue (the \
+                     old default): set data_dir in postern.toml to keep them apart (README: \
+                     Keep the configuration in git)",
+                    settings.dir.display()
+                ),
+            )
+            .write();
+    }
     check_directory(&settings)?;
+    // As ssh does for its keys, only louder than silence: secrets others can read.
+    for loose in crate::config::check::loose_modes(&settings) {
+        log::line(Event::Startup).text("warning", &loose).write();
+    }
     let certs_snapshot = Snapshot::take(&settings.certs_dir());
     let store = certs::load(&settings)?;
     log::line(Event::Tls)
