@@ -7,6 +7,7 @@
 pub mod alias;
 pub mod config;
 pub mod dkim;
+pub mod init;
 pub mod queue;
 pub mod tls;
 pub mod user;
@@ -51,6 +52,8 @@ pub enum Command {
     Tls(Tls),
     /// Check the configuration directory.
     Config(Config),
+    /// Set up a configuration directory for a real domain.
+    Init(Init),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -196,6 +199,26 @@ pub enum QueueCommand {
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "recovery")]
 pub struct QueueRecovery {}
+
+/// set up the configuration directory (-C, e.g. /etc/postern) for DOMAIN on a real server:
+/// postern.toml with the standard ports on every address, domains/DOMAIN/, an RSA and an
+/// Ed25519 DKIM key, a .gitignore; then print every DNS record to publish
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "init")]
+pub struct Init {
+    /// the mail domain, e.g. example.org
+    #[argh(positional)]
+    pub domain: String,
+    /// this server's name (its MX host; default: mx.DOMAIN)
+    #[argh(option)]
+    pub hostname: Option<String>,
+    /// this server's public IPv4 address, for the A record and the PTR to ask for
+    #[argh(option)]
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// this server's public IPv6 address, for the AAAA record and the PTR to ask for
+    #[argh(option)]
+    pub ipv6: Option<std::net::Ipv6Addr>,
+}
 
 /// the configuration directory: check it (postern.toml, every domain's users, aliases and
 /// DKIM keys, the certificates) without starting anything

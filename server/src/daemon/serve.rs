@@ -926,8 +926,24 @@ fn bind(settings: &Settings, listener: &Listener) -> Result<Async<TcpListener>, 
             fix,
         }
     };
-    let socket = TcpListener::bind(listener.addr).map_err(error)?;
+    let socket = listen(listener.addr).map_err(error)?;
     Async::new(socket).map_err(error)
+}
+
+/// A listening socket on `addr`. An IPv6 one takes IPv6 only, so that `"0.0.0.0:25"` and
+/// `"[::]:25"` can be listed side by side whatever the system's default
+/// (`net.ipv6.bindv6only`).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As std's TcpListener::bind does: a restart can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// The session configuration for a role, on a loopback listener or not. AUTH is offered on
