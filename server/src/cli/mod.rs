@@ -7,6 +7,7 @@
 pub mod alias;
 pub mod config;
 pub mod dkim;
+pub mod doctor;
 pub mod init;
 pub mod queue;
 pub mod tls;
@@ -54,6 +55,8 @@ pub enum Command {
     Config(Config),
     /// Set up a configuration directory for a real domain.
     Init(Init),
+    /// Check the DNS records of the local domains.
+    Doctor(Doctor),
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -199,6 +202,24 @@ pub enum QueueCommand {
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "recovery")]
 pub struct QueueRecovery {}
+
+/// check, through [dns], what the world sees of this server: MX, the hostname's addresses,
+/// PTR (FCrDNS), SPF, DKIM, DMARC, TLS-RPT, MTA-STS, the certificate; each finding ok,
+/// warning or error with the record to publish; exit status 1 on an error
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "doctor")]
+pub struct Doctor {
+    /// only this local domain
+    #[argh(positional)]
+    pub domain: Option<String>,
+    /// this server's public address (repeat for IPv4 and IPv6; default: the smtp listeners'
+    /// own addresses when they are not wildcards)
+    #[argh(option)]
+    pub ip: Vec<std::net::IpAddr>,
+    /// print the findings as JSON
+    #[argh(switch)]
+    pub json: bool,
+}
 
 /// set up the configuration directory (-C, e.g. /etc/postern) for DOMAIN on a real server:
 /// postern.toml with the standard ports on every address, domains/DOMAIN/, an RSA and an

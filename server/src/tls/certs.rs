@@ -296,6 +296,20 @@ impl CertStore {
     }
 
     /// What was loaded, for a log line: `file (name, name) file (name)`.
+    /// The chain file of the default certificate (the one holding the host name) and when
+    /// it expires (its first certificate's notAfter).
+    pub fn default_expiry(&self) -> Option<(PathBuf, SystemTime)> {
+        let key = self.default.first()?;
+        let loaded = self.loaded.iter().find(|l| Arc::ptr_eq(&l.key, key))?;
+        let der = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        Some((
+            loaded.chain.clone(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        ))
+    }
+
     pub fn summary(&self) -> String {
         self.loaded
             .iter()

@@ -1,0 +1,151 @@
+//! `postern doctor`: the DNS a domain publishes, seen through a test DNS server on loopback
+//! (the server's `[dns]`). One zone that is right, and one with a mistake for each check; the
+//! findings, their fixes, the exit status and the JSON form.
+
+mod common;
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use postern::dns::test_server::TestServer;
+
+/// A configuration for mx.example.org (domain example.org, an RSA key `sel`) whose resolver
+/// is a test DNS server publishing `zone` plus, when `publish_key`, the key's record.
+fn setup(zone: &str, publish_key: bool) -> (tempfile::TempDir, TestServer) {
+    // The key first (in a directory of its own), so its record can go into the zone.
+    let keys = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(keys.path().join("domains/example.org")).expect("domain");
+    let record = common::keygen(keys.path(), "example.org", "rsa2048", "sel");
+    let mut text = format!(
+        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+         org. 3600 SOA ns.org. hostmaster.org. 1 7200 900 1209600 300\n\
+         arpa. 3600 SOA ns.arpa. hostmaster.arpa. 1 7200 900 1209600 300\n{zone}"
+    );
+    if publish_key {
+        text.push_str(&common::zone_line(&record));
+        text.push('\n');
+    }
+    let zone_file = keys.path().join("zone");
+    fs::write(&zone_file, text).expect("zone");
+    let dns = TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone_file).expect("dns");
+    let dir = common::instance(
+        "mx.example.org",
+        &[("example.org", &["alice"])],
+        &format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr),
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    let dkim = dir.path().join("domains/example.org/dkim");
+    fs::create_dir_all(&dkim).expect("dkim");
+    fs::copy(
+        keys.path().join("domains/example.org/dkim/sel.pem"),
+        dkim.join("sel.pem"),
+    )
+    .expect("copy the key");
+    (dir, dns)
+}
+
+fn doctor(dir: &Path, args: &[&str]) -> Output {
+    Command::new(common::BINARY)
+        .arg("-C")
+        .arg(dir)
+        .arg("doctor")
+        .args(["--ip", "127.0.0.1"])
+        .args(args)
+        .output()
+        .expect("run postern")
+}
+
+const RIGHT: &str = "\
+example.org. 300 MX 10 mx.example.org.
+mx.example.org. 300 A 127.0.0.1
+1.0.0.127.in-addr.arpa. 300 PTR mx.example.org.
+example.org. 300 TXT \"v=spf1 mx -all\"
+_dmarc.example.org. 300 TXT \"v=DMARC1; p=reject; rua=mailto:postmaster@example.org\"
+_smtp._tls.example.org. 300 TXT \"v=TLSRPTv1; rua=mailto:postmaster@example.org\"
+";
+
+#[test]
+fn a_right_zone_is_all_ok() {
+    let (dir, _dns) = setup(RIGHT, true);
+    let out = doctor(dir.path(), &[]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "ok      mx.example.org address: mx.example.org has 127.0.0.1",
+        "ok      mx.example.org ptr: 127.0.0.1 is mx.example.org, and mx.example.org has 127.0.0.1 (FCrDNS)",
+        "ok      mx.example.org certificate: ",
+        "ok      example.org mx: mx.example.org is an MX (preference 10)",
+        "ok      example.org spf: \"v=spf1 mx -all\" passes for 127.0.0.1",
+        "ok      example.org dkim: selector sel (rsa-sha256) is published",
+        "ok      example.org dmarc: p=reject; reports to postmaster@example.org",
+        "ok      example.org tls-rpt: ",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
+    assert!(!shown.contains("error"), "{shown}");
+}
+
+#[test]
+fn each_mistake_is_an_error_with_its_fix() {
+    let wrong = "\
+example.org. 300 MX 10 mail.elsewhere.test.
+mx.example.org. 300 A 127.0.0.1
+example.org. 300 TXT \"v=spf1 include:missing.example.test -all\"
+_dmarc.example.org. 300 TXT \"v=DMARC1; p=\"
+";
+    let (dir, _dns) = setup(wrong, false);
+    let out = doctor(dir.path(), &[]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    for want in [
+        "error   mx.example.org ptr: 127.0.0.1 has no reverse name (PTR)",
+        "fix: ask your provider to set the reverse name of 127.0.0.1 to mx.example.org",
+        "error   example.org mx: the MX records name mail.elsewhere.test, not mx.example.org",
+        "fix: example.org. IN MX 10 mx.example.org.",
+        "error   example.org spf: \"v=spf1 include:missing.example.test -all\" gives permerror for 127.0.0.1",
+        "fix: example.org. IN TXT \"v=spf1 mx -all\"",
+        "error   example.org dkim: selector sel (rsa-sha256) is not published",
+        "fix: sel._domainkey.example.org. IN TXT \"v=DKIM1; k=rsa; p=",
+        "warning example.org tls-rpt: no TLS-RPT record (optional)",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
+    assert!(
+        shown.contains("error   example.org dmarc: the record does not parse"),
+        "{shown}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error(s) found"),
+        "{out:?}"
+    );
+
+    // The same as JSON, for scripts.
+    let out = doctor(dir.path(), &["--json", "example.org"]);
+    assert_eq!(out.status.code(), Some(1));
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON document");
+    let mx = findings
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|f| f["check"] == "mx")
+        .expect("the mx finding");
+    assert_eq!(mx["level"], "error");
+    assert_eq!(mx["domain"], "example.org");
+    assert_eq!(mx["fix"], "example.org. IN MX 10 mx.example.org.");
+    let other = Command::new(common::BINARY)
+        .arg("-C")
+        .arg(dir.path())
+        .args(["doctor", "other.example"])
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("other.example is not a local domain"),
+        "{other:?}"
+    );
+}
