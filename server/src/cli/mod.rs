@@ -57,6 +57,18 @@ pub enum Command {
     Init(Init),
     /// Check the DNS records of the local domains.
     Doctor(Doctor),
+    /// The running server's state.
+    Status(Status),
+}
+
+/// the running server: uptime, listeners, open sessions, queue size (through its control
+/// socket)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "status")]
+pub struct Status {
+    /// print it as JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// run the SMTP server on the configured listeners (creates the default configuration on
@@ -181,7 +193,8 @@ pub struct AliasResolve {
     pub suffix_separators: Option<String>,
 }
 
-/// the queue: list what startup recovered from a damaged queue store (recovery)
+/// the queue: what is queued now (list), what startup recovered from a damaged queue store
+/// (recovery)
 #[derive(Debug, FromArgs)]
 #[argh(subcommand, name = "queue")]
 pub struct Queue {
@@ -195,6 +208,18 @@ pub struct Queue {
 pub enum QueueCommand {
     /// Past recoveries of the queue store.
     Recovery(QueueRecovery),
+    /// What is queued now.
+    List(QueueList),
+}
+
+/// list the messages queued now, oldest first, with each recipient's state, attempts, next
+/// attempt and last error (asks the running server, through its control socket)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "list")]
+pub struct QueueList {
+    /// print the list as JSON
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// list the queue recoveries: when, how many messages were recovered and lost (with their

@@ -19,6 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cli::QueueCommand;
 use crate::config::{ConfigError, Settings};
+use crate::daemon::control;
 use crate::queue::recovery::Report;
 
 /// What a queue command can fail with.
@@ -27,6 +28,12 @@ pub enum QueueCmdError {
     /// postern.toml does not load.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The running server could not be asked.
+    #[error(transparent)]
+    Ask(#[from] crate::daemon::control::AskError),
+    /// The server's answer is not what was expected.
+    #[error("the server answered {0:?}")]
+    Answer(String),
     /// The reports cannot be listed or read.
     #[error("cannot read the reports in {}: {source}", data_dir.display())]
     Reports {
@@ -57,6 +64,86 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             crate::log::status(format_args!("{}", out.trim_end()));
             Ok(())
         }
+        QueueCommand::List(c) => {
+            let settings = crate::cli::settings_or_defaults(dir)?;
+            let answer = control::ask(&settings.data_dir, "queue-list")?;
+            let entries: Vec<control::QueueEntry> = serde_json::from_str(answer.trim())
+                .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+            if c.json {
+                println!("{}", answer.trim());
+                return Ok(());
+            }
+            if entries.is_empty() {
+                println!("the queue is empty");
+            }
+            for e in &entries {
+                println!(
+                    "{} {} {} bytes, from {}, queued {} ago",
+                    e.id,
+                    e.received,
+                    e.size,
+                    e.from,
+                    human(e.age_seconds)
+                );
+                for r in &e.recipients {
+                    let mut line = format!("    {} {}", r.to, r.state);
+                    if r.attempts > 0 {
+                        line.push_str(&format!(", {} attempts", r.attempts));
+                    }
+                    if let Some(next) = &r.next_attempt {
+                        line.push_str(&format!(", next {next}"));
+                    }
+                    if let Some(error) = &r.last_error {
+                        line.push_str(&format!(": {error}"));
+                    }
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `postern status`: the running server's state.
+pub fn status(dir: &Path, json: bool) -> Result<(), QueueCmdError> {
+    let settings = crate::cli::settings_or_defaults(dir)?;
+    let answer = control::ask(&settings.data_dir, "status")?;
+    let s: control::Status = serde_json::from_str(answer.trim())
+        .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+    if json {
+        println!("{}", answer.trim());
+        return Ok(());
+    }
+    println!("{} up {}", s.hostname, human(s.uptime_seconds));
+    for (role, addr) in &s.listeners {
+        println!("listening on {addr} ({role})");
+    }
+    let sessions: Vec<String> = s
+        .sessions
+        .iter()
+        .map(|(role, n)| format!("{role} {n}"))
+        .collect();
+    println!("sessions open: {}", sessions.join(", "));
+    println!(
+        "queue: {} messages, {} recipients pending, oldest {}",
+        s.queued_messages,
+        s.pending_recipients,
+        human(s.oldest_age_seconds)
+    );
+    Ok(())
+}
+
+/// Seconds as `3d4h`, `2h5m`, `4m10s`, `7s`.
+fn human(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
     }
 }
 

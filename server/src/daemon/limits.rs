@@ -102,6 +102,11 @@ impl ConnectionCounter {
         self.lock().total.iter().sum()
     }
 
+    /// How many connections are open on `role`'s listeners.
+    pub fn open_on(&self, role: Role) -> usize {
+        self.lock().total[pool(role)]
+    }
+
     fn lock(&self) -> MutexGuard<'_, Counts> {
         // The counts stay consistent even if a holder panicked: every update is one step.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())

@@ -8,6 +8,7 @@
 //!
 //! May use everything else: this is where the parts are put together.
 
+pub mod control;
 pub mod limits;
 pub mod listeners;
 pub mod serve;

@@ -59,6 +59,7 @@ use runtime_smol::{Connection, Shutdown, TlsAcceptor, TlsMode};
 
 use crate::config::init;
 use crate::config::{ConfigError, HostName, Listener, Role, Settings};
+use crate::daemon::control;
 use crate::daemon::limits::{ConnectionCounter, PerIp, Permit};
 use crate::daemon::systemd;
 use crate::deliver::local::{self, Local};
@@ -259,6 +260,13 @@ pub fn serve_with(
         Control::Channel(rx) => Controls::Channel(rx),
     };
 
+    let control_socket = control::bind(&settings.data_dir).map_err(|e| {
+        settings.data_dir_error(format!(
+            "cannot open the control socket {}: {e}",
+            settings.data_dir.join(control::SOCKET_NAME).display()
+        ))
+    })?;
+    let control_path = settings.data_dir.join(control::SOCKET_NAME);
     log::status(format_args!(
         "postern: {} serving; configuration {}, data {}",
         settings.hostname,
@@ -281,6 +289,17 @@ pub fn serve_with(
         );
     }
 
+    let counter = ConnectionCounter::new();
+    let control_state = Arc::new(control::ControlState {
+        store: queue.store.clone(),
+        counter: counter.clone(),
+        started: std::time::SystemTime::now(),
+        hostname: settings.hostname.clone(),
+        listeners: bound
+            .iter()
+            .map(|(role, local, _)| (*role, *local))
+            .collect(),
+    });
     let shutdown = Shutdown::new();
     let runtime = Arc::new(Runtime {
         dir: dir.to_path_buf(),
@@ -289,7 +308,7 @@ pub fn serve_with(
         queue,
         certificates,
         acceptor,
-        counter: ConnectionCounter::new(),
+        counter,
         activated,
         outbound: outbound.clone(),
         local: workers.clone(),
@@ -307,6 +326,7 @@ pub fn serve_with(
             smtp::start(outbound.clone(), remote_work.clone());
         }
         let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
+        let control_task = smol::spawn(control::serve(control_socket, control_state));
         let tasks: Vec<_> = bound
             .into_iter()
             .map(|(role, _, socket)| smol::spawn(accept_loop(socket, role, runtime.clone())))
@@ -326,6 +346,8 @@ pub fn serve_with(
             }
         };
         watcher.cancel().await;
+        control_task.cancel().await;
+        let _ = std::fs::remove_file(&control_path);
         log::status(format_args!("postern: {name} received, stopping"));
         systemd::notify("STOPPING=1");
         // Cancelling the accept loops drops, and so closes, the listening sockets.

@@ -1,0 +1,281 @@
+//! The control socket: how the command line talks to the running server.
+//!
+//! `<data_dir>/control.sock`, a Unix socket of mode 0600: only the user the server runs as
+//! (and root) can connect; it is never a network port. One request per connection: a line
+//! naming the command, answered with one JSON document, then the connection closes.
+//!
+//! - `queue-list`: every queued message ([`QueueEntry`]), oldest first;
+//! - `status`: uptime, listeners, open sessions, queue counts ([`Status`]).
+//!
+//! An unknown command is answered `{"error": "..."}`. A request line longer than 1 KiB, or
+//! slower than 5 s, is dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_io::{Async, Timer};
+use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, future, io::BufReader};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Role;
+use crate::daemon::limits::ConnectionCounter;
+use crate::log::{self, Event};
+use crate::queue::store::{RecipientState, Store};
+
+/// The socket's file name in the data directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// The longest request line.
+const MAX_REQUEST: u64 = 1024;
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One queued message, as `queue-list` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// The queue id.
+    pub id: String,
+    /// When it was received (RFC 3339).
+    pub received: String,
+    /// Seconds since then.
+    pub age_seconds: u64,
+    /// The reverse path, `<...>`.
+    pub from: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Each recipient.
+    pub recipients: Vec<QueueRecipient>,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueRecipient {
+    /// Where it goes.
+    pub to: String,
+    /// pending, delivered or failed.
+    pub state: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The next attempt (RFC 3339), when pending and scheduled.
+    pub next_attempt: Option<String>,
+    /// What the last attempt ran into.
+    pub last_error: Option<String>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Seconds since the server started.
+    pub uptime_seconds: u64,
+    /// The host name.
+    pub hostname: String,
+    /// Each listener: role and address.
+    pub listeners: Vec<(String, String)>,
+    /// Sessions open per role.
+    pub sessions: Vec<(String, usize)>,
+    /// Messages in the queue.
+    pub queued_messages: usize,
+    /// Their recipients not delivered yet.
+    pub pending_recipients: usize,
+    /// The age of the oldest message, in seconds.
+    pub oldest_age_seconds: u64,
+}
+
+/// What the socket answers from.
+#[derive(Debug)]
+pub struct ControlState {
+    /// The queue.
+    pub store: Store,
+    /// The connections.
+    pub counter: Arc<ConnectionCounter>,
+    /// When the server started.
+    pub started: SystemTime,
+    /// The host name at startup.
+    pub hostname: String,
+    /// The listening addresses.
+    pub listeners: Vec<(Role, SocketAddr)>,
+}
+
+/// Binds `<data_dir>/control.sock`, mode 0600. A socket file left by a server that is gone
+/// is replaced; one that answers belongs to a running server, which is an error.
+pub fn bind(data_dir: &Path) -> io::Result<Async<UnixListener>> {
+    let path = data_dir.join(SOCKET_NAME);
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} answers: another postern runs here", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Async::new(listener)
+}
+
+/// Answers requests on `listener` until the task is dropped.
+pub async fn serve(listener: Async<UnixListener>, state: Arc<ControlState>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                smol::spawn(async move {
+                    let _ = answer(stream, &state).await;
+                })
+                .detach();
+            }
+            Err(e) => {
+                log::line(Event::Connection)
+                    .field("role", "control")
+                    .text("error", format_args!("accept failed: {e}"))
+                    .write();
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Result<()> {
+    let mut reader = BufReader::new((&stream).take(MAX_REQUEST));
+    let mut line = String::new();
+    let read = async { reader.read_line(&mut line).await.map(Some) };
+    let late = async {
+        Timer::after(REQUEST_TIMEOUT).await;
+        Ok(None)
+    };
+    if future::or(read, late).await?.is_none() {
+        return Ok(());
+    }
+    let reply = match line.trim() {
+        "queue-list" => {
+            let store = state.store.clone();
+            let entries = smol::unblock(move || queue_list(&store)).await;
+            match entries {
+                Ok(entries) => serde_json::to_string(&entries),
+                Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
+            }
+        }
+        "status" => {
+            let store = state.store.clone();
+            let entries = smol::unblock(move || queue_list(&store))
+                .await
+                .unwrap_or_default();
+            serde_json::to_string(&status(state, &entries))
+        }
+        other => serde_json::to_string(&serde_json::json!({
+            "error": format!("unknown command {other:?} (queue-list, status)")
+        })),
+    }
+    .unwrap_or_else(|_| "{\"error\":\"cannot encode the answer\"}".into());
+    let mut stream = stream;
+    stream.write_all(reply.as_bytes()).await?;
+    stream.write_all(b"\n").await?;
+    stream.flush().await
+}
+
+/// Every queued message, oldest first. Blocking.
+pub fn queue_list(store: &Store) -> Result<Vec<QueueEntry>, String> {
+    let now = crate::queue::timers::unix_now();
+    let mut entries = Vec::new();
+    for id in store.ids().map_err(|e| e.to_string())? {
+        let Some(envelope) = store.envelope(&id).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let recipients = envelope
+            .recipients
+            .iter()
+            .map(|r| QueueRecipient {
+                to: format!("<{}>", r.address),
+                state: match r.state {
+                    RecipientState::Pending => "pending",
+                    RecipientState::Delivered => "delivered",
+                    RecipientState::Failed => "failed",
+                }
+                .into(),
+                attempts: r.attempts,
+                next_attempt: (r.state == RecipientState::Pending && r.next_attempt > 0)
+                    .then(|| rfc3339(r.next_attempt)),
+                last_error: r.last_error.clone(),
+            })
+            .collect();
+        entries.push(QueueEntry {
+            id: id.to_string(),
+            received: rfc3339(envelope.received_at),
+            age_seconds: now.saturating_sub(envelope.received_at),
+            from: envelope.from.to_string(),
+            size: envelope.size,
+            recipients,
+        });
+    }
+    entries.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds).then(a.id.cmp(&b.id)));
+    Ok(entries)
+}
+
+fn status(state: &ControlState, entries: &[QueueEntry]) -> Status {
+    let roles = [Role::Smtp, Role::Submission, Role::Submissions];
+    Status {
+        uptime_seconds: state.started.elapsed().map_or(0, |d| d.as_secs()),
+        hostname: state.hostname.clone(),
+        listeners: state
+            .listeners
+            .iter()
+            .map(|(role, addr)| (role.name().to_string(), addr.to_string()))
+            .collect(),
+        sessions: roles
+            .iter()
+            .map(|role| (role.name().to_string(), state.counter.open_on(*role)))
+            .collect(),
+        queued_messages: entries.len(),
+        pending_recipients: entries
+            .iter()
+            .flat_map(|e| &e.recipients)
+            .filter(|r| r.state == "pending")
+            .count(),
+        oldest_age_seconds: entries.first().map_or(0, |e| e.age_seconds),
+    }
+}
+
+fn rfc3339(unix: u64) -> String {
+    crate::reception::trace::rfc3339(UNIX_EPOCH + Duration::from_secs(unix))
+}
+
+/// Asks the server of `data_dir` for `command`: its JSON answer. Blocking (the CLI's side).
+pub fn ask(data_dir: &Path, command: &str) -> Result<String, AskError> {
+    use std::io::{Read, Write};
+    let path = data_dir.join(SOCKET_NAME);
+    let mut stream = UnixStream::connect(&path).map_err(|source| AskError {
+        path: path.clone(),
+        source,
+    })?;
+    let error = |source| AskError {
+        path: path.clone(),
+        source,
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(error)?;
+    stream
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(error)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(error)?;
+    Ok(answer)
+}
+
+/// The control socket could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot talk to the running server at {}: {source} (is `postern serve` running with this configuration, and are you its user or root?)", path.display())]
+pub struct AskError {
+    /// The socket.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
