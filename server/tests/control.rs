@@ -127,6 +127,32 @@ print("sent")
     );
     assert!(stderr.contains("Permission denied"), "{stderr}");
 
+    // The remote comes back: `queue retry` delivers now instead of in ten minutes.
+    let out = postern(dir.path(), &["queue", "retry", "0000000000000000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no message 0000000000000000"),
+        "{out:?}"
+    );
+    let b_dir = common::instance(
+        "mx.remote.test",
+        &[("remote.test", &["bob"])],
+        "",
+        &format!("smtp = [\"127.0.0.1:{closed}\"]"),
+    );
+    let b = common::Server::start(b_dir.path(), 1);
+    let out = postern(dir.path(), &["queue", "retry", "--domain", "REMOTE.test"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("1 messages due now: "),
+        "{out:?}"
+    );
+    let got = common::wait_messages(&b, "remote.test", "bob", 1, 20);
+    assert!(got[0].contains("Subject: waits"), "{}", got[0]);
+    server.wait_log("removed id=", 10);
+    let out = postern(dir.path(), &["queue", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the queue is empty\n");
+
     // Without a server, the commands say so.
     drop(server);
     let out = postern(dir.path(), &["status"]);

@@ -210,6 +210,24 @@ pub enum QueueCommand {
     Recovery(QueueRecovery),
     /// What is queued now.
     List(QueueList),
+    /// Deliver now.
+    Retry(QueueRetry),
+}
+
+/// make pending recipients due now and deliver them: one message (ID), --all, or those of
+/// --domain D (asks the running server)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "retry")]
+pub struct QueueRetry {
+    /// the queue id
+    #[argh(positional)]
+    pub id: Option<String>,
+    /// every queued message
+    #[argh(switch)]
+    pub all: bool,
+    /// the recipients in this domain
+    #[argh(option)]
+    pub domain: Option<String>,
 }
 
 /// list the messages queued now, oldest first, with each recipient's state, attempts, next

@@ -31,9 +31,12 @@ pub enum QueueCmdError {
     /// The running server could not be asked.
     #[error(transparent)]
     Ask(#[from] crate::daemon::control::AskError),
-    /// The server's answer is not what was expected.
-    #[error("the server answered {0:?}")]
+    /// The server refused, or answered something unexpected.
+    #[error("the server answered: {0}")]
     Answer(String),
+    /// The arguments do not say what to do.
+    #[error("{0}")]
+    Usage(String),
     /// The reports cannot be listed or read.
     #[error("cannot read the reports in {}: {source}", data_dir.display())]
     Reports {
@@ -62,6 +65,22 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
                 out.push_str(&describe(path, report));
             }
             crate::log::status(format_args!("{}", out.trim_end()));
+            Ok(())
+        }
+        QueueCommand::Retry(c) => {
+            let request = retry_request(&c)?;
+            let settings = crate::cli::settings_or_defaults(dir)?;
+            let answer = control::ask(&settings.data_dir, &request)?;
+            let reply: serde_json::Value = serde_json::from_str(answer.trim())
+                .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+            if let Some(e) = reply["error"].as_str() {
+                return Err(QueueCmdError::Answer(e.to_string()));
+            }
+            let ids: Vec<&str> = reply["retried"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            println!("{} messages due now: {}", ids.len(), ids.join(" "));
             Ok(())
         }
         QueueCommand::List(c) => {
@@ -101,6 +120,18 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             }
             Ok(())
         }
+    }
+}
+
+/// What `queue retry` is about, as the control socket reads it.
+fn retry_request(c: &crate::cli::QueueRetry) -> Result<String, QueueCmdError> {
+    match (&c.id, c.all, &c.domain) {
+        (Some(id), false, None) => Ok(format!("queue-retry {id}")),
+        (None, true, None) => Ok("queue-retry all".into()),
+        (None, false, Some(d)) => Ok(format!("queue-retry domain {d}")),
+        _ => Err(QueueCmdError::Usage(
+            "give one of: a queue id, --all, --domain DOMAIN".into(),
+        )),
     }
 }
 

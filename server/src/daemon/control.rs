@@ -5,7 +5,9 @@
 //! naming the command, answered with one JSON document, then the connection closes.
 //!
 //! - `queue-list`: every queued message ([`QueueEntry`]), oldest first;
-//! - `status`: uptime, listeners, open sessions, queue counts ([`Status`]).
+//! - `status`: uptime, listeners, open sessions, queue counts ([`Status`]);
+//! - `queue-retry <id>|all|domain <domain>`: the pending recipients chosen are due now, and
+//!   the workers are told: `{"retried": [ids]}`.
 //!
 //! An unknown command is answered `{"error": "..."}`. A request line longer than 1 KiB, or
 //! slower than 5 s, is dropped.
@@ -25,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Role;
 use crate::daemon::limits::ConnectionCounter;
 use crate::log::{self, Event};
-use crate::queue::store::{RecipientState, Store};
+use crate::queue::commit::Committer;
+use crate::queue::dispatch::Dispatch;
+use crate::queue::store::{Address, Owner, RecipientState, Store};
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -92,6 +96,10 @@ pub struct Status {
 pub struct ControlState {
     /// The queue.
     pub store: Store,
+    /// Makes the retry marks durable.
+    pub committer: Committer,
+    /// Tells the workers.
+    pub dispatch: Dispatch,
     /// The connections.
     pub counter: Arc<ConnectionCounter>,
     /// When the server started.
@@ -169,8 +177,21 @@ async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Res
                 .unwrap_or_default();
             serde_json::to_string(&status(state, &entries))
         }
+        retry if retry.starts_with("queue-retry ") => {
+            let which = Selection::parse(&retry["queue-retry ".len()..]);
+            let state2 = state.clone();
+            let done = smol::unblock(move || match which {
+                Some(which) => self::retry(&state2, &which),
+                None => Err("want an id, `all` or `domain <domain>`".to_string()),
+            })
+            .await;
+            match done {
+                Ok(ids) => serde_json::to_string(&serde_json::json!({ "retried": ids })),
+                Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
+            }
+        }
         other => serde_json::to_string(&serde_json::json!({
-            "error": format!("unknown command {other:?} (queue-list, status)")
+            "error": format!("unknown command {other:?} (queue-list, queue-retry, status)")
         })),
     }
     .unwrap_or_else(|_| "{\"error\":\"cannot encode the answer\"}".into());
@@ -216,6 +237,92 @@ pub fn queue_list(store: &Store) -> Result<Vec<QueueEntry>, String> {
     }
     entries.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds).then(a.id.cmp(&b.id)));
     Ok(entries)
+}
+
+/// Which messages `queue-retry` is about.
+enum Selection {
+    /// One message.
+    Id(String),
+    /// Every message.
+    All,
+    /// The recipients in one domain.
+    Domain(String),
+}
+
+impl Selection {
+    fn parse(text: &str) -> Option<Selection> {
+        let text = text.trim();
+        match text.split_once(' ') {
+            Some(("domain", d)) if !d.trim().is_empty() => {
+                Some(Selection::Domain(d.trim().to_ascii_lowercase()))
+            }
+            None if text == "all" => Some(Selection::All),
+            None if !text.is_empty() => Some(Selection::Id(text.to_string())),
+            _ => None,
+        }
+    }
+
+    fn takes(&self, id: &str, address: &Address) -> bool {
+        match self {
+            Selection::Id(want) => want.eq_ignore_ascii_case(id),
+            Selection::All => true,
+            Selection::Domain(want) => {
+                let domain = match address {
+                    Address::Local { domain, .. } => domain.clone(),
+                    Address::Remote(m) => m.domain().to_string().to_ascii_lowercase(),
+                    Address::Pipe { alias, .. } => {
+                        alias.rsplit('@').next().unwrap_or("").to_ascii_lowercase()
+                    }
+                };
+                domain == *want
+            }
+        }
+    }
+}
+
+/// Makes the chosen pending recipients due now: through [`Store::apply`] for each owner (a
+/// worker's result landing meanwhile wins), synced, then the workers are told. Blocking.
+fn retry(state: &ControlState, which: &Selection) -> Result<Vec<String>, String> {
+    let mut retried = Vec::new();
+    for id in state.store.ids().map_err(|e| e.to_string())? {
+        let Some(envelope) = state.store.envelope(&id).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let mut changed = envelope.clone();
+        let mut any = false;
+        for r in &mut changed.recipients {
+            if r.state == RecipientState::Pending && which.takes(id.as_str(), &r.address) {
+                r.next_attempt = 0;
+                any = true;
+            }
+        }
+        if !any {
+            continue;
+        }
+        for owner in [Owner::Local, Owner::Remote] {
+            state
+                .store
+                .apply(&[(id.clone(), changed.clone())], owner, &[])
+                .map_err(|e| e.to_string())?;
+        }
+        retried.push(id);
+    }
+    if let Selection::Id(want) = which
+        && retried.is_empty()
+    {
+        return Err(format!("no message {want} with a recipient pending"));
+    }
+    state.committer.sync_blocking().map_err(|e| e.to_string())?;
+    for id in &retried {
+        state.dispatch.both(id);
+    }
+    log::line(Event::Reload)
+        .text(
+            "msg",
+            format_args!("queue retry: {} messages due now", retried.len()),
+        )
+        .write();
+    Ok(retried.iter().map(ToString::to_string).collect())
 }
 
 fn status(state: &ControlState, entries: &[QueueEntry]) -> Status {

@@ -292,6 +292,8 @@ pub fn serve_with(
     let counter = ConnectionCounter::new();
     let control_state = Arc::new(control::ControlState {
         store: queue.store.clone(),
+        committer: queue.committer.clone(),
+        dispatch: queue.dispatch.clone(),
         counter: counter.clone(),
         started: std::time::SystemTime::now(),
         hostname: settings.hostname.clone(),
