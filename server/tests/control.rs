@@ -53,18 +53,22 @@ fn queue_list_and_status_see_a_deferred_message() {
 import smtplib, sys
 s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="laptop.test", timeout=30)
 s.login("alice@a.test", sys.argv[2])
-s.sendmail("alice@a.test", ["bob@remote.test"], "From: alice@a.test\r\nSubject: waits\r\n\r\nx\r\n")
+s.sendmail("alice@a.test", ["bob@remote.test"], "From: alice@a.test\r\nSubject: " + sys.argv[3] + "\r\n\r\nx\r\n")
 s.quit()
 print("sent")
 "#;
-    let out = common::python(
-        script,
-        &[
-            server.port("submission").to_string(),
-            common::PASSWORD.into(),
-        ],
-    );
-    assert_eq!(out.trim(), "sent");
+    let submit = |subject: &str| {
+        let out = common::python(
+            script,
+            &[
+                server.port("submission").to_string(),
+                common::PASSWORD.into(),
+                subject.into(),
+            ],
+        );
+        assert_eq!(out.trim(), "sent");
+    };
+    submit("waits");
     server.wait_log("deferred id=", 30);
 
     let out = postern(dir.path(), &["queue", "list"]);
@@ -126,6 +130,78 @@ print("sent")
         "{stderr}"
     );
     assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    // `queue show`: the entry, and the header section as it will go out (with the Date and
+    // Message-ID the server added).
+    let id = entry["id"].as_str().expect("id").to_string();
+    let out = postern(dir.path(), &["queue", "show", &id]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.starts_with(&id), "{shown}");
+    assert!(shown.contains("Subject: waits\n"), "{shown}");
+    assert!(
+        shown.contains(&format!("Message-ID: <{id}@a.test>")),
+        "{shown}"
+    );
+
+    // `queue remove`: the sender gets a DSN; `--silent`: no DSN.
+    submit("drop me");
+    submit("drop me quietly");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.log().matches("deferred id=").count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let listed = {
+        let out = postern(dir.path(), &["queue", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|e| {
+                let id = e["id"].as_str().expect("id").to_string();
+                let out = postern(dir.path(), &["queue", "show", &id]);
+                (id, String::from_utf8_lossy(&out.stdout).into_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let find = |subject: &str| {
+        listed
+            .iter()
+            .find(|(_, text)| text.contains(&format!("Subject: {subject}\n")))
+            .map(|(id, _)| id.clone())
+            .expect("listed")
+    };
+    let out = postern(dir.path(), &["queue", "remove", &find("drop me")]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the sender gets a DSN for 1 recipients"),
+        "{out:?}"
+    );
+    let dsn = common::wait_messages(&server, "a.test", "alice", 1, 20);
+    assert!(
+        dsn[0].contains("removed from the queue by the operator"),
+        "{}",
+        dsn[0]
+    );
+    assert!(dsn[0].contains("Subject: drop me\r\n"), "{}", dsn[0]);
+    let out = postern(
+        dir.path(),
+        &["queue", "remove", "--silent", &find("drop me quietly")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = postern(dir.path(), &["queue", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let out = postern(dir.path(), &["queue", "remove", &find("drop me")]);
+    assert_eq!(out.status.code(), Some(1), "gone already: {out:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        server.inbox("a.test", "alice").len(),
+        1,
+        "no DSN for --silent"
+    );
 
     // The remote comes back: `queue retry` delivers now instead of in ten minutes.
     let out = postern(dir.path(), &["queue", "retry", "0000000000000000"]);

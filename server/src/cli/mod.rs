@@ -212,6 +212,33 @@ pub enum QueueCommand {
     List(QueueList),
     /// Deliver now.
     Retry(QueueRetry),
+    /// One message in full.
+    Show(QueueShow),
+    /// Take a message out of the queue.
+    Remove(QueueRemove),
+}
+
+/// show one queued message: its envelope, each recipient's state and its header section as
+/// it will go out (asks the running server)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "show")]
+pub struct QueueShow {
+    /// the queue id
+    #[argh(positional)]
+    pub id: String,
+}
+
+/// take a message out of the queue: its pending recipients fail and the sender gets a DSN
+/// (unless --silent) (asks the running server)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "remove")]
+pub struct QueueRemove {
+    /// the queue id
+    #[argh(positional)]
+    pub id: String,
+    /// remove it without telling the sender
+    #[argh(switch)]
+    pub silent: bool,
 }
 
 /// make pending recipients due now and deliver them: one message (ID), --all, or those of

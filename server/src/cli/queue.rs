@@ -83,6 +83,35 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             println!("{} messages due now: {}", ids.len(), ids.join(" "));
             Ok(())
         }
+        QueueCommand::Show(c) => {
+            let settings = crate::cli::settings_or_defaults(dir)?;
+            let answer = control::ask(&settings.data_dir, &format!("queue-show {}", c.id))?;
+            let shown: control::Shown = serde_json::from_str(answer.trim())
+                .map_err(|_| QueueCmdError::Answer(refusal(&answer)))?;
+            print!("{}", describe_entry(&shown.entry));
+            println!("{}", shown.headers.replace("\r\n", "\n").trim_end());
+            Ok(())
+        }
+        QueueCommand::Remove(c) => {
+            let settings = crate::cli::settings_or_defaults(dir)?;
+            let verb = if c.silent {
+                "queue-remove-silent"
+            } else {
+                "queue-remove"
+            };
+            let answer = control::ask(&settings.data_dir, &format!("{verb} {}", c.id))?;
+            let reply: serde_json::Value = serde_json::from_str(answer.trim())
+                .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+            if let Some(e) = reply["error"].as_str() {
+                return Err(QueueCmdError::Answer(e.to_string()));
+            }
+            let bounced = reply["bounced"].as_u64().unwrap_or(0);
+            match bounced {
+                0 => println!("removed {} without a DSN", c.id),
+                n => println!("removed {}; the sender gets a DSN for {n} recipients", c.id),
+            }
+            Ok(())
+        }
         QueueCommand::List(c) => {
             let settings = crate::cli::settings_or_defaults(dir)?;
             let answer = control::ask(&settings.data_dir, "queue-list")?;
@@ -96,31 +125,46 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
                 println!("the queue is empty");
             }
             for e in &entries {
-                println!(
-                    "{} {} {} bytes, from {}, queued {} ago",
-                    e.id,
-                    e.received,
-                    e.size,
-                    e.from,
-                    human(e.age_seconds)
-                );
-                for r in &e.recipients {
-                    let mut line = format!("    {} {}", r.to, r.state);
-                    if r.attempts > 0 {
-                        line.push_str(&format!(", {} attempts", r.attempts));
-                    }
-                    if let Some(next) = &r.next_attempt {
-                        line.push_str(&format!(", next {next}"));
-                    }
-                    if let Some(error) = &r.last_error {
-                        line.push_str(&format!(": {error}"));
-                    }
-                    println!("{line}");
-                }
+                print!("{}", describe_entry(e));
             }
             Ok(())
         }
     }
+}
+
+/// A message and its recipients, as `queue list` and `queue show` print them.
+fn describe_entry(e: &control::QueueEntry) -> String {
+    use std::fmt::Write as _;
+    let mut t = format!(
+        "{} {} {} bytes, from {}, queued {} ago\n",
+        e.id,
+        e.received,
+        e.size,
+        e.from,
+        human(e.age_seconds)
+    );
+    for r in &e.recipients {
+        let _ = write!(t, "    {} {}", r.to, r.state);
+        if r.attempts > 0 {
+            let _ = write!(t, ", {} attempts", r.attempts);
+        }
+        if let Some(next) = &r.next_attempt {
+            let _ = write!(t, ", next {next}");
+        }
+        if let Some(error) = &r.last_error {
+            let _ = write!(t, ": {error}");
+        }
+        t.push('\n');
+    }
+    t
+}
+
+/// The server's `{"error": ...}`, or the answer as it came.
+fn refusal(answer: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(answer.trim())
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| answer.trim().to_string())
 }
 
 /// What `queue retry` is about, as the control socket reads it.

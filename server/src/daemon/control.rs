@@ -7,7 +7,11 @@
 //! - `queue-list`: every queued message ([`QueueEntry`]), oldest first;
 //! - `status`: uptime, listeners, open sessions, queue counts ([`Status`]);
 //! - `queue-retry <id>|all|domain <domain>`: the pending recipients chosen are due now, and
-//!   the workers are told: `{"retried": [ids]}`.
+//!   the workers are told: `{"retried": [ids]}`;
+//! - `queue-show <id>`: the message's entry and its header section ([`Shown`]);
+//! - `queue-remove <id>` / `queue-remove-silent <id>`: the message leaves the queue; its
+//!   pending recipients fail with a DSN to the sender ("removed by the operator"), or, silent,
+//!   without one: `{"removed": id, "bounced": n}`.
 //!
 //! An unknown command is answered `{"error": "..."}`. A request line longer than 1 KiB, or
 //! slower than 5 s, is dropped.
@@ -27,9 +31,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::Role;
 use crate::daemon::limits::ConnectionCounter;
 use crate::log::{self, Event};
+use crate::queue::QueueId;
+use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
+use crate::queue::settle::{Backlog, Fate, Recorder, Schedule, settle};
 use crate::queue::store::{Address, Owner, RecipientState, Store};
+use proto_core::mail::DsnAction;
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -91,6 +99,19 @@ pub struct Status {
     pub oldest_age_seconds: u64,
 }
 
+/// What `queue-show` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shown {
+    /// The message as `queue-list` shows it.
+    pub entry: QueueEntry,
+    /// The header section as it will go out: the fields added at reception, then the stored
+    /// ones (at most 64 KiB).
+    pub headers: String,
+}
+
+/// The most of a stored header section `queue-show` reads.
+const MAX_SHOWN_HEADER: usize = 64 * 1024;
+
 /// What the socket answers from.
 #[derive(Debug)]
 pub struct ControlState {
@@ -100,6 +121,8 @@ pub struct ControlState {
     pub committer: Committer,
     /// Tells the workers.
     pub dispatch: Dispatch,
+    /// DSNs for `queue-remove`.
+    pub bouncer: Bouncer,
     /// The connections.
     pub counter: Arc<ConnectionCounter>,
     /// When the server started.
@@ -190,6 +213,28 @@ async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Res
                 Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
             }
         }
+        show if show.starts_with("queue-show ") => {
+            let id = show["queue-show ".len()..].trim().to_string();
+            let store = state.store.clone();
+            match smol::unblock(move || self::show(&store, &id)).await {
+                Ok(shown) => serde_json::to_string(&shown),
+                Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
+            }
+        }
+        remove if remove.starts_with("queue-remove") => {
+            let (silent, id) = match remove.split_once(' ') {
+                Some(("queue-remove", id)) => (false, id.trim().to_string()),
+                Some(("queue-remove-silent", id)) => (true, id.trim().to_string()),
+                _ => (false, String::new()),
+            };
+            let state2 = state.clone();
+            match smol::unblock(move || self::remove(&state2, &id, silent)).await {
+                Ok((id, bounced)) => {
+                    serde_json::to_string(&serde_json::json!({ "removed": id, "bounced": bounced }))
+                }
+                Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
+            }
+        }
         other => serde_json::to_string(&serde_json::json!({
             "error": format!("unknown command {other:?} (queue-list, queue-retry, status)")
         })),
@@ -237,6 +282,104 @@ pub fn queue_list(store: &Store) -> Result<Vec<QueueEntry>, String> {
     }
     entries.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds).then(a.id.cmp(&b.id)));
     Ok(entries)
+}
+
+/// One message's entry and header section. Blocking.
+fn show(store: &Store, id: &str) -> Result<Shown, String> {
+    use std::io::Read;
+    let entry = queue_list(store)?
+        .into_iter()
+        .find(|e| e.id.eq_ignore_ascii_case(id))
+        .ok_or_else(|| format!("no message {id} in the queue"))?;
+    let qid = QueueId::parse(&entry.id).ok_or_else(|| format!("not a queue id: {id}"))?;
+    let envelope = store
+        .envelope(&qid)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no message {id} in the queue"))?;
+    let mut head = Vec::new();
+    let mut body = store
+        .body(&qid, envelope.chunks)
+        .take(MAX_SHOWN_HEADER as u64);
+    body.read_to_end(&mut head).map_err(|e| e.to_string())?;
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |i| i + 2);
+    let mut headers = envelope.headers.clone();
+    headers.push_str(&String::from_utf8_lossy(&head[..end]));
+    Ok(Shown { entry, headers })
+}
+
+/// Takes a message out of the queue: its pending recipients fail with a DSN (through the
+/// same recording as a delivery's), or, `silent`, it is removed as it is. Returns its id and
+/// how many recipients the DSN is about. Blocking.
+fn remove(state: &ControlState, id: &str, silent: bool) -> Result<(String, usize), String> {
+    let qid = QueueId::parse(&id.to_ascii_uppercase())
+        .ok_or_else(|| format!("not a queue id: {id:?}"))?;
+    let envelope = state
+        .store
+        .envelope(&qid)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no message {id} in the queue"))?;
+    if silent {
+        state
+            .store
+            .remove(&qid, envelope.chunks)
+            .map_err(|e| e.to_string())?;
+        state.committer.sync_blocking().map_err(|e| e.to_string())?;
+        log::line(Event::Removed)
+            .field("id", &qid)
+            .text("msg", "removed by the operator, without a DSN")
+            .write();
+        return Ok((qid.to_string(), 0));
+    }
+    let schedule = Schedule {
+        retry: proto_core::mail::RetryPolicy::default(),
+        delay_warning: None,
+    };
+    let backlog = Backlog::default();
+    let recorder = Recorder {
+        store: &state.store,
+        committer: &state.committer,
+        bouncer: &state.bouncer,
+        dispatch: &state.dispatch,
+        backlog: &backlog,
+    };
+    let now = crate::queue::timers::unix_now();
+    let mut bounced = 0;
+    for owner in [Owner::Local, Owner::Remote] {
+        let fates: Vec<(usize, Fate)> = envelope
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Pending && owner.owns(&r.address))
+            .filter_map(|(i, r)| {
+                let to = r.address.forward_path()?;
+                // RFC 3463 5.0.0: other or undefined status; the text says what happened.
+                Some((
+                    i,
+                    Fate::found(
+                        to,
+                        DsnAction::Failed,
+                        (5, 0, 0),
+                        "removed from the queue by the operator",
+                    ),
+                ))
+            })
+            .collect();
+        if fates.is_empty() {
+            continue;
+        }
+        bounced += fates.len();
+        let settled = settle(&qid, &envelope, fates, now, &mut || 0.0, &schedule);
+        recorder
+            .record(owner, vec![settled])
+            .map_err(|e| e.to_string())?;
+    }
+    if bounced == 0 {
+        return Err(format!("no recipient of {id} is pending"));
+    }
+    Ok((qid.to_string(), bounced))
 }
 
 /// Which messages `queue-retry` is about.

@@ -294,6 +294,7 @@ pub fn serve_with(
         store: queue.store.clone(),
         committer: queue.committer.clone(),
         dispatch: queue.dispatch.clone(),
+        bouncer: workers.bouncer.clone(),
         counter: counter.clone(),
         started: std::time::SystemTime::now(),
         hostname: settings.hostname.clone(),
