@@ -255,7 +255,71 @@ impl Line {
             rfc3339(SystemTime::now()),
             self.text_without_time()
         );
+        if let Some(id) = self
+            .fields
+            .0
+            .strip_prefix("id=")
+            .and_then(|rest| rest.split(' ').next())
+            .filter(|id| *id != "-")
+        {
+            history::record(id, line.trim_end());
+        }
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+/// The recent log lines of each message, by queue id, kept in memory for `postern queue show`
+/// and `postern send-test` (through the control socket): the lines of the last
+/// [`history::IDS`] ids, at most [`history::LINES`] each, so memory stays bounded whatever the
+/// traffic (some megabytes at most), and nothing at all while idle.
+pub mod history {
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Mutex, PoisonError};
+
+    /// How many messages' lines are kept.
+    pub const IDS: usize = 2000;
+    /// How many lines of one message.
+    pub const LINES: usize = 40;
+    /// The longest line kept (longer ones are cut).
+    const LINE: usize = 1024;
+
+    #[derive(Default)]
+    struct Kept {
+        order: VecDeque<String>,
+        lines: HashMap<String, Vec<String>>,
+    }
+
+    static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
+
+    /// Keeps `line` under `id`.
+    pub(super) fn record(id: &str, line: &str) {
+        let mut guard = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = guard.get_or_insert_with(Kept::default);
+        if !kept.lines.contains_key(id) {
+            if kept.order.len() == IDS
+                && let Some(old) = kept.order.pop_front()
+            {
+                kept.lines.remove(&old);
+            }
+            kept.order.push_back(id.to_string());
+        }
+        let lines = kept.lines.entry(id.to_string()).or_default();
+        if lines.len() < LINES {
+            let mut end = line.len().min(LINE);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            lines.push(line[..end].to_string());
+        }
+    }
+
+    /// The lines kept for `id`, oldest first.
+    pub fn of(id: &str) -> Vec<String> {
+        let guard = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+        guard
+            .as_ref()
+            .and_then(|k| k.lines.get(id).cloned())
+            .unwrap_or_default()
     }
 }
 

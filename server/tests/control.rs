@@ -238,3 +238,94 @@ print("sent")
         "{out:?}"
     );
 }
+
+/// `postern send-test`: submits through the running server's submission port (STARTTLS,
+/// AUTH), then follows the message in the queue until it leaves: exit 0 when every recipient
+/// got it, 1 when one failed (and the log lines say why).
+#[test]
+fn send_test_follows_a_message_to_its_end() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let zone = tmp.path().join("zone");
+    fs::write(
+        &zone,
+        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+         remote.test. 300 MX 10 mx.remote.test.\n\
+         mx.remote.test. 300 A 127.0.0.1\n",
+    )
+    .expect("zone");
+    let dns = TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone).expect("dns");
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let b_dir = common::instance(
+        "mx.remote.test",
+        &[("remote.test", &["bob"])],
+        "",
+        &format!("smtp = [\"127.0.0.1:{port}\"]"),
+    );
+    let b = common::Server::start(b_dir.path(), 1);
+    let dir = common::instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        &format!(
+            "[dns]\nnameservers = [\"{}\"]\n[delivery]\nmx_port = {port}\nmta_sts = false\n",
+            dns.addr
+        ),
+        "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
+    );
+    let _a = common::Server::start(dir.path(), 2);
+    let send = |to: &[&str]| {
+        let mut command = Command::new(common::BINARY);
+        command.arg("-C").arg(dir.path()).args([
+            "send-test",
+            "--from",
+            "alice@a.test",
+            "--password-stdin",
+        ]);
+        for t in to {
+            command.args(["--to", t]);
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{}\n", common::PASSWORD).as_bytes())
+            .expect("password");
+        child.wait_with_output().expect("wait")
+    };
+    let out = send(&["bob@remote.test"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("(submission) as alice@a.test"), "{shown}");
+    assert!(shown.contains("250 2.0.0 Ok: queued as "), "{shown}");
+    assert!(
+        shown.contains("to=<bob@remote.test> relay=mx.remote.test[127.0.0.1]"),
+        "{shown}"
+    );
+    assert!(shown.trim_end().ends_with("delivered"), "{shown}");
+    common::wait_messages(&b, "remote.test", "bob", 1, 20);
+
+    let out = send(&["bob@remote.test", "nobody@remote.test"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{shown}{stderr}");
+    assert!(shown.contains("failed id="), "{shown}");
+    assert!(shown.contains("550 5.1.1"), "{shown}");
+    assert!(
+        stderr.contains("1 recipient(s) failed; the sender gets a DSN"),
+        "{stderr}"
+    );
+}

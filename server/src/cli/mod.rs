@@ -10,6 +10,7 @@ pub mod dkim;
 pub mod doctor;
 pub mod init;
 pub mod queue;
+pub mod send_test;
 pub mod tls;
 pub mod user;
 
@@ -59,6 +60,27 @@ pub enum Command {
     Doctor(Doctor),
     /// The running server's state.
     Status(Status),
+    /// Send a test message through the running server and follow it.
+    SendTest(SendTest),
+}
+
+/// send a test message through the running server's submission port (AUTH as --from) and
+/// follow it in the queue until it is delivered or bounced
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "send-test")]
+pub struct SendTest {
+    /// the sender: a user of this server (logs in as it)
+    #[argh(option)]
+    pub from: String,
+    /// a recipient (repeat for more)
+    #[argh(option)]
+    pub to: Vec<String>,
+    /// read the password from the first line of standard input
+    #[argh(switch)]
+    pub password_stdin: bool,
+    /// how long to follow the message, in seconds (default 120)
+    #[argh(option, default = "120")]
+    pub wait: u64,
 }
 
 /// the running server: uptime, listeners, open sessions, queue size (through its control

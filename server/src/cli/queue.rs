@@ -90,6 +90,12 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
                 .map_err(|_| QueueCmdError::Answer(refusal(&answer)))?;
             print!("{}", describe_entry(&shown.entry));
             println!("{}", shown.headers.replace("\r\n", "\n").trim_end());
+            if !shown.history.is_empty() {
+                println!("\nlog:");
+                for line in &shown.history {
+                    println!("  {line}");
+                }
+            }
             Ok(())
         }
         QueueCommand::Remove(c) => {

@@ -173,7 +173,11 @@ fn new_password(stdin: bool, min: usize, command: &'static str) -> Result<String
 
 /// One password: the first line of stdin (without its line end), or from the terminal (for
 /// `command`, named when there is none).
-fn read_password(stdin: bool, prompt: &str, command: &'static str) -> Result<String, UserCmdError> {
+pub(crate) fn read_password(
+    stdin: bool,
+    prompt: &str,
+    command: &'static str,
+) -> Result<String, UserCmdError> {
     if !stdin
         && std::fs::OpenOptions::new()
             .read(true)

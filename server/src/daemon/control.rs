@@ -8,7 +8,9 @@
 //! - `status`: uptime, listeners, open sessions, queue counts ([`Status`]);
 //! - `queue-retry <id>|all|domain <domain>`: the pending recipients chosen are due now, and
 //!   the workers are told: `{"retried": [ids]}`;
-//! - `queue-show <id>`: the message's entry and its header section ([`Shown`]);
+//! - `queue-show <id>`: the message's entry, its header section and its log lines ([`Shown`]);
+//! - `queue-history <id>`: the log lines of a message, also after it left the queue:
+//!   `{"id": id, "lines": [...]}` ([`crate::log::history`]);
 //! - `queue-remove <id>` / `queue-remove-silent <id>`: the message leaves the queue; its
 //!   pending recipients fail with a DSN to the sender ("removed by the operator"), or, silent,
 //!   without one: `{"removed": id, "bounced": n}`.
@@ -107,6 +109,9 @@ pub struct Shown {
     /// The header section as it will go out: the fields added at reception, then the stored
     /// ones (at most 64 KiB).
     pub headers: String,
+    /// Its log lines so far (received, deferred, ...).
+    #[serde(default)]
+    pub history: Vec<String>,
 }
 
 /// The most of a stored header section `queue-show` reads.
@@ -221,6 +226,13 @@ async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Res
                 Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
             }
         }
+        history if history.starts_with("queue-history ") => {
+            let id = history["queue-history ".len()..]
+                .trim()
+                .to_ascii_uppercase();
+            let lines = crate::log::history::of(&id);
+            serde_json::to_string(&serde_json::json!({ "id": id, "lines": lines }))
+        }
         remove if remove.starts_with("queue-remove") => {
             let (silent, id) = match remove.split_once(' ') {
                 Some(("queue-remove", id)) => (false, id.trim().to_string()),
@@ -307,7 +319,12 @@ fn show(store: &Store, id: &str) -> Result<Shown, String> {
         .map_or(head.len(), |i| i + 2);
     let mut headers = envelope.headers.clone();
     headers.push_str(&String::from_utf8_lossy(&head[..end]));
-    Ok(Shown { entry, headers })
+    let history = crate::log::history::of(&entry.id);
+    Ok(Shown {
+        entry,
+        headers,
+        history,
+    })
 }
 
 /// Takes a message out of the queue: its pending recipients fail with a DSN (through the

@@ -1,0 +1,235 @@
+//! `postern send-test --from ADDRESS --to ADDRESS`: a test message through the running
+//! server, the way a user's mail program sends one, then followed to its end.
+//!
+//! It asks the server where it listens (control socket, `status`) and logs in on its
+//! submission listener (STARTTLS; else submissions, implicit TLS; a wildcard address is
+//! reached on loopback) as the `--from` user, asking for
+//! the password on the terminal or reading it with `--password-stdin`, and submits a short
+//! message. It prints the server's answer, then follows the message through the control
+//! socket: each log line of it as it comes (`deferred`, `delivered ... relay=... tls=...
+//! cert=... reply="..."`, `failed`, `dsn`), until it leaves the queue or `--wait` seconds
+//! pass. Exit status 0 when every recipient was delivered.
+
+use futures_lite::io::Cursor;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::future;
+use proto_core::client::{
+    ClientConfig, ClientCredentials, ClientSession, MailJob, RecipientStatus, TlsPolicy,
+};
+use proto_core::{ForwardPath, ReversePath};
+use runtime_smol::client::{ClientTls, deliver};
+
+use crate::cli::SendTest;
+use crate::config::{ConfigError, Role};
+use crate::daemon::control;
+
+/// What `send-test` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SendTestError {
+    /// postern.toml does not load.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An address does not parse.
+    #[error("{0:?} is not an address: {1}")]
+    Address(String, String),
+    /// No submission listener.
+    #[error("the server has no submission or submissions listener to send through")]
+    NoListener,
+    /// The password could not be read.
+    #[error(transparent)]
+    Password(#[from] crate::cli::user::UserCmdError),
+    /// The submission did not go through.
+    #[error("not submitted: {0}")]
+    Submit(String),
+    /// The message did not reach every recipient.
+    #[error("{0}")]
+    NotDelivered(String),
+    /// The control socket could not be reached.
+    #[error(transparent)]
+    Ask(#[from] control::AskError),
+}
+
+/// Runs `postern send-test` against the configuration directory `dir`.
+pub fn run(dir: &Path, c: SendTest) -> Result<(), SendTestError> {
+    let settings = crate::cli::settings_or_defaults(dir)?;
+    let from = proto_core::Mailbox::parse(&c.from)
+        .map_err(|e| SendTestError::Address(c.from.clone(), e.to_string()))?;
+    let to: Vec<proto_core::Mailbox> =
+        c.to.iter()
+            .map(|t| {
+                proto_core::Mailbox::parse(t)
+                    .map_err(|e| SendTestError::Address(t.clone(), e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+    // Where the server really listens (a port 0 in postern.toml is the kernel's choice, and
+    // socket activation replaces [listeners]); its status says.
+    let answer = control::ask(&settings.data_dir, "status")?;
+    let status: control::Status = serde_json::from_str(answer.trim())
+        .map_err(|_| SendTestError::Submit(format!("the server answered {}", answer.trim())))?;
+    let listening: Vec<(Role, SocketAddr)> = status
+        .listeners
+        .iter()
+        .filter_map(|(role, addr)| {
+            let role = [Role::Submission, Role::Submissions]
+                .into_iter()
+                .find(|r| r.name() == role)?;
+            Some((role, addr.parse().ok()?))
+        })
+        .collect();
+    let (role, addr) = listening
+        .iter()
+        .find(|(r, _)| *r == Role::Submission)
+        .or_else(|| listening.first())
+        .map(|(r, a)| (*r, reachable(*a)))
+        .ok_or(SendTestError::NoListener)?;
+    let password = crate::cli::user::read_password(c.password_stdin, "Password: ", "send-test")?;
+    println!("submitting to {addr} ({}) as {from}", role.name());
+
+    let now = SystemTime::now();
+    let date = crate::reception::trace::rfc5322_date(now);
+    let recipients: Vec<String> = to.iter().map(ToString::to_string).collect();
+    let message = format!(
+        "From: <{from}>\r\nTo: {}\r\nSubject: postern send-test {date}\r\n\r\n\
+         This message was sent by `postern send-test` to check that mail from {from}\r\n\
+         reaches its recipients.\r\n",
+        recipients
+            .iter()
+            .map(|r| format!("<{r}>"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut job = MailJob::new(
+        ReversePath::Mailbox(from.clone()),
+        to.iter().cloned().map(ForwardPath::Mailbox),
+    );
+    job.size = Some(message.len() as u64);
+    let mut config = ClientConfig::new("send-test.localhost");
+    config.tls = match role {
+        Role::Submissions => TlsPolicy::Never,
+        _ => TlsPolicy::Required,
+    };
+    config.auth = Some(ClientCredentials::new(from.to_string(), password));
+    let factory = crate::tls::client::ClientTlsFactory::new(&[])
+        .map_err(|e| SendTestError::Submit(e.to_string()))?;
+    // Our own server, usually on loopback: any certificate is taken (and said whether it
+    // verified).
+    let connector = factory.lenient();
+    let server_name = crate::tls::client::server_name(&settings.hostname)
+        .ok_or_else(|| SendTestError::Submit(format!("{} is not a TLS name", settings.hostname)))?;
+    let tls = ClientTls {
+        connector: connector.connector.clone(),
+        server_name: server_name.clone(),
+        handshake_timeout: Duration::from_secs(30),
+    };
+    let mut session = ClientSession::new(std::sync::Arc::new(config), job, Instant::now());
+    let mut bodies =
+        move |_job: usize| -> std::io::Result<_> { Ok(Cursor::new(message.clone().into_bytes())) };
+    let report = smol::block_on(async {
+        let stream = async_io::Async::<std::net::TcpStream>::connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let run = async {
+            if role == Role::Submissions {
+                let tls_stream = connector
+                    .connector
+                    .connect(server_name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                deliver(tls_stream, &mut session, None, &mut bodies)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                deliver(stream, &mut session, Some(&tls), &mut bodies)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let limit = async {
+            async_io::Timer::after(Duration::from_secs(120)).await;
+            Err("no answer within 120 s".to_string())
+        };
+        future::or(run, limit).await
+    })
+    .map_err(SendTestError::Submit)?;
+    let outcome = report
+        .outcomes
+        .into_iter()
+        .next()
+        .ok_or_else(|| SendTestError::Submit("the session ended without a result".into()))?;
+    let mut id = None;
+    for r in &outcome.recipients {
+        match &r.status {
+            RecipientStatus::Accepted(reply) => {
+                let text = reply.to_string();
+                println!("<{}>: {}", r.to, text.trim_end());
+                id = text
+                    .split("queued as ")
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+            RecipientStatus::TemporaryFailure(why) | RecipientStatus::PermanentFailure(why) => {
+                return Err(SendTestError::Submit(format!("<{}>: {why}", r.to)));
+            }
+            _ => return Err(SendTestError::Submit(format!("<{}>: no result", r.to))),
+        }
+    }
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        return Err(SendTestError::Submit("the server gave no queue id".into()));
+    };
+    println!("following {id} (at most {} s):", c.wait);
+    follow(&settings.data_dir, &id, Duration::from_secs(c.wait))
+}
+
+/// Prints the message's log lines as they come, until it leaves the queue.
+fn follow(data_dir: &Path, id: &str, wait: Duration) -> Result<(), SendTestError> {
+    let deadline = Instant::now() + wait;
+    let mut shown = 0;
+    loop {
+        let answer = control::ask(data_dir, &format!("queue-history {id}"))?;
+        let lines: Vec<String> = serde_json::from_str::<serde_json::Value>(answer.trim())
+            .ok()
+            .and_then(|v| v["lines"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect();
+        for line in &lines[shown.min(lines.len())..] {
+            println!("  {line}");
+        }
+        shown = lines.len();
+        if lines.iter().any(|l| l.contains(" removed id=")) {
+            let failed = lines.iter().filter(|l| l.contains(" failed id=")).count();
+            return if failed == 0 {
+                println!("delivered");
+                Ok(())
+            } else {
+                Err(SendTestError::NotDelivered(format!(
+                    "{failed} recipient(s) failed; the sender gets a DSN"
+                )))
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(SendTestError::NotDelivered(format!(
+                "still queued after {} s: `postern queue show {id}` says where it stands",
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The address to connect to for a listener: a wildcard is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
