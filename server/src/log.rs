@@ -255,6 +255,7 @@ impl Line {
             rfc3339(SystemTime::now()),
             self.text_without_time()
         );
+        stats::count(self.event, &self.fields.0);
         if let Some(id) = self
             .fields
             .0
@@ -320,6 +321,93 @@ pub mod history {
             .as_ref()
             .and_then(|k| k.lines.get(id).cloned())
             .unwrap_or_default()
+    }
+}
+
+/// Counts of the events of the last hour, by minute, for `postern status`: what was received,
+/// refused, delivered, deferred, failed and bounced, and how many outbound deliveries had TLS.
+pub mod stats {
+    use std::sync::{Mutex, PoisonError};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use super::Event;
+
+    /// What is counted.
+    const KINDS: usize = 8;
+    /// The names of the counts, in order.
+    pub const NAMES: [&str; KINDS] = [
+        "received",
+        "rejected",
+        "delivered",
+        "deferred",
+        "failed",
+        "dsn",
+        "relayed_tls",
+        "relayed_plaintext",
+    ];
+
+    /// One minute's counts.
+    #[derive(Clone, Copy, Default)]
+    struct Minute {
+        at: u64,
+        counts: [u64; KINDS],
+    }
+
+    static MINUTES: Mutex<[Minute; 60]> = Mutex::new(
+        [Minute {
+            at: 0,
+            counts: [0; KINDS],
+        }; 60],
+    );
+
+    fn minute_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 60)
+    }
+
+    /// Counts a line about `event` with `fields`.
+    pub(super) fn count(event: Event, fields: &str) {
+        let mut kinds = Vec::with_capacity(2);
+        match event {
+            Event::Received => kinds.push(0),
+            Event::Rejected => kinds.push(1),
+            Event::Delivered => {
+                kinds.push(2);
+                if fields.contains(" relay=") {
+                    kinds.push(if fields.contains(" tls=") { 6 } else { 7 });
+                }
+            }
+            Event::Deferred => kinds.push(3),
+            Event::Failed => kinds.push(4),
+            Event::Dsn if fields.contains(" dsn=") => kinds.push(5),
+            _ => return,
+        }
+        let now = minute_now();
+        let mut minutes = MINUTES.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut minutes[(now % 60) as usize];
+        if slot.at != now {
+            *slot = Minute {
+                at: now,
+                counts: [0; KINDS],
+            };
+        }
+        for k in kinds {
+            slot.counts[k] += 1;
+        }
+    }
+
+    /// The counts of the last 60 minutes, by [`NAMES`].
+    pub fn last_hour() -> Vec<(&'static str, u64)> {
+        let now = minute_now();
+        let minutes = MINUTES.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sums = [0u64; KINDS];
+        for m in minutes.iter().filter(|m| m.at + 60 > now && m.at <= now) {
+            for (sum, c) in sums.iter_mut().zip(m.counts) {
+                *sum += c;
+            }
+        }
+        NAMES.iter().copied().zip(sums).collect()
     }
 }
 

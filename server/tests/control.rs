@@ -107,6 +107,11 @@ print("sent")
         shown.contains("queue: 1 messages, 1 recipients pending"),
         "{shown}"
     );
+    assert!(
+        shown.contains("last hour: 1 received, 0 rejected, 0 delivered, 1 deferred, 0 failed"),
+        "{shown}"
+    );
+    assert!(shown.contains("certificate: "), "{shown}");
 
     // Mode 0600, and another user is refused (the directories on the way let them pass).
     let socket = dir.path().join("data/control.sock");
@@ -317,6 +322,17 @@ fn send_test_follows_a_message_to_its_end() {
     );
     assert!(shown.trim_end().ends_with("delivered"), "{shown}");
     common::wait_messages(&b, "remote.test", "bob", 1, 20);
+    let status = Command::new(common::BINARY)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("status")
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status.contains("outbound: 1 of 1 deliveries over TLS (100%)"),
+        "{status}"
+    );
 
     let out = send(&["bob@remote.test", "nobody@remote.test"]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();

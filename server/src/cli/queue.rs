@@ -211,6 +211,32 @@ pub fn status(dir: &Path, json: bool) -> Result<(), QueueCmdError> {
         s.pending_recipients,
         human(s.oldest_age_seconds)
     );
+    let count = |name: &str| {
+        s.last_hour
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, c)| *c)
+    };
+    println!(
+        "last hour: {} received, {} rejected, {} delivered, {} deferred, {} failed, {} DSNs",
+        count("received"),
+        count("rejected"),
+        count("delivered"),
+        count("deferred"),
+        count("failed"),
+        count("dsn")
+    );
+    let (tls, plain) = (count("relayed_tls"), count("relayed_plaintext"));
+    if tls + plain > 0 {
+        println!(
+            "outbound: {tls} of {} deliveries over TLS ({}%)",
+            tls + plain,
+            tls * 100 / (tls + plain)
+        );
+    }
+    if let Some((chain, expires)) = &s.certificate {
+        println!("certificate: {chain}, valid until {expires}");
+    }
     Ok(())
 }
 

@@ -99,6 +99,13 @@ pub struct Status {
     pub pending_recipients: usize,
     /// The age of the oldest message, in seconds.
     pub oldest_age_seconds: u64,
+    /// Events of the last hour: received, rejected, delivered, deferred, failed, dsn,
+    /// relayed_tls, relayed_plaintext ([`crate::log::stats`]).
+    #[serde(default)]
+    pub last_hour: Vec<(String, u64)>,
+    /// The default certificate's file and when it expires (RFC 3339).
+    #[serde(default)]
+    pub certificate: Option<(String, String)>,
 }
 
 /// What `queue-show` answers.
@@ -136,6 +143,8 @@ pub struct ControlState {
     pub hostname: String,
     /// The listening addresses.
     pub listeners: Vec<(Role, SocketAddr)>,
+    /// The certificates served now.
+    pub certificates: Arc<crate::tls::certs::Certificates>,
 }
 
 /// Binds `<data_dir>/control.sock`, mode 0600. A socket file left by a server that is gone
@@ -506,6 +515,20 @@ fn status(state: &ControlState, entries: &[QueueEntry]) -> Status {
             .filter(|r| r.state == "pending")
             .count(),
         oldest_age_seconds: entries.first().map_or(0, |e| e.age_seconds),
+        last_hour: crate::log::stats::last_hour()
+            .into_iter()
+            .map(|(name, n)| (name.to_string(), n))
+            .collect(),
+        certificate: state
+            .certificates
+            .current()
+            .default_expiry()
+            .map(|(chain, at)| {
+                (
+                    chain.display().to_string(),
+                    crate::reception::trace::rfc3339(at),
+                )
+            }),
     }
 }
 

@@ -302,6 +302,7 @@ pub fn serve_with(
             .iter()
             .map(|(role, local, _)| (*role, *local))
             .collect(),
+        certificates: certificates.clone(),
     });
     let shutdown = Shutdown::new();
     let runtime = Arc::new(Runtime {
