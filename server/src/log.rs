@@ -327,13 +327,14 @@ pub mod history {
 /// Counts of the events of the last hour, by minute, for `postern status`: what was received,
 /// refused, delivered, deferred, failed and bounced, and how many outbound deliveries had TLS.
 pub mod stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Mutex, PoisonError};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::Event;
 
     /// What is counted.
-    const KINDS: usize = 8;
+    const KINDS: usize = 11;
     /// The names of the counts, in order.
     pub const NAMES: [&str; KINDS] = [
         "received",
@@ -344,7 +345,13 @@ pub mod stats {
         "dsn",
         "relayed_tls",
         "relayed_plaintext",
+        "auth_ok",
+        "auth_failed",
+        "auth_locked",
     ];
+
+    /// The counts since the start, for the metrics.
+    static TOTALS: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
 
     /// One minute's counts.
     #[derive(Clone, Copy, Default)]
@@ -381,7 +388,13 @@ pub mod stats {
             Event::Deferred => kinds.push(3),
             Event::Failed => kinds.push(4),
             Event::Dsn if fields.contains(" dsn=") => kinds.push(5),
+            Event::Auth if fields.contains(" result=ok") => kinds.push(8),
+            Event::Auth if fields.contains(" result=failed") => kinds.push(9),
+            Event::Auth if fields.contains(" result=locked") => kinds.push(10),
             _ => return,
+        }
+        for k in &kinds {
+            TOTALS[*k].fetch_add(1, Ordering::Relaxed);
         }
         let now = minute_now();
         let mut minutes = MINUTES.lock().unwrap_or_else(PoisonError::into_inner);
@@ -395,6 +408,15 @@ pub mod stats {
         for k in kinds {
             slot.counts[k] += 1;
         }
+    }
+
+    /// The counts since the process started, by [`NAMES`].
+    pub fn totals() -> Vec<(&'static str, u64)> {
+        NAMES
+            .iter()
+            .copied()
+            .zip(TOTALS.iter().map(|t| t.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The counts of the last 60 minutes, by [`NAMES`].

@@ -20,6 +20,19 @@ fn postern(dir: &std::path::Path, args: &[&str]) -> Output {
         .expect("run postern")
 }
 
+/// `GET path` on 127.0.0.1:`port`: the whole response.
+fn scrape(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut page = String::new();
+    stream.read_to_string(&mut page).expect("response");
+    page
+}
+
 #[test]
 fn queue_list_and_status_see_a_deferred_message() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -38,12 +51,18 @@ fn queue_list_and_status_see_a_deferred_message() {
         .local_addr()
         .expect("addr")
         .port();
+    let metrics_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let dir = common::instance(
         "a.test",
         &[("a.test", &["alice"])],
         &format!(
             "[auth]\nallow_plaintext_on_loopback = true\n[dns]\nnameservers = [\"{}\"]\n\
-             [delivery]\nmx_port = {closed}\nfirst_retry = 600\nmta_sts = false\n",
+             [delivery]\nmx_port = {closed}\nfirst_retry = 600\nmta_sts = false\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             dns.addr
         ),
         "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
@@ -112,6 +131,29 @@ print("sent")
         "{shown}"
     );
     assert!(shown.contains("certificate: "), "{shown}");
+
+    // The same, scraped in the OpenMetrics format with a plain HTTP client.
+    let page = scrape(metrics_port, "/metrics");
+    assert!(
+        page.starts_with("HTTP/1.1 200 OK\r\n")
+            && page.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{page}"
+    );
+    let body = page.split("\r\n\r\n").nth(1).expect("a body");
+    for want in [
+        "postern_messages_received_total 1\n",
+        "postern_deliveries_total{result=\"deferred\"} 1\n",
+        "postern_deliveries_total{result=\"delivered\"} 0\n",
+        "postern_auth_total{result=\"ok\"} 1\n",
+        "postern_queue_messages 1\n",
+        "postern_queue_pending_recipients 1\n",
+        "postern_sessions{listener=\"smtp\"} 0\n",
+        "# TYPE postern_certificate_expiry_timestamp_seconds gauge\n",
+    ] {
+        assert!(body.contains(want), "{want:?} in\n{body}");
+    }
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(scrape(metrics_port, "/other").starts_with("HTTP/1.1 404 "));
 
     // Mode 0600, and another user is refused (the directories on the way let them pass).
     let socket = dir.path().join("data/control.sock");

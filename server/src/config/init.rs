@@ -140,6 +140,12 @@ trusted_networks = []
 # (see [senders]): "reject" (550 5.7.1) or "allow".
 header_from = "reject"
 
+# Metrics in the OpenMetrics text format (Prometheus) at http://<listen>/metrics: counters of
+# messages, deliveries, DSNs and logins, and gauges of sessions, the queue and the
+# certificate's expiry. Off without this key; loopback addresses only.
+[metrics]
+# listen = "127.0.0.1:9925"
+
 # The recursive DNS resolvers asked for outbound mail and for the [checks], as
 # "address:port", e.g. ["127.0.0.1:53", "[::1]:53"]. Empty: the nameserver lines of
 # /etc/resolv.conf.

@@ -138,6 +138,8 @@ pub struct Settings {
     pub header_from: HeaderFromCheck,
     /// `[dns] nameservers`: the recursive resolvers to ask; empty: those of /etc/resolv.conf.
     pub dns_nameservers: Vec<SocketAddr>,
+    /// `[metrics] listen`: where the OpenMetrics page is served (loopback only); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// `[delivery]` and `[routes]`: outbound delivery.
     pub delivery: crate::deliver::smtp::settings::DeliverySettings,
     /// `[aliases]`: how alias lookups clean local parts.
@@ -224,6 +226,8 @@ struct RawFile {
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     aliases: crate::directory::aliases::RawAliases,
     #[serde(default)]
     delivery: crate::deliver::smtp::settings::RawDelivery,
@@ -233,6 +237,12 @@ struct RawFile {
     mailboxes: BTreeMap<Spanned<String>, Spanned<crate::deliver::RawMailbox>>,
     #[serde(default)]
     checks: crate::mailauth::RawChecks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<SocketAddr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -442,6 +452,21 @@ impl Settings {
             })?,
         };
 
+        let metrics_listen = match raw.metrics.listen {
+            Some(addr) if !addr.get_ref().ip().is_loopback() => {
+                return Err(error(
+                    at(addr.span()),
+                    format!(
+                        "[metrics] listen = \"{}\" is not a loopback address",
+                        addr.get_ref()
+                    ),
+                    "metrics are served on loopback only, e.g. listen = \"127.0.0.1:9925\"; \
+                     reach them from elsewhere through a proxy or an SSH tunnel",
+                ));
+            }
+            Some(addr) => Some(addr.into_inner()),
+            None => None,
+        };
         let (listeners, max_connections) =
             crate::daemon::listeners::parse_settings(raw.listeners, every_listener, &source)?;
         let auth = crate::directory::logins::parse_settings(raw.auth, &source)?;
@@ -476,6 +501,7 @@ impl Settings {
             trusted_networks,
             header_from,
             dns_nameservers: raw.dns.nameservers,
+            metrics_listen,
             delivery,
             alias_options,
             srs_max_age_days,
@@ -823,6 +849,12 @@ mod tests {
                 5,
                 "`data_dir` is a top-level key, but this line is inside [routes]",
                 "above the first [table]",
+            ),
+            (
+                "[listeners]\nsmtp = [\"[::1]:25\"]\n[metrics]\nlisten = \"0.0.0.0:9925\"\n",
+                4,
+                "[metrics] listen = \"0.0.0.0:9925\" is not a loopback address",
+                "loopback only",
             ),
             (
                 "[listeners]\nsmtp = [\"[::1]:25\"]\n[auth]\n\nmin_password_length = 0\n",

@@ -11,5 +11,6 @@
 pub mod control;
 pub mod limits;
 pub mod listeners;
+pub mod metrics;
 pub mod serve;
 pub mod systemd;

@@ -267,6 +267,20 @@ pub fn serve_with(
         ))
     })?;
     let control_path = settings.data_dir.join(control::SOCKET_NAME);
+    let metrics_socket = match settings.metrics_listen {
+        Some(addr) => {
+            let error = |e: std::io::Error| ConfigError {
+                file: settings.file.clone(),
+                line: None,
+                message: format!("[metrics] cannot listen on {addr}: {e}"),
+                fix: "use a free loopback port, or remove [metrics] listen".into(),
+            };
+            let socket = listen(addr).map_err(error)?;
+            log::status(format_args!("postern: metrics on http://{addr}/metrics"));
+            Some(Async::new(socket).map_err(error)?)
+        }
+        None => None,
+    };
     log::status(format_args!(
         "postern: {} serving; configuration {}, data {}",
         settings.hostname,
@@ -330,6 +344,9 @@ pub fn serve_with(
             smtp::start(outbound.clone(), remote_work.clone());
         }
         let watcher = smol::spawn(watch_certs(runtime.clone(), certs_snapshot));
+        let metrics_task = metrics_socket.map(|socket| {
+            smol::spawn(crate::daemon::metrics::serve(socket, control_state.clone()))
+        });
         let control_task = smol::spawn(control::serve(control_socket, control_state));
         let tasks: Vec<_> = bound
             .into_iter()
@@ -351,6 +368,9 @@ pub fn serve_with(
         };
         watcher.cancel().await;
         control_task.cancel().await;
+        if let Some(task) = metrics_task {
+            task.cancel().await;
+        }
         let _ = std::fs::remove_file(&control_path);
         log::status(format_args!("postern: {name} received, stopping"));
         systemd::notify("STOPPING=1");

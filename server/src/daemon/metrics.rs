@@ -1,0 +1,220 @@
+//! `[metrics] listen = "127.0.0.1:9925"`: the server's counters and gauges in the OpenMetrics
+//! text format (prometheus-client), at `GET /metrics` on a loopback address. Off by default;
+//! a non-loopback address is refused by the configuration.
+//!
+//! Counters (since the start): `postern_messages_received_total`,
+//! `postern_messages_rejected_total`, `postern_deliveries_total{result}` (delivered, deferred,
+//! failed), `postern_dsns_total`, `postern_outbound_deliveries_total{tls}` (true, false),
+//! `postern_auth_total{result}` (ok, failed, locked). Gauges: `postern_sessions{listener}`,
+//! `postern_queue_messages`, `postern_queue_pending_recipients`,
+//! `postern_queue_oldest_age_seconds`, `postern_uptime_seconds`,
+//! `postern_certificate_expiry_timestamp_seconds`.
+//!
+//! One request per connection, HTTP/1.1 without keep-alive; a request head larger than 8 KiB
+//! or slower than 5 s is dropped.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_io::{Async, Timer};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::config::Role;
+use crate::daemon::control::{ControlState, queue_list};
+
+/// The largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Answers scrapes on `listener` until the task is dropped.
+pub async fn serve(listener: Async<TcpListener>, state: Arc<ControlState>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let state = state.clone();
+                smol::spawn(async move {
+                    let _ = answer(stream, &state).await;
+                })
+                .detach();
+            }
+            Err(_) => {
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(
+    mut stream: Async<std::net::TcpStream>,
+    state: &Arc<ControlState>,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(true)
+    };
+    let late = async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(false)
+    };
+    if !future::or(read, late).await? {
+        return Ok(());
+    }
+    let line = String::from_utf8_lossy(&head);
+    let request = line.lines().next().unwrap_or("");
+    let (status, kind, body) = match request.split(' ').collect::<Vec<_>>().as_slice() {
+        ["GET", "/metrics", version] if version.starts_with("HTTP/1.") => {
+            let store = state.store.clone();
+            let entries = smol::unblock(move || queue_list(&store))
+                .await
+                .unwrap_or_default();
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render(state, &entries),
+            )
+        }
+        [_, _, version] if version.starts_with("HTTP/1.") => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "the metrics are at /metrics\n".to_string(),
+        ),
+        _ => (
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "not an HTTP/1 request\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.flush().await
+}
+
+/// The page: every metric, as they are now.
+fn render(state: &ControlState, entries: &[crate::daemon::control::QueueEntry]) -> String {
+    let mut registry = Registry::default();
+    let totals: std::collections::HashMap<&str, u64> =
+        crate::log::stats::totals().into_iter().collect();
+    let total = |name: &str| totals.get(name).copied().unwrap_or(0);
+    let counter = |n: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(n);
+        c
+    };
+    registry.register(
+        "postern_messages_received",
+        "Messages accepted (250 to the end of data)",
+        counter(total("received")),
+    );
+    registry.register(
+        "postern_messages_rejected",
+        "Commands refused (a sender, a recipient, a message)",
+        counter(total("rejected")),
+    );
+    let deliveries = Family::<Vec<(String, String)>, Counter>::default();
+    for result in ["delivered", "deferred", "failed"] {
+        deliveries
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc_by(total(result));
+    }
+    registry.register(
+        "postern_deliveries",
+        "Delivery attempts per recipient, by result",
+        deliveries,
+    );
+    registry.register(
+        "postern_dsns",
+        "Delivery status notifications queued",
+        counter(total("dsn")),
+    );
+    let outbound = Family::<Vec<(String, String)>, Counter>::default();
+    for (tls, name) in [("true", "relayed_tls"), ("false", "relayed_plaintext")] {
+        outbound
+            .get_or_create(&vec![("tls".into(), tls.into())])
+            .inc_by(total(name));
+    }
+    registry.register(
+        "postern_outbound_deliveries",
+        "Recipients delivered to other servers, by whether TLS was used",
+        outbound,
+    );
+    let auth = Family::<Vec<(String, String)>, Counter>::default();
+    for (result, name) in [
+        ("ok", "auth_ok"),
+        ("failed", "auth_failed"),
+        ("locked", "auth_locked"),
+    ] {
+        auth.get_or_create(&vec![("result".into(), result.into())])
+            .inc_by(total(name));
+    }
+    registry.register("postern_auth", "Logins (AUTH), by result", auth);
+
+    let gauge = |v: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(v);
+        g
+    };
+    let sessions = Family::<Vec<(String, String)>, Gauge>::default();
+    for role in [Role::Smtp, Role::Submission, Role::Submissions] {
+        sessions
+            .get_or_create(&vec![("listener".into(), role.name().into())])
+            .set(state.counter.open_on(role) as i64);
+    }
+    registry.register(
+        "postern_sessions",
+        "Connections open, by listener",
+        sessions,
+    );
+    registry.register(
+        "postern_queue_messages",
+        "Messages in the queue",
+        gauge(entries.len() as i64),
+    );
+    let pending = entries
+        .iter()
+        .flat_map(|e| &e.recipients)
+        .filter(|r| r.state == "pending")
+        .count();
+    registry.register(
+        "postern_queue_pending_recipients",
+        "Recipients in the queue not delivered yet",
+        gauge(pending as i64),
+    );
+    registry.register(
+        "postern_queue_oldest_age_seconds",
+        "Age of the oldest queued message",
+        gauge(entries.first().map_or(0, |e| e.age_seconds) as i64),
+    );
+    registry.register(
+        "postern_uptime_seconds",
+        "Seconds since the server started",
+        gauge(state.started.elapsed().map_or(0, |d| d.as_secs()) as i64),
+    );
+    if let Some((_, at)) = state.certificates.current().default_expiry() {
+        registry.register(
+            "postern_certificate_expiry_timestamp_seconds",
+            "When the default certificate expires (Unix time)",
+            gauge(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64),
+        );
+    }
+    let mut out = String::new();
+    if encode(&mut out, &registry).is_err() {
+        out = "# EOF\n".into();
+    }
+    out
+}
