@@ -257,6 +257,22 @@ print("sent")
         String::from_utf8_lossy(&out.stderr).contains("no message 0000000000000000"),
         "{out:?}"
     );
+    // `queue hold`: no attempt until `queue release`, even when the remote is back and a
+    // retry is asked for; `queue retry` takes the others.
+    let out = postern(dir.path(), &["queue", "hold", &id]);
+    assert!(out.status.success(), "{out:?}");
+    submit("retry me");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.log().matches("deferred id=").count() < 4 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = postern(dir.path(), &["queue", "list"]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("    <bob@remote.test> held, 1 attempts"),
+        "{shown}"
+    );
     let b_dir = common::instance(
         "mx.remote.test",
         &[("remote.test", &["bob"])],
@@ -271,10 +287,22 @@ print("sent")
         "{out:?}"
     );
     let got = common::wait_messages(&b, "remote.test", "bob", 1, 20);
-    assert!(got[0].contains("Subject: waits"), "{}", got[0]);
-    server.wait_log("removed id=", 10);
-    let out = postern(dir.path(), &["queue", "list"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "the queue is empty\n");
+    assert!(got[0].contains("Subject: retry me"), "{}", got[0]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(b.inbox("remote.test", "bob").len(), 1, "the held one waits");
+    let out = postern(dir.path(), &["queue", "release", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let got = common::wait_messages(&b, "remote.test", "bob", 2, 20);
+    assert!(got.iter().any(|m| m.contains("Subject: waits")), "{got:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = postern(dir.path(), &["queue", "list"]);
+        if String::from_utf8_lossy(&out.stdout) == "the queue is empty\n" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     // Without a server, the commands say so.
     drop(server);

@@ -238,6 +238,28 @@ pub enum QueueCommand {
     Show(QueueShow),
     /// Take a message out of the queue.
     Remove(QueueRemove),
+    /// Keep a message from being delivered.
+    Hold(QueueHold),
+    /// Let a held message go.
+    Release(QueueRelease),
+}
+
+/// hold a message: no delivery attempt until it is released (asks the running server)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "hold")]
+pub struct QueueHold {
+    /// the queue id
+    #[argh(positional)]
+    pub id: String,
+}
+
+/// release a held message: it is delivered now (asks the running server)
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "release")]
+pub struct QueueRelease {
+    /// the queue id
+    #[argh(positional)]
+    pub id: String,
 }
 
 /// show one queued message: its envelope, each recipient's state and its header section as

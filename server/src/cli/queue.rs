@@ -118,6 +118,8 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             }
             Ok(())
         }
+        QueueCommand::Hold(c) => hold(dir, "queue-hold", &c.id, "held"),
+        QueueCommand::Release(c) => hold(dir, "queue-release", &c.id, "released"),
         QueueCommand::List(c) => {
             let settings = crate::cli::settings_or_defaults(dir)?;
             let answer = control::ask(&settings.data_dir, "queue-list")?;
@@ -136,6 +138,19 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             Ok(())
         }
     }
+}
+
+/// `queue hold` / `queue release`.
+fn hold(dir: &Path, verb: &str, id: &str, done: &str) -> Result<(), QueueCmdError> {
+    let settings = crate::cli::settings_or_defaults(dir)?;
+    let answer = control::ask(&settings.data_dir, &format!("{verb} {id}"))?;
+    let reply: serde_json::Value = serde_json::from_str(answer.trim())
+        .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+    if let Some(e) = reply["error"].as_str() {
+        return Err(QueueCmdError::Answer(e.to_string()));
+    }
+    println!("{done} {id}");
+    Ok(())
 }
 
 /// A message and its recipients, as `queue list` and `queue show` print them.

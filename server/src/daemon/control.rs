@@ -6,8 +6,10 @@
 //!
 //! - `queue-list`: every queued message ([`QueueEntry`]), oldest first;
 //! - `status`: uptime, listeners, open sessions, queue counts ([`Status`]);
-//! - `queue-retry <id>|all|domain <domain>`: the pending recipients chosen are due now, and
-//!   the workers are told: `{"retried": [ids]}`;
+//! - `queue-retry <id>|all|domain <domain>`: the pending recipients chosen (not held ones)
+//!   are due now, and the workers are told: `{"retried": [ids]}`;
+//! - `queue-hold <id>` / `queue-release <id>`: its pending recipients wait until released
+//!   (no attempt, no timer: [`HELD`]), or are due now: `{"held": id}` / `{"released": id}`;
 //! - `queue-show <id>`: the message's entry, its header section and its log lines ([`Shown`]);
 //! - `queue-history <id>`: the log lines of a message, also after it left the queue:
 //!   `{"id": id, "lines": [...]}` ([`crate::log::history`]);
@@ -38,7 +40,7 @@ use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
 use crate::queue::settle::{Backlog, Fate, Recorder, Schedule, settle};
-use crate::queue::store::{Address, Owner, RecipientState, Store};
+use crate::queue::store::{Address, HELD, Owner, RecipientState, Store};
 use proto_core::mail::DsnAction;
 
 /// The socket's file name in the data directory.
@@ -235,6 +237,19 @@ async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Res
                 Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
             }
         }
+        hold if hold.starts_with("queue-hold ") || hold.starts_with("queue-release ") => {
+            let (verb, id) = hold.split_once(' ').unwrap_or((hold, ""));
+            let (hold, id) = (verb == "queue-hold", id.trim().to_string());
+            let state2 = state.clone();
+            match smol::unblock(move || self::hold(&state2, &id, hold)).await {
+                Ok(id) => serde_json::to_string(&if verb == "queue-hold" {
+                    serde_json::json!({ "held": id })
+                } else {
+                    serde_json::json!({ "released": id })
+                }),
+                Err(e) => serde_json::to_string(&serde_json::json!({ "error": e })),
+            }
+        }
         history if history.starts_with("queue-history ") => {
             let id = history["queue-history ".len()..]
                 .trim()
@@ -281,13 +296,16 @@ pub fn queue_list(store: &Store) -> Result<Vec<QueueEntry>, String> {
             .map(|r| QueueRecipient {
                 to: format!("<{}>", r.address),
                 state: match r.state {
+                    RecipientState::Pending if r.next_attempt == HELD => "held",
                     RecipientState::Pending => "pending",
                     RecipientState::Delivered => "delivered",
                     RecipientState::Failed => "failed",
                 }
                 .into(),
                 attempts: r.attempts,
-                next_attempt: (r.state == RecipientState::Pending && r.next_attempt > 0)
+                next_attempt: (r.state == RecipientState::Pending
+                    && r.next_attempt > 0
+                    && r.next_attempt != HELD)
                     .then(|| rfc3339(r.next_attempt)),
                 last_error: r.last_error.clone(),
             })
@@ -408,6 +426,51 @@ fn remove(state: &ControlState, id: &str, silent: bool) -> Result<(String, usize
     Ok((qid.to_string(), bounced))
 }
 
+/// Holds (`hold`) or releases a message's pending recipients, through [`Store::apply`] for
+/// each owner; a released one is due now. Blocking.
+fn hold(state: &ControlState, id: &str, hold: bool) -> Result<String, String> {
+    let qid = QueueId::parse(&id.to_ascii_uppercase())
+        .ok_or_else(|| format!("not a queue id: {id:?}"))?;
+    let envelope = state
+        .store
+        .envelope(&qid)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no message {id} in the queue"))?;
+    let mut changed = envelope.clone();
+    let mut any = false;
+    for r in &mut changed.recipients {
+        if r.state == RecipientState::Pending {
+            r.next_attempt = if hold { HELD } else { 0 };
+            any = true;
+        }
+    }
+    if !any {
+        return Err(format!("no recipient of {id} is pending"));
+    }
+    for owner in [Owner::Local, Owner::Remote] {
+        state
+            .store
+            .apply(&[(qid.clone(), changed.clone())], owner, &[])
+            .map_err(|e| e.to_string())?;
+    }
+    state.committer.sync_blocking().map_err(|e| e.to_string())?;
+    if !hold {
+        state.dispatch.both(&qid);
+    }
+    log::line(Event::Reload)
+        .field("id", &qid)
+        .text(
+            "msg",
+            if hold {
+                "held by the operator"
+            } else {
+                "released by the operator"
+            },
+        )
+        .write();
+    Ok(qid.to_string())
+}
+
 /// Which messages `queue-retry` is about.
 enum Selection {
     /// One message.
@@ -460,7 +523,11 @@ fn retry(state: &ControlState, which: &Selection) -> Result<Vec<String>, String>
         let mut changed = envelope.clone();
         let mut any = false;
         for r in &mut changed.recipients {
-            if r.state == RecipientState::Pending && which.takes(id.as_str(), &r.address) {
+            // A held recipient stays held: `queue release` lets it go.
+            if r.state == RecipientState::Pending
+                && r.next_attempt != HELD
+                && which.takes(id.as_str(), &r.address)
+            {
                 r.next_attempt = 0;
                 any = true;
             }

@@ -231,6 +231,10 @@ struct Handles {
 /// How long after a failed opening the next one may be tried.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The [`Recipient::next_attempt`] of a recipient the operator holds (`postern queue hold`):
+/// never due until released; no timer is set for it.
+pub const HELD: u64 = u64::MAX;
+
 /// What a delivery's `Received:` field may add to a message, at most: the SIZE declared to a
 /// next hop counts it.
 pub const RECEIVED_ALLOWANCE: u64 = 512;

@@ -36,6 +36,10 @@ impl Timers {
 
     /// Sends `id` again at `at` (Unix seconds; now if that is past), once per (id, time).
     pub fn at(&self, id: &QueueId, at: u64) {
+        // Held by the operator: it comes back when released, not by a timer.
+        if at == crate::queue::store::HELD {
+            return;
+        }
         let key = (id.clone(), at);
         if !self.lock().insert(key.clone()) {
             return;
