@@ -396,6 +396,7 @@ pub mod stats {
         for k in &kinds {
             TOTALS[*k].fetch_add(1, Ordering::Relaxed);
         }
+        labelled(event, fields);
         let now = minute_now();
         let mut minutes = MINUTES.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = &mut minutes[(now % 60) as usize];
@@ -408,6 +409,108 @@ pub mod stats {
         for k in kinds {
             slot.counts[k] += 1;
         }
+    }
+
+    /// Counts by label, since the start: (metric, label, value) → count. The values come from
+    /// bounded sets (enhanced status codes, methods, TLS versions, result words), so the map
+    /// stays small; a value outside them counts as "other".
+    static LABELLED: Mutex<
+        Option<std::collections::BTreeMap<(&'static str, &'static str, String), u64>>,
+    > = Mutex::new(None);
+
+    /// The value of `key=` in `fields` (a bare token, or quoted text up to the next quote).
+    fn value<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
+        let start = fields
+            .match_indices(&format!("{key}="))
+            .find(|(i, _)| *i == 0 || fields.as_bytes()[i - 1] == b' ')
+            .map(|(i, m)| i + m.len())?;
+        let rest = &fields[start..];
+        match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next(),
+            None => rest.split(' ').next(),
+        }
+    }
+
+    /// A label value kept only when it is a short token of letters, digits, `.`, `-`, `_`.
+    fn bounded(v: &str) -> String {
+        if !v.is_empty()
+            && v.len() <= 16
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            v.to_string()
+        } else {
+            "other".into()
+        }
+    }
+
+    fn labelled(event: Event, fields: &str) {
+        let mut found: Vec<(&'static str, &'static str, String)> = Vec::new();
+        match event {
+            Event::Rejected => {
+                // The enhanced status code of the reply (`550 5.7.1 ...`).
+                let code = value(fields, "reply")
+                    .and_then(|r| r.split(' ').nth(1))
+                    .unwrap_or("none");
+                found.push(("rejected", "status", bounded(code)));
+            }
+            Event::Received => {
+                found.push((
+                    "received_tls",
+                    "version",
+                    value(fields, "tls").map_or("none".into(), bounded),
+                ));
+                if let Some(auth) = value(fields, "auth") {
+                    for (check, key) in [("spf", "spf"), ("dkim", "dkim"), ("dmarc", "dmarc")] {
+                        let word = auth
+                            .split(' ')
+                            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                            .map(|w| w.split([':', ',']).next().unwrap_or(w));
+                        if let Some(word) = word {
+                            found.push(("checks", check, bounded(word)));
+                        }
+                    }
+                }
+            }
+            Event::Delivered => {
+                let method = if fields.contains(" relay=") {
+                    "smtp"
+                } else if fields.contains(" lmtp=") {
+                    "lmtp"
+                } else if fields.contains(" command=") {
+                    "command"
+                } else {
+                    "maildir"
+                };
+                found.push(("delivered_method", "method", method.into()));
+                if method == "smtp" {
+                    found.push((
+                        "relayed_tls",
+                        "version",
+                        value(fields, "tls").map_or("none".into(), bounded),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if found.is_empty() {
+            return;
+        }
+        let mut guard = LABELLED.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = guard.get_or_insert_with(Default::default);
+        for key in found {
+            *map.entry(key).or_default() += 1;
+        }
+    }
+
+    /// The labelled counts since the start: (metric, label, value, count).
+    pub fn labelled_totals() -> Vec<(&'static str, &'static str, String, u64)> {
+        let guard = LABELLED.lock().unwrap_or_else(PoisonError::into_inner);
+        guard
+            .iter()
+            .flatten()
+            .map(|((m, l, v), n)| (*m, *l, v.clone(), *n))
+            .collect()
     }
 
     /// The counts since the process started, by [`NAMES`].

@@ -341,16 +341,22 @@ fn send_test_follows_a_message_to_its_end() {
         &format!("smtp = [\"127.0.0.1:{port}\"]"),
     );
     let b = common::Server::start(b_dir.path(), 1);
+    let metrics_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let dir = common::instance(
         "a.test",
         &[("a.test", &["alice"])],
         &format!(
-            "[dns]\nnameservers = [\"{}\"]\n[delivery]\nmx_port = {port}\nmta_sts = false\n",
+            "[dns]\nnameservers = [\"{}\"]\n[delivery]\nmx_port = {port}\nmta_sts = false\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             dns.addr
         ),
         "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
     );
-    let _a = common::Server::start(dir.path(), 2);
+    let a = common::Server::start(dir.path(), 2);
     let send = |to: &[&str]| {
         let mut command = Command::new(common::BINARY);
         command.arg("-C").arg(dir.path()).args([
@@ -414,4 +420,36 @@ fn send_test_follows_a_message_to_its_end() {
         stderr.contains("1 recipient(s) failed; the sender gets a DSN"),
         "{stderr}"
     );
+
+    // Mail from another server on port 25: a refused recipient, its checks, a Maildir copy;
+    // the metrics count them by label.
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="mta.stranger.test", timeout=30)
+s.ehlo()
+s.mail("x@stranger.test")
+print(s.rcpt("nobody@a.test")[0])
+print(s.rcpt("alice@a.test")[0])
+print(s.data(b"From: x@stranger.test\r\nSubject: hi\r\n\r\nhello\r\n")[0])
+s.quit()
+"#;
+    let out = common::python(script, &[a.port("smtp").to_string()]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["550", "250", "250"],
+        "{out}"
+    );
+    let inbox = common::wait_messages(&a, "a.test", "alice", 2, 20);
+    assert!(inbox.iter().any(|m| m.contains("Subject: hi")), "{inbox:?}");
+    let page = scrape(metrics_port, "/metrics");
+    for want in [
+        "postern_rejections_total{status=\"5.1.1\"} 1\n",
+        "postern_check_results_total{check=\"spf\",result=\"none\"} 1\n",
+        "postern_check_results_total{check=\"dmarc\",result=\"none\"} 1\n",
+        "postern_received_tls_total{version=\"none\"} 1\n",
+        "postern_deliveries_by_method_total{method=\"smtp\"} 2\n",
+        "postern_relayed_tls_total{version=\"TLSv1.3\"} 2\n",
+    ] {
+        assert!(page.contains(want), "{want:?} in\n{page}");
+    }
 }

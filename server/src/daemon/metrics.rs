@@ -5,7 +5,10 @@
 //! Counters (since the start): `postern_messages_received_total`,
 //! `postern_messages_rejected_total`, `postern_deliveries_total{result}` (delivered, deferred,
 //! failed), `postern_dsns_total`, `postern_outbound_deliveries_total{tls}` (true, false),
-//! `postern_auth_total{result}` (ok, failed, locked). Gauges: `postern_sessions{listener}`,
+//! `postern_auth_total{result}` (ok, failed, locked), `postern_rejections_total{status}`,
+//! `postern_check_results_total{check,result}` (spf, dkim, dmarc),
+//! `postern_received_tls_total{version}`, `postern_relayed_tls_total{version}`,
+//! `postern_deliveries_by_method_total{method}`. Gauges: `postern_sessions{listener}`,
 //! `postern_queue_messages`, `postern_queue_pending_recipients`,
 //! `postern_queue_oldest_age_seconds`, `postern_uptime_seconds`,
 //! `postern_certificate_expiry_timestamp_seconds`.
@@ -163,6 +166,54 @@ fn render(state: &ControlState, entries: &[crate::daemon::control::QueueEntry]) 
             .inc_by(total(name));
     }
     registry.register("postern_auth", "Logins (AUTH), by result", auth);
+    // By label: refusals by enhanced status, SPF/DKIM/DMARC results of received mail, TLS
+    // versions in and out, deliveries by method.
+    let described = [
+        (
+            "rejected",
+            "postern_rejections",
+            "Refusals, by enhanced status code",
+        ),
+        (
+            "checks",
+            "postern_check_results",
+            "SPF, DKIM and DMARC results of mail from other servers",
+        ),
+        (
+            "received_tls",
+            "postern_received_tls",
+            "Messages received, by TLS version (none: plaintext)",
+        ),
+        (
+            "relayed_tls",
+            "postern_relayed_tls",
+            "Recipients delivered to other servers, by TLS version",
+        ),
+        (
+            "delivered_method",
+            "postern_deliveries_by_method",
+            "Recipients delivered, by method (maildir, lmtp, command, smtp)",
+        ),
+    ];
+    let labelled = crate::log::stats::labelled_totals();
+    for (metric, name, help) in described {
+        let family = Family::<Vec<(String, String)>, Counter>::default();
+        for (m, label, value, n) in &labelled {
+            if *m != metric {
+                continue;
+            }
+            let labels = if metric == "checks" {
+                vec![
+                    ("check".to_string(), label.to_string()),
+                    ("result".into(), value.clone()),
+                ]
+            } else {
+                vec![(label.to_string(), value.clone())]
+            };
+            family.get_or_create(&labels).inc_by(*n);
+        }
+        registry.register(name, help, family);
+    }
 
     let gauge = |v: i64| {
         let g: Gauge = Gauge::default();
