@@ -414,9 +414,10 @@ pub mod stats {
     /// Counts by label, since the start: (metric, label, value) → count. The values come from
     /// bounded sets (enhanced status codes, methods, TLS versions, result words), so the map
     /// stays small; a value outside them counts as "other".
-    static LABELLED: Mutex<
-        Option<std::collections::BTreeMap<(&'static str, &'static str, String), u64>>,
-    > = Mutex::new(None);
+    /// (metric, label, value) → count.
+    type Labelled = std::collections::BTreeMap<(&'static str, &'static str, String), u64>;
+
+    static LABELLED: Mutex<Option<Labelled>> = Mutex::new(None);
 
     /// The value of `key=` in `fields` (a bare token, or quoted text up to the next quote).
     fn value<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
