@@ -453,3 +453,47 @@ s.quit()
         assert!(page.contains(want), "{want:?} in\n{page}");
     }
 }
+
+/// A data_dir whose path is too long for a socket's name: mail goes on, the log says the
+/// commands cannot reach this server, and they say so too.
+#[test]
+fn without_a_control_socket_the_server_still_serves() {
+    let dir = common::instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        &format!("data_dir = \"{}\"\n", "d".repeat(120)),
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    // `instance` writes its own data_dir first; the second one would be a duplicate key.
+    let config = fs::read_to_string(dir.path().join("postern.toml")).expect("config");
+    let config = config.replacen("data_dir = \"data\"\n", "", 1);
+    fs::write(dir.path().join("postern.toml"), config).expect("config");
+    let server = common::Server::start(dir.path(), 1);
+    server.wait_log("cannot open the control socket", 10);
+    let out = postern(dir.path(), &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot talk to the running server"),
+        "{out:?}"
+    );
+    let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="mta.test", timeout=30)
+s.sendmail("x@mta.test", ["alice@a.test"], "Subject: still here\r\n\r\nhi\r\n")
+s.quit()
+print("sent")
+"#;
+    assert_eq!(
+        common::python(script, &[server.port("smtp").to_string()]).trim(),
+        "sent"
+    );
+    let mail = dir
+        .path()
+        .join("d".repeat(120))
+        .join("mail/a.test/alice/new");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fs::read_dir(&mail).map_or(0, |d| d.count()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -260,12 +260,31 @@ pub fn serve_with(
         Control::Channel(rx) => Controls::Channel(rx),
     };
 
-    let control_socket = control::bind(&settings.data_dir).map_err(|e| {
-        settings.data_dir_error(format!(
-            "cannot open the control socket {}: {e}",
-            settings.data_dir.join(control::SOCKET_NAME).display()
-        ))
-    })?;
+    // Mail goes on without the control socket (a data_dir path too long for a socket's
+    // name, say); only the commands that talk to the server need it, and they say so.
+    let control_socket = match control::bind(&settings.data_dir) {
+        Ok(socket) => Some(socket),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(settings
+                .data_dir_error(format!(
+                    "{e}: stop it first, or give this one another data_dir"
+                ))
+                .into());
+        }
+        Err(e) => {
+            log::line(Event::Startup)
+                .text(
+                    "problem",
+                    format_args!(
+                        "cannot open the control socket {}: {e}; postern status and the queue \
+                         commands will not reach this server",
+                        settings.data_dir.join(control::SOCKET_NAME).display()
+                    ),
+                )
+                .write();
+            None
+        }
+    };
     let control_path = settings.data_dir.join(control::SOCKET_NAME);
     let metrics_socket = match settings.metrics_listen {
         Some(addr) => {
@@ -347,7 +366,8 @@ pub fn serve_with(
         let metrics_task = metrics_socket.map(|socket| {
             smol::spawn(crate::daemon::metrics::serve(socket, control_state.clone()))
         });
-        let control_task = smol::spawn(control::serve(control_socket, control_state));
+        let control_task =
+            control_socket.map(|socket| smol::spawn(control::serve(socket, control_state)));
         let tasks: Vec<_> = bound
             .into_iter()
             .map(|(role, _, socket)| smol::spawn(accept_loop(socket, role, runtime.clone())))
@@ -367,7 +387,9 @@ pub fn serve_with(
             }
         };
         watcher.cancel().await;
-        control_task.cancel().await;
+        if let Some(task) = control_task {
+            task.cancel().await;
+        }
         if let Some(task) = metrics_task {
             task.cancel().await;
         }
