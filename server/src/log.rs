@@ -262,6 +262,8 @@ impl Line {
             .strip_prefix("id=")
             .and_then(|rest| rest.split(' ').next())
             .filter(|id| *id != "-")
+            // Refusals (any peer can cause them) would push real messages out.
+            .filter(|_| self.event != Event::Rejected)
         {
             history::record(id, line.trim_end());
         }
@@ -271,18 +273,18 @@ impl Line {
 
 /// The recent log lines of each message, by queue id, kept in memory for `postern queue show`
 /// and `postern send-test` (through the control socket): the lines of the last
-/// [`history::IDS`] ids, at most [`history::LINES`] each, so memory stays bounded whatever the
-/// traffic (some megabytes at most), and nothing at all while idle.
+/// [`history::IDS`] ids, at most [`history::LINES`] each (the first and the newest), so memory
+/// stays bounded whatever the traffic (20 MiB at the very most), and nothing at all while idle.
 pub mod history {
     use std::collections::{HashMap, VecDeque};
     use std::sync::{Mutex, PoisonError};
 
     /// How many messages' lines are kept.
-    pub const IDS: usize = 2000;
-    /// How many lines of one message.
+    pub const IDS: usize = 1000;
+    /// How many lines of one message: the first half and the newest (the end matters most).
     pub const LINES: usize = 40;
-    /// The longest line kept (longer ones are cut).
-    const LINE: usize = 1024;
+    /// The longest line kept (longer ones are cut): at most IDS × LINES × LINE = 20 MiB.
+    const LINE: usize = 512;
 
     #[derive(Default)]
     struct Kept {
@@ -305,7 +307,10 @@ pub mod history {
             kept.order.push_back(id.to_string());
         }
         let lines = kept.lines.entry(id.to_string()).or_default();
-        if lines.len() < LINES {
+        if lines.len() == LINES {
+            lines.remove(LINES / 2);
+        }
+        {
             let mut end = line.len().min(LINE);
             while !line.is_char_boundary(end) {
                 end -= 1;
@@ -382,7 +387,8 @@ pub mod stats {
             Event::Delivered => {
                 kinds.push(2);
                 if fields.contains(" relay=") {
-                    kinds.push(if fields.contains(" tls=") { 6 } else { 7 });
+                    let tls = value(fields, "tls").is_some_and(|v| v != "none");
+                    kinds.push(if tls { 6 } else { 7 });
                 }
             }
             Event::Deferred => kinds.push(3),
@@ -595,6 +601,28 @@ mod tests {
             rest = next.strip_prefix(' ').unwrap_or(next);
         }
         (event.to_string(), fields)
+    }
+
+    #[test]
+    fn outbound_deliveries_are_counted_by_whether_they_had_tls() {
+        let count = |name: &str| {
+            stats::totals()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, c)| c)
+        };
+        let (tls, plain) = (count("relayed_tls"), count("relayed_plaintext"));
+        stats::count(
+            Event::Delivered,
+            "id=1 to=<a@b.test> relay=mx.b.test[192.0.2.1]:25 tls=none cert=none reply=\"250\"",
+        );
+        stats::count(
+            Event::Delivered,
+            "id=2 to=<a@b.test> relay=mx.b.test[192.0.2.1]:25 tls=TLSv1.3 cert=verified",
+        );
+        // Other tests count too (the counts are the process's): at least these two.
+        assert!(count("relayed_plaintext") > plain);
+        assert!(count("relayed_tls") > tls);
     }
 
     #[test]

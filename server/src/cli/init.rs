@@ -78,14 +78,18 @@ pub fn run(dir: &Path, c: Init) -> Result<(), InitError> {
         })
     };
     let domain_dir = dir.join("domains").join(&domain);
-    write(
-        &domain_dir.join("aliases"),
-        &format!(
-            "# Aliases of {domain} (chasquid's format; see README, Aliases). Examples:\n\
+    // A domain restored from git keeps its aliases.
+    let aliases = domain_dir.join("aliases");
+    if !aliases.exists() {
+        write(
+            &aliases,
+            &format!(
+                "# Aliases of {domain} (chasquid's format; see README, Aliases). Examples:\n\
              #   postmaster: you\n\
              #   *: you@gmail.example\n"
-        ),
-    )?;
+            ),
+        )?;
+    }
     let ignore = dir.join(".gitignore");
     if !ignore.exists() {
         write(&ignore, GITIGNORE)?;

@@ -202,13 +202,21 @@ fn follow(data_dir: &Path, id: &str, wait: Duration) -> Result<(), SendTestError
         shown = lines.len();
         if lines.iter().any(|l| l.contains(" removed id=")) {
             let failed = lines.iter().filter(|l| l.contains(" failed id=")).count();
-            return if failed == 0 {
-                println!("delivered");
-                Ok(())
-            } else {
+            let delivered = lines
+                .iter()
+                .filter(|l| l.contains(" delivered id="))
+                .count();
+            return if failed > 0 {
                 Err(SendTestError::NotDelivered(format!(
                     "{failed} recipient(s) failed; the sender gets a DSN"
                 )))
+            } else if delivered == 0 {
+                Err(SendTestError::NotDelivered(
+                    "removed from the queue without a delivery (postern queue remove?)".into(),
+                ))
+            } else {
+                println!("delivered");
+                Ok(())
             };
         }
         if Instant::now() >= deadline {

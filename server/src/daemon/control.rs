@@ -197,7 +197,8 @@ async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Res
         Timer::after(REQUEST_TIMEOUT).await;
         Ok(None)
     };
-    if future::or(read, late).await?.is_none() {
+    // No line end within the limit or the time: dropped, never run cut short.
+    if future::or(read, late).await?.is_none() || !line.ends_with('\n') {
         return Ok(());
     }
     let reply = match line.trim() {
@@ -426,32 +427,31 @@ fn remove(state: &ControlState, id: &str, silent: bool) -> Result<(String, usize
     Ok((qid.to_string(), bounced))
 }
 
-/// Holds (`hold`) or releases a message's pending recipients, through [`Store::apply`] for
-/// each owner; a released one is due now. Blocking.
+/// Holds (`hold`) or releases a message's pending recipients ([`Store::set_next_attempt`]);
+/// a released one is due now. Blocking.
 fn hold(state: &ControlState, id: &str, hold: bool) -> Result<String, String> {
     let qid = QueueId::parse(&id.to_ascii_uppercase())
         .ok_or_else(|| format!("not a queue id: {id:?}"))?;
-    let envelope = state
+    if state
         .store
         .envelope(&qid)
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no message {id} in the queue"))?;
-    let mut changed = envelope.clone();
-    let mut any = false;
-    for r in &mut changed.recipients {
-        if r.state == RecipientState::Pending {
-            r.next_attempt = if hold { HELD } else { 0 };
-            any = true;
-        }
+        .is_none()
+    {
+        return Err(format!("no message {id} in the queue"));
     }
-    if !any {
-        return Err(format!("no recipient of {id} is pending"));
-    }
-    for owner in [Owner::Local, Owner::Remote] {
-        state
-            .store
-            .apply(&[(qid.clone(), changed.clone())], owner, &[])
-            .map_err(|e| e.to_string())?;
+    // Release takes only held recipients; hold takes every pending one.
+    let changed = state
+        .store
+        .set_next_attempt(&qid, if hold { HELD } else { 0 }, |r| {
+            hold || r.next_attempt == HELD
+        })
+        .map_err(|e| e.to_string())?;
+    if !changed {
+        return Err(format!(
+            "no recipient of {id} is {}",
+            if hold { "pending" } else { "held" }
+        ));
     }
     state.committer.sync_blocking().map_err(|e| e.to_string())?;
     if !hold {
@@ -512,36 +512,21 @@ impl Selection {
     }
 }
 
-/// Makes the chosen pending recipients due now: through [`Store::apply`] for each owner (a
-/// worker's result landing meanwhile wins), synced, then the workers are told. Blocking.
+/// Makes the chosen pending recipients due now ([`Store::set_next_attempt`]: a worker's result
+/// recorded meanwhile is kept), synced, then the workers are told. Blocking.
 fn retry(state: &ControlState, which: &Selection) -> Result<Vec<String>, String> {
     let mut retried = Vec::new();
     for id in state.store.ids().map_err(|e| e.to_string())? {
-        let Some(envelope) = state.store.envelope(&id).map_err(|e| e.to_string())? else {
-            continue;
-        };
-        let mut changed = envelope.clone();
-        let mut any = false;
-        for r in &mut changed.recipients {
-            // A held recipient stays held: `queue release` lets it go.
-            if r.state == RecipientState::Pending
-                && r.next_attempt != HELD
-                && which.takes(id.as_str(), &r.address)
-            {
-                r.next_attempt = 0;
-                any = true;
-            }
+        // A held recipient stays held: `queue release` lets it go.
+        let changed = state
+            .store
+            .set_next_attempt(&id, 0, |r| {
+                r.next_attempt != HELD && which.takes(id.as_str(), &r.address)
+            })
+            .map_err(|e| e.to_string())?;
+        if changed {
+            retried.push(id);
         }
-        if !any {
-            continue;
-        }
-        for owner in [Owner::Local, Owner::Remote] {
-            state
-                .store
-                .apply(&[(id.clone(), changed.clone())], owner, &[])
-                .map_err(|e| e.to_string())?;
-        }
-        retried.push(id);
     }
     if let Selection::Id(want) = which
         && retried.is_empty()

@@ -294,7 +294,7 @@ pub fn serve_with(
                 message: format!("[metrics] cannot listen on {addr}: {e}"),
                 fix: "use a free loopback port, or remove [metrics] listen".into(),
             };
-            let socket = listen(addr).map_err(error)?;
+            let socket = listen(addr, true).map_err(error)?;
             log::status(format_args!("postern: metrics on http://{addr}/metrics"));
             Some(Async::new(socket).map_err(error)?)
         }
@@ -994,17 +994,22 @@ fn bind(settings: &Settings, listener: &Listener) -> Result<Async<TcpListener>, 
             fix,
         }
     };
-    let socket = listen(listener.addr).map_err(error)?;
+    // An IPv6 listener whose port is also listed on IPv4 takes IPv6 only, so the two can be
+    // bound side by side; alone, it keeps the system's default (dual-stack on Linux), as
+    // before.
+    let v4_twin = settings
+        .listeners
+        .iter()
+        .any(|l| l.addr.is_ipv4() && l.addr.port() == listener.addr.port());
+    let socket = listen(listener.addr, v4_twin).map_err(error)?;
     Async::new(socket).map_err(error)
 }
 
-/// A listening socket on `addr`. An IPv6 one takes IPv6 only, so that `"0.0.0.0:25"` and
-/// `"[::]:25"` can be listed side by side whatever the system's default
-/// (`net.ipv6.bindv6only`).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket on `addr`; an IPv6 one takes IPv6 only when `v6_only`.
+fn listen(addr: SocketAddr, v6_only: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
+    if addr.is_ipv6() && v6_only {
         socket.set_only_v6(true)?;
     }
     // As std's TcpListener::bind does: a restart can bind while old connections linger.

@@ -130,6 +130,11 @@ impl Recipients {
         {
             return Ok(true);
         }
+        // postmaster's Maildir is made by the deliveries nothing else took: it is no reason to
+        // pass over the catch-all, so only the users file makes postmaster a user.
+        if address.local() == POSTMASTER {
+            return Ok(false);
+        }
         let local = LocalMailbox {
             domain: address.ascii_domain().to_string(),
             user: address.local().to_string(),
@@ -228,7 +233,9 @@ mod tests {
         assert_eq!(r.user_exists("example.org", "alice"), Ok(true));
         assert_eq!(r.user_exists("EXAMPLE.org", "alice"), Ok(true));
         assert_eq!(r.user_exists("example.org", "carol"), Ok(true));
-        // postmaster is the alias resolution's to place (aliases and catch-all first).
+        // postmaster is the alias resolution's to place (aliases and catch-all first), even
+        // once its own Maildir exists.
+        fs::create_dir_all(tmp.path().join("mail/example.org/postmaster")).expect("mkdir");
         assert_eq!(r.user_exists("example.org", "postmaster"), Ok(false));
         assert_eq!(r.user_exists("example.org", "bob"), Ok(false));
         assert_eq!(r.user_exists("example.org", "a b"), Ok(false));

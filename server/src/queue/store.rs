@@ -724,6 +724,41 @@ impl Store {
         Ok(applied)
     }
 
+    /// Sets the next attempt of the recipients of `id` that are pending in the stored copy
+    /// and that `chosen` picks (`postern queue retry`, `hold`, `release`), under the same lock
+    /// as [`Store::apply`]: a worker's result recorded meanwhile is kept, never overwritten
+    /// with an older copy. Returns whether any recipient changed (not synced: ask the
+    /// committer).
+    pub fn set_next_attempt(
+        &self,
+        id: &QueueId,
+        next: u64,
+        chosen: impl Fn(&Recipient) -> bool,
+    ) -> Result<bool, StoreError> {
+        let _guard = self
+            .shared
+            .update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let h = self.for_write()?;
+        let Some(mut stored) = h.envelope(id)? else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for r in &mut stored.recipients {
+            if r.state == RecipientState::Pending && chosen(r) && r.next_attempt != next {
+                r.next_attempt = next;
+                changed = true;
+            }
+        }
+        if changed {
+            let mut batch = h.db.batch();
+            batch.insert(&h.messages, id.as_str(), stored.encode());
+            self.wrote(&h, batch.commit())?;
+        }
+        Ok(changed)
+    }
+
     /// Makes every write so far durable: one fsync of the journal. The new envelopes written
     /// before it (in this opening of the database) are then recorded in the ledger.
     pub fn sync(&self) -> Result<(), StoreError> {

@@ -234,10 +234,15 @@ impl TlsMemory {
             state.levels.insert(domain, level);
             render(&state.levels)
         };
-        let written =
-            lock.and_then(|_held| crate::files::replace(&self.path, text.as_bytes(), 0o600, None));
-        // Our own write is no change to take in later, whether it landed or not.
-        file.stamp = stamp(&self.path).unwrap_or(file.stamp);
+        // The stamp is taken while the directory is still locked: a forget waiting for the
+        // lock changes the file after, and is seen as someone else's change.
+        let written = lock.and_then(|_held| {
+            let done =
+                crate::files::replace(&self.path, text.as_bytes(), 0o600, dir_owner(&self.path));
+            // Our own write is no change to take in later, whether it landed or not.
+            file.stamp = stamp(&self.path).unwrap_or(file.stamp);
+            done
+        });
         written.map_err(save_error)?;
         Ok(true)
     }
@@ -283,7 +288,9 @@ pub fn forget(path: &Path, domain: &str) -> io::Result<Option<Level>> {
     let Some(level) = levels.remove(&domain) else {
         return Ok(None);
     };
-    crate::files::replace(path, render(&levels).as_bytes(), 0o600, None)?;
+    // Owned like the data directory: `postern tls forget` run as root must leave a file the
+    // server's user can read.
+    crate::files::replace(path, render(&levels).as_bytes(), 0o600, dir_owner(path))?;
     Ok(Some(level))
 }
 
@@ -314,6 +321,15 @@ fn read(path: &Path) -> io::Result<(HashMap<String, Level>, Vec<BadLine>)> {
         }
     }
     Ok((levels, bad))
+}
+
+/// The owner and group of the directory holding `path`.
+fn dir_owner(path: &Path) -> Option<(u32, u32)> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))
 }
 
 /// The file's [`Stamp`].

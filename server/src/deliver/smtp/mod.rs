@@ -615,7 +615,12 @@ async fn attempt(
         .await
         {
             Ok(s) => s,
-            Err(e) => return Attempt::Refused(format!("TLS handshake: {e}")),
+            Err(e) if because.is_empty() => {
+                return Attempt::Refused(format!("TLS handshake: {e}"));
+            }
+            Err(e) => {
+                return Attempt::Refused(format!("TLS handshake: {e} (TLS required: {because})"));
+            }
         };
         deliver(tls_stream, &mut session, None, &mut bodies).await
     } else {
