@@ -1,20 +1,52 @@
 //! Replacing a file atomically, for the files postern writes itself (users files, the TLS
 //! policy memory, the MTA-STS cache, the SRS key): readers see the old file or the new one,
-//! never a part, and a crash leaves one of the two. And how much room a file system has left.
+//! never a part, and a crash leaves one of the two. How to tell that a file changed (its
+//! [`Stamp`]), who owns the directory a file goes into, and how much room a file system has
+//! left.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// What tells two versions of a file apart: (inode, size, mtime in ns). A rewrite is a
+/// rename, so the inode changes even within one mtime tick.
+pub type Stamp = (u64, u64, i128);
+
+/// The [`Stamp`] of `path`; `None` when there is no file.
+pub fn stamp(path: &Path) -> io::Result<Option<Stamp>> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some((
+            m.ino(),
+            m.size(),
+            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The owner and group of the directory holding `path`: what a file the CLI writes there gets,
+/// so that the server's user can read it when the CLI runs as root.
+pub fn dir_owner(path: &Path) -> Option<(u32, u32)> {
+    fs::metadata(parent_dir(path))
+        .ok()
+        .map(|m| (m.uid(), m.gid()))
+}
 
 /// Replaces `path` with `bytes`: a temporary file beside it with `mode` (and `owner`, uid and
 /// gid, when given and we may give files away), fsync, rename, fsync of the directory. The
 /// temporary file goes when anything fails.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

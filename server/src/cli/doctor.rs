@@ -104,18 +104,13 @@ pub fn run(dir: &Path, c: Doctor) -> Result<(), DoctorError> {
     Ok(())
 }
 
-/// The local domains: the directories under `domains/`, sorted.
+/// The local domains ([`crate::directory::domain_names`]), lower case.
 fn local_domains(settings: &Settings) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(settings.domains_dir())
+    crate::directory::domain_names(&settings.domains_dir())
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
         .map(|n| n.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    names
+        .collect()
 }
 
 /// The findings as lines for a person.

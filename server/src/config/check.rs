@@ -19,17 +19,10 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
-/// The domain directories under `domains/`, sorted by name.
+/// The domain directories under `domains/` ([`crate::directory::domain_names`]); an
+/// unreadable `domains/` lists none.
 fn domain_names(settings: &Settings) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(settings.domains_dir())
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names
+    crate::directory::domain_names(&settings.domains_dir()).unwrap_or_default()
 }
 
 /// Reads every users, aliases and DKIM key file under `settings`' `domains/`.

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,12 +67,9 @@ struct State {
 struct FileState {
     path: PathBuf,
     /// `None`: there is no file.
-    stamp: Option<Stamp>,
+    stamp: Option<crate::files::Stamp>,
     table: AliasTable,
 }
-
-/// What tells two versions of a file apart: (inode, size, mtime in ns).
-type Stamp = (u64, u64, i128);
 
 /// A problem with an aliases file: the file, the line when there is one, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +172,7 @@ impl Aliases {
     fn refresh(&self, state: &mut State) -> Vec<Problem> {
         state.checked = Some(Instant::now());
         let mut problems = Vec::new();
-        let names = match domain_names(&self.domains_dir) {
+        let names = match crate::directory::domain_names(&self.domains_dir) {
             Ok(names) => names,
             Err(e) => {
                 // Keep what we have: a transient error must not drop every alias.
@@ -193,7 +189,7 @@ impl Aliases {
         for name in names {
             let path = self.domains_dir.join(&name).join(ALIASES_FILE);
             let previous = state.files.remove(&name);
-            let stamp = stamp(&path);
+            let stamp = crate::files::stamp(&path).ok().flatten();
             if let Some(prev) = previous.as_ref().filter(|p| p.stamp == stamp) {
                 files.insert(name, clone_state(prev));
                 continue;
@@ -276,30 +272,6 @@ fn log_problem(p: &Problem) {
     crate::log::line(crate::log::Event::Config)
         .text("msg", format_args!("aliases: {p}{what}"))
         .write();
-}
-
-/// The names of the directories under `domains_dir`, sorted. A missing `domains/` is empty.
-fn domain_names(domains_dir: &Path) -> io::Result<Vec<String>> {
-    let entries = match fs::read_dir(domains_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// The file's version, or `None` when there is no file.
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = fs::metadata(path).ok()?;
-    let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
-    Some((m.ino(), m.size(), mtime))
 }
 
 /// Reads a file of at most [`MAX_FILE_SIZE`] octets as UTF-8.

@@ -22,3 +22,26 @@ pub mod logins;
 pub mod recipients;
 pub mod relay;
 pub mod users;
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// The local domains: the names of the directories under `domains_dir` (`<config>/domains`),
+/// sorted, hidden ones left out. A missing `domains/` is none. The aliases, the
+/// configuration check and the DNS doctor all read them here.
+pub fn domain_names(domains_dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(domains_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}

@@ -154,13 +154,9 @@ pub struct UserDb {
 /// A parsed users file and what identified its version.
 #[derive(Debug)]
 struct Cached {
-    stamp: Stamp,
+    stamp: crate::files::Stamp,
     users: Vec<User>,
 }
-
-/// What tells two versions of a file apart: (inode, size, mtime in ns). A rewrite is a rename,
-/// so the inode changes even within one mtime tick.
-type Stamp = (u64, u64, i128);
 
 /// A users file as lines, for rewriting it with comments and order kept.
 #[derive(Debug)]
@@ -425,13 +421,8 @@ impl UserDb {
 
     /// The parsed file at `path`, from the cache when its stamp is unchanged.
     fn cached(&self, path: &Path, domain: &Address) -> Result<Arc<Cached>, UserDbError> {
-        let stamp = match fs::metadata(path) {
-            Ok(m) => (
-                m.ino(),
-                m.size(),
-                i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, 0),
+        let stamp = match crate::files::stamp(path) {
+            Ok(stamp) => stamp.unwrap_or((0, 0, 0)),
             Err(source) => {
                 return Err(UserDbError::Io {
                     path: path.to_path_buf(),
@@ -716,10 +707,9 @@ fn parse_line(line: &str, domain: &Address) -> Result<Option<User>, String> {
 /// chown: `postern user` run as root for a server that runs as another user must leave a file
 /// that server can read).
 fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let (mode, owner) = match fs::metadata(path) {
         Ok(m) => (m.permissions().mode() & 0o7777, Some((m.uid(), m.gid()))),
-        Err(_) => (0o640, fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))),
+        Err(_) => (0o640, crate::files::dir_owner(path)),
     };
     crate::files::replace(path, text.as_bytes(), mode, owner)
 }

@@ -34,7 +34,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -43,8 +42,8 @@ use std::time::{Duration, Instant};
 /// How often the server looks whether the file was changed by someone else, at most.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What tells two versions of the file apart: (inode, size, mtime in ns); `None`: no file.
-type Stamp = Option<(u64, u64, i128)>;
+/// The file's version ([`crate::files::Stamp`]); `None`: no file.
+type Stamp = Option<crate::files::Stamp>;
 
 /// The name of the file in the data directory.
 pub const FILE_NAME: &str = "tls-domains";
@@ -132,7 +131,7 @@ impl TlsMemory {
     /// Loads `path` (a missing file is an empty memory). Bad lines are skipped and returned,
     /// for the caller to log; an unreadable file is an error.
     pub fn open(path: &Path) -> io::Result<(TlsMemory, Vec<BadLine>)> {
-        let stamp = stamp(path)?;
+        let stamp = crate::files::stamp(path)?;
         let (levels, bad) = read(path)?;
         let memory = TlsMemory {
             path: path.to_path_buf(),
@@ -178,7 +177,7 @@ impl TlsMemory {
     /// levels in memory stay when the file cannot be read.
     fn refresh(&self, file: &mut FileState) {
         file.checked = Instant::now();
-        let now = match stamp(&self.path) {
+        let now = match crate::files::stamp(&self.path) {
             Ok(now) => now,
             Err(_) => return,
         };
@@ -237,10 +236,14 @@ impl TlsMemory {
         // The stamp is taken while the directory is still locked: a forget waiting for the
         // lock changes the file after, and is seen as someone else's change.
         let written = lock.and_then(|_held| {
-            let done =
-                crate::files::replace(&self.path, text.as_bytes(), 0o600, dir_owner(&self.path));
+            let done = crate::files::replace(
+                &self.path,
+                text.as_bytes(),
+                0o600,
+                crate::files::dir_owner(&self.path),
+            );
             // Our own write is no change to take in later, whether it landed or not.
-            file.stamp = stamp(&self.path).unwrap_or(file.stamp);
+            file.stamp = crate::files::stamp(&self.path).unwrap_or(file.stamp);
             done
         });
         written.map_err(save_error)?;
@@ -290,7 +293,12 @@ pub fn forget(path: &Path, domain: &str) -> io::Result<Option<Level>> {
     };
     // Owned like the data directory: `postern tls forget` run as root must leave a file the
     // server's user can read.
-    crate::files::replace(path, render(&levels).as_bytes(), 0o600, dir_owner(path))?;
+    crate::files::replace(
+        path,
+        render(&levels).as_bytes(),
+        0o600,
+        crate::files::dir_owner(path),
+    )?;
     Ok(Some(level))
 }
 
@@ -323,36 +331,10 @@ fn read(path: &Path) -> io::Result<(HashMap<String, Level>, Vec<BadLine>)> {
     Ok((levels, bad))
 }
 
-/// The owner and group of the directory holding `path`.
-fn dir_owner(path: &Path) -> Option<(u32, u32)> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))
-}
-
-/// The file's [`Stamp`].
-fn stamp(path: &Path) -> io::Result<Stamp> {
-    match fs::metadata(path) {
-        Ok(m) => Ok(Some((
-            m.ino(),
-            m.size(),
-            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// An exclusive lock of the directory holding `path`, held while the returned file is open:
 /// the server and `postern tls forget` take turns.
 fn lock_dir(path: &Path) -> io::Result<fs::File> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let handle = fs::File::open(dir)?;
+    let handle = fs::File::open(crate::files::parent_dir(path))?;
     handle.lock()?;
     Ok(handle)
 }
