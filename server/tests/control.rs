@@ -5,19 +5,23 @@
 mod common;
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use postern::dns::test_server::TestServer;
 
-fn postern(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(common::BINARY)
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run postern")
+/// A test DNS server whose zone sends remote.test's mail to 127.0.0.1.
+fn remote_dns(dir: &std::path::Path) -> TestServer {
+    let zone = dir.join("zone");
+    fs::write(
+        &zone,
+        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+         remote.test. 300 MX 10 mx.remote.test.\n\
+         mx.remote.test. 300 A 127.0.0.1\n",
+    )
+    .expect("zone");
+    TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone).expect("dns")
 }
 
 /// `GET path` on 127.0.0.1:`port`: the whole response.
@@ -36,26 +40,10 @@ fn scrape(port: u16, path: &str) -> String {
 #[test]
 fn queue_list_and_status_see_a_deferred_message() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let zone = tmp.path().join("zone");
-    fs::write(
-        &zone,
-        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
-         remote.test. 300 MX 10 mx.remote.test.\n\
-         mx.remote.test. 300 A 127.0.0.1\n",
-    )
-    .expect("zone");
-    let dns = TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone).expect("dns");
+    let dns = remote_dns(tmp.path());
     // A port nobody listens on: the remote is down, the message waits.
-    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let metrics_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed = common::free_port();
+    let metrics_port = common::free_port();
     let dir = common::instance(
         "a.test",
         &[("a.test", &["alice"])],
@@ -90,7 +78,7 @@ print("sent")
     submit("waits");
     server.wait_log("deferred id=", 30);
 
-    let out = postern(dir.path(), &["queue", "list"]);
+    let out = common::postern(dir.path(), &["queue", "list"]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -104,14 +92,14 @@ print("sent")
     );
     assert!(shown.contains("connect"), "the last error: {shown}");
 
-    let out = postern(dir.path(), &["queue", "list", "--json"]);
+    let out = common::postern(dir.path(), &["queue", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let entry = &list.as_array().expect("array")[0];
     assert_eq!(entry["from"], "<alice@a.test>");
     assert_eq!(entry["recipients"][0]["state"], "pending");
     assert_eq!(entry["recipients"][0]["attempts"], 1);
 
-    let out = postern(dir.path(), &["status"]);
+    let out = common::postern(dir.path(), &["status"]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{shown}");
     assert!(shown.starts_with("a.test up "), "{shown}");
@@ -181,7 +169,7 @@ print("sent")
     // `queue show`: the entry, and the header section as it will go out (with the Date and
     // Message-ID the server added).
     let id = entry["id"].as_str().expect("id").to_string();
-    let out = postern(dir.path(), &["queue", "show", &id]);
+    let out = common::postern(dir.path(), &["queue", "show", &id]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{shown}");
     assert!(shown.starts_with(&id), "{shown}");
@@ -200,14 +188,14 @@ print("sent")
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let listed = {
-        let out = postern(dir.path(), &["queue", "list", "--json"]);
+        let out = common::postern(dir.path(), &["queue", "list", "--json"]);
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         list.as_array()
             .expect("array")
             .iter()
             .map(|e| {
                 let id = e["id"].as_str().expect("id").to_string();
-                let out = postern(dir.path(), &["queue", "show", &id]);
+                let out = common::postern(dir.path(), &["queue", "show", &id]);
                 (id, String::from_utf8_lossy(&out.stdout).into_owned())
             })
             .collect::<Vec<_>>()
@@ -220,7 +208,7 @@ print("sent")
             .map(|(id, _)| id.clone())
             .expect("listed")
     };
-    let out = postern(dir.path(), &["queue", "remove", &find("drop me")]);
+    let out = common::postern(dir.path(), &["queue", "remove", &find("drop me")]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("the sender gets a DSN for 1 recipients"),
@@ -233,15 +221,15 @@ print("sent")
         dsn[0]
     );
     assert!(dsn[0].contains("Subject: drop me\r\n"), "{}", dsn[0]);
-    let out = postern(
+    let out = common::postern(
         dir.path(),
         &["queue", "remove", "--silent", &find("drop me quietly")],
     );
     assert!(out.status.success(), "{out:?}");
-    let out = postern(dir.path(), &["queue", "list", "--json"]);
+    let out = common::postern(dir.path(), &["queue", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
-    let out = postern(dir.path(), &["queue", "remove", &find("drop me")]);
+    let out = common::postern(dir.path(), &["queue", "remove", &find("drop me")]);
     assert_eq!(out.status.code(), Some(1), "gone already: {out:?}");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(
@@ -251,7 +239,7 @@ print("sent")
     );
 
     // The remote comes back: `queue retry` delivers now instead of in ten minutes.
-    let out = postern(dir.path(), &["queue", "retry", "0000000000000000"]);
+    let out = common::postern(dir.path(), &["queue", "retry", "0000000000000000"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no message 0000000000000000"),
@@ -259,7 +247,7 @@ print("sent")
     );
     // `queue hold`: no attempt until `queue release`, even when the remote is back and a
     // retry is asked for; `queue retry` takes the others.
-    let out = postern(dir.path(), &["queue", "hold", &id]);
+    let out = common::postern(dir.path(), &["queue", "hold", &id]);
     assert!(out.status.success(), "{out:?}");
     submit("retry me");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -267,7 +255,7 @@ print("sent")
         assert!(std::time::Instant::now() < deadline, "{}", server.log());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let out = postern(dir.path(), &["queue", "list"]);
+    let out = common::postern(dir.path(), &["queue", "list"]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         shown.contains("    <bob@remote.test> held, 1 attempts"),
@@ -280,7 +268,7 @@ print("sent")
         &format!("smtp = [\"127.0.0.1:{closed}\"]"),
     );
     let b = common::Server::start(b_dir.path(), 1);
-    let out = postern(dir.path(), &["queue", "retry", "--domain", "REMOTE.test"]);
+    let out = common::postern(dir.path(), &["queue", "retry", "--domain", "REMOTE.test"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("1 messages due now: "),
@@ -290,13 +278,13 @@ print("sent")
     assert!(got[0].contains("Subject: retry me"), "{}", got[0]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(b.inbox("remote.test", "bob").len(), 1, "the held one waits");
-    let out = postern(dir.path(), &["queue", "release", &id]);
+    let out = common::postern(dir.path(), &["queue", "release", &id]);
     assert!(out.status.success(), "{out:?}");
     let got = common::wait_messages(&b, "remote.test", "bob", 2, 20);
     assert!(got.iter().any(|m| m.contains("Subject: waits")), "{got:?}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let out = postern(dir.path(), &["queue", "list"]);
+        let out = common::postern(dir.path(), &["queue", "list"]);
         if String::from_utf8_lossy(&out.stdout) == "the queue is empty\n" {
             break;
         }
@@ -306,7 +294,7 @@ print("sent")
 
     // Without a server, the commands say so.
     drop(server);
-    let out = postern(dir.path(), &["status"]);
+    let out = common::postern(dir.path(), &["status"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is `postern serve` running"),
@@ -320,20 +308,8 @@ print("sent")
 #[test]
 fn send_test_follows_a_message_to_its_end() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let zone = tmp.path().join("zone");
-    fs::write(
-        &zone,
-        "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
-         remote.test. 300 MX 10 mx.remote.test.\n\
-         mx.remote.test. 300 A 127.0.0.1\n",
-    )
-    .expect("zone");
-    let dns = TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone).expect("dns");
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let dns = remote_dns(tmp.path());
+    let port = common::free_port();
     let b_dir = common::instance(
         "mx.remote.test",
         &[("remote.test", &["bob"])],
@@ -341,11 +317,7 @@ fn send_test_follows_a_message_to_its_end() {
         &format!("smtp = [\"127.0.0.1:{port}\"]"),
     );
     let b = common::Server::start(b_dir.path(), 1);
-    let metrics_port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let metrics_port = common::free_port();
     let dir = common::instance(
         "a.test",
         &[("a.test", &["alice"])],
@@ -470,7 +442,7 @@ fn without_a_control_socket_the_server_still_serves() {
     fs::write(dir.path().join("postern.toml"), config).expect("config");
     let server = common::Server::start(dir.path(), 1);
     server.wait_log("cannot open the control socket", 10);
-    let out = postern(dir.path(), &["status"]);
+    let out = common::postern(dir.path(), &["status"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot talk to the running server"),

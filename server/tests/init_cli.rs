@@ -5,16 +5,7 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Output};
-
-fn postern(dir: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(common::BINARY)
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run postern")
-}
+use std::process::Output;
 
 fn text(out: &Output) -> String {
     format!(
@@ -29,7 +20,7 @@ fn text(out: &Output) -> String {
 fn init_writes_a_production_directory_and_prints_the_records() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("etc-postern");
-    let out = postern(
+    let out = common::postern(
         &dir,
         &[
             "init",
@@ -81,7 +72,7 @@ fn init_writes_a_production_directory_and_prints_the_records() {
     assert!(dir.join(".gitignore").is_file());
 
     // What is missing is the certificate, and config check says so.
-    let check = postern(&dir, &["config", "check"]);
+    let check = common::postern(&dir, &["config", "check"]);
     assert_eq!(check.status.code(), Some(1), "{}", text(&check));
     assert!(text(&check).contains("certs"), "{}", text(&check));
     assert!(
@@ -93,7 +84,7 @@ fn init_writes_a_production_directory_and_prints_the_records() {
         &dir.join("certs/mx.example.org"),
         &common::cert(&["mx.example.org"]),
     );
-    let check = postern(&dir, &["config", "check"]);
+    let check = common::postern(&dir, &["config", "check"]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(
         text(&check).contains("ok (hostname mx.example.org"),
@@ -103,14 +94,14 @@ fn init_writes_a_production_directory_and_prints_the_records() {
 
     // Once set up, init writes nothing.
     let before = fs::read_to_string(dir.join("postern.toml")).expect("read");
-    let again = postern(&dir, &["init", "example.org"]);
+    let again = common::postern(&dir, &["init", "example.org"]);
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     assert!(text(&again).contains("set up already"), "{}", text(&again));
     assert_eq!(
         fs::read_to_string(dir.join("postern.toml")).expect("read"),
         before
     );
-    let bad = postern(&tmp.path().join("other"), &["init", "not a domain"]);
+    let bad = common::postern(&tmp.path().join("other"), &["init", "not a domain"]);
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert!(
         text(&bad).contains("is not a domain name"),

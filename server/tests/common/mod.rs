@@ -455,3 +455,22 @@ else:
     for i in range(count):
         print("pass" if d.verify(idx=i, dnsfunc=dnsfunc) else "fail")
 "#;
+
+/// A loopback port nobody listens on (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `postern -C dir ARGS...`, run to its end.
+pub fn postern(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run postern")
+}
