@@ -263,11 +263,19 @@ impl Resolver {
     /// The verified reverse name of `ip` (forward-confirmed reverse DNS, RFC 8601 3's
     /// "iprev"): the first of its PTR names (at most [`MAX_PTR_NAMES`] looked at) whose own
     /// A or AAAA records hold `ip`, lower case and without the final dot. `None` when there
-    /// is none or DNS fails: a name is only shown when it is confirmed.
+    /// is none or DNS fails: a name is only shown when it is confirmed. Only plain host names
+    /// (letters, digits, `-`, `_`, `.`) are taken, so the name can go into a header as it is.
     pub async fn verified_name(&self, ip: IpAddr) -> Option<String> {
         let names = self.ptr(ip).await.ok()?;
         for name in names.iter().take(MAX_PTR_NAMES) {
             let text = name.to_ascii().to_ascii_lowercase();
+            let plain = text.len() <= 254
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !plain {
+                continue;
+            }
             let confirmed = match ip {
                 IpAddr::V4(v4) => self.a(&text).await.is_ok_and(|a| a.contains(&v4)),
                 IpAddr::V6(v6) => self.aaaa(&text).await.is_ok_and(|a| a.contains(&v6)),

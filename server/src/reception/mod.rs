@@ -487,9 +487,7 @@ impl Handler for Reception {
                             async_io::Timer::after(REVERSE_NAME_TIMEOUT).await;
                             None
                         };
-                        futures_lite::future::or(lookup, limit)
-                            .await
-                            .filter(|n| is_plain_name(n))
+                        futures_lite::future::or(lookup, limit).await
                     }
                 }
             };
@@ -861,15 +859,6 @@ fn client_ip(session: &Session) -> String {
 /// The client's address as an RFC 5321 address literal, for `Received:`.
 /// How long the reverse name of a client may take to look up and confirm.
 const REVERSE_NAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Whether a name from DNS can go into a header as it is: letters, digits, `-`, `_`, `.`.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
 
 fn client_literal(session: &Session) -> String {
     match session.peer().remote.map(|a| a.ip().to_canonical()) {
