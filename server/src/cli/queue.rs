@@ -21,6 +21,7 @@ use crate::cli::QueueCommand;
 use crate::config::{ConfigError, Settings};
 use crate::daemon::control;
 use crate::queue::recovery::Report;
+use crate::queue::settle::human_duration;
 
 /// What a queue command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +163,7 @@ fn describe_entry(e: &control::QueueEntry) -> String {
         e.received,
         e.size,
         e.from,
-        human(e.age_seconds)
+        human_duration(e.age_seconds)
     );
     for r in &e.recipients {
         let _ = write!(t, "    {} {}", r.to, r.state);
@@ -210,7 +211,7 @@ pub fn status(dir: &Path, json: bool) -> Result<(), QueueCmdError> {
         println!("{}", answer.trim());
         return Ok(());
     }
-    println!("{} up {}", s.hostname, human(s.uptime_seconds));
+    println!("{} up {}", s.hostname, human_duration(s.uptime_seconds));
     for (role, addr) in &s.listeners {
         println!("listening on {addr} ({role})");
     }
@@ -224,7 +225,7 @@ pub fn status(dir: &Path, json: bool) -> Result<(), QueueCmdError> {
         "queue: {} messages, {} recipients pending, oldest {}",
         s.queued_messages,
         s.pending_recipients,
-        human(s.oldest_age_seconds)
+        human_duration(s.oldest_age_seconds)
     );
     let count = |name: &str| {
         s.last_hour
@@ -253,20 +254,6 @@ pub fn status(dir: &Path, json: bool) -> Result<(), QueueCmdError> {
         println!("certificate: {chain}, valid until {expires}");
     }
     Ok(())
-}
-
-/// Seconds as `3d4h`, `2h5m`, `4m10s`, `7s`.
-fn human(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    if d > 0 {
-        format!("{d}d{h}h")
-    } else if h > 0 {
-        format!("{h}h{m}m")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else {
-        format!("{s}s")
-    }
 }
 
 /// One recovery, as listed.

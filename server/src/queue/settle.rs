@@ -494,7 +494,7 @@ pub fn random_fraction() -> f64 {
 }
 
 /// `secs` for a person: `2 days 3 h`, `4 h 5 min`, `6 min`, `7 s`.
-fn human_duration(secs: u64) -> String {
+pub fn human_duration(secs: u64) -> String {
     match secs {
         s if s >= 86_400 => format!("{} days {} h", s / 86_400, (s % 86_400) / 3600),
         s if s >= 3600 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
