@@ -11,8 +11,13 @@
 //! startup work (swept partial bodies, resumed messages) is `startup`, the queue store's
 //! health (a failed write, a full disk, delivery stopped and resumed) is `store`, a queue
 //! recovered at startup (damaged or with lost messages) is `recovery`, and logins are `auth`
-//! (client IP and outcome only); [`Event`] lists every event. AUTH data (user names, passwords)
-//! and message bodies are never logged.
+//! (the user when it is one of ours, else `user=unknown`, the session, client and outcome);
+//! [`Event`] lists every event. Passwords, other AUTH data, names that are not our users and
+//! message bodies are never logged.
+//!
+//! Every line also feeds two bounded in-memory views: [`history`], the lines of each recent
+//! message by queue id (for `postern queue show` and `send-test`), and [`stats`], the counts
+//! of the last hour and since the start (for `postern status` and the metrics).
 
 use std::fmt;
 use std::io::Write;

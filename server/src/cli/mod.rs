@@ -317,7 +317,7 @@ pub struct QueueList {
 #[argh(subcommand, name = "recovery")]
 pub struct QueueRecovery {}
 
-/// check, through [dns], what the world sees of this server: MX, the hostname's addresses,
+/// check, through the configured DNS resolvers, what the world sees of this server: MX, the hostname's addresses,
 /// PTR (FCrDNS), SPF, DKIM, DMARC, TLS-RPT, MTA-STS, the certificate; each finding ok,
 /// warning or error with the record to publish; exit status 1 on an error
 #[derive(Debug, FromArgs)]

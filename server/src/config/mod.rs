@@ -10,7 +10,13 @@
 //! [`crate::daemon::listeners`], `[auth]` to [`crate::directory::logins`], `[relay]` and
 //! `[senders]` to [`crate::directory::relay`], `[aliases]` to [`crate::directory::aliases`],
 //! `[checks]` to [`crate::mailauth`], `[delivery]` and `[routes]` to
-//! [`crate::deliver::smtp::settings`], `[mailboxes]` to [`crate::deliver`].
+//! [`crate::deliver::smtp::settings`], `[mailboxes]` to [`crate::deliver`]. `[dns]` and
+//! `[metrics]` (loopback only) are read here. Without `data_dir`, state goes outside the
+//! directory ([`default_data_dir`]).
+//!
+//! [`check`] reads the rest of the configuration directory (users, aliases, DKIM keys, file
+//! modes) as `serve` does, for startup and `postern config check`; [`init`] writes the
+//! embedded default and `postern init`'s production file.
 
 pub mod check;
 pub mod init;
