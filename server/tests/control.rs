@@ -165,6 +165,24 @@ print("sent")
         "{stderr}"
     );
     assert!(stderr.contains("Permission denied"), "{stderr}");
+    // With the socket's mode opened up, the server still refuses another user.
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::BINARY)
+        .arg("-C")
+        .arg(dir.path())
+        .args(["queue", "list"])
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("user id 65534 may not use this server's control socket"),
+        "{stderr}"
+    );
+    server.wait_log("refused a connection from user id 65534", 10);
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600)).expect("chmod");
 
     // `queue show`: the entry, and the header section as it will go out (with the Date and
     // Message-ID the server added).
@@ -468,4 +486,114 @@ print("sent")
         assert!(std::time::Instant::now() < deadline, "{}", server.log());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// The runs the slow command of [`a_slow_local_delivery_is_never_doubled_nor_half_removed`]
+/// logged so far.
+fn runs(file: &std::path::Path) -> String {
+    fs::read_to_string(file).unwrap_or_default()
+}
+
+/// Waits (at most 30 s) until `file` holds `n` lines `start`.
+fn wait_starts(file: &std::path::Path, n: usize) {
+    for _ in 0..300 {
+        if runs(file).matches("start\n").count() >= n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the command did not start {n} times: {:?}", runs(file));
+}
+
+/// The id of the only queued message.
+fn only_id(dir: &std::path::Path) -> String {
+    let out = common::postern(dir, &["queue", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 1, "{list:?}");
+    list[0]["id"].as_str().expect("id").to_string()
+}
+
+#[test]
+fn a_slow_local_delivery_is_never_doubled_nor_half_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("runs");
+    let script = tmp.path().join("slow.sh");
+    fs::write(
+        &script,
+        format!(
+            "echo start >> {0}\nsleep 3\ncat > /dev/null\necho end >> {0}\n",
+            log.display()
+        ),
+    )
+    .expect("script");
+    let dir = common::instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        &format!(
+            "[mailboxes]\n\"alice@a.test\" = {{ command = \"/bin/sh {}\", timeout = 60 }}\n",
+            script.display()
+        ),
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    let server = common::Server::start(dir.path(), 1);
+    let send = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=30)
+s.sendmail("someone@client.test", ["alice@a.test"], "From: someone@client.test\r\nSubject: slow\r\n\r\nx\r\n")
+s.quit()
+print("sent")
+"#;
+    let port = server.port("smtp").to_string();
+    assert_eq!(
+        common::python(send, std::slice::from_ref(&port)).trim(),
+        "sent"
+    );
+
+    // While the command runs, the operator asks for the message again, twice: the other
+    // worker must not deliver it a second time.
+    wait_starts(&log, 1);
+    let id = only_id(dir.path());
+    for args in [
+        &["queue", "retry", id.as_str()][..],
+        &["queue", "retry", "--all"],
+    ] {
+        let out = common::postern(dir.path(), args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    server.wait_log(&format!("delivered id={id}"), 30);
+    // The retries were handed out again once the first run was over: long enough for a
+    // second run to start if one were going to.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(runs(&log), "start\nend\n", "{}", server.log());
+
+    // A removal during the delivery waits for it: the message is delivered, not also
+    // bounced.
+    assert_eq!(common::python(send, &[port]).trim(), "sent");
+    wait_starts(&log, 2);
+    let id = only_id(dir.path());
+    let out = common::postern(dir.path(), &["queue", "remove", &id]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("no message {id} in the queue")),
+        "{said}"
+    );
+    let log_text = server.log();
+    assert!(
+        log_text.contains(&format!("delivered id={id}")),
+        "{log_text}"
+    );
+    assert!(!log_text.contains("failed id="), "{log_text}");
+    assert!(!log_text.contains("dsn "), "{log_text}");
+    assert_eq!(runs(&log), "start\nend\nstart\nend\n", "{log_text}");
 }

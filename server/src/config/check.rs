@@ -159,15 +159,70 @@ pub fn loose_modes(settings: &Settings) -> Vec<LooseMode> {
 
 /// Takes the others' bits off each file of `loose` that is not a symbolic link (a link's
 /// target belongs to whoever made it: certbot, acme.sh). Returns what was changed.
+///
+/// The file is opened without following a link and changed through that descriptor, so a
+/// link put in its place after the check is never followed.
 pub fn fix_modes(loose: &[LooseMode]) -> std::io::Result<Vec<PathBuf>> {
-    use std::os::unix::fs::PermissionsExt;
+    use rustix::fs::{Mode, OFlags};
     let mut fixed = Vec::new();
     for l in loose {
-        if std::fs::symlink_metadata(&l.path)?.file_type().is_symlink() {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(&l.path, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            // ELOOP: a symbolic link.
+            Err(rustix::io::Errno::LOOP) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             continue;
         }
-        std::fs::set_permissions(&l.path, std::fs::Permissions::from_mode(l.wanted()))?;
-        fixed.push(l.path.clone());
+        let mode = st.st_mode & 0o7777;
+        if mode & 0o007 != 0 {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o770))?;
+            fixed.push(l.path.clone());
+        }
     }
     Ok(fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    /// A loose file is fixed through its own descriptor; a link in its place is not
+    /// followed, and its target keeps its mode.
+    #[test]
+    fn fixing_modes_never_follows_a_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (file, target, link) = (
+            tmp.path().join("users"),
+            tmp.path().join("elsewhere"),
+            tmp.path().join("key.pem"),
+        );
+        for path in [&file, &target] {
+            std::fs::write(path, "x").expect("write");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        std::os::unix::fs::symlink(&target, &link).expect("link");
+        let loose: Vec<LooseMode> = [&file, &link]
+            .into_iter()
+            .map(|p| LooseMode {
+                path: p.clone(),
+                mode: 0o644,
+            })
+            .collect();
+        assert_eq!(fix_modes(&loose).expect("fix"), vec![file.clone()]);
+        assert_eq!(mode(&file), 0o640);
+        assert_eq!(mode(&target), 0o644);
+    }
 }

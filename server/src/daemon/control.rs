@@ -1,7 +1,8 @@
 //! The control socket: how the command line talks to the running server.
 //!
 //! `<data_dir>/control.sock`, a Unix socket of mode 0600: only the user the server runs as
-//! (and root) can connect; it is never a network port. One request per connection: a line
+//! (and root) can connect, and the server checks the peer's user id too (SO_PEERCRED); it
+//! is never a network port. One request per connection: a line
 //! naming the command, answered with one JSON document, then the connection closes.
 //!
 //! - `queue-list`: every queued message ([`QueueEntry`]), oldest first;
@@ -123,6 +124,10 @@ pub struct Shown {
     pub history: Vec<String>,
 }
 
+/// How long `queue-remove` waits for a delivery under way to end (the CLI waits 30 s for
+/// its answer).
+const REMOVAL_WAIT: Duration = Duration::from_secs(20);
+
 /// The most of a stored header section `queue-show` reads.
 const MAX_SHOWN_HEADER: usize = 64 * 1024;
 
@@ -189,6 +194,17 @@ pub async fn serve(listener: Async<UnixListener>, state: Arc<ControlState>) {
     }
 }
 
+/// The peer's user id when it is neither the server's user nor root (SO_PEERCRED), or when
+/// it cannot be told (`u32::MAX`). The socket's mode keeps others out already; this holds
+/// also when the mode was opened up, or in the moment between bind and chmod.
+fn stranger(stream: &Async<UnixStream>) -> Option<u32> {
+    let uid = match rustix::net::sockopt::socket_peercred(stream.get_ref()) {
+        Ok(cred) => cred.uid.as_raw(),
+        Err(_) => return Some(u32::MAX),
+    };
+    (uid != 0 && uid != rustix::process::geteuid().as_raw()).then_some(uid)
+}
+
 async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Result<()> {
     let mut reader = BufReader::new((&stream).take(MAX_REQUEST));
     let mut line = String::new();
@@ -201,7 +217,20 @@ async fn answer(stream: Async<UnixStream>, state: &Arc<ControlState>) -> io::Res
     if future::or(read, late).await?.is_none() || !line.ends_with('\n') {
         return Ok(());
     }
+    let stranger = stranger(&stream);
+    if let Some(uid) = stranger {
+        log::line(Event::Connection)
+            .field("role", "control")
+            .text(
+                "error",
+                format_args!("refused a connection from user id {uid}: not the server's user"),
+            )
+            .write();
+    }
     let reply = match line.trim() {
+        _ if let Some(uid) = stranger => serde_json::to_string(&serde_json::json!({
+            "error": format!("user id {uid} may not use this server's control socket (only its own user and root may)")
+        })),
         "queue-list" => {
             let store = state.store.clone();
             let entries = smol::unblock(move || queue_list(&store)).await;
@@ -361,6 +390,15 @@ fn show(store: &Store, id: &str) -> Result<Shown, String> {
 fn remove(state: &ControlState, id: &str, silent: bool) -> Result<(String, usize), String> {
     let qid = QueueId::parse(&id.to_ascii_uppercase())
         .ok_or_else(|| format!("not a queue id: {id:?}"))?;
+    // No worker holds it from here on: a delivery under way could otherwise end as both
+    // delivered and bounced.
+    let _kept = state.dispatch.removal(&qid, REMOVAL_WAIT).ok_or_else(|| {
+        format!(
+            "{qid} is being delivered right now and the attempt is still going after {} s; \
+             nothing was removed (try again once `postern queue show {qid}` shows its result)",
+            REMOVAL_WAIT.as_secs()
+        )
+    })?;
     let envelope = state
         .store
         .envelope(&qid)

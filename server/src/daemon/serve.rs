@@ -847,10 +847,7 @@ fn open_queue(settings: &Settings) -> Result<Queue, ConfigError> {
     let committer = Committer::start(store.clone()).map_err(|e| problem(&e))?;
     let (local_queue, local_ids) = async_channel::unbounded();
     let (remote_queue, remote_ids) = async_channel::unbounded();
-    let dispatch = Dispatch {
-        local: local_queue.clone(),
-        remote: remote_queue,
-    };
+    let dispatch = Dispatch::new(local_queue.clone(), remote_queue);
     let ids = store.ids().map_err(|e| problem(&e))?;
     for id in &ids {
         dispatch.both(id);

@@ -145,14 +145,22 @@ pub fn start(local: Arc<Local>, ids: Receiver<QueueId>) {
 /// to [`BATCH`] ids) and delivers it with [`deliver_batch`].
 async fn work(local: Arc<Local>, ids: Receiver<QueueId>) {
     while let Ok(first) = ids.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match ids.try_recv() {
-                // The same id twice in one pass would be delivered twice.
-                Ok(id) if batch.contains(&id) => {}
-                Ok(id) => batch.push(id),
-                Err(_) => break,
+        // An id another worker holds (or one being removed) is left out; it comes back on
+        // the channel once that worker is done, so nothing is delivered twice.
+        let flights = &local.dispatch.flights;
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(id) = next {
+            if flights.begin(&id, Owner::Local) {
+                batch.push(id);
             }
+            if batch.len() == BATCH {
+                break;
+            }
+            next = ids.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
         }
         let l = local.clone();
         let next = smol::unblock(move || {
@@ -163,6 +171,9 @@ async fn work(local: Arc<Local>, ids: Receiver<QueueId>) {
         for (id, at) in next {
             if let Some(at) = at {
                 local.timers.at(&id, at);
+            }
+            if local.dispatch.flights.end(&id, Owner::Local) {
+                let _ = local.dispatch.local.try_send(id);
             }
         }
     }
@@ -509,10 +520,7 @@ mod tests {
             hostname: crate::config::HostName::new("mx.example.org"),
             timers: Timers::new(queue.clone()),
             bouncer,
-            dispatch: Dispatch {
-                local: queue,
-                remote,
-            },
+            dispatch: Dispatch::new(queue, remote),
             mailboxes: Mailboxes::default(),
             schedule: std::sync::RwLock::new(schedule(5 * 24 * 3600)),
             backlog: settle::Backlog::default(),

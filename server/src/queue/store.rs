@@ -670,7 +670,8 @@ impl Store {
     /// For each `(id, envelope)` in `changes`, the stored envelope is read again and the
     /// state, attempts, next attempt and last error of the recipients `owner` owns are copied
     /// from `envelope` (the others are left as stored: another worker may have changed
-    /// them). A message with no recipient pending any more is removed, envelope and body.
+    /// them). A recipient held meanwhile (`postern queue hold`) that is still pending stays
+    /// held. A message with no recipient pending any more is removed, envelope and body.
     /// `new` messages (bounces; their chunks already written) are added in the same batch, so
     /// a recipient is never marked failed without its bounce being queued.
     pub fn apply(
@@ -695,9 +696,13 @@ impl Store {
             };
             for (theirs, ours) in stored.recipients.iter_mut().zip(&changed.recipients) {
                 if owner.owns(&theirs.address) && theirs.address == ours.address {
+                    // A hold made while the worker tried it outlasts the worker's deferral.
+                    let held = theirs.next_attempt == HELD && ours.state == RecipientState::Pending;
                     theirs.state = ours.state;
                     theirs.attempts = ours.attempts;
-                    theirs.next_attempt = ours.next_attempt;
+                    if !held {
+                        theirs.next_attempt = ours.next_attempt;
+                    }
                     theirs.last_error.clone_from(&ours.last_error);
                     theirs.delay_warned = ours.delay_warned;
                 }
@@ -727,8 +732,8 @@ impl Store {
     /// Sets the next attempt of the recipients of `id` that are pending in the stored copy
     /// and that `chosen` picks (`postern queue retry`, `hold`, `release`), under the same lock
     /// as [`Store::apply`]: a worker's result recorded meanwhile is kept, never overwritten
-    /// with an older copy. Returns whether any recipient changed (not synced: ask the
-    /// committer).
+    /// with an older copy. Returns whether `chosen` picked any pending recipient (one already
+    /// at `next` included); only a change is written (not synced: ask the committer).
     pub fn set_next_attempt(
         &self,
         id: &QueueId,
@@ -744,11 +749,12 @@ impl Store {
         let Some(mut stored) = h.envelope(id)? else {
             return Ok(false);
         };
-        let mut changed = false;
+        let (mut matched, mut changed) = (false, false);
         for r in &mut stored.recipients {
-            if r.state == RecipientState::Pending && chosen(r) && r.next_attempt != next {
+            if r.state == RecipientState::Pending && chosen(r) {
+                matched = true;
+                changed |= r.next_attempt != next;
                 r.next_attempt = next;
-                changed = true;
             }
         }
         if changed {
@@ -756,7 +762,7 @@ impl Store {
             batch.insert(&h.messages, id.as_str(), stored.encode());
             self.wrote(&h, batch.commit())?;
         }
-        Ok(changed)
+        Ok(matched)
     }
 
     /// Makes every write so far durable: one fsync of the journal. The new envelopes written
@@ -1775,5 +1781,45 @@ mod tests {
         store.remove(&kept, e.chunks).expect("remove");
         assert!(store.ids().expect("ids").is_empty());
         assert_eq!(store.handles().expect("open").bodies.iter().count(), 0);
+    }
+
+    /// `queue hold` while a worker tries the message: the worker's deferral keeps the hold,
+    /// its delivery ends it; `retry` picks a recipient already due, and never a finished one.
+    #[test]
+    fn a_hold_outlasts_a_deferral_recorded_after_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path()).expect("open");
+        let id = QueueId::new();
+        store.put_chunk(&id, 0, b"body\r\n").expect("chunk");
+        let remote = |who: &str| {
+            Recipient::new(Address::Remote(
+                format!("{who}@elsewhere.test").parse().expect("mailbox"),
+            ))
+        };
+        let envelope = Envelope::plain("<s@example.org>", 6, 1, vec![remote("a"), remote("b")]);
+        store.put_envelope(&id, &envelope).expect("put");
+        // Due now already: still picked.
+        assert!(store.set_next_attempt(&id, 0, |_| true).expect("retry"));
+
+        // The worker read its copy; then the operator held the message.
+        let mut worker = envelope.clone();
+        assert!(store.set_next_attempt(&id, HELD, |_| true).expect("hold"));
+        worker.recipients[0].attempts = 1;
+        worker.recipients[0].next_attempt = 900;
+        worker.recipients[1].state = RecipientState::Delivered;
+        let applied = store
+            .apply(&[(id.clone(), worker)], Owner::Remote, &[])
+            .expect("apply");
+        assert_eq!(applied, vec![Applied::Pending(Some(HELD))]);
+        let stored = store.envelope(&id).expect("read").expect("queued");
+        assert_eq!(stored.recipients[0].next_attempt, HELD);
+        assert_eq!(stored.recipients[0].attempts, 1);
+        assert_eq!(stored.recipients[1].state, RecipientState::Delivered);
+        // A delivered recipient is not pending: a retry picks only the held one.
+        assert!(
+            store
+                .set_next_attempt(&id, 0, |r| r.address == stored.recipients[1].address)
+                .is_ok_and(|picked| !picked)
+        );
     }
 }

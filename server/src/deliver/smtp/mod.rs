@@ -91,8 +91,6 @@ pub struct Outbound {
     connections: Semaphore,
     /// Connection permits per destination domain.
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Messages being worked on, and whether they were asked for again meanwhile.
-    busy: Mutex<HashMap<QueueId, bool>>,
     /// Retry timers, sending on the outbound workers' channel.
     timers: Timers,
     /// Passes whose outcome could not be recorded yet: while any wait, nothing is delivered.
@@ -129,7 +127,6 @@ impl Outbound {
             mta_sts,
             connections,
             per_domain: Mutex::new(HashMap::new()),
-            busy: Mutex::new(HashMap::new()),
             timers: Timers::new(dispatch_remote),
             backlog: settle::Backlog::default(),
         }
@@ -182,25 +179,17 @@ impl Outbound {
 pub fn start(outbound: Arc<Outbound>, ids: Receiver<QueueId>) {
     smol::spawn(async move {
         while let Ok(id) = ids.recv().await {
-            {
-                let mut busy = lock(&outbound.busy);
-                if let Some(again) = busy.get_mut(&id) {
-                    *again = true;
-                    continue;
-                }
-                busy.insert(id.clone(), false);
+            // Held by another task (or being removed): handed out again when it is free.
+            if !outbound.dispatch.flights.begin(&id, Owner::Remote) {
+                continue;
             }
             let o = outbound.clone();
             smol::spawn(async move {
                 loop {
                     process(&o, &id).await;
-                    let mut busy = lock(&o.busy);
-                    match busy.get_mut(&id) {
-                        Some(again) if *again => *again = false,
-                        _ => {
-                            busy.remove(&id);
-                            break;
-                        }
+                    let flights = &o.dispatch.flights;
+                    if !flights.end(&id, Owner::Remote) || !flights.begin(&id, Owner::Remote) {
+                        break;
                     }
                 }
             })
