@@ -141,6 +141,17 @@ print("sent")
         assert!(body.contains(want), "{want:?} in\n{body}");
     }
     assert!(body.ends_with("# EOF\n"), "{body}");
+    // The MX of remote.test and its address came from the test DNS server.
+    let answers: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("postern_dns_lookups_total{result=\"answer\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DNS answers counted in\n{body}"));
+    assert!(answers >= 2, "{body}");
+    assert!(
+        body.contains("postern_dns_lookups_total{result=\"temporary\"} "),
+        "{body}"
+    );
     assert!(scrape(metrics_port, "/other").starts_with("HTTP/1.1 404 "));
 
     // Mode 0600, and another user is refused (the directories on the way let them pass).
@@ -596,4 +607,77 @@ print("sent")
     assert!(!log_text.contains("failed id="), "{log_text}");
     assert!(!log_text.contains("dsn "), "{log_text}");
     assert_eq!(runs(&log), "start\nend\nstart\nend\n", "{log_text}");
+}
+
+/// The commands while messages keep arriving: each answers, and nothing is lost or doubled.
+#[test]
+fn the_commands_answer_under_load() {
+    const MESSAGES: usize = 200;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dns = remote_dns(tmp.path());
+    let closed = common::free_port();
+    let dir = common::instance(
+        "a.test",
+        &[("a.test", &["alice"])],
+        &format!(
+            "[auth]\nallow_plaintext_on_loopback = true\n[dns]\nnameservers = [\"{}\"]\n\
+             [delivery]\nmx_port = {closed}\nfirst_retry = 600\nmta_sts = false\n",
+            dns.addr
+        ),
+        "smtp = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]",
+    );
+    let server = common::Server::start(dir.path(), 2);
+    let script = r#"
+import smtplib, sys
+for c in range(4):
+    s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="laptop.test", timeout=30)
+    s.login("alice@a.test", sys.argv[2])
+    for i in range(int(sys.argv[3]) // 4):
+        s.sendmail("alice@a.test", ["bob@remote.test"], "From: alice@a.test\r\nSubject: load %d %d\r\n\r\nx\r\n" % (c, i))
+    s.quit()
+print("sent")
+"#;
+    let args = [
+        server.port("submission").to_string(),
+        common::PASSWORD.to_string(),
+        MESSAGES.to_string(),
+    ];
+    let sender = std::thread::spawn(move || common::python(script, &args));
+    let ok = |args: &[&str]| {
+        let out = common::postern(dir.path(), args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let mut rounds = 0;
+    while !sender.is_finished() && rounds < 200 {
+        let list: serde_json::Value =
+            serde_json::from_slice(&ok(&["queue", "list", "--json"])).expect("JSON");
+        assert!(list.as_array().expect("array").len() <= MESSAGES);
+        ok(&["status"]);
+        ok(&["queue", "retry", "--all"]);
+        rounds += 1;
+    }
+    assert_eq!(sender.join().expect("sender").trim(), "sent");
+    assert!(rounds > 0, "the sender was done before any command ran");
+    let list: serde_json::Value =
+        serde_json::from_slice(&ok(&["queue", "list", "--json"])).expect("JSON");
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), MESSAGES, "{}", server.log());
+    assert!(
+        list.iter()
+            .all(|e| e["recipients"][0]["state"] == "pending"),
+        "{list:?}"
+    );
+    let status = String::from_utf8_lossy(&ok(&["status"])).into_owned();
+    assert!(
+        status.contains(&format!(
+            "queue: {MESSAGES} messages, {MESSAGES} recipients pending"
+        )),
+        "{status}"
+    );
 }

@@ -8,7 +8,8 @@
 //! `postern_auth_total{result}` (ok, failed, locked), `postern_rejections_total{status}`,
 //! `postern_check_results_total{check,result}` (spf, dkim, dmarc),
 //! `postern_received_tls_total{version}`, `postern_relayed_tls_total{version}`,
-//! `postern_deliveries_by_method_total{method}`. Gauges: `postern_sessions{listener}`,
+//! `postern_deliveries_by_method_total{method}`, `postern_dns_lookups_total{result}`
+//! (answer, nxdomain, nodata, temporary, cname_loop, cached). Gauges: `postern_sessions{listener}`,
 //! `postern_queue_messages`, `postern_queue_pending_recipients`,
 //! `postern_queue_oldest_age_seconds`, `postern_uptime_seconds`,
 //! `postern_certificate_expiry_timestamp_seconds`.
@@ -214,6 +215,17 @@ fn render(state: &ControlState, entries: &[crate::daemon::control::QueueEntry]) 
         }
         registry.register(name, help, family);
     }
+
+    let dns = Family::<Vec<(String, String)>, Counter>::default();
+    for (outcome, n) in crate::dns::outcomes() {
+        dns.get_or_create(&vec![("result".into(), outcome.into())])
+            .inc_by(n);
+    }
+    registry.register(
+        "postern_dns_lookups",
+        "DNS lookups (SPF, DKIM, DMARC, MX, PTR, MTA-STS...), by outcome; cached: answered from the cache",
+        dns,
+    );
 
     let gauge = |v: i64| {
         let g: Gauge = Gauge::default();

@@ -57,6 +57,39 @@ use cache::Cache;
 pub use cache::{Clock, SystemClock};
 pub use resolv_conf::ResolverConfig;
 
+/// What lookups ended in, since the start ([`outcomes`]), as the metrics show them.
+static OUTCOMES: [std::sync::atomic::AtomicU64; OUTCOME_NAMES.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; OUTCOME_NAMES.len()];
+
+/// The outcomes counted, in [`outcomes`]'s order: an answer from the servers, NXDOMAIN,
+/// NODATA, a temporary failure (timeouts, SERVFAIL, network errors), a CNAME chain too
+/// long or looping, and an answer (positive or negative) from the cache.
+pub const OUTCOME_NAMES: [&str; 6] = [
+    "answer",
+    "nxdomain",
+    "nodata",
+    "temporary",
+    "cname_loop",
+    "cached",
+];
+
+/// How many lookups of this process ended in each of [`OUTCOME_NAMES`].
+pub fn outcomes() -> [(&'static str, u64); OUTCOME_NAMES.len()] {
+    std::array::from_fn(|i| {
+        (
+            OUTCOME_NAMES[i],
+            OUTCOMES[i].load(std::sync::atomic::Ordering::Relaxed),
+        )
+    })
+}
+
+/// Counts one lookup's outcome.
+fn count(outcome: &str) {
+    if let Some(i) = OUTCOME_NAMES.iter().position(|n| *n == outcome) {
+        OUTCOMES[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The longest CNAME chain followed before giving up (BIND and Unbound use similar bounds).
 pub const MAX_CNAME_CHAIN: usize = 8;
 
@@ -293,9 +326,17 @@ impl Resolver {
         let key = (name.to_lowercase(), rtype);
         let now = self.clock.now();
         if let Some(hit) = self.lock_cache().get(&key, now) {
+            count("cached");
             return hit;
         }
         let (result, ttl) = self.resolve(name, rtype).await;
+        count(match &result {
+            Ok(_) => "answer",
+            Err(DnsError::NxDomain { .. }) => "nxdomain",
+            Err(DnsError::NoData { .. }) => "nodata",
+            Err(DnsError::CnameChain { .. }) => "cname_loop",
+            Err(_) => "temporary",
+        });
         let now = self.clock.now();
         let (result, ttl) = match result {
             Ok(mut answer) => {
