@@ -92,6 +92,35 @@ fn init_writes_a_production_directory_and_prints_the_records() {
         text(&check)
     );
 
+    // config show: the effective file, state resolved beside the directory, and a valid
+    // postern.toml that config check accepts as it is.
+    let show = common::postern(&dir, &["config", "show"]);
+    assert!(show.status.success(), "{}", text(&show));
+    let shown = String::from_utf8_lossy(&show.stdout).into_owned();
+    for want in [
+        "hostname = \"mx.example.org\"\n",
+        "min_free_space = 104857600  # default\n",
+        "\n[listeners]\nsmtp = [\"0.0.0.0:25\", \"[::]:25\"]\n",
+        "ip_preference = \"ipv6\"\n",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
+    assert!(
+        shown.contains(&format!(
+            "data_dir = \"{}-state\"  # default\n",
+            dir.display()
+        )),
+        "{shown}"
+    );
+    let copy = tempfile::tempdir().expect("tempdir");
+    fs::write(copy.path().join("postern.toml"), &shown).expect("write");
+    common::write_certbot(
+        &copy.path().join("certs/mx.example.org"),
+        &common::cert(&["mx.example.org"]),
+    );
+    let check = common::postern(copy.path(), &["config", "check"]);
+    assert!(check.status.success(), "{}", text(&check));
+
     // Once set up, init writes nothing.
     let before = fs::read_to_string(dir.join("postern.toml")).expect("read");
     let again = common::postern(&dir, &["init", "example.org"]);

@@ -1,3 +1,5 @@
+//! `postern config show` prints postern.toml as `serve` reads it ([`crate::config::show`]).
+//!
 //! `postern config check`: everything `serve` reads at startup, read the same way, without
 //! starting anything: postern.toml, every domain's users, aliases and DKIM key files, and the
 //! certificates. Every problem is printed with its file and line and a fix; warnings (which
@@ -91,6 +93,23 @@ pub fn run(dir: &Path, command: ConfigCommand) -> Result<(), ConfigCmdError> {
                 settings.data_dir.display(),
                 certificates.unwrap_or_default()
             );
+            Ok(())
+        }
+        ConfigCommand::Show(_) => {
+            let settings = Settings::load(dir)?;
+            // Loaded just now: a read or TOML error here means the file changed meanwhile.
+            let shown = std::fs::read_to_string(&settings.file)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    crate::config::show::render(&settings, &text).map_err(|e| e.to_string())
+                })
+                .map_err(|message| ConfigError {
+                    file: settings.file.clone(),
+                    line: None,
+                    message,
+                    fix: "run it again once the file is written".into(),
+                })?;
+            print!("{shown}");
             Ok(())
         }
     }

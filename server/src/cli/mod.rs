@@ -370,6 +370,8 @@ pub struct Config {
 pub enum ConfigCommand {
     /// Check everything serve reads.
     Check(ConfigCheck),
+    /// Print the configuration as serve reads it.
+    Show(ConfigShow),
 }
 
 /// read everything `serve` reads at startup and report every problem with its file and line;
@@ -382,6 +384,13 @@ pub struct ConfigCheck {
     #[argh(switch)]
     pub fix_modes: bool,
 }
+
+/// print postern.toml as serve reads it: every key with its value, the defaults marked
+/// `# default`, data_dir resolved; the output is itself a valid postern.toml and holds no
+/// password
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "show")]
+pub struct ConfigShow {}
 
 /// the TLS level each recipient domain has shown (data_dir/tls-domains), which outbound
 /// delivery never goes below: list it, or forget a domain that really lost its TLS

@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod init;
+pub mod show;
 
 use std::fmt;
 use std::net::SocketAddr;
