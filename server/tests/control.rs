@@ -681,3 +681,102 @@ print("sent")
         "{status}"
     );
 }
+
+/// `send-test --check-auth`: the delivered copy checked as a receiver would, through the
+/// server's DNS: a sender whose domain is set up passes; one without DKIM and outside its
+/// SPF record fails DMARC, and the exit status says so.
+#[test]
+fn send_test_checks_auth_as_a_receiver_would() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = common::instance(
+        "mx.a.test",
+        &[("a.test", &["alice", "bob"]), ("c.test", &["carol"])],
+        "",
+        "submission = [\"127.0.0.1:0\"]",
+    );
+    let dkim = common::zone_line(&common::keygen(dir.path(), "a.test", "rsa", "s1"));
+    let zone = tmp.path().join("zone");
+    fs::write(
+        &zone,
+        format!(
+            "test. 3600 SOA ns.test. hostmaster.test. 1 7200 900 1209600 300\n\
+             mx.a.test. 300 A 192.0.2.25\n\
+             a.test. 300 TXT \"v=spf1 ip4:192.0.2.25 -all\"\n\
+             _dmarc.a.test. 300 TXT \"v=DMARC1; p=reject\"\n\
+             c.test. 300 TXT \"v=spf1 ip4:192.0.2.25 -all\"\n\
+             _dmarc.c.test. 300 TXT \"v=DMARC1; p=reject\"\n\
+             {dkim}\n"
+        ),
+    )
+    .expect("zone");
+    let dns = TestServer::start(IpAddr::V4(Ipv4Addr::LOCALHOST), &zone).expect("dns");
+    let config = fs::read_to_string(dir.path().join("postern.toml")).expect("config");
+    let offline = common::with_offline_dns("");
+    assert!(config.contains(offline.trim()), "{config}");
+    fs::write(
+        dir.path().join("postern.toml"),
+        config.replace(
+            offline.trim(),
+            &format!("[dns]\nnameservers = [\"{}\"]", dns.addr),
+        ),
+    )
+    .expect("config");
+    let _server = common::Server::start(dir.path(), 1);
+    let send = |from: &str, more: &[&str]| {
+        let mut child = Command::new(common::BINARY)
+            .arg("-C")
+            .arg(dir.path())
+            .args(["send-test", "--from", from, "--to", "bob@a.test"])
+            .args(["--password-stdin", "--check-auth"])
+            .args(more)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{}\n", common::PASSWORD).as_bytes())
+            .expect("password");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+
+    // From the hostname's own address (its A record): everything passes.
+    let (code, said) = send("alice@a.test", &[]);
+    assert_eq!(code, Some(0), "{said}");
+    for want in [
+        "as a receiver would see it, sent from 192.0.2.25 (HELO mx.a.test):",
+        "Authentication-Results: receiver.example;",
+        "spf=pass",
+        "dkim=pass",
+        "header.d=a.test",
+        "dmarc=pass",
+        "DMARC passes",
+    ] {
+        assert!(said.contains(want), "{want:?} in\n{said}");
+    }
+    // From an address SPF does not list: SPF fails, DKIM still carries DMARC.
+    let (code, said) = send("alice@a.test", &["--ip", "192.0.2.99"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("spf=fail"), "{said}");
+    assert!(said.contains("dmarc=pass"), "{said}");
+    // c.test has no DKIM key: nothing carries DMARC.
+    let (code, said) = send("carol@c.test", &["--ip", "192.0.2.99"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("dmarc=fail"), "{said}");
+    assert!(
+        said.contains("DMARC would not pass (192.0.2.99: "),
+        "{said}"
+    );
+}

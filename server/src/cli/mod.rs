@@ -81,6 +81,15 @@ pub struct SendTest {
     /// how long to follow the message, in seconds (default 120)
     #[argh(option, default = "120")]
     pub wait: u64,
+    /// once a copy is delivered into a local Maildir, check it as a receiver would (SPF for
+    /// this server's address, DKIM, DMARC, through [dns]) and print the
+    /// Authentication-Results it would add; exit 1 when DMARC would not pass
+    #[argh(switch)]
+    pub check_auth: bool,
+    /// the server's public address for --check-auth's SPF (repeat for more; default: the
+    /// hostname's A and AAAA records)
+    #[argh(option)]
+    pub ip: Vec<std::net::IpAddr>,
 }
 
 /// the running server: uptime, listeners, open sessions, queue size (through its control

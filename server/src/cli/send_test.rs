@@ -9,6 +9,11 @@
 //! socket: each log line of it as it comes (`deferred`, `delivered ... relay=... tls=...
 //! cert=... reply="..."`, `failed`, `dsn`), until it leaves the queue or `--wait` seconds
 //! pass. Exit status 0 when every recipient was delivered.
+//!
+//! `--check-auth` then reads the copy delivered into a local Maildir and checks it the way a
+//! receiver would (SPF of the sender for this server's address: `--ip`, else the hostname's
+//! A and AAAA records; DKIM; DMARC; all through `[dns]`), printing the `Received-SPF` and
+//! `Authentication-Results` fields it would add. Exit status 1 when DMARC would not pass.
 
 use futures_lite::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,6 +55,9 @@ pub enum SendTestError {
     /// The control socket could not be reached.
     #[error(transparent)]
     Ask(#[from] control::AskError),
+    /// `--check-auth` could not check, or DMARC would not pass.
+    #[error("{0}")]
+    AuthCheck(String),
 }
 
 /// Runs `postern send-test` against the configuration directory `dir`.
@@ -164,27 +172,120 @@ pub fn run(dir: &Path, c: SendTest) -> Result<(), SendTestError> {
         match &r.status {
             RecipientStatus::Accepted(reply) => {
                 let text = reply.to_string();
-                println!("<{}>: {}", r.to, text.trim_end());
+                println!("{}: {}", r.to, text.trim_end());
                 id = text
                     .split("queued as ")
                     .nth(1)
                     .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
             }
             RecipientStatus::TemporaryFailure(why) | RecipientStatus::PermanentFailure(why) => {
-                return Err(SendTestError::Submit(format!("<{}>: {why}", r.to)));
+                return Err(SendTestError::Submit(format!("{}: {why}", r.to)));
             }
-            _ => return Err(SendTestError::Submit(format!("<{}>: no result", r.to))),
+            _ => return Err(SendTestError::Submit(format!("{}: no result", r.to))),
         }
     }
     let Some(id) = id.filter(|i| !i.is_empty()) else {
         return Err(SendTestError::Submit("the server gave no queue id".into()));
     };
     println!("following {id} (at most {} s):", c.wait);
-    follow(&settings.data_dir, &id, Duration::from_secs(c.wait))
+    let lines = follow(&settings.data_dir, &id, Duration::from_secs(c.wait))?;
+    if c.check_auth {
+        check_auth(&settings, &from, &lines, &c.ip)?;
+    }
+    Ok(())
 }
 
-/// Prints the message's log lines as they come, until it leaves the queue.
-fn follow(data_dir: &Path, id: &str, wait: Duration) -> Result<(), SendTestError> {
+/// The authserv-id of the results `--check-auth` prints: not ours, since they are what
+/// another receiver would write.
+const RECEIVER: &str = "receiver.example";
+
+/// `--check-auth`: the copy delivered into a Maildir, checked as a receiver would check it
+/// had this server sent it from each of `given` (else the hostname's addresses).
+fn check_auth(
+    settings: &crate::config::Settings,
+    from: &proto_core::Mailbox,
+    lines: &[String],
+    given: &[IpAddr],
+) -> Result<(), SendTestError> {
+    let path = lines
+        .iter()
+        .filter(|l| l.contains(" delivered id="))
+        .find_map(|l| field(l, "path"))
+        .ok_or_else(|| {
+            SendTestError::AuthCheck(
+                "--check-auth needs a copy delivered into a Maildir of this server: send to \
+                 one of its users"
+                    .into(),
+            )
+        })?;
+    let copy = std::fs::read(&path).map_err(|e| {
+        SendTestError::AuthCheck(format!("cannot read the delivered copy {path}: {e}"))
+    })?;
+    let config = crate::dns::ResolverConfig::for_server(settings)
+        .map_err(|e| SendTestError::AuthCheck(format!("cannot read the DNS configuration: {e}")))?;
+    let resolver = std::sync::Arc::new(crate::dns::Resolver::new(config));
+    let host = settings.hostname.clone();
+    let inbound = crate::mailauth::Inbound::new(
+        settings.dir.clone(),
+        settings.checks.clone(),
+        RECEIVER.into(),
+        resolver.clone(),
+    );
+    let sender = from.to_string();
+    let failing = smol::block_on(async {
+        let mut ips = given.to_vec();
+        if ips.is_empty() {
+            if let Ok(v4) = resolver.a(&host).await {
+                ips.extend(v4.into_iter().map(IpAddr::V4));
+            }
+            if let Ok(v6) = resolver.aaaa(&host).await {
+                ips.extend(v6.into_iter().map(IpAddr::V6));
+            }
+        }
+        if ips.is_empty() {
+            return Err(SendTestError::AuthCheck(format!(
+                "{host} has no A or AAAA record: give this server's public address with --ip"
+            )));
+        }
+        let mut failing = Vec::new();
+        for ip in ips {
+            let (spf, _) = inbound.spf(ip, &host, &sender).await;
+            let mut verifier = crate::mailauth::verify::Verifier::default();
+            verifier.update(&copy);
+            let report = inbound.check_message(verifier, &spf, None).await;
+            println!("as a receiver would see it, sent from {ip} (HELO {host}):");
+            for header in report.headers.split_inclusive("\r\n") {
+                print!("  {}", header.replace("\r\n", "\n"));
+            }
+            if !report.summary.contains(" dmarc=pass") {
+                failing.push(format!("{ip}: {}", report.summary));
+            }
+        }
+        Ok(failing)
+    })?;
+    if failing.is_empty() {
+        println!("DMARC passes");
+        Ok(())
+    } else {
+        Err(SendTestError::AuthCheck(format!(
+            "DMARC would not pass ({}): `postern doctor` says which record to fix",
+            failing.join("; ")
+        )))
+    }
+}
+
+/// The value of `key=` in a log line (quoted or not).
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next().map(str::to_string),
+        None => rest.split(' ').next().map(str::to_string),
+    }
+}
+
+/// Prints the message's log lines as they come, until it leaves the queue. Returns them.
+fn follow(data_dir: &Path, id: &str, wait: Duration) -> Result<Vec<String>, SendTestError> {
     let deadline = Instant::now() + wait;
     let mut shown = 0;
     loop {
@@ -216,7 +317,7 @@ fn follow(data_dir: &Path, id: &str, wait: Duration) -> Result<(), SendTestError
                 ))
             } else {
                 println!("delivered");
-                Ok(())
+                Ok(lines)
             };
         }
         if Instant::now() >= deadline {
