@@ -14,6 +14,11 @@ use postern::dns::test_server::TestServer;
 /// A configuration for mx.example.org (domain example.org, an RSA key `sel`) whose resolver
 /// is a test DNS server publishing `zone` plus, when `publish_key`, the key's record.
 fn setup(zone: &str, publish_key: bool) -> (tempfile::TempDir, TestServer) {
+    setup_with(zone, publish_key, "")
+}
+
+/// [`setup`], with `extra` (tables) added to postern.toml.
+fn setup_with(zone: &str, publish_key: bool, extra: &str) -> (tempfile::TempDir, TestServer) {
     // The key first (in a directory of its own), so its record can go into the zone.
     let keys = tempfile::tempdir().expect("tempdir");
     fs::create_dir_all(keys.path().join("domains/example.org")).expect("domain");
@@ -33,7 +38,7 @@ fn setup(zone: &str, publish_key: bool) -> (tempfile::TempDir, TestServer) {
     let dir = common::instance(
         "mx.example.org",
         &[("example.org", &["alice"])],
-        &format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr),
+        &format!("[dns]\nnameservers = [\"{}\"]\n{extra}", dns.addr),
         "smtp = [\"127.0.0.1:0\"]",
     );
     let dkim = dir.path().join("domains/example.org/dkim");
@@ -148,4 +153,80 @@ _dmarc.example.org. 300 TXT \"v=DMARC1; p=\"
         String::from_utf8_lossy(&other.stderr).contains("other.example is not a local domain"),
         "{other:?}"
     );
+}
+
+/// An MTA-STS policy is fetched and must list the hostname; DMARC report addresses in other
+/// domains must be authorised there.
+#[test]
+fn mta_sts_policies_and_report_destinations_are_checked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ca, chain, key) = common::signed_cert(&["mta-sts.example.org"]);
+    fs::write(tmp.path().join("chain.pem"), &chain).expect("chain");
+    fs::write(tmp.path().join("key.pem"), &key).expect("key");
+    let policy_server = |mx: &str| {
+        let args = vec![
+            tmp.path().join("chain.pem").display().to_string(),
+            tmp.path().join("key.pem").display().to_string(),
+            format!("mta-sts.example.org=version: STSv1|mode: enforce|mx: {mx}|max_age: 86400|"),
+        ];
+        let https = common::Script::start(common::POLICY_SERVER, &args);
+        let port: u16 = https.line().trim().parse().expect("policy server port");
+        (https, port)
+    };
+    let (https, port) = policy_server("mx.example.org");
+    let zone = RIGHT.replace(
+        "rua=mailto:postmaster@example.org",
+        "rua=mailto:postmaster@example.org,mailto:dmarc@reports.test,mailto:r@elsewhere.test",
+    ) + "\
+example.org._report._dmarc.reports.test. 300 TXT \"v=DMARC1\"
+_mta-sts.example.org. 300 TXT \"v=STSv1; id=20261203\"
+mta-sts.example.org. 300 A 127.0.0.1
+";
+    let (dir, _dns) = setup_with(
+        &zone,
+        true,
+        &format!("[delivery]\ntls_roots = [\"ca.pem\"]\nmta_sts_port = {port}\n"),
+    );
+    fs::write(dir.path().join("ca.pem"), &ca).expect("ca");
+    let out = doctor(dir.path(), &[]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "ok      example.org mta-sts: policy id=20261203: mode enforce, mx mx.example.org, max_age 86400 s",
+        "ok      example.org dmarc: reports.test accepts reports about example.org (example.org._report._dmarc.reports.test)",
+        "warning example.org dmarc: reports go to r@elsewhere.test, in another domain, which has not said it accepts them",
+        "fix: ask the operator of elsewhere.test to publish example.org._report._dmarc.elsewhere.test. IN TXT \"v=DMARC1\"",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
+    drop(https);
+
+    // A policy that does not list the hostname: senders enforcing it would not deliver.
+    let (_https, port) = policy_server("*.elsewhere.test");
+    let config = fs::read_to_string(dir.path().join("postern.toml")).expect("config");
+    let config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("mta_sts_port") {
+                format!("mta_sts_port = {port}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(dir.path().join("postern.toml"), config).expect("config");
+    let out = doctor(dir.path(), &[]);
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    for want in [
+        "error   example.org mta-sts: policy id=20261203: mode enforce, mx *.elsewhere.test, max_age 86400 s: mx.example.org is not among its mx",
+        "fix: add the line \"mx: mx.example.org\" to https://mta-sts.example.org/.well-known/mta-sts.txt, then give _mta-sts.example.org a new id=",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
 }

@@ -553,65 +553,12 @@ mx.plain.test. 300 A 127.0.0.1
     );
 }
 
-/// A test CA and a certificate for `names` signed by it: (CA PEM, chain PEM, key PEM).
-fn signed_cert(names: &[&str]) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "outbound test CA");
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca = params.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::new(params, ca_key);
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .expect("leaf params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf");
-    (
-        ca.pem(),
-        format!("{}{}", leaf.pem(), ca.pem()),
-        leaf_key.serialize_pem(),
-    )
-}
-
-/// An HTTPS server for MTA-STS policies: prints its port, then serves
-/// `/.well-known/mta-sts.txt` with the policy given for the Host asked for.
-const POLICY_SERVER: &str = r#"
-import http.server, ssl, sys
-cert, key = sys.argv[1], sys.argv[2]
-policies = dict(arg.split("=", 1) for arg in sys.argv[3:])
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        host = (self.headers.get("Host") or "").split(":")[0]
-        body = policies.get(host)
-        if self.path != "/.well-known/mta-sts.txt" or body is None:
-            self.send_error(404)
-            return
-        body = body.replace("|", "\r\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"#;
-
 /// With the remote's CA trusted, delivery to its MX is verified TLS and remembered as such;
 /// an MTA-STS policy in enforce mode that does not list a domain's MX keeps its mail queued.
 #[test]
 fn verified_tls_is_remembered_and_mta_sts_enforce_limits_the_mx() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (ca, chain, key) = signed_cert(&[
+    let (ca, chain, key) = common::signed_cert(&[
         "mx.remote.test",
         "mta-sts.remote.test",
         "mta-sts.other.test",
@@ -629,7 +576,7 @@ fn verified_tls_is_remembered_and_mta_sts_enforce_limits_the_mx() {
         tmp.path().join("key.pem").display().to_string(),
     ];
     args.extend(policies);
-    let https = common::Script::start(POLICY_SERVER, &args);
+    let https = common::Script::start(common::POLICY_SERVER, &args);
     let https_port: u16 = https.line().trim().parse().expect("policy server port");
 
     let zone = "\

@@ -9,8 +9,11 @@
 //! - `spf`: the domain has an SPF record that evaluates to `pass` for each address (a
 //!   missing `include:` is a permerror, as at the receiver);
 //! - `dkim`: each key on disk has its record published, and equal;
-//! - `dmarc`: a record that parses, its policy, and where its reports go;
-//! - `tls-rpt`, `mta-sts`: their records when present (they are optional);
+//! - `dmarc`: a record that parses, its policy, and where its reports go; a report address
+//!   in another domain must be authorised there (`<domain>._report._dmarc.<its domain>`);
+//! - `tls-rpt`, `mta-sts`: their records when present (they are optional); an MTA-STS
+//!   policy is fetched over HTTPS (web PKI plus `[delivery] tls_roots`), must parse, and must
+//!   list the hostname among its `mx`;
 //! - `certificate`: the default certificate covers the hostname, and when it expires.
 //!
 //! Each finding is `ok`, `warning` or `error`, with the record to publish or change. Exit
@@ -180,8 +183,8 @@ async fn examine(
         check_mx(&mut r, resolver, domain, &host).await;
         check_spf(&mut r, settings, resolver, domain, &host, &addresses).await;
         check_dkim(&mut r, settings, resolver, domain).await;
-        check_dmarc(&mut r, resolver, domain).await;
-        check_optional(&mut r, resolver, domain).await;
+        check_dmarc(&mut r, resolver, domain, domains).await;
+        check_optional(&mut r, settings, resolver, domain, &host).await;
     }
     r.0
 }
@@ -507,8 +510,9 @@ async fn check_dkim(r: &mut Report, settings: &Settings, resolver: &Resolver, do
     }
 }
 
-/// A DMARC record that parses, its policy and report addresses.
-async fn check_dmarc(r: &mut Report, resolver: &Resolver, domain: &str) {
+/// A DMARC record that parses, its policy and report addresses; a report address in
+/// another domain must be authorised there (RFC 7489 7.1).
+async fn check_dmarc(r: &mut Report, resolver: &Resolver, domain: &str, local: &[String]) {
     let name = format!("_dmarc.{domain}");
     let publish =
         format!("{name}. IN TXT \"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}\"");
@@ -555,6 +559,8 @@ async fn check_dmarc(r: &mut Report, resolver: &Resolver, domain: &str) {
                 }
             );
             r.add(domain, "dmarc", level, message);
+            let targets = dmarc.rua.iter().chain(dmarc.ruf.iter()).map(|u| u.uri());
+            check_report_targets(r, resolver, domain, targets, local).await;
         }
         Err(e) => r.fix(
             domain,
@@ -566,8 +572,75 @@ async fn check_dmarc(r: &mut Report, resolver: &Resolver, domain: &str) {
     }
 }
 
-/// TLS-RPT and MTA-STS records, when present.
-async fn check_optional(r: &mut Report, resolver: &Resolver, domain: &str) {
+/// Each report address of `domain`'s DMARC record outside the domain (and its
+/// subdomains) needs `<domain>._report._dmarc.<its domain>` TXT "v=DMARC1" there, or
+/// receivers send it nothing (RFC 7489 7.1).
+async fn check_report_targets(
+    r: &mut Report,
+    resolver: &Resolver,
+    domain: &str,
+    targets: impl Iterator<Item = &str>,
+    local: &[String],
+) {
+    let mut seen: Vec<String> = Vec::new();
+    for target in targets {
+        let Some((_, at)) = target.rsplit_once('@') else {
+            continue;
+        };
+        let at = at.trim_end_matches('.').to_ascii_lowercase();
+        if at == domain || at.ends_with(&format!(".{domain}")) || seen.contains(&at) {
+            continue;
+        }
+        seen.push(at.clone());
+        let name = format!("{domain}._report._dmarc.{at}");
+        let authorised = resolver.txt(&name).await.is_ok_and(|records| {
+            records
+                .iter()
+                .any(|t| t.to_ascii_lowercase().starts_with(b"v=dmarc1"))
+        });
+        let record = format!("{name}. IN TXT \"v=DMARC1\"");
+        if authorised {
+            r.add(
+                domain,
+                "dmarc",
+                Level::Ok,
+                format!("{at} accepts reports about {domain} ({name})"),
+            );
+        } else if local.contains(&at) {
+            r.fix(
+                domain,
+                "dmarc",
+                Level::Warning,
+                format!(
+                    "reports go to {target}, in another domain, which has not said it accepts \
+                     them: receivers send nothing there"
+                ),
+                record,
+            );
+        } else {
+            r.fix(
+                domain,
+                "dmarc",
+                Level::Warning,
+                format!(
+                    "reports go to {target}, in another domain, which has not said it accepts \
+                     them: receivers send nothing there"
+                ),
+                format!("ask the operator of {at} to publish {record}"),
+            );
+        }
+    }
+}
+
+/// TLS-RPT and MTA-STS records, when present; an MTA-STS policy is fetched (with
+/// `[delivery] tls_roots` trusted besides the web PKI) and must list the hostname.
+async fn check_optional(
+    r: &mut Report,
+    settings: &Settings,
+    resolver: &Arc<Resolver>,
+    domain: &str,
+    host: &str,
+) {
     let txt = |name: String| async move {
         resolver
             .txt(&name)
@@ -597,13 +670,12 @@ async fn check_optional(r: &mut Report, resolver: &Resolver, domain: &str) {
         ),
     }
     let sts = txt(format!("_mta-sts.{domain}")).await;
+    let records: Vec<Vec<u8>> = sts.iter().map(|t| t.as_bytes().to_vec()).collect();
     match sts.iter().find(|t| t.starts_with("v=STSv1")) {
-        Some(t) if t.contains("id=") => r.add(
-            domain,
-            "mta-sts",
-            Level::Ok,
-            format!("\"{t}\" (the policy at https://mta-sts.{domain}/.well-known/mta-sts.txt is not fetched here)"),
-        ),
+        Some(t) if t.contains("id=") => match crate::tls::mta_sts::policy::txt_id(&records) {
+            Ok(id) => check_sts_policy(r, settings, resolver, domain, host, &id).await,
+            Err(e) => r.add(domain, "mta-sts", Level::Error, format!("\"{t}\": {e}")),
+        },
         Some(t) => r.add(
             domain,
             "mta-sts",
@@ -616,6 +688,81 @@ async fn check_optional(r: &mut Report, resolver: &Resolver, domain: &str) {
             Level::Ok,
             "no MTA-STS record (optional)".into(),
         ),
+    }
+}
+
+/// The MTA-STS policy of `domain` (TXT record `id`) can be fetched, parses, and lets
+/// senders deliver to `host`.
+async fn check_sts_policy(
+    r: &mut Report,
+    settings: &Settings,
+    resolver: &Arc<Resolver>,
+    domain: &str,
+    host: &str,
+    id: &str,
+) {
+    let url = format!("https://mta-sts.{domain}/.well-known/mta-sts.txt");
+    let sts = crate::tls::client::load_roots(&settings.delivery.extra_roots)
+        .map_err(|e| e.to_string())
+        .and_then(|roots| {
+            crate::tls::mta_sts::MtaSts::uncached(resolver.clone(), roots)
+                .map_err(|e| e.to_string())
+        });
+    let sts = match sts {
+        Ok(sts) => sts.with_port(settings.delivery.mta_sts_port),
+        Err(e) => {
+            r.add(
+                domain,
+                "mta-sts",
+                Level::Error,
+                format!("cannot fetch {url}: {e}"),
+            );
+            return;
+        }
+    };
+    let policy = match sts.fetch_now(domain, id).await {
+        Ok(policy) => policy,
+        Err(e) => {
+            r.fix(
+                domain,
+                "mta-sts",
+                Level::Error,
+                format!("_mta-sts.{domain} announces a policy (id={id}), but {url}: {e}"),
+                format!(
+                    "serve the policy over HTTPS with a certificate for mta-sts.{domain}, \
+                     or remove the _mta-sts.{domain} record"
+                ),
+            );
+            return;
+        }
+    };
+    let mode = policy.mode.as_str();
+    let described = format!(
+        "policy id={id}: mode {mode}, mx {}, max_age {} s",
+        policy.mx.join(", "),
+        policy.max_age.as_secs()
+    );
+    if !policy.allows_mx(host) {
+        r.fix(
+            domain,
+            "mta-sts",
+            if policy.mode == crate::tls::mta_sts::policy::Mode::Enforce {
+                Level::Error
+            } else {
+                Level::Warning
+            },
+            format!("{described}: {host} is not among its mx (in enforce mode, senders will not deliver to it)"),
+            format!("add the line \"mx: {host}\" to {url}, then give _mta-sts.{domain} a new id="),
+        );
+    } else if policy.mode == crate::tls::mta_sts::policy::Mode::None {
+        r.add(
+            domain,
+            "mta-sts",
+            Level::Warning,
+            format!("{described}: mode none withdraws the policy"),
+        );
+    } else {
+        r.add(domain, "mta-sts", Level::Ok, described);
     }
 }
 

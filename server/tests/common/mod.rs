@@ -474,3 +474,56 @@ pub fn postern(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run postern")
 }
+
+/// A test CA and a certificate for `names` signed by it: (CA PEM, chain PEM, key PEM).
+pub fn signed_cert(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "outbound test CA");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(params, ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .expect("leaf params")
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf");
+    (
+        ca.pem(),
+        format!("{}{}", leaf.pem(), ca.pem()),
+        leaf_key.serialize_pem(),
+    )
+}
+
+/// An HTTPS server for MTA-STS policies: prints its port, then serves
+/// `/.well-known/mta-sts.txt` with the policy given for the Host asked for.
+pub const POLICY_SERVER: &str = r#"
+import http.server, ssl, sys
+cert, key = sys.argv[1], sys.argv[2]
+policies = dict(arg.split("=", 1) for arg in sys.argv[3:])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        host = (self.headers.get("Host") or "").split(":")[0]
+        body = policies.get(host)
+        if self.path != "/.well-known/mta-sts.txt" or body is None:
+            self.send_error(404)
+            return
+        body = body.replace("|", "\r\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;

@@ -215,6 +215,33 @@ impl MtaSts {
         Ok((sts, bad))
     }
 
+    /// Policies fetched only on demand ([`MtaSts::fetch_now`]), with no cache file: for
+    /// checks of a domain's own setup (`postern doctor`), which must not touch the running
+    /// server's cache.
+    pub fn uncached(
+        resolver: Arc<Resolver>,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<MtaSts, OpenError> {
+        // A path that cannot exist: nothing is read, and fetch_now never saves.
+        let (sts, _) = MtaSts::new(resolver, extra_roots, Path::new(""))?;
+        Ok(sts)
+    }
+
+    /// Fetches and parses the policy of `domain` for the TXT record's `id` now, bounded by
+    /// the timeout, without the cache (neither read nor written).
+    pub async fn fetch_now(&self, domain: &str, id: &str) -> Result<Policy, StsError> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let fetched = futures_lite::future::or(self.fetcher.fetch(&domain), async {
+            async_io::Timer::after(self.timeout).await;
+            Err(FetchError::Timeout)
+        })
+        .await;
+        match fetched {
+            Ok(body) => policy::parse_policy(&body, id).map_err(StsError::Policy),
+            Err(e) => Err(StsError::Fetch(e)),
+        }
+    }
+
     /// Fetches policies from this port instead of 443 (tests).
     pub fn with_port(mut self, port: u16) -> Self {
         self.fetcher.port = port;
@@ -273,15 +300,7 @@ impl MtaSts {
         if self.failed_recently(&domain, &id, now) {
             return keep(Some(StsError::RecentlyFailed(id)));
         }
-        let fetched = futures_lite::future::or(self.fetcher.fetch(&domain), async {
-            async_io::Timer::after(self.timeout).await;
-            Err(FetchError::Timeout)
-        })
-        .await;
-        let parsed = match fetched {
-            Ok(body) => policy::parse_policy(&body, &id).map_err(StsError::Policy),
-            Err(e) => Err(StsError::Fetch(e)),
-        };
+        let parsed = self.fetch_now(&domain, &id).await;
         self.note_failure(&domain, &id, now, parsed.is_err());
         let policy = match parsed {
             Ok(policy) => policy,
