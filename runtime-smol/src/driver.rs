@@ -34,6 +34,11 @@ use crate::tls;
 /// The largest single read from the socket.
 const READ_SIZE: usize = 64 * 1024;
 
+/// The read buffer a session starts with: commands are short, so an idle session keeps only
+/// this much. A read that fills the buffer (message data) makes it four times larger, up to
+/// [`READ_SIZE`].
+const FIRST_READ_SIZE: usize = 1024;
+
 /// How a listener offers TLS.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -188,11 +193,16 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
         H: Handler,
     {
+        // The TLS stream, its handshake and the session over it are boxed: this future, which
+        // every connection's task holds whole from its start, then keeps only pointers for
+        // them, and a plaintext session does not carry TLS's space.
         if let TlsMode::Implicit(acceptor) = &self.tls {
-            let mut stream = tls::handshake(acceptor, stream, self.handshake_timeout).await?;
+            let mut stream =
+                Box::new(Box::pin(tls::handshake(acceptor, stream, self.handshake_timeout)).await?);
             peer.tls = Some(tls::info(&stream));
             let mut session = Session::new(self.config.clone(), peer, Instant::now());
-            return match drive(&mut stream, &mut session, handler, &self.shutdown).await? {
+            let driven = Box::pin(drive(&mut stream, &mut session, handler, &self.shutdown));
+            return match driven.await? {
                 Next::Closed => Ok(()),
                 // The session refuses STARTTLS once TLS is active; never reached.
                 Next::StartTls => Err(Error::Usage(UsageError::TlsNotRequested)),
@@ -206,16 +216,22 @@ impl Connection {
                     abandon(&mut session, handler).await;
                     return Err(Error::TlsUnavailable);
                 };
-                let mut stream =
-                    match tls::handshake(acceptor, stream, self.handshake_timeout).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            abandon(&mut session, handler).await;
-                            return Err(e);
-                        }
-                    };
+                let mut stream = match Box::pin(tls::handshake(
+                    acceptor,
+                    stream,
+                    self.handshake_timeout,
+                ))
+                .await
+                {
+                    Ok(s) => Box::new(s),
+                    Err(e) => {
+                        abandon(&mut session, handler).await;
+                        return Err(e);
+                    }
+                };
                 session.handle_tls_established(Instant::now(), tls::info(&stream))?;
-                match drive(&mut stream, &mut session, handler, &self.shutdown).await? {
+                let driven = Box::pin(drive(&mut stream, &mut session, handler, &self.shutdown));
+                match driven.await? {
                     Next::Closed => Ok(()),
                     Next::StartTls => Err(Error::Usage(UsageError::TlsNotRequested)),
                 }
@@ -252,7 +268,7 @@ where
     H: Handler,
 {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; READ_SIZE];
+    let mut buf = vec![0u8; FIRST_READ_SIZE];
     // Whether the session was told about the shutdown. The signal may come at any moment,
     // also between this check and the wait below: the wait then completes at once.
     let mut told = false;
@@ -265,7 +281,9 @@ where
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Send(reply) => reply.encode(&mut out),
-                Action::Event(event) => dispatch(session, handler, event).await?,
+                // Boxed: the handler's futures are large and live only while an event is answered,
+                // so an idle session's task does not carry their space.
+                Action::Event(event) => Box::pin(dispatch(session, handler, event)).await?,
                 Action::StartTls => {
                     if let Err(e) = write_batch(stream, &mut out, session.poll_timeout()).await {
                         abandon(session, handler).await;
@@ -330,7 +348,12 @@ where
         let now = Instant::now();
         match wake {
             Wake::Read(Ok(0)) => session.handle_eof(now),
-            Wake::Read(Ok(n)) => session.handle_input(now, &buf[..n]),
+            Wake::Read(Ok(n)) => {
+                session.handle_input(now, &buf[..n]);
+                if n == buf.len() && n < READ_SIZE {
+                    buf.resize((n * 4).min(READ_SIZE), 0);
+                }
+            }
             Wake::Read(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Wake::Read(Err(e)) => {
                 abandon(session, handler).await;
@@ -399,7 +422,7 @@ async fn abandon<H: Handler>(session: &mut Session, handler: &mut H) {
     while let Some(action) = session.poll_action() {
         if let Action::Event(event) = action {
             // A closed session accepts and ignores verdicts: no usage error can come back.
-            let _ = dispatch(session, handler, event).await;
+            let _ = Box::pin(dispatch(session, handler, event)).await;
         }
     }
 }
