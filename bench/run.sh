@@ -1,5 +1,6 @@
 #!/bin/bash
-# bench/run.sh - postern beside chasquid (and Postfix's smtp-sink as the ceiling), in one run.
+# bench/run.sh - postern beside chasquid and a whole Postfix (and Postfix's smtp-sink as the
+# ceiling), in one run.
 #
 # Uses the shared harness (../shared/bench): smtp-source sends 5 KiB messages, one connection
 # per message, at 1, 20 and 100 concurrent sessions, inside the private network namespace
@@ -30,6 +31,14 @@ BIN=$ROOT/target/release/postern
 "$SHARED/setup-chasquid.sh" setup >/dev/null
 "$SHARED/setup-chasquid.sh" start
 "$SHARED/peers.sh" start
+# A complete Postfix (smtpd, cleanup, qmgr, its durable queue) on 3528. With DELIVERY=maildir
+# its virtual(8) writes every message to a Maildir as postern does; with paused it discards
+# after queueing, like postern's paused mode. Its CPU column is not comparable (master counts
+# its children only when they exit): compare throughput.
+PF_DELIVERY=maildir; [ "${DELIVERY:-maildir}" = paused ] && PF_DELIVERY=discard
+rm -rf "$LAB/postfix"
+PF_DELIVERY=$PF_DELIVERY "$SHARED/setup-postfix.sh" setup >/dev/null
+"$SHARED/setup-postfix.sh" start
 
 # postern: domain example.test with user u (the harness sends to u@example.test).
 PDIR=$LAB/postern
@@ -40,7 +49,7 @@ PDIR=$LAB/postern
 . "$ROOT/bench/postern-dir.sh"
 postern_dir "$PDIR" "max_message_size = 209715200"
 stop_postern() { [ -s "$LAB/run/postern.pid" ] && kill "$(cat "$LAB/run/postern.pid")" 2>/dev/null || true; }
-trap 'stop_postern; "$SHARED/peers.sh" stop >/dev/null; "$SHARED/setup-chasquid.sh" stop >/dev/null' EXIT
+trap 'stop_postern; "$SHARED/peers.sh" stop >/dev/null; "$SHARED/setup-chasquid.sh" stop >/dev/null; "$SHARED/setup-postfix.sh" stop >/dev/null' EXIT
 PAUSE=; [ "${DELIVERY:-maildir}" = paused ] && PAUSE=1
 setsid ip netns exec $NETNS env ${PAUSE:+POSTERN_DELIVERY_PAUSED=1} "$BIN" -C "$PDIR" serve </dev/null >"$LAB/logs/postern.log" 2>&1 &
 echo $! > "$LAB/run/postern.pid"
@@ -49,7 +58,7 @@ sleep 1
 PID=$(cat "$LAB/run/postern.pid")
 echo "postern idle: $(awk '/VmRSS|VmHWM/{printf "%s%s kB ",$1,$2}' /proc/$PID/status)"
 
-TARGETS="smtp-sink,127.0.0.1:3527,$LAB/run/smtp-sink.pid chasquid,127.0.0.1:3525,$LAB/run/chasquid.pid,$LAB/chasquid-data/queue postern,127.0.0.1:2525,$LAB/run/postern.pid" \
+TARGETS="smtp-sink,127.0.0.1:3527,$LAB/run/smtp-sink.pid chasquid,127.0.0.1:3525,$LAB/run/chasquid.pid,$LAB/chasquid-data/queue postfix,127.0.0.1:3528,$LAB/run/postfix.pid,$LAB/postfix/queue/active postern,127.0.0.1:2525,$LAB/run/postern.pid" \
   EXTRA=-A REPS=${REPS:-3} COUNT=${COUNT:-2000} CONCS=${CONCS:-"1 20 100"} WAIT_QUIET=1 \
   "$SHARED/bench-all.sh"
 
