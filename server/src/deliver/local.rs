@@ -5,8 +5,9 @@
 //! workers ([`WORKERS`]) take ids from it, so deliveries run concurrently with a bound. Each
 //! worker pass takes every id waiting (at most [`BATCH`]) and, on a blocking thread, reads the
 //! envelopes and, for each recipient still pending and due, streams the body from the store
-//! chunk by chunk into the Maildir ([`crate::deliver::maildir`]: `tmp/`, fsync, rename into
-//! `new/`); then it fsyncs each Maildir's `new/` once for the whole pass, and only then hands
+//! chunk by chunk into the Maildir's `tmp/` ([`crate::deliver::maildir`]); then, for the whole
+//! pass, one syncfs per file system makes the copies durable, each is renamed into `new/`, and
+//! one more syncfs makes the names durable; only then does it hand
 //! every recipient's [`Fate`] to the queue's one tail ([`crate::queue::settle`]), which records
 //! them for the whole pass in one store batch made durable by one group commit. A crash
 //! between a rename and that commit delivers the copy again after the restart: a duplicate,
@@ -179,12 +180,75 @@ async fn work(local: Arc<Local>, ids: Receiver<QueueId>) {
     }
 }
 
+/// Makes the copies written into `tmp/` durable and visible: one syncfs per file system
+/// holding `maildirs` for their data, the renames into `new/`, one more syncfs for the names.
+/// Returns each copy's outcome, in order: `Err` (why) defers it; a copy whose data could not
+/// be synced is removed from `tmp/`.
+fn sync_and_publish<'a>(
+    maildirs: &[PathBuf],
+    copies: impl Iterator<Item = (&'a maildir::Staged, &'a PathBuf)>,
+) -> Vec<Result<(), String>> {
+    // One Maildir per file system stands for all of them.
+    let mut device: Vec<(&PathBuf, Result<u64, String>)> = Vec::new();
+    let mut systems: Vec<(u64, &PathBuf)> = Vec::new();
+    for m in maildirs {
+        let dev = maildir::device_of(m).map_err(|e| format!("stat of the Maildir: {e}"));
+        if let Ok(d) = dev
+            && !systems.iter().any(|(seen, _)| *seen == d)
+        {
+            systems.push((d, m));
+        }
+        device.push((m, dev));
+    }
+    let sync = |what: &str| -> Vec<(u64, String)> {
+        systems
+            .iter()
+            .filter_map(|(d, m)| {
+                maildir::sync_fs(m)
+                    .err()
+                    .map(|e| (*d, format!("syncfs ({what}): {e}")))
+            })
+            .collect()
+    };
+    let problem = |m: &PathBuf, failed: &[(u64, String)]| -> Option<String> {
+        match device.iter().find(|(d, _)| *d == m).map(|(_, r)| r) {
+            Some(Ok(dev)) => failed.iter().find(|(d, _)| d == dev).map(|(_, w)| w.clone()),
+            Some(Err(why)) => Some(why.clone()),
+            None => Some("not synced".into()),
+        }
+    };
+    let copies: Vec<_> = copies.collect();
+    let data = sync("data");
+    let mut outcomes: Vec<Result<(), String>> = copies
+        .iter()
+        .map(|(staged, m)| match problem(m, &data) {
+            Some(why) => {
+                let _ = std::fs::remove_file(&staged.tmp);
+                Err(why)
+            }
+            None => maildir::publish(staged).map_err(|e| {
+                let _ = std::fs::remove_file(&staged.tmp);
+                format!("rename into new/: {e}")
+            }),
+        })
+        .collect();
+    let names = sync("names");
+    for (outcome, (_, m)) in outcomes.iter_mut().zip(&copies) {
+        if outcome.is_ok()
+            && let Some(why) = problem(m, &names)
+        {
+            *outcome = Err(why);
+        }
+    }
+    outcomes
+}
+
 /// One message in a delivery pass.
 struct Pass {
     id: QueueId,
     envelope: Envelope,
-    /// Copies written into `new/` (recipient index, file, Maildir), waiting for its fsync.
-    written: Vec<(usize, PathBuf, PathBuf)>,
+    /// Copies written into `tmp/` (recipient index, copy, Maildir), waiting for the syncs.
+    written: Vec<(usize, maildir::Staged, PathBuf)>,
     /// What happened to each recipient tried.
     fates: Vec<(usize, Fate)>,
 }
@@ -214,9 +278,9 @@ impl Pass {
 /// Delivers every due pending recipient of every message in `ids` (blocking) at time `now`
 /// (Unix seconds). Returns, per id, when to look at it again (`None`: nothing left for us).
 ///
-/// The order keeps the guarantees: each copy is written to `tmp/`, fsynced and renamed into
-/// `new/`; then each Maildir's `new/` is fsynced once for all its copies; only then are the
-/// fates recorded (the finished messages removed), all in one store batch made durable by one
+/// The order keeps the guarantees: each copy is written to `tmp/`; one syncfs per file
+/// system makes all of them durable; each is renamed into `new/`; one more syncfs per file
+/// system makes the names durable ([`sync_and_publish`]); only then are the fates recorded (the finished messages removed), all in one store batch made durable by one
 /// group commit. A crash anywhere before that commit delivers the pass's copies again after
 /// the restart: duplicates, never a loss.
 fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
@@ -265,13 +329,13 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
                             trace_header(&p.envelope, &p.id, &address, &local.hostname.get());
                         let mut body = local.store.body(&p.id, p.envelope.chunks);
                         let maildir = local.mail_dir.join(domain).join(user);
-                        maildir::deliver_unsynced(
+                        maildir::write_tmp(
                             &maildir,
                             &local.hostname.get(),
                             header.as_bytes(),
                             &mut body,
                         )
-                        .map(|path| (path, maildir))
+                        .map(|staged| (staged, maildir))
                         .map_err(|e| e.to_string())
                     }
                     Method::Lmtp(target) => {
@@ -309,11 +373,11 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
                 }
             };
             match result {
-                Ok((path, maildir)) => {
+                Ok((staged, maildir)) => {
                     if !maildirs.contains(&maildir) {
                         maildirs.push(maildir.clone());
                     }
-                    p.written.push((i, path, maildir));
+                    p.written.push((i, staged, maildir));
                 }
                 Err(why) => p.record(i, Delivery::Deferred(why)),
             }
@@ -325,23 +389,30 @@ fn deliver_batch(local: &Local, ids: &[QueueId], now: u64) -> Vec<Option<u64>> {
         }
     }
 
-    // One fsync of new/ per Maildir; a copy is delivered once its name is durable.
-    let broken: Vec<(PathBuf, String)> = maildirs
-        .into_iter()
-        .filter_map(|m| {
-            maildir::sync_new(&m)
-                .err()
-                .map(|e| (m, format!("fsync of new/: {e}")))
+    // The copies' data durable, their names in new/, the names durable: a copy is delivered
+    // once its name is.
+    let staged: Vec<(usize, usize, &maildir::Staged, &PathBuf)> = passes
+        .iter()
+        .enumerate()
+        .flat_map(|(n, (_, p))| p.written.iter().map(move |(i, s, m)| (n, *i, s, m)))
+        .collect();
+    let outcomes = sync_and_publish(&maildirs, staged.iter().map(|(_, _, s, m)| (*s, *m)));
+    let results: Vec<(usize, usize, Delivery)> = staged
+        .iter()
+        .zip(outcomes)
+        .map(|((n, i, s, _), outcome)| {
+            let result = match outcome {
+                Ok(()) => Delivery::Delivered(log::Fields::new().field("path", s.new.display())),
+                Err(why) => Delivery::Deferred(why),
+            };
+            (*n, *i, result)
         })
         .collect();
+    for (n, i, result) in results {
+        passes[n].1.record(i, result);
+    }
     for (_, p) in &mut passes {
-        for (i, path, maildir) in std::mem::take(&mut p.written) {
-            let result = match broken.iter().find(|(m, _)| *m == maildir) {
-                Some((_, why)) => Delivery::Deferred(why.clone()),
-                None => Delivery::Delivered(log::Fields::new().field("path", path.display())),
-            };
-            p.record(i, result);
-        }
+        p.written.clear();
     }
 
     // The one tail: new states, bounces, one durable commit, then the log. A message with

@@ -1,11 +1,11 @@
 //! Local delivery into Maildir.
 //!
-//! A copy for one mailbox is written to `<maildir>/tmp/<unique>`, fsynced, renamed into
-//! `<maildir>/new/`, and `new/` is fsynced, so a message in `new/` is complete and survives a
-//! crash (the Maildir protocol: <https://cr.yp.to/proto/maildir.html>). The last step is
-//! separate ([`deliver_unsynced`], then [`sync_new`]), so that a worker delivering many copies
-//! into one Maildir fsyncs `new/` once for all of them; a copy counts as delivered only after
-//! that. Directories created on the way are fsynced into their parents too. The copy starts with the trace fields
+//! A copy for one mailbox is written to `<maildir>/tmp/<unique>` ([`write_tmp`]), made
+//! durable, renamed into `<maildir>/new/` ([`publish`]), and the rename made durable, so a
+//! message in `new/` is complete and survives a crash (the Maildir protocol:
+//! <https://cr.yp.to/proto/maildir.html>). The two syncs are one syncfs(2) each per file
+//! system for a whole batch of copies ([`sync_fs`]), not an fsync per file and per `new/`:
+//! each fsync costs the disk a cache flush. A copy counts as delivered only after the second. Directories created on the way are fsynced into their parents too. The copy starts with the trace fields
 //! (`Return-Path:`, `Delivered-To:`, `Received:`), then the body as received (CRLF line ends).
 //!
 //! Everything here blocks; callers run it on a blocking thread.
@@ -17,42 +17,68 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Delivers `header` followed by what `body` reads into the Maildir at `maildir`, creating it
-/// if needed, up to the rename into `new/`: the file is complete and fsynced, but its name in
-/// `new/` may not survive a crash until [`sync_new`] returns for this Maildir. `host` goes into
-/// the file name. Returns the path of the file in `new/`. The body is copied through a small
-/// buffer, so its size does not matter.
-pub fn deliver_unsynced(
+/// A copy written into a Maildir's `tmp/`, not yet durable nor visible ([`write_tmp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// Where it is now: `<maildir>/tmp/<name>`.
+    pub tmp: PathBuf,
+    /// Where [`publish`] puts it: `<maildir>/new/<name>`.
+    pub new: PathBuf,
+}
+
+/// Writes `header` followed by what `body` reads into `<maildir>/tmp/`, creating the Maildir
+/// if needed, without syncing: the caller makes a whole batch durable with one [`sync_fs`]
+/// per file system, then [`publish`]es each copy and syncs again. `host` goes into the file
+/// name. The body is copied through a small buffer, so its size does not matter. A failed
+/// write leaves nothing behind.
+pub fn write_tmp(
     maildir: &Path,
     host: &str,
     header: &[u8],
     body: &mut dyn Read,
-) -> io::Result<PathBuf> {
+) -> io::Result<Staged> {
     ensure_maildir(maildir)?;
     let name = unique_name(host);
-    let tmp = maildir.join("tmp").join(&name);
-    let new = maildir.join("new").join(&name);
+    let staged = Staged {
+        tmp: maildir.join("tmp").join(&name),
+        new: maildir.join("new").join(&name),
+    };
     let written = (|| {
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)?;
+            .open(&staged.tmp)?;
         out.write_all(header)?;
         io::copy(body, &mut out)?;
-        out.sync_all()
+        out.flush()
     })();
     if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&staged.tmp);
         return Err(e);
     }
-    fs::rename(&tmp, &new)?;
-    Ok(new)
+    Ok(staged)
 }
 
-/// Makes the names renamed into `maildir`'s `new/` durable.
-pub fn sync_new(maildir: &Path) -> io::Result<()> {
-    sync_dir(&maildir.join("new"))
+/// Moves a synced copy from `tmp/` into `new/`, where mail readers see it. The name is
+/// durable after the next [`sync_fs`] of its file system.
+pub fn publish(staged: &Staged) -> io::Result<()> {
+    fs::rename(&staged.tmp, &staged.new)
+}
+
+/// Makes everything written on the file system holding `dir` durable (syncfs(2)): the data
+/// and names of every copy of a batch in one call, where fsyncing each file and each `new/`
+/// would cost a disk cache flush apiece.
+pub fn sync_fs(dir: &Path) -> io::Result<()> {
+    let file = File::open(dir)?;
+    rustix::fs::syncfs(&file)?;
+    Ok(())
+}
+
+/// The file system `dir` is on (its device number), to sync each file system once.
+pub fn device_of(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata(dir)?.dev())
 }
 
 /// Creates `maildir` and its `tmp`, `new` and `cur` if missing, fsyncing each parent of a
@@ -114,26 +140,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delivers_into_new_with_the_header_first() {
+    fn copies_reach_new_with_the_header_first_only_once_published() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let body: &[u8] = b"Subject: hi\r\n\r\ntext\r\n";
         let maildir = tmp.path().join("mail/example.org/alice");
-        let a = deliver_unsynced(
+        let a = write_tmp(
             &maildir,
             "mx",
             b"Delivered-To: alice@example.org\r\n",
             &mut &body[..],
         )
-        .expect("deliver");
-        let b = deliver_unsynced(&maildir, "mx", b"X: 2\r\n", &mut &body[..]).expect("deliver");
-        sync_new(&maildir).expect("fsync new/");
+        .expect("write");
+        let b = write_tmp(&maildir, "mx", b"X: 2\r\n", &mut &body[..]).expect("write");
         assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(maildir.join("new").as_path()));
+        // Not visible before it is published.
+        assert_eq!(fs::read_dir(maildir.join("new")).expect("new").count(), 0);
+        sync_fs(&maildir).expect("syncfs");
+        for staged in [&a, &b] {
+            publish(staged).expect("publish");
+        }
+        sync_fs(&maildir).expect("syncfs");
+        assert_eq!(a.new.parent(), Some(maildir.join("new").as_path()));
         assert_eq!(
-            fs::read(&a).expect("read"),
+            fs::read(&a.new).expect("read"),
             b"Delivered-To: alice@example.org\r\nSubject: hi\r\n\r\ntext\r\n"
         );
         assert!(maildir.join("cur").is_dir());
         assert_eq!(fs::read_dir(maildir.join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            device_of(&maildir).expect("dev"),
+            device_of(tmp.path()).expect("dev")
+        );
     }
 }
