@@ -539,15 +539,18 @@ impl Handler for Reception {
         let shared = self.shared.clone();
         let path = to.clone();
         let relay_ok = self.may_relay(session);
-        let resolution = smol::unblock(move || {
+        // On the session's own thread, not the blocking pool: the decision reads tables kept
+        // in memory and checks their files' stamps (a stat each), re-reading a small file only
+        // after it changed. The hop to a pool thread and back cost more than that (two
+        // context switches per recipient; bench/RESULTS.md).
+        let resolution = {
             let destinations = destinations::Destinations {
                 recipients: &shared.recipients,
                 aliases: &shared.aliases,
                 srs: &shared.srs,
             };
             destinations.decide(&path, &sender, SystemTime::now())
-        })
-        .await;
+        };
         match resolution {
             Resolution::Accept(queued) => {
                 for q in queued {
