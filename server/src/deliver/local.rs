@@ -212,7 +212,10 @@ fn sync_and_publish<'a>(
     };
     let problem = |m: &PathBuf, failed: &[(u64, String)]| -> Option<String> {
         match device.iter().find(|(d, _)| *d == m).map(|(_, r)| r) {
-            Some(Ok(dev)) => failed.iter().find(|(d, _)| d == dev).map(|(_, w)| w.clone()),
+            Some(Ok(dev)) => failed
+                .iter()
+                .find(|(d, _)| d == dev)
+                .map(|(_, w)| w.clone()),
             Some(Err(why)) => Some(why.clone()),
             None => Some("not synced".into()),
         }

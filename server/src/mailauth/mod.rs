@@ -48,6 +48,7 @@ pub mod authdns;
 pub mod dkim;
 pub mod dns;
 pub mod forged;
+pub mod reports;
 pub mod sign;
 pub mod verify;
 

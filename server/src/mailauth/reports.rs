@@ -1,0 +1,347 @@
+//! DMARC aggregate reports (RFC 7489 7.2) and TLS reports (RFC 8460) that other receivers mail
+//! to this server's report addresses (`[reports] addresses`): parsed with mail-auth and kept as
+//! compact records, one JSON line each, in `<data_dir>/reports/dmarc.jsonl` and `tls.jsonl`,
+//! for `postern reports`. The message itself is delivered as its recipients' aliases say.
+//!
+//! A DMARC report becomes one [`DmarcRow`] per row of the report (a source IP and what the
+//! receiver saw of its mail); a TLS report one [`TlsRow`] per policy. Attachments are
+//! uncompressed (gzip, zip) up to [`MAX_UNCOMPRESSED`] bytes.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The largest uncompressed report read.
+pub const MAX_UNCOMPRESSED: usize = 16 * 1024 * 1024;
+
+/// The largest message kept in memory for parsing at reception; larger ones are delivered
+/// but not read as reports.
+pub const MAX_REPORT_MESSAGE: usize = 8 * 1024 * 1024;
+
+/// The folder, under the data directory.
+pub const DIR_NAME: &str = "reports";
+
+/// One row of a DMARC aggregate report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmarcRow {
+    /// When we received the report (Unix seconds).
+    pub received: u64,
+    /// The reporting organisation.
+    pub org: String,
+    /// The report's id.
+    pub report_id: String,
+    /// The domain the report is about (policy_published).
+    pub domain: String,
+    /// The period covered (Unix seconds).
+    pub begin: u64,
+    /// The end of the period.
+    pub end: u64,
+    /// The sending address.
+    pub ip: Option<IpAddr>,
+    /// Messages from it.
+    pub count: u32,
+    /// What the receiver did: none, quarantine, reject.
+    pub disposition: String,
+    /// DMARC's DKIM result (aligned pass or fail).
+    pub dkim: String,
+    /// DMARC's SPF result (aligned pass or fail).
+    pub spf: String,
+    /// The header From domain.
+    pub header_from: String,
+    /// The envelope sender's domain, when given.
+    pub envelope_from: String,
+    /// Each DKIM signature: `domain result`.
+    pub dkim_results: Vec<String>,
+    /// Each SPF check: `domain result`.
+    pub spf_results: Vec<String>,
+    /// Why the policy was not applied, when it was not (forwarded, mailing_list...).
+    pub overrides: Vec<String>,
+}
+
+impl DmarcRow {
+    /// Whether DMARC passed for these messages (DKIM or SPF aligned and passing).
+    pub fn passes(&self) -> bool {
+        self.dkim == "pass" || self.spf == "pass"
+    }
+}
+
+/// One policy of a TLS report: sessions to our MX hosts, as a sender saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsRow {
+    /// When we received the report (Unix seconds).
+    pub received: u64,
+    /// The reporting organisation.
+    pub org: String,
+    /// The report's id.
+    pub report_id: String,
+    /// The period covered (Unix seconds).
+    pub begin: u64,
+    /// The end of the period.
+    pub end: u64,
+    /// The policy's kind: sts, tlsa, no-policy-found.
+    pub policy: String,
+    /// The domain the policy is for.
+    pub domain: String,
+    /// Sessions that succeeded.
+    pub successes: u32,
+    /// Sessions that failed.
+    pub failures: u32,
+    /// Each failure: result type, receiving MX, sending IP, sessions.
+    pub failure_details: Vec<TlsFailure>,
+}
+
+/// One failure detail of a [`TlsRow`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFailure {
+    /// RFC 8460 4.3's result type (starttls-not-supported, certificate-expired...).
+    pub result: String,
+    /// The MX host the sender tried.
+    pub mx: Option<String>,
+    /// The sender's address.
+    pub sending_ip: Option<IpAddr>,
+    /// Sessions that failed so.
+    pub sessions: u32,
+}
+
+/// What a message to a report address turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A DMARC aggregate report's rows.
+    Dmarc(Vec<DmarcRow>),
+    /// A TLS report's policies.
+    Tls(Vec<TlsRow>),
+}
+
+/// A lower-case word for a mail-auth enum (its `Debug` name).
+fn word(value: impl std::fmt::Debug) -> String {
+    let text = format!("{value:?}");
+    let mut out = String::with_capacity(text.len() + 2);
+    for (i, c) in text.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Reads `message` (RFC 5322, as received) as a DMARC aggregate report, else a TLS report.
+/// `None`: neither (the message is still delivered).
+pub fn parse(message: &[u8], received: u64) -> Option<Parsed> {
+    use mail_auth::report::Report;
+    use mail_auth::report::tlsrpt::TlsReport;
+    if let Ok(report) = Report::parse_rfc5322(message, MAX_UNCOMPRESSED) {
+        return Some(Parsed::Dmarc(dmarc_rows(&report, received)));
+    }
+    let report = TlsReport::parse_rfc5322(message, MAX_UNCOMPRESSED).ok()?;
+    Some(Parsed::Tls(tls_rows(&report, received)))
+}
+
+/// The rows of a DMARC aggregate report.
+pub fn dmarc_rows(report: &mail_auth::report::Report, received: u64) -> Vec<DmarcRow> {
+    report
+        .records()
+        .iter()
+        .map(|r| DmarcRow {
+            received,
+            org: report.org_name().to_string(),
+            report_id: report.report_id().to_string(),
+            domain: report.domain().to_ascii_lowercase(),
+            begin: report.date_range_begin(),
+            end: report.date_range_end(),
+            ip: r.source_ip(),
+            count: r.count(),
+            disposition: word(r.action_disposition()),
+            dkim: word(r.dmarc_dkim_result()),
+            spf: word(r.dmarc_spf_result()),
+            header_from: r.header_from().to_ascii_lowercase(),
+            envelope_from: r.envelope_from().to_ascii_lowercase(),
+            dkim_results: r
+                .dkim_auth_result()
+                .iter()
+                .map(|d| format!("{} {}", d.domain(), word(d.result())))
+                .collect(),
+            spf_results: r
+                .spf_auth_result()
+                .iter()
+                .map(|s| format!("{} {}", s.domain(), word(s.result())))
+                .collect(),
+            overrides: r
+                .policy_override_reason()
+                .iter()
+                .map(|o| word(&o.type_))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The policies of a TLS report.
+pub fn tls_rows(report: &mail_auth::report::tlsrpt::TlsReport, received: u64) -> Vec<TlsRow> {
+    let begin = u64::try_from(report.date_range.start_datetime.to_timestamp()).unwrap_or(0);
+    let end = u64::try_from(report.date_range.end_datetime.to_timestamp()).unwrap_or(0);
+    report
+        .policies
+        .iter()
+        .map(|p| TlsRow {
+            received,
+            org: report.organization_name.clone().unwrap_or_default(),
+            report_id: report.report_id.clone(),
+            begin,
+            end,
+            policy: word(&p.policy.policy_type),
+            domain: p.policy.policy_domain.to_ascii_lowercase(),
+            successes: p.summary.total_success,
+            failures: p.summary.total_failure,
+            failure_details: p
+                .failure_details
+                .iter()
+                .map(|f| TlsFailure {
+                    result: word(&f.result_type),
+                    mx: f.receiving_mx_hostname.clone(),
+                    sending_ip: f.sending_mta_ip,
+                    sessions: f.failed_session_count,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// `<data_dir>/reports/dmarc.jsonl` or `tls.jsonl`.
+pub fn file(data_dir: &Path, tls: bool) -> PathBuf {
+    data_dir
+        .join(DIR_NAME)
+        .join(if tls { "tls.jsonl" } else { "dmarc.jsonl" })
+}
+
+/// Appends what `parsed` holds to its file (blocking). Returns the file and how many records.
+pub fn keep(data_dir: &Path, parsed: &Parsed) -> std::io::Result<(PathBuf, usize)> {
+    let (path, lines): (PathBuf, Vec<String>) = match parsed {
+        Parsed::Dmarc(rows) => (
+            file(data_dir, false),
+            rows.iter()
+                .filter_map(|r| serde_json::to_string(r).ok())
+                .collect(),
+        ),
+        Parsed::Tls(rows) => (
+            file(data_dir, true),
+            rows.iter()
+                .filter_map(|r| serde_json::to_string(r).ok())
+                .collect(),
+        ),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::new();
+    for line in &lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    // One write in append mode: lines of two reports never interleave.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?
+        .write_all(text.as_bytes())?;
+    Ok((path, lines.len()))
+}
+
+/// Every record of one kind kept under `data_dir`; lines that do not parse are skipped.
+pub fn read<T: for<'de> Deserialize<'de>>(data_dir: &Path, tls: bool) -> std::io::Result<Vec<T>> {
+    let text = match std::fs::read_to_string(file(data_dir, tls)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../conformance/suites/dmarc/reports")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// mail-auth's sample reports (zip, gzip and plain XML attachments, from several
+    /// receivers) all parse into rows.
+    #[test]
+    fn real_dmarc_reports_parse_into_rows() {
+        for name in ["100.eml", "101.eml", "102.eml", "103.eml", "104.eml"] {
+            let message = suite(&format!("mail-auth/{name}"));
+            let Some(Parsed::Dmarc(rows)) = parse(&message, 1) else {
+                panic!("{name} is not read as a DMARC report");
+            };
+            assert!(!rows.is_empty(), "{name}");
+            for row in &rows {
+                assert!(
+                    !row.org.is_empty() && !row.domain.is_empty(),
+                    "{name}: {row:?}"
+                );
+                assert!(row.ip.is_some() && row.count > 0, "{name}: {row:?}");
+                assert!(
+                    ["pass", "fail"].contains(&row.dkim.as_str()),
+                    "{name}: {row:?}"
+                );
+            }
+        }
+    }
+
+    /// OpenDMARC's XML reports, read by mail-auth's XML parser.
+    #[test]
+    fn opendmarc_xml_reports_give_their_rows() {
+        let xml = suite("opendmarc/yeah.net_example.com_1337270400_1337356799.20120518.xml");
+        let report = mail_auth::report::Report::parse_xml(&xml).expect("parses");
+        let rows = dmarc_rows(&report, 7);
+        assert!(!rows.is_empty());
+        assert_eq!(rows[0].domain, "example.com");
+        assert_eq!(rows[0].org, "yeah.net");
+        assert_eq!(rows[0].received, 7);
+    }
+
+    /// A TLS report (ours, from RFC 8460's example) with one failure.
+    #[test]
+    fn a_tls_report_gives_its_policies_and_failures() {
+        let message = suite("postern/tlsrpt-failure.eml");
+        let Some(Parsed::Tls(rows)) = parse(&message, 1) else {
+            panic!("not read as a TLS report");
+        };
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (row.domain.as_str(), row.policy.as_str()),
+            ("example.org", "sts")
+        );
+        assert_eq!((row.successes, row.failures), (5326, 303));
+        assert_eq!(row.failure_details[0].result, "certificate-expired");
+        assert_eq!(row.failure_details[0].mx.as_deref(), Some("mx.example.org"));
+    }
+
+    /// A plain message is neither.
+    #[test]
+    fn other_mail_is_not_a_report() {
+        assert_eq!(parse(b"Subject: hi\r\n\r\nhello\r\n", 1), None);
+    }
+
+    /// Records kept are read back; two kinds in two files.
+    #[test]
+    fn kept_records_are_read_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let parsed = parse(&suite("mail-auth/100.eml"), 9).expect("a report");
+        let (path, n) = keep(tmp.path(), &parsed).expect("keep");
+        assert!(path.ends_with("reports/dmarc.jsonl"));
+        let rows: Vec<DmarcRow> = read(tmp.path(), false).expect("read");
+        assert_eq!(rows.len(), n);
+        assert_eq!(Parsed::Dmarc(rows), parsed);
+        assert!(read::<TlsRow>(tmp.path(), true).expect("read").is_empty());
+    }
+}
