@@ -53,6 +53,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Init(init) => cli::init::run(&dir, init).map_err(|e| e.to_string()),
         Command::Doctor(doctor) => cli::doctor::run(&dir, doctor).map_err(|e| e.to_string()),
         Command::SendTest(c) => cli::send_test::run(&dir, c).map_err(|e| e.to_string()),
+        Command::Reports(c) => cli::reports::run(&dir, c).map_err(|e| e.to_string()),
         Command::Status(status) => cli::queue::status(&dir, status.json).map_err(|e| e.to_string()),
         Command::Config(config) => {
             cli::config::run(&dir, config.command).map_err(|e| e.to_string())

@@ -77,6 +77,8 @@ pub enum Event {
     Store,
     /// A queue recovery at startup: recovered and lost messages, where a damaged store went.
     Recovery,
+    /// A DMARC or TLS report received at a report address, and what was kept of it.
+    Report,
 }
 
 impl Event {
@@ -107,6 +109,7 @@ impl Event {
             Event::Systemd => "systemd",
             Event::Store => "store",
             Event::Recovery => "recovery",
+            Event::Report => "report",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod dkim;
 pub mod doctor;
 pub mod init;
 pub mod queue;
+pub mod reports;
 pub mod send_test;
 pub mod tls;
 pub mod user;
@@ -62,6 +63,27 @@ pub enum Command {
     Status(Status),
     /// Send a test message through the running server and follow it.
     SendTest(SendTest),
+    /// The DMARC and TLS reports received about the local domains.
+    Reports(Reports),
+}
+
+/// the DMARC aggregate and TLS reports received at [reports] addresses: per reporting
+/// organisation and source address, what passed and what failed, and why
+#[derive(Debug, FromArgs)]
+#[argh(subcommand, name = "reports")]
+pub struct Reports {
+    /// only reports about this domain
+    #[argh(positional)]
+    pub domain: Option<String>,
+    /// only reports received in this span: 7d, 24h, 30m or seconds (default 7d)
+    #[argh(option, default = "String::from(\"7d\")")]
+    pub since: String,
+    /// print JSON
+    #[argh(switch)]
+    pub json: bool,
+    /// do not look up the sources' reverse names
+    #[argh(switch)]
+    pub no_dns: bool,
 }
 
 /// send a test message through the running server's submission port (AUTH as --from) and

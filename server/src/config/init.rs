@@ -243,6 +243,13 @@ dmarc_quarantine = "mark"
 # temperror) or "defer" it (451 4.4.3, the sender retries). Never a permanent refusal.
 temperror = "accept"
 
+# DMARC aggregate reports (the rua= of your DMARC records) and TLS reports (the rua= of
+# _smtp._tls) that other receivers mail to these addresses are read and kept for
+# `postern reports` (in <data_dir>/reports/); the messages are still delivered as the
+# aliases say. E.g. ["dmarc@example.org", "tlsrpt@example.org"].
+[reports]
+addresses = []
+
 # What authenticated users may send as, besides their own address (and its +suffix forms),
 # in MAIL FROM and in the header From and Sender: "user" = [domains or addresses, or "<>"
 # for the null sender of bounces and auto-replies, which nobody has unless granted]. Example:

@@ -157,6 +157,9 @@ pub struct Settings {
     pub mailboxes: crate::deliver::Mailboxes,
     /// `[checks]`: SPF, DKIM, ARC and DMARC on the smtp listeners.
     pub checks: CheckSettings,
+    /// `[reports] addresses`: where DMARC and TLS reports arrive, lower case
+    /// ([`crate::mailauth::reports`]).
+    pub report_addresses: Vec<String>,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -244,6 +247,15 @@ struct RawFile {
     mailboxes: BTreeMap<Spanned<String>, Spanned<crate::deliver::RawMailbox>>,
     #[serde(default)]
     checks: crate::mailauth::RawChecks,
+    #[serde(default)]
+    reports: RawReports,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReports {
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -482,6 +494,21 @@ impl Settings {
         let (alias_options, srs_max_age_days) =
             crate::directory::aliases::parse_settings(raw.aliases, &source)?;
         let checks = crate::mailauth::parse_settings(raw.checks, &source)?;
+        let mut report_addresses = Vec::new();
+        for a in raw.reports.addresses {
+            let line = at(a.span());
+            let text = a.into_inner();
+            match proto_core::Mailbox::parse(&text) {
+                Ok(m) => report_addresses.push(m.to_string().to_ascii_lowercase()),
+                Err(e) => {
+                    return Err(error(
+                        line,
+                        format!("[reports] addresses: {text:?} is not an address: {e}"),
+                        "write addresses of your own domains, e.g. addresses = [\"dmarc@example.org\"]",
+                    ));
+                }
+            }
+        }
 
         let delivery =
             crate::deliver::smtp::settings::parse(raw.delivery, raw.routes, dir, &source)?;
@@ -514,6 +541,7 @@ impl Settings {
             srs_max_age_days,
             mailboxes,
             checks,
+            report_addresses,
         })
     }
 
@@ -874,6 +902,12 @@ mod tests {
                 3,
                 "max_connections.submission = 0 is out of range",
                 "at least 1",
+            ),
+            (
+                "hostname = \"a.b\"\n[listeners]\nsmtp = [\"[::1]:25\"]\n[reports]\naddresses = [\"dmarc@a.b\",\n  \"not an address\"]\n",
+                6,
+                "[reports] addresses: \"not an address\" is not an address",
+                "addresses of your own domains",
             ),
             (
                 "hostname = \"a.b\"\nmax_connections_per_ip_exempt = [\"127.0.0.1/40\"]\n",

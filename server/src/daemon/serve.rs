@@ -687,6 +687,8 @@ impl Live {
                 settings.hostname.clone(),
                 queue.resolver.clone(),
             )),
+            report_addresses: settings.report_addresses.clone(),
+            data_dir: settings.data_dir.clone(),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {
             [false, true].map(|loopback| {

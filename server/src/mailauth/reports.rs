@@ -127,6 +127,14 @@ fn word(value: impl std::fmt::Debug) -> String {
     out
 }
 
+/// The name RFC 8460 gives a TLS report value (its serde name in mail-auth).
+fn rfc_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "other".into(),
+    }
+}
+
 /// Reads `message` (RFC 5322, as received) as a DMARC aggregate report, else a TLS report.
 /// `None`: neither (the message is still delivered).
 pub fn parse(message: &[u8], received: u64) -> Option<Parsed> {
@@ -171,7 +179,7 @@ pub fn dmarc_rows(report: &mail_auth::report::Report, received: u64) -> Vec<Dmar
             overrides: r
                 .policy_override_reason()
                 .iter()
-                .map(|o| word(&o.type_))
+                .map(|o| word(o.type_))
                 .collect(),
         })
         .collect()
@@ -190,7 +198,7 @@ pub fn tls_rows(report: &mail_auth::report::tlsrpt::TlsReport, received: u64) ->
             report_id: report.report_id.clone(),
             begin,
             end,
-            policy: word(&p.policy.policy_type),
+            policy: rfc_name(&p.policy.policy_type),
             domain: p.policy.policy_domain.to_ascii_lowercase(),
             successes: p.summary.total_success,
             failures: p.summary.total_failure,
@@ -198,7 +206,7 @@ pub fn tls_rows(report: &mail_auth::report::tlsrpt::TlsReport, received: u64) ->
                 .failure_details
                 .iter()
                 .map(|f| TlsFailure {
-                    result: word(&f.result_type),
+                    result: rfc_name(&f.result_type),
                     mx: f.receiving_mx_hostname.clone(),
                     sending_ip: f.sending_mta_ip,
                     sessions: f.failed_session_count,

@@ -45,6 +45,7 @@ use crate::directory::relay::{HeaderFromCheck, Policy};
 use crate::directory::users::Address;
 use crate::log::{self, Event, Fields};
 use crate::mailauth::forged::ForgedFilter;
+use crate::mailauth::reports;
 use crate::mailauth::sign::Signing;
 use crate::mailauth::verify::Verifier;
 use crate::mailauth::{Disposition, Inbound, SpfResults, spf_word};
@@ -82,6 +83,11 @@ pub struct Shared {
     pub dispatch: Dispatch,
     /// DKIM signing and the SPF, DKIM, ARC and DMARC checks ([`crate::mailauth`]).
     pub inbound: Arc<Inbound>,
+    /// `[reports] addresses` (lower case): a message to one of them is also read as a DMARC
+    /// or TLS report ([`crate::mailauth::reports`]).
+    pub report_addresses: Vec<String>,
+    /// The data directory, where reports are kept.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The handler of one connection.
@@ -135,6 +141,9 @@ struct Transaction {
     generation: u64,
     /// The client's verified reverse name, for the `Received:` field.
     client_name: Option<String>,
+    /// The message as received, when a recipient is a report address (at most
+    /// [`reports::MAX_REPORT_MESSAGE`] bytes; `None` past that).
+    report: Option<Vec<u8>>,
 }
 
 /// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
@@ -526,6 +535,7 @@ impl Handler for Reception {
             auth_summary: None,
             generation: self.shared.store.generation(),
             client_name,
+            report: None,
         });
         Verdict::Accept
     }
@@ -555,6 +565,15 @@ impl Handler for Reception {
             Resolution::Accept(queued) => {
                 for q in queued {
                     self.add_recipient(q.address, q.sender, to, params);
+                }
+                if let (ForwardPath::Mailbox(m), Some(t)) = (to, &mut self.transaction)
+                    && t.report.is_none()
+                    && self
+                        .shared
+                        .report_addresses
+                        .contains(&m.to_string().to_ascii_lowercase())
+                {
+                    t.report = Some(Vec::new());
                 }
                 Verdict::Accept
             }
@@ -629,6 +648,13 @@ impl Handler for Reception {
         };
         t.received.feed(&chunk);
         t.header.feed(&chunk);
+        if let Some(copy) = &mut t.report {
+            if copy.len() + chunk.len() <= reports::MAX_REPORT_MESSAGE {
+                copy.extend_from_slice(&chunk);
+            } else {
+                t.report = None;
+            }
+        }
         // The checks see the message as received; what is stored (and signed) is the
         // message less the Authentication-Results fields that claim our hostname.
         if let Some(checks) = &mut t.checks {
@@ -683,7 +709,16 @@ impl Handler for Reception {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
-        self.queue(session, t).await
+        let report = t.report.take().map(|copy| (t.id.clone(), copy));
+        let verdict = self.queue(session, t).await;
+        if let Some((id, copy)) = report
+            && !matches!(verdict, Verdict::Reject(_))
+        {
+            // Once the message is ours: reading the report never holds up the 250.
+            let data_dir = self.shared.data_dir.clone();
+            smol::spawn(smol::unblock(move || keep_report(&data_dir, &id, &copy))).detach();
+        }
+        verdict
     }
 
     async fn aborted(&mut self, _session: &Session) {
@@ -706,6 +741,45 @@ impl Reception {
                 (4, 3, 0),
                 "Local error in processing, try again later",
             )
+        }
+    }
+}
+
+/// Reads a message sent to a report address as a DMARC or TLS report and keeps its rows
+/// ([`reports::keep`]), with a log line either way (blocking).
+fn keep_report(data_dir: &std::path::Path, id: &QueueId, message: &[u8]) {
+    let now = crate::queue::timers::unix_now();
+    let line = log::line(Event::Report).field("id", id);
+    match reports::parse(message, now) {
+        None => line
+            .text(
+                "msg",
+                "sent to a report address, but not a DMARC or TLS report",
+            )
+            .write(),
+        Some(parsed) => {
+            let (kind, org, domain) = match &parsed {
+                reports::Parsed::Dmarc(rows) => (
+                    "dmarc",
+                    rows.first().map(|r| r.org.clone()),
+                    rows.first().map(|r| r.domain.clone()),
+                ),
+                reports::Parsed::Tls(rows) => (
+                    "tls",
+                    rows.first().map(|r| r.org.clone()),
+                    rows.first().map(|r| r.domain.clone()),
+                ),
+            };
+            let line = line
+                .field("kind", kind)
+                .text("org", org.unwrap_or_default())
+                .field("domain", domain.unwrap_or_else(|| "-".into()));
+            match reports::keep(data_dir, &parsed) {
+                Ok((path, n)) => line.field("rows", n).field("file", path.display()).write(),
+                Err(e) => line
+                    .text("error", format_args!("cannot keep it: {e}"))
+                    .write(),
+            }
         }
     }
 }

@@ -1,0 +1,134 @@
+//! DMARC and TLS reports mailed to a `[reports]` address on port 25: still delivered as the
+//! aliases say, kept, and shown by `postern reports` (text and JSON), with the domain and
+//! span filters.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+/// Sends the file `sample` (a report as some receiver mailed it) to `to` on port 25.
+fn send(port: u16, to: &str, sample: &Path) {
+    let script = r#"
+import re, smtplib, sys
+# The samples are stored with LF line ends; SMTP wants CRLF.
+body = re.sub(rb"\r?\n", b"\r\n", open(sys.argv[3], "rb").read())
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="mx.reporter.test", timeout=30)
+s.sendmail("noreply-dmarc@reporter.test", [sys.argv[2]], body)
+s.quit()
+print("sent")
+"#;
+    let out = common::python(
+        script,
+        &[
+            port.to_string(),
+            to.to_string(),
+            sample.display().to_string(),
+        ],
+    );
+    assert_eq!(out.trim(), "sent");
+}
+
+fn suite(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../conformance/suites/dmarc/reports")
+        .join(name)
+}
+
+#[test]
+fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
+    let dir = common::instance(
+        "mx.a.test",
+        &[("a.test", &["alice"])],
+        "[reports]\naddresses = [\"RUA@a.test\"]\n",
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    fs::write(dir.path().join("domains/a.test/aliases"), "rua: alice\n").expect("aliases");
+    let server = common::Server::start(dir.path(), 1);
+    let port = server.port("smtp");
+    send(port, "rua@a.test", &suite("mail-auth/100.eml"));
+    send(port, "rua@a.test", &suite("postern/tlsrpt-failure.eml"));
+    // Mail to another address is not read as a report, even if it is one.
+    send(port, "alice@a.test", &suite("mail-auth/101.eml"));
+    server.wait_log("report id=", 20);
+    common::wait_messages(&server, "a.test", "alice", 3, 20);
+    for _ in 0..100 {
+        if server.log().matches("report id=").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = server.log();
+    assert!(
+        log.contains("report id=") && log.contains(" kind=dmarc "),
+        "{log}"
+    );
+    assert!(
+        log.contains(" kind=tls ") && log.contains("domain=example.org"),
+        "{log}"
+    );
+    assert_eq!(log.matches("report id=").count(), 2, "{log}");
+
+    let reports = |args: &[&str]| {
+        let mut all = vec!["reports", "--no-dns"];
+        all.extend_from_slice(args);
+        let out = common::postern(dir.path(), &all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = reports(&[]);
+    assert!(text.contains("DMARC "), "{text}");
+    assert!(text.contains(" reports "), "{text}");
+    assert!(
+        text.contains(
+            "TLS example.org (reported by Company-X): 5326 sessions succeeded, 303 failed"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  certificate-expired at mx.example.org: 200 sessions (from 2001:db8:abcd:12::1)"
+        ),
+        "{text}"
+    );
+
+    assert!(
+        text.contains(
+            "  starttls-not-supported at mx.example.org: 103 sessions (from 198.51.100.62)"
+        ),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&reports(&["--json"])).expect("JSON");
+    let dmarc = json["dmarc"].as_array().expect("dmarc");
+    assert!(!dmarc.is_empty(), "{json}");
+    let domain = dmarc[0]["domain"].as_str().expect("domain").to_string();
+    let messages: u64 = dmarc
+        .iter()
+        .map(|s| s["messages"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(messages > 0, "{json}");
+    // Only the report sent to the report address: 101.eml's rows are not there.
+    let rows = fs::read_to_string(dir.path().join("data/reports/dmarc.jsonl")).expect("rows");
+    assert!(
+        rows.lines()
+            .all(|l| l.contains(&format!("\"domain\":\"{domain}\""))),
+        "{rows}"
+    );
+
+    // The filters: another domain, and a span that ends before now.
+    assert_eq!(
+        reports(&["nobody.test"]),
+        "no reports received in that span\n"
+    );
+    let only = reports(&["example.org"]);
+    assert!(only.starts_with("TLS example.org"), "{only}");
+    assert!(reports(&["--since", "7d"]).contains("TLS example.org"));
+    let out = common::postern(dir.path(), &["reports", "--since", "soon"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since \"soon\""));
+}
