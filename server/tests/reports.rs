@@ -48,12 +48,13 @@ fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
     let port = server.port("smtp");
     send(port, "rua@a.test", &suite("mail-auth/100.eml"));
     send(port, "rua@a.test", &suite("postern/tlsrpt-failure.eml"));
+    send(port, "rua@a.test", &suite("mail-auth-arf/004.eml"));
     // Mail to another address is not read as a report, even if it is one.
     send(port, "alice@a.test", &suite("mail-auth/101.eml"));
     server.wait_log("report id=", 20);
-    common::wait_messages(&server, "a.test", "alice", 3, 20);
+    common::wait_messages(&server, "a.test", "alice", 4, 20);
     for _ in 0..100 {
-        if server.log().matches("report id=").count() >= 2 {
+        if server.log().matches("report id=").count() >= 3 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -67,7 +68,11 @@ fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
         log.contains(" kind=tls ") && log.contains("domain=example.org"),
         "{log}"
     );
-    assert_eq!(log.matches("report id=").count(), 2, "{log}");
+    assert!(
+        log.contains(" kind=failure ") && log.contains("domain=interpublication.org"),
+        "{log}"
+    );
+    assert_eq!(log.matches("report id=").count(), 3, "{log}");
 
     let reports = |args: &[&str]| {
         let mut all = vec!["reports", "--no-dns"];
@@ -101,6 +106,10 @@ fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
         text.contains(
             "  starttls-not-supported at mx.example.org: 103 sessions (from 198.51.100.62)"
         ),
+        "{text}"
+    );
+    assert!(
+        text.contains("failure report interpublication.org: dmarc failed for mail from 148.163.85.135 (envelope from info@interpublication.org)"),
         "{text}"
     );
     let json: serde_json::Value = serde_json::from_str(&reports(&["--json"])).expect("JSON");

@@ -6,7 +6,8 @@
 //! the DMARC result and what the receiver did. A source whose mail fails gets a sentence saying
 //! what that usually means (a forwarder that breaks the signature, a sender missing from SPF,
 //! a spoofer). TLS reports are summed per policy domain: sessions that succeeded and failed,
-//! each failure by result type, MX and sending address.
+//! each failure by result type, MX and sending address. Failure reports (ARF) are listed one
+//! by one: what failed, for mail from which address.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,7 +20,7 @@ use serde::Serialize;
 use crate::cli::Reports;
 use crate::config::{ConfigError, Settings};
 use crate::dns::{Resolver, ResolverConfig};
-use crate::mailauth::reports::{self, DmarcRow, TlsRow};
+use crate::mailauth::reports::{self, DmarcRow, FailureRow, Kind, TlsRow};
 
 /// What `postern reports` can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,8 @@ pub struct Shown {
     pub dmarc: Vec<Source>,
     /// TLS policy domains.
     pub tls: Vec<TlsSummary>,
+    /// Failure reports, newest last.
+    pub failures: Vec<FailureRow>,
 }
 
 /// `7d`, `24h`, `30m`, `45s` or seconds.
@@ -249,7 +252,7 @@ pub fn sum_tls(rows: &[TlsRow]) -> Vec<TlsSummary> {
 pub fn render(shown: &Shown) -> String {
     use std::fmt::Write as _;
     let mut t = String::new();
-    if shown.dmarc.is_empty() && shown.tls.is_empty() {
+    if shown.dmarc.is_empty() && shown.tls.is_empty() && shown.failures.is_empty() {
         t.push_str("no reports received in that span\n");
         return t;
     }
@@ -293,6 +296,29 @@ pub fn render(shown: &Shown) -> String {
             let _ = writeln!(t, "  {result} at {mx}: {n} sessions (from {ip})");
         }
     }
+    for f in &shown.failures {
+        let ip = f
+            .source_ip
+            .map_or_else(|| "-".to_string(), |ip| ip.to_string());
+        let what = match f.feedback.as_str() {
+            "auth-failure" => format!("{} failed", f.auth_failure),
+            other => other.to_string(),
+        };
+        let _ = writeln!(
+            t,
+            "failure report {}: {what} for mail from {ip} (envelope from {}){}{}",
+            if f.domain.is_empty() { "-" } else { &f.domain },
+            f.mail_from.as_deref().unwrap_or("-"),
+            f.dkim
+                .as_ref()
+                .map(|d| format!(", signature {d}"))
+                .unwrap_or_default(),
+            f.reporting_mta
+                .as_ref()
+                .map(|m| format!(", reported by {m}"))
+                .unwrap_or_default(),
+        );
+    }
     t
 }
 
@@ -313,15 +339,20 @@ pub fn run(dir: &Path, c: Reports) -> Result<(), ReportsError> {
         dir: settings.data_dir.clone(),
         source,
     };
-    let dmarc: Vec<DmarcRow> = reports::read(&settings.data_dir, false)
+    let dmarc: Vec<DmarcRow> = reports::read(&settings.data_dir, Kind::Dmarc)
         .map_err(read_error)?
         .into_iter()
         .filter(|r: &DmarcRow| keep(&r.domain, r.received))
         .collect();
-    let tls: Vec<TlsRow> = reports::read(&settings.data_dir, true)
+    let tls: Vec<TlsRow> = reports::read(&settings.data_dir, Kind::Tls)
         .map_err(read_error)?
         .into_iter()
         .filter(|r: &TlsRow| keep(&r.domain, r.received))
+        .collect();
+    let failures: Vec<FailureRow> = reports::read(&settings.data_dir, Kind::Failure)
+        .map_err(read_error)?
+        .into_iter()
+        .filter(|r: &FailureRow| keep(&r.domain, r.received))
         .collect();
     let mut sources = sum_dmarc(&dmarc);
     if !c.no_dns
@@ -344,6 +375,7 @@ pub fn run(dir: &Path, c: Reports) -> Result<(), ReportsError> {
     let shown = Shown {
         dmarc: sources,
         tls: sum_tls(&tls),
+        failures,
     };
     if c.json {
         println!(
@@ -424,6 +456,7 @@ mod tests {
         let text = render(&Shown {
             dmarc: sources,
             tls: Vec::new(),
+            failures: Vec::new(),
         });
         assert!(text.starts_with("DMARC example.org:\n  google.com reports 192.0.2.1 (no verified reverse name): 15 messages, DMARC pass 15"), "{text}");
         assert!(text.contains("quarantine 3"), "{text}");

@@ -1,10 +1,12 @@
-//! DMARC aggregate reports (RFC 7489 7.2) and TLS reports (RFC 8460) that other receivers mail
+//! DMARC aggregate reports (RFC 7489 7.2), failure reports (RFC 5965, 7489 7.3) and TLS
+//! reports (RFC 8460) that other receivers mail
 //! to this server's report addresses (`[reports] addresses`): parsed with mail-auth and kept as
 //! compact records, one JSON line each, in `<data_dir>/reports/dmarc.jsonl` and `tls.jsonl`,
 //! for `postern reports`. The message itself is delivered as its recipients' aliases say.
 //!
 //! A DMARC report becomes one [`DmarcRow`] per row of the report (a source IP and what the
-//! receiver saw of its mail); a TLS report one [`TlsRow`] per policy. Attachments are
+//! receiver saw of its mail); a TLS report one [`TlsRow`] per policy; a failure report (ARF,
+//! the ruf= of DMARC) one [`FailureRow`], in `failures.jsonl`. Attachments are
 //! uncompressed (gzip, zip) up to [`MAX_UNCOMPRESSED`] bytes.
 
 use std::io::Write as _;
@@ -112,6 +114,35 @@ pub enum Parsed {
     Dmarc(Vec<DmarcRow>),
     /// A TLS report's policies.
     Tls(Vec<TlsRow>),
+    /// A failure report (ARF, RFC 5965; DMARC's ruf=, RFC 7489 7.3).
+    Failure(FailureRow),
+}
+
+/// A failure report: one message (or several alike) that failed at a receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRow {
+    /// When we received the report (Unix seconds).
+    pub received: u64,
+    /// The feedback type: auth-failure, abuse, fraud...
+    pub feedback: String,
+    /// For auth-failure: what failed (dmarc, dkim, spf, bodyhash, revoked...).
+    pub auth_failure: String,
+    /// The sending address.
+    pub source_ip: Option<IpAddr>,
+    /// The domain reported (the first `Reported-Domain`).
+    pub domain: String,
+    /// The envelope sender of the failed message.
+    pub mail_from: Option<String>,
+    /// The envelope recipient.
+    pub rcpt_to: Option<String>,
+    /// When it arrived at the receiver (Unix seconds).
+    pub arrival: Option<i64>,
+    /// The DKIM signature's domain and selector, for a DKIM failure.
+    pub dkim: Option<String>,
+    /// The receiver's MTA.
+    pub reporting_mta: Option<String>,
+    /// How many messages alike.
+    pub incidents: u32,
 }
 
 /// A lower-case word for a mail-auth enum (its `Debug` name).
@@ -143,8 +174,37 @@ pub fn parse(message: &[u8], received: u64) -> Option<Parsed> {
     if let Ok(report) = Report::parse_rfc5322(message, MAX_UNCOMPRESSED) {
         return Some(Parsed::Dmarc(dmarc_rows(&report, received)));
     }
-    let report = TlsReport::parse_rfc5322(message, MAX_UNCOMPRESSED).ok()?;
-    Some(Parsed::Tls(tls_rows(&report, received)))
+    if let Ok(report) = TlsReport::parse_rfc5322(message, MAX_UNCOMPRESSED) {
+        return Some(Parsed::Tls(tls_rows(&report, received)));
+    }
+    let feedback = mail_auth::report::Feedback::parse_rfc5322(message).ok()?;
+    Some(Parsed::Failure(failure_row(&feedback, received)))
+}
+
+/// The row of a failure report.
+pub fn failure_row(f: &mail_auth::report::Feedback<'_>, received: u64) -> FailureRow {
+    let text = |v: Option<&str>| v.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    FailureRow {
+        received,
+        feedback: word(f.feedback_type()),
+        auth_failure: word(f.auth_failure()),
+        source_ip: f.source_ip(),
+        domain: f
+            .reported_domain()
+            .first()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .unwrap_or_default(),
+        mail_from: text(f.original_mail_from()),
+        rcpt_to: text(f.original_rcpt_to()),
+        arrival: f.arrival_date(),
+        dkim: match (f.dkim_domain(), f.dkim_selector()) {
+            (Some(d), Some(s)) => Some(format!("d={d} s={s}")),
+            (Some(d), None) => Some(format!("d={d}")),
+            _ => None,
+        },
+        reporting_mta: text(f.reporting_mta()),
+        incidents: f.incidents(),
+    }
 }
 
 /// The rows of a DMARC aggregate report.
@@ -216,27 +276,39 @@ pub fn tls_rows(report: &mail_auth::report::tlsrpt::TlsReport, received: u64) ->
         .collect()
 }
 
-/// `<data_dir>/reports/dmarc.jsonl` or `tls.jsonl`.
-pub fn file(data_dir: &Path, tls: bool) -> PathBuf {
-    data_dir
-        .join(DIR_NAME)
-        .join(if tls { "tls.jsonl" } else { "dmarc.jsonl" })
+/// The kinds of records, each in its own file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// DMARC aggregate report rows: `dmarc.jsonl`.
+    Dmarc,
+    /// TLS report policies: `tls.jsonl`.
+    Tls,
+    /// Failure reports (ARF): `failures.jsonl`.
+    Failure,
+}
+
+/// `<data_dir>/reports/<kind>.jsonl`.
+pub fn file(data_dir: &Path, kind: Kind) -> PathBuf {
+    data_dir.join(DIR_NAME).join(match kind {
+        Kind::Dmarc => "dmarc.jsonl",
+        Kind::Tls => "tls.jsonl",
+        Kind::Failure => "failures.jsonl",
+    })
 }
 
 /// Appends what `parsed` holds to its file (blocking). Returns the file and how many records.
 pub fn keep(data_dir: &Path, parsed: &Parsed) -> std::io::Result<(PathBuf, usize)> {
-    let (path, lines): (PathBuf, Vec<String>) = match parsed {
-        Parsed::Dmarc(rows) => (
-            file(data_dir, false),
-            rows.iter()
-                .filter_map(|r| serde_json::to_string(r).ok())
-                .collect(),
-        ),
-        Parsed::Tls(rows) => (
-            file(data_dir, true),
-            rows.iter()
-                .filter_map(|r| serde_json::to_string(r).ok())
-                .collect(),
+    fn lines<T: Serialize>(rows: &[T]) -> Vec<String> {
+        rows.iter()
+            .filter_map(|r| serde_json::to_string(r).ok())
+            .collect()
+    }
+    let (path, lines) = match parsed {
+        Parsed::Dmarc(rows) => (file(data_dir, Kind::Dmarc), lines(rows)),
+        Parsed::Tls(rows) => (file(data_dir, Kind::Tls), lines(rows)),
+        Parsed::Failure(row) => (
+            file(data_dir, Kind::Failure),
+            lines(std::slice::from_ref(row)),
         ),
     };
     if let Some(dir) = path.parent() {
@@ -257,8 +329,8 @@ pub fn keep(data_dir: &Path, parsed: &Parsed) -> std::io::Result<(PathBuf, usize
 }
 
 /// Every record of one kind kept under `data_dir`; lines that do not parse are skipped.
-pub fn read<T: for<'de> Deserialize<'de>>(data_dir: &Path, tls: bool) -> std::io::Result<Vec<T>> {
-    let text = match std::fs::read_to_string(file(data_dir, tls)) {
+pub fn read<T: for<'de> Deserialize<'de>>(data_dir: &Path, kind: Kind) -> std::io::Result<Vec<T>> {
+    let text = match std::fs::read_to_string(file(data_dir, kind)) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -334,6 +406,46 @@ mod tests {
         assert_eq!(row.failure_details[0].mx.as_deref(), Some("mx.example.org"));
     }
 
+    /// mail-auth's failure reports: the rows agree with mail-auth's own expected values.
+    #[test]
+    fn failure_reports_give_their_row() {
+        for name in ["002", "003", "004", "005"] {
+            let message = suite(&format!("mail-auth-arf/{name}.eml"));
+            let want: serde_json::Value =
+                serde_json::from_slice(&suite(&format!("mail-auth-arf/{name}.json")))
+                    .expect("json");
+            let Some(Parsed::Failure(row)) = parse(&message, 1) else {
+                panic!("{name} is not read as a failure report");
+            };
+            assert_eq!(
+                row.source_ip.map(|ip| ip.to_string()),
+                want["source_ip"].as_str().map(str::to_string),
+                "{name}"
+            );
+            assert_eq!(
+                row.domain,
+                want["reported_domain"][0].as_str().unwrap_or(""),
+                "{name}"
+            );
+            let spelled = |v: &serde_json::Value| {
+                v.as_str()
+                    .unwrap_or("")
+                    .to_ascii_lowercase()
+                    .replace(['-', '_'], "")
+            };
+            assert_eq!(
+                row.feedback.replace('-', ""),
+                spelled(&want["feedback_type"]),
+                "{name}"
+            );
+            assert_eq!(
+                row.auth_failure.replace('-', ""),
+                spelled(&want["auth_failure"]),
+                "{name}"
+            );
+        }
+    }
+
     /// A plain message is neither.
     #[test]
     fn other_mail_is_not_a_report() {
@@ -347,9 +459,13 @@ mod tests {
         let parsed = parse(&suite("mail-auth/100.eml"), 9).expect("a report");
         let (path, n) = keep(tmp.path(), &parsed).expect("keep");
         assert!(path.ends_with("reports/dmarc.jsonl"));
-        let rows: Vec<DmarcRow> = read(tmp.path(), false).expect("read");
+        let rows: Vec<DmarcRow> = read(tmp.path(), Kind::Dmarc).expect("read");
         assert_eq!(rows.len(), n);
         assert_eq!(Parsed::Dmarc(rows), parsed);
-        assert!(read::<TlsRow>(tmp.path(), true).expect("read").is_empty());
+        assert!(
+            read::<TlsRow>(tmp.path(), Kind::Tls)
+                .expect("read")
+                .is_empty()
+        );
     }
 }

@@ -769,6 +769,11 @@ fn keep_report(data_dir: &std::path::Path, id: &QueueId, message: &[u8]) {
                     rows.first().map(|r| r.org.clone()),
                     rows.first().map(|r| r.domain.clone()),
                 ),
+                reports::Parsed::Failure(row) => (
+                    "failure",
+                    row.reporting_mta.clone(),
+                    Some(row.domain.clone()).filter(|d| !d.is_empty()),
+                ),
             };
             let line = line
                 .field("kind", kind)
