@@ -141,3 +141,60 @@ fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since \"soon\""));
 }
+
+/// `deliver = false`: a report is kept and answered 250 without being queued or delivered;
+/// a message that is not a report is refused (nothing is lost without a word); a message
+/// for a report address and a user is delivered to the user and still read.
+#[test]
+fn reports_can_be_kept_without_delivery() {
+    let dir = common::instance(
+        "mx.a.test",
+        &[("a.test", &["alice", "rua"])],
+        "[reports]\naddresses = [\"rua@a.test\"]\ndeliver = false\n",
+        "smtp = [\"127.0.0.1:0\"]",
+    );
+    let server = common::Server::start(dir.path(), 1);
+    let port = server.port("smtp");
+    let script = r#"
+import re, smtplib, sys
+body = re.sub(rb"\r?\n", b"\r\n", open(sys.argv[2], "rb").read()) if sys.argv[2] != "-" else b"Subject: hi\r\n\r\nnot a report\r\n"
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="mx.reporter.test", timeout=30)
+try:
+    s.sendmail("noreply@reporter.test", sys.argv[3].split(","), body)
+    print("sent")
+except smtplib.SMTPException as e:
+    print("refused", e)
+s.quit()
+"#;
+    let send = |sample: &str, to: &str| {
+        common::python(
+            script,
+            &[port.to_string(), sample.to_string(), to.to_string()],
+        )
+    };
+    let tls = suite("postern/tlsrpt-failure.eml").display().to_string();
+    assert_eq!(send(&tls, "rua@a.test").trim(), "sent");
+    let said = send("-", "rua@a.test");
+    assert!(said.contains("refused") && said.contains("5.6.0"), "{said}");
+    assert_eq!(send(&tls, "rua@a.test,alice@a.test").trim(), "sent");
+    common::wait_messages(&server, "a.test", "alice", 1, 20);
+    for _ in 0..100 {
+        if server.log().matches(" kind=tls ").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = server.log();
+    assert_eq!(log.matches(" kind=tls ").count(), 2, "{log}");
+    // Nothing for rua@ was delivered; only alice's copy was queued.
+    assert!(server.inbox("a.test", "rua").is_empty(), "{log}");
+    assert_eq!(log.matches("queued id=").count(), 1, "{log}");
+    let out = common::postern(dir.path(), &["reports", "--no-dns"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(
+            "TLS example.org (reported by Company-X): 10652 sessions succeeded, 606 failed"
+        ),
+        "{text}"
+    );
+}

@@ -249,6 +249,9 @@ temperror = "accept"
 # aliases say. E.g. ["dmarc@example.org", "tlsrpt@example.org"].
 [reports]
 addresses = []
+# false: keep the reports only, without delivering them (mail to these addresses that is not
+# a report is then refused with 550 5.6.0).
+deliver = true
 
 # What authenticated users may send as, besides their own address (and its +suffix forms),
 # in MAIL FROM and in the header From and Sender: "user" = [domains or addresses, or "<>"

@@ -160,6 +160,8 @@ pub struct Settings {
     /// `[reports] addresses`: where DMARC and TLS reports arrive, lower case
     /// ([`crate::mailauth::reports`]).
     pub report_addresses: Vec<String>,
+    /// `[reports] deliver`: whether mail to them is also delivered (default true).
+    pub report_deliver: bool,
 }
 
 /// A problem that keeps postern from starting: where it is and how to fix it.
@@ -256,6 +258,7 @@ struct RawFile {
 struct RawReports {
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
+    deliver: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,6 +497,7 @@ impl Settings {
         let (alias_options, srs_max_age_days) =
             crate::directory::aliases::parse_settings(raw.aliases, &source)?;
         let checks = crate::mailauth::parse_settings(raw.checks, &source)?;
+        let report_deliver = raw.reports.deliver.unwrap_or(true);
         let mut report_addresses = Vec::new();
         for a in raw.reports.addresses {
             let line = at(a.span());
@@ -542,6 +546,7 @@ impl Settings {
             mailboxes,
             checks,
             report_addresses,
+            report_deliver,
         })
     }
 

@@ -688,6 +688,7 @@ impl Live {
                 queue.resolver.clone(),
             )),
             report_addresses: settings.report_addresses.clone(),
+            report_deliver: settings.report_deliver,
             data_dir: settings.data_dir.clone(),
         });
         let connections = [Role::Smtp, Role::Submission, Role::Submissions].map(|role| {

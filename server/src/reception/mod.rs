@@ -86,6 +86,8 @@ pub struct Shared {
     /// `[reports] addresses` (lower case): a message to one of them is also read as a DMARC
     /// or TLS report ([`crate::mailauth::reports`]).
     pub report_addresses: Vec<String>,
+    /// `[reports] deliver`: false keeps reports without delivering them.
+    pub report_deliver: bool,
     /// The data directory, where reports are kept.
     pub data_dir: std::path::PathBuf,
 }
@@ -144,6 +146,9 @@ struct Transaction {
     /// The message as received, when a recipient is a report address (at most
     /// [`reports::MAX_REPORT_MESSAGE`] bytes; `None` past that).
     report: Option<Vec<u8>>,
+    /// A report address was accepted without being delivered to (`[reports] deliver =
+    /// false`).
+    report_only: bool,
 }
 
 /// The checks of one transaction: SPF from MAIL, what the message needs for the rest.
@@ -536,6 +541,7 @@ impl Handler for Reception {
             generation: self.shared.store.generation(),
             client_name,
             report: None,
+            report_only: false,
         });
         Verdict::Accept
     }
@@ -563,17 +569,19 @@ impl Handler for Reception {
         };
         match resolution {
             Resolution::Accept(queued) => {
+                let report = matches!(to, ForwardPath::Mailbox(m)
+                    if self.shared.report_addresses.contains(&m.to_string().to_ascii_lowercase()));
+                if report && let Some(t) = &mut self.transaction {
+                    if t.report.is_none() && !t.report_only {
+                        t.report = Some(Vec::new());
+                    }
+                    if !self.shared.report_deliver {
+                        t.report_only = true;
+                        return Verdict::Accept;
+                    }
+                }
                 for q in queued {
                     self.add_recipient(q.address, q.sender, to, params);
-                }
-                if let (ForwardPath::Mailbox(m), Some(t)) = (to, &mut self.transaction)
-                    && t.report.is_none()
-                    && self
-                        .shared
-                        .report_addresses
-                        .contains(&m.to_string().to_ascii_lowercase())
-                {
-                    t.report = Some(Vec::new());
                 }
                 Verdict::Accept
             }
@@ -709,6 +717,9 @@ impl Handler for Reception {
             discard(&self.shared.store, &t.id, t.chunks, false).await;
             return verdict;
         }
+        if t.recipients.is_empty() && t.report_only {
+            return self.keep_report_only(t).await;
+        }
         let report = t.report.take().map(|copy| (t.id.clone(), copy));
         let verdict = self.queue(session, t).await;
         if let Some((id, copy)) = report
@@ -716,7 +727,10 @@ impl Handler for Reception {
         {
             // Once the message is ours: reading the report never holds up the 250.
             let data_dir = self.shared.data_dir.clone();
-            smol::spawn(smol::unblock(move || keep_report(&data_dir, &id, &copy))).detach();
+            smol::spawn(smol::unblock(move || {
+                let _ = keep_report(&data_dir, &id, &copy);
+            }))
+            .detach();
         }
         verdict
     }
@@ -745,46 +759,90 @@ impl Reception {
     }
 }
 
-/// Reads a message sent to a report address as a DMARC or TLS report and keeps its rows
-/// ([`reports::keep`]), with a log line either way (blocking).
-fn keep_report(data_dir: &std::path::Path, id: &QueueId, message: &[u8]) {
+/// Why a message to a report address was not kept.
+#[derive(Debug)]
+enum ReportProblem {
+    /// It is not a DMARC, TLS or failure report.
+    NotAReport,
+    /// It could not be written (the log line says why).
+    Write,
+}
+
+/// Reads a message sent to a report address as a DMARC, TLS or failure report and keeps its
+/// rows ([`reports::keep`]), with a log line either way (blocking). Returns how many rows.
+fn keep_report(
+    data_dir: &std::path::Path,
+    id: &QueueId,
+    message: &[u8],
+) -> Result<usize, ReportProblem> {
     let now = crate::queue::timers::unix_now();
     let line = log::line(Event::Report).field("id", id);
-    match reports::parse(message, now) {
-        None => line
-            .text(
-                "msg",
-                "sent to a report address, but not a DMARC or TLS report",
-            )
-            .write(),
-        Some(parsed) => {
-            let (kind, org, domain) = match &parsed {
-                reports::Parsed::Dmarc(rows) => (
-                    "dmarc",
-                    rows.first().map(|r| r.org.clone()),
-                    rows.first().map(|r| r.domain.clone()),
-                ),
-                reports::Parsed::Tls(rows) => (
-                    "tls",
-                    rows.first().map(|r| r.org.clone()),
-                    rows.first().map(|r| r.domain.clone()),
-                ),
-                reports::Parsed::Failure(row) => (
-                    "failure",
-                    row.reporting_mta.clone(),
-                    Some(row.domain.clone()).filter(|d| !d.is_empty()),
-                ),
-            };
-            let line = line
-                .field("kind", kind)
-                .text("org", org.unwrap_or_default())
-                .field("domain", domain.unwrap_or_else(|| "-".into()));
-            match reports::keep(data_dir, &parsed) {
-                Ok((path, n)) => line.field("rows", n).field("file", path.display()).write(),
-                Err(e) => line
-                    .text("error", format_args!("cannot keep it: {e}"))
-                    .write(),
-            }
+    let Some(parsed) = reports::parse(message, now) else {
+        line.text("msg", "sent to a report address, but not a report")
+            .write();
+        return Err(ReportProblem::NotAReport);
+    };
+    let (kind, org, domain) = match &parsed {
+        reports::Parsed::Dmarc(rows) => (
+            "dmarc",
+            rows.first().map(|r| r.org.clone()),
+            rows.first().map(|r| r.domain.clone()),
+        ),
+        reports::Parsed::Tls(rows) => (
+            "tls",
+            rows.first().map(|r| r.org.clone()),
+            rows.first().map(|r| r.domain.clone()),
+        ),
+        reports::Parsed::Failure(row) => (
+            "failure",
+            row.reporting_mta.clone(),
+            Some(row.domain.clone()).filter(|d| !d.is_empty()),
+        ),
+    };
+    let line = line
+        .field("kind", kind)
+        .text("org", org.unwrap_or_default())
+        .field("domain", domain.unwrap_or_else(|| "-".into()));
+    match reports::keep(data_dir, &parsed) {
+        Ok((path, n)) => {
+            line.field("rows", n).field("file", path.display()).write();
+            Ok(n)
+        }
+        Err(e) => {
+            line.text("error", format_args!("cannot keep it: {e}"))
+                .write();
+            Err(ReportProblem::Write)
+        }
+    }
+}
+
+impl Reception {
+    /// A message only for report addresses that are not delivered to (`[reports] deliver =
+    /// false`): kept as a report before the reply, never queued. Not a report: 550 5.6.0; too
+    /// big to read: 552 5.3.4; not written: 451 4.3.0 (the sender tries again).
+    async fn keep_report_only(&self, t: Transaction) -> Verdict {
+        discard(&self.shared.store, &t.id, t.chunks, false).await;
+        let Some(copy) = t.report else {
+            return Verdict::Reject(Reply::of(
+                ReplyCode::EXCEEDED_STORAGE,
+                (5, 3, 4),
+                "Message too big for a report address",
+            ));
+        };
+        let (data_dir, id) = (self.shared.data_dir.clone(), t.id.clone());
+        match smol::unblock(move || keep_report(&data_dir, &id, &copy)).await {
+            Ok(n) => Verdict::AcceptWithText(format!("Ok: report kept ({n} records) as {}", t.id)),
+            // RFC 3463 5.6.0: other or undefined media error.
+            Err(ReportProblem::NotAReport) => Verdict::Reject(Reply::of(
+                ReplyCode::TRANSACTION_FAILED,
+                (5, 6, 0),
+                "This address takes only DMARC, TLS and failure reports",
+            )),
+            Err(ReportProblem::Write) => Verdict::Reject(Reply::of(
+                ReplyCode::LOCAL_ERROR,
+                (4, 3, 0),
+                "Local error keeping the report, try again later",
+            )),
         }
     }
 }
