@@ -555,6 +555,19 @@ impl Handler for Reception {
         let shared = self.shared.clone();
         let path = to.clone();
         let relay_ok = self.may_relay(session);
+        let report = matches!(to, ForwardPath::Mailbox(m)
+            if self.shared.report_addresses.contains(&m.to_string().to_ascii_lowercase()));
+        // Kept, not delivered: the address needs no user or alias of its own.
+        if report
+            && !self.shared.report_deliver
+            && let Some(t) = &mut self.transaction
+        {
+            if t.report.is_none() && !t.report_only {
+                t.report = Some(Vec::new());
+            }
+            t.report_only = true;
+            return Verdict::Accept;
+        }
         // On the session's own thread, not the blocking pool: the decision reads tables kept
         // in memory and checks their files' stamps (a stat each), re-reading a small file only
         // after it changed. The hop to a pool thread and back cost more than that (two
@@ -569,16 +582,11 @@ impl Handler for Reception {
         };
         match resolution {
             Resolution::Accept(queued) => {
-                let report = matches!(to, ForwardPath::Mailbox(m)
-                    if self.shared.report_addresses.contains(&m.to_string().to_ascii_lowercase()));
-                if report && let Some(t) = &mut self.transaction {
-                    if t.report.is_none() && !t.report_only {
-                        t.report = Some(Vec::new());
-                    }
-                    if !self.shared.report_deliver {
-                        t.report_only = true;
-                        return Verdict::Accept;
-                    }
+                if report
+                    && let Some(t) = &mut self.transaction
+                    && t.report.is_none()
+                {
+                    t.report = Some(Vec::new());
                 }
                 for q in queued {
                     self.add_recipient(q.address, q.sender, to, params);
