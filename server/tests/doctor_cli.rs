@@ -199,6 +199,8 @@ mta-sts.example.org. 300 A 127.0.0.1
         "ok      example.org mta-sts: policy id=20261203: mode enforce, mx mx.example.org, max_age 86400 s",
         "ok      example.org dmarc: reports.test accepts reports about example.org (example.org._report._dmarc.reports.test)",
         "warning example.org dmarc: reports go to r@elsewhere.test, in another domain, which has not said it accepts them",
+        "warning example.org dmarc: reports go to postmaster@example.org, which [reports] addresses does not list",
+        "fix: [reports] addresses = [\"postmaster@example.org\"] in postern.toml",
         "fix: ask the operator of elsewhere.test to publish example.org._report._dmarc.elsewhere.test. IN TXT \"v=DMARC1\"",
     ] {
         assert!(shown.contains(want), "{want:?} in\n{shown}");

@@ -183,7 +183,7 @@ async fn examine(
         check_mx(&mut r, resolver, domain, &host).await;
         check_spf(&mut r, settings, resolver, domain, &host, &addresses).await;
         check_dkim(&mut r, settings, resolver, domain).await;
-        check_dmarc(&mut r, resolver, domain, domains).await;
+        check_dmarc(&mut r, settings, resolver, domain, domains).await;
         check_optional(&mut r, settings, resolver, domain, &host).await;
     }
     r.0
@@ -512,7 +512,13 @@ async fn check_dkim(r: &mut Report, settings: &Settings, resolver: &Resolver, do
 
 /// A DMARC record that parses, its policy and report addresses; a report address in
 /// another domain must be authorised there (RFC 7489 7.1).
-async fn check_dmarc(r: &mut Report, resolver: &Resolver, domain: &str, local: &[String]) {
+async fn check_dmarc(
+    r: &mut Report,
+    settings: &Settings,
+    resolver: &Resolver,
+    domain: &str,
+    local: &[String],
+) {
     let name = format!("_dmarc.{domain}");
     let publish =
         format!("{name}. IN TXT \"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}\"");
@@ -560,7 +566,26 @@ async fn check_dmarc(r: &mut Report, resolver: &Resolver, domain: &str, local: &
             );
             r.add(domain, "dmarc", level, message);
             let targets = dmarc.rua.iter().chain(dmarc.ruf.iter()).map(|u| u.uri());
-            check_report_targets(r, resolver, domain, targets, local).await;
+            check_report_targets(r, resolver, domain, targets.clone(), local).await;
+            // Reports to this server that `postern reports` would not see.
+            for target in targets {
+                let address = target.trim().to_ascii_lowercase();
+                let ours = address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| local.iter().any(|l| *l == d));
+                if ours && !settings.report_addresses.contains(&address) {
+                    r.fix(
+                        domain,
+                        "dmarc",
+                        Level::Warning,
+                        format!(
+                            "reports go to {address}, which [reports] addresses does not list: \
+                             they arrive as plain mail, and `postern reports` does not see them"
+                        ),
+                        format!("[reports] addresses = [\"{address}\"] in postern.toml"),
+                    );
+                }
+            }
         }
         Err(e) => r.fix(
             domain,
