@@ -17,7 +17,7 @@ DIR=$(mktemp -d /tmp/postern-idle.XXXXXX)
 postern_dir "$DIR"
 sed -i "s/127.0.0.1:2525/127.0.0.1:$PORT/" "$DIR/postern.toml"
 start() {
-  POSTERN_DELIVERY_PAUSED=1 "$BIN" -C "$DIR" serve </dev/null >"$DIR/log" 2>&1 &
+  env ${ENVX:-} POSTERN_DELIVERY_PAUSED=1 "$BIN" -C "$DIR" serve </dev/null >"$DIR/log" 2>&1 &
   PID=$!
   for i in $(seq 1 50); do ss -Hltn "sport = :$PORT" | grep -q LISTEN && break; sleep 0.1; done
   sleep 1
