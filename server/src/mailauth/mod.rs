@@ -42,7 +42,9 @@
 //! DNS comes from our own resolver through mail-auth's caches ([`dns`]); mail-auth's own
 //! resolver has no servers and never touches the network, and no tokio runtime is started.
 //!
-//! The `[checks]` section of postern.toml is read here too ([`RawChecks`]).
+//! The `[checks]` section of postern.toml is read here too ([`RawChecks`]). DMARC, TLS and
+//! failure reports that other receivers mail to `[reports] addresses` are read and kept by
+//! [`reports`].
 
 pub mod authdns;
 pub mod dkim;

@@ -2,7 +2,9 @@
 //! reports (RFC 8460) that other receivers mail
 //! to this server's report addresses (`[reports] addresses`): parsed with mail-auth and kept as
 //! compact records, one JSON line each, in `<data_dir>/reports/dmarc.jsonl` and `tls.jsonl`,
-//! for `postern reports`. The message itself is delivered as its recipients' aliases say.
+//! for `postern reports`. A file past [`MAX_FILE`] moves to `<name>.old`, so the records
+//! never take more than twice that per kind. The message itself is delivered as its
+//! recipients' aliases say.
 //!
 //! A DMARC report becomes one [`DmarcRow`] per row of the report (a source IP and what the
 //! receiver saw of its mail); a TLS report one [`TlsRow`] per policy; a failure report (ARF,
@@ -24,6 +26,10 @@ pub const MAX_REPORT_MESSAGE: usize = 8 * 1024 * 1024;
 
 /// The folder, under the data directory.
 pub const DIR_NAME: &str = "reports";
+
+/// A records file larger than this is moved to `<name>.old` (replacing the one before) and
+/// a new one begun: at most twice this much per kind stays on disk.
+pub const MAX_FILE: u64 = 32 * 1024 * 1024;
 
 /// One row of a DMARC aggregate report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +320,9 @@ pub fn keep(data_dir: &Path, parsed: &Parsed) -> std::io::Result<(PathBuf, usize
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_FILE) {
+        std::fs::rename(&path, old_file(&path))?;
+    }
     let mut text = String::new();
     for line in &lines {
         text.push_str(line);
@@ -328,17 +337,27 @@ pub fn keep(data_dir: &Path, parsed: &Parsed) -> std::io::Result<(PathBuf, usize
     Ok((path, lines.len()))
 }
 
-/// Every record of one kind kept under `data_dir`; lines that do not parse are skipped.
+/// The file a full records file is moved to: `<name>.old`.
+fn old_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".old");
+    PathBuf::from(name)
+}
+
+/// Every record of one kind kept under `data_dir` (the older file first); lines that do not
+/// parse are skipped.
 pub fn read<T: for<'de> Deserialize<'de>>(data_dir: &Path, kind: Kind) -> std::io::Result<Vec<T>> {
-    let text = match std::fs::read_to_string(file(data_dir, kind)) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    let current = file(data_dir, kind);
+    let mut rows = Vec::new();
+    for path in [old_file(&current), current] {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        rows.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -444,6 +463,25 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A full file moves aside, and both are read.
+    #[test]
+    fn a_full_file_moves_aside_and_is_still_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let parsed = parse(&suite("mail-auth/100.eml"), 9).expect("a report");
+        let (path, n) = keep(tmp.path(), &parsed).expect("keep");
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.set_len(MAX_FILE + 1).expect("grow");
+        // Padding of NULs is one line that does not parse: skipped.
+        keep(tmp.path(), &parsed).expect("keep");
+        assert!(old_file(&path).exists());
+        assert!(std::fs::metadata(&path).expect("new file").len() < 4096);
+        let rows: Vec<DmarcRow> = read(tmp.path(), Kind::Dmarc).expect("read");
+        assert_eq!(rows.len(), 2 * n);
     }
 
     /// A plain message is neither.
