@@ -3,7 +3,7 @@
 //! Each line is `<RFC 3339 time> <event> id=<queue id> key=value...`, so `grep <id>` follows a
 //! message; a line about no message has no `id`, and one that only says something has its
 //! words in `msg="..."`. Values are bare tokens, or quoted (`key="free text"`) when they could
-//! hold a space; [`line`] builds every line and quotes what needs it, so a value from the
+//! hold a space; [`line()`] builds every line and quotes what needs it, so a value from the
 //! network never breaks the format (see [`Fields`]). Events are `received` (end of data), `queued` (durable, answered 250), `delivered`
 //! (one per recipient), `deferred` (will be retried), `failed` (given up, or could not be
 //! queued), `removed` (left the queue), `damaged` (a queued record that cannot be read: kept,
@@ -556,7 +556,7 @@ pub mod stats {
 }
 
 /// Prints a status line for the operator on standard output (what `serve` listens on, that
-/// it stops). Like [`event`], a closed standard output is not an error worth dying for.
+/// it stops). Like the log lines, a closed standard output is not an error worth dying for.
 pub fn status(args: fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = out

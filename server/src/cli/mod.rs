@@ -104,7 +104,7 @@ pub struct SendTest {
     #[argh(option, default = "120")]
     pub wait: u64,
     /// once a copy is delivered into a local Maildir, check it as a receiver would (SPF for
-    /// this server's address, DKIM, DMARC, through [dns]) and print the
+    /// this server's address, DKIM, DMARC, through the server's resolver) and print the
     /// Authentication-Results it would add; exit 1 when DMARC would not pass
     #[argh(switch)]
     pub check_auth: bool,
