@@ -11,6 +11,28 @@ use std::process::Command;
 
 use postern::dns::test_server::TestServer;
 
+/// `postern send-test --from FROM --password-stdin ARGS` in `dir`, the password given.
+fn send_test(dir: &std::path::Path, from: &str, args: &[&str]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(common::BINARY)
+        .arg("-C")
+        .arg(dir)
+        .args(["send-test", "--from", from, "--password-stdin"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{}\n", common::PASSWORD).as_bytes())
+        .expect("password");
+    child.wait_with_output().expect("wait")
+}
+
 /// A test DNS server whose zone sends remote.test's mail to 127.0.0.1.
 fn remote_dns(dir: &std::path::Path) -> TestServer {
     let zone = dir.join("zone");
@@ -161,16 +183,21 @@ print("sent")
     for d in [dir.path().to_path_buf(), dir.path().join("data")] {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).expect("chmod");
     }
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(common::BINARY)
-        .arg("-C")
-        .arg(dir.path())
-        .args(["queue", "list"])
-        .output()
-        .expect("run setpriv");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // `queue list` as nobody: it fails, with what it said.
+    let as_nobody = || {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::BINARY)
+            .arg("-C")
+            .arg(dir.path())
+            .args(["queue", "list"])
+            .output()
+            .expect("run setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        stderr
+    };
+    let stderr = as_nobody();
     assert!(
         stderr.contains("cannot talk to the running server"),
         "{stderr}"
@@ -178,16 +205,7 @@ print("sent")
     assert!(stderr.contains("Permission denied"), "{stderr}");
     // With the socket's mode opened up, the server still refuses another user.
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).expect("chmod");
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(common::BINARY)
-        .arg("-C")
-        .arg(dir.path())
-        .args(["queue", "list"])
-        .output()
-        .expect("run setpriv");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = as_nobody();
     assert!(
         stderr.contains("user id 65534 may not use this server's control socket"),
         "{stderr}"
@@ -359,30 +377,11 @@ fn send_test_follows_a_message_to_its_end() {
     );
     let a = common::Server::start(dir.path(), 2);
     let send = |to: &[&str]| {
-        let mut command = Command::new(common::BINARY);
-        command.arg("-C").arg(dir.path()).args([
-            "send-test",
-            "--from",
-            "alice@a.test",
-            "--password-stdin",
-        ]);
+        let mut args = Vec::new();
         for t in to {
-            command.args(["--to", t]);
+            args.extend(["--to", *t]);
         }
-        let mut child = command
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{}\n", common::PASSWORD).as_bytes())
-            .expect("password");
-        child.wait_with_output().expect("wait")
+        send_test(dir.path(), "alice@a.test", &args)
     };
     let out = send(&["bob@remote.test"]);
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -723,25 +722,9 @@ fn send_test_checks_auth_as_a_receiver_would() {
     .expect("config");
     let _server = common::Server::start(dir.path(), 1);
     let send = |from: &str, more: &[&str]| {
-        let mut child = Command::new(common::BINARY)
-            .arg("-C")
-            .arg(dir.path())
-            .args(["send-test", "--from", from, "--to", "bob@a.test"])
-            .args(["--password-stdin", "--check-auth"])
-            .args(more)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{}\n", common::PASSWORD).as_bytes())
-            .expect("password");
-        let out = child.wait_with_output().expect("wait");
+        let mut args = vec!["--to", "bob@a.test", "--check-auth"];
+        args.extend_from_slice(more);
+        let out = send_test(dir.path(), from, &args);
         (
             out.status.code(),
             format!(

@@ -631,18 +631,13 @@ async fn check_report_targets(
                 Level::Ok,
                 format!("{at} accepts reports about {domain} ({name})"),
             );
-        } else if local.contains(&at) {
-            r.fix(
-                domain,
-                "dmarc",
-                Level::Warning,
-                format!(
-                    "reports go to {target}, in another domain, which has not said it accepts \
-                     them: receivers send nothing there"
-                ),
-                record,
-            );
         } else {
+            // One of ours: publish it; another's: they must.
+            let fix = if local.contains(&at) {
+                record
+            } else {
+                format!("ask the operator of {at} to publish {record}")
+            };
             r.fix(
                 domain,
                 "dmarc",
@@ -651,7 +646,7 @@ async fn check_report_targets(
                     "reports go to {target}, in another domain, which has not said it accepts \
                      them: receivers send nothing there"
                 ),
-                format!("ask the operator of {at} to publish {record}"),
+                fix,
             );
         }
     }
