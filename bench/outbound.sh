@@ -8,7 +8,7 @@
 # package) and openssl. Loopback only: the sinks listen on 127.0.0.1:3601..; postern on 2825.
 # The messages are accepted with delivery paused (POSTERN_DELIVERY_PAUSED=1) from a trusted
 # network ([relay] trusted_networks = 127.0.0.0/8), then the server is restarted on the same
-# data directory with delivery on.
+# data directory with delivery on. bench/outbound-postfix.sh runs Postfix on the same load.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/postern}
@@ -46,15 +46,16 @@ queued=$(grep -c ' queued id=' "$DIR/log" || true)
 kill "$PID"; wait "$PID" 2>/dev/null || true
 start
 ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
-t0=$(date +%s.%N); c0=$(ticks)
+busy() { awk '/^cpu /{print $2+$3+$4+$6+$7+$8}' /proc/stat; }
+t0=$(date +%s.%N); c0=$(ticks); m0=$(busy)
 for i in $(seq 1 1200); do
   [ "$(grep -c ' removed id=' "$DIR/log" || true)" -ge "$queued" ] && break
   sleep 0.1
 done
-t1=$(date +%s.%N); c1=$(ticks)
+t1=$(date +%s.%N); c1=$(ticks); m1=$(busy)
 delivered=$(grep -c ' delivered id=' "$DIR/log" || true)
 hz=$(getconf CLK_TCK)
-awk -v q="$queued" -v d="$delivered" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v hz="$hz" -v n="$DOMAINS" 'BEGIN {
-  s = t1 - t0; cpu = (c1 - c0) / hz
-  printf "outbound: %d queued, %d delivered to %d domains in %.2f s: %.0f msg/s, server CPU %.0f us/msg\n", q, d, n, s, d / s, cpu * 1e6 / (d > 0 ? d : 1)
+awk -v q="$queued" -v d="$delivered" -v t0="$t0" -v t1="$t1" -v c0="$c0" -v c1="$c1" -v m0="$m0" -v m1="$m1" -v hz="$hz" -v n="$DOMAINS" 'BEGIN {
+  s = t1 - t0; cpu = (c1 - c0) / hz; all = (m1 - m0) / hz; d1 = (d > 0 ? d : 1)
+  printf "outbound: %d queued, %d delivered to %d domains in %.2f s: %.0f msg/s, server CPU %.0f us/msg, machine CPU %.0f us/msg\n", q, d, n, s, d / s, cpu * 1e6 / d1, all * 1e6 / d1
 }'
