@@ -174,24 +174,13 @@ pub fn bind(data_dir: &Path) -> io::Result<Async<UnixListener>> {
 
 /// Answers requests on `listener` until the task is dropped.
 pub async fn serve(listener: Async<UnixListener>, state: Arc<ControlState>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let state = state.clone();
-                smol::spawn(async move {
-                    let _ = answer(stream, &state).await;
-                })
-                .detach();
-            }
-            Err(e) => {
-                log::line(Event::Connection)
-                    .field("role", "control")
-                    .text("error", format_args!("accept failed: {e}"))
-                    .write();
-                Timer::after(Duration::from_millis(100)).await;
-            }
+    super::answer_each("control", listener.incoming(), |stream| {
+        let state = state.clone();
+        async move {
+            let _ = answer(stream, &state).await;
         }
-    }
+    })
+    .await;
 }
 
 /// The peer's user id when it is neither the server's user nor root (SO_PEERCRED), or when

@@ -37,20 +37,13 @@ const MAX_HEAD: usize = 8 * 1024;
 
 /// Answers scrapes on `listener` until the task is dropped.
 pub async fn serve(listener: Async<TcpListener>, state: Arc<ControlState>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let state = state.clone();
-                smol::spawn(async move {
-                    let _ = answer(stream, &state).await;
-                })
-                .detach();
-            }
-            Err(_) => {
-                Timer::after(Duration::from_millis(100)).await;
-            }
+    super::answer_each("metrics", listener.incoming(), |stream| {
+        let state = state.clone();
+        async move {
+            let _ = answer(stream, &state).await;
         }
-    }
+    })
+    .await;
 }
 
 async fn answer(
