@@ -41,7 +41,7 @@ use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
 use crate::queue::settle::{Backlog, Fate, Recorder, Schedule, settle};
-use crate::queue::store::{Address, HELD, Owner, RecipientState, Store};
+use crate::queue::store::{Address, Envelope, HELD, Owner, RecipientState, Store};
 use proto_core::mail::DsnAction;
 
 /// The socket's file name in the data directory.
@@ -306,54 +306,60 @@ pub fn queue_list(store: &Store) -> Result<Vec<QueueEntry>, String> {
     let now = crate::queue::timers::unix_now();
     let mut entries = Vec::new();
     for id in store.ids().map_err(|e| e.to_string())? {
-        let Some(envelope) = store.envelope(&id).map_err(|e| e.to_string())? else {
-            continue;
-        };
-        let recipients = envelope
-            .recipients
-            .iter()
-            .map(|r| QueueRecipient {
-                to: format!("<{}>", r.address),
-                state: match r.state {
-                    RecipientState::Pending if r.next_attempt == HELD => "held",
-                    RecipientState::Pending => "pending",
-                    RecipientState::Delivered => "delivered",
-                    RecipientState::Failed => "failed",
-                }
-                .into(),
-                attempts: r.attempts,
-                next_attempt: (r.state == RecipientState::Pending
-                    && r.next_attempt > 0
-                    && r.next_attempt != HELD)
-                    .then(|| rfc3339(r.next_attempt)),
-                last_error: r.last_error.clone(),
-            })
-            .collect();
-        entries.push(QueueEntry {
-            id: id.to_string(),
-            received: rfc3339(envelope.received_at),
-            age_seconds: now.saturating_sub(envelope.received_at),
-            from: envelope.from.to_string(),
-            size: envelope.size,
-            recipients,
-        });
+        if let Some(envelope) = store.envelope(&id).map_err(|e| e.to_string())? {
+            entries.push(entry_of(&id, &envelope, now));
+        }
     }
     entries.sort_by(|a, b| b.age_seconds.cmp(&a.age_seconds).then(a.id.cmp(&b.id)));
     Ok(entries)
 }
 
+/// How `queue-list` shows message `id` at `now`.
+fn entry_of(id: &QueueId, envelope: &Envelope, now: u64) -> QueueEntry {
+    let recipients = envelope
+        .recipients
+        .iter()
+        .map(|r| QueueRecipient {
+            to: format!("<{}>", r.address),
+            state: match r.state {
+                RecipientState::Pending if r.next_attempt == HELD => "held",
+                RecipientState::Pending => "pending",
+                RecipientState::Delivered => "delivered",
+                RecipientState::Failed => "failed",
+            }
+            .into(),
+            attempts: r.attempts,
+            next_attempt: (r.state == RecipientState::Pending
+                && r.next_attempt > 0
+                && r.next_attempt != HELD)
+                .then(|| rfc3339(r.next_attempt)),
+            last_error: r.last_error.clone(),
+        })
+        .collect();
+    QueueEntry {
+        id: id.to_string(),
+        received: rfc3339(envelope.received_at),
+        age_seconds: now.saturating_sub(envelope.received_at),
+        from: envelope.from.to_string(),
+        size: envelope.size,
+        recipients,
+    }
+}
+
+/// A queue id as the operator typed it (either case).
+fn queue_id(id: &str) -> Result<QueueId, String> {
+    QueueId::parse(&id.trim().to_ascii_uppercase()).ok_or_else(|| format!("not a queue id: {id:?}"))
+}
+
 /// One message's entry and header section. Blocking.
 fn show(store: &Store, id: &str) -> Result<Shown, String> {
     use std::io::Read;
-    let entry = queue_list(store)?
-        .into_iter()
-        .find(|e| e.id.eq_ignore_ascii_case(id))
-        .ok_or_else(|| format!("no message {id} in the queue"))?;
-    let qid = QueueId::parse(&entry.id).ok_or_else(|| format!("not a queue id: {id}"))?;
+    let qid = queue_id(id).map_err(|_| format!("no message {id} in the queue"))?;
     let envelope = store
         .envelope(&qid)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no message {id} in the queue"))?;
+    let entry = entry_of(&qid, &envelope, crate::queue::timers::unix_now());
     let mut head = Vec::new();
     let mut body = store
         .body(&qid, envelope.chunks)
@@ -377,8 +383,7 @@ fn show(store: &Store, id: &str) -> Result<Shown, String> {
 /// same recording as a delivery's), or, `silent`, it is removed as it is. Returns its id and
 /// how many recipients the DSN is about. Blocking.
 fn remove(state: &ControlState, id: &str, silent: bool) -> Result<(String, usize), String> {
-    let qid = QueueId::parse(&id.to_ascii_uppercase())
-        .ok_or_else(|| format!("not a queue id: {id:?}"))?;
+    let qid = queue_id(id)?;
     // No worker holds it from here on: a delivery under way could otherwise end as both
     // delivered and bounced.
     let _kept = state.dispatch.removal(&qid, REMOVAL_WAIT).ok_or_else(|| {
@@ -457,8 +462,7 @@ fn remove(state: &ControlState, id: &str, silent: bool) -> Result<(String, usize
 /// Holds (`hold`) or releases a message's pending recipients ([`Store::set_next_attempt`]);
 /// a released one is due now. Blocking.
 fn hold(state: &ControlState, id: &str, hold: bool) -> Result<String, String> {
-    let qid = QueueId::parse(&id.to_ascii_uppercase())
-        .ok_or_else(|| format!("not a queue id: {id:?}"))?;
+    let qid = queue_id(id)?;
     if state
         .store
         .envelope(&qid)
@@ -512,9 +516,13 @@ impl Selection {
     fn parse(text: &str) -> Option<Selection> {
         let text = text.trim();
         match text.split_once(' ') {
-            Some(("domain", d)) if !d.trim().is_empty() => {
-                Some(Selection::Domain(d.trim().to_ascii_lowercase()))
-            }
+            // Compared with the recipients' domains in A-labels.
+            Some(("domain", d)) if !d.trim().is_empty() => Some(Selection::Domain(
+                proto_core::Domain::parse(d.trim())
+                    .ok()
+                    .and_then(|d| d.to_ascii().ok())
+                    .unwrap_or_else(|| d.trim().to_ascii_lowercase()),
+            )),
             None if text == "all" => Some(Selection::All),
             None if !text.is_empty() => Some(Selection::Id(text.to_string())),
             _ => None,
@@ -525,16 +533,7 @@ impl Selection {
         match self {
             Selection::Id(want) => want.eq_ignore_ascii_case(id),
             Selection::All => true,
-            Selection::Domain(want) => {
-                let domain = match address {
-                    Address::Local { domain, .. } => domain.clone(),
-                    Address::Remote(m) => m.domain().to_string().to_ascii_lowercase(),
-                    Address::Pipe { alias, .. } => {
-                        alias.rsplit('@').next().unwrap_or("").to_ascii_lowercase()
-                    }
-                };
-                domain == *want
-            }
+            Selection::Domain(want) => address.domain() == *want,
         }
     }
 }
@@ -573,7 +572,8 @@ fn retry(state: &ControlState, which: &Selection) -> Result<Vec<String>, String>
     Ok(retried.iter().map(ToString::to_string).collect())
 }
 
-fn status(state: &ControlState, entries: &[QueueEntry]) -> Status {
+/// The server's state now, with the queue `entries` (for `status` and the metrics page).
+pub fn status(state: &ControlState, entries: &[QueueEntry]) -> Status {
     let roles = [Role::Smtp, Role::Submission, Role::Submissions];
     Status {
         uptime_seconds: state.started.elapsed().map_or(0, |d| d.as_secs()),

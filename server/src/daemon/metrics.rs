@@ -29,7 +29,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::config::Role;
 use crate::daemon::control::{ControlState, queue_list};
 
 /// The largest request head read.
@@ -225,11 +224,13 @@ fn render(state: &ControlState, entries: &[crate::daemon::control::QueueEntry]) 
         g.set(v);
         g
     };
+    // The same figures as `postern status`.
+    let now = crate::daemon::control::status(state, entries);
     let sessions = Family::<Vec<(String, String)>, Gauge>::default();
-    for role in [Role::Smtp, Role::Submission, Role::Submissions] {
+    for (role, open) in &now.sessions {
         sessions
-            .get_or_create(&vec![("listener".into(), role.name().into())])
-            .set(state.counter.open_on(role) as i64);
+            .get_or_create(&vec![("listener".into(), role.clone())])
+            .set(*open as i64);
     }
     registry.register(
         "postern_sessions",
@@ -239,27 +240,22 @@ fn render(state: &ControlState, entries: &[crate::daemon::control::QueueEntry]) 
     registry.register(
         "postern_queue_messages",
         "Messages in the queue",
-        gauge(entries.len() as i64),
+        gauge(now.queued_messages as i64),
     );
-    let pending = entries
-        .iter()
-        .flat_map(|e| &e.recipients)
-        .filter(|r| r.state == "pending")
-        .count();
     registry.register(
         "postern_queue_pending_recipients",
         "Recipients in the queue not delivered yet",
-        gauge(pending as i64),
+        gauge(now.pending_recipients as i64),
     );
     registry.register(
         "postern_queue_oldest_age_seconds",
         "Age of the oldest queued message",
-        gauge(entries.first().map_or(0, |e| e.age_seconds) as i64),
+        gauge(now.oldest_age_seconds as i64),
     );
     registry.register(
         "postern_uptime_seconds",
         "Seconds since the server started",
-        gauge(state.started.elapsed().map_or(0, |d| d.as_secs()) as i64),
+        gauge(now.uptime_seconds as i64),
     );
     if let Some((_, at)) = state.certificates.current().default_expiry() {
         registry.register(

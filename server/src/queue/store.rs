@@ -1253,7 +1253,27 @@ impl Envelope {
     }
 }
 
+/// The domain of a mailbox, lower case, A-labels (an address literal as written).
+pub fn ascii_domain(mailbox: &Mailbox) -> String {
+    let domain = mailbox.domain();
+    domain
+        .to_ascii()
+        .unwrap_or_else(|_| domain.as_str().to_ascii_lowercase())
+}
+
 impl Address {
+    /// The recipient's domain, lower case ([`ascii_domain`] for a remote one; for a pipe, the
+    /// alias's).
+    pub fn domain(&self) -> String {
+        match self {
+            Address::Local { domain, .. } => domain.to_ascii_lowercase(),
+            Address::Remote(m) => ascii_domain(m),
+            Address::Pipe { alias, .. } => alias
+                .rsplit_once('@')
+                .map_or_else(String::new, |(_, d)| d.to_ascii_lowercase()),
+        }
+    }
+
     /// The forward path this recipient was accepted as (for a pipe: the alias it came from).
     /// `None` only for a local user or alias the store holds in a form that is no address.
     pub fn forward_path(&self) -> Option<ForwardPath> {

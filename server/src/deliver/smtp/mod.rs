@@ -51,7 +51,7 @@ use crate::queue::bounce::Bouncer;
 use crate::queue::commit::Committer;
 use crate::queue::dispatch::Dispatch;
 use crate::queue::settle::{self, Fate, Recorder};
-use crate::queue::store::{Address, Applied, Envelope, Owner, RecipientState, Store};
+use crate::queue::store::{Address, Applied, Envelope, Owner, RecipientState, Store, ascii_domain};
 use crate::queue::timers::{Timers, unix_now};
 use crate::reception::trace::Trace;
 use crate::tls::memory::{Level, TlsMemory};
@@ -241,7 +241,7 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
         if let Address::Remote(address) = &r.address {
             groups
                 .entry((
-                    domain_of(address),
+                    ascii_domain(address),
                     r.sender.as_ref().map(ToString::to_string),
                 ))
                 .or_default()
@@ -300,14 +300,6 @@ async fn process(o: &Arc<Outbound>, id: &QueueId) {
             o.timers.at(id, unix_now() + settle::BACKLOG_RETRY);
         }
     }
-}
-
-/// The domain of a mailbox, lower case, A-labels (an address literal as written).
-fn domain_of(mailbox: &proto_core::Mailbox) -> String {
-    let domain = mailbox.domain();
-    domain
-        .to_ascii()
-        .unwrap_or_else(|_| domain.as_str().to_ascii_lowercase())
 }
 
 /// What TLS a delivery must reach.
@@ -840,9 +832,9 @@ mod tests {
     #[test]
     fn domains_are_compared_in_a_label_form() {
         let m: proto_core::Mailbox = "x@BÜCHER.example".parse().expect("mailbox");
-        assert_eq!(domain_of(&m), "xn--bcher-kva.example");
+        assert_eq!(ascii_domain(&m), "xn--bcher-kva.example");
         let literal: proto_core::Mailbox = "x@[127.0.0.1]".parse().expect("mailbox");
-        assert_eq!(domain_of(&literal), "[127.0.0.1]");
+        assert_eq!(ascii_domain(&literal), "[127.0.0.1]");
     }
 
     #[test]
