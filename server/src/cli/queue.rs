@@ -70,13 +70,7 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
         }
         QueueCommand::Retry(c) => {
             let request = retry_request(&c)?;
-            let settings = crate::cli::settings_or_defaults(dir)?;
-            let answer = control::ask(&settings.data_dir, &request)?;
-            let reply: serde_json::Value = serde_json::from_str(answer.trim())
-                .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
-            if let Some(e) = reply["error"].as_str() {
-                return Err(QueueCmdError::Answer(e.to_string()));
-            }
+            let (reply, _): (serde_json::Value, _) = ask(dir, &request)?;
             let ids: Vec<&str> = reply["retried"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
@@ -85,10 +79,7 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             Ok(())
         }
         QueueCommand::Show(c) => {
-            let settings = crate::cli::settings_or_defaults(dir)?;
-            let answer = control::ask(&settings.data_dir, &format!("queue-show {}", c.id))?;
-            let shown: control::Shown = serde_json::from_str(answer.trim())
-                .map_err(|_| QueueCmdError::Answer(refusal(&answer)))?;
+            let (shown, _): (control::Shown, _) = ask(dir, &format!("queue-show {}", c.id))?;
             print!("{}", describe_entry(&shown.entry));
             println!("{}", shown.headers.replace("\r\n", "\n").trim_end());
             if !shown.history.is_empty() {
@@ -100,18 +91,12 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
             Ok(())
         }
         QueueCommand::Remove(c) => {
-            let settings = crate::cli::settings_or_defaults(dir)?;
             let verb = if c.silent {
                 "queue-remove-silent"
             } else {
                 "queue-remove"
             };
-            let answer = control::ask(&settings.data_dir, &format!("{verb} {}", c.id))?;
-            let reply: serde_json::Value = serde_json::from_str(answer.trim())
-                .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
-            if let Some(e) = reply["error"].as_str() {
-                return Err(QueueCmdError::Answer(e.to_string()));
-            }
+            let (reply, _): (serde_json::Value, _) = ask(dir, &format!("{verb} {}", c.id))?;
             let bounced = reply["bounced"].as_u64().unwrap_or(0);
             match bounced {
                 0 => println!("removed {} without a DSN", c.id),
@@ -122,12 +107,9 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
         QueueCommand::Hold(c) => hold(dir, "queue-hold", &c.id, "held"),
         QueueCommand::Release(c) => hold(dir, "queue-release", &c.id, "released"),
         QueueCommand::List(c) => {
-            let settings = crate::cli::settings_or_defaults(dir)?;
-            let answer = control::ask(&settings.data_dir, "queue-list")?;
-            let entries: Vec<control::QueueEntry> = serde_json::from_str(answer.trim())
-                .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+            let (entries, answer): (Vec<control::QueueEntry>, _) = ask(dir, "queue-list")?;
             if c.json {
-                println!("{}", answer.trim());
+                println!("{answer}");
                 return Ok(());
             }
             if entries.is_empty() {
@@ -143,13 +125,7 @@ pub fn run(dir: &Path, command: QueueCommand) -> Result<(), QueueCmdError> {
 
 /// `queue hold` / `queue release`.
 fn hold(dir: &Path, verb: &str, id: &str, done: &str) -> Result<(), QueueCmdError> {
-    let settings = crate::cli::settings_or_defaults(dir)?;
-    let answer = control::ask(&settings.data_dir, &format!("{verb} {id}"))?;
-    let reply: serde_json::Value = serde_json::from_str(answer.trim())
-        .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
-    if let Some(e) = reply["error"].as_str() {
-        return Err(QueueCmdError::Answer(e.to_string()));
-    }
+    let _: (serde_json::Value, _) = ask(dir, &format!("{verb} {id}"))?;
     println!("{done} {id}");
     Ok(())
 }
@@ -182,11 +158,23 @@ fn describe_entry(e: &control::QueueEntry) -> String {
 }
 
 /// The server's `{"error": ...}`, or the answer as it came.
-fn refusal(answer: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(answer.trim())
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or_else(|| answer.trim().to_string())
+/// Asks the server running with the configuration in `dir` for `request`, and reads its
+/// answer as `T`; an `{"error": ...}` answer is the error. Also returns the answer as sent.
+fn ask<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    request: &str,
+) -> Result<(T, String), QueueCmdError> {
+    let settings = crate::cli::settings_or_defaults(dir)?;
+    let answer = control::ask(&settings.data_dir, request)?
+        .trim()
+        .to_string();
+    let value: serde_json::Value =
+        serde_json::from_str(&answer).map_err(|_| QueueCmdError::Answer(answer.clone()))?;
+    if let Some(e) = value["error"].as_str() {
+        return Err(QueueCmdError::Answer(e.to_string()));
+    }
+    let typed = serde_json::from_value(value).map_err(|_| QueueCmdError::Answer(answer.clone()))?;
+    Ok((typed, answer))
 }
 
 /// What `queue retry` is about, as the control socket reads it.
@@ -203,12 +191,9 @@ fn retry_request(c: &crate::cli::QueueRetry) -> Result<String, QueueCmdError> {
 
 /// `postern status`: the running server's state.
 pub fn status(dir: &Path, json: bool) -> Result<(), QueueCmdError> {
-    let settings = crate::cli::settings_or_defaults(dir)?;
-    let answer = control::ask(&settings.data_dir, "status")?;
-    let s: control::Status = serde_json::from_str(answer.trim())
-        .map_err(|_| QueueCmdError::Answer(answer.trim().to_string()))?;
+    let (s, answer): (control::Status, _) = ask(dir, "status")?;
     if json {
-        println!("{}", answer.trim());
+        println!("{answer}");
         return Ok(());
     }
     println!("{} up {}", s.hostname, human_duration(s.uptime_seconds));

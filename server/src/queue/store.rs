@@ -680,11 +680,7 @@ impl Store {
         owner: Owner,
         new: &[(QueueId, Envelope)],
     ) -> Result<Vec<Applied>, StoreError> {
-        let _guard = self
-            .shared
-            .update
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.updating();
         let h = self.for_write()?;
         let mut batch = h.db.batch();
         let mut applied = Vec::with_capacity(changes.len());
@@ -729,6 +725,15 @@ impl Store {
         Ok(applied)
     }
 
+    /// The lock under which recorded results and the operator's changes read and write a
+    /// stored envelope: neither overwrites the other with an older copy.
+    fn updating(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Sets the next attempt of the recipients of `id` that are pending in the stored copy
     /// and that `chosen` picks (`postern queue retry`, `hold`, `release`), under the same lock
     /// as [`Store::apply`]: a worker's result recorded meanwhile is kept, never overwritten
@@ -740,11 +745,7 @@ impl Store {
         next: u64,
         chosen: impl Fn(&Recipient) -> bool,
     ) -> Result<bool, StoreError> {
-        let _guard = self
-            .shared
-            .update
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.updating();
         let h = self.for_write()?;
         let Some(mut stored) = h.envelope(id)? else {
             return Ok(false);
