@@ -279,6 +279,24 @@ impl Line {
     }
 }
 
+/// The value of `key=` in the fields of a log line (a bare token, or quoted text up to the
+/// next quote): how `postern status`, the metrics and `send-test` read lines back.
+pub fn value<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
+    // No allocation: this runs for every counted line.
+    let start = fields
+        .match_indices(key)
+        .find(|(i, _)| {
+            (*i == 0 || fields.as_bytes()[i - 1] == b' ')
+                && fields.as_bytes().get(i + key.len()) == Some(&b'=')
+        })
+        .map(|(i, _)| i + key.len() + 1)?;
+    let rest = &fields[start..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next(),
+        None => rest.split(' ').next(),
+    }
+}
+
 /// The recent log lines of each message, by queue id, kept in memory for `postern queue show`
 /// and `postern send-test` (through the control socket): the lines of the last
 /// [`history::IDS`] ids, at most [`history::LINES`] each (the first and the newest), so memory
@@ -428,27 +446,11 @@ pub mod stats {
     /// Counts by label, since the start: (metric, label, value) → count. The values come from
     /// bounded sets (enhanced status codes, methods, TLS versions, result words), so the map
     /// stays small; a value outside them counts as "other".
-    /// (metric, label, value) → count.
     type Labelled = std::collections::BTreeMap<(&'static str, &'static str, String), u64>;
 
     static LABELLED: Mutex<Option<Labelled>> = Mutex::new(None);
 
-    /// The value of `key=` in `fields` (a bare token, or quoted text up to the next quote).
-    fn value<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
-        // No allocation: this runs for every counted line.
-        let start = fields
-            .match_indices(key)
-            .find(|(i, _)| {
-                (*i == 0 || fields.as_bytes()[i - 1] == b' ')
-                    && fields.as_bytes().get(i + key.len()) == Some(&b'=')
-            })
-            .map(|(i, _)| i + key.len() + 1)?;
-        let rest = &fields[start..];
-        match rest.strip_prefix('"') {
-            Some(quoted) => quoted.split('"').next(),
-            None => rest.split(' ').next(),
-        }
-    }
+    use super::value;
 
     /// A label value kept only when it is a short token of letters, digits, `.`, `-`, `_`.
     fn bounded(v: &str) -> String {

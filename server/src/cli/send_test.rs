@@ -210,7 +210,7 @@ fn check_auth(
     let path = lines
         .iter()
         .filter(|l| l.contains(" delivered id="))
-        .find_map(|l| field(l, "path"))
+        .find_map(|l| crate::log::value(l, "path").map(str::to_string))
         .ok_or_else(|| {
             SendTestError::AuthCheck(
                 "--check-auth needs a copy delivered into a Maildir of this server: send to \
@@ -271,16 +271,6 @@ fn check_auth(
             "DMARC would not pass ({}): `postern doctor` says which record to fix",
             failing.join("; ")
         )))
-    }
-}
-
-/// The value of `key=` in a log line (quoted or not).
-fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    let rest = &line[start..];
-    match rest.strip_prefix('"') {
-        Some(quoted) => quoted.split('"').next().map(str::to_string),
-        None => rest.split(' ').next().map(str::to_string),
     }
 }
 

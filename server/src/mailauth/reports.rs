@@ -151,6 +151,73 @@ pub struct FailureRow {
     pub incidents: u32,
 }
 
+/// Why a message to a report address was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotKept {
+    /// It is not a DMARC, TLS or failure report.
+    NotAReport,
+    /// It could not be written (the log line says why).
+    Write,
+}
+
+impl Parsed {
+    /// For the log: the kind (dmarc, tls, failure), the reporting organisation (or MTA) and
+    /// the domain reported on, when the report names them.
+    pub fn summary(&self) -> (&'static str, Option<String>, Option<String>) {
+        match self {
+            Parsed::Dmarc(rows) => (
+                "dmarc",
+                rows.first().map(|r| r.org.clone()),
+                rows.first().map(|r| r.domain.clone()),
+            ),
+            Parsed::Tls(rows) => (
+                "tls",
+                rows.first().map(|r| r.org.clone()),
+                rows.first().map(|r| r.domain.clone()),
+            ),
+            Parsed::Failure(row) => (
+                "failure",
+                row.reporting_mta.clone(),
+                Some(row.domain.clone()).filter(|d| !d.is_empty()),
+            ),
+        }
+    }
+}
+
+/// A message received at a report address (queue id `id`): read as a report ([`parse`]) and
+/// its rows kept ([`keep`]), with a `report` log line either way (blocking). Returns how many
+/// rows were kept.
+pub fn receive(
+    data_dir: &Path,
+    id: &impl std::fmt::Display,
+    message: &[u8],
+) -> Result<usize, NotKept> {
+    use crate::log::{self, Event};
+    let now = crate::queue::timers::unix_now();
+    let line = log::line(Event::Report).field("id", id);
+    let Some(parsed) = parse(message, now) else {
+        line.text("msg", "sent to a report address, but not a report")
+            .write();
+        return Err(NotKept::NotAReport);
+    };
+    let (kind, org, domain) = parsed.summary();
+    let line = line
+        .field("kind", kind)
+        .text("org", org.unwrap_or_default())
+        .field("domain", domain.unwrap_or_else(|| "-".into()));
+    match keep(data_dir, &parsed) {
+        Ok((path, n)) => {
+            line.field("rows", n).field("file", path.display()).write();
+            Ok(n)
+        }
+        Err(e) => {
+            line.text("error", format_args!("cannot keep it: {e}"))
+                .write();
+            Err(NotKept::Write)
+        }
+    }
+}
+
 /// A lower-case word for a mail-auth enum (its `Debug` name).
 fn word(value: impl std::fmt::Debug) -> String {
     let text = format!("{value:?}");

@@ -22,6 +22,11 @@
 //! ARC and DMARC at the end of data, and the results are added on top of the stored message
 //! (`Envelope::headers`). `Authentication-Results` fields claiming our hostname are dropped
 //! from every message before it is stored.
+//!
+//! A message to one of `[reports] addresses` is also copied as it arrives (at most
+//! [`reports::MAX_REPORT_MESSAGE`] bytes) and handed to [`reports::receive`] after its 250;
+//! with `deliver = false`, a message only for such addresses is kept as a report before the
+//! reply and never queued.
 
 pub mod trace;
 
@@ -736,7 +741,7 @@ impl Handler for Reception {
             // Once the message is ours: reading the report never holds up the 250.
             let data_dir = self.shared.data_dir.clone();
             smol::spawn(smol::unblock(move || {
-                let _ = keep_report(&data_dir, &id, &copy);
+                let _ = reports::receive(&data_dir, &id, &copy);
             }))
             .detach();
         }
@@ -767,63 +772,6 @@ impl Reception {
     }
 }
 
-/// Why a message to a report address was not kept.
-#[derive(Debug)]
-enum ReportProblem {
-    /// It is not a DMARC, TLS or failure report.
-    NotAReport,
-    /// It could not be written (the log line says why).
-    Write,
-}
-
-/// Reads a message sent to a report address as a DMARC, TLS or failure report and keeps its
-/// rows ([`reports::keep`]), with a log line either way (blocking). Returns how many rows.
-fn keep_report(
-    data_dir: &std::path::Path,
-    id: &QueueId,
-    message: &[u8],
-) -> Result<usize, ReportProblem> {
-    let now = crate::queue::timers::unix_now();
-    let line = log::line(Event::Report).field("id", id);
-    let Some(parsed) = reports::parse(message, now) else {
-        line.text("msg", "sent to a report address, but not a report")
-            .write();
-        return Err(ReportProblem::NotAReport);
-    };
-    let (kind, org, domain) = match &parsed {
-        reports::Parsed::Dmarc(rows) => (
-            "dmarc",
-            rows.first().map(|r| r.org.clone()),
-            rows.first().map(|r| r.domain.clone()),
-        ),
-        reports::Parsed::Tls(rows) => (
-            "tls",
-            rows.first().map(|r| r.org.clone()),
-            rows.first().map(|r| r.domain.clone()),
-        ),
-        reports::Parsed::Failure(row) => (
-            "failure",
-            row.reporting_mta.clone(),
-            Some(row.domain.clone()).filter(|d| !d.is_empty()),
-        ),
-    };
-    let line = line
-        .field("kind", kind)
-        .text("org", org.unwrap_or_default())
-        .field("domain", domain.unwrap_or_else(|| "-".into()));
-    match reports::keep(data_dir, &parsed) {
-        Ok((path, n)) => {
-            line.field("rows", n).field("file", path.display()).write();
-            Ok(n)
-        }
-        Err(e) => {
-            line.text("error", format_args!("cannot keep it: {e}"))
-                .write();
-            Err(ReportProblem::Write)
-        }
-    }
-}
-
 impl Reception {
     /// A message only for report addresses that are not delivered to (`[reports] deliver =
     /// false`): kept as a report before the reply, never queued. Not a report: 550 5.6.0; too
@@ -838,15 +786,15 @@ impl Reception {
             ));
         };
         let (data_dir, id) = (self.shared.data_dir.clone(), t.id.clone());
-        match smol::unblock(move || keep_report(&data_dir, &id, &copy)).await {
+        match smol::unblock(move || reports::receive(&data_dir, &id, &copy)).await {
             Ok(n) => Verdict::AcceptWithText(format!("Ok: report kept ({n} records) as {}", t.id)),
             // RFC 3463 5.6.0: other or undefined media error.
-            Err(ReportProblem::NotAReport) => Verdict::Reject(Reply::of(
+            Err(reports::NotKept::NotAReport) => Verdict::Reject(Reply::of(
                 ReplyCode::TRANSACTION_FAILED,
                 (5, 6, 0),
                 "This address takes only DMARC, TLS and failure reports",
             )),
-            Err(ReportProblem::Write) => Verdict::Reject(Reply::of(
+            Err(reports::NotKept::Write) => Verdict::Reject(Reply::of(
                 ReplyCode::LOCAL_ERROR,
                 (4, 3, 0),
                 "Local error keeping the report, try again later",
