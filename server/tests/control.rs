@@ -13,24 +13,14 @@ use postern::dns::test_server::TestServer;
 
 /// `postern send-test --from FROM --password-stdin ARGS` in `dir`, the password given.
 fn send_test(dir: &std::path::Path, from: &str, args: &[&str]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(common::BINARY)
-        .arg("-C")
-        .arg(dir)
-        .args(["send-test", "--from", from, "--password-stdin"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{}\n", common::PASSWORD).as_bytes())
-        .expect("password");
-    child.wait_with_output().expect("wait")
+    common::with_stdin(
+        Command::new(common::BINARY)
+            .arg("-C")
+            .arg(dir)
+            .args(["send-test", "--from", from, "--password-stdin"])
+            .args(args),
+        &format!("{}\n", common::PASSWORD),
+    )
 }
 
 /// A test DNS server whose zone sends remote.test's mail to 127.0.0.1.
@@ -101,12 +91,7 @@ print("sent")
     server.wait_log("deferred id=", 30);
 
     let out = common::postern(dir.path(), &["queue", "list"]);
-    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let shown = common::succeeded(&out);
     assert!(shown.contains("from <alice@a.test>"), "{shown}");
     assert!(
         shown.contains("    <bob@remote.test> pending, 1 attempts, next "),
@@ -384,12 +369,7 @@ fn send_test_follows_a_message_to_its_end() {
         send_test(dir.path(), "alice@a.test", &args)
     };
     let out = send(&["bob@remote.test"]);
-    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let shown = common::succeeded(&out);
     assert!(shown.contains("(submission) as alice@a.test"), "{shown}");
     assert!(shown.contains("250 2.0.0 Ok: queued as "), "{shown}");
     assert!(

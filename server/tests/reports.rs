@@ -78,12 +78,7 @@ fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
         let mut all = vec!["reports", "--no-dns"];
         all.extend_from_slice(args);
         let out = common::postern(dir.path(), &all);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = common::succeeded(&out);
         text
     };
     let text = reports(&[]);

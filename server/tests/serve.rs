@@ -613,12 +613,7 @@ fn config_check_reports_every_problem_at_once() {
     fs::remove_file(other.join("dkim/s1.pem")).expect("key");
     common::write_certbot(&root.join("certs/localhost"), &common::cert(&["localhost"]));
     let out = check();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::succeeded(&out);
     assert!(
         stdout.contains("postern.toml: ok (hostname localhost"),
         "{stdout}"

@@ -298,22 +298,13 @@ pub fn peer_cert(port: u16, sni: &str) -> (String, String) {
 
 /// `postern -C root user add ADDR --password-stdin`.
 pub fn add_user(root: &Path, address: &str, password: &str) {
-    let mut child = Command::new(BINARY)
-        .arg("-C")
-        .arg(root)
-        .args(["user", "add", address, "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("password");
-    let out = child.wait_with_output().expect("wait");
+    let out = with_stdin(
+        Command::new(BINARY)
+            .arg("-C")
+            .arg(root)
+            .args(["user", "add", address, "--password-stdin"]),
+        &format!("{password}\n"),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -375,6 +366,34 @@ pub fn wait_messages(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The standard output of `out`, which must have succeeded (else both outputs are shown).
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `command` run with `input` on its standard input, its outputs captured.
+pub fn with_stdin(command: &mut Command, input: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("standard input");
+    child.wait_with_output().expect("wait")
 }
 
 /// `postern -C root dkim keygen DOMAIN --algo ALGO --selector SELECTOR`: the record's zone
