@@ -77,9 +77,7 @@ fn reports_mailed_to_a_report_address_show_up_in_postern_reports() {
     let reports = |args: &[&str]| {
         let mut all = vec!["reports", "--no-dns"];
         all.extend_from_slice(args);
-        let out = common::postern(dir.path(), &all);
-        let text = common::succeeded(&out);
-        text
+        common::succeeded(&common::postern(dir.path(), &all))
     };
     let text = reports(&[]);
     assert!(text.contains("DMARC "), "{text}");
