@@ -26,17 +26,20 @@ pub fn render(settings: &Settings, text: &str) -> Result<String, toml::de::Error
             listeners.remove(role);
         }
     }
-    // The computed defaults, placed after the keys they sit beside in the documented file.
+    // The computed defaults, each placed after the key it sits beside in the documented file.
     let computed = [
         (
+            "hostname",
             "data_dir",
             Value::String(settings.data_dir.display().to_string()),
         ),
         (
+            "max_message_size",
             "min_free_space",
             Value::Integer(i64::try_from(settings.min_free_space).unwrap_or(i64::MAX)),
         ),
         (
+            "max_connections_per_ip",
             "max_connections_per_ip_exempt",
             Value::Array(
                 settings
@@ -47,6 +50,12 @@ pub fn render(settings: &Settings, text: &str) -> Result<String, toml::de::Error
             ),
         ),
     ];
+    let computed_value = |key: &str| {
+        computed
+            .iter()
+            .find(|(_, k, _)| *k == key)
+            .map(|(_, _, v)| v.clone())
+    };
     let mut out = format!(
         "# {} as postern reads it: every key, with the default where the file sets none\n\
          # (marked `# default`). Listener roles not listed are off.\n",
@@ -55,12 +64,10 @@ pub fn render(settings: &Settings, text: &str) -> Result<String, toml::de::Error
     // Top-level keys first (in the documented order, then the file's others), then tables.
     let mut keys: Vec<&str> = Vec::new();
     for (key, value) in defaults.iter().chain(file.iter()) {
-        let beside = match key.as_str() {
-            "hostname" => Some("data_dir"),
-            "max_message_size" => Some("min_free_space"),
-            "max_connections_per_ip" => Some("max_connections_per_ip_exempt"),
-            _ => None,
-        };
+        let beside = computed
+            .iter()
+            .find(|(after, _, _)| *after == key.as_str())
+            .map(|(_, k, _)| *k);
         for key in std::iter::once(key.as_str())
             .filter(|_| !value.is_table())
             .chain(beside)
@@ -71,15 +78,13 @@ pub fn render(settings: &Settings, text: &str) -> Result<String, toml::de::Error
         }
     }
     for key in keys {
-        let (value, default) = match (file.get(key), defaults.get(key)) {
+        let (value, default) = match (file.get(key), defaults.get(key), computed_value(key)) {
             // data_dir as resolved, whether written relative or not written.
-            (written, _) if key == "data_dir" => (computed[0].1.clone(), written.is_none()),
-            (Some(v), _) => (v.clone(), false),
-            (None, Some(v)) => (v.clone(), true),
-            (None, None) => match computed.iter().find(|(k, _)| *k == key) {
-                Some((_, v)) => (v.clone(), true),
-                None => continue,
-            },
+            (written, _, Some(resolved)) if key == "data_dir" => (resolved, written.is_none()),
+            (Some(v), _, _) => (v.clone(), false),
+            (None, Some(v), _) => (v.clone(), true),
+            (None, None, Some(v)) => (v, true),
+            (None, None, None) => continue,
         };
         line(&mut out, key, &value, default);
     }
