@@ -47,6 +47,11 @@ use proto_core::mail::DsnAction;
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "control.sock";
 
+/// `<data_dir>/control.sock`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
 /// The longest request line.
 const MAX_REQUEST: u64 = 1024;
 
@@ -157,7 +162,7 @@ pub struct ControlState {
 /// Binds `<data_dir>/control.sock`, mode 0600. A socket file left by a server that is gone
 /// is replaced; one that answers belongs to a running server, which is an error.
 pub fn bind(data_dir: &Path) -> io::Result<Async<UnixListener>> {
-    let path = data_dir.join(SOCKET_NAME);
+    let path = socket_path(data_dir);
     if path.exists() {
         if UnixStream::connect(&path).is_ok() {
             return Err(io::Error::new(
@@ -618,7 +623,7 @@ fn rfc3339(unix: u64) -> String {
 /// Asks the server of `data_dir` for `command`: its JSON answer. Blocking (the CLI's side).
 pub fn ask(data_dir: &Path, command: &str) -> Result<String, AskError> {
     use std::io::{Read, Write};
-    let path = data_dir.join(SOCKET_NAME);
+    let path = socket_path(data_dir);
     let mut stream = UnixStream::connect(&path).map_err(|source| AskError {
         path: path.clone(),
         source,

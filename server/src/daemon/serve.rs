@@ -278,14 +278,14 @@ pub fn serve_with(
                     format_args!(
                         "cannot open the control socket {}: {e}; postern status and the queue \
                          commands will not reach this server",
-                        settings.data_dir.join(control::SOCKET_NAME).display()
+                        control::socket_path(&settings.data_dir).display()
                     ),
                 )
                 .write();
             None
         }
     };
-    let control_path = settings.data_dir.join(control::SOCKET_NAME);
+    let control_path = control::socket_path(&settings.data_dir);
     let metrics_socket = match settings.metrics_listen {
         Some(addr) => {
             let error = |e: std::io::Error| ConfigError {

@@ -557,11 +557,11 @@ impl Handler for Reception {
             None => ("-".to_string(), String::new(), ReversePath::Null),
         };
         let what = Fields::new().field("from", &from).field("to", to);
-        let shared = self.shared.clone();
-        let path = to.clone();
         let relay_ok = self.may_relay(session);
-        let report = matches!(to, ForwardPath::Mailbox(m)
-            if self.shared.report_addresses.contains(&m.to_string().to_ascii_lowercase()));
+        // Nothing to compare (nor to allocate) unless report addresses are configured.
+        let report = !self.shared.report_addresses.is_empty()
+            && matches!(to, ForwardPath::Mailbox(m)
+                if self.shared.report_addresses.contains(&m.to_string().to_ascii_lowercase()));
         // Kept, not delivered: the address needs no user or alias of its own.
         if report
             && !self.shared.report_deliver
@@ -579,11 +579,11 @@ impl Handler for Reception {
         // context switches per recipient; bench/RESULTS.md).
         let resolution = {
             let destinations = destinations::Destinations {
-                recipients: &shared.recipients,
-                aliases: &shared.aliases,
-                srs: &shared.srs,
+                recipients: &self.shared.recipients,
+                aliases: &self.shared.aliases,
+                srs: &self.shared.srs,
             };
-            destinations.decide(&path, &sender, SystemTime::now())
+            destinations.decide(to, &sender, SystemTime::now())
         };
         match resolution {
             Resolution::Accept(queued) => {
