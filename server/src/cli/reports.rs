@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::cli::Reports;
 use crate::config::{ConfigError, Settings};
 use crate::dns::{Resolver, ResolverConfig};
-use crate::mailauth::reports::{self, DmarcRow, FailureRow, Kind, TlsRow};
+use crate::mailauth::reports::{self, DmarcRow, FailureRow, Row, TlsRow};
 
 /// What `postern reports` can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -332,28 +332,25 @@ pub fn run(dir: &Path, c: Reports) -> Result<(), ReportsError> {
         .domain
         .as_ref()
         .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-    let keep = |domain: &str, received: u64| {
-        received >= from && wanted.as_deref().is_none_or(|w| w == domain)
-    };
-    let read_error = |source| ReportsError::Read {
-        dir: settings.data_dir.clone(),
-        source,
-    };
-    let dmarc: Vec<DmarcRow> = reports::read(&settings.data_dir, Kind::Dmarc)
-        .map_err(read_error)?
-        .into_iter()
-        .filter(|r: &DmarcRow| keep(&r.domain, r.received))
-        .collect();
-    let tls: Vec<TlsRow> = reports::read(&settings.data_dir, Kind::Tls)
-        .map_err(read_error)?
-        .into_iter()
-        .filter(|r: &TlsRow| keep(&r.domain, r.received))
-        .collect();
-    let failures: Vec<FailureRow> = reports::read(&settings.data_dir, Kind::Failure)
-        .map_err(read_error)?
-        .into_iter()
-        .filter(|r: &FailureRow| keep(&r.domain, r.received))
-        .collect();
+    // The rows of one kind received in the span, about DOMAIN when given.
+    fn rows<T: Row>(
+        settings: &Settings,
+        from: u64,
+        wanted: Option<&str>,
+    ) -> Result<Vec<T>, ReportsError> {
+        let all: Vec<T> =
+            reports::read(&settings.data_dir).map_err(|source| ReportsError::Read {
+                dir: settings.data_dir.clone(),
+                source,
+            })?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.received() >= from && wanted.is_none_or(|w| w == r.domain()))
+            .collect())
+    }
+    let dmarc: Vec<DmarcRow> = rows(&settings, from, wanted.as_deref())?;
+    let tls: Vec<TlsRow> = rows(&settings, from, wanted.as_deref())?;
+    let failures: Vec<FailureRow> = rows(&settings, from, wanted.as_deref())?;
     let mut sources = sum_dmarc(&dmarc);
     if !c.no_dns
         && let Ok(config) = ResolverConfig::for_server(&settings)

@@ -349,6 +349,33 @@ pub fn tls_rows(report: &mail_auth::report::tlsrpt::TlsReport, received: u64) ->
         .collect()
 }
 
+/// What every kind of record says of itself: the domain reported on and when we got it.
+pub trait Row: Serialize + for<'de> Deserialize<'de> {
+    /// The file of this kind.
+    const KIND: Kind;
+    /// The domain the report is about.
+    fn domain(&self) -> &str;
+    /// When we received the report (Unix seconds).
+    fn received(&self) -> u64;
+}
+
+macro_rules! row {
+    ($type:ty, $kind:expr) => {
+        impl Row for $type {
+            const KIND: Kind = $kind;
+            fn domain(&self) -> &str {
+                &self.domain
+            }
+            fn received(&self) -> u64 {
+                self.received
+            }
+        }
+    };
+}
+row!(DmarcRow, Kind::Dmarc);
+row!(TlsRow, Kind::Tls);
+row!(FailureRow, Kind::Failure);
+
 /// The kinds of records, each in its own file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -413,8 +440,8 @@ fn old_file(path: &Path) -> PathBuf {
 
 /// Every record of one kind kept under `data_dir` (the older file first); lines that do not
 /// parse are skipped.
-pub fn read<T: for<'de> Deserialize<'de>>(data_dir: &Path, kind: Kind) -> std::io::Result<Vec<T>> {
-    let current = file(data_dir, kind);
+pub fn read<T: Row>(data_dir: &Path) -> std::io::Result<Vec<T>> {
+    let current = file(data_dir, T::KIND);
     let mut rows = Vec::new();
     for path in [old_file(&current), current] {
         let text = match std::fs::read_to_string(&path) {
@@ -547,7 +574,7 @@ mod tests {
         keep(tmp.path(), &parsed).expect("keep");
         assert!(old_file(&path).exists());
         assert!(std::fs::metadata(&path).expect("new file").len() < 4096);
-        let rows: Vec<DmarcRow> = read(tmp.path(), Kind::Dmarc).expect("read");
+        let rows: Vec<DmarcRow> = read(tmp.path()).expect("read");
         assert_eq!(rows.len(), 2 * n);
     }
 
@@ -564,13 +591,9 @@ mod tests {
         let parsed = parse(&suite("mail-auth/100.eml"), 9).expect("a report");
         let (path, n) = keep(tmp.path(), &parsed).expect("keep");
         assert!(path.ends_with("reports/dmarc.jsonl"));
-        let rows: Vec<DmarcRow> = read(tmp.path(), Kind::Dmarc).expect("read");
+        let rows: Vec<DmarcRow> = read(tmp.path()).expect("read");
         assert_eq!(rows.len(), n);
         assert_eq!(Parsed::Dmarc(rows), parsed);
-        assert!(
-            read::<TlsRow>(tmp.path(), Kind::Tls)
-                .expect("read")
-                .is_empty()
-        );
+        assert!(read::<TlsRow>(tmp.path()).expect("read").is_empty());
     }
 }
